@@ -1,0 +1,641 @@
+//! The config pipeline: TOML text → `${env:..}`/`${file:..}` interpolation on the parsed tree →
+//! raw serde types (`raw`, `deny_unknown_fields`, kebab-case) → validation → `Config`, the model
+//! with no serde on it. Every section is deserialised on its own and every semantic check runs,
+//! so one pass reports all problems, each as `FILE:LINE:COL: message` with a hint.
+
+pub mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::routing::{self, PathMatch, RouteKey};
+use crate::split::{Shift, StickyKey};
+use raw::*;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: Server,
+    pub log: Log,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: Vec<String>,
+    pub threads: usize,
+    pub default: Option<String>,
+    pub grace_period: Duration,
+    pub keepalive_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub access: AccessLog,
+    pub json: bool,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    pub target: Target,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub health_check_interval: Duration,
+    pub health_check_path: Option<String>,
+    pub retries: usize,
+}
+
+/// Where an HTTP upstream lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Plain HTTP to one or more `host:port` addresses, balanced.
+    Addresses(Vec<String>),
+    /// One base URL; `https` uses TLS with SNI, the Host header is rewritten to the URL's
+    /// authority and the base path is prefixed to every request path.
+    Url {
+        tls: bool,
+        host: String,
+        port: u16,
+        base_path: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub id: String,
+    pub path: String,
+    pub kind: PathMatch,
+    pub methods: Option<Vec<Method>>,
+    pub legacy: Option<String>,
+    pub new: Option<String>,
+    pub shift: Shift,
+    pub sticky: StickyKey,
+    pub allow_override: bool,
+}
+
+impl Route {
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            path: self.path.clone(),
+            kind: self.kind,
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  = hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![Diagnostic {
+            file: name.clone(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read config: {e}"),
+            hint: None,
+        }])
+    })?;
+    parse(&name, &text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Validates config text. `base` resolves relative `${file:..}` paths.
+pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut cx = Cx {
+        file,
+        text,
+        base,
+        diags: Vec::new(),
+    };
+    let config = cx.lower();
+    if cx.diags.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    cx.diags.sort_by_key(|d| (d.line, d.col));
+    Err(ConfigErrors(cx.diags))
+}
+
+const SECTIONS: &[&str] = &["server", "log", "upstreams", "routes"];
+
+struct Cx<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    fn error(&mut self, at: usize, message: impl Into<String>, hint: Option<String>) {
+        let before = &self.text[..at.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            col,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn err_at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>, hint: Option<String>) {
+        self.error(s.span().start, message, hint);
+    }
+
+    fn de<T: DeserializeOwned>(&mut self, value: Spanned<DeValue<'_>>, what: &str) -> Option<T> {
+        let start = value.span().start;
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let at = e.span().map_or(start, |s| s.start);
+                let message = e.message().trim().to_string();
+                let hint = message
+                    .contains("unknown field")
+                    .then(|| format!("see config/strangle.toml for every key of {what}"));
+                self.error(at, message, hint);
+                None
+            }
+        }
+    }
+
+    fn lower(&mut self) -> Option<Config> {
+        let mut root = match DeTable::parse(self.text) {
+            Ok(root) => root,
+            Err(e) => {
+                let at = e.span().map_or(0, |s| s.start);
+                self.error(at, format!("invalid TOML: {}", e.message().trim()), None);
+                return None;
+            }
+        };
+        self.interpolate_table(root.get_mut());
+
+        let (mut server, mut log) = (None, None);
+        let mut upstreams: Vec<(Spanned<String>, RawUpstream)> = Vec::new();
+        let mut routes: Vec<RawRoute> = Vec::new();
+        let mut ok = true;
+        for (key, value) in root.into_inner() {
+            let span = key.span();
+            let key_name = key.into_inner();
+            match &*key_name {
+                "server" => server = self.de::<RawServer>(value, "[server]"),
+                "log" => log = self.de::<RawLog>(value, "[log]"),
+                "upstreams" => match value.into_inner() {
+                    DeValue::Table(t) => {
+                        for (name, v) in t {
+                            let name = Spanned::new(name.span(), name.into_inner().into_owned());
+                            match self.de::<RawUpstream>(v, "an upstream") {
+                                Some(u) => upstreams.push((name, u)),
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    _ => self.error(span.start, "`upstreams` must be a table: [upstreams.NAME]", None),
+                },
+                "routes" => match value.into_inner() {
+                    DeValue::Array(a) => {
+                        for v in a.iter().cloned() {
+                            match self.de::<RawRoute>(v, "a route") {
+                                Some(r) => routes.push(r),
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    _ => self.error(span.start, "`routes` must be an array of tables: [[routes]]", None),
+                },
+                other => {
+                    let hint = Some(format!("known sections: {}", SECTIONS.join(", ")));
+                    self.error(span.start, format!("unknown section `{other}`"), hint);
+                }
+            }
+        }
+        let server = server.unwrap_or_default();
+        let log = log.unwrap_or_default();
+        let upstreams = self.upstreams(upstreams);
+        let server = self.server(server, &upstreams);
+        let log = self.log(log);
+        let routes = self.routes(routes, &upstreams);
+        (ok && self.diags.is_empty()).then_some(Config {
+            server: server?,
+            log,
+            upstreams,
+            routes,
+        })
+    }
+
+    // ---- interpolation -------------------------------------------------------------------
+
+    fn interpolate_table(&mut self, table: &mut DeTable<'_>) {
+        for (_, value) in table.iter_mut() {
+            self.interpolate(value);
+        }
+    }
+
+    fn interpolate(&mut self, value: &mut Spanned<DeValue<'_>>) {
+        let start = value.span().start;
+        match value.get_mut() {
+            DeValue::String(s) if s.contains("${") => match interpolate(s, self.base) {
+                Ok(v) => *s = v.into(),
+                Err(message) => self.error(start, message, None),
+            },
+            DeValue::Array(a) => a.iter_mut().for_each(|v| self.interpolate(v)),
+            DeValue::Table(t) => self.interpolate_table(t),
+            _ => {}
+        }
+    }
+
+    // ---- sections ------------------------------------------------------------------------
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                let hint = Some("write a number with a unit: `500ms`, `20s`, `2m`".to_string());
+                self.err_at(v, format!("bad duration `{}` for `{key}`: {e}", v.get_ref()), hint);
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: usize) -> usize {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if !(min..=max).contains(&n) {
+            self.err_at(v, format!("`{key}` must be between {min} and {max}, not {n}"), None);
+            return default;
+        }
+        n as usize
+    }
+
+    fn server(&mut self, raw: RawServer, upstreams: &BTreeMap<String, Upstream>) -> Option<Server> {
+        let listen = match raw.listen {
+            Some(l) => l,
+            None => vec![Spanned::new(0..0, "127.0.0.1:8080".to_string())],
+        };
+        for addr in &listen {
+            if addr.get_ref().parse::<SocketAddr>().is_err() {
+                let hint = Some("write `IP:PORT`, e.g. `0.0.0.0:8080` or `[::]:8080`".into());
+                self.err_at(addr, format!("bad listen address `{}`", addr.get_ref()), hint);
+            }
+        }
+        if let Some(d) = &raw.default {
+            self.check_upstream_ref(d, upstreams);
+        }
+        Some(Server {
+            listen: listen.into_iter().map(Spanned::into_inner).collect(),
+            threads: self.count(&raw.threads, "threads", 1, 1024, 2),
+            default: raw.default.map(Spanned::into_inner),
+            grace_period: self.duration(&raw.grace_period, "grace-period", Duration::from_secs(20)),
+            keepalive_timeout: self.duration(&raw.keepalive_timeout, "keepalive-timeout", Duration::from_secs(60)),
+            header_timeout: self.duration(&raw.header_timeout, "header-timeout", Duration::from_secs(10)),
+            max_header_bytes: self.count(&raw.max_header_bytes, "max-header-bytes", 1024, 1 << 20, 32 * 1024),
+            max_headers: self.count(&raw.max_headers, "max-headers", 8, 250, 100),
+        })
+    }
+
+    fn log(&mut self, raw: RawLog) -> Log {
+        let access = match &raw.access {
+            None => AccessLog::Stdout,
+            Some(a) => match a.get_ref().as_str() {
+                "stdout" => AccessLog::Stdout,
+                "off" => AccessLog::Off,
+                "" => {
+                    self.err_at(a, "empty `access`", Some("use `stdout`, `off` or a file path".into()));
+                    AccessLog::Off
+                }
+                path => AccessLog::File(self.base.join(path)),
+            },
+        };
+        let json = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                let f = raw.format.as_ref().expect("matched Some");
+                self.err_at(f, format!("unknown log format `{other}`"), Some("use `text` or `json`".into()));
+                false
+            }
+        };
+        if let Some(l) = &raw.level {
+            if tracing_subscriber::EnvFilter::try_new(l.get_ref()).is_err() {
+                let hint = Some("use error, warn, info, debug or trace".into());
+                self.err_at(l, format!("bad log level `{}`", l.get_ref()), hint);
+            }
+        }
+        let level = raw.level.map_or_else(|| "info".to_string(), Spanned::into_inner);
+        Log { access, json, level }
+    }
+
+    fn upstreams(&mut self, raw: Vec<(Spanned<String>, RawUpstream)>) -> BTreeMap<String, Upstream> {
+        let mut out = BTreeMap::new();
+        for (name, u) in raw {
+            if !valid_name(name.get_ref()) {
+                let hint = Some("use letters, digits, `-` and `_`".to_string());
+                self.err_at(&name, format!("bad upstream name `{}`", name.get_ref()), hint);
+            }
+            if let Some(kind) = &u.kind {
+                match kind.get_ref().as_str() {
+                    "http" => {}
+                    "lambda" => self.err_at(
+                        kind,
+                        "`kind = \"lambda\"` is not supported by this version of strangle",
+                        Some("front the function with a Function URL and use `url = \"https://...\"`".into()),
+                    ),
+                    other => self.err_at(kind, format!("unknown upstream kind `{other}`"), Some("use `http`".into())),
+                }
+            }
+            let target = match (&u.addresses, &u.url) {
+                (Some(_), Some(url)) => {
+                    self.err_at(url, "set `addresses` or `url`, not both", None);
+                    None
+                }
+                (None, None) => {
+                    let hint = Some("add `addresses = [\"127.0.0.1:8081\"]` or `url = \"https://host/base\"`".into());
+                    self.err_at(&name, format!("upstream `{}` has no `addresses` or `url`", name.get_ref()), hint);
+                    None
+                }
+                (Some(addrs), None) => self.addresses(addrs),
+                (None, Some(url)) => self.url(url),
+            };
+            let health_check_path = u.health_check_path.as_ref().map(|p| {
+                if !p.get_ref().starts_with('/') {
+                    self.err_at(p, "`health-check-path` must start with `/`", None);
+                }
+                p.get_ref().clone()
+            });
+            let upstream = Upstream {
+                name: name.get_ref().clone(),
+                target: target.unwrap_or(Target::Addresses(Vec::new())),
+                connect_timeout: self.duration(&u.connect_timeout, "connect-timeout", Duration::from_secs(2)),
+                timeout: self.duration(&u.timeout, "timeout", Duration::from_secs(30)),
+                idle_timeout: self.duration(&u.idle_timeout, "idle-timeout", Duration::from_secs(60)),
+                health_check_interval: self.duration(&u.health_check_interval, "health-check-interval", Duration::from_secs(2)),
+                health_check_path,
+                retries: self.count(&u.retries, "retries", 0, 5, 1),
+            };
+            if out.insert(name.get_ref().clone(), upstream).is_some() {
+                self.err_at(&name, format!("upstream `{}` is defined twice", name.get_ref()), None);
+            }
+        }
+        out
+    }
+
+    fn addresses(&mut self, addrs: &Spanned<Vec<Spanned<String>>>) -> Option<Target> {
+        if addrs.get_ref().is_empty() {
+            self.err_at(addrs, "`addresses` is empty", Some("list at least one `host:port`".into()));
+            return None;
+        }
+        let mut ok = true;
+        for a in addrs.get_ref() {
+            let valid = a
+                .get_ref()
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                let hint = Some("write `host:port`, e.g. `127.0.0.1:8081`; for a URL use `url = ...`".into());
+                self.err_at(a, format!("bad address `{}`", a.get_ref()), hint);
+                ok = false;
+            }
+        }
+        ok.then(|| Target::Addresses(addrs.get_ref().iter().map(|a| a.get_ref().clone()).collect()))
+    }
+
+    fn url(&mut self, url: &Spanned<String>) -> Option<Target> {
+        let text = url.get_ref();
+        let parsed = text.parse::<http::Uri>().ok().filter(|u| u.host().is_some());
+        let Some(uri) = parsed else {
+            self.err_at(url, format!("bad url `{text}`"), Some("write `https://host[:port][/base-path]`".into()));
+            return None;
+        };
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                self.err_at(url, format!("url `{text}` must start with http:// or https://"), None);
+                return None;
+            }
+        };
+        if uri.query().is_some() {
+            self.err_at(url, "an upstream url cannot have a query string", None);
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Some(Target::Url {
+            tls,
+            host: uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            base_path,
+        })
+    }
+
+    fn check_upstream_ref(&mut self, name: &Spanned<String>, upstreams: &BTreeMap<String, Upstream>) {
+        if !upstreams.contains_key(name.get_ref()) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "no upstreams are defined: add an [upstreams.NAME] table".to_string()
+            } else {
+                format!("known upstreams: {}", known.join(", "))
+            };
+            self.err_at(name, format!("unknown upstream `{}`", name.get_ref()), Some(hint));
+        }
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>, upstreams: &BTreeMap<String, Upstream>) -> Vec<Route> {
+        let mut out: Vec<Route> = Vec::new();
+        let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+        for r in raw {
+            let id = r.id.get_ref().clone();
+            if !valid_name(&id) {
+                self.err_at(&r.id, format!("bad route id `{id}`"), Some("use letters, digits, `-` and `_`".into()));
+            }
+            if ids.insert(id.clone(), out.len()).is_some() {
+                let hint = Some("route ids name routes in metrics, logs and the CLI: make each unique".into());
+                self.err_at(&r.id, format!("route id `{id}` is used twice"), hint);
+            }
+            let path = r.path.get_ref().clone();
+            match routing::normalize(&path) {
+                Ok(p) if p == path && (path == "/" || !path.ends_with('/')) => {}
+                _ => {
+                    let hint = Some("write a clean absolute path like `/bookings`: no `//`, `.`, `..`, `%2F` or trailing `/`".into());
+                    self.err_at(&r.path, format!("bad route path `{path}`"), hint);
+                }
+            }
+            let kind = match r.match_.as_ref().map(|m| m.get_ref().as_str()) {
+                None | Some("prefix") => PathMatch::Prefix,
+                Some("exact") => PathMatch::Exact,
+                Some(other) => {
+                    let m = r.match_.as_ref().expect("matched Some");
+                    self.err_at(m, format!("unknown match `{other}`"), Some("use `prefix` (default) or `exact`".into()));
+                    PathMatch::Prefix
+                }
+            };
+            let methods = r.methods.as_ref().map(|ms| {
+                if ms.get_ref().is_empty() {
+                    self.err_at(ms, "`methods` is empty", Some("omit `methods` to match every method".into()));
+                }
+                ms.get_ref()
+                    .iter()
+                    .filter_map(|m| {
+                        let upper = m.get_ref().to_ascii_uppercase();
+                        match Method::from_bytes(upper.as_bytes()) {
+                            Ok(method) => Some(method),
+                            Err(_) => {
+                                self.err_at(m, format!("bad method `{}`", m.get_ref()), None);
+                                None
+                            }
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for side in [&r.legacy, &r.new].into_iter().flatten() {
+                self.check_upstream_ref(side, upstreams);
+            }
+            if r.legacy.is_none() && r.new.is_none() {
+                let hint = Some("set `legacy = \"monolith\"`, `new = \"...\"` or both".into());
+                self.err_at(&r.id, format!("route `{id}` has neither `legacy` nor `new`"), hint);
+            }
+            let shift = match &r.shift {
+                None if r.legacy.is_none() => Shift::ALL,
+                None => Shift::ZERO,
+                Some(s) => match Shift::parse(&s.get_ref().as_text()) {
+                    Ok(shift) => shift,
+                    Err(e) => {
+                        self.err_at(s, e.to_string(), None);
+                        Shift::ZERO
+                    }
+                },
+            };
+            let has_a_side = r.legacy.is_some() || r.new.is_some();
+            if has_a_side && r.new.is_none() && shift != Shift::ZERO {
+                let at = r.shift.as_ref().map_or(r.id.span().start, |s| s.span().start);
+                self.error(at, format!("route `{id}` shifts {shift} to the new side but has no `new` upstream"), None);
+            }
+            if has_a_side && r.legacy.is_none() && shift != Shift::ALL {
+                let at = r.shift.as_ref().map_or(r.id.span().start, |s| s.span().start);
+                self.error(at, format!("route `{id}` keeps {} on the legacy side but has no `legacy` upstream", Shift::from_bp(10_000 - shift.bp()).unwrap_or_default()), None);
+            }
+            let sticky = match &r.sticky {
+                None => StickyKey::None,
+                Some(s) => StickyKey::parse(s.get_ref()).unwrap_or_else(|e| {
+                    self.err_at(s, e, None);
+                    StickyKey::None
+                }),
+            };
+            let route = Route {
+                id,
+                path,
+                kind,
+                methods,
+                legacy: r.legacy.map(Spanned::into_inner),
+                new: r.new.map(Spanned::into_inner),
+                shift,
+                sticky,
+                allow_override: r.override_.is_some_and(|o| *o.get_ref()),
+            };
+            let key = route.key();
+            if let Some(earlier) = out.iter().find(|o| o.key().shadows(&key)) {
+                let hint = Some(format!(
+                    "route `{}` already takes every request for `{}`; give the methods apart or remove one",
+                    earlier.id, route.path
+                ));
+                self.err_at(&r.path, format!("route `{}` overlaps route `{}` and can never match", route.id, earlier.id), hint);
+            }
+            out.push(route);
+        }
+        out
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Replaces `${env:NAME}` and `${file:PATH}` in a string. The message on failure never contains
+/// a resolved value.
+pub fn interpolate(text: &str, base: &Path) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| "unclosed `${` in string".to_string())?;
+        let reference = &after[..end];
+        match reference.split_once(':') {
+            Some(("env", name)) => match std::env::var(name) {
+                Ok(v) => out.push_str(&v),
+                Err(_) => return Err(format!("environment variable `{name}` is not set")),
+            },
+            Some(("file", p)) => {
+                let path = base.join(p);
+                let v = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                out.push_str(v.trim_end_matches(['\n', '\r']));
+            }
+            _ => return Err(format!("unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "config/tests.rs"]
+mod tests;

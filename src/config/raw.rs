@@ -1,0 +1,77 @@
+//! The file types: what a TOML config may say, exactly as written, with the spans needed to point
+//! at a mistake. Nothing here is validated; `config::lower` turns these into the model.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawServer {
+    pub listen: Option<Vec<S<String>>>,
+    pub threads: Option<S<i64>>,
+    pub default: Option<S<String>>,
+    pub grace_period: Option<S<String>>,
+    pub keepalive_timeout: Option<S<String>>,
+    pub header_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<i64>>,
+    pub max_headers: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLog {
+    pub access: Option<S<String>>,
+    pub format: Option<S<String>>,
+    pub level: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawUpstream {
+    pub kind: Option<S<String>>,
+    pub addresses: Option<S<Vec<S<String>>>>,
+    pub url: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub health_check_interval: Option<S<String>>,
+    pub health_check_path: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRoute {
+    pub id: S<String>,
+    pub path: S<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<S<String>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub legacy: Option<S<String>>,
+    pub new: Option<S<String>>,
+    pub shift: Option<S<ShiftValue>>,
+    pub sticky: Option<S<String>>,
+    #[serde(rename = "override")]
+    pub override_: Option<S<bool>>,
+}
+
+/// `shift = "25%"` is the documented form; a bare number (`shift = 25`) is accepted too.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ShiftValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl ShiftValue {
+    pub fn as_text(&self) -> String {
+        match self {
+            ShiftValue::Text(s) => s.clone(),
+            ShiftValue::Int(i) => i.to_string(),
+            ShiftValue::Float(f) => f.to_string(),
+        }
+    }
+}

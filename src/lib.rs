@@ -1,0 +1,15 @@
+//! strangle: an edge proxy for strangler-fig migrations, built on Pingora.
+//!
+//! Every request passes the same pipeline whichever side serves it: match route → choose side
+//! (weighted, sticky) → serve → log. See `DESIGN.md` in the project's shared notes for the
+//! contracts (config keys, CLI verbs, bad-input policy).
+
+pub mod config;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod services;
+pub mod split;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;

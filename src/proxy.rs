@@ -1,0 +1,421 @@
+//! The request path: Pingora's `ProxyHttp` phases for strangle.
+//!
+//! `request_filter` validates framing and the path, matches the route and picks the side;
+//! `upstream_peer` picks a healthy address of the chosen upstream; the header filters add
+//! forwarding headers and strip hop-by-hop ones; `logging` writes the access-log line.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::routing::{self, PathError};
+use crate::split::{self, Side};
+use crate::state::{Live, Snapshot};
+use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
+use crate::upstream::Shared;
+
+/// Requests between `new_ctx` and the end of `logging`: what a graceful shutdown waits for.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_STRANGLE_SIDE: HeaderName = HeaderName::from_static("x-strangle-side");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The strangle proxy.
+pub struct Strangle {
+    pub live: Arc<Live>,
+    pub access: Arc<AccessLogger>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    snap: Arc<Snapshot>,
+    start: Instant,
+    route: Option<usize>,
+    side: Option<Side>,
+    upstream: Option<Shared>,
+    request_id: Option<HeaderValue>,
+    /// The path to send upstream when it differs from the client's (normalised or prefixed).
+    upstream_path: Option<String>,
+    upstream_start: Option<Instant>,
+    peer_addr: Option<SocketAddr>,
+    avoid: Option<SocketAddr>,
+    connect_failures: usize,
+    status: u16,
+    error: Option<String>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ctx {
+    fn route_id(&self) -> Option<&str> {
+        self.route.map(|i| self.snap.routes[i].id.as_str())
+    }
+}
+
+/// Ends the request with an error status. Malformed requests also close the connection:
+/// after a framing error nothing else on it can be trusted.
+async fn reject(session: &mut Session, ctx: &mut Ctx, status: u16, why: impl Into<String>) -> Result<bool> {
+    ctx.status = status;
+    ctx.error = Some(why.into());
+    if status == 400 || status == 431 {
+        session.set_keepalive(None);
+    }
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    if status == 400 || status == 431 {
+        resp.insert_header(header::CONNECTION, "close")?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// The request target exactly as the client sent it (HTTP/1), fragment and all; Pingora's parsed
+/// URI has already dropped a fragment, which we must refuse rather than ignore.
+fn raw_target(session: &Session) -> Cow<'_, [u8]> {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        let raw = h1.get_headers_raw_bytes();
+        let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+        let mut parts = raw[..line_end].split(|&b| b == b' ');
+        if let (Some(_), Some(target)) = (parts.next(), parts.next()) {
+            return Cow::Owned(target.to_vec());
+        }
+    }
+    Cow::Borrowed(session.req_header().raw_path())
+}
+
+/// Whether the raw header block repeats Content-Length next to Transfer-Encoding: Pingora drops
+/// the Content-Length in that case, but a request framed two ways is a smuggling attempt.
+fn raw_has_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    h1.get_headers_raw_bytes()
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+/// The hop-by-hop headers present (RFC 9110 §7.6.1) and those named in `Connection`, except
+/// the pair that carries a protocol upgrade. Usually none: then nothing is allocated.
+fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(s) = v.to_str() else { continue };
+        for token in s.split(',').map(str::trim) {
+            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                names.push(name);
+            }
+        }
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER] {
+        if headers.contains_key(&name) {
+            names.push(name);
+        }
+    }
+    if !keep_upgrade {
+        for name in [header::CONNECTION, header::UPGRADE] {
+            if headers.contains_key(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+impl Strangle {
+    fn choose_side(&self, session: &Session, ctx: &Ctx, route: usize) -> Side {
+        let r = &ctx.snap.routes[route];
+        match (&r.legacy, &r.new) {
+            (Some(_), None) => return Side::Legacy,
+            (None, _) => return Side::New,
+            _ => {}
+        }
+        let headers = &session.req_header().headers;
+        if r.allow_override {
+            match headers.get(&X_STRANGLE_SIDE).map(|v| v.as_bytes()) {
+                Some(b"new") => return Side::New,
+                Some(b"legacy") => return Side::Legacy,
+                _ => {}
+            }
+        }
+        let key = r.sticky.value(headers, client_ip(session));
+        split::side_for(split::bucket(r.seed, key), r.shift)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Strangle {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        Ctx {
+            snap: self.live.load(),
+            start: Instant::now(),
+            route: None,
+            side: None,
+            upstream: None,
+            request_id: None,
+            upstream_path: None,
+            upstream_start: None,
+            peer_addr: None,
+            avoid: None,
+            connect_failures: 0,
+            status: 0,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let limits = &ctx.snap.config.server;
+        let req = session.req_header();
+        ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.clone(),
+            _ => new_request_id(),
+        });
+
+        // Framing: one unambiguous body length or none.
+        let cl_values = req.headers.get_all(header::CONTENT_LENGTH).iter().count();
+        if req.headers.contains_key(header::TRANSFER_ENCODING) && (cl_values > 0 || raw_has_content_length(session)) {
+            return reject(session, ctx, 400, "both Content-Length and Transfer-Encoding").await;
+        }
+        let req = session.req_header();
+        if cl_values > 1 || req.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
+            return reject(session, ctx, 400, "repeated Content-Length").await;
+        }
+        // Header caps.
+        if req.headers.len() > limits.max_headers {
+            return reject(session, ctx, 431, "too many request headers").await;
+        }
+        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > limits.max_header_bytes {
+            return reject(session, ctx, 431, "request headers too large").await;
+        }
+        if req
+            .headers
+            .values()
+            .any(|v| v.as_bytes().iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
+        {
+            return reject(session, ctx, 400, "control byte in a header value").await;
+        }
+
+        // Path: refuse what cannot be routed safely, then route on the normalised form.
+        let target = raw_target(session);
+        let (path_part, query) = match target.iter().position(|&b| b == b'?') {
+            Some(q) => (&target[..q], Some(&target[q..])),
+            None => (&target[..], None),
+        };
+        let Ok(path_str) = std::str::from_utf8(path_part) else {
+            return reject(session, ctx, 400, PathError::InvalidByte.to_string()).await;
+        };
+        if query.is_some_and(|q| q.contains(&b'#')) {
+            return reject(session, ctx, 400, PathError::ForbiddenByte.to_string()).await;
+        }
+        let normalized = match routing::normalize(path_str) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = e.to_string();
+                return reject(session, ctx, 400, why).await;
+            }
+        };
+        let method = session.req_header().method.clone();
+        let route = ctx.snap.table.lookup(&normalized, &method);
+        let (side, upstream) = match route {
+            Some(i) => {
+                let side = self.choose_side(session, ctx, i);
+                let r = &ctx.snap.routes[i];
+                let up = match side {
+                    Side::New => r.new.clone(),
+                    _ => r.legacy.clone(),
+                };
+                (side, up)
+            }
+            None => (Side::Default, ctx.snap.default.clone()),
+        };
+        ctx.route = route;
+        let Some(upstream) = upstream else {
+            return reject(session, ctx, 404, "no route").await;
+        };
+        ctx.side = Some(side);
+
+        let base = upstream.base_path.as_deref().unwrap_or("");
+        if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
+            let q = query.map(|q| String::from_utf8_lossy(q)).unwrap_or_default();
+            ctx.upstream_path = Some(format!("{base}{normalized}{q}"));
+        }
+        ctx.upstream = Some(upstream);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream.as_ref() else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "no upstream chosen");
+        };
+        let Some(backend) = upstream.select(ctx.avoid) else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no address to try");
+        };
+        ctx.peer_addr = backend.addr.as_inet().copied();
+        ctx.upstream_start.get_or_insert_with(Instant::now);
+        Ok(upstream.peer(&backend))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing was sent on a connection that never opened: any method may try another address.
+        ctx.connect_failures += 1;
+        ctx.avoid = ctx.peer_addr;
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
+        if ctx.connect_failures <= retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(path) = ctx.upstream_path.as_deref() {
+            up.set_raw_path(path.as_bytes())?;
+        }
+        let keep_upgrade = session.is_upgrade_req();
+        for name in hop_by_hop(&up.headers, keep_upgrade) {
+            up.remove_header(&name);
+        }
+        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+            up.insert_header(X_FORWARDED_HOST, host)?;
+        }
+        if let Some(host) = ctx.upstream.as_ref().and_then(|u| u.host_header.clone()) {
+            up.insert_header(header::HOST, host)?;
+        }
+        if let Some(ip) = client_ip(session) {
+            let xff = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            up.insert_header(X_FORWARDED_FOR, xff)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+        up.remove_header(&X_STRANGLE_SIDE);
+        if let Some(id) = ctx.request_id.clone() {
+            up.insert_header(X_REQUEST_ID, id)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        for name in hop_by_hop(&resp.headers, upgrade) {
+            resp.remove_header(&name);
+        }
+        if let Some(id) = ctx.request_id.clone() {
+            resp.insert_header(X_REQUEST_ID, id)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        ctx.status = code;
+        ctx.error = Some(e.to_string());
+        if code > 0 && session.response_written().is_none() {
+            let mut resp = match ResponseHeader::build(code, Some(3)) {
+                Ok(r) => r,
+                Err(_) => return FailToProxy { error_code: code, can_reuse_downstream: false },
+            };
+            let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
+            if let Some(id) = &ctx.request_id {
+                let _ = resp.insert_header(X_REQUEST_ID, id.clone());
+            }
+            let _ = session.write_response_header(Box::new(resp), true).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if !self.access.enabled() {
+            return;
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let req = session.req_header();
+        let now = Instant::now();
+        let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
+        self.access.log(&AccessEvent {
+            time: Rfc3339(SystemTime::now()),
+            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            client: client_ip(session),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route: ctx.route_id(),
+            side: ctx.side.map(Side::as_str),
+            upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
+            status,
+            duration_ms: ms(now - ctx.start),
+            upstream_ms: ctx.upstream_start.map(|s| ms(now - s)),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            error,
+        });
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}

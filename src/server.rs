@@ -1,0 +1,114 @@
+//! `strangle serve`: builds the Pingora server from a validated config and runs it until
+//! SIGTERM (drain, then exit 0) or SIGINT (exit at once).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::proxy::{Strangle, IN_FLIGHT};
+use crate::services::{ConfigWatcher, HealthChecks};
+use crate::state::{Live, Snapshot};
+use crate::telemetry::AccessLogger;
+
+/// Loads the config, then runs the proxy. Returns only on a start-up error.
+pub fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = crate::config::load(&path)?;
+    crate::telemetry::init_logging(&config.log);
+    let server_cfg = config.server.clone();
+    let access = Arc::new(AccessLogger::new(config.log.access.clone()));
+    let snapshot = Snapshot::build(config, None)?;
+    let live = Arc::new(Live::new(path, snapshot));
+
+    let conf = ServerConf {
+        threads: server_cfg.threads,
+        // Pingora's own grace sleep is replaced by `Drain`, which exits as soon as the
+        // in-flight requests are done, or at `grace-period` at the latest.
+        grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Strangle {
+            live: Arc::clone(&live),
+            access: Arc::clone(&access),
+        },
+        "strangle proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.keepalive_request_limit = None;
+        app.server_options = Some(options);
+    }
+    for addr in &server_cfg.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("config watcher", ConfigWatcher { live: Arc::clone(&live) }));
+    server.add_service(background_service("health checks", HealthChecks { live: Arc::clone(&live) }));
+
+    tracing::info!(listen = ?server_cfg.listen, config = %live.path.display(), "strangle serving");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Drain {
+            grace: server_cfg.grace_period,
+        }),
+    });
+    std::process::exit(0)
+}
+
+/// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0.
+struct Drain {
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => {
+                let grace = self.grace;
+                tracing::info!(?grace, "SIGTERM: draining in-flight requests");
+                // Pingora stops the listeners when this returns; this task ends the process as
+                // soon as nothing is in flight instead of sleeping out the whole grace period.
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    // Requests already read but not yet counted get a moment to register.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while IN_FLIGHT.load(Ordering::Acquire) > 0 && start.elapsed() < grace {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let left = IN_FLIGHT.load(Ordering::Acquire);
+                    if left > 0 {
+                        tracing::warn!(left, "grace period over with requests still in flight");
+                    }
+                    // Let the access-log writer catch up with the last lines.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tracing::info!("drained; exiting");
+                    std::process::exit(0);
+                });
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}

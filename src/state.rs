@@ -1,0 +1,194 @@
+//! The live routing snapshot and how it is replaced.
+//!
+//! A request takes one `Arc<Snapshot>` when it starts and keeps it to the end, whatever reloads
+//! happen meanwhile. A reload builds the next snapshot off the request path (parsing, DNS,
+//! health-check set-up) and swaps it in with one atomic store; a broken file leaves the last good
+//! snapshot serving and is counted and remembered.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, Route};
+use crate::routing::RouteTable;
+use crate::split::{route_seed, Shift, StickyKey};
+use crate::upstream::{HttpUpstream, Shared};
+
+/// A route ready for the request path: upstreams resolved to `Arc`s, hash seed precomputed.
+#[derive(Debug)]
+pub struct LiveRoute {
+    pub id: String,
+    pub legacy: Option<Shared>,
+    pub new: Option<Shared>,
+    pub shift: Shift,
+    pub sticky: StickyKey,
+    pub seed: u64,
+    pub allow_override: bool,
+}
+
+/// Everything the request path reads, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub table: RouteTable,
+    pub routes: Vec<LiveRoute>,
+    pub upstreams: HashMap<String, Shared>,
+    pub default: Option<Shared>,
+    pub loaded_at: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigErrors),
+    #[error(transparent)]
+    Resolve(#[from] crate::upstream::ResolveError),
+}
+
+impl Snapshot {
+    /// Builds a snapshot, reusing the upstreams of `previous` whose config is unchanged.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let mut upstreams = HashMap::with_capacity(config.upstreams.len());
+        for (name, cfg) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|u| u.config == *cfg)
+                .cloned();
+            let upstream = match reused {
+                Some(u) => u,
+                None => Arc::new(HttpUpstream::new(cfg)?),
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
+        let get = |name: &Option<String>| name.as_ref().and_then(|n| upstreams.get(n)).cloned();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r: &Route| LiveRoute {
+                id: r.id.clone(),
+                legacy: get(&r.legacy),
+                new: get(&r.new),
+                shift: r.shift,
+                sticky: r.sticky.clone(),
+                seed: route_seed(&r.id),
+                allow_override: r.allow_override,
+            })
+            .collect();
+        let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
+        let default = get(&config.server.default);
+        Ok(Snapshot {
+            config,
+            table,
+            routes,
+            upstreams,
+            default,
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+/// The outcome of the last reload attempt that failed, for `status` and logs.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    pub at: SystemTime,
+    pub error: String,
+}
+
+/// The live snapshot plus reload bookkeeping. Shared by the proxy and its background services.
+#[derive(Debug)]
+pub struct Live {
+    pub path: PathBuf,
+    snapshot: ArcSwap<Snapshot>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    last_failure: Mutex<Option<ReloadFailure>>,
+    /// Serialises reloads; the request path never touches it.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Live {
+    pub fn new(path: PathBuf, snapshot: Snapshot) -> Live {
+        Live {
+            path,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot, for one request.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        self.last_failure.lock().map(|f| f.clone()).unwrap_or(None)
+    }
+
+    /// Reads the config file again and swaps in the new snapshot if it is valid.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let live = Arc::clone(self);
+        // Parsing and DNS resolution block: keep them off the proxy's worker threads.
+        let built = tokio::task::spawn_blocking(move || {
+            let previous = live.load();
+            let config = config::load(&live.path)?;
+            Snapshot::build(config, Some(&previous))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))?;
+        match built {
+            Ok(snapshot) => {
+                let old = self.load();
+                warn_on_restart_only_changes(&old.config, &snapshot.config);
+                self.snapshot.store(Arc::new(snapshot));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut f) = self.last_failure.lock() {
+                    *f = None;
+                }
+                tracing::info!(path = %self.path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                for line in error.lines() {
+                    tracing::error!(path = %self.path.display(), "config reload failed, keeping the last good config: {line}");
+                }
+                if let Ok(mut f) = self.last_failure.lock() {
+                    *f = Some(ReloadFailure {
+                        at: SystemTime::now(),
+                        error: error.clone(),
+                    });
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+fn warn_on_restart_only_changes(old: &Config, new: &Config) {
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen || o.threads != n.threads {
+        tracing::warn!("`listen` and `threads` changed in the config: they take effect at the next restart");
+    }
+    if old.log != new.log {
+        tracing::warn!("`[log]` changed in the config: it takes effect at the next restart");
+    }
+}
+
+/// The directory to watch and the file name within it for a config path.
+pub fn watch_target(path: &Path) -> (PathBuf, Option<std::ffi::OsString>) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    (dir, path.file_name().map(|n| n.to_os_string()))
+}

@@ -1,0 +1,149 @@
+//! HTTP upstreams: the balanced, health-checked address set behind an upstream name, and the
+//! per-request `HttpPeer` built from it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{self, Target};
+
+/// A live HTTP upstream.
+pub struct HttpUpstream {
+    pub config: config::Upstream,
+    lb: LoadBalancer<RoundRobin>,
+    tls: bool,
+    sni: String,
+    /// The Host header to send instead of the client's, for `url` upstreams.
+    pub host_header: Option<HeaderValue>,
+    /// Prefixed to every request path, for `url` upstreams with a base path.
+    pub base_path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{name}`: cannot resolve `{address}`: {source}")]
+pub struct ResolveError {
+    name: String,
+    address: String,
+    source: std::io::Error,
+}
+
+impl HttpUpstream {
+    /// Builds the upstream, resolving its addresses (this may block on DNS: call it off the
+    /// request path).
+    pub fn new(config: &config::Upstream) -> Result<HttpUpstream, ResolveError> {
+        let (addresses, tls, sni, host_header, base_path) = match &config.target {
+            Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None, None),
+            Target::Url {
+                tls,
+                host,
+                port,
+                base_path,
+            } => {
+                let default_port = if *tls { 443 } else { 80 };
+                let authority = match (host.contains(':'), *port == default_port) {
+                    (true, true) => format!("[{host}]"),
+                    (true, false) => format!("[{host}]:{port}"),
+                    (false, true) => host.clone(),
+                    (false, false) => format!("{host}:{port}"),
+                };
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                let base = (!base_path.is_empty()).then(|| base_path.clone());
+                (vec![addr], *tls, host.clone(), HeaderValue::from_str(&authority).ok(), base)
+            }
+        };
+        let resolve_err = |address: &str, source| ResolveError {
+            name: config.name.clone(),
+            address: address.to_string(),
+            source,
+        };
+        // Resolve each address ourselves first so the error names the one that failed.
+        for a in &addresses {
+            std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).map_err(|e| resolve_err(a, e))?;
+        }
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
+            .map_err(|e| resolve_err(&addresses.join(","), e))?;
+        match &config.health_check_path {
+            Some(path) => {
+                let host = host_header
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                let mut hc = HttpHealthCheck::new(host, tls);
+                if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+                    let mut req = req;
+                    let _ = req.insert_header("Host", host);
+                    hc.req = req;
+                }
+                hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
+                hc.peer_template.options.read_timeout = Some(config.timeout.min(Duration::from_secs(5)));
+                lb.set_health_check(Box::new(hc));
+            }
+            None => {
+                let mut hc = if tls {
+                    TcpHealthCheck::new_tls(&sni)
+                } else {
+                    TcpHealthCheck::new()
+                };
+                hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
+                lb.set_health_check(hc);
+            }
+        }
+        lb.health_check_frequency = Some(config.health_check_interval);
+        Ok(HttpUpstream {
+            config: config.clone(),
+            lb,
+            tls,
+            sni,
+            host_header,
+            base_path,
+        })
+    }
+
+    /// Picks a healthy address, avoiding one that just failed. If every address is marked
+    /// down, the least-recently-failed choice is still better than none: try one anyway.
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Backend> {
+        let not_avoided = |b: &Backend| avoid.is_none_or(|a| b.addr.as_inet() != Some(&a));
+        self.lb
+            .select_with(b"", 32, |b, healthy| healthy && not_avoided(b))
+            .or_else(|| self.lb.select_with(b"", 32, |b, _| not_avoided(b)))
+    }
+
+    pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
+        let mut peer = Box::new(HttpPeer::new(backend.addr.clone(), self.tls, self.sni.clone()));
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.config.connect_timeout);
+        o.total_connection_timeout = Some(self.config.connect_timeout + Duration::from_secs(1));
+        o.read_timeout = Some(self.config.timeout);
+        o.write_timeout = Some(self.config.timeout);
+        o.idle_timeout = Some(self.config.idle_timeout);
+        peer
+    }
+
+    pub async fn health_check(&self) {
+        self.lb.backends().run_health_check(true).await;
+    }
+
+    pub fn health_check_interval(&self) -> Duration {
+        self.config.health_check_interval
+    }
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream").field("name", &self.config.name).finish()
+    }
+}
+
+/// Upstreams are shared between snapshots when their config did not change, so a reload keeps
+/// their health state and pooled connections.
+pub type Shared = Arc<HttpUpstream>;
