@@ -5,6 +5,7 @@
 //! contracts (config keys, CLI verbs, bad-input policy).
 
 pub mod config;
+pub mod deadline;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -51,6 +51,8 @@ pub struct Ctx {
     request_id: Option<HeaderValue>,
     /// The path to send upstream when it differs from the client's (normalised or prefixed).
     upstream_path: Option<String>,
+    /// The normalised path, when it differs from the client's.
+    routed_path: Option<String>,
     upstream_start: Option<Instant>,
     peer_addr: Option<SocketAddr>,
     avoid: Option<SocketAddr>,
@@ -196,6 +198,7 @@ impl ProxyHttp for Strangle {
             upstream: None,
             request_id: None,
             upstream_path: None,
+            routed_path: None,
             upstream_start: None,
             peer_addr: None,
             avoid: None,
@@ -207,6 +210,10 @@ impl ProxyHttp for Strangle {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let limits = &ctx.snap.config.server;
+        if session.get_keepalive() == Some(0) {
+            // Pingora keeps an HTTP/1.1 connection forever by default; bound the idle time.
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
         ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v) => v.clone(),
@@ -281,6 +288,9 @@ impl ProxyHttp for Strangle {
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
             let q = query.map(|q| String::from_utf8_lossy(q)).unwrap_or_default();
             ctx.upstream_path = Some(format!("{base}{normalized}{q}"));
+        }
+        if let Cow::Owned(p) = normalized {
+            ctx.routed_path = Some(p);
         }
         ctx.upstream = Some(upstream);
         Ok(false)
@@ -402,7 +412,7 @@ impl ProxyHttp for Strangle {
             request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             client: client_ip(session),
             method: req.method.as_str(),
-            path: req.uri.path(),
+            path: ctx.routed_path.as_deref().unwrap_or(req.uri.path()),
             route: ctx.route_id(),
             side: ctx.side.map(Side::as_str),
             upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),

@@ -12,6 +12,9 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
+use pingora::services::listening::Service;
+
+use crate::deadline::HeaderDeadline;
 use crate::proxy::{Strangle, IN_FLIGHT};
 use crate::services::{ConfigWatcher, HealthChecks};
 use crate::state::{Live, Snapshot};
@@ -38,19 +41,22 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut app = pingora::proxy::HttpProxy::new(
         Strangle {
             live: Arc::clone(&live),
             access: Arc::clone(&access),
         },
-        "strangle proxy",
+        server.configuration.clone(),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.keepalive_request_limit = None;
-        app.server_options = Some(options);
-    }
+    app.handle_init_modules();
+    app.server_options = Some(pingora::apps::HttpServerOptions::default());
+    let mut proxy = Service::new(
+        "strangle proxy".to_string(),
+        HeaderDeadline {
+            inner: Arc::new(app),
+            deadline: server_cfg.header_timeout,
+        },
+    );
     for addr in &server_cfg.listen {
         proxy.add_tcp(addr);
     }
