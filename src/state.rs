@@ -158,10 +158,8 @@ impl Live {
             }
             Err(e) => {
                 let error = e.to_string();
-                self.reload_failures.fetch_add(1, Ordering::Relaxed);
-                for line in error.lines() {
-                    tracing::error!(path = %self.path.display(), "config reload failed, keeping the last good config: {line}");
-                }
+                let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(failures, "config reload failed, keeping the last good config:\n{error}");
                 if let Ok(mut f) = self.last_failure.lock() {
                     *f = Some(ReloadFailure {
                         at: SystemTime::now(),

@@ -1,0 +1,248 @@
+//! What bad input gets: 400 and close for ambiguous framing, 400 for hostile paths, 431 for
+//! oversized heads, a deadline for slow heads, 502/504 for broken upstreams, and no retry of a
+//! request that was sent unless its method is idempotent.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn proxy_with_backend() -> (Proxy, Backend) {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut text = split_config(&legacy, &new, "0%", "none");
+    text = text.replace("grace-period = \"5s\"", "grace-period = \"5s\"\nheader-timeout = \"1s\"\nmax-headers = 50\nmax-header-bytes = 8192");
+    drop(new);
+    (Proxy::start(&text), legacy)
+}
+
+#[test]
+fn ambiguous_framing_gets_400_and_close_and_nothing_is_forwarded() {
+    let (proxy, backend) = proxy_with_backend();
+    let cases: &[(&str, &[u8])] = &[
+        ("CL and TE", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("TE and CL", b"POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+        ("same CL twice", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("different CLs", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd"),
+        ("CL list", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: 4, 4\r\n\r\nabcd"),
+        ("malformed CL", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: 4x\r\n\r\nabcd"),
+        ("negative CL", b"POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\nabcd"),
+        ("control byte in a value", b"GET /bookings HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n"),
+        ("space in a name", b"GET /bookings HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n"),
+        ("NUL in a value", b"GET /bookings HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n"),
+    ];
+    for (what, bytes) in cases {
+        let (resp, closed) = raw(proxy.port, bytes);
+        let resp = resp.unwrap_or_else(|| panic!("{what}: no response"));
+        assert_eq!(resp.status, 400, "{what}");
+        assert!(closed, "{what}: connection left open");
+    }
+    assert_eq!(backend.count(), 0, "a malformed request was forwarded: {:?}", backend.seen());
+}
+
+#[test]
+fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
+    let (proxy, backend) = proxy_with_backend();
+    for (sent, received) in [
+        ("//bookings///42", "/bookings/42"),
+        ("/flights/../bookings/1", "/bookings/1"),
+        ("/bookings/./1?a=b", "/bookings/1?a=b"),
+        ("/bookings/%2e%2e/admin", "/admin"),
+        ("/bookings/1", "/bookings/1"),
+    ] {
+        let r = get(proxy.port, sent, &[]);
+        assert_eq!(r.status, 200, "{sent}");
+        assert_eq!(backend.seen().pop().unwrap().target, received, "{sent}");
+    }
+    // `/bookings/%2e%2e/admin` routed as `/admin`: the default, not the bookings route.
+    let log = crate::routing::proxy_log_when(&proxy, 5);
+    assert_eq!(log[3]["path"], "/admin");
+    assert_eq!(log[3]["side"], "default");
+
+    let before = backend.count();
+    for bad in ["/bookings%2F..%2Fadmin", "/bookings%2fx", "/a%5Cb", "/a%5cb", "/a\\b", "/bookings#frag", "/a%zz"] {
+        let (resp, _) = raw(proxy.port, format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(resp.map(|r| r.status), Some(400), "{bad}");
+    }
+    assert_eq!(backend.count(), before);
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let (proxy, backend) = proxy_with_backend();
+    let many: String = (0..60).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (r, closed) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
+    assert_eq!(r.unwrap().status, 431);
+    assert!(closed);
+    let big = "a".repeat(9000);
+    let (r, _) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    assert_eq!(r.unwrap().status, 431);
+    // Just under both caps is fine.
+    let some: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (r, _) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n").as_bytes());
+    assert_eq!(r.unwrap().status, 200);
+    assert_eq!(backend.count(), 1);
+}
+
+#[test]
+fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
+    let (proxy, backend) = proxy_with_backend();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let start = Instant::now();
+    let head = b"GET /bookings HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890123456789012345678901234567890\r\n\r\n";
+    let mut cut = false;
+    for b in head.iter() {
+        // One byte every 100 ms: each read is quick, but the head as a whole takes ~9 s.
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok(0) = s.read(&mut buf) {
+            cut = true;
+            break;
+        }
+    }
+    let took = start.elapsed();
+    assert!(cut, "the slow head was accepted");
+    assert!(took < Duration::from_secs(4), "cut off only after {took:?}");
+    assert_eq!(backend.count(), 0);
+    // A keep-alive connection idling between requests is not cut by the head deadline.
+    let mut c = proxy.client();
+    assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn refused_upstream_is_502_and_slow_upstream_is_504() {
+    let legacy = Backend::start("legacy");
+    let dead = free_port();
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "legacy"
+[upstreams.legacy]
+addresses = ["{}"]
+timeout = "500ms"
+[upstreams.dead]
+addresses = ["127.0.0.1:{dead}"]
+[[routes]]
+id = "dead"
+path = "/dead"
+new = "dead"
+"#,
+        legacy.addr()
+    ));
+    let r = get(proxy.port, "/dead", &[]);
+    assert_eq!(r.status, 502);
+    assert!(r.header("x-request-id").is_some());
+    let start = Instant::now();
+    let r = get(proxy.port, "/slow", &[("x-delay-ms", "3000")]);
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let log = crate::routing::proxy_log_when(&proxy, 2);
+    assert_eq!(log[0]["status"], 502);
+    assert_eq!(log[1]["status"], 504);
+}
+
+/// A backend that reads one request per connection and hangs up without answering.
+fn hang_up_backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !got.is_empty() {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(s);
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn a_sent_request_is_retried_only_if_idempotent_and_unopened_connections_are_retried() {
+    let (port, count) = hang_up_backend();
+    let legacy = Backend::start("legacy");
+    let dead = free_port();
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+[upstreams.hangup]
+addresses = ["127.0.0.1:{port}"]
+retries = 3
+[upstreams.pair]
+addresses = ["127.0.0.1:{dead}", "{}"]
+health-check-interval = "1h"
+[[routes]]
+id = "hangup"
+path = "/hangup"
+legacy = "hangup"
+[[routes]]
+id = "pair"
+path = "/pair"
+legacy = "pair"
+"#,
+        legacy.addr()
+    ));
+    let r = Client::connect(proxy.port).request("POST", "/hangup", &[], b"{\"seat\":\"1A\"}").unwrap();
+    assert_eq!(r.status, 502);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "the POST was sent more than once");
+
+    // One address refuses connections: nothing was sent there, so even a POST moves on to the
+    // live address and succeeds. (Health checks are off here, so only the retry saves it.)
+    for _ in 0..6 {
+        let r = Client::connect(proxy.port).request("POST", "/pair", &[], b"x").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(legacy.count(), 6);
+}
+
+#[test]
+fn health_checks_take_a_dead_address_out_of_rotation() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "pool"
+[upstreams.pool]
+addresses = ["{}", "{}"]
+health-check-interval = "200ms"
+retries = 0
+"#,
+        a.addr(),
+        b.addr()
+    ));
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..10 {
+        served.insert(get(proxy.port, "/", &[]).header("x-backend").unwrap().to_string());
+    }
+    assert_eq!(served.len(), 2, "round-robin should use both: {served:?}");
+    b.stop();
+    std::thread::sleep(Duration::from_millis(800));
+    // With no retries, any request sent to the dead address would fail: none does.
+    for _ in 0..20 {
+        let r = get(proxy.port, "/", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-backend"), Some("a"));
+    }
+}

@@ -1,0 +1,151 @@
+//! `strangle check`, the access log, and graceful shutdown.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn check_prints_every_error_as_file_line_col_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"[server]
+default = "monolit"
+
+[upstreams.monolith]
+addresses = ["127.0.0.1:8081"]
+
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "monolith"
+new = "monolith"
+shift = "25 percent"
+sticky = "session"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin()).arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display().to_string();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&format!("{p}:"))).filter(|l| !l.ends_with("error(s)")).collect();
+    assert_eq!(errors.len(), 3, "{stderr}");
+    assert!(errors[0].starts_with(&format!("{p}:2:11: unknown upstream `monolit`")), "{stderr}");
+    assert!(errors[1].starts_with(&format!("{p}:12:9: bad percent")), "{stderr}");
+    assert!(errors[2].starts_with(&format!("{p}:13:10: bad sticky key")), "{stderr}");
+    assert!(stderr.contains("hint: known upstreams: monolith"));
+
+    // A good file passes; several files are all checked.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n").unwrap();
+    let out = Command::new(bin()).arg("check").arg(&good).output().unwrap();
+    assert!(out.status.success());
+    let out = Command::new(bin()).arg("check").arg(&good).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn serve_refuses_a_broken_config_with_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nthreads = 0\ndefault = \"x\"\n").unwrap();
+    let out = Command::new(bin()).arg("serve").arg("-c").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":2:11: `threads` must be between 1 and 1024"), "{stderr}");
+    assert!(stderr.contains(":3:11: unknown upstream `x`"), "{stderr}");
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request_with_every_field() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
+    let r = Client::connect(proxy.port)
+        .request("POST", "/bookings/9?x=1", &[("x-request-id", "abc-1"), ("x-delay-ms", "20")], b"12345")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    get(proxy.port, "/other", &[]);
+    let log = crate::routing::proxy_log_when(&proxy, 2);
+    assert_eq!(log.len(), 2);
+    let l = &log[0];
+    assert_eq!(l["request_id"], "abc-1");
+    assert_eq!(l["method"], "POST");
+    assert_eq!(l["path"], "/bookings/9");
+    assert_eq!(l["route"], "bookings");
+    assert_eq!(l["side"], "new");
+    assert_eq!(l["upstream"], "new");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["bytes_in"], 5);
+    assert_eq!(l["bytes_out"], 3);
+    assert_eq!(l["client"], "127.0.0.1");
+    assert!(l["duration_ms"].as_f64().unwrap() >= 20.0, "{l}");
+    assert!(l["upstream_ms"].as_f64().unwrap() >= 20.0, "{l}");
+    assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
+    assert!(l["time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(log[1]["side"], "default");
+    assert_eq!(log[1]["upstream"], "legacy");
+    assert!(log[1]["route"].is_null());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let port = proxy.port;
+    let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
+    while legacy.count() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    proxy.signal("TERM");
+    // New connections are refused soon after.
+    let mut refused = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "still accepting after SIGTERM");
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request was cut");
+    let status = proxy.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let took = start.elapsed();
+    // It waited for the request (~1.5 s) but not for the whole 5 s grace period.
+    assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(4), "exit after {took:?}");
+}
+
+#[test]
+fn a_request_outliving_the_grace_period_does_not_hold_the_exit() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split_config(&legacy, &new, "0%", "none").replace("grace-period = \"5s\"", "grace-period = \"1s\"");
+    let mut proxy = Proxy::start(&text);
+    let port = proxy.port;
+    std::thread::spawn(move || Client::connect(port).get("/bookings", &[("x-delay-ms", "10000")]));
+    while legacy.count() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    proxy.signal("TERM");
+    let status = proxy.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(start.elapsed() < Duration::from_secs(4), "exit after {:?}", start.elapsed());
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(!files.is_empty());
+    let out = Command::new(bin()).arg("check").args(&files).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

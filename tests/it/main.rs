@@ -1,0 +1,8 @@
+//! Integration tests: the real `strangle` binary on free ports against real HTTP backends.
+
+mod bad_input;
+mod lifecycle;
+mod reload;
+mod routing;
+mod split;
+mod support;

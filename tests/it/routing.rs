@@ -1,0 +1,157 @@
+//! Routing by path and method, default upstream, forwarding headers.
+
+use crate::support::*;
+
+#[test]
+fn routes_by_segment_aware_prefix_exact_and_method() {
+    let (mono, new, admin) = (Backend::start("monolith"), Backend::start("bookings"), Backend::start("admin"));
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "monolith"
+
+[upstreams.monolith]
+addresses = ["{}"]
+[upstreams.bookings]
+addresses = ["{}"]
+[upstreams.admin]
+addresses = ["{}"]
+
+[[routes]]
+id = "bookings-write"
+path = "/bookings"
+methods = ["POST"]
+new = "bookings"
+
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "monolith"
+
+[[routes]]
+id = "search"
+path = "/bookings/search"
+match = "exact"
+new = "admin"
+"#,
+        mono.addr(),
+        new.addr(),
+        admin.addr()
+    ));
+    let mut c = proxy.client();
+    let mut served_by = |method: &str, path: &str| {
+        let r = c.request(method, path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{method} {path}");
+        r.header("x-backend").unwrap().to_string()
+    };
+    assert_eq!(served_by("GET", "/bookings"), "monolith");
+    assert_eq!(served_by("GET", "/bookings/42"), "monolith");
+    assert_eq!(served_by("POST", "/bookings/42"), "bookings");
+    assert_eq!(served_by("GET", "/bookings/search"), "admin");
+    assert_eq!(served_by("GET", "/bookings/search/deep"), "monolith");
+    assert_eq!(served_by("GET", "/bookingsx"), "monolith"); // the default, not the route
+    assert_eq!(served_by("GET", "/"), "monolith");
+
+    let log = proxy_log_when(&proxy, 7);
+    let routes: Vec<&str> = log.iter().map(|l| l["route"].as_str().unwrap_or("-")).collect();
+    assert_eq!(routes, ["bookings", "bookings", "bookings-write", "search", "bookings", "-", "-"]);
+    assert_eq!(log[5]["side"], "default");
+}
+
+/// Access-log lines arrive a moment after the response.
+pub fn proxy_log_when(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let log = proxy.access_log();
+        if log.len() >= n || start.elapsed() > std::time::Duration::from_secs(5) {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn without_a_default_unmatched_requests_get_404() {
+    let mono = Backend::start("monolith");
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+[upstreams.monolith]
+addresses = ["{}"]
+[[routes]]
+id = "api"
+path = "/api"
+legacy = "monolith"
+"#,
+        mono.addr()
+    ));
+    assert_eq!(get(proxy.port, "/api/x", &[]).status, 200);
+    let r = get(proxy.port, "/other", &[]);
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(mono.count(), 1);
+}
+
+#[test]
+fn forwards_with_proxy_headers_and_without_hop_by_hop_ones() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let r = get(
+        proxy.port,
+        "/bookings/1?x=1&y=2",
+        &[
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("Connection", "keep-alive, x-secret-hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Request-Id", "req-abc-123"),
+            ("X-Strangle-Side", "legacy"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("req-abc-123"));
+    let seen = legacy.seen().pop().unwrap();
+    assert_eq!(seen.target, "/bookings/1?x=1&y=2");
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some(&*format!("127.0.0.1:{}", proxy.port)));
+    assert_eq!(seen.header("x-request-id"), Some("req-abc-123"));
+    for hop in ["x-secret-hop", "keep-alive", "proxy-connection", "x-strangle-side"] {
+        assert_eq!(seen.header(hop), None, "{hop} was forwarded");
+    }
+
+    // Without an id, one is generated, sent upstream and returned.
+    let r = get(proxy.port, "/bookings/2", &[]);
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(legacy.seen().pop().unwrap().header("x-request-id"), Some(&*id));
+}
+
+#[test]
+fn url_upstreams_get_host_rewritten_and_base_path_prefixed() {
+    let (legacy, svc) = (Backend::start("legacy"), Backend::start("svc"));
+    let proxy = Proxy::start(&format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "legacy"
+[upstreams.legacy]
+addresses = ["{}"]
+[upstreams.svc]
+url = "http://localhost:{}/v2/"
+[[routes]]
+id = "bookings"
+path = "/bookings"
+new = "svc"
+"#,
+        legacy.addr(),
+        svc.port
+    ));
+    assert_eq!(get(proxy.port, "/bookings/7?q=1", &[]).header("x-backend"), Some("svc"));
+    let seen = svc.seen().pop().unwrap();
+    assert_eq!(seen.target, "/v2/bookings/7?q=1");
+    assert_eq!(seen.header("host"), Some(&*format!("localhost:{}", svc.port)));
+}

@@ -1,0 +1,417 @@
+//! Fixtures: the real `strangle` binary on a free port, real HTTP backends, a plain HTTP/1.1
+//! client that can also send malformed bytes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// A port nobody listens on right now (bind-probed).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server (hyper) that answers `200 {name}` and records every request.
+/// A request with `x-delay-ms: N` is answered after N ms.
+pub struct Backend {
+    pub name: &'static str,
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn start(name: &'static str) -> Backend {
+        Self::start_on(name, free_port())
+    }
+
+    pub fn start_on(name: &'static str, port: u16) -> Backend {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let record = Arc::clone(&seen);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+                ready_tx.send(()).unwrap();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        _ = &mut stop_rx => return,
+                        r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                    };
+                    let record = Arc::clone(&record);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let record = Arc::clone(&record);
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                                let delay = parts
+                                    .headers
+                                    .get("x-delay-ms")
+                                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                                let seen = Seen {
+                                    method: parts.method.to_string(),
+                                    target: parts.uri.to_string(),
+                                    headers: parts
+                                        .headers
+                                        .iter()
+                                        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                        .collect(),
+                                    body,
+                                };
+                                record.lock().unwrap().push(seen);
+                                if let Some(ms) = delay {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                }
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .header("x-backend", name)
+                                        .header("content-type", "text/plain")
+                                        .body(Full::new(Bytes::from(name)))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Backend {
+            name,
+            port,
+            seen,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The real `strangle serve`, on a free port, with its config in a temp dir.
+pub struct Proxy {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strangle")
+}
+
+impl Proxy {
+    /// Starts the proxy. `{listen}` in the text becomes its address; unless the text has a
+    /// `[log]` section, the access log goes to `access.log` in the temp dir.
+    pub fn start(text: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("strangle.toml");
+        let port = free_port();
+        std::fs::write(&config, Self::render(text, port)).unwrap();
+        Self::start_at(dir, config, port)
+    }
+
+    pub fn render(text: &str, port: u16) -> String {
+        let mut body = text.replace("{listen}", &format!("127.0.0.1:{port}"));
+        if !body.contains("[log]") {
+            body.push_str("\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n");
+        }
+        body
+    }
+
+    pub fn start_at(dir: tempfile::TempDir, config: PathBuf, port: u16) -> Proxy {
+        let stderr = File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy { child, port, dir, config };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("strangle exited with {status}:\n{}", proxy.stderr());
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "strangle did not start:\n{}", proxy.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    pub fn rewrite(&self, text: &str) {
+        write_atomically(&self.config, &Self::render(text, self.port));
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Access-log lines, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access-log line {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// Waits for a line in the process log.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a file the way editors do: a temp file renamed over the old one.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client over one connection.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream),
+            port,
+        }
+    }
+
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Resp> {
+        self.request("GET", path, headers, b"")
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<Resp> {
+        self.reader.get_mut().write_all(bytes)?;
+        read_response(&mut self.reader)
+    }
+
+    /// After a response: whether the proxy closed the connection.
+    pub fn closed_by_peer(&mut self) -> bool {
+        let s = self.reader.get_mut();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(0)) || matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    if let Some(len) = headers.get("content-length") {
+        body.resize(len.parse().unwrap_or(0), 0);
+        r.read_exact(&mut body)?;
+    } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).map_err(std::io::Error::other)?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if status != 204 && status != 304 {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(Resp { status, headers, body })
+}
+
+/// One request on a fresh connection.
+pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    Client::connect(port).get(path, headers).unwrap()
+}
+
+/// Sends raw bytes on a fresh connection; returns the response (if any) and whether the proxy
+/// closed the connection afterwards.
+pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
+    let mut c = Client::connect(port);
+    match c.send_raw(bytes) {
+        Ok(resp) => {
+            let closed = c.closed_by_peer();
+            (Some(resp), closed)
+        }
+        Err(_) => (None, true),
+    }
+}
+
+pub fn socket_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The two-backend config most tests use.
+pub fn split_config(legacy: &Backend, new: &Backend, shift: &str, sticky: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "legacy"
+grace-period = "5s"
+
+[upstreams.legacy]
+addresses = ["{}"]
+
+[upstreams.new]
+addresses = ["{}"]
+
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "legacy"
+new = "new"
+shift = "{shift}"
+sticky = "{sticky}"
+override = true
+"#,
+        legacy.addr(),
+        new.addr()
+    )
+}
