@@ -117,7 +117,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  = hint: {hint}")?;
         }
@@ -248,7 +252,11 @@ impl Cx<'_> {
                             }
                         }
                     }
-                    _ => self.error(span.start, "`upstreams` must be a table: [upstreams.NAME]", None),
+                    _ => self.error(
+                        span.start,
+                        "`upstreams` must be a table: [upstreams.NAME]",
+                        None,
+                    ),
                 },
                 "routes" => match value.into_inner() {
                     DeValue::Array(a) => {
@@ -259,7 +267,11 @@ impl Cx<'_> {
                             }
                         }
                     }
-                    _ => self.error(span.start, "`routes` must be an array of tables: [[routes]]", None),
+                    _ => self.error(
+                        span.start,
+                        "`routes` must be an array of tables: [[routes]]",
+                        None,
+                    ),
                 },
                 other => {
                     let hint = Some(format!("known sections: {}", SECTIONS.join(", ")));
@@ -310,17 +322,32 @@ impl Cx<'_> {
             Ok(d) => d,
             Err(e) => {
                 let hint = Some("write a number with a unit: `500ms`, `20s`, `2m`".to_string());
-                self.err_at(v, format!("bad duration `{}` for `{key}`: {e}", v.get_ref()), hint);
+                self.err_at(
+                    v,
+                    format!("bad duration `{}` for `{key}`: {e}", v.get_ref()),
+                    hint,
+                );
                 default
             }
         }
     }
 
-    fn count(&mut self, v: &Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: usize) -> usize {
+    fn count(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: usize,
+    ) -> usize {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if !(min..=max).contains(&n) {
-            self.err_at(v, format!("`{key}` must be between {min} and {max}, not {n}"), None);
+            self.err_at(
+                v,
+                format!("`{key}` must be between {min} and {max}, not {n}"),
+                None,
+            );
             return default;
         }
         n as usize
@@ -334,7 +361,11 @@ impl Cx<'_> {
         for addr in &listen {
             if addr.get_ref().parse::<SocketAddr>().is_err() {
                 let hint = Some("write `IP:PORT`, e.g. `0.0.0.0:8080` or `[::]:8080`".into());
-                self.err_at(addr, format!("bad listen address `{}`", addr.get_ref()), hint);
+                self.err_at(
+                    addr,
+                    format!("bad listen address `{}`", addr.get_ref()),
+                    hint,
+                );
             }
         }
         if let Some(d) = &raw.default {
@@ -345,9 +376,23 @@ impl Cx<'_> {
             threads: self.count(&raw.threads, "threads", 1, 1024, 2),
             default: raw.default.map(Spanned::into_inner),
             grace_period: self.duration(&raw.grace_period, "grace-period", Duration::from_secs(20)),
-            keepalive_timeout: self.duration(&raw.keepalive_timeout, "keepalive-timeout", Duration::from_secs(60)),
-            header_timeout: self.duration(&raw.header_timeout, "header-timeout", Duration::from_secs(10)),
-            max_header_bytes: self.count(&raw.max_header_bytes, "max-header-bytes", 1024, 1 << 20, 32 * 1024),
+            keepalive_timeout: self.duration(
+                &raw.keepalive_timeout,
+                "keepalive-timeout",
+                Duration::from_secs(60),
+            ),
+            header_timeout: self.duration(
+                &raw.header_timeout,
+                "header-timeout",
+                Duration::from_secs(10),
+            ),
+            max_header_bytes: self.count(
+                &raw.max_header_bytes,
+                "max-header-bytes",
+                1024,
+                1 << 20,
+                32 * 1024,
+            ),
             max_headers: self.count(&raw.max_headers, "max-headers", 8, 250, 100),
         })
     }
@@ -359,7 +404,11 @@ impl Cx<'_> {
                 "stdout" => AccessLog::Stdout,
                 "off" => AccessLog::Off,
                 "" => {
-                    self.err_at(a, "empty `access`", Some("use `stdout`, `off` or a file path".into()));
+                    self.err_at(
+                        a,
+                        "empty `access`",
+                        Some("use `stdout`, `off` or a file path".into()),
+                    );
                     AccessLog::Off
                 }
                 path => AccessLog::File(self.base.join(path)),
@@ -370,7 +419,11 @@ impl Cx<'_> {
             Some("json") => true,
             Some(other) => {
                 let f = raw.format.as_ref().expect("matched Some");
-                self.err_at(f, format!("unknown log format `{other}`"), Some("use `text` or `json`".into()));
+                self.err_at(
+                    f,
+                    format!("unknown log format `{other}`"),
+                    Some("use `text` or `json`".into()),
+                );
                 false
             }
         };
@@ -380,16 +433,29 @@ impl Cx<'_> {
                 self.err_at(l, format!("bad log level `{}`", l.get_ref()), hint);
             }
         }
-        let level = raw.level.map_or_else(|| "info".to_string(), Spanned::into_inner);
-        Log { access, json, level }
+        let level = raw
+            .level
+            .map_or_else(|| "info".to_string(), Spanned::into_inner);
+        Log {
+            access,
+            json,
+            level,
+        }
     }
 
-    fn upstreams(&mut self, raw: Vec<(Spanned<String>, RawUpstream)>) -> BTreeMap<String, Upstream> {
+    fn upstreams(
+        &mut self,
+        raw: Vec<(Spanned<String>, RawUpstream)>,
+    ) -> BTreeMap<String, Upstream> {
         let mut out = BTreeMap::new();
         for (name, u) in raw {
             if !valid_name(name.get_ref()) {
                 let hint = Some("use letters, digits, `-` and `_`".to_string());
-                self.err_at(&name, format!("bad upstream name `{}`", name.get_ref()), hint);
+                self.err_at(
+                    &name,
+                    format!("bad upstream name `{}`", name.get_ref()),
+                    hint,
+                );
             }
             if let Some(kind) = &u.kind {
                 match kind.get_ref().as_str() {
@@ -408,8 +474,15 @@ impl Cx<'_> {
                     None
                 }
                 (None, None) => {
-                    let hint = Some("add `addresses = [\"127.0.0.1:8081\"]` or `url = \"https://host/base\"`".into());
-                    self.err_at(&name, format!("upstream `{}` has no `addresses` or `url`", name.get_ref()), hint);
+                    let hint = Some(
+                        "add `addresses = [\"127.0.0.1:8081\"]` or `url = \"https://host/base\"`"
+                            .into(),
+                    );
+                    self.err_at(
+                        &name,
+                        format!("upstream `{}` has no `addresses` or `url`", name.get_ref()),
+                        hint,
+                    );
                     None
                 }
                 (Some(addrs), None) => self.addresses(addrs),
@@ -424,15 +497,31 @@ impl Cx<'_> {
             let upstream = Upstream {
                 name: name.get_ref().clone(),
                 target: target.unwrap_or(Target::Addresses(Vec::new())),
-                connect_timeout: self.duration(&u.connect_timeout, "connect-timeout", Duration::from_secs(2)),
+                connect_timeout: self.duration(
+                    &u.connect_timeout,
+                    "connect-timeout",
+                    Duration::from_secs(2),
+                ),
                 timeout: self.duration(&u.timeout, "timeout", Duration::from_secs(30)),
-                idle_timeout: self.duration(&u.idle_timeout, "idle-timeout", Duration::from_secs(60)),
-                health_check_interval: self.duration(&u.health_check_interval, "health-check-interval", Duration::from_secs(2)),
+                idle_timeout: self.duration(
+                    &u.idle_timeout,
+                    "idle-timeout",
+                    Duration::from_secs(60),
+                ),
+                health_check_interval: self.duration(
+                    &u.health_check_interval,
+                    "health-check-interval",
+                    Duration::from_secs(2),
+                ),
                 health_check_path,
                 retries: self.count(&u.retries, "retries", 0, 5, 1),
             };
             if out.insert(name.get_ref().clone(), upstream).is_some() {
-                self.err_at(&name, format!("upstream `{}` is defined twice", name.get_ref()), None);
+                self.err_at(
+                    &name,
+                    format!("upstream `{}` is defined twice", name.get_ref()),
+                    None,
+                );
             }
         }
         out
@@ -440,36 +529,60 @@ impl Cx<'_> {
 
     fn addresses(&mut self, addrs: &Spanned<Vec<Spanned<String>>>) -> Option<Target> {
         if addrs.get_ref().is_empty() {
-            self.err_at(addrs, "`addresses` is empty", Some("list at least one `host:port`".into()));
+            self.err_at(
+                addrs,
+                "`addresses` is empty",
+                Some("list at least one `host:port`".into()),
+            );
             return None;
         }
         let mut ok = true;
         for a in addrs.get_ref() {
-            let valid = a
-                .get_ref()
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let valid = a.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !valid {
-                let hint = Some("write `host:port`, e.g. `127.0.0.1:8081`; for a URL use `url = ...`".into());
+                let hint = Some(
+                    "write `host:port`, e.g. `127.0.0.1:8081`; for a URL use `url = ...`".into(),
+                );
                 self.err_at(a, format!("bad address `{}`", a.get_ref()), hint);
                 ok = false;
             }
         }
-        ok.then(|| Target::Addresses(addrs.get_ref().iter().map(|a| a.get_ref().clone()).collect()))
+        ok.then(|| {
+            Target::Addresses(
+                addrs
+                    .get_ref()
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
+            )
+        })
     }
 
     fn url(&mut self, url: &Spanned<String>) -> Option<Target> {
         let text = url.get_ref();
-        let parsed = text.parse::<http::Uri>().ok().filter(|u| u.host().is_some());
+        let parsed = text
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.host().is_some());
         let Some(uri) = parsed else {
-            self.err_at(url, format!("bad url `{text}`"), Some("write `https://host[:port][/base-path]`".into()));
+            self.err_at(
+                url,
+                format!("bad url `{text}`"),
+                Some("write `https://host[:port][/base-path]`".into()),
+            );
             return None;
         };
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => {
-                self.err_at(url, format!("url `{text}` must start with http:// or https://"), None);
+                self.err_at(
+                    url,
+                    format!("url `{text}` must start with http:// or https://"),
+                    None,
+                );
                 return None;
             }
         };
@@ -479,13 +592,21 @@ impl Cx<'_> {
         let base_path = uri.path().trim_end_matches('/').to_string();
         Some(Target::Url {
             tls,
-            host: uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string(),
+            host: uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string(),
             port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             base_path,
         })
     }
 
-    fn check_upstream_ref(&mut self, name: &Spanned<String>, upstreams: &BTreeMap<String, Upstream>) {
+    fn check_upstream_ref(
+        &mut self,
+        name: &Spanned<String>,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) {
         if !upstreams.contains_key(name.get_ref()) {
             let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
             let hint = if known.is_empty() {
@@ -493,7 +614,11 @@ impl Cx<'_> {
             } else {
                 format!("known upstreams: {}", known.join(", "))
             };
-            self.err_at(name, format!("unknown upstream `{}`", name.get_ref()), Some(hint));
+            self.err_at(
+                name,
+                format!("unknown upstream `{}`", name.get_ref()),
+                Some(hint),
+            );
         }
     }
 
@@ -503,10 +628,16 @@ impl Cx<'_> {
         for r in raw {
             let id = r.id.get_ref().clone();
             if !valid_name(&id) {
-                self.err_at(&r.id, format!("bad route id `{id}`"), Some("use letters, digits, `-` and `_`".into()));
+                self.err_at(
+                    &r.id,
+                    format!("bad route id `{id}`"),
+                    Some("use letters, digits, `-` and `_`".into()),
+                );
             }
             if ids.insert(id.clone(), out.len()).is_some() {
-                let hint = Some("route ids name routes in metrics, logs and the CLI: make each unique".into());
+                let hint = Some(
+                    "route ids name routes in metrics, logs and the CLI: make each unique".into(),
+                );
                 self.err_at(&r.id, format!("route id `{id}` is used twice"), hint);
             }
             let path = r.path.get_ref().clone();
@@ -522,13 +653,21 @@ impl Cx<'_> {
                 Some("exact") => PathMatch::Exact,
                 Some(other) => {
                     let m = r.match_.as_ref().expect("matched Some");
-                    self.err_at(m, format!("unknown match `{other}`"), Some("use `prefix` (default) or `exact`".into()));
+                    self.err_at(
+                        m,
+                        format!("unknown match `{other}`"),
+                        Some("use `prefix` (default) or `exact`".into()),
+                    );
                     PathMatch::Prefix
                 }
             };
             let methods = r.methods.as_ref().map(|ms| {
                 if ms.get_ref().is_empty() {
-                    self.err_at(ms, "`methods` is empty", Some("omit `methods` to match every method".into()));
+                    self.err_at(
+                        ms,
+                        "`methods` is empty",
+                        Some("omit `methods` to match every method".into()),
+                    );
                 }
                 ms.get_ref()
                     .iter()
@@ -549,7 +688,11 @@ impl Cx<'_> {
             }
             if r.legacy.is_none() && r.new.is_none() {
                 let hint = Some("set `legacy = \"monolith\"`, `new = \"...\"` or both".into());
-                self.err_at(&r.id, format!("route `{id}` has neither `legacy` nor `new`"), hint);
+                self.err_at(
+                    &r.id,
+                    format!("route `{id}` has neither `legacy` nor `new`"),
+                    hint,
+                );
             }
             let shift = match &r.shift {
                 None if r.legacy.is_none() => Shift::ALL,
@@ -564,12 +707,31 @@ impl Cx<'_> {
             };
             let has_a_side = r.legacy.is_some() || r.new.is_some();
             if has_a_side && r.new.is_none() && shift != Shift::ZERO {
-                let at = r.shift.as_ref().map_or(r.id.span().start, |s| s.span().start);
-                self.error(at, format!("route `{id}` shifts {shift} to the new side but has no `new` upstream"), None);
+                let at = r
+                    .shift
+                    .as_ref()
+                    .map_or(r.id.span().start, |s| s.span().start);
+                self.error(
+                    at,
+                    format!(
+                        "route `{id}` shifts {shift} to the new side but has no `new` upstream"
+                    ),
+                    None,
+                );
             }
             if has_a_side && r.legacy.is_none() && shift != Shift::ALL {
-                let at = r.shift.as_ref().map_or(r.id.span().start, |s| s.span().start);
-                self.error(at, format!("route `{id}` keeps {} on the legacy side but has no `legacy` upstream", Shift::from_bp(10_000 - shift.bp()).unwrap_or_default()), None);
+                let at = r
+                    .shift
+                    .as_ref()
+                    .map_or(r.id.span().start, |s| s.span().start);
+                self.error(
+                    at,
+                    format!(
+                        "route `{id}` keeps {} on the legacy side but has no `legacy` upstream",
+                        Shift::from_bp(10_000 - shift.bp()).unwrap_or_default()
+                    ),
+                    None,
+                );
             }
             let sticky = match &r.sticky {
                 None => StickyKey::None,
@@ -595,7 +757,14 @@ impl Cx<'_> {
                     "route `{}` already takes every request for `{}`; give the methods apart or remove one",
                     earlier.id, route.path
                 ));
-                self.err_at(&r.path, format!("route `{}` overlaps route `{}` and can never match", route.id, earlier.id), hint);
+                self.err_at(
+                    &r.path,
+                    format!(
+                        "route `{}` overlaps route `{}` and can never match",
+                        route.id, earlier.id
+                    ),
+                    hint,
+                );
             }
             out.push(route);
         }
@@ -604,7 +773,9 @@ impl Cx<'_> {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Replaces `${env:NAME}` and `${file:PATH}` in a string. The message on failure never contains
@@ -615,7 +786,9 @@ pub fn interpolate(text: &str, base: &Path) -> Result<String, String> {
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| "unclosed `${` in string".to_string())?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in string".to_string())?;
         let reference = &after[..end];
         match reference.split_once(':') {
             Some(("env", name)) => match std::env::var(name) {
@@ -628,7 +801,11 @@ pub fn interpolate(text: &str, base: &Path) -> Result<String, String> {
                     .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 out.push_str(v.trim_end_matches(['\n', '\r']));
             }
-            _ => return Err(format!("unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`")),
+            _ => {
+                return Err(format!(
+                    "unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`"
+                ))
+            }
         }
         rest = &after[end + 1..];
     }

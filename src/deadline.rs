@@ -6,8 +6,8 @@
 //! request after that (idle keep-alive time is Pingora's keepalive timeout's business), and
 //! stops at the blank line that ends the head.
 
-use std::future::Future;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -33,7 +33,11 @@ pub struct HeaderDeadline<A> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
             // A kept-alive connection coming back for its next request.
             let mut s = stream.into_any().downcast::<DeadlineStream>().ok()?;
@@ -98,17 +102,26 @@ impl DeadlineStream {
 
 impl fmt::Debug for DeadlineStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeadlineStream").field("inner", &self.inner).finish()
+        f.debug_struct("DeadlineStream")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
 impl AsyncRead for DeadlineStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.in_head {
             if let Some(timer) = this.timer.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head deadline")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head deadline",
+                    )));
                 }
             }
         }
@@ -130,7 +143,11 @@ impl AsyncRead for DeadlineStream {
 }
 
 impl AsyncWrite for DeadlineStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -212,4 +229,3 @@ impl Peek for DeadlineStream {
         self.inner.try_peek(buf).await
     }
 }
-

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strangle", version, about = "An edge proxy for strangler-fig migrations")]
+#[command(
+    name = "strangle",
+    version,
+    about = "An edge proxy for strangler-fig migrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,12 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// The config file.
-        #[arg(short, long, env = "STRANGLE_CONFIG", default_value = "config/strangle.toml")]
+        #[arg(
+            short,
+            long,
+            env = "STRANGLE_CONFIG",
+            default_value = "config/strangle.toml"
+        )]
         config: PathBuf,
     },
     /// Validate config files; print every problem; exit 1 on any.

@@ -75,7 +75,12 @@ impl Ctx {
 
 /// Ends the request with an error status. Malformed requests also close the connection:
 /// after a framing error nothing else on it can be trusted.
-async fn reject(session: &mut Session, ctx: &mut Ctx, status: u16, why: impl Into<String>) -> Result<bool> {
+async fn reject(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    why: impl Into<String>,
+) -> Result<bool> {
     ctx.status = status;
     ctx.error = Some(why.into());
     if status == 400 || status == 431 {
@@ -130,7 +135,10 @@ fn new_request_id() -> HeaderValue {
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// The hop-by-hop headers present (RFC 9110 §7.6.1) and those named in `Connection`, except
@@ -222,26 +230,43 @@ impl ProxyHttp for Strangle {
 
         // Framing: one unambiguous body length or none.
         let cl_values = req.headers.get_all(header::CONTENT_LENGTH).iter().count();
-        if req.headers.contains_key(header::TRANSFER_ENCODING) && (cl_values > 0 || raw_has_content_length(session)) {
-            return reject(session, ctx, 400, "both Content-Length and Transfer-Encoding").await;
+        if req.headers.contains_key(header::TRANSFER_ENCODING)
+            && (cl_values > 0 || raw_has_content_length(session))
+        {
+            return reject(
+                session,
+                ctx,
+                400,
+                "both Content-Length and Transfer-Encoding",
+            )
+            .await;
         }
         let req = session.req_header();
-        if cl_values > 1 || req.headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes().contains(&b',')) {
+        if cl_values > 1
+            || req
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes().contains(&b','))
+        {
             return reject(session, ctx, 400, "repeated Content-Length").await;
         }
         // Header caps.
         if req.headers.len() > limits.max_headers {
             return reject(session, ctx, 431, "too many request headers").await;
         }
-        let header_bytes: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
         if header_bytes > limits.max_header_bytes {
             return reject(session, ctx, 431, "request headers too large").await;
         }
-        if req
-            .headers
-            .values()
-            .any(|v| v.as_bytes().iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
-        {
+        if req.headers.values().any(|v| {
+            v.as_bytes()
+                .iter()
+                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        }) {
             return reject(session, ctx, 400, "control byte in a header value").await;
         }
 
@@ -286,7 +311,9 @@ impl ProxyHttp for Strangle {
 
         let base = upstream.base_path.as_deref().unwrap_or("");
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
-            let q = query.map(|q| String::from_utf8_lossy(q)).unwrap_or_default();
+            let q = query
+                .map(|q| String::from_utf8_lossy(q))
+                .unwrap_or_default();
             ctx.upstream_path = Some(format!("{base}{normalized}{q}"));
         }
         if let Cow::Owned(p) = normalized {
@@ -308,7 +335,13 @@ impl ProxyHttp for Strangle {
         Ok(upstream.peer(&backend))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing was sent on a connection that never opened: any method may try another address.
         ctx.connect_failures += 1;
         ctx.avoid = ctx.peer_addr;
@@ -319,7 +352,12 @@ impl ProxyHttp for Strangle {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(path) = ctx.upstream_path.as_deref() {
             up.set_raw_path(path.as_bytes())?;
         }
@@ -334,7 +372,11 @@ impl ProxyHttp for Strangle {
             up.insert_header(header::HOST, host)?;
         }
         if let Some(ip) = client_ip(session) {
-            let xff = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            let xff = match up
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prior) => format!("{prior}, {ip}"),
                 None => ip.to_string(),
             };
@@ -349,7 +391,12 @@ impl ProxyHttp for Strangle {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         for name in hop_by_hop(&resp.headers, upgrade) {
             resp.remove_header(&name);
@@ -382,7 +429,12 @@ impl ProxyHttp for Strangle {
         if code > 0 && session.response_written().is_none() {
             let mut resp = match ResponseHeader::build(code, Some(3)) {
                 Ok(r) => r,
-                Err(_) => return FailToProxy { error_code: code, can_reuse_downstream: false },
+                Err(_) => {
+                    return FailToProxy {
+                        error_code: code,
+                        can_reuse_downstream: false,
+                    }
+                }
             };
             let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
             if let Some(id) = &ctx.request_id {
@@ -409,7 +461,11 @@ impl ProxyHttp for Strangle {
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
         self.access.log(&AccessEvent {
             time: Rfc3339(SystemTime::now()),
-            request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
             client: client_ip(session),
             method: req.method.as_str(),
             path: ctx.routed_path.as_deref().unwrap_or(req.uri.path()),

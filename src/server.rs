@@ -61,8 +61,18 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         proxy.add_tcp(addr);
     }
     server.add_service(proxy);
-    server.add_service(background_service("config watcher", ConfigWatcher { live: Arc::clone(&live) }));
-    server.add_service(background_service("health checks", HealthChecks { live: Arc::clone(&live) }));
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher {
+            live: Arc::clone(&live),
+        },
+    ));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks {
+            live: Arc::clone(&live),
+        },
+    ));
 
     tracing::info!(listen = ?server_cfg.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {

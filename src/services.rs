@@ -37,7 +37,8 @@ impl BackgroundService for ConfigWatcher {
             }
             let relevant = event.paths.iter().any(|p| {
                 let name = p.file_name();
-                name == file_name.as_deref() || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                name == file_name.as_deref()
+                    || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
             });
             if relevant {
                 let _ = watcher_tx.send(());
@@ -56,7 +57,8 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!("cannot listen for SIGHUP: {e}");

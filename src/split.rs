@@ -36,7 +36,9 @@ pub struct Shift(u16);
 pub const FULL: u16 = 10_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bad percent `{0}`: expected 0 to 100 with at most two decimals, like `25%`, `25` or `0.5%`")]
+#[error(
+    "bad percent `{0}`: expected 0 to 100 with at most two decimals, like `25%`, `25` or `0.5%`"
+)]
 pub struct BadPercent(pub String);
 
 impl Shift {
@@ -124,7 +126,9 @@ impl StickyKey {
                 .map(|v| v.as_bytes())
                 .filter(|v| !v.is_empty())
                 .map_or(KeyValue::Missing, KeyValue::Bytes),
-            StickyKey::Cookie(name) => cookie(headers, name).map_or(KeyValue::Missing, KeyValue::Bytes),
+            StickyKey::Cookie(name) => {
+                cookie(headers, name).map_or(KeyValue::Missing, KeyValue::Bytes)
+            }
             StickyKey::Ip => client_ip.map_or(KeyValue::Missing, KeyValue::Ip),
             StickyKey::Jwt(_) | StickyKey::None => KeyValue::Missing,
         }
@@ -164,7 +168,10 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
             let pair = pair.trim_ascii();
             if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
                 if let Some(value) = rest.strip_prefix(b"=") {
-                    let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+                    let value = value
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(value);
                     if !value.is_empty() {
                         return Some(value);
                     }

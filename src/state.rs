@@ -159,7 +159,10 @@ impl Live {
             Err(e) => {
                 let error = e.to_string();
                 let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(failures, "config reload failed, keeping the last good config:\n{error}");
+                tracing::error!(
+                    failures,
+                    "config reload failed, keeping the last good config:\n{error}"
+                );
                 if let Ok(mut f) = self.last_failure.lock() {
                     *f = Some(ReloadFailure {
                         at: SystemTime::now(),
@@ -175,7 +178,9 @@ impl Live {
 fn warn_on_restart_only_changes(old: &Config, new: &Config) {
     let (o, n) = (&old.server, &new.server);
     if o.listen != n.listen || o.threads != n.threads {
-        tracing::warn!("`listen` and `threads` changed in the config: they take effect at the next restart");
+        tracing::warn!(
+            "`listen` and `threads` changed in the config: they take effect at the next restart"
+        );
     }
     if old.log != new.log {
         tracing::warn!("`[log]` changed in the config: it takes effect at the next restart");

@@ -83,7 +83,11 @@ impl AccessLogger {
         let mut out: Box<dyn Write + Send> = match &self.target {
             AccessLog::Off => return None,
             AccessLog::Stdout => Box::new(std::io::stdout()),
-            AccessLog::File(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            AccessLog::File(path) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 Ok(f) => Box::new(f),
                 Err(e) => {
                     tracing::error!(path = %path.display(), "cannot open the access log: {e}");

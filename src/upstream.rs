@@ -58,7 +58,13 @@ impl HttpUpstream {
                     format!("{host}:{port}")
                 };
                 let base = (!base_path.is_empty()).then(|| base_path.clone());
-                (vec![addr], *tls, host.clone(), HeaderValue::from_str(&authority).ok(), base)
+                (
+                    vec![addr],
+                    *tls,
+                    host.clone(),
+                    HeaderValue::from_str(&authority).ok(),
+                    base,
+                )
             }
         };
         let resolve_err = |address: &str, source| ResolveError {
@@ -70,8 +76,9 @@ impl HttpUpstream {
         for a in &addresses {
             std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).map_err(|e| resolve_err(a, e))?;
         }
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
-            .map_err(|e| resolve_err(&addresses.join(","), e))?;
+        let mut lb =
+            LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
+                .map_err(|e| resolve_err(&addresses.join(","), e))?;
         match &config.health_check_path {
             Some(path) => {
                 let host = host_header
@@ -85,7 +92,8 @@ impl HttpUpstream {
                     hc.req = req;
                 }
                 hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
-                hc.peer_template.options.read_timeout = Some(config.timeout.min(Duration::from_secs(5)));
+                hc.peer_template.options.read_timeout =
+                    Some(config.timeout.min(Duration::from_secs(5)));
                 lb.set_health_check(Box::new(hc));
             }
             None => {
@@ -119,7 +127,11 @@ impl HttpUpstream {
     }
 
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
-        let mut peer = Box::new(HttpPeer::new(backend.addr.clone(), self.tls, self.sni.clone()));
+        let mut peer = Box::new(HttpPeer::new(
+            backend.addr.clone(),
+            self.tls,
+            self.sni.clone(),
+        ));
         let o = &mut peer.options;
         o.connection_timeout = Some(self.config.connect_timeout);
         o.total_connection_timeout = Some(self.config.connect_timeout + Duration::from_secs(1));
@@ -140,7 +152,9 @@ impl HttpUpstream {
 
 impl std::fmt::Debug for HttpUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpUpstream").field("name", &self.config.name).finish()
+        f.debug_struct("HttpUpstream")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 

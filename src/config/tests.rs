@@ -45,7 +45,12 @@ fn lowers_a_good_config() {
     assert_eq!(c.routes[1].kind, PathMatch::Exact);
     assert_eq!(
         c.upstreams["new-api"].target,
-        Target::Url { tls: true, host: "api.example.com".into(), port: 8443, base_path: "/v2".into() }
+        Target::Url {
+            tls: true,
+            host: "api.example.com".into(),
+            port: 8443,
+            base_path: "/v2".into()
+        }
     );
 }
 
@@ -67,7 +72,10 @@ new = "lambda"
 shift = "250%"
 "#;
     let errs = parse_str(text).unwrap_err().0;
-    let lines: Vec<String> = errs.iter().map(|d| format!("{}:{}: {}", d.line, d.col, d.message)).collect();
+    let lines: Vec<String> = errs
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+        .collect();
     assert_eq!(errs.len(), 4, "{lines:#?}");
     assert_eq!((errs[0].line, errs[0].col), (3, 11));
     assert!(errs[0].message.contains("unknown upstream `monolit`"));
@@ -79,7 +87,9 @@ shift = "250%"
     assert_eq!(errs[3].line, 14);
     assert!(errs[3].message.contains("bad percent"));
     let shown = ConfigErrors(errs).to_string();
-    assert!(shown.starts_with("test.toml:3:11: unknown upstream `monolit`\n  = hint: known upstreams: monolith"));
+    assert!(shown.starts_with(
+        "test.toml:3:11: unknown upstream `monolit`\n  = hint: known upstreams: monolith"
+    ));
 }
 
 #[test]
@@ -186,13 +196,25 @@ new = "b"
 shift = "${env:STRANGLE_TEST_SHIFT}"
 "#;
     let c = parse("t.toml", text, dir.path()).unwrap();
-    assert_eq!(c.upstreams["a"].target, Target::Addresses(vec!["127.0.0.1:9999".into()]));
+    assert_eq!(
+        c.upstreams["a"].target,
+        Target::Addresses(vec!["127.0.0.1:9999".into()])
+    );
     assert_eq!(c.routes[0].shift.bp(), 4000);
 
-    let errs = parse("t.toml", "[server]\ndefault = \"${env:STRANGLE_TEST_UNSET_VAR}\"\n", dir.path())
-        .unwrap_err()
-        .0;
-    assert!(errs[0].message.contains("`STRANGLE_TEST_UNSET_VAR` is not set"), "{errs:#?}");
+    let errs = parse(
+        "t.toml",
+        "[server]\ndefault = \"${env:STRANGLE_TEST_UNSET_VAR}\"\n",
+        dir.path(),
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errs[0]
+            .message
+            .contains("`STRANGLE_TEST_UNSET_VAR` is not set"),
+        "{errs:#?}"
+    );
 }
 
 #[test]

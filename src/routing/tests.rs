@@ -11,7 +11,12 @@ fn key(path: &str, kind: PathMatch, methods: Option<&[&str]>) -> RouteKey {
 #[test]
 fn prefixes_are_segment_aware() {
     let t = RouteTable::new(vec![key("/bookings", PathMatch::Prefix, None)]);
-    for p in ["/bookings", "/bookings/", "/bookings/42", "/bookings/42/seats"] {
+    for p in [
+        "/bookings",
+        "/bookings/",
+        "/bookings/42",
+        "/bookings/42/seats",
+    ] {
         assert_eq!(t.lookup(p, &Method::GET), Some(0), "{p}");
     }
     for p in ["/bookingsx", "/booking", "/", "/x/bookings"] {
@@ -62,7 +67,10 @@ fn shadowing_is_detected() {
 #[test]
 fn clean_paths_are_borrowed() {
     assert!(matches!(normalize("/bookings/42"), Ok(Cow::Borrowed(_))));
-    assert!(matches!(normalize("/a/.well-known/x"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(
+        normalize("/a/.well-known/x"),
+        Ok(Cow::Borrowed(_))
+    ));
     assert!(matches!(normalize("/a%20b"), Ok(Cow::Borrowed(_))));
 }
 

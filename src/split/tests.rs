@@ -8,7 +8,9 @@ fn parses_the_documented_percent_forms() {
     assert_eq!(Shift::parse("12.34%").unwrap().bp(), 1234);
     assert_eq!(Shift::parse("100%").unwrap(), Shift::ALL);
     assert_eq!(Shift::parse("0").unwrap(), Shift::ZERO);
-    for bad in ["", "%", "101%", "-1%", "1.234%", "abc", "25%%", "1e2", ".5", "5.", "1000"] {
+    for bad in [
+        "", "%", "101%", "-1%", "1.234%", "abc", "25%%", "1e2", ".5", "5.", "1000",
+    ] {
         assert!(Shift::parse(bad).is_err(), "{bad:?} should be refused");
     }
 }
@@ -24,9 +26,17 @@ fn displays_as_written() {
 fn sticky_keys_parse() {
     assert_eq!(StickyKey::parse("ip").unwrap(), StickyKey::Ip);
     assert_eq!(StickyKey::parse("none").unwrap(), StickyKey::None);
-    assert_eq!(StickyKey::parse("cookie:sid").unwrap(), StickyKey::Cookie("sid".into()));
-    assert_eq!(StickyKey::parse("jwt:sub").unwrap(), StickyKey::Jwt("sub".into()));
-    assert!(matches!(StickyKey::parse("header:X-User").unwrap(), StickyKey::Header(h) if h == "x-user"));
+    assert_eq!(
+        StickyKey::parse("cookie:sid").unwrap(),
+        StickyKey::Cookie("sid".into())
+    );
+    assert_eq!(
+        StickyKey::parse("jwt:sub").unwrap(),
+        StickyKey::Jwt("sub".into())
+    );
+    assert!(
+        matches!(StickyKey::parse("header:X-User").unwrap(), StickyKey::Header(h) if h == "x-user")
+    );
     assert!(StickyKey::parse("header:bad header").is_err());
     assert!(StickyKey::parse("session").is_err());
     assert!(StickyKey::parse("cookie:").is_err());
@@ -64,7 +74,11 @@ fn a_key_always_lands_on_one_side_and_raising_never_moves_back() {
         let b = bucket(seed, KeyValue::Bytes(key.as_bytes()));
         assert_eq!(b, bucket(seed, KeyValue::Bytes(key.as_bytes())));
         if side_for(b, at25) == Side::New {
-            assert_eq!(side_for(b, at50), Side::New, "{key} moved back when the shift rose");
+            assert_eq!(
+                side_for(b, at50),
+                Side::New,
+                "{key} moved back when the shift rose"
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ use crate::support::*;
 fn proxy_with_backend() -> (Proxy, Backend) {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let mut text = split_config(&legacy, &new, "0%", "none");
-    text = text.replace("grace-period = \"5s\"", "grace-period = \"5s\"\nheader-timeout = \"1s\"\nmax-headers = 50\nmax-header-bytes = 8192");
+    text = text.replace(
+        "grace-period = \"5s\"",
+        "grace-period = \"5s\"\nheader-timeout = \"1s\"\nmax-headers = 50\nmax-header-bytes = 8192",
+    );
     drop(new);
     (Proxy::start(&text), legacy)
 }
@@ -37,7 +40,12 @@ fn ambiguous_framing_gets_400_and_close_and_nothing_is_forwarded() {
         assert_eq!(resp.status, 400, "{what}");
         assert!(closed, "{what}: connection left open");
     }
-    assert_eq!(backend.count(), 0, "a malformed request was forwarded: {:?}", backend.seen());
+    assert_eq!(
+        backend.count(),
+        0,
+        "a malformed request was forwarded: {:?}",
+        backend.seen()
+    );
 }
 
 #[test]
@@ -60,8 +68,19 @@ fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
     assert_eq!(log[3]["side"], "default");
 
     let before = backend.count();
-    for bad in ["/bookings%2F..%2Fadmin", "/bookings%2fx", "/a%5Cb", "/a%5cb", "/a\\b", "/bookings#frag", "/a%zz"] {
-        let (resp, _) = raw(proxy.port, format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    for bad in [
+        "/bookings%2F..%2Fadmin",
+        "/bookings%2fx",
+        "/a%5Cb",
+        "/a%5cb",
+        "/a\\b",
+        "/bookings#frag",
+        "/a%zz",
+    ] {
+        let (resp, _) = raw(
+            proxy.port,
+            format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
         assert_eq!(resp.map(|r| r.status), Some(400), "{bad}");
     }
     assert_eq!(backend.count(), before);
@@ -71,15 +90,24 @@ fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
 fn oversized_heads_get_431() {
     let (proxy, backend) = proxy_with_backend();
     let many: String = (0..60).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (r, closed) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
+    let (r, closed) = raw(
+        proxy.port,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    );
     assert_eq!(r.unwrap().status, 431);
     assert!(closed);
     let big = "a".repeat(9000);
-    let (r, _) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let (r, _) = raw(
+        proxy.port,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
     assert_eq!(r.unwrap().status, 431);
     // Just under both caps is fine.
     let some: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (r, _) = raw(proxy.port, format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n").as_bytes());
+    let (r, _) = raw(
+        proxy.port,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n").as_bytes(),
+    );
     assert_eq!(r.unwrap().status, 200);
     assert_eq!(backend.count(), 1);
 }
@@ -202,15 +230,23 @@ legacy = "pair"
 "#,
         legacy.addr()
     ));
-    let r = Client::connect(proxy.port).request("POST", "/hangup", &[], b"{\"seat\":\"1A\"}").unwrap();
+    let r = Client::connect(proxy.port)
+        .request("POST", "/hangup", &[], b"{\"seat\":\"1A\"}")
+        .unwrap();
     assert_eq!(r.status, 502);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "the POST was sent more than once");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the POST was sent more than once"
+    );
 
     // One address refuses connections: nothing was sent there, so even a POST moves on to the
     // live address and succeeds. (Health checks are off here, so only the retry saves it.)
     for _ in 0..6 {
-        let r = Client::connect(proxy.port).request("POST", "/pair", &[], b"x").unwrap();
+        let r = Client::connect(proxy.port)
+            .request("POST", "/pair", &[], b"x")
+            .unwrap();
         assert_eq!(r.status, 200);
     }
     assert_eq!(legacy.count(), 6);
@@ -234,7 +270,12 @@ retries = 0
     ));
     let mut served = std::collections::HashSet::new();
     for _ in 0..10 {
-        served.insert(get(proxy.port, "/", &[]).header("x-backend").unwrap().to_string());
+        served.insert(
+            get(proxy.port, "/", &[])
+                .header("x-backend")
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(served.len(), 2, "round-robin should use both: {served:?}");
     b.stop();

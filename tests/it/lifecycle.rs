@@ -27,23 +27,49 @@ sticky = "session"
 "#,
     )
     .unwrap();
-    let out = Command::new(bin()).arg("check").arg(&path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = path.display().to_string();
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&format!("{p}:"))).filter(|l| !l.ends_with("error(s)")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{p}:")))
+        .filter(|l| !l.ends_with("error(s)"))
+        .collect();
     assert_eq!(errors.len(), 3, "{stderr}");
-    assert!(errors[0].starts_with(&format!("{p}:2:11: unknown upstream `monolit`")), "{stderr}");
-    assert!(errors[1].starts_with(&format!("{p}:12:9: bad percent")), "{stderr}");
-    assert!(errors[2].starts_with(&format!("{p}:13:10: bad sticky key")), "{stderr}");
+    assert!(
+        errors[0].starts_with(&format!("{p}:2:11: unknown upstream `monolit`")),
+        "{stderr}"
+    );
+    assert!(
+        errors[1].starts_with(&format!("{p}:12:9: bad percent")),
+        "{stderr}"
+    );
+    assert!(
+        errors[2].starts_with(&format!("{p}:13:10: bad sticky key")),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: known upstreams: monolith"));
 
     // A good file passes; several files are all checked.
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n").unwrap();
-    let out = Command::new(bin()).arg("check").arg(&good).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let out = Command::new(bin()).arg("check").arg(&good).arg(&path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg(&good)
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -52,10 +78,18 @@ fn serve_refuses_a_broken_config_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[server]\nthreads = 0\ndefault = \"x\"\n").unwrap();
-    let out = Command::new(bin()).arg("serve").arg("-c").arg(&path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("serve")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(":2:11: `threads` must be between 1 and 1024"), "{stderr}");
+    assert!(
+        stderr.contains(":2:11: `threads` must be between 1 and 1024"),
+        "{stderr}"
+    );
     assert!(stderr.contains(":3:11: unknown upstream `x`"), "{stderr}");
 }
 
@@ -64,9 +98,20 @@ fn access_log_has_one_json_line_per_request_with_every_field() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
     let r = Client::connect(proxy.port)
-        .request("POST", "/bookings/9?x=1", &[("x-request-id", "abc-1"), ("x-delay-ms", "20")], b"12345")
+        .request(
+            "POST",
+            "/bookings/9?x=1",
+            &[("x-request-id", "abc-1"), ("x-delay-ms", "20")],
+            b"12345",
+        )
         .unwrap();
     assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "new");
+    let seen = new.seen().pop().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.body.as_slice()),
+        ("POST", &b"12345"[..])
+    );
     get(proxy.port, "/other", &[]);
     let log = crate::routing::proxy_log_when(&proxy, 2);
     assert_eq!(log.len(), 2);
@@ -117,13 +162,17 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(status.code(), Some(0));
     let took = start.elapsed();
     // It waited for the request (~1.5 s) but not for the whole 5 s grace period.
-    assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(4), "exit after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(4),
+        "exit after {took:?}"
+    );
 }
 
 #[test]
 fn a_request_outliving_the_grace_period_does_not_hold_the_exit() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let text = split_config(&legacy, &new, "0%", "none").replace("grace-period = \"5s\"", "grace-period = \"1s\"");
+    let text = split_config(&legacy, &new, "0%", "none")
+        .replace("grace-period = \"5s\"", "grace-period = \"1s\"");
     let mut proxy = Proxy::start(&text);
     let port = proxy.port;
     std::thread::spawn(move || Client::connect(port).get("/bookings", &[("x-delay-ms", "10000")]));
@@ -134,7 +183,11 @@ fn a_request_outliving_the_grace_period_does_not_hold_the_exit() {
     proxy.signal("TERM");
     let status = proxy.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(start.elapsed() < Duration::from_secs(4), "exit after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "exit after {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -146,6 +199,14 @@ fn every_shipped_config_passes_check() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     assert!(!files.is_empty());
-    let out = Command::new(bin()).arg("check").args(&files).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("check")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,5 +1,7 @@
 //! Integration tests: the real `strangle` binary on free ports against real HTTP backends.
 
+#![allow(clippy::unwrap_used)]
+
 mod bad_input;
 mod lifecycle;
 mod reload;

@@ -8,13 +8,19 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn side_of(port: u16) -> String {
-    get(port, "/bookings", &[]).header("x-backend").unwrap_or("?").to_string()
+    get(port, "/bookings", &[])
+        .header("x-backend")
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -62,7 +68,9 @@ fn no_request_fails_while_the_config_is_rewritten_every_200ms() {
         let shift = if rewrites % 2 == 0 { "90%" } else { "10%" };
         let mut text = split_config(&legacy, &new, shift, "none");
         if rewrites % 3 == 0 {
-            text.push_str("\n[[routes]]\nid = \"flights\"\npath = \"/flights\"\nlegacy = \"legacy\"\n");
+            text.push_str(
+                "\n[[routes]]\nid = \"flights\"\npath = \"/flights\"\nlegacy = \"legacy\"\n",
+            );
         }
         proxy.rewrite(&text);
         rewrites += 1;
@@ -77,7 +85,10 @@ fn no_request_fails_while_the_config_is_rewritten_every_200ms() {
     assert_eq!(failed, 0, "{failed} requests failed during reloads");
     assert!(ok > 1000, "too little load to mean anything: {ok}");
     let reloads = proxy.stderr().matches("config reloaded").count();
-    assert!(reloads >= 50, "only {reloads} reloads for {rewrites} rewrites");
+    assert!(
+        reloads >= 50,
+        "only {reloads} reloads for {rewrites} rewrites"
+    );
     assert!(new.count() > 0 && legacy.count() > 0);
 }
 
@@ -87,19 +98,29 @@ fn a_broken_file_keeps_the_last_good_config_serving() {
     let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
     assert_eq!(side_of(proxy.port), "new");
 
-    let broken = split_config(&legacy, &new, "0%", "none").replace("new = \"new\"", "new = \"nwe\"");
+    let broken =
+        split_config(&legacy, &new, "0%", "none").replace("new = \"new\"", "new = \"nwe\"");
     proxy.rewrite(&broken);
     assert!(proxy.wait_for_log("keeping the last good config", Duration::from_secs(5)));
     let log = proxy.stderr();
     let path = proxy.config.display().to_string();
-    assert!(log.contains(&format!("{path}:17:7: unknown upstream `nwe`")), "{log}");
+    assert!(
+        log.contains(&format!("{path}:17:7: unknown upstream `nwe`")),
+        "{log}"
+    );
     // Still the old config: 100% new.
     for _ in 0..20 {
         assert_eq!(side_of(proxy.port), "new");
     }
     // A syntax error too.
     proxy.rewrite("[server\nlisten = ");
-    eventually("a second failure", || proxy.stderr().matches("keeping the last good config").count() >= 2);
+    eventually("a second failure", || {
+        proxy
+            .stderr()
+            .matches("keeping the last good config")
+            .count()
+            >= 2
+    });
     assert_eq!(side_of(proxy.port), "new");
 
     // Fixed: the new config applies.
@@ -117,7 +138,11 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     // Kubernetes mounts: strangle.toml -> ..data/strangle.toml, ..data -> ..2026_v1
     let v1 = dir.path().join("..2026_v1");
     std::fs::create_dir(&v1).unwrap();
-    std::fs::write(v1.join("strangle.toml"), Proxy::render(&split_config(&legacy, &new, "0%", "none"), port)).unwrap();
+    std::fs::write(
+        v1.join("strangle.toml"),
+        Proxy::render(&split_config(&legacy, &new, "0%", "none"), port),
+    )
+    .unwrap();
     symlink("..2026_v1", dir.path().join("..data")).unwrap();
     symlink("..data/strangle.toml", dir.path().join("strangle.toml")).unwrap();
     let config = dir.path().join("strangle.toml");
@@ -128,13 +153,16 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     let d = proxy.dir.path();
     let v2 = d.join("..2026_v2");
     std::fs::create_dir(&v2).unwrap();
-    std::fs::write(v2.join("strangle.toml"), Proxy::render(&split_config(&legacy, &new, "100%", "none"), port)).unwrap();
+    std::fs::write(
+        v2.join("strangle.toml"),
+        Proxy::render(&split_config(&legacy, &new, "100%", "none"), port),
+    )
+    .unwrap();
     symlink("..2026_v2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
     eventually("the swapped config", || side_of(proxy.port) == "new");
 }
-
 
 #[test]
 fn sighup_reloads_what_the_watcher_cannot_see() {
@@ -142,7 +170,12 @@ fn sighup_reloads_what_the_watcher_cannot_see() {
     let secrets = tempfile::tempdir().unwrap();
     let shift_file = secrets.path().join("shift");
     std::fs::write(&shift_file, "0%\n").unwrap();
-    let text = split_config(&legacy, &new, &format!("${{file:{}}}", shift_file.display()), "none");
+    let text = split_config(
+        &legacy,
+        &new,
+        &format!("${{file:{}}}", shift_file.display()),
+        "none",
+    );
     let proxy = Proxy::start(&text);
     assert_eq!(side_of(proxy.port), "legacy");
     // The referenced file lives elsewhere: only SIGHUP notices it changed.

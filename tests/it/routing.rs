@@ -4,7 +4,11 @@ use crate::support::*;
 
 #[test]
 fn routes_by_segment_aware_prefix_exact_and_method() {
-    let (mono, new, admin) = (Backend::start("monolith"), Backend::start("bookings"), Backend::start("admin"));
+    let (mono, new, admin) = (
+        Backend::start("monolith"),
+        Backend::start("bookings"),
+        Backend::start("admin"),
+    );
     let proxy = Proxy::start(&format!(
         r#"
 [server]
@@ -54,8 +58,22 @@ new = "admin"
     assert_eq!(served_by("GET", "/"), "monolith");
 
     let log = proxy_log_when(&proxy, 7);
-    let routes: Vec<&str> = log.iter().map(|l| l["route"].as_str().unwrap_or("-")).collect();
-    assert_eq!(routes, ["bookings", "bookings", "bookings-write", "search", "bookings", "-", "-"]);
+    let routes: Vec<&str> = log
+        .iter()
+        .map(|l| l["route"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "bookings",
+            "bookings",
+            "bookings-write",
+            "search",
+            "bookings",
+            "-",
+            "-"
+        ]
+    );
     assert_eq!(log[5]["side"], "default");
 }
 
@@ -115,11 +133,22 @@ fn forwards_with_proxy_headers_and_without_hop_by_hop_ones() {
     assert_eq!(r.header("x-request-id"), Some("req-abc-123"));
     let seen = legacy.seen().pop().unwrap();
     assert_eq!(seen.target, "/bookings/1?x=1&y=2");
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(seen.header("x-forwarded-host"), Some(&*format!("127.0.0.1:{}", proxy.port)));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(&*format!("127.0.0.1:{}", proxy.port))
+    );
     assert_eq!(seen.header("x-request-id"), Some("req-abc-123"));
-    for hop in ["x-secret-hop", "keep-alive", "proxy-connection", "x-strangle-side"] {
+    for hop in [
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-connection",
+        "x-strangle-side",
+    ] {
         assert_eq!(seen.header(hop), None, "{hop} was forwarded");
     }
 
@@ -127,7 +156,10 @@ fn forwards_with_proxy_headers_and_without_hop_by_hop_ones() {
     let r = get(proxy.port, "/bookings/2", &[]);
     let id = r.header("x-request-id").unwrap().to_string();
     assert_eq!(id.len(), 32);
-    assert_eq!(legacy.seen().pop().unwrap().header("x-request-id"), Some(&*id));
+    assert_eq!(
+        legacy.seen().pop().unwrap().header("x-request-id"),
+        Some(&*id)
+    );
 }
 
 #[test]
@@ -150,8 +182,14 @@ new = "svc"
         legacy.addr(),
         svc.port
     ));
-    assert_eq!(get(proxy.port, "/bookings/7?q=1", &[]).header("x-backend"), Some("svc"));
+    assert_eq!(
+        get(proxy.port, "/bookings/7?q=1", &[]).header("x-backend"),
+        Some("svc")
+    );
     let seen = svc.seen().pop().unwrap();
     assert_eq!(seen.target, "/v2/bookings/7?q=1");
-    assert_eq!(seen.header("host"), Some(&*format!("localhost:{}", svc.port)));
+    assert_eq!(
+        seen.header("host"),
+        Some(&*format!("localhost:{}", svc.port))
+    );
 }

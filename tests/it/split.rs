@@ -7,7 +7,10 @@ use crate::support::*;
 
 /// Sends one request per key over `threads` keep-alive connections; returns key → side.
 fn sides(port: u16, keys: &[String], header: &str) -> HashMap<String, String> {
-    let chunks: Vec<Vec<String>> = keys.chunks(keys.len().div_ceil(4)).map(|c| c.to_vec()).collect();
+    let chunks: Vec<Vec<String>> = keys
+        .chunks(keys.len().div_ceil(4))
+        .map(|c| c.to_vec())
+        .collect();
     let handles: Vec<_> = chunks
         .into_iter()
         .map(|chunk| {
@@ -25,7 +28,10 @@ fn sides(port: u16, keys: &[String], header: &str) -> HashMap<String, String> {
             })
         })
         .collect();
-    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
 }
 
 fn new_share(sides: &HashMap<String, String>) -> f64 {
@@ -40,7 +46,10 @@ fn ten_thousand_users_split_sticky_and_monotone() {
 
     let at25 = sides(proxy.port, &keys, "x-user");
     let share = new_share(&at25);
-    assert!((0.235..=0.265).contains(&share), "new side share at 25%: {share}");
+    assert!(
+        (0.235..=0.265).contains(&share),
+        "new side share at 25%: {share}"
+    );
 
     // The same users again: every one lands where it landed before.
     let again = sides(proxy.port, &keys[..2000], "x-user");
@@ -50,12 +59,25 @@ fn ten_thousand_users_split_sticky_and_monotone() {
 
     // Raise to 50%: nobody on the new side goes back.
     proxy.rewrite(&split_config(&legacy, &new, "50%", "header:x-user"));
-    assert!(proxy.wait_for_log("config reloaded", Duration::from_secs(5)), "{}", proxy.stderr());
+    assert!(
+        proxy.wait_for_log("config reloaded", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
     let at50 = sides(proxy.port, &keys, "x-user");
     let share = new_share(&at50);
-    assert!((0.485..=0.515).contains(&share), "new side share at 50%: {share}");
-    let moved_back = keys.iter().filter(|k| at25[*k] == "new" && at50[*k] != "new").count();
-    assert_eq!(moved_back, 0, "users moved from new back to legacy when the shift rose");
+    assert!(
+        (0.485..=0.515).contains(&share),
+        "new side share at 50%: {share}"
+    );
+    let moved_back = keys
+        .iter()
+        .filter(|k| at25[*k] == "new" && at50[*k] != "new")
+        .count();
+    assert_eq!(
+        moved_back, 0,
+        "users moved from new back to legacy when the shift rose"
+    );
 }
 
 #[test]
@@ -65,7 +87,12 @@ fn cookie_and_ip_keys_are_sticky_and_requests_without_a_key_spread() {
     let mut c = proxy.client();
     for user in 0..20 {
         let cookie = format!("theme=dark; sid=s{user}");
-        let first = c.get("/bookings", &[("Cookie", &cookie)]).unwrap().header("x-backend").unwrap().to_string();
+        let first = c
+            .get("/bookings", &[("Cookie", &cookie)])
+            .unwrap()
+            .header("x-backend")
+            .unwrap()
+            .to_string();
         for _ in 0..5 {
             let r = c.get("/bookings", &[("Cookie", &cookie)]).unwrap();
             assert_eq!(r.header("x-backend").unwrap(), first);
@@ -75,15 +102,26 @@ fn cookie_and_ip_keys_are_sticky_and_requests_without_a_key_spread() {
     let mut seen = HashMap::new();
     for _ in 0..200 {
         let r = c.get("/bookings", &[]).unwrap();
-        *seen.entry(r.header("x-backend").unwrap().to_string()).or_insert(0) += 1;
+        *seen
+            .entry(r.header("x-backend").unwrap().to_string())
+            .or_insert(0) += 1;
     }
-    assert!(seen.get("new").copied().unwrap_or(0) > 50 && seen.get("legacy").copied().unwrap_or(0) > 50, "{seen:?}");
+    assert!(
+        seen.get("new").copied().unwrap_or(0) > 50 && seen.get("legacy").copied().unwrap_or(0) > 50,
+        "{seen:?}"
+    );
 
     // ip: every request from 127.0.0.1 lands on one side.
     proxy.rewrite(&split_config(&legacy, &new, "50%", "ip"));
     assert!(proxy.wait_for_log("config reloaded", Duration::from_secs(5)));
-    let sides: std::collections::HashSet<String> =
-        (0..50).map(|_| get(proxy.port, "/bookings", &[]).header("x-backend").unwrap().to_string()).collect();
+    let sides: std::collections::HashSet<String> = (0..50)
+        .map(|_| {
+            get(proxy.port, "/bookings", &[])
+                .header("x-backend")
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(sides.len(), 1, "{sides:?}");
 }
 
@@ -91,12 +129,23 @@ fn cookie_and_ip_keys_are_sticky_and_requests_without_a_key_spread() {
 fn testers_can_force_a_side_only_where_the_route_allows() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
-    assert_eq!(get(proxy.port, "/bookings", &[("x-strangle-side", "new")]).header("x-backend"), Some("new"));
-    assert_eq!(get(proxy.port, "/bookings", &[]).header("x-backend"), Some("legacy"));
+    assert_eq!(
+        get(proxy.port, "/bookings", &[("x-strangle-side", "new")]).header("x-backend"),
+        Some("new")
+    );
+    assert_eq!(
+        get(proxy.port, "/bookings", &[]).header("x-backend"),
+        Some("legacy")
+    );
 
-    proxy.rewrite(&split_config(&legacy, &new, "0%", "none").replace("override = true", "override = false"));
+    proxy.rewrite(
+        &split_config(&legacy, &new, "0%", "none").replace("override = true", "override = false"),
+    );
     assert!(proxy.wait_for_log("config reloaded", Duration::from_secs(5)));
     for _ in 0..10 {
-        assert_eq!(get(proxy.port, "/bookings", &[("x-strangle-side", "new")]).header("x-backend"), Some("legacy"));
+        assert_eq!(
+            get(proxy.port, "/bookings", &[("x-strangle-side", "new")]).header("x-backend"),
+            Some("legacy")
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,11 @@ use hyper_util::rt::TokioIo;
 
 /// A port nobody listens on right now (bind-probed).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// What a backend saw of one request.
@@ -33,14 +37,16 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// A real HTTP/1.1 server (hyper) that answers `200 {name}` and records every request.
 /// A request with `x-delay-ms: N` is answered after N ms.
 pub struct Backend {
-    pub name: &'static str,
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -58,9 +64,14 @@ impl Backend {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let record = Arc::clone(&seen);
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
                 ready_tx.send(()).unwrap();
                 loop {
                     let (stream, _) = tokio::select! {
@@ -73,7 +84,11 @@ impl Backend {
                             let record = Arc::clone(&record);
                             async move {
                                 let (parts, body) = req.into_parts();
-                                let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
                                 let delay = parts
                                     .headers
                                     .get("x-delay-ms")
@@ -84,7 +99,12 @@ impl Backend {
                                     headers: parts
                                         .headers
                                         .iter()
-                                        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                        .map(|(k, v)| {
+                                            (
+                                                k.to_string(),
+                                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                            )
+                                        })
                                         .collect(),
                                     body,
                                 };
@@ -110,7 +130,6 @@ impl Backend {
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         Backend {
-            name,
             port,
             seen,
             stop: Some(stop_tx),
@@ -190,13 +209,22 @@ impl Proxy {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut proxy = Proxy { child, port, dir, config };
+        let mut proxy = Proxy {
+            child,
+            port,
+            dir,
+            config,
+        };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = proxy.child.try_wait() {
                 panic!("strangle exited with {status}:\n{}", proxy.stderr());
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "strangle did not start:\n{}", proxy.stderr());
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "strangle did not start:\n{}",
+                proxy.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         proxy
@@ -215,12 +243,18 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("access.log"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access-log line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access-log line {l:?}: {e}"))
+            })
             .collect()
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -281,7 +315,9 @@ pub struct Client {
 impl Client {
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
             reader: BufReader::new(stream),
@@ -293,8 +329,17 @@ impl Client {
         self.request("GET", path, headers, b"")
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", self.port);
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            self.port
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -317,14 +362,18 @@ impl Client {
         let s = self.reader.get_mut();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(0)) || matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(s.read(&mut b), Ok(0))
+            || matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
 
 fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -347,7 +396,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     if let Some(len) = headers.get("content-length") {
         body.resize(len.parse().unwrap_or(0), 0);
         r.read_exact(&mut body)?;
-    } else if headers.get("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             r.read_line(&mut size)?;
@@ -362,7 +414,11 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     } else if status != 204 && status != 304 {
         r.read_to_end(&mut body)?;
     }
-    Ok(Resp { status, headers, body })
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// One request on a fresh connection.
@@ -381,10 +437,6 @@ pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
         }
         Err(_) => (None, true),
     }
-}
-
-pub fn socket_addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The two-backend config most tests use.
