@@ -59,6 +59,8 @@ pub struct Log {
 pub struct Upstream {
     pub name: String,
     pub target: Target,
+    /// PEM certificates to trust for this upstream instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub idle_timeout: Duration,
@@ -494,9 +496,20 @@ impl Cx<'_> {
                 }
                 p.get_ref().clone()
             });
+            let ca_file = u.ca_file.as_ref().map(|f| {
+                let path = self.base.join(f.get_ref());
+                if let Err(e) = crate::upstream::load_ca(&path) {
+                    self.err_at(f, format!("bad `ca-file`: {e}"), Some("give a PEM file with one or more CERTIFICATE blocks".into()));
+                }
+                if !matches!(target, Some(Target::Url { tls: true, .. })) {
+                    self.err_at(f, "`ca-file` only applies to an `https://` url", None);
+                }
+                path
+            });
             let upstream = Upstream {
                 name: name.get_ref().clone(),
                 target: target.unwrap_or(Target::Addresses(Vec::new())),
+                ca_file,
                 connect_timeout: self.duration(
                     &u.connect_timeout,
                     "connect-timeout",

@@ -2,6 +2,7 @@
 //! per-request `HttpPeer` built from it.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,11 @@ use http::HeaderValue;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::config::{self, Target};
 
@@ -23,14 +28,31 @@ pub struct HttpUpstream {
     pub host_header: Option<HeaderValue>,
     /// Prefixed to every request path, for `url` upstreams with a base path.
     pub base_path: Option<String>,
+    ca: Option<Arc<CaType>>,
+}
+
+/// Reads the certificates of a PEM file.
+pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM in `{}`: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in `{}`", path.display()));
+    }
+    Ok(certs)
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("upstream `{name}`: cannot resolve `{address}`: {source}")]
-pub struct ResolveError {
-    name: String,
-    address: String,
-    source: std::io::Error,
+pub enum ResolveError {
+    #[error("upstream `{name}`: cannot resolve `{address}`: {source}")]
+    Address {
+        name: String,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("upstream `{name}`: {error}")]
+    Ca { name: String, error: String },
 }
 
 impl HttpUpstream {
@@ -67,7 +89,7 @@ impl HttpUpstream {
                 )
             }
         };
-        let resolve_err = |address: &str, source| ResolveError {
+        let resolve_err = |address: &str, source| ResolveError::Address {
             name: config.name.clone(),
             address: address.to_string(),
             source,
@@ -79,6 +101,20 @@ impl HttpUpstream {
         let mut lb =
             LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
                 .map_err(|e| resolve_err(&addresses.join(","), e))?;
+        let ca = match &config.ca_file {
+            Some(path) => {
+                let certs = load_ca(path).map_err(|error| ResolveError::Ca {
+                    name: config.name.clone(),
+                    error,
+                })?;
+                let wrapped: Vec<WrappedX509> = certs
+                    .into_iter()
+                    .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
+                    .collect();
+                Some(Arc::from(wrapped.into_boxed_slice()))
+            }
+            None => None,
+        };
         match &config.health_check_path {
             Some(path) => {
                 let host = host_header
@@ -86,28 +122,26 @@ impl HttpUpstream {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("localhost");
                 let mut hc = HttpHealthCheck::new(host, tls);
-                if let Ok(req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
-                    let mut req = req;
+                if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
                     let _ = req.insert_header("Host", host);
                     hc.req = req;
                 }
                 hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
-                hc.peer_template.options.read_timeout =
-                    Some(config.timeout.min(Duration::from_secs(5)));
+                hc.peer_template.options.read_timeout = Some(config.timeout.min(Duration::from_secs(5)));
+                hc.peer_template.options.ca = ca.clone();
                 lb.set_health_check(Box::new(hc));
             }
             None => {
-                let mut hc = if tls {
-                    TcpHealthCheck::new_tls(&sni)
-                } else {
-                    TcpHealthCheck::new()
-                };
+                // Reachability only: a TLS handshake here would need the upstream's trust
+                // settings and proves little more than the connect does.
+                let mut hc = TcpHealthCheck::new();
                 hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
                 lb.set_health_check(hc);
             }
         }
         lb.health_check_frequency = Some(config.health_check_interval);
         Ok(HttpUpstream {
+            ca,
             config: config.clone(),
             lb,
             tls,
@@ -138,6 +172,7 @@ impl HttpUpstream {
         o.read_timeout = Some(self.config.timeout);
         o.write_timeout = Some(self.config.timeout);
         o.idle_timeout = Some(self.config.idle_timeout);
+        o.ca = self.ca.clone();
         peer
     }
 

@@ -33,6 +33,7 @@ pub struct RawUpstream {
     pub kind: Option<S<String>>,
     pub addresses: Option<S<Vec<S<String>>>>,
     pub url: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
     pub timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,

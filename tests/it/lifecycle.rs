@@ -145,7 +145,7 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let start = Instant::now();
-    proxy.signal("TERM");
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
     // New connections are refused soon after.
     let mut refused = false;
     for _ in 0..100 {
@@ -180,7 +180,7 @@ fn a_request_outliving_the_grace_period_does_not_hold_the_exit() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let start = Instant::now();
-    proxy.signal("TERM");
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let status = proxy.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(

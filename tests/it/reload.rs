@@ -182,6 +182,6 @@ fn sighup_reloads_what_the_watcher_cannot_see() {
     std::fs::write(&shift_file, "100%\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(side_of(proxy.port), "legacy");
-    proxy.signal("HUP");
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
     eventually("the SIGHUP reload", || side_of(proxy.port) == "new");
 }

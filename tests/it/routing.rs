@@ -193,3 +193,44 @@ new = "svc"
         Some(&*format!("localhost:{}", svc.port))
     );
 }
+
+#[test]
+fn https_url_upstreams_use_tls_with_sni_and_verify_the_certificate() {
+    let legacy = Backend::start("legacy");
+    let tls = TlsBackend::start();
+    let config = |ca: &str| {
+        format!(
+            r#"
+[server]
+listen = ["{{listen}}"]
+default = "legacy"
+[upstreams.legacy]
+addresses = ["{}"]
+[upstreams.fn-url]
+url = "https://localhost:{}/prod"
+{ca}
+[[routes]]
+id = "bookings"
+path = "/bookings"
+new = "fn-url"
+"#,
+            legacy.addr(),
+            tls.port
+        )
+    };
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let proxy = Proxy::start(&config(&format!("ca-file = \"{}\"", ca.display())));
+    let r = get(proxy.port, "/bookings/1?x=y", &[]);
+    assert_eq!(r.status, 200, "{}", proxy.stderr());
+    assert_eq!(r.header("x-backend"), Some("tls"));
+    let (sni, head) = tls.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(sni.as_deref(), Some("localhost"));
+    assert!(head.starts_with("GET /prod/bookings/1?x=y HTTP/1.1\r\n"), "{head}");
+    assert!(head.to_ascii_lowercase().contains(&format!("host: localhost:{}\r\n", tls.port)), "{head}");
+
+    // Without the CA the certificate is not trusted: 502, never an unverified connection.
+    let untrusting = Proxy::start(&config(""));
+    assert_eq!(get(untrusting.port, "/bookings/1", &[]).status, 502);
+}

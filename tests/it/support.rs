@@ -249,13 +249,8 @@ impl Proxy {
             .collect()
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 
     pub fn client(&self) -> Client {
@@ -466,4 +461,74 @@ override = true
         legacy.addr(),
         new.addr()
     )
+}
+
+/// A TLS backend for `localhost` with its own CA: answers `200 tls` and records the SNI name
+/// and the request head it received.
+pub struct TlsBackend {
+    pub port: u16,
+    pub ca_pem: String,
+    pub seen: Arc<Mutex<Vec<(Option<String>, String)>>>,
+}
+
+impl TlsBackend {
+    pub fn start() -> TlsBackend {
+        use std::sync::Arc as A;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let provider = A::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(A::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let (acceptor, record) = (acceptor.clone(), Arc::clone(&record));
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                        let sni = tls.get_ref().1.server_name().map(str::to_string);
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        record.lock().unwrap().push((sni, String::from_utf8_lossy(&head).into_owned()));
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Backend: tls\r\nConnection: close\r\n\r\ntls")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+        });
+        TlsBackend {
+            port,
+            ca_pem: ca.pem(),
+            seen,
+        }
+    }
 }

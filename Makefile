@@ -1,0 +1,38 @@
+# strangle: `make demo` and `make test` each set up what a fresh Debian machine lacks first.
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_UPDATED := /tmp/.strangle-apt-updated
+
+.PHONY: demo test bench deps check-configs lint clean
+
+# Pingora builds zlib-ng with cmake; curl drives the demo.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: deps
+	$(CARGO) build --release --bin strangle --example backends
+	./examples/demo.sh
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+check-configs: deps
+	$(CARGO) build --bin strangle
+	./target/debug/strangle check config/*.toml examples/*.toml
+
+test: lint check-configs
+	$(CARGO) test --all-targets
+
+bench: deps
+	$(CARGO) bench --bench core
+
+clean:
+	$(CARGO) clean
