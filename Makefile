@@ -28,8 +28,13 @@ check-configs: deps
 	$(CARGO) build --bin strangle
 	./target/debug/strangle check config/*.toml examples/*.toml
 
+# nextest ends on one summary line for the whole suite; plain cargo test is the fallback.
 test: lint check-configs
-	$(CARGO) test --all-targets
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --lib --tests --no-fail-fast; \
+	else \
+	  $(CARGO) test --lib --tests --no-fail-fast; \
+	fi
 
 bench: deps
 	$(CARGO) bench --bench core

@@ -14,7 +14,11 @@ fn table(n: usize) -> RouteTable {
         (0..n)
             .map(|i| RouteKey {
                 path: format!("/api/v{}/service-{i}", i % 3),
-                kind: if i % 5 == 0 { PathMatch::Exact } else { PathMatch::Prefix },
+                kind: if i % 5 == 0 {
+                    PathMatch::Exact
+                } else {
+                    PathMatch::Prefix
+                },
                 methods: (i % 4 == 0).then(|| vec![Method::GET, Method::POST]),
             })
             .collect(),
@@ -37,8 +41,12 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn paths(c: &mut Criterion) {
-    c.bench_function("normalize/clean", |b| b.iter(|| normalize(black_box("/bookings/42/seats?x=1"))));
-    c.bench_function("normalize/dirty", |b| b.iter(|| normalize(black_box("//bookings/./42/../43"))));
+    c.bench_function("normalize/clean", |b| {
+        b.iter(|| normalize(black_box("/bookings/42/seats?x=1")))
+    });
+    c.bench_function("normalize/dirty", |b| {
+        b.iter(|| normalize(black_box("//bookings/./42/../43")))
+    });
 }
 
 fn split(c: &mut Criterion) {
@@ -46,16 +54,33 @@ fn split(c: &mut Criterion) {
     let shift = Shift::parse("25%").unwrap_or_default();
     let mut headers = HeaderMap::new();
     headers.insert("x-user-id", "user-1234567".parse().expect("header value"));
-    headers.insert("cookie", "theme=dark; sid=abcdef0123456789; lang=en".parse().expect("header value"));
+    headers.insert(
+        "cookie",
+        "theme=dark; sid=abcdef0123456789; lang=en"
+            .parse()
+            .expect("header value"),
+    );
     let by_header = StickyKey::parse("header:x-user-id").expect("sticky key");
     let by_cookie = StickyKey::parse("cookie:sid").expect("sticky key");
     c.bench_function("split/header", |b| {
-        b.iter(|| side_for(bucket(seed, by_header.value(black_box(&headers), None)), shift))
+        b.iter(|| {
+            side_for(
+                bucket(seed, by_header.value(black_box(&headers), None)),
+                shift,
+            )
+        })
     });
     c.bench_function("split/cookie", |b| {
-        b.iter(|| side_for(bucket(seed, by_cookie.value(black_box(&headers), None)), shift))
+        b.iter(|| {
+            side_for(
+                bucket(seed, by_cookie.value(black_box(&headers), None)),
+                shift,
+            )
+        })
     });
-    c.bench_function("split/random", |b| b.iter(|| side_for(bucket(seed, KeyValue::Missing), shift)));
+    c.bench_function("split/random", |b| {
+        b.iter(|| side_for(bucket(seed, KeyValue::Missing), shift))
+    });
 }
 
 criterion_group!(benches, route_lookup, paths, split);

@@ -499,7 +499,11 @@ impl Cx<'_> {
             let ca_file = u.ca_file.as_ref().map(|f| {
                 let path = self.base.join(f.get_ref());
                 if let Err(e) = crate::upstream::load_ca(&path) {
-                    self.err_at(f, format!("bad `ca-file`: {e}"), Some("give a PEM file with one or more CERTIFICATE blocks".into()));
+                    self.err_at(
+                        f,
+                        format!("bad `ca-file`: {e}"),
+                        Some("give a PEM file with one or more CERTIFICATE blocks".into()),
+                    );
                 }
                 if !matches!(target, Some(Target::Url { tls: true, .. })) {
                     self.err_at(f, "`ca-file` only applies to an `https://` url", None);

@@ -122,12 +122,15 @@ impl HttpUpstream {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("localhost");
                 let mut hc = HttpHealthCheck::new(host, tls);
-                if let Ok(mut req) = pingora::http::RequestHeader::build("GET", path.as_bytes(), None) {
+                if let Ok(mut req) =
+                    pingora::http::RequestHeader::build("GET", path.as_bytes(), None)
+                {
                     let _ = req.insert_header("Host", host);
                     hc.req = req;
                 }
                 hc.peer_template.options.connection_timeout = Some(config.connect_timeout);
-                hc.peer_template.options.read_timeout = Some(config.timeout.min(Duration::from_secs(5)));
+                hc.peer_template.options.read_timeout =
+                    Some(config.timeout.min(Duration::from_secs(5)));
                 hc.peer_template.options.ca = ca.clone();
                 lb.set_health_check(Box::new(hc));
             }

@@ -227,8 +227,15 @@ new = "fn-url"
     assert_eq!(r.header("x-backend"), Some("tls"));
     let (sni, head) = tls.seen.lock().unwrap().pop().unwrap();
     assert_eq!(sni.as_deref(), Some("localhost"));
-    assert!(head.starts_with("GET /prod/bookings/1?x=y HTTP/1.1\r\n"), "{head}");
-    assert!(head.to_ascii_lowercase().contains(&format!("host: localhost:{}\r\n", tls.port)), "{head}");
+    assert!(
+        head.starts_with("GET /prod/bookings/1?x=y HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("host: localhost:{}\r\n", tls.port)),
+        "{head}"
+    );
 
     // Without the CA the certificate is not trusted: 502, never an unverified connection.
     let untrusting = Proxy::start(&config(""));

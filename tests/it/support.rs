@@ -465,10 +465,13 @@ override = true
 
 /// A TLS backend for `localhost` with its own CA: answers `200 tls` and records the SNI name
 /// and the request head it received.
+/// What the TLS backend saw: the SNI name and the raw request head.
+pub type TlsSeen = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
 pub struct TlsBackend {
     pub port: u16,
     pub ca_pem: String,
-    pub seen: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    pub seen: TlsSeen,
 }
 
 impl TlsBackend {
@@ -495,10 +498,13 @@ impl TlsBackend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+        let seen: TlsSeen = Arc::default();
         let record = Arc::clone(&seen);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
