@@ -241,3 +241,51 @@ new = "fn-url"
     let untrusting = Proxy::start(&config(""));
     assert_eq!(get(untrusting.port, "/bookings/1", &[]).status, 502);
 }
+
+#[test]
+fn upstream_connections_are_pooled_and_reused() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    // Fresh client connections each time: the upstream side still reuses its pooled ones.
+    for _ in 0..50 {
+        assert_eq!(get(proxy.port, "/bookings", &[]).status, 200);
+    }
+    let opened = legacy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= 3,
+        "50 sequential requests opened {opened} upstream connections"
+    );
+}
+
+#[test]
+fn the_reference_config_splits_bookings_25_percent_as_documented() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/strangle.toml"))
+            .unwrap();
+    let text = reference
+        .replace("\"127.0.0.1:8080\"", "\"{listen}\"")
+        .replace("127.0.0.1:8081", &legacy.addr())
+        .replace("127.0.0.1:8082", &new.addr())
+        .replace("access = \"stdout\"", "access = \"access.log\"");
+    let proxy = Proxy::start(&text);
+    let mut c = proxy.client();
+    let mut on_new = 0;
+    for user in 0..2000 {
+        let r = c
+            .get("/bookings/1", &[("x-user-id", &format!("u{user}"))])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        if r.header("x-backend") == Some("new") {
+            on_new += 1;
+        }
+    }
+    assert!(
+        (440..=560).contains(&on_new),
+        "{on_new} of 2000 users on the new side at 25%"
+    );
+    assert_eq!(
+        get(proxy.port, "/flights", &[]).header("x-backend"),
+        Some("legacy")
+    );
+}

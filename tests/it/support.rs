@@ -49,6 +49,8 @@ impl Seen {
 pub struct Backend {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -63,6 +65,8 @@ impl Backend {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let record = Arc::clone(&seen);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -78,6 +82,7 @@ impl Backend {
                         _ = &mut stop_rx => return,
                         r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
                     };
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let record = Arc::clone(&record);
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -132,6 +137,7 @@ impl Backend {
         Backend {
             port,
             seen,
+            connections,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
