@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -99,17 +100,19 @@ async fn reject(
 }
 
 /// The request target exactly as the client sent it (HTTP/1), fragment and all; Pingora's parsed
-/// URI has already dropped a fragment, which we must refuse rather than ignore.
-fn raw_target(session: &Session) -> Cow<'_, [u8]> {
+/// URI has already dropped a fragment, which we must refuse rather than ignore. A slice of the
+/// buffer the head was read into: no copy.
+fn raw_target(session: &Session) -> Bytes {
     if let Some(h1) = session.as_downstream().as_http1() {
         let raw = h1.get_headers_raw_bytes();
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
-        let mut parts = raw[..line_end].split(|&b| b == b' ');
-        if let (Some(_), Some(target)) = (parts.next(), parts.next()) {
-            return Cow::Owned(target.to_vec());
+        let line = &raw[..line_end];
+        if let Some(start) = line.iter().position(|&b| b == b' ').map(|i| i + 1) {
+            let len = line[start..].iter().position(|&b| b == b' ').unwrap_or(line.len() - start);
+            return raw.slice(start..start + len);
         }
     }
-    Cow::Borrowed(session.req_header().raw_path())
+    Bytes::copy_from_slice(session.req_header().raw_path())
 }
 
 /// Whether the raw header block repeats Content-Length next to Transfer-Encoding: Pingora drops
