@@ -24,6 +24,7 @@ use raw::*;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub server: Server,
+    pub admin: Admin,
     pub log: Log,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
@@ -40,6 +41,25 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
+
+/// The admin API's listener and the token that mutating calls need.
+#[derive(Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Admin {
+    // The token is a secret: never in logs or error output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccessLog {
@@ -180,7 +200,7 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors
     Err(ConfigErrors(cx.diags))
 }
 
-const SECTIONS: &[&str] = &["server", "log", "upstreams", "routes"];
+const SECTIONS: &[&str] = &["server", "admin", "log", "upstreams", "routes"];
 
 struct Cx<'a> {
     file: &'a str,
@@ -234,7 +254,7 @@ impl Cx<'_> {
         };
         self.interpolate_table(root.get_mut());
 
-        let (mut server, mut log) = (None, None);
+        let (mut server, mut admin, mut log) = (None, None, None);
         let mut upstreams: Vec<(Spanned<String>, RawUpstream)> = Vec::new();
         let mut routes: Vec<RawRoute> = Vec::new();
         let mut ok = true;
@@ -243,6 +263,7 @@ impl Cx<'_> {
             let key_name = key.into_inner();
             match &*key_name {
                 "server" => server = self.de::<RawServer>(value, "[server]"),
+                "admin" => admin = self.de::<RawAdmin>(value, "[admin]"),
                 "log" => log = self.de::<RawLog>(value, "[log]"),
                 "upstreams" => match value.into_inner() {
                     DeValue::Table(t) => {
@@ -286,9 +307,11 @@ impl Cx<'_> {
         let upstreams = self.upstreams(upstreams);
         let server = self.server(server, &upstreams);
         let log = self.log(log);
+        let admin = self.admin(admin.unwrap_or_default());
         let routes = self.routes(routes, &upstreams);
         (ok && self.diags.is_empty()).then_some(Config {
             server: server?,
+            admin,
             log,
             upstreams,
             routes,
@@ -397,6 +420,30 @@ impl Cx<'_> {
             ),
             max_headers: self.count(&raw.max_headers, "max-headers", 8, 250, 100),
         })
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> Admin {
+        let default: SocketAddr = DEFAULT_ADMIN.parse().expect("valid default");
+        let listen = match &raw.listen {
+            None => default,
+            Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                let hint = Some(format!("write `IP:PORT`, e.g. `{DEFAULT_ADMIN}`"));
+                self.err_at(l, format!("bad admin listen address `{}`", l.get_ref()), hint);
+                default
+            }),
+        };
+        let token = raw.token.as_ref().map(|t| t.get_ref().clone());
+        if let Some(t) = &raw.token {
+            if t.get_ref().trim().is_empty() {
+                self.err_at(t, "the admin `token` is empty", Some("use a long random secret, e.g. `${env:STRANGLE_ADMIN_TOKEN}`".into()));
+            }
+        }
+        if !listen.ip().is_loopback() && token.is_none() {
+            let at = raw.listen.as_ref().map_or(0, |l| l.span().start);
+            let hint = Some("set `token = \"${env:STRANGLE_ADMIN_TOKEN}\"`, or listen on 127.0.0.1".into());
+            self.error(at, format!("the admin API listens off the loopback ({listen}) without a `token`"), hint);
+        }
+        Admin { listen, token }
     }
 
     fn log(&mut self, raw: RawLog) -> Log {

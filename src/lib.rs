@@ -4,13 +4,19 @@
 //! (weighted, sticky) → serve → log. See `DESIGN.md` in the project's shared notes for the
 //! contracts (config keys, CLI verbs, bad-input policy).
 
+pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod edit;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod services;
 pub mod split;
 pub mod state;
+pub mod stats;
+pub mod status;
 pub mod telemetry;
 pub mod upstream;

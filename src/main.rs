@@ -2,18 +2,32 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use strangle::cli::{self, AdminTarget};
 
 #[derive(Parser)]
-#[command(
-    name = "strangle",
-    version,
-    about = "An edge proxy for strangler-fig migrations"
-)]
+#[command(name = "strangle", version, about = "An edge proxy for strangler-fig migrations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Admin {
+    /// The admin API of the running proxy.
+    #[arg(long = "admin", env = "STRANGLE_ADMIN", default_value = "http://127.0.0.1:9901")]
+    url: String,
+    /// The admin token, if the proxy has one.
+    #[arg(long, env = "STRANGLE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl From<Admin> for AdminTarget {
+    fn from(a: Admin) -> AdminTarget {
+        AdminTarget { url: a.url, token: a.token }
+    }
 }
 
 #[derive(Subcommand)]
@@ -21,12 +35,7 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// The config file.
-        #[arg(
-            short,
-            long,
-            env = "STRANGLE_CONFIG",
-            default_value = "config/strangle.toml"
-        )]
+        #[arg(short, long, env = "STRANGLE_CONFIG", default_value = "config/strangle.toml")]
         config: PathBuf,
     },
     /// Validate config files; print every problem; exit 1 on any.
@@ -34,40 +43,92 @@ enum Command {
         #[arg(default_value = "config/strangle.toml")]
         files: Vec<PathBuf>,
     },
+    /// Set the share of a route's users on the new side: `strangle shift /bookings 25%`.
+    Shift {
+        /// The route's path (`/bookings`) or id (`bookings`).
+        route: String,
+        /// `25%`, `25` or `0.5%` (two decimals at most).
+        percent: String,
+        /// Edit this config file directly instead of asking the running proxy.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// The migration at a glance: per route its shift, traffic per side, errors and latency.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds (or every N seconds with --watch=N).
+        #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECONDS")]
+        watch: Option<u64>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn run_client<F, T>(f: impl FnOnce() -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    runtime()?.block_on(f())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { config } => match strangle::server::serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Check { files } => {
-            let mut failed = false;
-            for file in &files {
-                match strangle::config::load(file) {
-                    Ok(config) => println!(
-                        "{}: ok ({} routes, {} upstreams)",
-                        file.display(),
-                        config.routes.len(),
-                        config.upstreams.len()
-                    ),
-                    Err(errors) => {
-                        failed = true;
-                        eprintln!("{errors}");
-                        eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-                    }
-                }
-            }
-            if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
+    let result = match cli.command {
+        Command::Serve { config } => strangle::server::serve(config),
+        Command::Check { files } => return check(&files),
+        Command::Shift {
+            route,
+            percent,
+            file: Some(file),
+            ..
+        } => cli::shift_file(&file, &route, &percent).map(|msg| println!("{msg}")),
+        Command::Shift {
+            route,
+            percent,
+            file: None,
+            admin,
+        } => run_client(|| async move { cli::shift(&admin.into(), &route, &percent).await }).map(|msg| println!("{msg}")),
+        Command::Status { json, watch, admin } => {
+            run_client(|| async move { cli::status(&admin.into(), json, watch.map(|s| Duration::from_secs(s.max(1)))).await })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strangle: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match strangle::config::load(file) {
+            Ok(config) => println!(
+                "{}: ok ({} routes, {} upstreams)",
+                file.display(),
+                config.routes.len(),
+                config.upstreams.len()
+            ),
+            Err(errors) => {
+                failed = true;
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", file.display(), errors.0.len());
             }
         }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

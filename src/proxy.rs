@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -22,11 +22,15 @@ use pingora::{ErrorSource, ErrorType};
 use crate::routing::{self, PathError};
 use crate::split::{self, Side};
 use crate::state::{Live, Snapshot};
+use crate::stats::RouteStats;
 use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
 use crate::upstream::Shared;
 
 /// Requests between `new_ctx` and the end of `logging`: what a graceful shutdown waits for.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Set on SIGTERM: `/ready` turns 503 so load balancers stop sending traffic.
+pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_STRANGLE_SIDE: HeaderName = HeaderName::from_static("x-strangle-side");
@@ -64,6 +68,12 @@ pub struct Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
+        if let Some(side) = self.side {
+            self.route_stats().side(side).in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(up) = &self.upstream {
+            up.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -71,6 +81,13 @@ impl Drop for Ctx {
 impl Ctx {
     fn route_id(&self) -> Option<&str> {
         self.route.map(|i| self.snap.routes[i].id.as_str())
+    }
+
+    fn route_stats(&self) -> &RouteStats {
+        match self.route {
+            Some(i) => &self.snap.routes[i].stats,
+            None => &self.snap.default_stats,
+        }
     }
 }
 
@@ -311,6 +328,8 @@ impl ProxyHttp for Strangle {
             return reject(session, ctx, 404, "no route").await;
         };
         ctx.side = Some(side);
+        ctx.route_stats().side(side).in_flight.fetch_add(1, Ordering::Relaxed);
+        upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
 
         let base = upstream.base_path.as_deref().unwrap_or("");
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
@@ -452,15 +471,18 @@ impl ProxyHttp for Strangle {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if !self.access.enabled() {
-            return;
-        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
-        let req = session.req_header();
         let now = Instant::now();
+        if let Some(side) = ctx.side {
+            ctx.route_stats().side(side).record(status, now - ctx.start);
+        }
+        if !self.access.enabled() {
+            return;
+        }
+        let req = session.req_header();
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
         self.access.log(&AccessEvent {
             time: Rfc3339(SystemTime::now()),

@@ -16,8 +16,10 @@ use pingora::services::listening::Service;
 
 use crate::deadline::HeaderDeadline;
 use crate::proxy::{Strangle, IN_FLIGHT};
-use crate::services::{ConfigWatcher, HealthChecks};
+use crate::admin::AdminService;
+use crate::services::{ConfigWatcher, HealthChecks, StatsSampler};
 use crate::state::{Live, Snapshot};
+use crate::stats::Registry;
 use crate::telemetry::AccessLogger;
 
 /// Loads the config, then runs the proxy. Returns only on a start-up error.
@@ -27,8 +29,9 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&config.log);
     let server_cfg = config.server.clone();
     let access = Arc::new(AccessLogger::new(config.log.access.clone()));
-    let snapshot = Snapshot::build(config, None)?;
-    let live = Arc::new(Live::new(path, snapshot));
+    let registry = Arc::new(Registry::default());
+    let snapshot = Snapshot::build(config, None, &registry)?;
+    let live = Arc::new(Live::new(path, snapshot, registry));
 
     let conf = ServerConf {
         threads: server_cfg.threads,
@@ -38,6 +41,9 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    let admin_listener = std::net::TcpListener::bind(live.load().config.admin.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| anyhow::anyhow!("cannot listen for the admin API on {}: {e}", live.load().config.admin.listen))?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -73,8 +79,22 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
             live: Arc::clone(&live),
         },
     ));
+    server.add_service(background_service(
+        "stats sampler",
+        StatsSampler {
+            live: Arc::clone(&live),
+        },
+    ));
+    server.add_service(background_service(
+        "admin api",
+        AdminService {
+            live: Arc::clone(&live),
+            access: Arc::clone(&access),
+            listener: std::sync::Mutex::new(Some(admin_listener)),
+        },
+    ));
 
-    tracing::info!(listen = ?server_cfg.listen, config = %live.path.display(), "strangle serving");
+    tracing::info!(listen = ?server_cfg.listen, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
@@ -105,6 +125,7 @@ impl ShutdownSignalWatch for Drain {
             _ = term.recv() => {
                 let grace = self.grace;
                 tracing::info!(?grace, "SIGTERM: draining in-flight requests");
+                crate::proxy::DRAINING.store(true, Ordering::Release);
                 // Pingora stops the listeners when this returns; this task ends the process as
                 // soon as nothing is in flight instead of sleeping out the whole grace period.
                 tokio::spawn(async move {

@@ -119,3 +119,21 @@ impl BackgroundService for HealthChecks {
         }
     }
 }
+
+/// Samples the traffic counters for `status`'s recent window.
+pub struct StatsSampler {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for StatsSampler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::stats::SAMPLE_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.live.registry.sample(),
+            }
+        }
+    }
+}

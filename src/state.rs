@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, Config, Route};
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
+use crate::stats::{Registry, RouteStats, DEFAULT_ROUTE};
 use crate::upstream::{HttpUpstream, Shared};
 
 /// A route ready for the request path: upstreams resolved to `Arc`s, hash seed precomputed.
@@ -28,6 +29,7 @@ pub struct LiveRoute {
     pub sticky: StickyKey,
     pub seed: u64,
     pub allow_override: bool,
+    pub stats: Arc<RouteStats>,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -38,6 +40,8 @@ pub struct Snapshot {
     pub routes: Vec<LiveRoute>,
     pub upstreams: HashMap<String, Shared>,
     pub default: Option<Shared>,
+    /// Counters for traffic that matched no route.
+    pub default_stats: Arc<RouteStats>,
     pub loaded_at: SystemTime,
 }
 
@@ -51,7 +55,7 @@ pub enum BuildError {
 
 impl Snapshot {
     /// Builds a snapshot, reusing the upstreams of `previous` whose config is unchanged.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+    pub fn build(config: Config, previous: Option<&Snapshot>, registry: &Registry) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
         for (name, cfg) in &config.upstreams {
             let reused = previous
@@ -60,7 +64,7 @@ impl Snapshot {
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(HttpUpstream::new(cfg)?),
+                None => Arc::new(HttpUpstream::new(cfg, registry.upstream(name))?),
             };
             upstreams.insert(name.clone(), upstream);
         }
@@ -76,6 +80,7 @@ impl Snapshot {
                 sticky: r.sticky.clone(),
                 seed: route_seed(&r.id),
                 allow_override: r.allow_override,
+                stats: registry.route(&r.id),
             })
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
@@ -86,6 +91,7 @@ impl Snapshot {
             routes,
             upstreams,
             default,
+            default_stats: registry.route(DEFAULT_ROUTE),
             loaded_at: SystemTime::now(),
         })
     }
@@ -102,23 +108,30 @@ pub struct ReloadFailure {
 #[derive(Debug)]
 pub struct Live {
     pub path: PathBuf,
+    pub registry: Arc<Registry>,
+    pub started_at: SystemTime,
     snapshot: ArcSwap<Snapshot>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     last_failure: Mutex<Option<ReloadFailure>>,
     /// Serialises reloads; the request path never touches it.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises edits of the config file.
+    pub edit_lock: tokio::sync::Mutex<()>,
 }
 
 impl Live {
-    pub fn new(path: PathBuf, snapshot: Snapshot) -> Live {
+    pub fn new(path: PathBuf, snapshot: Snapshot, registry: Arc<Registry>) -> Live {
         Live {
             path,
+            registry,
+            started_at: SystemTime::now(),
             snapshot: ArcSwap::from_pointee(snapshot),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
+            edit_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -140,7 +153,7 @@ impl Live {
         let built = tokio::task::spawn_blocking(move || {
             let previous = live.load();
             let config = config::load(&live.path)?;
-            Snapshot::build(config, Some(&previous))
+            Snapshot::build(config, Some(&previous), &live.registry)
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))?;

@@ -17,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{self, Target};
+use crate::stats::UpstreamStats;
 
 /// A live HTTP upstream.
 pub struct HttpUpstream {
@@ -29,6 +30,8 @@ pub struct HttpUpstream {
     /// Prefixed to every request path, for `url` upstreams with a base path.
     pub base_path: Option<String>,
     ca: Option<Arc<CaType>>,
+    /// Requests now being served by this upstream (kept across reloads by name).
+    pub stats: Arc<UpstreamStats>,
 }
 
 /// Reads the certificates of a PEM file.
@@ -58,7 +61,7 @@ pub enum ResolveError {
 impl HttpUpstream {
     /// Builds the upstream, resolving its addresses (this may block on DNS: call it off the
     /// request path).
-    pub fn new(config: &config::Upstream) -> Result<HttpUpstream, ResolveError> {
+    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> Result<HttpUpstream, ResolveError> {
         let (addresses, tls, sni, host_header, base_path) = match &config.target {
             Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None, None),
             Target::Url {
@@ -145,6 +148,7 @@ impl HttpUpstream {
         lb.health_check_frequency = Some(config.health_check_interval);
         Ok(HttpUpstream {
             ca,
+            stats,
             config: config.clone(),
             lb,
             tls,

@@ -21,6 +21,13 @@ pub struct RawServer {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawLog {
     pub access: Option<S<String>>,
     pub format: Option<S<String>>,

@@ -134,19 +134,19 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     use std::os::unix::fs::symlink;
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     // Kubernetes mounts: strangle.toml -> ..data/strangle.toml, ..data -> ..2026_v1
     let v1 = dir.path().join("..2026_v1");
     std::fs::create_dir(&v1).unwrap();
     std::fs::write(
         v1.join("strangle.toml"),
-        Proxy::render(&split_config(&legacy, &new, "0%", "none"), port),
+        Proxy::render(&split_config(&legacy, &new, "0%", "none"), port, admin_port),
     )
     .unwrap();
     symlink("..2026_v1", dir.path().join("..data")).unwrap();
     symlink("..data/strangle.toml", dir.path().join("strangle.toml")).unwrap();
     let config = dir.path().join("strangle.toml");
-    let proxy = Proxy::start_at(dir, config, port);
+    let proxy = Proxy::start_at(dir, config, port, admin_port);
     assert_eq!(side_of(proxy.port), "legacy");
 
     // The kubelet writes a new version dir, then atomically renames a new `..data` link over.
@@ -155,7 +155,7 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     std::fs::create_dir(&v2).unwrap();
     std::fs::write(
         v2.join("strangle.toml"),
-        Proxy::render(&split_config(&legacy, &new, "100%", "none"), port),
+        Proxy::render(&split_config(&legacy, &new, "100%", "none"), port, admin_port),
     )
     .unwrap();
     symlink("..2026_v2", d.join("..data_tmp")).unwrap();

@@ -179,6 +179,8 @@ impl Drop for Backend {
 pub struct Proxy {
     pub child: Child,
     pub port: u16,
+    /// The admin API's port (free-probed unless the config names one).
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
 }
@@ -193,20 +195,27 @@ impl Proxy {
     pub fn start(text: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("strangle.toml");
-        let port = free_port();
-        std::fs::write(&config, Self::render(text, port)).unwrap();
-        Self::start_at(dir, config, port)
+        let (port, admin_port) = (free_port(), free_port());
+        std::fs::write(&config, Self::render(text, port, admin_port)).unwrap();
+        Self::start_at(dir, config, port, admin_port)
     }
 
-    pub fn render(text: &str, port: u16) -> String {
-        let mut body = text.replace("{listen}", &format!("127.0.0.1:{port}"));
+    /// `{listen}` becomes the proxy's address and `{admin}` the admin API's; without an
+    /// `[admin]` section one is added, and without `[log]` the access log goes to a file.
+    pub fn render(text: &str, port: u16, admin_port: u16) -> String {
+        let mut body = text
+            .replace("{listen}", &format!("127.0.0.1:{port}"))
+            .replace("{admin}", &format!("127.0.0.1:{admin_port}"));
         if !body.contains("[log]") {
             body.push_str("\n[log]\naccess = \"access.log\"\nlevel = \"info\"\n");
+        }
+        if !body.contains("[admin]") {
+            body.push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"));
         }
         body
     }
 
-    pub fn start_at(dir: tempfile::TempDir, config: PathBuf, port: u16) -> Proxy {
+    pub fn start_at(dir: tempfile::TempDir, config: PathBuf, port: u16, admin_port: u16) -> Proxy {
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(bin())
             .args(["serve", "-c"])
@@ -218,6 +227,7 @@ impl Proxy {
         let mut proxy = Proxy {
             child,
             port,
+            admin_port,
             dir,
             config,
         };
@@ -237,7 +247,21 @@ impl Proxy {
     }
 
     pub fn rewrite(&self, text: &str) {
-        write_atomically(&self.config, &Self::render(text, self.port));
+        write_atomically(&self.config, &Self::render(text, self.port, self.admin_port));
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    /// Runs a `strangle` client command against this proxy's admin API.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .env("STRANGLE_ADMIN", self.admin_url())
+            .env_remove("STRANGLE_ADMIN_TOKEN")
+            .output()
+            .unwrap()
     }
 
     pub fn stderr(&self) -> String {

@@ -1,0 +1,171 @@
+//! Client commands: `strangle shift` and `strangle status` talk to the admin API; `shift --file`
+//! edits a config file offline.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::split::Shift;
+use crate::status::{render, Paint, Status};
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct AdminTarget {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+/// One request to the admin API; returns the status and the JSON body.
+pub async fn call(target: &AdminTarget, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let uri: http::Uri = format!("{}{}", target.url.trim_end_matches('/'), path)
+        .parse()
+        .with_context(|| format!("bad admin URL `{}`", target.url))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("the admin URL must be http://HOST:PORT, not `{}`", target.url);
+    }
+    let host = uri.host().ok_or_else(|| anyhow!("no host in the admin URL `{}`", target.url))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| anyhow!("timed out connecting to the admin API at {}", target.url))?
+        .with_context(|| format!("cannot reach the admin API at {} (is `strangle serve` running? set --admin or STRANGLE_ADMIN)", target.url))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, format!("{host}:{port}"));
+    if let Some(token) = &target.token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(serde_json::to_vec(&v)?)
+        }
+        None => Bytes::new(),
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req.body(Full::new(body))?))
+        .await
+        .map_err(|_| anyhow!("the admin API did not answer within 30 s"))??;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Ok((status, value))
+}
+
+fn api_error(status: StatusCode, body: &serde_json::Value) -> anyhow::Error {
+    let message = body.get("error").and_then(|e| e.as_str()).map_or_else(|| body.to_string(), str::to_string);
+    anyhow!("{message} (HTTP {})", status.as_u16())
+}
+
+pub async fn fetch_status(target: &AdminTarget) -> anyhow::Result<Status> {
+    let (status, body) = call(target, Method::GET, "/status", None).await?;
+    if !status.is_success() {
+        return Err(api_error(status, &body));
+    }
+    serde_json::from_value(body).context("unexpected /status document")
+}
+
+/// Parses PERCENT, or says which forms are accepted.
+pub fn parse_percent(text: &str) -> anyhow::Result<Shift> {
+    Shift::parse(text).map_err(|e| anyhow!("{e}"))
+}
+
+/// `strangle shift ROUTE PERCENT` through the admin API. ROUTE is a route id or path.
+pub async fn shift(target: &AdminTarget, route: &str, percent: &str) -> anyhow::Result<String> {
+    let shift = parse_percent(percent)?;
+    let status = fetch_status(target).await?;
+    let id = resolve_route(&status, route)?;
+    let (code, body) = call(
+        target,
+        Method::PUT,
+        &format!("/routes/{id}/shift"),
+        Some(serde_json::json!({ "percent": shift.to_string() })),
+    )
+    .await?;
+    if !code.is_success() {
+        return Err(api_error(code, &body));
+    }
+    Ok(format!(
+        "{id}: {} -> {} (saved to {})",
+        body.get("from").and_then(|v| v.as_str()).unwrap_or("?"),
+        body.get("to").and_then(|v| v.as_str()).unwrap_or("?"),
+        body.get("file").and_then(|v| v.as_str()).unwrap_or("?"),
+    ))
+}
+
+fn resolve_route(status: &Status, route: &str) -> anyhow::Result<String> {
+    let found = status.routes.iter().find(|r| r.id == route).or_else(|| status.routes.iter().find(|r| r.path == route));
+    match found {
+        Some(r) => Ok(r.id.clone()),
+        None => {
+            let known: Vec<String> = status.routes.iter().map(|r| format!("{} ({})", r.id, r.path)).collect();
+            bail!(
+                "no route `{route}`; known routes: {}",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
+        }
+    }
+}
+
+/// `strangle shift --file FILE ROUTE PERCENT`: edits the file without a running proxy.
+pub fn shift_file(file: &Path, route: &str, percent: &str) -> anyhow::Result<String> {
+    let shift = parse_percent(percent)?;
+    let config = crate::config::load(file).map_err(|e| anyhow!("{e}"))?;
+    let id = config
+        .routes
+        .iter()
+        .find(|r| r.id == route)
+        .or_else(|| config.routes.iter().find(|r| r.path == route))
+        .map(|r| r.id.clone())
+        .ok_or_else(|| {
+            let known: Vec<String> = config.routes.iter().map(|r| format!("{} ({})", r.id, r.path)).collect();
+            anyhow!("no route `{route}` in {}; known routes: {}", file.display(), known.join(", "))
+        })?;
+    let old = crate::edit::set_shift_in_file(file, &id, shift)?;
+    Ok(format!("{id}: {old} -> {shift} (saved to {})", file.display()))
+}
+
+/// `strangle status`: prints the table (or JSON), once or every `interval`.
+pub async fn status(target: &AdminTarget, json: bool, watch: Option<Duration>) -> anyhow::Result<()> {
+    let terminal = std::io::stdout().is_terminal();
+    let paint = Paint {
+        on: terminal && std::env::var_os("NO_COLOR").is_none(),
+    };
+    loop {
+        let s = fetch_status(target).await?;
+        let text = if json {
+            serde_json::to_string_pretty(&s)? + "\n"
+        } else {
+            render(&s, &paint)
+        };
+        match watch {
+            None => {
+                print!("{text}");
+                return Ok(());
+            }
+            Some(every) => {
+                if terminal {
+                    // Home the cursor and clear the screen: the table refreshes in place.
+                    print!("\x1b[H\x1b[2J{text}");
+                } else {
+                    println!("{text}");
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+}

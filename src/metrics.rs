@@ -1,0 +1,108 @@
+//! `GET /metrics`: the Prometheus text exposition of strangle's counters. Label values are
+//! route ids and upstream names, which config validation restricts to `[A-Za-z0-9._-]`, so
+//! they need no escaping; the raw path never becomes a label.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::state::Live;
+use crate::stats::{self, Totals, BUCKETS_MS, DEFAULT_ROUTE};
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every metric.
+pub fn render(live: &Live, access_log_dropped: u64) -> String {
+    let snap = live.load();
+    let mut totals: Vec<(String, [Totals; 2])> = live.registry.totals().into_iter().collect();
+    totals.sort_by(|a, b| a.0.cmp(&b.0));
+    // (route, side label, totals) for every side that exists.
+    let mut series: Vec<(&str, &str, &Totals)> = Vec::new();
+    for (id, [legacy, new]) in &totals {
+        if id == DEFAULT_ROUTE {
+            series.push((id, "default", legacy));
+        } else {
+            series.push((id, "legacy", legacy));
+            series.push((id, "new", new));
+        }
+    }
+    let mut out = String::with_capacity(4096 + series.len() * 2048);
+
+    header(&mut out, "strangle_requests_total", "counter", "Requests served, by route, side and status class.");
+    for (route, side, t) in &series {
+        for (class, n) in stats::CLASSES.iter().zip(t.by_class) {
+            let _ = writeln!(out, "strangle_requests_total{{route=\"{route}\",side=\"{side}\",class=\"{class}\"}} {n}");
+        }
+    }
+
+    header(
+        &mut out,
+        "strangle_request_duration_seconds",
+        "histogram",
+        "Time from the request head to the end of the response, by route and side.",
+    );
+    for (route, side, t) in &series {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS_MS.iter().enumerate() {
+            cumulative += t.buckets[i];
+            let le = bound / 1000.0;
+            let _ = writeln!(
+                out,
+                "strangle_request_duration_seconds_bucket{{route=\"{route}\",side=\"{side}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = t.requests();
+        let _ = writeln!(
+            out,
+            "strangle_request_duration_seconds_bucket{{route=\"{route}\",side=\"{side}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "strangle_request_duration_seconds_sum{{route=\"{route}\",side=\"{side}\"}} {}",
+            t.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "strangle_request_duration_seconds_count{{route=\"{route}\",side=\"{side}\"}} {count}");
+    }
+
+    header(&mut out, "strangle_requests_in_flight", "gauge", "Requests being served now, by route and side.");
+    for (route, side, t) in &series {
+        let _ = writeln!(out, "strangle_requests_in_flight{{route=\"{route}\",side=\"{side}\"}} {}", t.in_flight);
+    }
+
+    header(&mut out, "strangle_route_shift_ratio", "gauge", "The configured share of users sent to the new side, 0 to 1.");
+    for r in &snap.config.routes {
+        let _ = writeln!(out, "strangle_route_shift_ratio{{route=\"{}\"}} {}", r.id, f64::from(r.shift.bp()) / 10_000.0);
+    }
+
+    header(&mut out, "strangle_upstream_in_flight", "gauge", "Requests being served now, by upstream.");
+    for (name, n) in live.registry.upstream_in_flight() {
+        let _ = writeln!(out, "strangle_upstream_in_flight{{upstream=\"{name}\"}} {n}");
+    }
+
+    header(&mut out, "strangle_config_reloads_total", "counter", "Successful config reloads.");
+    let _ = writeln!(out, "strangle_config_reloads_total {}", live.reloads.load(Relaxed));
+    header(
+        &mut out,
+        "strangle_config_reload_failures_total",
+        "counter",
+        "Config reloads refused because the file was invalid; the last good config kept serving.",
+    );
+    let _ = writeln!(out, "strangle_config_reload_failures_total {}", live.reload_failures.load(Relaxed));
+    header(
+        &mut out,
+        "strangle_config_last_reload_successful",
+        "gauge",
+        "1 if the config file as it is now is the one being served, 0 if its last reload failed.",
+    );
+    let _ = writeln!(out, "strangle_config_last_reload_successful {}", u8::from(live.last_failure().is_none()));
+    header(
+        &mut out,
+        "strangle_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because the writer fell behind.",
+    );
+    let _ = writeln!(out, "strangle_access_log_dropped_total {access_log_dropped}");
+    out
+}

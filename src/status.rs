@@ -1,0 +1,372 @@
+//! The migration at a glance: the `GET /status` document (built by the proxy, read by
+//! `strangle status`) and its rendering as a table a person reads.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Live;
+use crate::stats::{self, Totals, DEFAULT_ROUTE};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub config: ConfigStatus,
+    pub uptime_s: u64,
+    /// Share of all requests (every route plus unmatched ones) served by new sides.
+    pub new_share: f64,
+    pub requests: u64,
+    /// The same over the recent window.
+    pub recent: Window,
+    pub routes: Vec<RouteStatus>,
+    /// Requests that matched no route and went to `[server] default`.
+    pub default: Option<DefaultStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigStatus {
+    pub path: String,
+    pub loaded_at: String,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload_error: Option<ReloadError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadError {
+    pub at: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Window {
+    pub seconds: u64,
+    pub requests: u64,
+    pub new_share: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteStatus {
+    pub id: String,
+    pub path: String,
+    #[serde(rename = "match")]
+    pub match_: String,
+    pub methods: Option<Vec<String>>,
+    pub legacy: Option<String>,
+    pub new: Option<String>,
+    pub shift: String,
+    pub shift_bp: u16,
+    pub sticky: String,
+    pub requests: u64,
+    /// Share of this route's requests the new side actually served.
+    pub new_share: f64,
+    pub sides: Sides,
+    pub recent: Sides,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sides {
+    pub legacy: SideStatus,
+    pub new: SideStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DefaultStatus {
+    pub upstream: Option<String>,
+    pub stats: SideStatus,
+    pub recent: SideStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SideStatus {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub by_class: std::collections::BTreeMap<String, u64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub in_flight: i64,
+}
+
+impl SideStatus {
+    fn of(t: &Totals) -> SideStatus {
+        let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+        SideStatus {
+            requests: t.requests(),
+            errors: t.errors(),
+            error_rate: t.error_rate(),
+            by_class: stats::CLASSES
+                .iter()
+                .zip(t.by_class)
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| (c.to_string(), n))
+                .collect(),
+            p50_ms: round(t.quantile_ms(0.50)),
+            p90_ms: round(t.quantile_ms(0.90)),
+            p99_ms: round(t.quantile_ms(0.99)),
+            in_flight: t.in_flight,
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Builds the status document from the live state.
+pub fn build(live: &Live) -> Status {
+    let snap = live.load();
+    let totals = live.registry.totals();
+    let window = live.registry.window_start();
+    let zero = [Totals::default(); 2];
+    let pair = |id: &str| totals.get(id).copied().unwrap_or(zero);
+    let recent_pair = |id: &str| {
+        let now = pair(id);
+        match &window {
+            Some((_, start)) => {
+                let then = start.get(id).copied().unwrap_or(zero);
+                [now[0].since(&then[0]), now[1].since(&then[1])]
+            }
+            None => now,
+        }
+    };
+    let (mut all, mut all_new, mut recent_all, mut recent_new) = (0u64, 0u64, 0u64, 0u64);
+    let routes = snap
+        .config
+        .routes
+        .iter()
+        .map(|r| {
+            let [l, n] = pair(&r.id);
+            let [rl, rn] = recent_pair(&r.id);
+            all += l.requests() + n.requests();
+            all_new += n.requests();
+            recent_all += rl.requests() + rn.requests();
+            recent_new += rn.requests();
+            RouteStatus {
+                id: r.id.clone(),
+                path: r.path.clone(),
+                match_: match r.kind {
+                    crate::routing::PathMatch::Exact => "exact".into(),
+                    crate::routing::PathMatch::Prefix => "prefix".into(),
+                },
+                methods: r.methods.as_ref().map(|m| m.iter().map(|m| m.to_string()).collect()),
+                legacy: r.legacy.clone(),
+                new: r.new.clone(),
+                shift: r.shift.to_string(),
+                shift_bp: r.shift.bp(),
+                sticky: r.sticky.to_string(),
+                requests: l.requests() + n.requests(),
+                new_share: stats::ratio(n.requests(), l.requests() + n.requests()),
+                sides: Sides {
+                    legacy: SideStatus::of(&l),
+                    new: SideStatus::of(&n),
+                },
+                recent: Sides {
+                    legacy: SideStatus::of(&rl),
+                    new: SideStatus::of(&rn),
+                },
+            }
+        })
+        .collect();
+    let [d, _] = pair(DEFAULT_ROUTE);
+    let [rd, _] = recent_pair(DEFAULT_ROUTE);
+    all += d.requests();
+    recent_all += rd.requests();
+    let default = (snap.config.server.default.is_some() || d.requests() > 0).then(|| DefaultStatus {
+        upstream: snap.config.server.default.clone(),
+        stats: SideStatus::of(&d),
+        recent: SideStatus::of(&rd),
+    });
+    let failure = live.last_failure();
+    Status {
+        config: ConfigStatus {
+            path: live.path.display().to_string(),
+            loaded_at: rfc3339(snap.loaded_at),
+            reloads: live.reloads.load(std::sync::atomic::Ordering::Relaxed),
+            reload_failures: live.reload_failures.load(std::sync::atomic::Ordering::Relaxed),
+            last_reload_error: failure.map(|f| ReloadError {
+                at: rfc3339(f.at),
+                error: f.error,
+            }),
+        },
+        uptime_s: SystemTime::now()
+            .duration_since(live.started_at)
+            .unwrap_or_default()
+            .as_secs(),
+        new_share: stats::ratio(all_new, all),
+        requests: all,
+        recent: Window {
+            seconds: window.map_or(0, |(ago, _)| ago.as_secs()),
+            requests: recent_all,
+            new_share: stats::ratio(recent_new, recent_all),
+        },
+        routes,
+        default,
+    }
+}
+
+/// Colours, used only on a terminal.
+pub struct Paint {
+    pub on: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, text: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn bold(&self, t: &str) -> String {
+        self.wrap("1", t)
+    }
+    fn dim(&self, t: &str) -> String {
+        self.wrap("2", t)
+    }
+    fn rate(&self, rate: f64, requests: u64) -> String {
+        let text = if requests == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", rate * 100.0)
+        };
+        match () {
+            _ if requests == 0 => text,
+            _ if rate >= 0.05 => self.wrap("31", &text),
+            _ if rate >= 0.01 => self.wrap("33", &text),
+            _ => self.wrap("32", &text),
+        }
+    }
+}
+
+fn pct(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+fn latency(s: &SideStatus) -> String {
+    match (s.p50_ms, s.p99_ms) {
+        (Some(p50), Some(p99)) => format!("{}/{} ms", short(p50), short(p99)),
+        _ => "-".to_string(),
+    }
+}
+
+fn short(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn duration(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string().replace(' ', "")
+}
+
+/// Renders the status as a table.
+pub fn render(s: &Status, paint: &Paint) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}",
+        paint.bold(&format!("The new side now serves {} of requests;", pct(s.new_share))),
+        paint.bold(&format!("the monolith {}.", pct(1.0 - s.new_share)))
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        paint.dim(&format!(
+            "{} requests since start ({} ago); last {}: {} requests, {} on the new side",
+            s.requests,
+            duration(s.uptime_s),
+            duration(s.recent.seconds.max(1)),
+            s.recent.requests,
+            pct(s.recent.new_share)
+        ))
+    );
+    let _ = writeln!(out);
+    let header = [
+        "ROUTE", "PATH", "LEGACY", "NEW", "SHIFT", "ON NEW", "REQUESTS", "LEGACY ERR", "LEGACY p50/p99", "NEW ERR",
+        "NEW p50/p99",
+    ];
+    let mut rows: Vec<[String; 11]> = Vec::new();
+    let mut colour_rows: Vec<[String; 11]> = Vec::new();
+    for r in &s.routes {
+        let plain = [
+            r.id.clone(),
+            r.path.clone() + if r.match_ == "exact" { " (exact)" } else { "" },
+            r.legacy.clone().unwrap_or_else(|| "-".into()),
+            r.new.clone().unwrap_or_else(|| "-".into()),
+            r.shift.clone(),
+            if r.requests == 0 { "-".into() } else { pct(r.new_share) },
+            r.requests.to_string(),
+            Paint { on: false }.rate(r.sides.legacy.error_rate, r.sides.legacy.requests),
+            latency(&r.sides.legacy),
+            Paint { on: false }.rate(r.sides.new.error_rate, r.sides.new.requests),
+            latency(&r.sides.new),
+        ];
+        let mut coloured = plain.clone();
+        coloured[7] = paint.rate(r.sides.legacy.error_rate, r.sides.legacy.requests);
+        coloured[9] = paint.rate(r.sides.new.error_rate, r.sides.new.requests);
+        rows.push(plain);
+        colour_rows.push(coloured);
+    }
+    if let Some(d) = &s.default {
+        let plain = [
+            "(unmatched)".to_string(),
+            "*".into(),
+            d.upstream.clone().unwrap_or_else(|| "(404)".into()),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            d.stats.requests.to_string(),
+            Paint { on: false }.rate(d.stats.error_rate, d.stats.requests),
+            latency(&d.stats),
+            "-".into(),
+            "-".into(),
+        ];
+        let mut coloured = plain.clone();
+        coloured[7] = paint.rate(d.stats.error_rate, d.stats.requests);
+        rows.push(plain);
+        colour_rows.push(coloured);
+    }
+    let widths: Vec<usize> = (0..11)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String], plain: &[String]| {
+        let mut l = String::new();
+        for i in 0..11 {
+            l.push_str(&cells[i]);
+            if i < 10 {
+                l.push_str(&" ".repeat(widths[i] - plain[i].chars().count() + 2));
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let _ = writeln!(out, "{}", paint.bold(&line(&head, &head)));
+    for (plain, coloured) in rows.iter().zip(&colour_rows) {
+        let _ = writeln!(out, "{}", line(coloured, plain));
+    }
+    let _ = writeln!(out);
+    let _ = write!(
+        out,
+        "{}",
+        paint.dim(&format!(
+            "config {} loaded {} ({} reloads, {} failed)",
+            s.config.path, s.config.loaded_at, s.config.reloads, s.config.reload_failures
+        ))
+    );
+    let _ = writeln!(out);
+    if let Some(e) = &s.config.last_reload_error {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.wrap("31", &format!("last reload failed at {}; still serving the previous config:", e.at))
+        );
+        for l in e.error.lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    out
+}
