@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test bench deps check-configs check-deploy lint clean
+.PHONY: demo test test-deps bench deps check-configs check-deploy lint clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -15,6 +15,13 @@ deps:
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The metrics tests run a real Prometheus server and promtool (Debian's prometheus package).
+test-deps: deps
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing: prometheus"; \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 demo: deps
 	$(CARGO) build --release --bin strangle --example backends
@@ -43,7 +50,7 @@ check-deploy:
 	done
 
 # nextest ends on one summary line for the whole suite; plain cargo test is the fallback.
-test: lint check-configs check-deploy
+test: test-deps lint check-configs check-deploy
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --lib --tests --no-fail-fast; \
 	else \

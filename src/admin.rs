@@ -57,14 +57,20 @@ impl AdminError {
             AdminError::NoSuchRoute { .. } => StatusCode::NOT_FOUND,
             AdminError::Edit(edit::EditError::ReadOnly { .. }) => StatusCode::CONFLICT,
             AdminError::Edit(edit::EditError::NoSuchRoute { .. }) => StatusCode::NOT_FOUND,
-            AdminError::Edit(edit::EditError::Invalid(_)) | AdminError::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::Edit(edit::EditError::Invalid(_)) | AdminError::Reload(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             AdminError::Edit(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 /// Applies a command: the file is changed first (it is the source of truth), then reloaded.
-pub async fn apply(live: &Arc<Live>, command: Command, who: &str) -> Result<serde_json::Value, AdminError> {
+pub async fn apply(
+    live: &Arc<Live>,
+    command: Command,
+    who: &str,
+) -> Result<serde_json::Value, AdminError> {
     match command {
         Command::SetShift { route, shift } => {
             let _one_edit_at_a_time = live.edit_lock.lock().await;
@@ -84,7 +90,9 @@ pub async fn apply(live: &Arc<Live>, command: Command, who: &str) -> Result<serd
                 .map_err(|e| AdminError::Reload(e.to_string()))??;
             live.reload().await.map_err(AdminError::Reload)?;
             tracing::info!(route = %route, from = %from, to = %shift, client = %who, "shift changed");
-            Ok(json!({ "route": route, "from": from.to_string(), "to": shift.to_string(), "file": live.path.display().to_string() }))
+            Ok(
+                json!({ "route": route, "from": from.to_string(), "to": shift.to_string(), "file": live.path.display().to_string() }),
+            )
         }
         Command::Reload => {
             live.reload().await.map_err(AdminError::Reload)?;
@@ -104,7 +112,9 @@ pub struct AdminService {
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    // Keeps answering while the proxy drains after SIGTERM, so `/ready` can say 503 and the
+    // last scrapes of `/metrics` still work; the process exit ends it.
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -116,21 +126,21 @@ impl BackgroundService for AdminService {
             }
         };
         loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.changed() => return,
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("admin accept: {e}");
-                        continue;
-                    }
-                },
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("admin accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let (live, access) = (Arc::clone(&self.live), Arc::clone(&self.access));
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let (live, access) = (Arc::clone(&live), Arc::clone(&access));
-                    async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &live, &access).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handle(req, peer, &live, &access).await)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -159,18 +169,27 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
     json_reply(status, &json!({ "error": message.to_string() }))
 }
 
-const ENDPOINTS: &str = "GET /status, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+const ENDPOINTS: &str =
+    "GET /status, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, live: &Arc<Live>, access: &AccessLogger) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    live: &Arc<Live>,
+    access: &AccessLogger,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    let mutating = matches!((&method, segments.as_slice()), (&Method::PUT, ["routes", _, "shift"]) | (&Method::POST, ["reload"]));
+    let mutating = matches!(
+        (&method, segments.as_slice()),
+        (&Method::PUT, ["routes", _, "shift"]) | (&Method::POST, ["reload"])
+    );
     if mutating {
         if let Some(token) = live.load().config.admin.token.as_deref() {
             let given = req
@@ -181,9 +200,14 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, live: &Arc<Live>, acce
                 .map(str::trim);
             if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
                 tracing::warn!(client = %peer, %path, "admin call refused: missing or wrong token");
-                let mut r = error(StatusCode::UNAUTHORIZED, "this call needs `Authorization: Bearer <admin token>`");
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer realm=\"strangle-admin\""));
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "this call needs `Authorization: Bearer <admin token>`",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"strangle-admin\""),
+                );
                 return r;
             }
         }
@@ -192,7 +216,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, live: &Arc<Live>, acce
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => {
             let status = crate::status::build(live);
-            json_reply(StatusCode::OK, &serde_json::to_value(status).unwrap_or_default())
+            json_reply(
+                StatusCode::OK,
+                &serde_json::to_value(status).unwrap_or_default(),
+            )
         }
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
@@ -211,12 +238,25 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, live: &Arc<Live>, acce
             let id = id.to_string();
             let body = match Limited::new(req.into_body(), 4096).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the body: {e}"),
+                    )
+                }
             };
-            let percent = match serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("percent").cloned()) {
+            let percent = match serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("percent").cloned())
+            {
                 Some(serde_json::Value::Number(n)) => n.to_string(),
                 Some(serde_json::Value::String(s)) => s,
-                _ => return error(StatusCode::BAD_REQUEST, "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}"),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}",
+                    )
+                }
             };
             let shift = match Shift::parse(&percent) {
                 Ok(s) => s,
@@ -234,9 +274,15 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, live: &Arc<Live>, acce
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
         },
-        (_, ["status" | "metrics" | "live" | "ready"]) | (_, ["reload"]) | (_, ["routes", _, "shift"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}; endpoints: {ENDPOINTS}"))
-        }
-        _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path}; endpoints: {ENDPOINTS}")),
+        (_, ["status" | "metrics" | "live" | "ready"])
+        | (_, ["reload"])
+        | (_, ["routes", _, "shift"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}; endpoints: {ENDPOINTS}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {path}; endpoints: {ENDPOINTS}"),
+        ),
     }
 }

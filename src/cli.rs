@@ -22,14 +22,24 @@ pub struct AdminTarget {
 }
 
 /// One request to the admin API; returns the status and the JSON body.
-pub async fn call(target: &AdminTarget, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+pub async fn call(
+    target: &AdminTarget,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let uri: http::Uri = format!("{}{}", target.url.trim_end_matches('/'), path)
         .parse()
         .with_context(|| format!("bad admin URL `{}`", target.url))?;
     if uri.scheme_str() != Some("http") {
-        bail!("the admin URL must be http://HOST:PORT, not `{}`", target.url);
+        bail!(
+            "the admin URL must be http://HOST:PORT, not `{}`",
+            target.url
+        );
     }
-    let host = uri.host().ok_or_else(|| anyhow!("no host in the admin URL `{}`", target.url))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("no host in the admin URL `{}`", target.url))?;
     let port = uri.port_u16().unwrap_or(80);
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host, port)))
         .await
@@ -51,21 +61,29 @@ pub async fn call(target: &AdminTarget, method: Method, path: &str, body: Option
         }
         None => Bytes::new(),
     };
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req.body(Full::new(body))?))
-        .await
-        .map_err(|_| anyhow!("the admin API did not answer within 30 s"))??;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        sender.send_request(req.body(Full::new(body))?),
+    )
+    .await
+    .map_err(|_| anyhow!("the admin API did not answer within 30 s"))??;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
     let value = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
     };
     Ok((status, value))
 }
 
 fn api_error(status: StatusCode, body: &serde_json::Value) -> anyhow::Error {
-    let message = body.get("error").and_then(|e| e.as_str()).map_or_else(|| body.to_string(), str::to_string);
+    let message = body
+        .get("error")
+        .and_then(|e| e.as_str())
+        .map_or_else(|| body.to_string(), str::to_string);
     anyhow!("{message} (HTTP {})", status.as_u16())
 }
 
@@ -106,14 +124,26 @@ pub async fn shift(target: &AdminTarget, route: &str, percent: &str) -> anyhow::
 }
 
 fn resolve_route(status: &Status, route: &str) -> anyhow::Result<String> {
-    let found = status.routes.iter().find(|r| r.id == route).or_else(|| status.routes.iter().find(|r| r.path == route));
+    let found = status
+        .routes
+        .iter()
+        .find(|r| r.id == route)
+        .or_else(|| status.routes.iter().find(|r| r.path == route));
     match found {
         Some(r) => Ok(r.id.clone()),
         None => {
-            let known: Vec<String> = status.routes.iter().map(|r| format!("{} ({})", r.id, r.path)).collect();
+            let known: Vec<String> = status
+                .routes
+                .iter()
+                .map(|r| format!("{} ({})", r.id, r.path))
+                .collect();
             bail!(
                 "no route `{route}`; known routes: {}",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )
         }
     }
@@ -130,15 +160,30 @@ pub fn shift_file(file: &Path, route: &str, percent: &str) -> anyhow::Result<Str
         .or_else(|| config.routes.iter().find(|r| r.path == route))
         .map(|r| r.id.clone())
         .ok_or_else(|| {
-            let known: Vec<String> = config.routes.iter().map(|r| format!("{} ({})", r.id, r.path)).collect();
-            anyhow!("no route `{route}` in {}; known routes: {}", file.display(), known.join(", "))
+            let known: Vec<String> = config
+                .routes
+                .iter()
+                .map(|r| format!("{} ({})", r.id, r.path))
+                .collect();
+            anyhow!(
+                "no route `{route}` in {}; known routes: {}",
+                file.display(),
+                known.join(", ")
+            )
         })?;
     let old = crate::edit::set_shift_in_file(file, &id, shift)?;
-    Ok(format!("{id}: {old} -> {shift} (saved to {})", file.display()))
+    Ok(format!(
+        "{id}: {old} -> {shift} (saved to {})",
+        file.display()
+    ))
 }
 
 /// `strangle status`: prints the table (or JSON), once or every `interval`.
-pub async fn status(target: &AdminTarget, json: bool, watch: Option<Duration>) -> anyhow::Result<()> {
+pub async fn status(
+    target: &AdminTarget,
+    json: bool,
+    watch: Option<Duration>,
+) -> anyhow::Result<()> {
     let terminal = std::io::stdout().is_terminal();
     let paint = Paint {
         on: terminal && std::env::var_os("NO_COLOR").is_none(),

@@ -428,20 +428,34 @@ impl Cx<'_> {
             None => default,
             Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
                 let hint = Some(format!("write `IP:PORT`, e.g. `{DEFAULT_ADMIN}`"));
-                self.err_at(l, format!("bad admin listen address `{}`", l.get_ref()), hint);
+                self.err_at(
+                    l,
+                    format!("bad admin listen address `{}`", l.get_ref()),
+                    hint,
+                );
                 default
             }),
         };
         let token = raw.token.as_ref().map(|t| t.get_ref().clone());
         if let Some(t) = &raw.token {
             if t.get_ref().trim().is_empty() {
-                self.err_at(t, "the admin `token` is empty", Some("use a long random secret, e.g. `${env:STRANGLE_ADMIN_TOKEN}`".into()));
+                self.err_at(
+                    t,
+                    "the admin `token` is empty",
+                    Some("use a long random secret, e.g. `${env:STRANGLE_ADMIN_TOKEN}`".into()),
+                );
             }
         }
         if !listen.ip().is_loopback() && token.is_none() {
             let at = raw.listen.as_ref().map_or(0, |l| l.span().start);
-            let hint = Some("set `token = \"${env:STRANGLE_ADMIN_TOKEN}\"`, or listen on 127.0.0.1".into());
-            self.error(at, format!("the admin API listens off the loopback ({listen}) without a `token`"), hint);
+            let hint = Some(
+                "set `token = \"${env:STRANGLE_ADMIN_TOKEN}\"`, or listen on 127.0.0.1".into(),
+            );
+            self.error(
+                at,
+                format!("the admin API listens off the loopback ({listen}) without a `token`"),
+                hint,
+            );
         }
         Admin { listen, token }
     }

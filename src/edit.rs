@@ -18,7 +18,11 @@ pub enum EditError {
          ConfigMap and apply it; strangle reloads it within seconds), or edit a writable copy with \
          `strangle shift --file FILE {route} PERCENT`"
     )]
-    ReadOnly { path: PathBuf, route: String, why: String },
+    ReadOnly {
+        path: PathBuf,
+        route: String,
+        why: String,
+    },
     #[error("no route `{route}`; known routes: {known}")]
     NoSuchRoute { route: String, known: String },
     #[error("cannot parse `{path}` for editing: {error}")]
@@ -26,15 +30,25 @@ pub enum EditError {
     #[error("the edited config would not be valid:\n{0}")]
     Invalid(config::ConfigErrors),
     #[error("cannot write `{path}`: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Sets `shift` of the route with `id` in config text; returns the new text and the old shift.
-pub fn set_shift_in_text(path: &Path, text: &str, id: &str, shift: Shift) -> Result<(String, Shift), EditError> {
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| EditError::Parse {
-        path: path.to_path_buf(),
-        error: e.to_string(),
-    })?;
+pub fn set_shift_in_text(
+    path: &Path,
+    text: &str,
+    id: &str,
+    shift: Shift,
+) -> Result<(String, Shift), EditError> {
+    let mut doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| EditError::Parse {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            })?;
     let routes = doc
         .get_mut("routes")
         .and_then(Item::as_array_of_tables_mut)
@@ -45,7 +59,11 @@ pub fn set_shift_in_text(path: &Path, text: &str, id: &str, shift: Shift) -> Res
     let mut known = Vec::new();
     let mut old = None;
     for table in routes.iter_mut() {
-        let this_id = table.get("id").and_then(Item::as_str).unwrap_or_default().to_string();
+        let this_id = table
+            .get("id")
+            .and_then(Item::as_str)
+            .unwrap_or_default()
+            .to_string();
         if this_id != id {
             known.push(this_id);
             continue;
@@ -131,7 +149,10 @@ fn check_writable(target: &Path, route: &str) -> Result<(), EditError> {
 
 fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditError> {
     let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.strangle-{}", std::process::id()));
     let io = |error: std::io::Error| EditError::Io {
         path: target.to_path_buf(),
@@ -139,7 +160,12 @@ fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditEr
     };
     let mut file = match std::fs::File::create(&tmp) {
         Ok(f) => f,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
             return Err(EditError::ReadOnly {
                 path: target.to_path_buf(),
                 route: route.to_string(),
@@ -187,10 +213,28 @@ new = "a"
 
     #[test]
     fn edits_keep_comments_and_layout() {
-        let (out, old) = set_shift_in_text(Path::new("x.toml"), TEXT, "bookings", Shift::parse("50%").unwrap()).unwrap();
+        let (out, old) = set_shift_in_text(
+            Path::new("x.toml"),
+            TEXT,
+            "bookings",
+            Shift::parse("50%").unwrap(),
+        )
+        .unwrap();
         assert_eq!(old.bp(), 2500);
-        assert_eq!(out, TEXT.replace("shift = \"25%\"     # raised", "shift = \"50%\"     # raised"));
-        let (out, old) = set_shift_in_text(Path::new("x.toml"), TEXT, "flights", Shift::parse("0.5%").unwrap()).unwrap();
+        assert_eq!(
+            out,
+            TEXT.replace(
+                "shift = \"25%\"     # raised",
+                "shift = \"50%\"     # raised"
+            )
+        );
+        let (out, old) = set_shift_in_text(
+            Path::new("x.toml"),
+            TEXT,
+            "flights",
+            Shift::parse("0.5%").unwrap(),
+        )
+        .unwrap();
         assert_eq!(old, Shift::ZERO);
         assert!(out.ends_with("new = \"a\"\nshift = \"0.5%\"\n"), "{out}");
         assert!(out.starts_with("# The migration.\n"));
@@ -199,7 +243,10 @@ new = "a"
     #[test]
     fn unknown_routes_name_the_known_ones() {
         let err = set_shift_in_text(Path::new("x.toml"), TEXT, "hotels", Shift::ZERO).unwrap_err();
-        assert_eq!(err.to_string(), "no route `hotels`; known routes: bookings, flights");
+        assert_eq!(
+            err.to_string(),
+            "no route `hotels`; known routes: bookings, flights"
+        );
     }
 
     #[test]
@@ -209,8 +256,14 @@ new = "a"
         std::fs::write(&path, TEXT).unwrap();
         let old = set_shift_in_file(&path, "bookings", Shift::parse("75%").unwrap()).unwrap();
         assert_eq!(old.bp(), 2500);
-        assert!(std::fs::read_to_string(&path).unwrap().contains("shift = \"75%\"     # raised"));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("shift = \"75%\"     # raised"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
 
         #[cfg(unix)]
         {

@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use strangle::cli::{self, AdminTarget};
 
 #[derive(Parser)]
-#[command(name = "strangle", version, about = "An edge proxy for strangler-fig migrations")]
+#[command(
+    name = "strangle",
+    version,
+    about = "An edge proxy for strangler-fig migrations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,11 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Admin {
     /// The admin API of the running proxy.
-    #[arg(long = "admin", env = "STRANGLE_ADMIN", default_value = "http://127.0.0.1:9901")]
+    #[arg(
+        long = "admin",
+        env = "STRANGLE_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
     url: String,
     /// The admin token, if the proxy has one.
     #[arg(long, env = "STRANGLE_ADMIN_TOKEN", hide_env_values = true)]
@@ -26,7 +34,10 @@ struct Admin {
 
 impl From<Admin> for AdminTarget {
     fn from(a: Admin) -> AdminTarget {
-        AdminTarget { url: a.url, token: a.token }
+        AdminTarget {
+            url: a.url,
+            token: a.token,
+        }
     }
 }
 
@@ -35,7 +46,12 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// The config file.
-        #[arg(short, long, env = "STRANGLE_CONFIG", default_value = "config/strangle.toml")]
+        #[arg(
+            short,
+            long,
+            env = "STRANGLE_CONFIG",
+            default_value = "config/strangle.toml"
+        )]
         config: PathBuf,
     },
     /// Validate config files; print every problem; exit 1 on any.
@@ -48,6 +64,7 @@ enum Command {
         /// The route's path (`/bookings`) or id (`bookings`).
         route: String,
         /// `25%`, `25` or `0.5%` (two decimals at most).
+        #[arg(allow_hyphen_values = true)]
         percent: String,
         /// Edit this config file directly instead of asking the running proxy.
         #[arg(long)]
@@ -69,7 +86,9 @@ enum Command {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn run_client<F, T>(f: impl FnOnce() -> F) -> anyhow::Result<T>
@@ -95,10 +114,16 @@ fn main() -> ExitCode {
             percent,
             file: None,
             admin,
-        } => run_client(|| async move { cli::shift(&admin.into(), &route, &percent).await }).map(|msg| println!("{msg}")),
-        Command::Status { json, watch, admin } => {
-            run_client(|| async move { cli::status(&admin.into(), json, watch.map(|s| Duration::from_secs(s.max(1)))).await })
-        }
+        } => run_client(|| async move { cli::shift(&admin.into(), &route, &percent).await })
+            .map(|msg| println!("{msg}")),
+        Command::Status { json, watch, admin } => run_client(|| async move {
+            cli::status(
+                &admin.into(),
+                json,
+                watch.map(|s| Duration::from_secs(s.max(1))),
+            )
+            .await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,12 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     }
     let mut out = String::with_capacity(4096 + series.len() * 2048);
 
-    header(&mut out, "strangle_requests_total", "counter", "Requests served, by route, side and status class.");
+    header(
+        &mut out,
+        "strangle_requests_total",
+        "counter",
+        "Requests served, by route, side and status class.",
+    );
     for (route, side, t) in &series {
         for (class, n) in stats::CLASSES.iter().zip(t.by_class) {
             let _ = writeln!(out, "strangle_requests_total{{route=\"{route}\",side=\"{side}\",class=\"{class}\"}} {n}");
@@ -63,46 +68,96 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
             "strangle_request_duration_seconds_sum{{route=\"{route}\",side=\"{side}\"}} {}",
             t.sum_us as f64 / 1e6
         );
-        let _ = writeln!(out, "strangle_request_duration_seconds_count{{route=\"{route}\",side=\"{side}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "strangle_request_duration_seconds_count{{route=\"{route}\",side=\"{side}\"}} {count}"
+        );
     }
 
-    header(&mut out, "strangle_requests_in_flight", "gauge", "Requests being served now, by route and side.");
+    header(
+        &mut out,
+        "strangle_requests_in_flight",
+        "gauge",
+        "Requests being served now, by route and side.",
+    );
     for (route, side, t) in &series {
-        let _ = writeln!(out, "strangle_requests_in_flight{{route=\"{route}\",side=\"{side}\"}} {}", t.in_flight);
+        let _ = writeln!(
+            out,
+            "strangle_requests_in_flight{{route=\"{route}\",side=\"{side}\"}} {}",
+            t.in_flight
+        );
     }
 
-    header(&mut out, "strangle_route_shift_ratio", "gauge", "The configured share of users sent to the new side, 0 to 1.");
+    header(
+        &mut out,
+        "strangle_route_shift_ratio",
+        "gauge",
+        "The configured share of users sent to the new side, 0 to 1.",
+    );
     for r in &snap.config.routes {
-        let _ = writeln!(out, "strangle_route_shift_ratio{{route=\"{}\"}} {}", r.id, f64::from(r.shift.bp()) / 10_000.0);
+        let _ = writeln!(
+            out,
+            "strangle_route_shift_ratio{{route=\"{}\"}} {}",
+            r.id,
+            f64::from(r.shift.bp()) / 10_000.0
+        );
     }
 
-    header(&mut out, "strangle_upstream_in_flight", "gauge", "Requests being served now, by upstream.");
+    header(
+        &mut out,
+        "strangle_upstream_in_flight",
+        "gauge",
+        "Requests being served now, by upstream.",
+    );
     for (name, n) in live.registry.upstream_in_flight() {
-        let _ = writeln!(out, "strangle_upstream_in_flight{{upstream=\"{name}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "strangle_upstream_in_flight{{upstream=\"{name}\"}} {n}"
+        );
     }
 
-    header(&mut out, "strangle_config_reloads_total", "counter", "Successful config reloads.");
-    let _ = writeln!(out, "strangle_config_reloads_total {}", live.reloads.load(Relaxed));
+    header(
+        &mut out,
+        "strangle_config_reloads_total",
+        "counter",
+        "Successful config reloads.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_config_reloads_total {}",
+        live.reloads.load(Relaxed)
+    );
     header(
         &mut out,
         "strangle_config_reload_failures_total",
         "counter",
         "Config reloads refused because the file was invalid; the last good config kept serving.",
     );
-    let _ = writeln!(out, "strangle_config_reload_failures_total {}", live.reload_failures.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "strangle_config_reload_failures_total {}",
+        live.reload_failures.load(Relaxed)
+    );
     header(
         &mut out,
         "strangle_config_last_reload_successful",
         "gauge",
         "1 if the config file as it is now is the one being served, 0 if its last reload failed.",
     );
-    let _ = writeln!(out, "strangle_config_last_reload_successful {}", u8::from(live.last_failure().is_none()));
+    let _ = writeln!(
+        out,
+        "strangle_config_last_reload_successful {}",
+        u8::from(live.last_failure().is_none())
+    );
     header(
         &mut out,
         "strangle_access_log_dropped_total",
         "counter",
         "Access-log lines dropped because the writer fell behind.",
     );
-    let _ = writeln!(out, "strangle_access_log_dropped_total {access_log_dropped}");
+    let _ = writeln!(
+        out,
+        "strangle_access_log_dropped_total {access_log_dropped}"
+    );
     out
 }

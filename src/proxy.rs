@@ -69,7 +69,10 @@ pub struct Ctx {
 impl Drop for Ctx {
     fn drop(&mut self) {
         if let Some(side) = self.side {
-            self.route_stats().side(side).in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.route_stats()
+                .side(side)
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(up) = &self.upstream {
             up.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -125,7 +128,10 @@ fn raw_target(session: &Session) -> Bytes {
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
         let line = &raw[..line_end];
         if let Some(start) = line.iter().position(|&b| b == b' ').map(|i| i + 1) {
-            let len = line[start..].iter().position(|&b| b == b' ').unwrap_or(line.len() - start);
+            let len = line[start..]
+                .iter()
+                .position(|&b| b == b' ')
+                .unwrap_or(line.len() - start);
             return raw.slice(start..start + len);
         }
     }
@@ -328,7 +334,10 @@ impl ProxyHttp for Strangle {
             return reject(session, ctx, 404, "no route").await;
         };
         ctx.side = Some(side);
-        ctx.route_stats().side(side).in_flight.fetch_add(1, Ordering::Relaxed);
+        ctx.route_stats()
+            .side(side)
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
 
         let base = upstream.base_path.as_deref().unwrap_or("");

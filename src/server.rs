@@ -14,9 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use pingora::services::listening::Service;
 
+use crate::admin::AdminService;
 use crate::deadline::HeaderDeadline;
 use crate::proxy::{Strangle, IN_FLIGHT};
-use crate::admin::AdminService;
 use crate::services::{ConfigWatcher, HealthChecks, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
@@ -43,7 +43,12 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     };
     let admin_listener = std::net::TcpListener::bind(live.load().config.admin.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| anyhow::anyhow!("cannot listen for the admin API on {}: {e}", live.load().config.admin.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for the admin API on {}: {e}",
+                live.load().config.admin.listen
+            )
+        })?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

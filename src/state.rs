@@ -55,7 +55,11 @@ pub enum BuildError {
 
 impl Snapshot {
     /// Builds a snapshot, reusing the upstreams of `previous` whose config is unchanged.
-    pub fn build(config: Config, previous: Option<&Snapshot>, registry: &Registry) -> Result<Snapshot, BuildError> {
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        registry: &Registry,
+    ) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
         for (name, cfg) in &config.upstreams {
             let reused = previous

@@ -12,8 +12,8 @@ use crate::split::Side;
 
 /// Upper bounds of the latency buckets, in milliseconds; one more bucket holds the rest.
 pub const BUCKETS_MS: [f64; 26] = [
-    0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 750.0,
-    1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0, 60000.0,
+    0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
+    500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0, 60000.0,
 ];
 const N_BUCKETS: usize = BUCKETS_MS.len() + 1;
 
@@ -39,7 +39,10 @@ impl SideStats {
         };
         self.by_class[class].fetch_add(1, Relaxed);
         let ms = elapsed.as_secs_f64() * 1000.0;
-        let bucket = BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(BUCKETS_MS.len());
+        let bucket = BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(BUCKETS_MS.len());
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
@@ -163,6 +166,9 @@ pub struct UpstreamStats {
     pub in_flight: AtomicI64,
 }
 
+/// `[legacy, new]` totals by route id.
+pub type TotalsByRoute = HashMap<String, [Totals; 2]>;
+
 /// The id under which unmatched (default-upstream) traffic is counted.
 pub const DEFAULT_ROUTE: &str = "_default";
 
@@ -172,7 +178,7 @@ pub const DEFAULT_ROUTE: &str = "_default";
 pub struct Registry {
     routes: Mutex<HashMap<String, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamStats>>>,
-    history: Mutex<VecDeque<(Instant, HashMap<String, [Totals; 2]>)>>,
+    history: Mutex<VecDeque<(Instant, TotalsByRoute)>>,
 }
 
 /// How far back the recent window reaches, and how often it is sampled.
@@ -191,7 +197,7 @@ impl Registry {
     }
 
     /// Current totals of every route ever seen: `[legacy, new]` by route id.
-    pub fn totals(&self) -> HashMap<String, [Totals; 2]> {
+    pub fn totals(&self) -> TotalsByRoute {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes
             .iter()
@@ -201,7 +207,10 @@ impl Registry {
 
     pub fn upstream_in_flight(&self) -> Vec<(String, i64)> {
         let ups = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = ups.iter().map(|(n, s)| (n.clone(), s.in_flight.load(Relaxed))).collect();
+        let mut v: Vec<_> = ups
+            .iter()
+            .map(|(n, s)| (n.clone(), s.in_flight.load(Relaxed)))
+            .collect();
         v.sort();
         v
     }
@@ -212,13 +221,16 @@ impl Registry {
         let totals = self.totals();
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         history.push_back((now, totals));
-        while history.front().is_some_and(|(t, _)| now.duration_since(*t) > WINDOW + SAMPLE_EVERY) {
+        while history
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW + SAMPLE_EVERY)
+        {
             history.pop_front();
         }
     }
 
     /// The oldest sample no older than the window, and how long ago it was taken.
-    pub fn window_start(&self) -> Option<(Duration, HashMap<String, [Totals; 2]>)> {
+    pub fn window_start(&self) -> Option<(Duration, TotalsByRoute)> {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         history

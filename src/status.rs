@@ -150,7 +150,10 @@ pub fn build(live: &Live) -> Status {
                     crate::routing::PathMatch::Exact => "exact".into(),
                     crate::routing::PathMatch::Prefix => "prefix".into(),
                 },
-                methods: r.methods.as_ref().map(|m| m.iter().map(|m| m.to_string()).collect()),
+                methods: r
+                    .methods
+                    .as_ref()
+                    .map(|m| m.iter().map(|m| m.to_string()).collect()),
                 legacy: r.legacy.clone(),
                 new: r.new.clone(),
                 shift: r.shift.to_string(),
@@ -173,18 +176,21 @@ pub fn build(live: &Live) -> Status {
     let [rd, _] = recent_pair(DEFAULT_ROUTE);
     all += d.requests();
     recent_all += rd.requests();
-    let default = (snap.config.server.default.is_some() || d.requests() > 0).then(|| DefaultStatus {
-        upstream: snap.config.server.default.clone(),
-        stats: SideStatus::of(&d),
-        recent: SideStatus::of(&rd),
-    });
+    let default =
+        (snap.config.server.default.is_some() || d.requests() > 0).then(|| DefaultStatus {
+            upstream: snap.config.server.default.clone(),
+            stats: SideStatus::of(&d),
+            recent: SideStatus::of(&rd),
+        });
     let failure = live.last_failure();
     Status {
         config: ConfigStatus {
             path: live.path.display().to_string(),
             loaded_at: rfc3339(snap.loaded_at),
             reloads: live.reloads.load(std::sync::atomic::Ordering::Relaxed),
-            reload_failures: live.reload_failures.load(std::sync::atomic::Ordering::Relaxed),
+            reload_failures: live
+                .reload_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
             last_reload_error: failure.map(|f| ReloadError {
                 at: rfc3339(f.at),
                 error: f.error,
@@ -260,7 +266,9 @@ fn short(ms: f64) -> String {
 }
 
 fn duration(secs: u64) -> String {
-    humantime::format_duration(Duration::from_secs(secs)).to_string().replace(' ', "")
+    humantime::format_duration(Duration::from_secs(secs))
+        .to_string()
+        .replace(' ', "")
 }
 
 /// Renders the status as a table.
@@ -269,7 +277,10 @@ pub fn render(s: &Status, paint: &Paint) -> String {
     let _ = writeln!(
         out,
         "{} {}",
-        paint.bold(&format!("The new side now serves {} of requests;", pct(s.new_share))),
+        paint.bold(&format!(
+            "The new side now serves {} of requests;",
+            pct(s.new_share)
+        )),
         paint.bold(&format!("the monolith {}.", pct(1.0 - s.new_share)))
     );
     let _ = writeln!(
@@ -286,7 +297,16 @@ pub fn render(s: &Status, paint: &Paint) -> String {
     );
     let _ = writeln!(out);
     let header = [
-        "ROUTE", "PATH", "LEGACY", "NEW", "SHIFT", "ON NEW", "REQUESTS", "LEGACY ERR", "LEGACY p50/p99", "NEW ERR",
+        "ROUTE",
+        "PATH",
+        "LEGACY",
+        "NEW",
+        "SHIFT",
+        "ON NEW",
+        "REQUESTS",
+        "LEGACY ERR",
+        "LEGACY p50/p99",
+        "NEW ERR",
         "NEW p50/p99",
     ];
     let mut rows: Vec<[String; 11]> = Vec::new();
@@ -298,7 +318,11 @@ pub fn render(s: &Status, paint: &Paint) -> String {
             r.legacy.clone().unwrap_or_else(|| "-".into()),
             r.new.clone().unwrap_or_else(|| "-".into()),
             r.shift.clone(),
-            if r.requests == 0 { "-".into() } else { pct(r.new_share) },
+            if r.requests == 0 {
+                "-".into()
+            } else {
+                pct(r.new_share)
+            },
             r.requests.to_string(),
             Paint { on: false }.rate(r.sides.legacy.error_rate, r.sides.legacy.requests),
             latency(&r.sides.legacy),
@@ -331,7 +355,13 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         colour_rows.push(coloured);
     }
     let widths: Vec<usize> = (0..11)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: &[String], plain: &[String]| {
         let mut l = String::new();
@@ -362,7 +392,13 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         let _ = writeln!(
             out,
             "{}",
-            paint.wrap("31", &format!("last reload failed at {}; still serving the previous config:", e.at))
+            paint.wrap(
+                "31",
+                &format!(
+                    "last reload failed at {}; still serving the previous config:",
+                    e.at
+                )
+            )
         );
         for l in e.error.lines() {
             let _ = writeln!(out, "  {l}");

@@ -61,7 +61,10 @@ pub enum ResolveError {
 impl HttpUpstream {
     /// Builds the upstream, resolving its addresses (this may block on DNS: call it off the
     /// request path).
-    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> Result<HttpUpstream, ResolveError> {
+    pub fn new(
+        config: &config::Upstream,
+        stats: Arc<UpstreamStats>,
+    ) -> Result<HttpUpstream, ResolveError> {
         let (addresses, tls, sni, host_header, base_path) = match &config.target {
             Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None, None),
             Target::Url {

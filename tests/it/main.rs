@@ -2,8 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod bad_input;
 mod lifecycle;
+mod metrics;
 mod reload;
 mod routing;
 mod split;

@@ -155,7 +155,11 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     std::fs::create_dir(&v2).unwrap();
     std::fs::write(
         v2.join("strangle.toml"),
-        Proxy::render(&split_config(&legacy, &new, "100%", "none"), port, admin_port),
+        Proxy::render(
+            &split_config(&legacy, &new, "100%", "none"),
+            port,
+            admin_port,
+        ),
     )
     .unwrap();
     symlink("..2026_v2", d.join("..data_tmp")).unwrap();

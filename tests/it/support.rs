@@ -247,7 +247,10 @@ impl Proxy {
     }
 
     pub fn rewrite(&self, text: &str) {
-        write_atomically(&self.config, &Self::render(text, self.port, self.admin_port));
+        write_atomically(
+            &self.config,
+            &Self::render(text, self.port, self.admin_port),
+        );
     }
 
     pub fn admin_url(&self) -> String {
@@ -339,15 +342,17 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Self::try_connect(port).unwrap()
+    }
+
+    pub fn try_connect(port: u16) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             reader: BufReader::new(stream),
             port,
-        }
+        })
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Resp> {

@@ -1,0 +1,398 @@
+//! The admin API and the client commands: shift, status, metrics, token rules.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn admin_get(proxy: &Proxy, path: &str) -> Resp {
+    get(proxy.admin_port, path, &[])
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn served_by_new(proxy: &Proxy, users: std::ops::Range<u32>) -> usize {
+    let mut c = proxy.client();
+    users
+        .filter(|u| {
+            c.get("/bookings/1", &[("x-user", &format!("user-{u}"))])
+                .unwrap()
+                .header("x-backend")
+                == Some("new")
+        })
+        .count()
+}
+
+#[test]
+fn shift_through_the_cli_applies_at_once_is_saved_with_comments_and_survives_a_restart() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split_config(&legacy, &new, "0%", "header:x-user").replace(
+        "shift = \"0%\"",
+        "# Raise slowly: the bookings Lambda is cold-start sensitive.\nshift = \"0%\"   # started on Monday",
+    );
+    let mut proxy = Proxy::start(&text);
+    assert_eq!(served_by_new(&proxy, 0..200), 0);
+
+    let out = proxy.cli(&["shift", "/bookings", "50%"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("bookings: 0% -> 50% (saved to {})", proxy.config.display())
+    );
+    // At once: the very next requests see it.
+    let on_new = served_by_new(&proxy, 0..1000);
+    assert!(
+        (440..=560).contains(&on_new),
+        "{on_new} of 1000 on the new side after a 50% shift"
+    );
+    let saved = std::fs::read_to_string(&proxy.config).unwrap();
+    assert!(saved.contains("# Raise slowly: the bookings Lambda is cold-start sensitive.\nshift = \"50%\"   # started on Monday"), "{saved}");
+    assert!(proxy.wait_for_log("shift changed", Duration::from_secs(2)));
+    let log = proxy.stderr();
+    assert!(
+        log.contains("from=0% to=50%") && log.contains("client=127.0.0.1:"),
+        "{log}"
+    );
+
+    // By id and with the other percent forms.
+    let out = proxy.cli(&["shift", "bookings", "12.5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .contains("shift = \"12.5%\""));
+
+    // A restart reads the file: the shift stays.
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.child.wait().unwrap();
+    let restarted = Proxy::start_at(
+        std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap()),
+        proxy.config.clone(),
+        proxy.port,
+        proxy.admin_port,
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin_get(&restarted, "/status").body).unwrap();
+    assert_eq!(status["routes"][0]["shift"], "12.5%");
+    let on_new = served_by_new(&restarted, 0..1000);
+    assert!(
+        (90..=160).contains(&on_new),
+        "{on_new} of 1000 on the new side at 12.5% after restart"
+    );
+}
+
+#[test]
+fn shift_mistakes_exit_non_zero_and_say_what_is_accepted() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let out = proxy.cli(&["shift", "/hotels", "10%"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no route `/hotels`; known routes: bookings (/bookings)"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in ["150%", "ten", "1.234%", "-5"] {
+        let out = proxy.cli(&["shift", "/bookings", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            stderr(&out).contains("like `25%`, `25` or `0.5%`"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    // Nothing changed.
+    assert!(std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .contains("shift = \"0%\""));
+    // The API itself refuses the same.
+    let r = Client::connect(proxy.admin_port)
+        .request("PUT", "/routes/hotels/shift", &[], br#"{"percent": 10}"#)
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("known routes: bookings"));
+    let r = Client::connect(proxy.admin_port)
+        .request("PUT", "/routes/bookings/shift", &[], br#"{"percent": 101}"#)
+        .unwrap();
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn a_read_only_config_gives_a_helpful_error_and_file_edits_work_offline() {
+    use std::os::unix::fs::PermissionsExt;
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "10%", "none"));
+    std::fs::set_permissions(&proxy.config, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = proxy.cli(&["shift", "/bookings", "50%"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is read-only"), "{err}");
+    assert!(
+        err.contains("ConfigMap") && err.contains("strangle shift --file FILE bookings PERCENT"),
+        "{err}"
+    );
+    assert!(err.contains("HTTP 409"), "{err}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin_get(&proxy, "/status").body).unwrap();
+    assert_eq!(
+        status["routes"][0]["shift"], "10%",
+        "a refused shift must not apply"
+    );
+
+    // Offline edit of a writable copy.
+    let copy = proxy.dir.path().join("copy.toml");
+    std::fs::copy(&proxy.config, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(bin())
+        .args(["shift", "--file"])
+        .arg(&copy)
+        .args(["/bookings", "30%"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&copy)
+        .unwrap()
+        .contains("shift = \"30%\""));
+    let out = Command::new(bin())
+        .args(["shift", "--file"])
+        .arg(&copy)
+        .args(["/nope", "30%"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("known routes: bookings (/bookings)"));
+}
+
+#[test]
+fn off_the_loopback_the_admin_api_needs_a_token() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let base = split_config(&legacy, &new, "0%", "none");
+
+    // No token: refuses to start, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let admin_port = free_port();
+    std::fs::write(
+        &path,
+        Proxy::render(
+            &format!("{base}\n[admin]\nlisten = \"0.0.0.0:{admin_port}\"\n"),
+            free_port(),
+            admin_port,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("listens off the loopback (0.0.0.0:"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a token (from the environment): reads are open, changes need the token.
+    std::env::set_var("STRANGLE_TEST_ADMIN_TOKEN", "s3cret-token-for-tests");
+    let admin_port = free_port();
+    let proxy = Proxy::start(&format!(
+        "{base}\n[admin]\nlisten = \"0.0.0.0:{admin_port}\"\ntoken = \"${{env:STRANGLE_TEST_ADMIN_TOKEN}}\"\n"
+    ));
+    let admin = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        Client::connect(admin_port)
+            .request(method, path, headers, body)
+            .unwrap()
+    };
+    assert_eq!(admin("GET", "/status", &[], b"").status, 200);
+    assert_eq!(admin("GET", "/metrics", &[], b"").status, 200);
+    let r = admin("PUT", "/routes/bookings/shift", &[], br#"{"percent": 50}"#);
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(
+        admin("POST", "/reload", &[("Authorization", "Bearer wrong")], b"").status,
+        401
+    );
+    assert_eq!(
+        admin(
+            "POST",
+            "/reload",
+            &[("Authorization", "Bearer s3cret-token-for-tests")],
+            b""
+        )
+        .status,
+        200
+    );
+    let r = admin(
+        "PUT",
+        "/routes/bookings/shift",
+        &[("Authorization", "Bearer s3cret-token-for-tests")],
+        br#"{"percent": 50}"#,
+    );
+    assert_eq!(r.status, 200);
+
+    // The CLI passes --token; without it the refusal is clear.
+    let url = format!("http://127.0.0.1:{admin_port}");
+    let out = Command::new(bin())
+        .args(["shift", "--admin", &url, "bookings", "60%"])
+        .env_remove("STRANGLE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    let out = Command::new(bin())
+        .args([
+            "shift",
+            "--admin",
+            &url,
+            "--token",
+            "s3cret-token-for-tests",
+            "bookings",
+            "60%",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The secret appears nowhere in what the proxy says about itself.
+    let status = admin("GET", "/status", &[], b"").text();
+    let metrics = admin("GET", "/metrics", &[], b"").text();
+    for text in [status, metrics, proxy.stderr()] {
+        assert!(!text.contains("s3cret-token-for-tests"));
+    }
+}
+
+#[test]
+fn status_json_matches_the_traffic_sent() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "30%", "header:x-user"));
+    let mut c = proxy.client();
+    for u in 0..3000 {
+        assert_eq!(
+            c.get("/bookings/1", &[("x-user", &format!("u{u}"))])
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    for _ in 0..500 {
+        assert_eq!(c.get("/flights/1", &[]).unwrap().status, 200);
+    }
+    let out = proxy.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let route = &s["routes"][0];
+    let (on_new, on_legacy) = (new.count() as u64, legacy.count() as u64 - 500);
+    assert_eq!(route["sides"]["new"]["requests"].as_u64(), Some(on_new));
+    assert_eq!(
+        route["sides"]["legacy"]["requests"].as_u64(),
+        Some(on_legacy)
+    );
+    assert_eq!(route["requests"].as_u64(), Some(3000));
+    assert_eq!(route["shift"], "30%");
+    let share = route["new_share"].as_f64().unwrap();
+    assert!((share - on_new as f64 / 3000.0).abs() < 1e-9);
+    assert!((share - 0.30).abs() < 0.03, "{share}");
+    assert_eq!(s["default"]["stats"]["requests"].as_u64(), Some(500));
+    assert_eq!(s["requests"].as_u64(), Some(3500));
+    let overall = s["new_share"].as_f64().unwrap();
+    assert!((overall - on_new as f64 / 3500.0).abs() < 0.01, "{overall}");
+    assert!(route["sides"]["new"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        route["sides"]["new"]["by_class"]["2xx"].as_u64(),
+        Some(on_new)
+    );
+
+    // The table shows the same, with the headline.
+    let out = proxy.cli(&["status"]);
+    let table = stdout(&out);
+    assert!(
+        table.starts_with(&format!(
+            "The new side now serves {:.1}% of requests",
+            overall * 100.0
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("bookings") && table.contains("30%") && table.contains("3000"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("\x1b["),
+        "colour codes when not on a terminal"
+    );
+}
+
+#[test]
+fn a_failed_reload_shows_in_status_and_metrics() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    std::fs::write(&proxy.config, "[server]\nthreads = \"many\"\n").unwrap();
+    let start = Instant::now();
+    loop {
+        let s: serde_json::Value =
+            serde_json::from_slice(&admin_get(&proxy, "/status").body).unwrap();
+        if s["config"]["reload_failures"] == 1 {
+            assert!(
+                s["config"]["last_reload_error"]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains(":2:11:"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = admin_get(&proxy, "/metrics").text();
+    assert!(
+        metrics.contains("strangle_config_reload_failures_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("strangle_config_last_reload_successful 0\n"));
+    let out = proxy.cli(&["status"]);
+    assert!(
+        stdout(&out).contains("last reload failed"),
+        "{}",
+        stdout(&out)
+    );
+    // POST /reload reports the same errors.
+    let r = Client::connect(proxy.admin_port)
+        .request("POST", "/reload", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("2:11"));
+}
+
+#[test]
+fn ready_and_live_and_unknown_endpoints() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    assert_eq!(admin_get(&proxy, "/ready").status, 200);
+    assert_eq!(admin_get(&proxy, "/live").status, 200);
+    let r = admin_get(&proxy, "/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("GET /status"));
+    assert_eq!(
+        Client::connect(proxy.admin_port)
+            .request("DELETE", "/status", &[], b"")
+            .unwrap()
+            .status,
+        405
+    );
+    // While draining, /ready says so.
+    let port = proxy.port;
+    let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
+    while legacy.count() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(admin_get(&proxy, "/ready").status, 503);
+    assert_eq!(slow.join().unwrap().status, 200);
+}

@@ -1,0 +1,113 @@
+//! `/metrics` as Prometheus sees it: `promtool check metrics` passes, and a real Prometheus
+//! server scrapes it and answers a query with the traffic the test sent. Both tools come from
+//! Debian's `prometheus` package, which `make test` installs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn tool(name: &str) -> &str {
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "`{name}` is not installed: run `make test`, which installs Debian's prometheus package"
+    );
+    name
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "50%", "none"));
+    for _ in 0..20 {
+        get(proxy.port, "/bookings", &[]);
+        get(proxy.port, "/other", &[]);
+    }
+    let text = get(proxy.admin_port, "/metrics", &[]).text();
+    assert!(
+        text.contains("strangle_route_shift_ratio{route=\"bookings\"} 0.5\n"),
+        "{text}"
+    );
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}
+
+#[test]
+fn a_real_prometheus_scrapes_and_queries_the_counts() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
+    let mut c = proxy.client();
+    for _ in 0..37 {
+        assert_eq!(c.get("/bookings/1", &[]).unwrap().status, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let web = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: strangle\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            proxy.admin_port
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new(tool("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let query = "/api/v1/query?query=sum(strangle_requests_total%7Broute%3D%22bookings%22%2Cside%3D%22new%22%2Cclass%3D%222xx%22%7D)";
+    let start = Instant::now();
+    let value = loop {
+        if let Ok(mut pc) = Client::try_connect(web) {
+            if let Ok(r) = pc.get(query, &[]) {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                if let Some(val) = v["data"]["result"][0]["value"][1].as_str() {
+                    break val.to_string();
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Prometheus never saw the metric"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(value, "37");
+}
