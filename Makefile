@@ -24,8 +24,8 @@ test-deps: deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 demo: deps
-	$(CARGO) build --release --bin strangle --example backends
-	./examples/demo.sh
+	$(CARGO) build --release --bin strangle
+	./target/release/strangle demo $(if $(DEMO_SECONDS),--for $(DEMO_SECONDS))
 
 lint: deps
 	$(CARGO) fmt --all -- --check

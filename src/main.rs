@@ -72,6 +72,12 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Start a working migration on loopback: a demo monolith, a new service and the proxy.
+    Demo {
+        /// Stop after this many seconds instead of at Ctrl-C.
+        #[arg(long = "for", value_name = "SECONDS")]
+        run_for: Option<u64>,
+    },
     /// The migration at a glance: per route its shift, traffic per side, errors and latency.
     Status {
         /// Print JSON instead of a table.
@@ -116,6 +122,11 @@ fn main() -> ExitCode {
             admin,
         } => run_client(|| async move { cli::shift(&admin.into(), &route, &percent).await })
             .map(|msg| println!("{msg}")),
+        Command::Demo { run_for } => {
+            run_client(
+                || async move { strangle::demo::run(run_for.map(Duration::from_secs)).await },
+            )
+        }
         Command::Status { json, watch, admin } => run_client(|| async move {
             cli::status(
                 &admin.into(),

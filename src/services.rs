@@ -72,7 +72,7 @@ impl BackgroundService for ConfigWatcher {
                     // Let the writer finish, then take everything that arrived meanwhile.
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    let _ = self.live.reload().await;
+                    let _ = self.live.reload_if_changed().await;
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading the config");

@@ -122,10 +122,13 @@ pub struct Live {
     reload_lock: tokio::sync::Mutex<()>,
     /// Serialises edits of the config file.
     pub edit_lock: tokio::sync::Mutex<()>,
+    /// A hash of the config text last read, to skip reloads of unchanged bytes.
+    loaded_digest: AtomicU64,
 }
 
 impl Live {
     pub fn new(path: PathBuf, snapshot: Snapshot, registry: Arc<Registry>) -> Live {
+        let digest = std::fs::read(&path).map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b));
         Live {
             path,
             registry,
@@ -136,6 +139,7 @@ impl Live {
             last_failure: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
             edit_lock: tokio::sync::Mutex::new(()),
+            loaded_digest: AtomicU64::new(digest),
         }
     }
 
@@ -151,18 +155,40 @@ impl Live {
 
     /// Reads the config file again and swaps in the new snapshot if it is valid.
     pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+        self.reload_when(true).await.map(|_| ())
+    }
+
+    /// Reloads only if the file's bytes changed since the last load (or the last failure):
+    /// a file event that rewrote the same text, such as our own `shift` edit already applied,
+    /// is not a reload. Returns whether a new snapshot was installed.
+    pub async fn reload_if_changed(self: &Arc<Self>) -> Result<bool, String> {
+        self.reload_when(false).await
+    }
+
+    async fn reload_when(self: &Arc<Self>, force: bool) -> Result<bool, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let live = Arc::clone(self);
-        // Parsing and DNS resolution block: keep them off the proxy's worker threads.
+        // Reading, parsing and DNS resolution block: keep them off the proxy's worker threads.
         let built = tokio::task::spawn_blocking(move || {
-            let previous = live.load();
-            let config = config::load(&live.path)?;
-            Snapshot::build(config, Some(&previous), &live.registry)
+            let text = std::fs::read_to_string(&live.path)
+                .map_err(|e| format!("cannot read {}: {e}", live.path.display()))?;
+            let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+            if !force && digest == live.loaded_digest.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            live.loaded_digest.store(digest, Ordering::Release);
+            let base = live.path.parent().unwrap_or(Path::new("."));
+            let config = config::parse(&live.path.display().to_string(), &text, base)
+                .map_err(|e| e.to_string())?;
+            Snapshot::build(config, Some(&live.load()), &live.registry)
+                .map(Some)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))?;
         match built {
-            Ok(snapshot) => {
+            Ok(None) => Ok(false),
+            Ok(Some(snapshot)) => {
                 let old = self.load();
                 warn_on_restart_only_changes(&old.config, &snapshot.config);
                 self.snapshot.store(Arc::new(snapshot));
@@ -171,10 +197,9 @@ impl Live {
                     *f = None;
                 }
                 tracing::info!(path = %self.path.display(), "config reloaded");
-                Ok(())
+                Ok(true)
             }
-            Err(e) => {
-                let error = e.to_string();
+            Err(error) => {
                 let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::error!(
                     failures,

@@ -287,7 +287,7 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         out,
         "{}",
         paint.dim(&format!(
-            "{} requests since start ({} ago); last {}: {} requests, {} on the new side",
+            "{} requests in {} since start; last {}: {} requests, {} on the new side",
             s.requests,
             duration(s.uptime_s),
             duration(s.recent.seconds.max(1)),
@@ -383,8 +383,12 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         out,
         "{}",
         paint.dim(&format!(
-            "config {} loaded {} ({} reloads, {} failed)",
-            s.config.path, s.config.loaded_at, s.config.reloads, s.config.reload_failures
+            "config {} loaded {} ({} reload{}, {} failed)",
+            s.config.path,
+            s.config.loaded_at,
+            s.config.reloads,
+            if s.config.reloads == 1 { "" } else { "s" },
+            s.config.reload_failures
         ))
     );
     let _ = writeln!(out);

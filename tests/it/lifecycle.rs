@@ -210,3 +210,60 @@ fn every_shipped_config_passes_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_demo_runs_a_migration_and_answers_status() {
+    let mut child = Command::new(bin())
+        .args(["demo", "--for", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    // Read until the tips are printed, then ask the running demo for its status.
+    let mut text = String::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !text.contains("Ctrl-C stops the demo.") {
+        use std::io::Read;
+        let n = out.read(&mut buf).unwrap();
+        assert!(
+            n > 0 && start.elapsed() < Duration::from_secs(30),
+            "demo output ended early:\n{text}"
+        );
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        text.contains("Sent 1000 users to /bookings (shift 25%)"),
+        "{text}"
+    );
+    assert!(text.contains("strangle shift /bookings 50%"), "{text}");
+    let admin = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("admin     "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let status = Command::new(bin())
+        .args(["status", "--json", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(s["routes"][0]["requests"].as_u64().unwrap() >= 1000);
+    let shift = Command::new(bin())
+        .args(["shift", "--admin", &admin, "/bookings", "50%"])
+        .output()
+        .unwrap();
+    assert!(
+        shift.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shift.stderr)
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}
