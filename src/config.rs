@@ -89,9 +89,22 @@ pub struct Upstream {
     pub retries: usize,
 }
 
-/// Where an HTTP upstream lives.
+/// A Lambda function invoked directly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LambdaTarget {
+    /// A name or an ARN.
+    pub function: String,
+    pub qualifier: Option<String>,
+    pub region: String,
+    pub payload: crate::lambda::Payload,
+    /// Overrides `https://lambda.{region}.amazonaws.com`, e.g. a local emulator.
+    pub endpoint: Option<String>,
+}
+
+/// Where an upstream lives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
+    Lambda(LambdaTarget),
     /// Plain HTTP to one or more `host:port` addresses, balanced.
     Addresses(Vec<String>),
     /// One base URL; `https` uses TLS with SNI, the Host header is rewritten to the URL's
@@ -520,36 +533,54 @@ impl Cx<'_> {
                     hint,
                 );
             }
-            if let Some(kind) = &u.kind {
-                match kind.get_ref().as_str() {
-                    "http" => {}
-                    "lambda" => self.err_at(
-                        kind,
-                        "`kind = \"lambda\"` is not supported by this version of strangle",
-                        Some("front the function with a Function URL and use `url = \"https://...\"`".into()),
-                    ),
-                    other => self.err_at(kind, format!("unknown upstream kind `{other}`"), Some("use `http`".into())),
-                }
-            }
-            let target = match (&u.addresses, &u.url) {
-                (Some(_), Some(url)) => {
-                    self.err_at(url, "set `addresses` or `url`, not both", None);
-                    None
-                }
-                (None, None) => {
-                    let hint = Some(
-                        "add `addresses = [\"127.0.0.1:8081\"]` or `url = \"https://host/base\"`"
-                            .into(),
-                    );
+            let lambda = match u.kind.as_ref().map(|k| k.get_ref().as_str()) {
+                None | Some("http") => false,
+                Some("lambda") => true,
+                Some(other) => {
+                    let kind = u.kind.as_ref().expect("matched Some");
                     self.err_at(
-                        &name,
-                        format!("upstream `{}` has no `addresses` or `url`", name.get_ref()),
-                        hint,
+                        kind,
+                        format!("unknown upstream kind `{other}`"),
+                        Some("use `http` or `lambda`".into()),
                     );
-                    None
+                    false
                 }
-                (Some(addrs), None) => self.addresses(addrs),
-                (None, Some(url)) => self.url(url),
+            };
+            let target = if lambda {
+                self.lambda_target(&name, &u)
+            } else {
+                for (key, field) in [
+                    ("function", &u.function),
+                    ("qualifier", &u.qualifier),
+                    ("region", &u.region),
+                    ("payload", &u.payload),
+                    ("endpoint", &u.endpoint),
+                ] {
+                    if let Some(f) = field {
+                        self.err_at(
+                            f,
+                            format!("`{key}` applies to `kind = \"lambda\"` upstreams only"),
+                            None,
+                        );
+                    }
+                }
+                match (&u.addresses, &u.url) {
+                    (Some(_), Some(url)) => {
+                        self.err_at(url, "set `addresses` or `url`, not both", None);
+                        None
+                    }
+                    (None, None) => {
+                        let hint = Some("add `addresses = [\"127.0.0.1:8081\"]` or `url = \"https://host/base\"`".into());
+                        self.err_at(
+                            &name,
+                            format!("upstream `{}` has no `addresses` or `url`", name.get_ref()),
+                            hint,
+                        );
+                        None
+                    }
+                    (Some(addrs), None) => self.addresses(addrs),
+                    (None, Some(url)) => self.url(url),
+                }
             };
             let health_check_path = u.health_check_path.as_ref().map(|p| {
                 if !p.get_ref().starts_with('/') {
@@ -603,6 +634,87 @@ impl Cx<'_> {
             }
         }
         out
+    }
+
+    fn lambda_target(&mut self, name: &Spanned<String>, u: &RawUpstream) -> Option<Target> {
+        for (key, field) in [
+            ("url", u.url.is_some()),
+            ("addresses", u.addresses.is_some()),
+            ("health-check-path", u.health_check_path.is_some()),
+        ] {
+            if field {
+                self.err_at(
+                    name,
+                    format!("`{key}` does not apply to a lambda upstream"),
+                    Some("a lambda upstream names a `function` (and `region`)".into()),
+                );
+            }
+        }
+        let Some(function) = &u.function else {
+            self.err_at(
+                name,
+                format!("lambda upstream `{}` has no `function`", name.get_ref()),
+                Some("add `function = \"NAME\"` (a name or an ARN)".into()),
+            );
+            return None;
+        };
+        let region = match &u.region {
+            Some(r) => r.get_ref().clone(),
+            None => {
+                match std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.err_at(
+                            name,
+                            format!("lambda upstream `{}` has no `region`", name.get_ref()),
+                            Some("add `region = \"eu-west-1\"` or set AWS_REGION".into()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let payload = match &u.payload {
+            None => crate::lambda::Payload::ApigwV2,
+            Some(p) => match crate::lambda::Payload::parse(p.get_ref()) {
+                Some(p) => p,
+                None => {
+                    self.err_at(
+                        p,
+                        format!("unknown payload `{}`", p.get_ref()),
+                        Some("use `apigw-v2` (default), `apigw-v1` or `alb`".into()),
+                    );
+                    return None;
+                }
+            },
+        };
+        if let Some(e) = &u.endpoint {
+            let ok = e.get_ref().parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some()
+                    && uri.path().trim_matches('/').is_empty()
+            });
+            if !ok {
+                self.err_at(
+                    e,
+                    format!("bad endpoint `{}`", e.get_ref()),
+                    Some(
+                        "write `http://127.0.0.1:9000` or `https://lambda.eu-west-1.amazonaws.com`"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        Some(Target::Lambda(LambdaTarget {
+            function: function.get_ref().clone(),
+            qualifier: u.qualifier.as_ref().map(|q| q.get_ref().clone()),
+            region,
+            payload,
+            endpoint: u
+                .endpoint
+                .as_ref()
+                .map(|e| e.get_ref().trim_end_matches('/').to_string()),
+        }))
     }
 
     fn addresses(&mut self, addrs: &Spanned<Vec<Spanned<String>>>) -> Option<Target> {

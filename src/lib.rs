@@ -10,6 +10,7 @@ pub mod config;
 pub mod deadline;
 pub mod demo;
 pub mod edit;
+pub mod lambda;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -19,12 +19,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::lambda::{event, PAYLOAD_LIMIT};
 use crate::routing::{self, PathError};
 use crate::split::{self, Side};
 use crate::state::{Live, Snapshot};
 use crate::stats::RouteStats;
 use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
-use crate::upstream::Shared;
+use crate::upstream::{Kind, Shared};
 
 /// Requests between `new_ctx` and the end of `logging`: what a graceful shutdown waits for.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -198,6 +199,120 @@ fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
 }
 
 impl Strangle {
+    /// Serves a request from a Lambda function: the body is buffered (Lambda takes the whole
+    /// event at once), the event built, the function invoked, its answer written back.
+    async fn serve_lambda(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        path: &str,
+        query: &str,
+    ) -> Result<bool> {
+        let Some(upstream) = ctx.upstream.clone() else {
+            return reject(session, ctx, 500, "no upstream").await;
+        };
+        let Kind::Lambda(lambda) = &upstream.kind else {
+            return reject(session, ctx, 500, "not a lambda upstream").await;
+        };
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > PAYLOAD_LIMIT) {
+            session.set_keepalive(None);
+            return reject(session, ctx, 413, "request body over Lambda's 6 MB limit").await;
+        }
+        let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > PAYLOAD_LIMIT {
+                session.set_keepalive(None);
+                return reject(session, ctx, 413, "request body over Lambda's 6 MB limit").await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let route_path = ctx
+            .route
+            .map_or("/", |i| ctx.snap.config.routes[i].path.as_str());
+        let protocol = match req.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        };
+        let event = event::encode(
+            lambda.payload(),
+            &event::Request {
+                method: req.method.as_str(),
+                path,
+                query,
+                headers: &req.headers,
+                body: &body,
+                source_ip: client_ip(session),
+                request_id: ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                protocol,
+                route_path,
+                now: SystemTime::now(),
+            },
+        );
+        if event.len() > PAYLOAD_LIMIT {
+            return reject(session, ctx, 413, "event over Lambda's 6 MB limit").await;
+        }
+        ctx.upstream_start = Some(Instant::now());
+        let response = match lambda.invoke(event).await {
+            Ok(r) => r,
+            Err(e) => {
+                let status = e.status();
+                let id = ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                tracing::warn!(upstream = %upstream.name(), request_id = %id, status, "lambda invocation failed: {e}");
+                ctx.status = status;
+                ctx.error = Some(e.to_string());
+                let mut resp = ResponseHeader::build(status, Some(4))?;
+                resp.insert_header(header::CONTENT_LENGTH, "0")?;
+                if status == 503 {
+                    resp.insert_header(header::RETRY_AFTER, "1")?;
+                }
+                if let Some(id) = &ctx.request_id {
+                    resp.insert_header(X_REQUEST_ID, id.clone())?;
+                }
+                session.write_response_header(Box::new(resp), true).await?;
+                return Ok(true);
+            }
+        };
+        let mut resp = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
+        for (name, value) in response.headers {
+            if name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONNECTION
+            {
+                continue;
+            }
+            resp.append_header(name, value)?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, response.body.len().to_string())?;
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(X_REQUEST_ID, id.clone())?;
+        }
+        ctx.status = response.status;
+        let empty = response.body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session
+                .write_response_body(Some(response.body), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
     fn choose_side(&self, session: &Session, ctx: &Ctx, route: usize) -> Side {
         let r = &ctx.snap.routes[route];
         match (&r.legacy, &r.new) {
@@ -340,7 +455,18 @@ impl ProxyHttp for Strangle {
             .fetch_add(1, Ordering::Relaxed);
         upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
 
-        let base = upstream.base_path.as_deref().unwrap_or("");
+        let http = match &upstream.kind {
+            Kind::Http(h) => h,
+            Kind::Lambda(_) => {
+                ctx.upstream = Some(Arc::clone(&upstream));
+                let query = query
+                    .map(|q| String::from_utf8_lossy(&q[1..]).into_owned())
+                    .unwrap_or_default();
+                let path = normalized.into_owned();
+                return self.serve_lambda(session, ctx, &path, &query).await;
+            }
+        };
+        let base = http.base_path.as_deref().unwrap_or("");
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
             let q = query
                 .map(|q| String::from_utf8_lossy(q))
@@ -358,12 +484,15 @@ impl ProxyHttp for Strangle {
         let Some(upstream) = ctx.upstream.as_ref() else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "no upstream chosen");
         };
-        let Some(backend) = upstream.select(ctx.avoid) else {
+        let Kind::Http(http) = &upstream.kind else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "not an HTTP upstream");
+        };
+        let Some(backend) = http.select(ctx.avoid) else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no address to try");
         };
         ctx.peer_addr = backend.addr.as_inet().copied();
         ctx.upstream_start.get_or_insert_with(Instant::now);
-        Ok(upstream.peer(&backend))
+        Ok(http.peer(&backend))
     }
 
     fn fail_to_connect(
@@ -399,7 +528,11 @@ impl ProxyHttp for Strangle {
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             up.insert_header(X_FORWARDED_HOST, host)?;
         }
-        if let Some(host) = ctx.upstream.as_ref().and_then(|u| u.host_header.clone()) {
+        let host_header = ctx.upstream.as_ref().and_then(|u| match &u.kind {
+            Kind::Http(h) => h.host_header.clone(),
+            Kind::Lambda(_) => None,
+        });
+        if let Some(host) = host_header {
             up.insert_header(header::HOST, host)?;
         }
         if let Some(ip) = client_ip(session) {

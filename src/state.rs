@@ -17,7 +17,7 @@ use crate::config::{self, Config, Route};
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
 use crate::stats::{Registry, RouteStats, DEFAULT_ROUTE};
-use crate::upstream::{HttpUpstream, Shared};
+use crate::upstream::{Shared, Upstream};
 
 /// A route ready for the request path: upstreams resolved to `Arc`s, hash seed precomputed.
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl Snapshot {
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(HttpUpstream::new(cfg, registry.upstream(name))?),
+                None => Arc::new(Upstream::new(cfg, registry.upstream(name))?),
             };
             upstreams.insert(name.clone(), upstream);
         }

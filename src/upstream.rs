@@ -1,5 +1,5 @@
-//! HTTP upstreams: the balanced, health-checked address set behind an upstream name, and the
-//! per-request `HttpPeer` built from it.
+//! Upstreams: an HTTP service (a balanced, health-checked address set, or one base URL) or a
+//! Lambda function invoked directly.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{self, Target};
+use crate::lambda::LambdaUpstream;
 use crate::stats::UpstreamStats;
 
 /// A live HTTP upstream.
@@ -66,6 +67,7 @@ impl HttpUpstream {
         stats: Arc<UpstreamStats>,
     ) -> Result<HttpUpstream, ResolveError> {
         let (addresses, tls, sni, host_header, base_path) = match &config.target {
+            Target::Lambda(_) => unreachable!("lambda targets are built by Upstream::new"),
             Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None, None),
             Target::Url {
                 tls,
@@ -189,10 +191,6 @@ impl HttpUpstream {
     pub async fn health_check(&self) {
         self.lb.backends().run_health_check(true).await;
     }
-
-    pub fn health_check_interval(&self) -> Duration {
-        self.config.health_check_interval
-    }
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -203,6 +201,52 @@ impl std::fmt::Debug for HttpUpstream {
     }
 }
 
+/// An upstream of either kind, with what both share.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: config::Upstream,
+    /// Requests now being served by this upstream (kept across reloads by name).
+    pub stats: Arc<UpstreamStats>,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+pub enum Kind {
+    Http(HttpUpstream),
+    Lambda(LambdaUpstream),
+}
+
+impl Upstream {
+    pub fn new(
+        config: &config::Upstream,
+        stats: Arc<UpstreamStats>,
+    ) -> Result<Upstream, ResolveError> {
+        let kind = match &config.target {
+            Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.timeout)),
+            _ => Kind::Http(HttpUpstream::new(config, Arc::clone(&stats))?),
+        };
+        Ok(Upstream {
+            config: config.clone(),
+            stats,
+            kind,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub async fn health_check(&self) {
+        if let Kind::Http(h) = &self.kind {
+            h.health_check().await;
+        }
+    }
+
+    pub fn health_check_interval(&self) -> Duration {
+        self.config.health_check_interval
+    }
+}
+
 /// Upstreams are shared between snapshots when their config did not change, so a reload keeps
 /// their health state and pooled connections.
-pub type Shared = Arc<HttpUpstream>;
+pub type Shared = Arc<Upstream>;

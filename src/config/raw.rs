@@ -47,6 +47,12 @@ pub struct RawUpstream {
     pub health_check_interval: Option<S<String>>,
     pub health_check_path: Option<S<String>>,
     pub retries: Option<S<i64>>,
+    // kind = "lambda"
+    pub function: Option<S<String>>,
+    pub qualifier: Option<S<String>>,
+    pub region: Option<S<String>>,
+    pub payload: Option<S<String>>,
+    pub endpoint: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

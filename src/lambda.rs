@@ -1,0 +1,291 @@
+//! Lambda upstreams: requests served by invoking a function through the Lambda Invoke API
+//! (`POST /2015-03-31/functions/{function}/invocations`), signed with SigV4 using credentials
+//! from the standard AWS chain (environment, profile, web identity / IRSA, EKS Pod Identity,
+//! ECS, IMDSv2), refreshed before they expire. The HTTP client and the credential chain are built
+//! on first use, inside Pingora's runtime, never before the server starts.
+
+pub mod event;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::config;
+pub use event::Payload;
+
+/// Lambda's limit on a synchronous invocation's request and response payloads.
+pub const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// What an invocation came to, short of a normal response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function failed ({kind}): {detail}")]
+    Function { kind: String, detail: String },
+    #[error("throttled by Lambda: {0}")]
+    Throttled(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the response is over Lambda's {PAYLOAD_LIMIT}-byte limit")]
+    TooLarge,
+    #[error("no AWS credentials: {0}")]
+    Credentials(String),
+    #[error("the Invoke API answered {status}: {body}")]
+    Api { status: u16, body: String },
+    #[error("cannot reach the Invoke API: {0}")]
+    Transport(String),
+    #[error(transparent)]
+    Decode(#[from] event::DecodeError),
+}
+
+impl InvokeError {
+    /// The status the client gets: never the function's own error text.
+    pub fn status(&self) -> u16 {
+        match self {
+            InvokeError::Throttled(_) => 503,
+            InvokeError::Timeout(_) => 504,
+            InvokeError::Credentials(_) => 500,
+            _ => 502,
+        }
+    }
+}
+
+/// Process-wide AWS state: one pooled HTTPS client and one credential chain, built lazily.
+struct Aws {
+    client: HttpsClient,
+    provider: aws_credential_types::provider::SharedCredentialsProvider,
+    cached: Mutex<Option<Credentials>>,
+}
+
+static AWS: OnceCell<Arc<Aws>> = OnceCell::const_new();
+
+async fn aws() -> Result<Arc<Aws>, InvokeError> {
+    AWS.get_or_try_init(|| async {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| InvokeError::Transport(format!("no system CA roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        let smithy_http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(smithy_http)
+            .load()
+            .await;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or_else(|| InvokeError::Credentials("the AWS credential chain is empty".into()))?;
+        Ok(Arc::new(Aws {
+            client,
+            provider,
+            cached: Mutex::new(None),
+        }))
+    })
+    .await
+    .cloned()
+}
+
+impl Aws {
+    /// Current credentials, refreshed five minutes before they expire.
+    async fn credentials(&self) -> Result<Credentials, InvokeError> {
+        let mut cached = self.cached.lock().await;
+        let fresh = |c: &Credentials| {
+            c.expiry()
+                .is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300))
+        };
+        if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
+            return Ok(c.clone());
+        }
+        let c = self.provider.provide_credentials().await.map_err(|e| {
+            InvokeError::Credentials(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// A live Lambda upstream.
+#[derive(Debug)]
+pub struct LambdaUpstream {
+    pub target: config::LambdaTarget,
+    /// `https://lambda.{region}.amazonaws.com/2015-03-31/functions/{fn}/invocations[?Qualifier=]`
+    invoke_uri: String,
+    pub timeout: Duration,
+}
+
+impl LambdaUpstream {
+    pub fn new(target: &config::LambdaTarget, timeout: Duration) -> LambdaUpstream {
+        let base = target
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://lambda.{}.amazonaws.com", target.region));
+        let function: String =
+            form_urlencoded::byte_serialize(target.function.as_bytes()).collect();
+        let mut invoke_uri = format!(
+            "{}/2015-03-31/functions/{function}/invocations",
+            base.trim_end_matches('/')
+        );
+        if let Some(q) = &target.qualifier {
+            let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
+            invoke_uri.push_str(&format!("?Qualifier={q}"));
+        }
+        LambdaUpstream {
+            target: target.clone(),
+            invoke_uri,
+            timeout,
+        }
+    }
+
+    pub fn payload(&self) -> Payload {
+        self.target.payload
+    }
+
+    /// Invokes the function with an event and decodes its answer.
+    pub async fn invoke(&self, event: Vec<u8>) -> Result<event::Response, InvokeError> {
+        let aws = aws().await?;
+        let creds = aws.credentials().await?;
+        let request = signed_invoke(
+            &self.invoke_uri,
+            &self.target.region,
+            &creds,
+            event,
+            SystemTime::now(),
+        )?;
+        let call = async {
+            let resp = aws
+                .client
+                .request(request)
+                .await
+                .map_err(|e| InvokeError::Transport(e.to_string()))?;
+            let status = resp.status();
+            let function_error = resp
+                .headers()
+                .get("x-amz-function-error")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = Limited::new(resp.into_body(), PAYLOAD_LIMIT)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        InvokeError::TooLarge
+                    } else {
+                        InvokeError::Transport(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok::<_, InvokeError>((status, function_error, body))
+        };
+        let (status, function_error, body) = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| InvokeError::Timeout(self.timeout))??;
+        let text = || String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(InvokeError::Throttled(text()));
+        }
+        if !status.is_success() {
+            return Err(InvokeError::Api {
+                status: status.as_u16(),
+                body: text(),
+            });
+        }
+        if let Some(kind) = function_error {
+            return Err(InvokeError::Function {
+                kind,
+                detail: text(),
+            });
+        }
+        Ok(event::decode(self.target.payload, &body)?)
+    }
+}
+
+/// Builds the signed Invoke request. Only the headers strangle sets are signed: nothing a client
+/// sent reaches the signature.
+pub fn signed_invoke(
+    uri: &str,
+    region: &str,
+    creds: &Credentials,
+    event: Vec<u8>,
+    now: SystemTime,
+) -> Result<Request<Full<Bytes>>, InvokeError> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e| InvokeError::Transport(format!("bad invoke URL {uri}: {e}")))?;
+    let host = match (parsed.host(), parsed.port_u16()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => return Err(InvokeError::Transport(format!("no host in {uri}"))),
+    };
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(parsed)
+        .header(http::header::HOST, &host)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("x-amz-invocation-type", "RequestResponse")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| InvokeError::Transport(e.to_string()))?;
+    let identity = creds.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("lambda")
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| InvokeError::Credentials(e.to_string()))?
+        .into();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect();
+    let signable = SignableRequest::new(
+        "POST",
+        uri,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(&event),
+    )
+    .map_err(|e| InvokeError::Credentials(e.to_string()))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| InvokeError::Credentials(e.to_string()))?
+        .into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    let len = event.len();
+    *request.body_mut() = Full::new(Bytes::from(event));
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        request
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, v);
+    }
+    Ok(request)
+}
