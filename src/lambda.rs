@@ -71,7 +71,8 @@ struct Aws {
 
 static AWS: OnceCell<Arc<Aws>> = OnceCell::const_new();
 
-async fn aws() -> Result<Arc<Aws>, InvokeError> {
+/// `region` seeds the SDK's own region so it never has to look one up (IMDS included).
+async fn aws(region: &str) -> Result<Arc<Aws>, InvokeError> {
     AWS.get_or_try_init(|| async {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
@@ -88,6 +89,7 @@ async fn aws() -> Result<Arc<Aws>, InvokeError> {
             ))
             .build_https();
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
             .http_client(smithy_http)
             .load()
             .await;
@@ -166,7 +168,7 @@ impl LambdaUpstream {
 
     /// Invokes the function with an event and decodes its answer.
     pub async fn invoke(&self, event: Vec<u8>) -> Result<event::Response, InvokeError> {
-        let aws = aws().await?;
+        let aws = aws(&self.target.region).await?;
         let creds = aws.credentials().await?;
         let request = signed_invoke(
             &self.invoke_uri,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bad_input;
+mod invoke;
 mod lifecycle;
 mod metrics;
 mod reload;

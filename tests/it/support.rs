@@ -193,11 +193,16 @@ impl Proxy {
     /// Starts the proxy. `{listen}` in the text becomes its address; unless the text has a
     /// `[log]` section, the access log goes to `access.log` in the temp dir.
     pub fn start(text: &str) -> Proxy {
+        Self::start_with_env(text, &[])
+    }
+
+    /// Starts the proxy with extra environment variables (AWS credentials, say).
+    pub fn start_with_env(text: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("strangle.toml");
         let (port, admin_port) = (free_port(), free_port());
         std::fs::write(&config, Self::render(text, port, admin_port)).unwrap();
-        Self::start_at(dir, config, port, admin_port)
+        Self::spawn(dir, config, port, admin_port, env)
     }
 
     /// `{listen}` becomes the proxy's address and `{admin}` the admin API's; without an
@@ -216,10 +221,23 @@ impl Proxy {
     }
 
     pub fn start_at(dir: tempfile::TempDir, config: PathBuf, port: u16, admin_port: u16) -> Proxy {
+        Self::spawn(dir, config, port, admin_port, &[])
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(bin())
             .args(["serve", "-c"])
             .arg(&config)
+            .envs(env.iter().copied())
+            // Never let the AWS credential chain look beyond this machine.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -380,6 +398,13 @@ impl Client {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
         self.send_raw(&bytes)
+    }
+
+    /// Sends a request whose body the proxy may refuse before reading it all: a failed write
+    /// (the proxy already answered and closed) is not an error, the answer is read anyway.
+    pub fn send_early_answered(&mut self, bytes: &[u8]) -> std::io::Result<Resp> {
+        let _ = self.reader.get_mut().write_all(bytes);
+        read_response(&mut self.reader)
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<Resp> {
