@@ -16,12 +16,18 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The metrics tests run a real Prometheus server and promtool (Debian's prometheus package).
+# The metrics tests run a real Prometheus server and promtool (Debian's prometheus package);
+# the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
+# here first so the tests do not wait for its compile.
 test-deps: deps
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  echo "installing: prometheus"; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@$(CARGO) lambda --version >/dev/null 2>&1 || { \
+	  echo "installing: cargo-lambda"; \
+	  python3 -m pip install -q --disable-pip-version-check cargo-lambda; }
+	cd examples/airline/bookings-fn && $(CARGO) build
 
 demo: deps
 	$(CARGO) build --release --bin strangle

@@ -212,7 +212,7 @@ pub struct Upstream {
 
 #[derive(Debug)]
 pub enum Kind {
-    Http(HttpUpstream),
+    Http(Box<HttpUpstream>),
     Lambda(LambdaUpstream),
 }
 
@@ -223,7 +223,7 @@ impl Upstream {
     ) -> Result<Upstream, ResolveError> {
         let kind = match &config.target {
             Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.timeout)),
-            _ => Kind::Http(HttpUpstream::new(config, Arc::clone(&stats))?),
+            _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats))?)),
         };
         Ok(Upstream {
             config: config.clone(),

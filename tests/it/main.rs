@@ -5,6 +5,7 @@
 mod admin;
 mod bad_input;
 mod invoke;
+mod lambda;
 mod lifecycle;
 mod metrics;
 mod reload;

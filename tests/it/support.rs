@@ -339,7 +339,10 @@ pub fn write_atomically(path: &std::path::Path, text: &str) {
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    /// The last value of each header, by lower-case name.
     pub headers: HashMap<String, String>,
+    /// Every header line in order.
+    pub all_headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -347,6 +350,14 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.all_headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -436,6 +447,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
     let mut headers = HashMap::new();
+    let mut all_headers = Vec::new();
     loop {
         let mut h = String::new();
         r.read_line(&mut h)?;
@@ -445,6 +457,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
         }
         if let Some((k, v)) = h.split_once(':') {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            all_headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
     let mut body = Vec::new();
@@ -472,6 +485,7 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     Ok(Resp {
         status,
         headers,
+        all_headers,
         body,
     })
 }
