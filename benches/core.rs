@@ -83,5 +83,46 @@ fn split(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_lookup, paths, split);
+fn lambda_events(c: &mut Criterion) {
+    use strangle::lambda::event::{decode, encode, Payload, Request};
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.airline.example"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("cookie", "sid=abcdef0123456789; theme=dark"),
+        ("x-user-id", "user-1234567"),
+        ("x-request-id", "0f3c2b1a9d8e7f6a5b4c3d2e1f0a9b8c"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ] {
+        headers.insert(http::HeaderName::from_static(k), v.parse().expect("header value"));
+    }
+    let body = br#"{"flight":"LH123","seat":"14C","passengers":[{"name":"A. Traveller"}]}"#;
+    let req = Request {
+        method: "POST",
+        path: "/bookings/42",
+        query: "currency=EUR&lang=en",
+        headers: &headers,
+        body,
+        source_ip: Some(std::net::IpAddr::from([203, 0, 113, 9])),
+        request_id: "0f3c2b1a9d8e7f6a5b4c3d2e1f0a9b8c",
+        protocol: "HTTP/1.1",
+        route_path: "/bookings",
+        now: std::time::SystemTime::now(),
+    };
+    for (name, format) in [("apigw-v2", Payload::ApigwV2), ("apigw-v1", Payload::ApigwV1), ("alb", Payload::Alb)] {
+        c.bench_function(&format!("lambda/encode/{name}"), |b| b.iter(|| encode(format, black_box(&req))));
+    }
+    let response = br#"{"statusCode":201,"headers":{"content-type":"application/json","x-served-by":"bookings-fn"},"cookies":["session=fn-123; Path=/; HttpOnly"],"body":"{\"booking\":\"42\",\"status\":\"confirmed\"}","isBase64Encoded":false}"#;
+    c.bench_function("lambda/decode/apigw-v2", |b| b.iter(|| decode(Payload::ApigwV2, black_box(response))));
+    c.bench_function("lambda/encode+decode/apigw-v2", |b| {
+        b.iter(|| {
+            let event = encode(Payload::ApigwV2, black_box(&req));
+            (event.len(), decode(Payload::ApigwV2, black_box(response)))
+        })
+    });
+}
+
+criterion_group!(benches, route_lookup, paths, split, lambda_events);
 criterion_main!(benches);
