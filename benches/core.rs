@@ -88,7 +88,10 @@ fn lambda_events(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     for (k, v) in [
         ("host", "api.airline.example"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+        ),
         ("accept", "application/json"),
         ("content-type", "application/json"),
         ("cookie", "sid=abcdef0123456789; theme=dark"),
@@ -96,7 +99,10 @@ fn lambda_events(c: &mut Criterion) {
         ("x-request-id", "0f3c2b1a9d8e7f6a5b4c3d2e1f0a9b8c"),
         ("x-forwarded-for", "203.0.113.9"),
     ] {
-        headers.insert(http::HeaderName::from_static(k), v.parse().expect("header value"));
+        headers.insert(
+            http::HeaderName::from_static(k),
+            v.parse().expect("header value"),
+        );
     }
     let body = br#"{"flight":"LH123","seat":"14C","passengers":[{"name":"A. Traveller"}]}"#;
     let req = Request {
@@ -111,11 +117,19 @@ fn lambda_events(c: &mut Criterion) {
         route_path: "/bookings",
         now: std::time::SystemTime::now(),
     };
-    for (name, format) in [("apigw-v2", Payload::ApigwV2), ("apigw-v1", Payload::ApigwV1), ("alb", Payload::Alb)] {
-        c.bench_function(&format!("lambda/encode/{name}"), |b| b.iter(|| encode(format, black_box(&req))));
+    for (name, format) in [
+        ("apigw-v2", Payload::ApigwV2),
+        ("apigw-v1", Payload::ApigwV1),
+        ("alb", Payload::Alb),
+    ] {
+        c.bench_function(&format!("lambda/encode/{name}"), |b| {
+            b.iter(|| encode(format, black_box(&req)))
+        });
     }
     let response = br#"{"statusCode":201,"headers":{"content-type":"application/json","x-served-by":"bookings-fn"},"cookies":["session=fn-123; Path=/; HttpOnly"],"body":"{\"booking\":\"42\",\"status\":\"confirmed\"}","isBase64Encoded":false}"#;
-    c.bench_function("lambda/decode/apigw-v2", |b| b.iter(|| decode(Payload::ApigwV2, black_box(response))));
+    c.bench_function("lambda/decode/apigw-v2", |b| {
+        b.iter(|| decode(Payload::ApigwV2, black_box(response)))
+    });
     c.bench_function("lambda/encode+decode/apigw-v2", |b| {
         b.iter(|| {
             let event = encode(Payload::ApigwV2, black_box(&req));

@@ -81,12 +81,22 @@ pub struct Upstream {
     pub target: Target,
     /// PEM certificates to trust for this upstream instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Sign forwarded requests with SigV4 (IAM-authorized API Gateway APIs, AWS_IAM Function URLs).
+    pub sigv4: Option<Sigv4>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub idle_timeout: Duration,
     pub health_check_interval: Duration,
     pub health_check_path: Option<String>,
     pub retries: usize,
+}
+
+/// SigV4 signing of requests forwarded to an AWS HTTP endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sigv4 {
+    /// `execute-api` (API Gateway) or `lambda` (Function URLs).
+    pub service: String,
+    pub region: String,
 }
 
 /// A Lambda function invoked directly.
@@ -602,10 +612,39 @@ impl Cx<'_> {
                 }
                 path
             });
+            let sigv4 = u.sigv4.as_ref().and_then(|sig| {
+                let raw = sig.get_ref();
+                if !matches!(raw.service.get_ref().as_str(), "execute-api" | "lambda") {
+                    let hint = Some(
+                        "use `execute-api` for API Gateway or `lambda` for a Function URL".into(),
+                    );
+                    self.err_at(
+                        &raw.service,
+                        format!("unknown sigv4 service `{}`", raw.service.get_ref()),
+                        hint,
+                    );
+                }
+                if !matches!(target, Some(Target::Url { .. })) {
+                    self.err_at(sig, "`sigv4` applies to an upstream with a `url`", None);
+                    return None;
+                }
+                if ca_file.is_some() {
+                    self.err_at(
+                        sig,
+                        "`sigv4` upstreams use the system's CA roots: drop `ca-file`",
+                        None,
+                    );
+                }
+                Some(Sigv4 {
+                    service: raw.service.get_ref().clone(),
+                    region: raw.region.get_ref().clone(),
+                })
+            });
             let upstream = Upstream {
                 name: name.get_ref().clone(),
                 target: target.unwrap_or(Target::Addresses(Vec::new())),
                 ca_file,
+                sigv4,
                 connect_timeout: self.duration(
                     &u.connect_timeout,
                     "connect-timeout",
@@ -649,6 +688,13 @@ impl Cx<'_> {
                     Some("a lambda upstream names a `function` (and `region`)".into()),
                 );
             }
+        }
+        if let Some(sig) = &u.sigv4 {
+            self.err_at(
+                sig,
+                "`sigv4` does not apply to a lambda upstream: Invoke calls are always signed",
+                None,
+            );
         }
         let Some(function) = &u.function else {
             self.err_at(

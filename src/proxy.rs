@@ -19,6 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::Target;
 use crate::lambda::{event, PAYLOAD_LIMIT};
 use crate::routing::{self, PathError};
 use crate::split::{self, Side};
@@ -139,6 +140,62 @@ fn raw_target(session: &Session) -> Bytes {
     Bytes::copy_from_slice(session.req_header().raw_path())
 }
 
+/// Reads the whole request body, or `None` if it is over `limit` (the connection is then marked
+/// for closing: the rest of the body is never read).
+async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        session.set_keepalive(None);
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            session.set_keepalive(None);
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// Answers a failed call to an AWS endpoint with the status that failure maps to; the failure's
+/// own text goes to the log, never to the client.
+async fn fail_aws(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    upstream: &str,
+    e: crate::lambda::InvokeError,
+) -> Result<bool> {
+    let status = e.status();
+    let id = ctx
+        .request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    tracing::warn!(upstream = %upstream, request_id = %id, status, "upstream call failed: {e}");
+    ctx.status = status;
+    ctx.error = Some(e.to_string());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    if status == 503 {
+        resp.insert_header(header::RETRY_AFTER, "1")?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// API Gateway's limit on a request payload.
+const SIGNED_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
 /// Whether the raw header block repeats Content-Length next to Transfer-Encoding: Pingora drops
 /// the Content-Length in that case, but a request framed two ways is a smuggling attempt.
 fn raw_has_content_length(session: &Session) -> bool {
@@ -214,23 +271,9 @@ impl Strangle {
         let Kind::Lambda(lambda) = &upstream.kind else {
             return reject(session, ctx, 500, "not a lambda upstream").await;
         };
-        let declared = session
-            .req_header()
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > PAYLOAD_LIMIT) {
-            session.set_keepalive(None);
+        let Some(body) = read_body(session, PAYLOAD_LIMIT).await? else {
             return reject(session, ctx, 413, "request body over Lambda's 6 MB limit").await;
-        }
-        let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = session.read_request_body().await? {
-            if body.len() + chunk.len() > PAYLOAD_LIMIT {
-                session.set_keepalive(None);
-                return reject(session, ctx, 413, "request body over Lambda's 6 MB limit").await;
-            }
-            body.extend_from_slice(&chunk);
-        }
+        };
         let req = session.req_header();
         let route_path = ctx
             .route
@@ -265,28 +308,7 @@ impl Strangle {
         ctx.upstream_start = Some(Instant::now());
         let response = match lambda.invoke(event).await {
             Ok(r) => r,
-            Err(e) => {
-                let status = e.status();
-                let id = ctx
-                    .request_id
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                tracing::warn!(upstream = %upstream.name(), request_id = %id, status, "lambda invocation failed: {e}");
-                ctx.status = status;
-                ctx.error = Some(e.to_string());
-                let mut resp = ResponseHeader::build(status, Some(4))?;
-                resp.insert_header(header::CONTENT_LENGTH, "0")?;
-                if status == 503 {
-                    resp.insert_header(header::RETRY_AFTER, "1")?;
-                }
-                if let Some(id) = &ctx.request_id {
-                    resp.insert_header(X_REQUEST_ID, id.clone())?;
-                }
-                session.write_response_header(Box::new(resp), true).await?;
-                return Ok(true);
-            }
+            Err(e) => return fail_aws(session, ctx, upstream.name(), e).await,
         };
         let mut resp = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
         for (name, value) in response.headers {
@@ -310,6 +332,119 @@ impl Strangle {
                 .write_response_body(Some(response.body), true)
                 .await?;
         }
+        Ok(true)
+    }
+
+    /// Forwards a request to an AWS HTTP endpoint with a SigV4 signature, which needs the whole
+    /// body (its hash is signed); the response streams back.
+    async fn serve_signed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        upstream_path: &str,
+    ) -> Result<bool> {
+        let Some(upstream) = ctx.upstream.clone() else {
+            return reject(session, ctx, 500, "no upstream").await;
+        };
+        let (
+            Some(sig),
+            Target::Url {
+                tls, host, port, ..
+            },
+        ) = (&upstream.config.sigv4, &upstream.config.target)
+        else {
+            return reject(session, ctx, 500, "not a signed url upstream").await;
+        };
+        let Some(body) = read_body(session, SIGNED_BODY_LIMIT).await? else {
+            return reject(
+                session,
+                ctx,
+                413,
+                "request body over API Gateway's 10 MB limit",
+            )
+            .await;
+        };
+        let scheme = if *tls { "https" } else { "http" };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let uri = format!("{scheme}://{authority}{upstream_path}");
+        let req = session.req_header();
+        let hop = hop_by_hop(&req.headers, false);
+        let mut headers: Vec<(HeaderName, HeaderValue)> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                !hop.contains(k)
+                    && *k != header::HOST
+                    && *k != header::AUTHORIZATION
+                    && *k != X_STRANGLE_SIDE
+                    && !event::is_reserved(k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(host) = req.headers.get(header::HOST) {
+            headers.push((X_FORWARDED_HOST, host.clone()));
+        }
+        if let Some(ip) =
+            client_ip(session).and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+        {
+            headers.push((X_FORWARDED_FOR, ip));
+        }
+        headers.push((X_FORWARDED_PROTO, HeaderValue::from_static("http")));
+        if let Some(id) = &ctx.request_id {
+            headers.push((X_REQUEST_ID, id.clone()));
+        }
+        let method = req.method.as_str().to_string();
+        ctx.upstream_start = Some(Instant::now());
+        let timeout = upstream.config.timeout;
+        let response = match crate::lambda::send_signed(
+            &sig.region,
+            &sig.service,
+            &method,
+            &uri,
+            headers,
+            body,
+            timeout,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return fail_aws(session, ctx, upstream.name(), e).await,
+        };
+        let (parts, mut incoming) = response.into_parts();
+        let mut resp = ResponseHeader::build(parts.status.as_u16(), Some(parts.headers.len() + 1))?;
+        let hop = hop_by_hop(&parts.headers, false);
+        for (k, v) in &parts.headers {
+            if !hop.contains(k) && *k != header::TRANSFER_ENCODING {
+                resp.append_header(k.clone(), v.clone())?;
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header(X_REQUEST_ID, id.clone())?;
+        }
+        ctx.status = parts.status.as_u16();
+        session.write_response_header(Box::new(resp), false).await?;
+        loop {
+            match tokio::time::timeout(timeout, http_body_util::BodyExt::frame(&mut incoming)).await
+            {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        session.write_response_body(Some(data), false).await?;
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Error::e_explain(ErrorType::ReadError, format!("upstream body: {e}"))
+                }
+                Err(_) => {
+                    return Error::e_explain(ErrorType::ReadTimedout, "upstream body timed out")
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
         Ok(true)
     }
 
@@ -467,6 +602,17 @@ impl ProxyHttp for Strangle {
             }
         };
         let base = http.base_path.as_deref().unwrap_or("");
+        if upstream.config.sigv4.is_some() {
+            ctx.upstream = Some(Arc::clone(&upstream));
+            let q = query
+                .map(|q| String::from_utf8_lossy(q))
+                .unwrap_or_default();
+            let path = format!("{base}{normalized}{q}");
+            if let Cow::Owned(p) = normalized {
+                ctx.routed_path = Some(p);
+            }
+            return self.serve_signed(session, ctx, &path).await;
+        }
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
             let q = query
                 .map(|q| String::from_utf8_lossy(q))

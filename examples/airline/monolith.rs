@@ -17,15 +17,32 @@ fn handle(req: &Request<hyper::body::Incoming>) -> (StatusCode, String) {
     let path = req.uri().path();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (section, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let user = req.headers().get("x-user-id").and_then(|v| v.to_str().ok()).unwrap_or("guest");
+    let user = req
+        .headers()
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("guest");
     match section {
         "bookings" => (
-            if req.method() == "POST" { StatusCode::CREATED } else { StatusCode::OK },
+            if req.method() == "POST" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
             format!(r#"{{"served_by":"monolith","booking":"{rest}","passenger":"{user}"}}"#),
         ),
-        "flights" => (StatusCode::OK, format!(r#"{{"served_by":"monolith","flight":"{rest}","status":"on time"}}"#)),
-        "profile" => (StatusCode::OK, format!(r#"{{"served_by":"monolith","user":"{user}","tier":"gold"}}"#)),
-        _ => (StatusCode::NOT_FOUND, r#"{"error":"no such page"}"#.to_string()),
+        "flights" => (
+            StatusCode::OK,
+            format!(r#"{{"served_by":"monolith","flight":"{rest}","status":"on time"}}"#),
+        ),
+        "profile" => (
+            StatusCode::OK,
+            format!(r#"{{"served_by":"monolith","user":"{user}","tier":"gold"}}"#),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"no such page"}"#.to_string(),
+        ),
     }
 }
 

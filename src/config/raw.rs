@@ -53,6 +53,15 @@ pub struct RawUpstream {
     pub region: Option<S<String>>,
     pub payload: Option<S<String>>,
     pub endpoint: Option<S<String>>,
+    // kind = "http" with a url: sign forwarded requests
+    pub sigv4: Option<S<RawSigv4>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSigv4 {
+    pub service: S<String>,
+    pub region: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -53,6 +53,7 @@ fn amz_date_to_time(d: &str) -> Option<SystemTime> {
 /// Verifies `Authorization` the way the service does: same scope, and the same signature when
 /// the signed headers and body are signed again with the secret.
 fn verify(
+    service: &str,
     method: &str,
     uri: &str,
     headers: &[(String, String)],
@@ -79,7 +80,7 @@ fn verify(
     if scope.len() != 5
         || scope[0] != KEY_ID
         || scope[2] != "eu-west-1"
-        || scope[3] != "lambda"
+        || scope[3] != service
         || scope[4] != "aws4_request"
     {
         return Err(format!("wrong credential scope {credential}"));
@@ -100,7 +101,7 @@ fn verify(
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region("eu-west-1")
-        .name("lambda")
+        .name(service)
         .time(time)
         .settings(SigningSettings::default())
         .build()
@@ -128,6 +129,12 @@ fn verify(
 
 impl InvokeEndpoint {
     pub fn start() -> InvokeEndpoint {
+        Self::start_for("lambda")
+    }
+
+    /// A stand-in for `service`: `lambda` (the Invoke API) or `execute-api` (an IAM-authorized
+    /// API Gateway API, which answers with plain HTTP).
+    pub fn start_for(service: &'static str) -> InvokeEndpoint {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -148,7 +155,7 @@ impl InvokeEndpoint {
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                             let record = Arc::clone(&record);
-                            async move { Ok::<_, Infallible>(answer(req, &record).await) }
+                            async move { Ok::<_, Infallible>(answer(service, req, &record).await) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -166,6 +173,7 @@ impl InvokeEndpoint {
 }
 
 async fn answer(
+    service: &str,
     req: Request<hyper::body::Incoming>,
     record: &Mutex<Vec<Invocation>>,
 ) -> Response<Full<Bytes>> {
@@ -182,13 +190,28 @@ async fn answer(
         .collect();
     let uri = parts.uri.to_string();
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let signature_ok = verify(parts.method.as_str(), &uri, &headers, &body);
+    let signature_ok = verify(service, parts.method.as_str(), &uri, &headers, &body);
     record.lock().unwrap().push(Invocation {
         uri,
         headers,
         event: event.clone(),
         signature_ok,
     });
+    if service == "execute-api" {
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&body)
+        );
+        return Response::builder()
+            .status(if parts.method == "POST" { 201 } else { 200 })
+            .header("x-served-by", "api-gateway")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .body(Full::new(Bytes::from(text)))
+            .unwrap();
+    }
     let path = event["rawPath"].as_str().unwrap_or("").to_string();
     let reply = |status: u16, body: String| {
         Response::builder()
@@ -369,4 +392,66 @@ fn failures_map_to_the_documented_statuses_and_never_leak_the_error() {
     assert_eq!(log[0]["side"], "new");
     assert_eq!(log[0]["upstream"], "bookings-fn");
     assert_eq!(log[0]["status"], 502);
+}
+
+#[test]
+fn api_gateway_urls_get_sigv4_signed_requests_with_the_body_hash() {
+    let api = InvokeEndpoint::start_for("execute-api");
+    let legacy = Backend::start("legacy");
+    let text = format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "monolith"
+[upstreams.monolith]
+addresses = ["{}"]
+[upstreams.bookings-api]
+url = "http://127.0.0.1:{}/prod"
+sigv4 = {{ service = "execute-api", region = "eu-west-1" }}
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "monolith"
+new = "bookings-api"
+shift = "100%"
+"#,
+        legacy.addr(),
+        api.port
+    );
+    let proxy = Proxy::start_with_env(&text, &lambda_env());
+    let r = Client::connect(proxy.port)
+        .request(
+            "POST",
+            "/bookings/9?currency=EUR",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer client-token"),
+                ("x-amz-date", "20000101T000000Z"),
+            ],
+            br#"{"seat":"1A"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", proxy.stderr());
+    assert_eq!(
+        r.text(),
+        r#"POST /prod/bookings/9?currency=EUR {"seat":"1A"}"#
+    );
+    assert_eq!(r.all("set-cookie"), ["a=1", "b=2"]);
+    let seen = api.seen().pop().unwrap();
+    assert_eq!(seen.signature_ok, Ok(()), "{seen:?}");
+    let header = |n: &str| {
+        seen.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(header("authorization")
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256 Credential=AKIASTRANGLETEST0001/"));
+    assert_ne!(header("x-amz-date").as_deref(), Some("20000101T000000Z"));
+    assert_eq!(header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    // A GET without a body is signed too.
+    let r = get(proxy.port, "/bookings/10", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(api.seen().pop().unwrap().signature_ok, Ok(()));
 }
