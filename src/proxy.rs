@@ -592,6 +592,21 @@ impl ProxyHttp for Strangle {
 
         let http = match &upstream.kind {
             Kind::Http(h) => h,
+            Kind::Signed => {
+                ctx.upstream = Some(Arc::clone(&upstream));
+                let base = match &upstream.config.target {
+                    Target::Url { base_path, .. } => base_path.as_str(),
+                    _ => "",
+                };
+                let q = query
+                    .map(|q| String::from_utf8_lossy(q))
+                    .unwrap_or_default();
+                let path = format!("{base}{normalized}{q}");
+                if let Cow::Owned(p) = normalized {
+                    ctx.routed_path = Some(p);
+                }
+                return self.serve_signed(session, ctx, &path).await;
+            }
             Kind::Lambda(_) => {
                 ctx.upstream = Some(Arc::clone(&upstream));
                 let query = query
@@ -602,17 +617,6 @@ impl ProxyHttp for Strangle {
             }
         };
         let base = http.base_path.as_deref().unwrap_or("");
-        if upstream.config.sigv4.is_some() {
-            ctx.upstream = Some(Arc::clone(&upstream));
-            let q = query
-                .map(|q| String::from_utf8_lossy(q))
-                .unwrap_or_default();
-            let path = format!("{base}{normalized}{q}");
-            if let Cow::Owned(p) = normalized {
-                ctx.routed_path = Some(p);
-            }
-            return self.serve_signed(session, ctx, &path).await;
-        }
         if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
             let q = query
                 .map(|q| String::from_utf8_lossy(q))
@@ -676,7 +680,7 @@ impl ProxyHttp for Strangle {
         }
         let host_header = ctx.upstream.as_ref().and_then(|u| match &u.kind {
             Kind::Http(h) => h.host_header.clone(),
-            Kind::Lambda(_) => None,
+            Kind::Lambda(_) | Kind::Signed => None,
         });
         if let Some(host) = host_header {
             up.insert_header(header::HOST, host)?;

@@ -214,6 +214,9 @@ pub struct Upstream {
 pub enum Kind {
     Http(Box<HttpUpstream>),
     Lambda(LambdaUpstream),
+    /// A `url` upstream whose requests are SigV4-signed and sent by strangle's own client, which
+    /// resolves the host per request (nothing is resolved at load).
+    Signed,
 }
 
 impl Upstream {
@@ -223,6 +226,7 @@ impl Upstream {
     ) -> Result<Upstream, ResolveError> {
         let kind = match &config.target {
             Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.timeout)),
+            _ if config.sigv4.is_some() => Kind::Signed,
             _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats))?)),
         };
         Ok(Upstream {
