@@ -39,7 +39,7 @@ lint: deps
 
 check-configs: deps
 	$(CARGO) build --bin strangle
-	./target/debug/strangle check config/*.toml examples/*.toml examples/*/*.toml deploy/*.toml deploy/kubernetes/*/strangle.toml
+	./target/debug/strangle check config/*.toml examples/*/*.toml deploy/*.toml deploy/kubernetes/*/strangle.toml
 
 # The container and Kubernetes manifests: hadolint, kustomize build, schema validation.
 check-deploy:
