@@ -116,6 +116,7 @@ fn lambda_events(c: &mut Criterion) {
         protocol: "HTTP/1.1",
         route_path: "/bookings",
         now: std::time::SystemTime::now(),
+        claims: None,
     };
     for (name, format) in [
         ("apigw-v2", Payload::ApigwV2),

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::Method;
 use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
@@ -25,6 +26,7 @@ use raw::*;
 pub struct Config {
     pub server: Server,
     pub admin: Admin,
+    pub auth: BTreeMap<String, crate::auth::AuthConfig>,
     pub log: Log,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
@@ -138,6 +140,8 @@ pub struct Route {
     pub shift: Shift,
     pub sticky: StickyKey,
     pub allow_override: bool,
+    /// The `[auth.NAME]` that guards this route.
+    pub auth: Option<String>,
 }
 
 impl Route {
@@ -223,7 +227,7 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors
     Err(ConfigErrors(cx.diags))
 }
 
-const SECTIONS: &[&str] = &["server", "admin", "log", "upstreams", "routes"];
+const SECTIONS: &[&str] = &["server", "admin", "log", "auth", "upstreams", "routes"];
 
 struct Cx<'a> {
     file: &'a str,
@@ -280,6 +284,7 @@ impl Cx<'_> {
         let (mut server, mut admin, mut log) = (None, None, None);
         let mut upstreams: Vec<(Spanned<String>, RawUpstream)> = Vec::new();
         let mut routes: Vec<RawRoute> = Vec::new();
+        let mut auths: Vec<(Spanned<String>, RawAuth)> = Vec::new();
         let mut ok = true;
         for (key, value) in root.into_inner() {
             let span = key.span();
@@ -303,6 +308,18 @@ impl Cx<'_> {
                         "`upstreams` must be a table: [upstreams.NAME]",
                         None,
                     ),
+                },
+                "auth" => match value.into_inner() {
+                    DeValue::Table(t) => {
+                        for (name, v) in t {
+                            let name = Spanned::new(name.span(), name.into_inner().into_owned());
+                            match self.de::<RawAuth>(v, "an [auth.NAME] section") {
+                                Some(a) => auths.push((name, a)),
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    _ => self.error(span.start, "`auth` must be a table: [auth.NAME]", None),
                 },
                 "routes" => match value.into_inner() {
                     DeValue::Array(a) => {
@@ -331,10 +348,12 @@ impl Cx<'_> {
         let server = self.server(server, &upstreams);
         let log = self.log(log);
         let admin = self.admin(admin.unwrap_or_default());
-        let routes = self.routes(routes, &upstreams);
+        let auth = self.auths(auths);
+        let routes = self.routes(routes, &upstreams, &auth);
         (ok && self.diags.is_empty()).then_some(Config {
             server: server?,
             admin,
+            auth,
             log,
             upstreams,
             routes,
@@ -858,7 +877,103 @@ impl Cx<'_> {
         }
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, upstreams: &BTreeMap<String, Upstream>) -> Vec<Route> {
+    fn auths(&mut self, raw: Vec<(Spanned<String>, RawAuth)>) -> BTreeMap<String, crate::auth::AuthConfig> {
+        use std::str::FromStr;
+        let mut out = BTreeMap::new();
+        for (name, a) in raw {
+            let n = name.get_ref().clone();
+            if !valid_name(&n) {
+                self.err_at(&name, format!("bad auth name `{n}`"), Some("use letters, digits, `-` and `_`".into()));
+            }
+            let keys: Vec<PathBuf> = a.keys.as_ref().map_or_else(Vec::new, |k| k.get_ref().iter().map(|p| self.base.join(p.get_ref())).collect());
+            match (&a.jwks_url, &a.keys) {
+                (Some(u), Some(_)) => self.err_at(u, "set `jwks-url` or `keys`, not both", None),
+                (None, None) => self.err_at(
+                    &name,
+                    format!("auth `{n}` has no keys"),
+                    Some("add `jwks-url = \"https://issuer/.well-known/jwks.json\"` or `keys = [\"public.pem\"]`".into()),
+                ),
+                (Some(u), None) => {
+                    let ok = u.get_ref().parse::<http::Uri>().is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some());
+                    if !ok {
+                        self.err_at(u, format!("bad jwks-url `{}`", u.get_ref()), None);
+                    }
+                }
+                (None, Some(k)) => {
+                    for (path, raw) in keys.iter().zip(k.get_ref()) {
+                        if let Err(e) = std::fs::read_to_string(path) {
+                            self.err_at(raw, format!("cannot read key file `{}`: {e}", path.display()), None);
+                        }
+                    }
+                }
+            }
+            let issuer = a.issuer.as_ref().map(|i| i.get_ref().clone()).unwrap_or_default();
+            if issuer.is_empty() {
+                self.err_at(&name, format!("auth `{n}` has no `issuer`"), Some("tokens are only accepted from a named issuer".into()));
+            }
+            let audiences: Vec<String> = a.audiences.as_ref().map_or_else(Vec::new, |v| v.get_ref().iter().map(|s| s.get_ref().clone()).collect());
+            if audiences.is_empty() {
+                self.err_at(&name, format!("auth `{n}` has no `audiences`"), Some("list the audiences tokens must be issued for".into()));
+            }
+            let mut algorithms = Vec::new();
+            match &a.algorithms {
+                None => self.err_at(&name, format!("auth `{n}` has no `algorithms`"), Some("list the allowed algorithms explicitly, e.g. [\"RS256\"]".into())),
+                Some(list) => {
+                    for alg in list.get_ref() {
+                        match jsonwebtoken::Algorithm::from_str(alg.get_ref()) {
+                            Ok(jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512) => self.err_at(
+                                alg,
+                                format!("symmetric algorithm `{}` is not allowed", alg.get_ref()),
+                                Some("use a public-key algorithm: RS256, PS256, ES256, EdDSA...".into()),
+                            ),
+                            Ok(a) => algorithms.push(a),
+                            Err(_) => self.err_at(alg, format!("unknown algorithm `{}`", alg.get_ref()), Some("RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA".into())),
+                        }
+                    }
+                    if list.get_ref().is_empty() {
+                        self.err_at(list, "`algorithms` is empty", None);
+                    }
+                }
+            }
+            let mut forward_claims = Vec::new();
+            if let Some(fc) = &a.forward_claims {
+                for (claim, header) in fc.get_ref() {
+                    match HeaderName::from_bytes(header.get_ref().as_bytes()) {
+                        Ok(h) => forward_claims.push((claim.clone(), h)),
+                        Err(_) => self.err_at(header, format!("bad header name `{}`", header.get_ref()), None),
+                    }
+                }
+            }
+            let require = a.require.as_ref().map_or_else(Vec::new, |r| r.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+            let leeway = self.duration(&a.leeway, "leeway", Duration::from_secs(30));
+            if leeway > Duration::from_secs(300) {
+                if let Some(l) = &a.leeway {
+                    self.err_at(l, "`leeway` over 5m would accept long-expired tokens", None);
+                }
+            }
+            out.insert(
+                n.clone(),
+                crate::auth::AuthConfig {
+                    name: n,
+                    jwks_url: a.jwks_url.as_ref().map(|u| u.get_ref().clone()),
+                    key_files: keys,
+                    issuer,
+                    audiences,
+                    algorithms,
+                    leeway,
+                    cookie: a.cookie.as_ref().map(|c| c.get_ref().clone()),
+                    forward_claims,
+                    require,
+                    jwks_refresh: self.duration(&a.jwks_refresh, "jwks-refresh", Duration::from_secs(300)),
+                    jwks_max_stale: self.duration(&a.jwks_max_stale, "jwks-max-stale", Duration::from_secs(3600)),
+                    unknown_kid_cooldown: self.duration(&a.unknown_kid_cooldown, "unknown-kid-cooldown", Duration::from_secs(30)),
+                },
+            );
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>, upstreams: &BTreeMap<String, Upstream>, auth: &BTreeMap<String, crate::auth::AuthConfig>) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for r in raw {
@@ -976,7 +1091,19 @@ impl Cx<'_> {
                     StickyKey::None
                 }),
             };
+            if let Some(a) = &r.auth {
+                if !auth.contains_key(a.get_ref()) {
+                    let known: Vec<&str> = auth.keys().map(String::as_str).collect();
+                    let hint = if known.is_empty() { "no auth is defined: add an [auth.NAME] section".to_string() } else { format!("known auth sections: {}", known.join(", ")) };
+                    self.err_at(a, format!("unknown auth `{}`", a.get_ref()), Some(hint));
+                }
+            }
+            if let (StickyKey::Jwt(claim), None) = (&sticky, &r.auth) {
+                let at = r.sticky.as_ref().map_or(0, |s| s.span().start);
+                self.error(at, format!("`sticky = \"jwt:{claim}\"` needs `auth` on the route: only verified claims key the split"), None);
+            }
             let route = Route {
+                auth: r.auth.as_ref().map(|a| a.get_ref().clone()),
                 id,
                 path,
                 kind,

@@ -16,9 +16,6 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::config;
@@ -27,7 +24,7 @@ pub use event::Payload;
 /// Lambda's limit on a synchronous invocation's request and response payloads.
 pub const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+use crate::client::HttpsClient;
 
 /// What an invocation came to, short of a normal response.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +61,7 @@ impl InvokeError {
 
 /// Process-wide AWS state: one pooled HTTPS client and one credential chain, built lazily.
 struct Aws {
-    client: HttpsClient,
+    client: &'static HttpsClient,
     provider: aws_credential_types::provider::SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
 }
@@ -74,15 +71,7 @@ static AWS: OnceCell<Arc<Aws>> = OnceCell::const_new();
 /// `region` seeds the SDK's own region so it never has to look one up (IMDS included).
 async fn aws(region: &str) -> Result<Arc<Aws>, InvokeError> {
     AWS.get_or_try_init(|| async {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| InvokeError::Transport(format!("no system CA roots: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+        let client = crate::client::shared().map_err(InvokeError::Transport)?;
         let smithy_http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,

@@ -5,7 +5,9 @@
 //! contracts (config keys, CLI verbs, bad-input policy).
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod deadline;
 pub mod demo;

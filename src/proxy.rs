@@ -22,7 +22,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::config::Target;
 use crate::lambda::{event, PAYLOAD_LIMIT};
 use crate::routing::{self, PathError};
-use crate::split::{self, Side};
+use crate::split::{self, KeyValue, Side, StickyKey};
 use crate::state::{Live, Snapshot};
 use crate::stats::RouteStats;
 use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
@@ -66,6 +66,8 @@ pub struct Ctx {
     connect_failures: usize,
     status: u16,
     error: Option<String>,
+    /// The verified JWT claims, on routes with `auth`.
+    claims: Option<crate::auth::Claims>,
 }
 
 impl Drop for Ctx {
@@ -138,6 +140,38 @@ fn raw_target(session: &Session) -> Bytes {
         }
     }
     Bytes::copy_from_slice(session.req_header().raw_path())
+}
+
+/// Refuses a request that failed authorization: 401 with a `WWW-Authenticate` that says why,
+/// 403 for a missing claim, 503 when the keys are unavailable.
+async fn deny(session: &mut Session, ctx: &mut Ctx, e: &crate::auth::AuthError) -> Result<bool> {
+    let status = e.status();
+    ctx.status = status;
+    ctx.error = Some(e.to_string());
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::WWW_AUTHENTICATE, e.challenge())?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// The forwarded-claim headers for this request: `(header, value)`.
+fn claim_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
+    let (Some(claims), Some(verifier)) = (&ctx.claims, ctx.route.and_then(|i| ctx.snap.routes[i].auth.as_ref())) else {
+        return Vec::new();
+    };
+    verifier
+        .config
+        .forward_claims
+        .iter()
+        .filter_map(|(claim, header)| {
+            let value = crate::auth::claim_text(claims, claim)?;
+            Some((header.clone(), HeaderValue::from_str(&value).ok()?))
+        })
+        .collect()
 }
 
 /// Reads the whole request body, or `None` if it is over `limit` (the connection is then marked
@@ -300,6 +334,7 @@ impl Strangle {
                 protocol,
                 route_path,
                 now: SystemTime::now(),
+                claims: ctx.claims.as_ref(),
             },
         );
         if event.len() > PAYLOAD_LIMIT {
@@ -382,9 +417,11 @@ impl Strangle {
                     && *k != header::AUTHORIZATION
                     && *k != X_STRANGLE_SIDE
                     && !event::is_reserved(k.as_str())
+                    && !ctx.snap.identity_headers.contains(k)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        headers.extend(claim_headers(ctx));
         if let Some(host) = req.headers.get(header::HOST) {
             headers.push((X_FORWARDED_HOST, host.clone()));
         }
@@ -463,8 +500,14 @@ impl Strangle {
                 _ => {}
             }
         }
-        let key = r.sticky.value(headers, client_ip(session));
-        split::side_for(split::bucket(r.seed, key), r.shift)
+        let bucket = match &r.sticky {
+            StickyKey::Jwt(claim) => {
+                let value = ctx.claims.as_ref().and_then(|c| crate::auth::claim_text(c, claim));
+                split::bucket(r.seed, value.as_deref().map_or(KeyValue::Missing, |v| KeyValue::Bytes(v.as_bytes())))
+            }
+            sticky => split::bucket(r.seed, sticky.value(headers, client_ip(session))),
+        };
+        split::side_for(bucket, r.shift)
     }
 }
 
@@ -489,6 +532,7 @@ impl ProxyHttp for Strangle {
             connect_failures: 0,
             status: 0,
             error: None,
+            claims: None,
         }
     }
 
@@ -567,6 +611,15 @@ impl ProxyHttp for Strangle {
         };
         let method = session.req_header().method.clone();
         let route = ctx.snap.table.lookup(&normalized, &method);
+        if let Some(verifier) = route.and_then(|i| ctx.snap.routes[i].auth.clone()) {
+            match verifier.verify(&session.req_header().headers).await {
+                Ok(claims) => ctx.claims = Some(claims),
+                Err(e) => {
+                    ctx.route = route;
+                    return deny(session, ctx, &e).await;
+                }
+            }
+        }
         let (side, upstream) = match route {
             Some(i) => {
                 let side = self.choose_side(session, ctx, i);
@@ -699,6 +752,12 @@ impl ProxyHttp for Strangle {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         up.remove_header(&X_STRANGLE_SIDE);
+        for name in &ctx.snap.identity_headers {
+            up.remove_header(name);
+        }
+        for (name, value) in claim_headers(ctx) {
+            up.insert_header(name, value)?;
+        }
         if let Some(id) = ctx.request_id.clone() {
             up.insert_header(X_REQUEST_ID, id)?;
         }

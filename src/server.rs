@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminService;
 use crate::deadline::HeaderDeadline;
 use crate::proxy::{Strangle, IN_FLIGHT};
-use crate::services::{ConfigWatcher, HealthChecks, StatsSampler};
+use crate::services::{ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
 use crate::telemetry::AccessLogger;
@@ -81,6 +81,12 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     server.add_service(background_service(
         "health checks",
         HealthChecks {
+            live: Arc::clone(&live),
+        },
+    ));
+    server.add_service(background_service(
+        "jwks refresher",
+        JwksRefresher {
             live: Arc::clone(&live),
         },
     ));

@@ -137,3 +137,40 @@ impl BackgroundService for StatsSampler {
         }
     }
 }
+
+/// Keeps every JWKS fresh: fetched when due, failures logged (the last good keys keep serving
+/// until `jwks-max-stale`).
+pub struct JwksRefresher {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut failing: HashMap<String, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snapshot = self.live.load();
+            for (name, verifier) in &snapshot.verifiers {
+                // After a failure, retry every few seconds rather than every tick.
+                let backing_off = failing.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                if !verifier.due() || backing_off {
+                    continue;
+                }
+                match verifier.fetch().await {
+                    Ok(()) => {
+                        failing.remove(name);
+                    }
+                    Err(e) => {
+                        tracing::warn!(auth = %name, "JWKS fetch failed, keeping the last good keys: {e}");
+                        failing.insert(name.clone(), Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
@@ -30,6 +31,7 @@ pub struct LiveRoute {
     pub seed: u64,
     pub allow_override: bool,
     pub stats: Arc<RouteStats>,
+    pub auth: Option<Arc<Verifier>>,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -42,6 +44,10 @@ pub struct Snapshot {
     pub default: Option<Shared>,
     /// Counters for traffic that matched no route.
     pub default_stats: Arc<RouteStats>,
+    /// One verifier per `[auth.NAME]`.
+    pub verifiers: HashMap<String, Arc<Verifier>>,
+    /// Every header a verified claim is forwarded in: client copies are always stripped.
+    pub identity_headers: Vec<http::HeaderName>,
     pub loaded_at: SystemTime,
 }
 
@@ -51,6 +57,8 @@ pub enum BuildError {
     Config(#[from] config::ConfigErrors),
     #[error(transparent)]
     Resolve(#[from] crate::upstream::ResolveError),
+    #[error("auth `{0}`: {1}")]
+    Auth(String, String),
 }
 
 impl Snapshot {
@@ -72,6 +80,25 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
+        let mut verifiers = HashMap::with_capacity(config.auth.len());
+        for (name, cfg) in &config.auth {
+            let reused = previous
+                .and_then(|p| p.verifiers.get(name))
+                .filter(|v| v.config == *cfg)
+                .cloned();
+            let verifier = match reused {
+                Some(v) => v,
+                None => Arc::new(Verifier::new(cfg.clone()).map_err(|e| BuildError::Auth(name.clone(), e))?),
+            };
+            verifiers.insert(name.clone(), verifier);
+        }
+        let mut identity_headers: Vec<http::HeaderName> = config
+            .auth
+            .values()
+            .flat_map(|a| a.forward_claims.iter().map(|(_, h)| h.clone()))
+            .collect();
+        identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity_headers.dedup();
         let get = |name: &Option<String>| name.as_ref().and_then(|n| upstreams.get(n)).cloned();
         let routes = config
             .routes
@@ -85,6 +112,7 @@ impl Snapshot {
                 seed: route_seed(&r.id),
                 allow_override: r.allow_override,
                 stats: registry.route(&r.id),
+                auth: r.auth.as_ref().and_then(|a| verifiers.get(a)).cloned(),
             })
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
@@ -96,6 +124,8 @@ impl Snapshot {
             upstreams,
             default,
             default_stats: registry.route(DEFAULT_ROUTE),
+            verifiers,
+            identity_headers,
             loaded_at: SystemTime::now(),
         })
     }

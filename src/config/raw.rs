@@ -66,6 +66,23 @@ pub struct RawSigv4 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAuth {
+    pub jwks_url: Option<S<String>>,
+    pub keys: Option<S<Vec<S<String>>>>,
+    pub issuer: Option<S<String>>,
+    pub audiences: Option<S<Vec<S<String>>>>,
+    pub algorithms: Option<S<Vec<S<String>>>>,
+    pub leeway: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+    pub forward_claims: Option<S<std::collections::BTreeMap<String, S<String>>>>,
+    pub require: Option<S<std::collections::BTreeMap<String, serde_json::Value>>>,
+    pub jwks_refresh: Option<S<String>>,
+    pub jwks_max_stale: Option<S<String>>,
+    pub unknown_kid_cooldown: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawRoute {
     pub id: S<String>,
     pub path: S<String>,
@@ -78,6 +95,7 @@ pub struct RawRoute {
     pub sticky: Option<S<String>>,
     #[serde(rename = "override")]
     pub override_: Option<S<bool>>,
+    pub auth: Option<S<String>>,
 }
 
 /// `shift = "25%"` is the documented form; a bare number (`shift = 25`) is accepted too.

@@ -53,6 +53,8 @@ pub struct Request<'a> {
     /// The route's own path, reported as the resource / route key.
     pub route_path: &'a str,
     pub now: SystemTime,
+    /// Verified JWT claims, reported as API Gateway's JWT authorizer does.
+    pub claims: Option<&'a serde_json::Map<String, Value>>,
 }
 
 /// Headers a client must not be able to pass off as AWS's own.
@@ -198,6 +200,19 @@ struct V2Context<'a> {
     stage: &'static str,
     time: String,
     time_epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizer: Option<V2Authorizer<'a>>,
+}
+
+#[derive(Serialize)]
+struct V2Authorizer<'a> {
+    jwt: V2Jwt<'a>,
+}
+
+#[derive(Serialize)]
+struct V2Jwt<'a> {
+    claims: &'a serde_json::Map<String, Value>,
+    scopes: Option<Vec<&'a str>>,
 }
 
 #[derive(Serialize)]
@@ -242,6 +257,13 @@ struct V1Context<'a> {
     resource_path: String,
     stage: &'static str,
     identity: V1Identity<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizer: Option<V1Authorizer<'a>>,
+}
+
+#[derive(Serialize)]
+struct V1Authorizer<'a> {
+    claims: &'a serde_json::Map<String, Value>,
 }
 
 #[derive(Serialize)]
@@ -329,6 +351,15 @@ pub fn encode(format: Payload, req: &Request<'_>) -> Vec<u8> {
                     stage: "$default",
                     time: clf_time(req.now),
                     time_epoch: epoch_ms(req.now),
+                    authorizer: req.claims.map(|claims| V2Authorizer {
+                        jwt: V2Jwt {
+                            claims,
+                            scopes: claims
+                                .get("scope")
+                                .and_then(Value::as_str)
+                                .map(|s| s.split(' ').filter(|p| !p.is_empty()).collect()),
+                        },
+                    }),
                 },
                 body,
                 is_base64_encoded,
@@ -372,6 +403,7 @@ pub fn encode(format: Payload, req: &Request<'_>) -> Vec<u8> {
                         source_ip,
                         user_agent,
                     },
+                    authorizer: req.claims.map(|claims| V1Authorizer { claims }),
                 },
                 body,
                 is_base64_encoded,

@@ -23,6 +23,7 @@ fn request<'a>(h: &'a HeaderMap, body: &'a [u8], query: &'a str) -> Request<'a> 
         protocol: "HTTP/1.1",
         route_path: "/bookings",
         now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_318_000),
+        claims: None,
     }
 }
 
@@ -132,4 +133,18 @@ fn base64_and_inferred_responses() {
     assert!(decode(Payload::ApigwV1, br#"{"flights": []}"#).is_err());
     assert!(decode(Payload::ApigwV2, b"not json").is_err());
     assert!(decode(Payload::ApigwV2, br#"{"statusCode": 999}"#).is_err());
+}
+
+#[test]
+fn verified_claims_ride_in_the_authorizer_context() {
+    let h = headers(&[]);
+    let mut req = request(&h, b"", "");
+    let claims: serde_json::Map<String, Value> =
+        serde_json::from_str(r#"{"sub":"u-1","scope":"bookings:read bookings:write"}"#).unwrap();
+    req.claims = Some(&claims);
+    let v: Value = serde_json::from_slice(&encode(Payload::ApigwV2, &req)).unwrap();
+    assert_eq!(v["requestContext"]["authorizer"]["jwt"]["claims"]["sub"], "u-1");
+    assert_eq!(v["requestContext"]["authorizer"]["jwt"]["scopes"], serde_json::json!(["bookings:read", "bookings:write"]));
+    let v: Value = serde_json::from_slice(&encode(Payload::ApigwV1, &req)).unwrap();
+    assert_eq!(v["requestContext"]["authorizer"]["claims"]["sub"], "u-1");
 }
