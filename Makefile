@@ -17,13 +17,16 @@ deps:
 	fi
 
 # The metrics tests run a real Prometheus server and promtool (Debian's prometheus package);
-# the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
+# the auth tests mint tokens with PyJWT; the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
 # here first so the tests do not wait for its compile.
 test-deps: deps
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  echo "installing: prometheus"; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@python3 -c "import jwt, cryptography" 2>/dev/null || { \
+	  echo "installing: pyjwt cryptography"; \
+	  python3 -m pip install -q --disable-pip-version-check pyjwt cryptography; }
 	@$(CARGO) lambda --version >/dev/null 2>&1 || { \
 	  echo "installing: cargo-lambda"; \
 	  python3 -m pip install -q --disable-pip-version-check cargo-lambda; }

@@ -85,7 +85,12 @@ pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
-        Value::Array(a) => Some(a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(" ")),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         _ => None,
     }
 }
@@ -94,7 +99,9 @@ pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
 /// space-separated claim (`scope`) or one of the items of an array claim.
 pub fn claim_matches(claims: &Claims, name: &str, want: &Value) -> bool {
     match (claims.get(name), want) {
-        (Some(Value::String(have)), Value::String(w)) => have == w || have.split(' ').any(|p| p == w),
+        (Some(Value::String(have)), Value::String(w)) => {
+            have == w || have.split(' ').any(|p| p == w)
+        }
         (Some(Value::Array(items)), Value::String(_)) => items.contains(want),
         (Some(have), want) => have == want,
         (None, _) => false,
@@ -121,7 +128,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("name", &self.config.name).finish()
+        f.debug_struct("Verifier")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -131,13 +140,19 @@ fn parse_keys(text: &str) -> Result<Vec<(Option<String>, DecodingKey)>, String> 
         let set: JwkSet = match serde_json::from_str::<JwkSet>(text) {
             Ok(s) => s,
             Err(_) => JwkSet {
-                keys: vec![serde_json::from_str(text).map_err(|e| format!("not a JWK or JWK set: {e}"))?],
+                keys: vec![
+                    serde_json::from_str(text).map_err(|e| format!("not a JWK or JWK set: {e}"))?
+                ],
             },
         };
         return Ok(set
             .keys
             .iter()
-            .filter_map(|jwk| DecodingKey::from_jwk(jwk).ok().map(|k| (jwk.common.key_id.clone(), k)))
+            .filter_map(|jwk| {
+                DecodingKey::from_jwk(jwk)
+                    .ok()
+                    .map(|k| (jwk.common.key_id.clone(), k))
+            })
             .collect());
     }
     let key = DecodingKey::from_rsa_pem(text.as_bytes())
@@ -163,7 +178,8 @@ impl Verifier {
         if static_keys {
             let mut all = Vec::new();
             for path in &verifier.config.key_files {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 all.extend(parse_keys(&text).map_err(|e| format!("`{}`: {e}", path.display()))?);
             }
             verifier.install(all);
@@ -190,7 +206,9 @@ impl Verifier {
 
     /// Fetches the JWKS now. Serialised: concurrent callers wait for one fetch.
     pub async fn fetch(&self) -> Result<(), String> {
-        let Some(url) = &self.config.jwks_url else { return Ok(()) };
+        let Some(url) = &self.config.jwks_url else {
+            return Ok(());
+        };
         let _one = self.refresh.lock().await;
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = fetch_jwks(url).await;
@@ -243,11 +261,22 @@ impl Verifier {
     pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, AuthError> {
         let mut auths = headers.get_all(AUTHORIZATION).iter();
         let header = match (auths.next(), auths.next()) {
-            (Some(_), Some(_)) => return Err(AuthError::InvalidRequest("more than one Authorization header")),
+            (Some(_), Some(_)) => {
+                return Err(AuthError::InvalidRequest(
+                    "more than one Authorization header",
+                ))
+            }
             (Some(v), None) => {
-                let v = v.to_str().map_err(|_| AuthError::InvalidRequest("malformed Authorization header"))?;
-                let (scheme, token) = v.split_once(' ').ok_or(AuthError::InvalidRequest("malformed Authorization header"))?;
-                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.trim().contains(' ') {
+                let v = v
+                    .to_str()
+                    .map_err(|_| AuthError::InvalidRequest("malformed Authorization header"))?;
+                let (scheme, token) = v
+                    .split_once(' ')
+                    .ok_or(AuthError::InvalidRequest("malformed Authorization header"))?;
+                if !scheme.eq_ignore_ascii_case("bearer")
+                    || token.trim().is_empty()
+                    || token.trim().contains(' ')
+                {
                     return Err(AuthError::InvalidRequest("malformed Authorization header"));
                 }
                 Some(token.trim())
@@ -259,15 +288,24 @@ impl Verifier {
             .cookie
             .as_deref()
             .and_then(|name| crate::split::cookie(headers, name))
-            .map(|v| std::str::from_utf8(v).map_err(|_| AuthError::InvalidRequest("malformed token cookie")))
+            .map(|v| {
+                std::str::from_utf8(v)
+                    .map_err(|_| AuthError::InvalidRequest("malformed token cookie"))
+            })
             .transpose()?;
         let token = match (header, cookie) {
-            (Some(_), Some(_)) => return Err(AuthError::InvalidRequest("a token in both the header and the cookie")),
+            (Some(_), Some(_)) => {
+                return Err(AuthError::InvalidRequest(
+                    "a token in both the header and the cookie",
+                ))
+            }
             (Some(t), None) | (None, Some(t)) => t,
             (None, None) => return Err(AuthError::Missing),
         };
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::InvalidToken(format!("the token is over {MAX_TOKEN_BYTES} bytes")));
+            return Err(AuthError::InvalidToken(format!(
+                "the token is over {MAX_TOKEN_BYTES} bytes"
+            )));
         }
         Ok(token)
     }
@@ -297,16 +335,21 @@ impl Verifier {
                 tracing::warn!(auth = %self.config.name, "JWKS fetch failed: {e}");
             }
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(format!("malformed token: {e}")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::InvalidToken(format!("malformed token: {e}")))?;
         if !self.config.algorithms.contains(&header.alg) {
-            return Err(AuthError::InvalidToken(format!("algorithm {:?} is not allowed", header.alg)));
+            return Err(AuthError::InvalidToken(format!(
+                "algorithm {:?} is not allowed",
+                header.alg
+            )));
         }
         let kid = header.kid.as_deref();
         let keys = match self.key_for(kid)? {
             Some(k) => k,
             None => {
                 self.refresh_for_unknown_kid().await;
-                self.key_for(kid)?.ok_or_else(|| AuthError::InvalidToken("unknown signing key".into()))?
+                self.key_for(kid)?
+                    .ok_or_else(|| AuthError::InvalidToken("unknown signing key".into()))?
             }
         };
         let mut validation = Validation::new(header.alg);

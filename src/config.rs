@@ -877,15 +877,27 @@ impl Cx<'_> {
         }
     }
 
-    fn auths(&mut self, raw: Vec<(Spanned<String>, RawAuth)>) -> BTreeMap<String, crate::auth::AuthConfig> {
+    fn auths(
+        &mut self,
+        raw: Vec<(Spanned<String>, RawAuth)>,
+    ) -> BTreeMap<String, crate::auth::AuthConfig> {
         use std::str::FromStr;
         let mut out = BTreeMap::new();
         for (name, a) in raw {
             let n = name.get_ref().clone();
             if !valid_name(&n) {
-                self.err_at(&name, format!("bad auth name `{n}`"), Some("use letters, digits, `-` and `_`".into()));
+                self.err_at(
+                    &name,
+                    format!("bad auth name `{n}`"),
+                    Some("use letters, digits, `-` and `_`".into()),
+                );
             }
-            let keys: Vec<PathBuf> = a.keys.as_ref().map_or_else(Vec::new, |k| k.get_ref().iter().map(|p| self.base.join(p.get_ref())).collect());
+            let keys: Vec<PathBuf> = a.keys.as_ref().map_or_else(Vec::new, |k| {
+                k.get_ref()
+                    .iter()
+                    .map(|p| self.base.join(p.get_ref()))
+                    .collect()
+            });
             match (&a.jwks_url, &a.keys) {
                 (Some(u), Some(_)) => self.err_at(u, "set `jwks-url` or `keys`, not both", None),
                 (None, None) => self.err_at(
@@ -907,17 +919,35 @@ impl Cx<'_> {
                     }
                 }
             }
-            let issuer = a.issuer.as_ref().map(|i| i.get_ref().clone()).unwrap_or_default();
+            let issuer = a
+                .issuer
+                .as_ref()
+                .map(|i| i.get_ref().clone())
+                .unwrap_or_default();
             if issuer.is_empty() {
-                self.err_at(&name, format!("auth `{n}` has no `issuer`"), Some("tokens are only accepted from a named issuer".into()));
+                self.err_at(
+                    &name,
+                    format!("auth `{n}` has no `issuer`"),
+                    Some("tokens are only accepted from a named issuer".into()),
+                );
             }
-            let audiences: Vec<String> = a.audiences.as_ref().map_or_else(Vec::new, |v| v.get_ref().iter().map(|s| s.get_ref().clone()).collect());
+            let audiences: Vec<String> = a.audiences.as_ref().map_or_else(Vec::new, |v| {
+                v.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+            });
             if audiences.is_empty() {
-                self.err_at(&name, format!("auth `{n}` has no `audiences`"), Some("list the audiences tokens must be issued for".into()));
+                self.err_at(
+                    &name,
+                    format!("auth `{n}` has no `audiences`"),
+                    Some("list the audiences tokens must be issued for".into()),
+                );
             }
             let mut algorithms = Vec::new();
             match &a.algorithms {
-                None => self.err_at(&name, format!("auth `{n}` has no `algorithms`"), Some("list the allowed algorithms explicitly, e.g. [\"RS256\"]".into())),
+                None => self.err_at(
+                    &name,
+                    format!("auth `{n}` has no `algorithms`"),
+                    Some("list the allowed algorithms explicitly, e.g. [\"RS256\"]".into()),
+                ),
                 Some(list) => {
                     for alg in list.get_ref() {
                         match jsonwebtoken::Algorithm::from_str(alg.get_ref()) {
@@ -940,11 +970,20 @@ impl Cx<'_> {
                 for (claim, header) in fc.get_ref() {
                     match HeaderName::from_bytes(header.get_ref().as_bytes()) {
                         Ok(h) => forward_claims.push((claim.clone(), h)),
-                        Err(_) => self.err_at(header, format!("bad header name `{}`", header.get_ref()), None),
+                        Err(_) => self.err_at(
+                            header,
+                            format!("bad header name `{}`", header.get_ref()),
+                            None,
+                        ),
                     }
                 }
             }
-            let require = a.require.as_ref().map_or_else(Vec::new, |r| r.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+            let require = a.require.as_ref().map_or_else(Vec::new, |r| {
+                r.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            });
             let leeway = self.duration(&a.leeway, "leeway", Duration::from_secs(30));
             if leeway > Duration::from_secs(300) {
                 if let Some(l) = &a.leeway {
@@ -964,16 +1003,33 @@ impl Cx<'_> {
                     cookie: a.cookie.as_ref().map(|c| c.get_ref().clone()),
                     forward_claims,
                     require,
-                    jwks_refresh: self.duration(&a.jwks_refresh, "jwks-refresh", Duration::from_secs(300)),
-                    jwks_max_stale: self.duration(&a.jwks_max_stale, "jwks-max-stale", Duration::from_secs(3600)),
-                    unknown_kid_cooldown: self.duration(&a.unknown_kid_cooldown, "unknown-kid-cooldown", Duration::from_secs(30)),
+                    jwks_refresh: self.duration(
+                        &a.jwks_refresh,
+                        "jwks-refresh",
+                        Duration::from_secs(300),
+                    ),
+                    jwks_max_stale: self.duration(
+                        &a.jwks_max_stale,
+                        "jwks-max-stale",
+                        Duration::from_secs(3600),
+                    ),
+                    unknown_kid_cooldown: self.duration(
+                        &a.unknown_kid_cooldown,
+                        "unknown-kid-cooldown",
+                        Duration::from_secs(30),
+                    ),
                 },
             );
         }
         out
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, upstreams: &BTreeMap<String, Upstream>, auth: &BTreeMap<String, crate::auth::AuthConfig>) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        raw: Vec<RawRoute>,
+        upstreams: &BTreeMap<String, Upstream>,
+        auth: &BTreeMap<String, crate::auth::AuthConfig>,
+    ) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for r in raw {
@@ -1094,7 +1150,11 @@ impl Cx<'_> {
             if let Some(a) = &r.auth {
                 if !auth.contains_key(a.get_ref()) {
                     let known: Vec<&str> = auth.keys().map(String::as_str).collect();
-                    let hint = if known.is_empty() { "no auth is defined: add an [auth.NAME] section".to_string() } else { format!("known auth sections: {}", known.join(", ")) };
+                    let hint = if known.is_empty() {
+                        "no auth is defined: add an [auth.NAME] section".to_string()
+                    } else {
+                        format!("known auth sections: {}", known.join(", "))
+                    };
                     self.err_at(a, format!("unknown auth `{}`", a.get_ref()), Some(hint));
                 }
             }

@@ -160,7 +160,10 @@ async fn deny(session: &mut Session, ctx: &mut Ctx, e: &crate::auth::AuthError) 
 
 /// The forwarded-claim headers for this request: `(header, value)`.
 fn claim_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
-    let (Some(claims), Some(verifier)) = (&ctx.claims, ctx.route.and_then(|i| ctx.snap.routes[i].auth.as_ref())) else {
+    let (Some(claims), Some(verifier)) = (
+        &ctx.claims,
+        ctx.route.and_then(|i| ctx.snap.routes[i].auth.as_ref()),
+    ) else {
         return Vec::new();
     };
     verifier
@@ -502,8 +505,16 @@ impl Strangle {
         }
         let bucket = match &r.sticky {
             StickyKey::Jwt(claim) => {
-                let value = ctx.claims.as_ref().and_then(|c| crate::auth::claim_text(c, claim));
-                split::bucket(r.seed, value.as_deref().map_or(KeyValue::Missing, |v| KeyValue::Bytes(v.as_bytes())))
+                let value = ctx
+                    .claims
+                    .as_ref()
+                    .and_then(|c| crate::auth::claim_text(c, claim));
+                split::bucket(
+                    r.seed,
+                    value
+                        .as_deref()
+                        .map_or(KeyValue::Missing, |v| KeyValue::Bytes(v.as_bytes())),
+                )
             }
             sticky => split::bucket(r.seed, sticky.value(headers, client_ip(session))),
         };

@@ -156,8 +156,10 @@ impl BackgroundService for JwksRefresher {
             }
             let snapshot = self.live.load();
             for (name, verifier) in &snapshot.verifiers {
-                // After a failure, retry every few seconds rather than every tick.
-                let backing_off = failing.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                // After a failure, retry every few seconds (or the refresh interval, if shorter)
+                // rather than every tick.
+                let backoff = verifier.config.jwks_refresh.min(Duration::from_secs(5));
+                let backing_off = failing.get(name).is_some_and(|t| t.elapsed() < backoff);
                 if !verifier.due() || backing_off {
                     continue;
                 }

@@ -88,7 +88,9 @@ impl Snapshot {
                 .cloned();
             let verifier = match reused {
                 Some(v) => v,
-                None => Arc::new(Verifier::new(cfg.clone()).map_err(|e| BuildError::Auth(name.clone(), e))?),
+                None => Arc::new(
+                    Verifier::new(cfg.clone()).map_err(|e| BuildError::Auth(name.clone(), e))?,
+                ),
             };
             verifiers.insert(name.clone(), verifier);
         }

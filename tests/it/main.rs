@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod auth;
 mod bad_input;
 mod invoke;
 mod lambda;

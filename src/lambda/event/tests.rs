@@ -143,8 +143,14 @@ fn verified_claims_ride_in_the_authorizer_context() {
         serde_json::from_str(r#"{"sub":"u-1","scope":"bookings:read bookings:write"}"#).unwrap();
     req.claims = Some(&claims);
     let v: Value = serde_json::from_slice(&encode(Payload::ApigwV2, &req)).unwrap();
-    assert_eq!(v["requestContext"]["authorizer"]["jwt"]["claims"]["sub"], "u-1");
-    assert_eq!(v["requestContext"]["authorizer"]["jwt"]["scopes"], serde_json::json!(["bookings:read", "bookings:write"]));
+    assert_eq!(
+        v["requestContext"]["authorizer"]["jwt"]["claims"]["sub"],
+        "u-1"
+    );
+    assert_eq!(
+        v["requestContext"]["authorizer"]["jwt"]["scopes"],
+        serde_json::json!(["bookings:read", "bookings:write"])
+    );
     let v: Value = serde_json::from_slice(&encode(Payload::ApigwV1, &req)).unwrap();
     assert_eq!(v["requestContext"]["authorizer"]["claims"]["sub"], "u-1");
 }

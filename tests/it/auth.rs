@@ -1,0 +1,427 @@
+//! JWT authorization against a real issuer: tests/fixtures/jwks_issuer.py makes RSA and EC keys,
+//! serves them as a JWKS and mints tokens with PyJWT (`make test` installs PyJWT and
+//! cryptography from PyPI).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+pub struct Issuer {
+    child: Child,
+    pub port: u16,
+}
+
+impl Issuer {
+    pub fn start() -> Issuer {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks_issuer.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the issuer did not start (is PyJWT installed? run `make test`)"
+        );
+        Issuer { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/.well-known/jwks.json", self.port)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> String {
+        let r = Client::connect(self.port)
+            .request(
+                "POST",
+                path,
+                &[("content-type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    pub fn mint(&self, req: Value) -> String {
+        self.post("/mint", &req)
+    }
+
+    pub fn rotate(&self) {
+        self.post("/rotate", &json!({}));
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.post(if down { "/down" } else { "/up" }, &json!({}));
+    }
+
+    pub fn fetches(&self) -> u64 {
+        get(self.port, "/fetches", &[]).text().parse().unwrap()
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims that pass: right issuer and audience, valid for an hour.
+pub fn good(sub: &str) -> Value {
+    json!({"iss": "https://issuer.test/", "aud": "bookings", "sub": sub, "exp": now() + 3600, "iat": now(), "scope": "bookings:read bookings:write"})
+}
+
+pub fn config(issuer: &Issuer, legacy: &Backend, new: &Backend, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "legacy"
+
+[auth.users]
+jwks-url = "{}"
+issuer = "https://issuer.test/"
+audiences = ["bookings"]
+algorithms = ["RS256", "ES256"]
+leeway = "5s"
+forward-claims = {{ sub = "x-user-id" }}
+{extra}
+
+[upstreams.legacy]
+addresses = ["{}"]
+[upstreams.new]
+addresses = ["{}"]
+
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "legacy"
+new = "new"
+shift = "50%"
+sticky = "jwt:sub"
+auth = "users"
+"#,
+        issuer.url(),
+        legacy.addr(),
+        new.addr()
+    )
+}
+
+fn call(proxy: &Proxy, token: Option<&str>) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("x-user-id", "forged-by-client")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    get(proxy.port, "/bookings/1", &headers)
+}
+
+fn assert_refused(r: &Resp, status: u16, error: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}");
+    let challenge = r.header("www-authenticate").unwrap_or("");
+    assert!(
+        challenge.starts_with("Bearer realm=\"strangle\""),
+        "{what}: {challenge}"
+    );
+    assert!(challenge.contains(error), "{what}: {challenge}");
+}
+
+#[test]
+fn valid_tokens_pass_and_every_bad_one_is_refused() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(&issuer, &legacy, &new, ""));
+
+    for kid in ["rsa-1", "ec-1"] {
+        let token = issuer.mint(json!({"claims": good("alice"), "kid": kid}));
+        let r = call(&proxy, Some(&token));
+        assert_eq!(r.status, 200, "{kid}: {}", proxy.stderr());
+    }
+    // The identity the backend sees is the verified one, never the client's.
+    let seen: Vec<Seen> = legacy.seen().into_iter().chain(new.seen()).collect();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.header("x-user-id"), Some("alice"));
+        assert!(s
+            .headers
+            .iter()
+            .all(|(k, v)| k != "x-user-id" || v != "forged-by-client"));
+    }
+
+    let mut claims = good("a");
+    claims["exp"] = json!(now() - 60);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("expired", json!({"claims": claims}), "expired"),
+        (
+            "not yet valid",
+            json!({"claims": {"iss": "https://issuer.test/", "aud": "bookings", "exp": now() + 3600, "nbf": now() + 600}}),
+            "not valid yet",
+        ),
+        (
+            "wrong issuer",
+            json!({"claims": {"iss": "https://evil.test/", "aud": "bookings", "exp": now() + 3600}}),
+            "wrong issuer",
+        ),
+        (
+            "wrong audience",
+            json!({"claims": {"iss": "https://issuer.test/", "aud": "flights", "exp": now() + 3600}}),
+            "wrong audience",
+        ),
+        (
+            "no exp",
+            json!({"claims": {"iss": "https://issuer.test/", "aud": "bookings"}}),
+            "`exp`",
+        ),
+        (
+            "alg none",
+            json!({"claims": good("a"), "attack": "none"}),
+            "invalid_token",
+        ),
+        (
+            "HS256 keyed with the RSA public key",
+            json!({"claims": good("a"), "attack": "hs256-with-public-key"}),
+            "not allowed",
+        ),
+        (
+            "an algorithm not on the list",
+            json!({"claims": good("a"), "alg": "PS256"}),
+            "not allowed",
+        ),
+        (
+            "tampered claims",
+            json!({"claims": good("a"), "attack": "tamper"}),
+            "bad signature",
+        ),
+        (
+            "a key the issuer never published",
+            json!({"claims": good("a"), "attack": "foreign-key"}),
+            "bad signature",
+        ),
+        (
+            "unknown kid",
+            json!({"claims": good("a"), "kid": "nobody"}),
+            "unknown signing key",
+        ),
+        (
+            "embedded jwk header",
+            json!({"claims": good("a"), "attack": "foreign-key", "headers": {"jku": "http://127.0.0.1:1/evil.json"}}),
+            "bad signature",
+        ),
+    ];
+    for (what, req, message) in cases {
+        let token = issuer.mint(req);
+        assert_refused(&call(&proxy, Some(&token)), 401, message, what);
+    }
+    // No token: 401 with a bare challenge.
+    let r = call(&proxy, None);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"strangle\"")
+    );
+    // Two tokens, a malformed header, an over-long token.
+    let token = issuer.mint(json!({"claims": good("a")}));
+    let two = get(
+        proxy.port,
+        "/bookings/1",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Authorization", &format!("Bearer {token}")),
+        ],
+    );
+    assert_refused(&two, 401, "invalid_request", "two tokens");
+    let basic = get(
+        proxy.port,
+        "/bookings/1",
+        &[("Authorization", "Basic YWxpY2U6cGFzcw==")],
+    );
+    assert_refused(&basic, 401, "invalid_request", "not a bearer token");
+    let long = "a".repeat(9000);
+    assert_refused(
+        &call(&proxy, Some(&long)),
+        401,
+        "over 8192 bytes",
+        "over-long token",
+    );
+    // Nothing refused reached a backend.
+    assert_eq!(legacy.count() + new.count(), 2);
+}
+
+#[test]
+fn required_claims_give_403_and_match_inside_space_separated_scopes() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(
+        &issuer,
+        &legacy,
+        &new,
+        "require = { scope = \"bookings:write\" }",
+    ));
+    let ok = issuer.mint(json!({"claims": good("alice")}));
+    assert_eq!(call(&proxy, Some(&ok)).status, 200);
+    let mut reader = good("bob");
+    reader["scope"] = json!("bookings:read");
+    let token = issuer.mint(json!({"claims": reader}));
+    assert_refused(
+        &call(&proxy, Some(&token)),
+        403,
+        "insufficient_scope",
+        "missing scope",
+    );
+    let mut array = good("carol");
+    array["scope"] = json!(["bookings:write"]);
+    assert_eq!(
+        call(&proxy, Some(&issuer.mint(json!({"claims": array})))).status,
+        200
+    );
+}
+
+#[test]
+fn keys_rotate_without_a_restart() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(
+        &issuer,
+        &legacy,
+        &new,
+        "jwks-refresh = \"1s\"\nunknown-kid-cooldown = \"1s\"",
+    ));
+    let old = issuer.mint(json!({"claims": good("alice"), "kid": "rsa-1"}));
+    assert_eq!(call(&proxy, Some(&old)).status, 200);
+    issuer.rotate();
+    // A token from the new key: its unknown kid triggers a refresh.
+    let fresh = issuer.mint(json!({"claims": good("alice"), "kid": "rsa-2"}));
+    assert_eq!(call(&proxy, Some(&fresh)).status, 200, "{}", proxy.stderr());
+    // The removed key stops verifying once the keys are refreshed.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_refused(
+        &call(&proxy, Some(&old)),
+        401,
+        "unknown signing key",
+        "a removed key",
+    );
+}
+
+#[test]
+fn jwks_down_serves_on_cached_keys_then_fails_closed() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(
+        &issuer,
+        &legacy,
+        &new,
+        "jwks-refresh = \"1s\"\njwks-max-stale = \"4s\"",
+    ));
+    let token = issuer.mint(json!({"claims": good("alice")}));
+    assert_eq!(call(&proxy, Some(&token)).status, 200);
+    issuer.set_down(true);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        call(&proxy, Some(&token)).status,
+        200,
+        "cached keys should still verify"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let r = call(&proxy, Some(&token));
+    assert_eq!(r.status, 503, "stale keys must fail closed");
+    assert!(proxy.stderr().contains("JWKS fetch failed"));
+    issuer.set_down(false);
+    let start = std::time::Instant::now();
+    while call(&proxy, Some(&token)).status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "keys never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_flood_of_unknown_kids_fetches_at_most_once_per_cooldown() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(
+        &issuer,
+        &legacy,
+        &new,
+        "jwks-refresh = \"1h\"\nunknown-kid-cooldown = \"30s\"",
+    ));
+    let token = issuer.mint(json!({"claims": good("alice")}));
+    assert_eq!(call(&proxy, Some(&token)).status, 200);
+    let before = issuer.fetches();
+    let bogus: Vec<String> = (0..40)
+        .map(|i| issuer.mint(json!({"claims": good("x"), "kid": format!("bogus-{i}")})))
+        .collect();
+    let handles: Vec<_> = bogus
+        .chunks(10)
+        .map(|chunk| {
+            let (chunk, port) = (chunk.to_vec(), proxy.port);
+            std::thread::spawn(move || {
+                for t in chunk {
+                    let r = get(
+                        port,
+                        "/bookings/1",
+                        &[("Authorization", &format!("Bearer {t}"))],
+                    );
+                    assert_eq!(r.status, 401);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let fetched = issuer.fetches() - before;
+    assert!(
+        fetched <= 1,
+        "{fetched} JWKS fetches for 40 unknown kids in one cooldown"
+    );
+}
+
+#[test]
+fn sticky_by_jwt_subject_keeps_each_user_on_one_side() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&config(&issuer, &legacy, &new, ""));
+    let mut sides = std::collections::HashMap::new();
+    for u in 0..40 {
+        let token = issuer.mint(json!({"claims": good(&format!("user-{u}"))}));
+        let first = call(&proxy, Some(&token))
+            .header("x-backend")
+            .unwrap()
+            .to_string();
+        for _ in 0..3 {
+            assert_eq!(
+                call(&proxy, Some(&token)).header("x-backend").unwrap(),
+                first
+            );
+        }
+        sides.insert(u, first);
+    }
+    let on_new = sides.values().filter(|s| *s == "new").count();
+    assert!(
+        (8..=32).contains(&on_new),
+        "{on_new} of 40 users on the new side at 50%"
+    );
+}
