@@ -91,6 +91,9 @@ pub struct Upstream {
     pub health_check_interval: Duration,
     pub health_check_path: Option<String>,
     pub retries: usize,
+    /// At most this many requests at once; the excess waits up to `queue_timeout`, then 503.
+    pub max_in_flight: Option<usize>,
+    pub queue_timeout: Duration,
 }
 
 /// SigV4 signing of requests forwarded to an AWS HTTP endpoint.
@@ -682,6 +685,15 @@ impl Cx<'_> {
                 ),
                 health_check_path,
                 retries: self.count(&u.retries, "retries", 0, 5, 1),
+                max_in_flight: u
+                    .max_in_flight
+                    .as_ref()
+                    .map(|_| self.count(&u.max_in_flight, "max-in-flight", 1, 1_000_000, 1)),
+                queue_timeout: self.duration(
+                    &u.queue_timeout,
+                    "queue-timeout",
+                    Duration::from_secs(1),
+                ),
             };
             if out.insert(name.get_ref().clone(), upstream).is_some() {
                 self.err_at(

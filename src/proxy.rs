@@ -68,6 +68,8 @@ pub struct Ctx {
     error: Option<String>,
     /// The verified JWT claims, on routes with `auth`.
     claims: Option<crate::auth::Claims>,
+    /// A `max-in-flight` slot of the upstream, held to the end of the request.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for Ctx {
@@ -150,6 +152,20 @@ async fn deny(session: &mut Session, ctx: &mut Ctx, e: &crate::auth::AuthError) 
     ctx.error = Some(e.to_string());
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::WWW_AUTHENTICATE, e.challenge())?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// 503 for a request that found its upstream at `max-in-flight` for all of `queue-timeout`.
+async fn overloaded(session: &mut Session, ctx: &mut Ctx, upstream: &str) -> Result<bool> {
+    ctx.status = 503;
+    ctx.error = Some(format!("upstream `{upstream}` at max-in-flight"));
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header(header::RETRY_AFTER, "1")?;
     resp.insert_header(header::CONTENT_LENGTH, "0")?;
     if let Some(id) = &ctx.request_id {
         resp.insert_header(X_REQUEST_ID, id.clone())?;
@@ -544,6 +560,7 @@ impl ProxyHttp for Strangle {
             status: 0,
             error: None,
             claims: None,
+            _permit: None,
         }
     }
 
@@ -653,6 +670,16 @@ impl ProxyHttp for Strangle {
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(limiter) = &upstream.limiter {
+            let wait = upstream.config.queue_timeout;
+            match tokio::time::timeout(wait, Arc::clone(limiter).acquire_owned()).await {
+                Ok(Ok(permit)) => ctx._permit = Some(permit),
+                _ => {
+                    ctx.upstream = Some(Arc::clone(&upstream));
+                    return overloaded(session, ctx, upstream.name()).await;
+                }
+            }
+        }
 
         let http = match &upstream.kind {
             Kind::Http(h) => h,

@@ -208,6 +208,8 @@ pub struct Upstream {
     /// Requests now being served by this upstream (kept across reloads by name).
     pub stats: Arc<UpstreamStats>,
     pub kind: Kind,
+    /// `max-in-flight`: one permit per request being served.
+    pub limiter: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[derive(Debug)]
@@ -233,6 +235,9 @@ impl Upstream {
             config: config.clone(),
             stats,
             kind,
+            limiter: config
+                .max_in_flight
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
         })
     }
 

@@ -47,6 +47,8 @@ pub struct RawUpstream {
     pub health_check_interval: Option<S<String>>,
     pub health_check_path: Option<S<String>>,
     pub retries: Option<S<i64>>,
+    pub max_in_flight: Option<S<i64>>,
+    pub queue_timeout: Option<S<String>>,
     // kind = "lambda"
     pub function: Option<S<String>>,
     pub qualifier: Option<S<String>>,

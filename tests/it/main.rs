@@ -8,6 +8,7 @@ mod bad_input;
 mod invoke;
 mod lambda;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod reload;
 mod routing;

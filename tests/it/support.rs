@@ -51,6 +51,8 @@ pub struct Backend {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// TCP connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most requests it was ever serving at once.
+    pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -67,6 +69,9 @@ impl Backend {
         let record = Arc::clone(&seen);
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
+        let max_concurrent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::clone(&max_concurrent);
+        let current = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -84,10 +89,15 @@ impl Backend {
                     };
                     accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let record = Arc::clone(&record);
+                    let (peak, current) = (Arc::clone(&peak), Arc::clone(&current));
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                             let record = Arc::clone(&record);
+                            let (peak, current) = (Arc::clone(&peak), Arc::clone(&current));
                             async move {
+                                use std::sync::atomic::Ordering::SeqCst;
+                                let now = current.fetch_add(1, SeqCst) + 1;
+                                peak.fetch_max(now, SeqCst);
                                 let (parts, body) = req.into_parts();
                                 let body = body
                                     .collect()
@@ -117,6 +127,7 @@ impl Backend {
                                 if let Some(ms) = delay {
                                     tokio::time::sleep(Duration::from_millis(ms)).await;
                                 }
+                                current.fetch_sub(1, SeqCst);
                                 Ok::<_, Infallible>(
                                     Response::builder()
                                         .header("x-backend", name)
@@ -138,6 +149,7 @@ impl Backend {
             port,
             seen,
             connections,
+            max_concurrent,
             stop: Some(stop_tx),
             thread: Some(thread),
         }

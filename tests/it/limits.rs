@@ -1,0 +1,70 @@
+//! Protecting the monolith: `max-in-flight` with `queue-timeout`, tested with real concurrent
+//! clients against a backend that reports the most requests it ever served at once.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn config(backend: &Backend, queue_timeout: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "monolith"
+[upstreams.monolith]
+addresses = ["{}"]
+max-in-flight = 3
+queue-timeout = "{queue_timeout}"
+"#,
+        backend.addr()
+    )
+}
+
+fn burst(port: u16, clients: usize) -> Vec<u16> {
+    let handles: Vec<_> = (0..clients)
+        .map(|_| std::thread::spawn(move || get(port, "/orders", &[("x-delay-ms", "300")]).status))
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn the_monolith_never_sees_more_than_max_in_flight() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&config(&backend, "10s"));
+    let statuses = burst(proxy.port, 15);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(backend.count(), 15);
+    let peak = backend.max_concurrent.load(Ordering::SeqCst);
+    assert!(
+        peak <= 3,
+        "the backend saw {peak} requests at once with max-in-flight = 3"
+    );
+    assert_eq!(peak, 3, "the limit should be used fully");
+}
+
+#[test]
+fn excess_requests_wait_then_get_503_with_retry_after() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&config(&backend, "100ms"));
+    let statuses = burst(proxy.port, 12);
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(served + refused, 12, "{statuses:?}");
+    assert!(refused >= 6, "only {refused} of 12 refused: {statuses:?}");
+    assert!(backend.max_concurrent.load(Ordering::SeqCst) <= 3);
+    let r = {
+        let port = proxy.port;
+        let hold: Vec<_> = (0..3)
+            .map(|_| std::thread::spawn(move || get(port, "/orders", &[("x-delay-ms", "600")])))
+            .collect();
+        std::thread::sleep(Duration::from_millis(150));
+        let r = get(proxy.port, "/orders", &[]);
+        for h in hold {
+            h.join().unwrap();
+        }
+        r
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
