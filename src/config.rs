@@ -145,6 +145,7 @@ pub struct Route {
     pub allow_override: bool,
     /// The `[auth.NAME]` that guards this route.
     pub auth: Option<String>,
+    pub rate_limit: Option<crate::limits::RateLimit>,
 }
 
 impl Route {
@@ -1174,7 +1175,43 @@ impl Cx<'_> {
                 let at = r.sticky.as_ref().map_or(0, |s| s.span().start);
                 self.error(at, format!("`sticky = \"jwt:{claim}\"` needs `auth` on the route: only verified claims key the split"), None);
             }
+            let rate_limit = r.rate_limit.as_ref().map(|rl| {
+                let raw = rl.get_ref();
+                let requests =
+                    self.count(&Some(raw.requests.clone()), "requests", 1, 1_000_000_000, 1) as u32;
+                let per = self.duration(&raw.per, "per", Duration::from_secs(1));
+                if per.is_zero() {
+                    if let Some(p) = &raw.per {
+                        self.err_at(p, "`per` must be longer than zero", None);
+                    }
+                }
+                let burst = match &raw.burst {
+                    Some(_) => self.count(&raw.burst, "burst", 1, 1_000_000_000, 1) as u32,
+                    None => requests,
+                };
+                let key = match &raw.key {
+                    None => StickyKey::Ip,
+                    Some(k) => StickyKey::parse(k.get_ref()).unwrap_or_else(|e| {
+                        self.err_at(k, e.replace("sticky key", "rate-limit key"), None);
+                        StickyKey::Ip
+                    }),
+                };
+                if let (StickyKey::Jwt(claim), None) = (&key, &r.auth) {
+                    self.err_at(
+                        rl,
+                        format!("`key = \"jwt:{claim}\"` needs `auth` on the route"),
+                        None,
+                    );
+                }
+                crate::limits::RateLimit {
+                    requests,
+                    per,
+                    burst,
+                    key,
+                }
+            });
             let route = Route {
+                rate_limit,
                 auth: r.auth.as_ref().map(|a| a.get_ref().clone()),
                 id,
                 path,

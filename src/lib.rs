@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod demo;
 pub mod edit;
 pub mod lambda;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

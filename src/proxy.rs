@@ -160,6 +160,29 @@ async fn deny(session: &mut Session, ctx: &mut Ctx, e: &crate::auth::AuthError) 
     Ok(true)
 }
 
+/// 429 for a request over its route's rate limit, with when to retry and the policy.
+async fn too_many(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    limiter: &crate::limits::RateLimiter,
+    route: &str,
+    limited: crate::limits::Limited,
+) -> Result<bool> {
+    let retry = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    ctx.status = 429;
+    ctx.error = Some("rate limited".into());
+    let mut resp = ResponseHeader::build(429, Some(6))?;
+    resp.insert_header(header::RETRY_AFTER, retry.to_string())?;
+    resp.insert_header("ratelimit-policy", limiter.policy_header(route))?;
+    resp.insert_header("ratelimit", format!("\"{route}\";r=0;t={retry}"))?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
 /// 503 for a request that found its upstream at `max-in-flight` for all of `queue-timeout`.
 async fn overloaded(session: &mut Session, ctx: &mut Ctx, upstream: &str) -> Result<bool> {
     ctx.status = 503;
@@ -504,6 +527,27 @@ impl Strangle {
         Ok(true)
     }
 
+    /// The hash that picks a request's rate-limit bucket. Requests without the key's value
+    /// share one bucket.
+    fn rate_key(&self, session: &Session, ctx: &Ctx, key: &StickyKey) -> u64 {
+        use xxhash_rust::xxh3::xxh3_64;
+        let headers = &session.req_header().headers;
+        match key {
+            StickyKey::Jwt(claim) => ctx
+                .claims
+                .as_ref()
+                .and_then(|c| crate::auth::claim_text(c, claim))
+                .map_or(0, |v| xxh3_64(v.as_bytes())),
+            StickyKey::None => 0,
+            other => match other.value(headers, client_ip(session)) {
+                KeyValue::Bytes(b) => xxh3_64(b),
+                KeyValue::Ip(std::net::IpAddr::V4(ip)) => xxh3_64(&ip.octets()),
+                KeyValue::Ip(std::net::IpAddr::V6(ip)) => xxh3_64(&ip.octets()),
+                KeyValue::Missing => 0,
+            },
+        }
+    }
+
     fn choose_side(&self, session: &Session, ctx: &Ctx, route: usize) -> Side {
         let r = &ctx.snap.routes[route];
         match (&r.legacy, &r.new) {
@@ -646,6 +690,16 @@ impl ProxyHttp for Strangle {
                     ctx.route = route;
                     return deny(session, ctx, &e).await;
                 }
+            }
+        }
+        if let Some(limiter) = route.and_then(|i| ctx.snap.routes[i].rate_limit.clone()) {
+            let key = self.rate_key(session, ctx, &limiter.config.key);
+            if let Err(limited) = limiter.check(key, Instant::now()) {
+                ctx.route = route;
+                let id = route
+                    .map_or("", |i| ctx.snap.routes[i].id.as_str())
+                    .to_string();
+                return too_many(session, ctx, &limiter, &id, limited).await;
             }
         }
         let (side, upstream) = match route {

@@ -132,7 +132,15 @@ impl BackgroundService for StatsSampler {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => self.live.registry.sample(),
+                _ = tick.tick() => {
+                    self.live.registry.sample();
+                    let now = Instant::now();
+                    for route in &self.live.load().routes {
+                        if let Some(limiter) = &route.rate_limit {
+                            limiter.sweep(now);
+                        }
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
+use crate::limits::RateLimiter;
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
 use crate::stats::{Registry, RouteStats, DEFAULT_ROUTE};
@@ -32,6 +33,7 @@ pub struct LiveRoute {
     pub allow_override: bool,
     pub stats: Arc<RouteStats>,
     pub auth: Option<Arc<Verifier>>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -115,6 +117,14 @@ impl Snapshot {
                 allow_override: r.allow_override,
                 stats: registry.route(&r.id),
                 auth: r.auth.as_ref().and_then(|a| verifiers.get(a)).cloned(),
+                // Buckets survive a reload that leaves the route's limit as it was.
+                rate_limit: r.rate_limit.as_ref().map(|cfg| {
+                    previous
+                        .and_then(|p| p.routes.iter().find(|o| o.id == r.id))
+                        .and_then(|o| o.rate_limit.clone())
+                        .filter(|l| l.config == *cfg)
+                        .unwrap_or_else(|| Arc::new(RateLimiter::new(cfg.clone())))
+                }),
             })
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());

@@ -98,6 +98,16 @@ pub struct RawRoute {
     #[serde(rename = "override")]
     pub override_: Option<S<bool>>,
     pub auth: Option<S<String>>,
+    pub rate_limit: Option<S<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRateLimit {
+    pub requests: S<i64>,
+    pub per: Option<S<String>>,
+    pub burst: Option<S<i64>>,
+    pub key: Option<S<String>>,
 }
 
 /// `shift = "25%"` is the documented form; a bare number (`shift = 25`) is accepted too.

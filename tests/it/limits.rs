@@ -68,3 +68,89 @@ fn excess_requests_wait_then_get_503_with_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
 }
+
+fn rate_config(backend: &Backend) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+default = "monolith"
+[upstreams.monolith]
+addresses = ["{}"]
+[[routes]]
+id = "search"
+path = "/search"
+legacy = "monolith"
+rate-limit = {{ requests = 5, per = "1s", burst = 5, key = "header:x-api-key" }}
+"#,
+        backend.addr()
+    )
+}
+
+#[test]
+fn rate_limits_answer_429_with_retry_after_and_the_policy() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&rate_config(&backend));
+    let mut c = proxy.client();
+    for i in 0..5 {
+        assert_eq!(
+            c.get("/search", &[("x-api-key", "team-a")]).unwrap().status,
+            200,
+            "request {i}"
+        );
+    }
+    let r = c.get("/search", &[("x-api-key", "team-a")]).unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("ratelimit-policy"), Some("\"search\";q=5;w=1"));
+    assert_eq!(r.header("ratelimit"), Some("\"search\";r=0;t=1"));
+    // Another key has its own budget; other routes have none.
+    assert_eq!(
+        c.get("/search", &[("x-api-key", "team-b")]).unwrap().status,
+        200
+    );
+    assert_eq!(
+        c.get("/elsewhere", &[("x-api-key", "team-a")])
+            .unwrap()
+            .status,
+        200
+    );
+    // The bucket refills at 5 per second.
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(
+        c.get("/search", &[("x-api-key", "team-a")]).unwrap().status,
+        200
+    );
+    assert_eq!(backend.count(), 5 + 1 + 1 + 1);
+}
+
+#[test]
+fn concurrent_clients_share_one_budget_per_key() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&rate_config(&backend));
+    let start = std::time::Instant::now();
+    let port = proxy.port;
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port);
+                (0..10)
+                    .map(|_| c.get("/search", &[("x-api-key", "shared")]).unwrap().status)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    let ceiling = 5.0 + elapsed * 5.0 + 1.0;
+    assert!(
+        allowed >= 5 && allowed as f64 <= ceiling,
+        "{allowed} allowed in {elapsed:.2}s (ceiling {ceiling:.1})"
+    );
+    assert_eq!(backend.count(), allowed);
+}

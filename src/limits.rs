@@ -1,0 +1,146 @@
+//! Rate limits per route and key: a token bucket per key (client IP, a header, a cookie or a
+//! verified JWT claim), `burst` deep, refilled at `requests` per `per`. Buckets live in shards,
+//! each behind its own lock, so requests for different keys rarely meet; idle full buckets are
+//! swept. Counts are per strangle instance: N replicas allow N times the rate.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::split::StickyKey;
+
+/// The validated `rate-limit = { ... }` of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: StickyKey,
+}
+
+const SHARDS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Refused: try again after this long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limited {
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    pub config: RateLimit,
+    /// Tokens per second.
+    rate: f64,
+    shards: Vec<Mutex<HashMap<u64, Bucket>>>,
+}
+
+impl RateLimiter {
+    pub fn new(config: RateLimit) -> RateLimiter {
+        let rate = f64::from(config.requests) / config.per.as_secs_f64().max(1e-3);
+        RateLimiter {
+            config,
+            rate,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Takes one token for `key` (a hash of the key's value), or says how long to wait.
+    pub fn check(&self, key: u64, now: Instant) -> Result<u32, Limited> {
+        let burst = f64::from(self.config.burst);
+        let mut shard = self.shards[(key as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let bucket = shard.entry(key).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(bucket.tokens as u32)
+        } else {
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Err(Limited {
+                retry_after: Duration::from_secs_f64(wait),
+            })
+        }
+    }
+
+    /// Forgets buckets that have refilled completely: they would start full anyway.
+    pub fn sweep(&self, now: Instant) {
+        let full_after = f64::from(self.config.burst) / self.rate;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < full_after);
+        }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
+    pub fn policy_header(&self, name: &str) -> String {
+        format!(
+            "\"{name}\";q={};w={}",
+            self.config.burst,
+            self.config.per.as_secs().max(1)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(requests: u32, per_ms: u64, burst: u32) -> RateLimiter {
+        RateLimiter::new(RateLimit {
+            requests,
+            per: Duration::from_millis(per_ms),
+            burst,
+            key: StickyKey::Ip,
+        })
+    }
+
+    #[test]
+    fn a_burst_then_the_steady_rate() {
+        let l = limiter(10, 1000, 5);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(l.check(1, t0).is_ok());
+        }
+        let refused = l.check(1, t0).unwrap_err();
+        assert!(
+            (refused.retry_after.as_secs_f64() - 0.1).abs() < 0.01,
+            "{refused:?}"
+        );
+        // Another key has its own bucket.
+        assert!(l.check(2, t0).is_ok());
+        // 100 ms later one token is back.
+        assert!(l.check(1, t0 + Duration::from_millis(101)).is_ok());
+        assert!(l.check(1, t0 + Duration::from_millis(102)).is_err());
+    }
+
+    #[test]
+    fn full_buckets_are_swept() {
+        let l = limiter(10, 1000, 5);
+        let t0 = Instant::now();
+        l.check(1, t0).unwrap();
+        l.check(2, t0).unwrap();
+        l.sweep(t0 + Duration::from_millis(100));
+        assert_eq!(l.keys(), 2);
+        l.sweep(t0 + Duration::from_secs(1));
+        assert_eq!(l.keys(), 0);
+    }
+}
