@@ -146,6 +146,18 @@ pub struct Route {
     /// The `[auth.NAME]` that guards this route.
     pub auth: Option<String>,
     pub rate_limit: Option<crate::limits::RateLimit>,
+    /// Users whose verified claim matches go to the new side whatever the shift.
+    pub new_when: Option<ClaimRule>,
+    /// The tester header is honoured only for users whose verified claim matches.
+    pub override_when: Option<ClaimRule>,
+}
+
+/// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings
+/// and arrays too).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub equals: serde_json::Value,
 }
 
 impl Route {
@@ -1210,7 +1222,34 @@ impl Cx<'_> {
                     key,
                 }
             });
+            let mut claim_rule = |rule: &Option<Spanned<RawClaimRule>>, key: &str| {
+                let rule = rule.as_ref()?;
+                if r.auth.is_none() {
+                    self.err_at(
+                        rule,
+                        format!("`{key}` needs `auth` on the route: only verified claims count"),
+                        None,
+                    );
+                }
+                Some(ClaimRule {
+                    claim: rule.get_ref().claim.get_ref().clone(),
+                    equals: rule.get_ref().equals.clone(),
+                })
+            };
+            let new_when = claim_rule(&r.new_when, "new-when");
+            let override_when = claim_rule(&r.override_when, "override-when");
+            if r.override_when.is_some() && !r.override_.as_ref().is_some_and(|o| *o.get_ref()) {
+                if let Some(o) = &r.override_when {
+                    self.err_at(
+                        o,
+                        "`override-when` has no effect without `override = true`",
+                        None,
+                    );
+                }
+            }
             let route = Route {
+                new_when,
+                override_when,
                 rate_limit,
                 auth: r.auth.as_ref().map(|a| a.get_ref().clone()),
                 id,

@@ -556,12 +556,22 @@ impl Strangle {
             _ => {}
         }
         let headers = &session.req_header().headers;
-        if r.allow_override {
+        let claim_matches = |rule: &crate::config::ClaimRule| {
+            ctx.claims
+                .as_ref()
+                .is_some_and(|c| crate::auth::claim_matches(c, &rule.claim, &rule.equals))
+        };
+        let override_allowed =
+            r.allow_override && r.override_when.as_ref().is_none_or(claim_matches);
+        if override_allowed {
             match headers.get(&X_STRANGLE_SIDE).map(|v| v.as_bytes()) {
                 Some(b"new") => return Side::New,
                 Some(b"legacy") => return Side::Legacy,
                 _ => {}
             }
+        }
+        if r.new_when.as_ref().is_some_and(claim_matches) {
+            return Side::New;
         }
         let bucket = match &r.sticky {
             StickyKey::Jwt(claim) => {

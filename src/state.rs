@@ -34,6 +34,8 @@ pub struct LiveRoute {
     pub stats: Arc<RouteStats>,
     pub auth: Option<Arc<Verifier>>,
     pub rate_limit: Option<Arc<RateLimiter>>,
+    pub new_when: Option<config::ClaimRule>,
+    pub override_when: Option<config::ClaimRule>,
 }
 
 /// Everything the request path reads, immutable once built.
@@ -117,6 +119,8 @@ impl Snapshot {
                 allow_override: r.allow_override,
                 stats: registry.route(&r.id),
                 auth: r.auth.as_ref().and_then(|a| verifiers.get(a)).cloned(),
+                new_when: r.new_when.clone(),
+                override_when: r.override_when.clone(),
                 // Buckets survive a reload that leaves the route's limit as it was.
                 rate_limit: r.rate_limit.as_ref().map(|cfg| {
                     previous

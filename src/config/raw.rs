@@ -99,6 +99,15 @@ pub struct RawRoute {
     pub override_: Option<S<bool>>,
     pub auth: Option<S<String>>,
     pub rate_limit: Option<S<RawRateLimit>>,
+    pub new_when: Option<S<RawClaimRule>>,
+    pub override_when: Option<S<RawClaimRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawClaimRule {
+    pub claim: S<String>,
+    pub equals: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

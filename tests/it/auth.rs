@@ -425,3 +425,32 @@ fn sticky_by_jwt_subject_keeps_each_user_on_one_side() {
         "{on_new} of 40 users on the new side at 50%"
     );
 }
+
+#[test]
+fn beta_users_go_new_and_only_testers_may_force_a_side() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = config(&issuer, &legacy, &new, "")
+        .replace("shift = \"50%\"", "shift = \"0%\"\noverride = true\nnew-when = { claim = \"beta\", equals = true }\noverride-when = { claim = \"roles\", equals = \"tester\" }");
+    let proxy = Proxy::start(&text);
+    let side = |claims: Value, force: Option<&str>| {
+        let token = issuer.mint(json!({ "claims": claims }));
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if let Some(f) = force {
+            headers.push(("x-strangle-side", f));
+        }
+        let r = get(proxy.port, "/bookings/1", &headers);
+        assert_eq!(r.status, 200);
+        r.header("x-backend").unwrap().to_string()
+    };
+    let mut beta = good("b1");
+    beta["beta"] = json!(true);
+    assert_eq!(side(beta, None), "new");
+    assert_eq!(side(good("plain"), None), "legacy");
+    // The tester header from a non-tester is ignored; from a tester it is honoured.
+    assert_eq!(side(good("plain"), Some("new")), "legacy");
+    let mut tester = good("t1");
+    tester["roles"] = json!(["tester", "staff"]);
+    assert_eq!(side(tester, Some("new")), "new");
+}
