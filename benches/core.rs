@@ -139,5 +139,87 @@ fn lambda_events(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_lookup, paths, split, lambda_events);
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+    use strangle::auth::{AuthConfig, Verifier};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = rsa::rand_core::OsRng;
+    let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa key");
+    let rsa_private = rsa_key.to_pkcs8_pem(Default::default()).expect("pem");
+    let rsa_public = rsa_key
+        .to_public_key()
+        .to_public_key_pem(Default::default())
+        .expect("pem");
+    let ec_key = p256::SecretKey::random(&mut rng);
+    let ec_private = ec_key.to_pkcs8_pem(Default::default()).expect("pem");
+    let ec_public = ec_key
+        .public_key()
+        .to_public_key_pem(Default::default())
+        .expect("pem");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://issuer.test/", "aud": "bookings", "sub": "user-1", "exp": now + 3600, "scope": "bookings:read"});
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+
+    for (name, alg, private, public) in [
+        (
+            "RS256",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()),
+            rsa_public,
+        ),
+        (
+            "ES256",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(ec_private.as_bytes()),
+            ec_public,
+        ),
+    ] {
+        let key_file = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&key_file, public).expect("write key");
+        let token =
+            encode(&Header::new(alg), &claims, &private.expect("encoding key")).expect("token");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        for cache in [0, 10_000] {
+            let verifier = Verifier::new(AuthConfig {
+                name: "bench".into(),
+                jwks_url: None,
+                key_files: vec![key_file.clone()],
+                issuer: "https://issuer.test/".into(),
+                audiences: vec!["bookings".into()],
+                algorithms: vec![alg],
+                leeway: std::time::Duration::from_secs(5),
+                cookie: None,
+                forward_claims: Vec::new(),
+                require: Vec::new(),
+                jwks_refresh: std::time::Duration::from_secs(300),
+                jwks_max_stale: std::time::Duration::from_secs(3600),
+                unknown_kid_cooldown: std::time::Duration::from_secs(30),
+                token_cache: cache,
+            })
+            .expect("verifier");
+            let label = if cache == 0 { "uncached" } else { "cached" };
+            c.bench_function(&format!("jwt/{name}/{label}"), |b| {
+                b.iter(|| {
+                    runtime
+                        .block_on(verifier.verify(black_box(&headers)))
+                        .expect("valid token")
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, route_lookup, paths, split, lambda_events, jwt);
 criterion_main!(benches);

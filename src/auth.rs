@@ -35,6 +35,20 @@ pub struct AuthConfig {
     pub jwks_refresh: Duration,
     pub jwks_max_stale: Duration,
     pub unknown_kid_cooldown: Duration,
+    /// How many verified tokens to remember (0: verify every time).
+    pub token_cache: usize,
+}
+
+const CACHE_SHARDS: usize = 16;
+/// A cached verification is trusted at most this long (and never past the token's `exp`), so a
+/// key withdrawn from the JWKS stops verifying soon even for tokens seen before.
+const CACHE_MAX_AGE: Duration = Duration::from_secs(60);
+
+struct Cached {
+    token: Box<str>,
+    claims: Claims,
+    exp: u64,
+    at: Instant,
 }
 
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -124,6 +138,7 @@ pub struct Verifier {
     last_kid_refresh_ms: AtomicU64,
     epoch: Instant,
     pub fetches: AtomicU64,
+    cache: Vec<std::sync::Mutex<HashMap<u64, Cached>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -174,6 +189,9 @@ impl Verifier {
             last_kid_refresh_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             fetches: AtomicU64::new(0),
+            cache: (0..CACHE_SHARDS)
+                .map(|_| std::sync::Mutex::new(HashMap::new()))
+                .collect(),
         };
         if static_keys {
             let mut all = Vec::new();
@@ -202,6 +220,56 @@ impl Verifier {
             }
         }
         self.keys.store(Some(Arc::new(set)));
+        // New keys: what was verified with the old ones is verified again.
+        for shard in &self.cache {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    fn cached(&self, token: &str) -> Option<Claims> {
+        if self.config.token_cache == 0 {
+            return None;
+        }
+        let hash = xxhash_rust::xxh3::xxh3_64(token.as_bytes());
+        let shard = self.cache[(hash as usize) % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let hit = shard.get(&hash)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // The full token is compared: a hash collision never passes for a verified token.
+        (&*hit.token == token && hit.exp > now && hit.at.elapsed() < CACHE_MAX_AGE)
+            .then(|| hit.claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
+        if self.config.token_cache == 0 {
+            return;
+        }
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let hash = xxhash_rust::xxh3::xxh3_64(token.as_bytes());
+        let mut shard = self.cache[(hash as usize) % CACHE_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shard.len() >= self.config.token_cache.div_ceil(CACHE_SHARDS) {
+            // Bounded: drop what is old, or everything if that frees nothing.
+            shard.retain(|_, c| c.at.elapsed() < CACHE_MAX_AGE);
+            if shard.len() >= self.config.token_cache.div_ceil(CACHE_SHARDS) {
+                shard.clear();
+            }
+        }
+        shard.insert(
+            hash,
+            Cached {
+                token: token.into(),
+                claims: claims.clone(),
+                exp,
+                at: Instant::now(),
+            },
+        );
     }
 
     /// Fetches the JWKS now. Serialised: concurrent callers wait for one fetch.
@@ -329,6 +397,19 @@ impl Verifier {
     /// Verifies a request's token and the required claims.
     pub async fn verify(&self, headers: &HeaderMap) -> Result<Claims, AuthError> {
         let token = self.token(headers)?;
+        if let Some(claims) = self.cached(token) {
+            // A cached verification still needs keys that are not past `jwks-max-stale`.
+            let stale = !self.static_keys
+                && self
+                    .keys
+                    .load()
+                    .as_ref()
+                    .is_none_or(|k| k.fetched_at.elapsed() > self.config.jwks_max_stale);
+            if stale {
+                return Err(AuthError::KeysUnavailable);
+            }
+            return Ok(claims);
+        }
         if !self.static_keys && self.keys.load().is_none() {
             // First use before the background fetch finished: fetch now (serialised).
             if let Err(e) = self.fetch().await {
@@ -369,6 +450,7 @@ impl Verifier {
                             return Err(AuthError::Forbidden(format!("{name}={want}")));
                         }
                     }
+                    self.remember(token, &claims);
                     return Ok(claims);
                 }
                 Err(e) => last = AuthError::InvalidToken(describe(&e)),

@@ -1043,6 +1043,7 @@ impl Cx<'_> {
                         "unknown-kid-cooldown",
                         Duration::from_secs(30),
                     ),
+                    token_cache: self.count(&a.token_cache, "token-cache", 0, 1_000_000, 10_000),
                 },
             );
         }

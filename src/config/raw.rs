@@ -81,6 +81,7 @@ pub struct RawAuth {
     pub jwks_refresh: Option<S<String>>,
     pub jwks_max_stale: Option<S<String>>,
     pub unknown_kid_cooldown: Option<S<String>>,
+    pub token_cache: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
