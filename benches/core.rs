@@ -142,7 +142,6 @@ fn lambda_events(c: &mut Criterion) {
 fn jwt(c: &mut Criterion) {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
-    use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     use strangle::auth::{AuthConfig, Verifier};
 
     let dir = tempfile::tempdir().expect("temp dir");
