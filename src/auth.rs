@@ -387,7 +387,12 @@ impl Verifier {
             return Err(AuthError::KeysUnavailable);
         }
         Ok(match kid {
-            Some(kid) => set.by_kid.get(kid).map(|k| vec![k.clone()]),
+            // Keys without a kid (PEM files) are tried for any kid none of the named keys has.
+            Some(kid) => match set.by_kid.get(kid) {
+                Some(k) => Some(vec![k.clone()]),
+                None if !set.unnamed.is_empty() => Some(set.unnamed.clone()),
+                None => None,
+            },
             None if !set.unnamed.is_empty() => Some(set.unnamed.clone()),
             None if set.by_kid.len() == 1 => Some(set.by_kid.values().cloned().collect()),
             None => None,
@@ -453,6 +458,14 @@ impl Verifier {
                     self.remember(token, &claims);
                     return Ok(claims);
                 }
+                // A key of another type (an EC key for an RS256 token) says nothing about the
+                // token: report what a key of the right type said.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jsonwebtoken::errors::ErrorKind::InvalidKeyFormat
+                            | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+                    ) => {}
                 Err(e) => last = AuthError::InvalidToken(describe(&e)),
             }
         }

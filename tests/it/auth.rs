@@ -454,3 +454,69 @@ fn beta_users_go_new_and_only_testers_may_force_a_side() {
     tester["roles"] = json!(["tester", "staff"]);
     assert_eq!(side(tester, Some("new")), "new");
 }
+
+#[test]
+fn static_pem_keys_and_a_token_cookie_work_and_tokens_stay_out_of_the_access_log() {
+    let issuer = Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let keys = tempfile::tempdir().unwrap();
+    for kid in ["rsa-1", "ec-1"] {
+        std::fs::write(
+            keys.path().join(format!("{kid}.pem")),
+            get(issuer.port, &format!("/public/{kid}.pem"), &[]).body,
+        )
+        .unwrap();
+    }
+    let text = config(&issuer, &legacy, &new, "cookie = \"id_token\"").replace(
+        &format!("jwks-url = \"{}\"", issuer.url()),
+        &format!(
+            "keys = [\"{}\", \"{}\"]",
+            keys.path().join("rsa-1.pem").display(),
+            keys.path().join("ec-1.pem").display()
+        ),
+    );
+    let proxy = Proxy::start(&text);
+    let before = issuer.fetches();
+    for kid in ["rsa-1", "ec-1"] {
+        let token = issuer.mint(json!({"claims": good("alice"), "kid": kid}));
+        assert_eq!(
+            call(&proxy, Some(&token)).status,
+            200,
+            "{kid} in the header"
+        );
+        let cookie = format!("theme=dark; id_token={token}");
+        assert_eq!(
+            get(proxy.port, "/bookings/1", &[("Cookie", &cookie)]).status,
+            200,
+            "{kid} in the cookie"
+        );
+        // Header and cookie at once is ambiguous.
+        let both = get(
+            proxy.port,
+            "/bookings/1",
+            &[
+                ("Cookie", &cookie),
+                ("Authorization", &format!("Bearer {token}")),
+            ],
+        );
+        assert_refused(&both, 401, "invalid_request", "token twice");
+        let log = crate::routing::proxy_log_when(&proxy, 1);
+        let text = std::fs::read_to_string(proxy.dir.path().join("access.log")).unwrap();
+        assert!(
+            !log.is_empty() && !text.contains(&token[..40]),
+            "a token reached the access log"
+        );
+    }
+    let wrong = issuer.mint(json!({"claims": good("x"), "attack": "foreign-key"}));
+    assert_refused(
+        &call(&proxy, Some(&wrong)),
+        401,
+        "bad signature",
+        "a key not in the files",
+    );
+    assert_eq!(
+        issuer.fetches(),
+        before,
+        "static keys must not fetch a JWKS"
+    );
+}
