@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-deps bench deps check-configs check-deploy lint clean
+.PHONY: demo test test-deps bench bench-load deps check-configs check-deploy lint clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -66,8 +66,18 @@ test: test-deps lint check-configs check-deploy
 	  $(CARGO) test --lib --tests --no-fail-fast; \
 	fi
 
-bench: deps
+# Micro-benchmarks (criterion), then the load benchmark.
+bench: deps bench-load
 	$(CARGO) bench --bench core
 
 clean:
 	$(CARGO) clean
+
+# The load benchmark against nginx and HAProxy (see BENCHMARKS.md).
+bench-load: deps
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk >/dev/null; }
+	@python3 -c "import jwt, cryptography" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyjwt cryptography
+	$(CARGO) build --release --bin strangle
+	./benches/load.sh BENCHMARKS.table.md

@@ -57,6 +57,9 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        // A change made between loading the config and watching it would otherwise go unseen
+        // until the next one: compare once now (a no-op when the bytes are the same).
+        let _ = self.live.reload_if_changed().await;
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
