@@ -100,29 +100,43 @@ impl Ctx {
     }
 }
 
-/// Ends the request with an error status. Malformed requests also close the connection:
-/// after a framing error nothing else on it can be trusted.
+/// Ends the request with an empty error response carrying `extra` headers. Malformed requests
+/// (400, 431) also close the connection: after a framing error nothing else on it can be trusted.
+async fn respond(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    why: impl Into<String>,
+    extra: &[(HeaderName, String)],
+) -> Result<bool> {
+    ctx.status = status;
+    ctx.error = Some(why.into());
+    let close = status == 400 || status == 431;
+    if close {
+        session.set_keepalive(None);
+    }
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    if let Some(id) = &ctx.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    if close {
+        resp.insert_header(header::CONNECTION, "close")?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
 async fn reject(
     session: &mut Session,
     ctx: &mut Ctx,
     status: u16,
     why: impl Into<String>,
 ) -> Result<bool> {
-    ctx.status = status;
-    ctx.error = Some(why.into());
-    if status == 400 || status == 431 {
-        session.set_keepalive(None);
-    }
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
-    if status == 400 || status == 431 {
-        resp.insert_header(header::CONNECTION, "close")?;
-    }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    respond(session, ctx, status, why, &[]).await
 }
 
 /// The request target exactly as the client sent it (HTTP/1), fragment and all; Pingora's parsed
@@ -147,17 +161,8 @@ fn raw_target(session: &Session) -> Bytes {
 /// Refuses a request that failed authorization: 401 with a `WWW-Authenticate` that says why,
 /// 403 for a missing claim, 503 when the keys are unavailable.
 async fn deny(session: &mut Session, ctx: &mut Ctx, e: &crate::auth::AuthError) -> Result<bool> {
-    let status = e.status();
-    ctx.status = status;
-    ctx.error = Some(e.to_string());
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::WWW_AUTHENTICATE, e.challenge())?;
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    let extra = [(header::WWW_AUTHENTICATE, e.challenge())];
+    respond(session, ctx, e.status(), e.to_string(), &extra).await
 }
 
 /// 429 for a request over its route's rate limit, with when to retry and the policy.
@@ -169,32 +174,31 @@ async fn too_many(
     limited: crate::limits::Limited,
 ) -> Result<bool> {
     let retry = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    ctx.status = 429;
-    ctx.error = Some("rate limited".into());
-    let mut resp = ResponseHeader::build(429, Some(6))?;
-    resp.insert_header(header::RETRY_AFTER, retry.to_string())?;
-    resp.insert_header("ratelimit-policy", limiter.policy_header(route))?;
-    resp.insert_header("ratelimit", format!("\"{route}\";r=0;t={retry}"))?;
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    let extra = [
+        (header::RETRY_AFTER, retry.to_string()),
+        (
+            HeaderName::from_static("ratelimit-policy"),
+            limiter.policy_header(route),
+        ),
+        (
+            HeaderName::from_static("ratelimit"),
+            format!("\"{route}\";r=0;t={retry}"),
+        ),
+    ];
+    respond(session, ctx, 429, "rate limited", &extra).await
 }
 
 /// 503 for a request that found its upstream at `max-in-flight` for all of `queue-timeout`.
 async fn overloaded(session: &mut Session, ctx: &mut Ctx, upstream: &str) -> Result<bool> {
-    ctx.status = 503;
-    ctx.error = Some(format!("upstream `{upstream}` at max-in-flight"));
-    let mut resp = ResponseHeader::build(503, Some(4))?;
-    resp.insert_header(header::RETRY_AFTER, "1")?;
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    let why = format!("upstream `{upstream}` at max-in-flight");
+    respond(
+        session,
+        ctx,
+        503,
+        why,
+        &[(header::RETRY_AFTER, "1".to_string())],
+    )
+    .await
 }
 
 /// The forwarded-claim headers for this request: `(header, value)`.
@@ -255,18 +259,9 @@ async fn fail_aws(
         .unwrap_or("")
         .to_string();
     tracing::warn!(upstream = %upstream, request_id = %id, status, "upstream call failed: {e}");
-    ctx.status = status;
-    ctx.error = Some(e.to_string());
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    if status == 503 {
-        resp.insert_header(header::RETRY_AFTER, "1")?;
-    }
-    resp.insert_header(header::CONTENT_LENGTH, "0")?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
-    }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    let retry = [(header::RETRY_AFTER, "1".to_string())];
+    let extra: &[(HeaderName, String)] = if status == 503 { &retry } else { &[] };
+    respond(session, ctx, status, e.to_string(), extra).await
 }
 
 /// API Gateway's limit on a request payload.
