@@ -132,6 +132,19 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// `host:port` of a `url` target, IPv6 in brackets: what to connect to.
+    pub fn socket_authority(&self) -> Option<String> {
+        match self {
+            Target::Url { host, port, .. } if host.contains(':') => {
+                Some(format!("[{host}]:{port}"))
+            }
+            Target::Url { host, port, .. } => Some(format!("{host}:{port}")),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub id: String,

@@ -216,10 +216,60 @@ impl LambdaUpstream {
     }
 }
 
+/// `host[:port]` of a URL, as the Host header and the signature carry it.
+fn host_of(uri: &http::Uri) -> Result<String, InvokeError> {
+    match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) => Ok(format!("{h}:{p}")),
+        (Some(h), None) => Ok(h.to_string()),
+        _ => Err(InvokeError::Transport(format!("no host in {uri}"))),
+    }
+}
+
+/// Signs a request with SigV4: the body by its hash and, of the headers, only `signed` (those
+/// strangle sets itself), so nothing a client sent reaches the signature. Adds `authorization`,
+/// `x-amz-date` and, with temporary credentials, `x-amz-security-token`.
+fn sign_request(
+    request: &mut Request<Full<Bytes>>,
+    region: &str,
+    service: &str,
+    creds: &Credentials,
+    signed: &[http::HeaderName],
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(), InvokeError> {
+    let failed = |e: &dyn std::fmt::Display| InvokeError::Credentials(e.to_string());
+    let identity = creds.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| failed(&e))?
+        .into();
+    let uri = request.uri().to_string();
+    let headers = signed.iter().filter_map(|name| {
+        let value = request.headers().get(name)?.to_str().ok()?;
+        Some((name.as_str(), value))
+    });
+    let signable = SignableRequest::new(
+        request.method().as_str(),
+        uri,
+        headers,
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| failed(&e))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| failed(&e))?
+        .into_parts();
+    instructions.apply_to_request_http1x(request);
+    Ok(())
+}
+
 /// Sends a request to an AWS HTTP endpoint (API Gateway, a Function URL) signed with SigV4 for
-/// `service` in `region`. The body is signed by its hash; of the headers only `host`,
-/// `content-type` and the `x-amz-*` ones strangle sets are signed, so hops in between may add
-/// their own. Returns the response with its body still streaming.
+/// `service` in `region`, body hash included. Returns the response with its body still
+/// streaming.
 pub async fn send_signed(
     region: &str,
     service: &str,
@@ -234,40 +284,10 @@ pub async fn send_signed(
     let parsed: http::Uri = uri
         .parse()
         .map_err(|e| InvokeError::Transport(format!("bad URL {uri}: {e}")))?;
-    let host = match (parsed.host(), parsed.port_u16()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => return Err(InvokeError::Transport(format!("no host in {uri}"))),
-    };
-    let content_type = headers
-        .iter()
-        .find(|(k, _)| k == http::header::CONTENT_TYPE)
-        .and_then(|(_, v)| v.to_str().ok())
-        .map(str::to_string);
-    let mut signed: Vec<(&str, &str)> = vec![("host", host.as_str())];
-    if let Some(ct) = &content_type {
-        signed.push(("content-type", ct.as_str()));
-    }
-    let identity = creds.into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| InvokeError::Credentials(e.to_string()))?
-        .into();
-    let signable =
-        SignableRequest::new(method, uri, signed.into_iter(), SignableBody::Bytes(&body))
-            .map_err(|e| InvokeError::Credentials(e.to_string()))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| InvokeError::Credentials(e.to_string()))?
-        .into_parts();
     let mut builder = Request::builder()
         .method(method)
-        .uri(parsed)
-        .header(http::header::HOST, &host);
+        .header(http::header::HOST, host_of(&parsed)?)
+        .uri(parsed);
     for (k, v) in headers {
         if k != http::header::HOST && k != http::header::CONTENT_LENGTH {
             builder = builder.header(k, v);
@@ -275,17 +295,25 @@ pub async fn send_signed(
     }
     let mut request = builder
         .header(http::header::CONTENT_LENGTH, body.len())
-        .body(Full::new(body))
+        .body(Full::new(body.clone()))
         .map_err(|e| InvokeError::Transport(e.to_string()))?;
-    instructions.apply_to_request_http1x(&mut request);
+    let signed = [http::header::HOST, http::header::CONTENT_TYPE];
+    sign_request(
+        &mut request,
+        region,
+        service,
+        &creds,
+        &signed,
+        &body,
+        SystemTime::now(),
+    )?;
     tokio::time::timeout(timeout, aws.client.request(request))
         .await
         .map_err(|_| InvokeError::Timeout(timeout))?
         .map_err(|e| InvokeError::Transport(e.to_string()))
 }
 
-/// Builds the signed Invoke request. Only the headers strangle sets are signed: nothing a client
-/// sent reaches the signature.
+/// Builds the signed Invoke request.
 pub fn signed_invoke(
     uri: &str,
     region: &str,
@@ -296,55 +324,21 @@ pub fn signed_invoke(
     let parsed: http::Uri = uri
         .parse()
         .map_err(|e| InvokeError::Transport(format!("bad invoke URL {uri}: {e}")))?;
-    let host = match (parsed.host(), parsed.port_u16()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => return Err(InvokeError::Transport(format!("no host in {uri}"))),
-    };
+    let event = Bytes::from(event);
     let mut request = Request::builder()
         .method(Method::POST)
+        .header(http::header::HOST, host_of(&parsed)?)
         .uri(parsed)
-        .header(http::header::HOST, &host)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("x-amz-invocation-type", "RequestResponse")
-        .body(Full::new(Bytes::new()))
+        .header(http::header::CONTENT_LENGTH, event.len())
+        .body(Full::new(event.clone()))
         .map_err(|e| InvokeError::Transport(e.to_string()))?;
-    let identity = creds.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("lambda")
-        .time(now)
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| InvokeError::Credentials(e.to_string()))?
-        .into();
-    let headers: Vec<(String, String)> = request
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), v.to_string()))
-        })
-        .collect();
-    let signable = SignableRequest::new(
-        "POST",
-        uri,
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(&event),
-    )
-    .map_err(|e| InvokeError::Credentials(e.to_string()))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| InvokeError::Credentials(e.to_string()))?
-        .into_parts();
-    instructions.apply_to_request_http1x(&mut request);
-    let len = event.len();
-    *request.body_mut() = Full::new(Bytes::from(event));
-    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
-        request
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, v);
-    }
+    let signed = [
+        http::header::HOST,
+        http::header::CONTENT_TYPE,
+        http::HeaderName::from_static("x-amz-invocation-type"),
+    ];
+    sign_request(&mut request, region, "lambda", creds, &signed, &event, now)?;
     Ok(request)
 }

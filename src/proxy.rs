@@ -418,12 +418,8 @@ impl Strangle {
         let Some(upstream) = ctx.upstream.clone() else {
             return reject(session, ctx, 500, "no upstream").await;
         };
-        let (
-            Some(sig),
-            Target::Url {
-                tls, host, port, ..
-            },
-        ) = (&upstream.config.sigv4, &upstream.config.target)
+        let (Some(sig), Target::Url { tls, .. }) =
+            (&upstream.config.sigv4, &upstream.config.target)
         else {
             return reject(session, ctx, 500, "not a signed url upstream").await;
         };
@@ -437,11 +433,11 @@ impl Strangle {
             .await;
         };
         let scheme = if *tls { "https" } else { "http" };
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let authority = upstream
+            .config
+            .target
+            .socket_authority()
+            .unwrap_or_default();
         let uri = format!("{scheme}://{authority}{upstream_path}");
         let req = session.req_header();
         let hop = hop_by_hop(&req.headers, false);
@@ -740,44 +736,30 @@ impl ProxyHttp for Strangle {
             }
         }
 
-        let http = match &upstream.kind {
-            Kind::Http(h) => h,
-            Kind::Signed => {
-                ctx.upstream = Some(Arc::clone(&upstream));
-                let base = match &upstream.config.target {
-                    Target::Url { base_path, .. } => base_path.as_str(),
-                    _ => "",
-                };
-                let q = query
-                    .map(|q| String::from_utf8_lossy(q))
-                    .unwrap_or_default();
-                let path = format!("{base}{normalized}{q}");
-                if let Cow::Owned(p) = normalized {
-                    ctx.routed_path = Some(p);
-                }
-                return self.serve_signed(session, ctx, &path).await;
-            }
+        ctx.upstream = Some(Arc::clone(&upstream));
+        let base = upstream.base_path();
+        let query = query.map(String::from_utf8_lossy).unwrap_or_default();
+        let served = match &upstream.kind {
             Kind::Lambda(_) => {
-                ctx.upstream = Some(Arc::clone(&upstream));
-                let query = query
-                    .map(|q| String::from_utf8_lossy(&q[1..]).into_owned())
-                    .unwrap_or_default();
-                let path = normalized.into_owned();
-                return self.serve_lambda(session, ctx, &path, &query).await;
+                let q = query.strip_prefix('?').unwrap_or(&query);
+                Some(self.serve_lambda(session, ctx, &normalized, q).await)
+            }
+            Kind::Signed => {
+                let path = format!("{base}{normalized}{query}");
+                Some(self.serve_signed(session, ctx, &path).await)
+            }
+            Kind::Http(_) => {
+                if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
+                    ctx.upstream_path = Some(format!("{base}{normalized}{query}"));
+                }
+                None
             }
         };
-        let base = http.base_path.as_deref().unwrap_or("");
-        if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
-            let q = query
-                .map(|q| String::from_utf8_lossy(q))
-                .unwrap_or_default();
-            ctx.upstream_path = Some(format!("{base}{normalized}{q}"));
-        }
+        // The access log reports the path that was routed, whichever kind served it.
         if let Cow::Owned(p) = normalized {
             ctx.routed_path = Some(p);
         }
-        ctx.upstream = Some(upstream);
-        Ok(false)
+        served.unwrap_or(Ok(false))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -897,20 +879,8 @@ impl ProxyHttp for Strangle {
         ctx.status = code;
         ctx.error = Some(e.to_string());
         if code > 0 && session.response_written().is_none() {
-            let mut resp = match ResponseHeader::build(code, Some(3)) {
-                Ok(r) => r,
-                Err(_) => {
-                    return FailToProxy {
-                        error_code: code,
-                        can_reuse_downstream: false,
-                    }
-                }
-            };
-            let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
-            if let Some(id) = &ctx.request_id {
-                let _ = resp.insert_header(X_REQUEST_ID, id.clone());
-            }
-            let _ = session.write_response_header(Box::new(resp), true).await;
+            // The client may be gone already; nothing more to do about a failed write here.
+            let _ = respond(session, ctx, code, e.to_string(), &[]).await;
         }
         FailToProxy {
             error_code: code,

@@ -28,8 +28,6 @@ pub struct HttpUpstream {
     sni: String,
     /// The Host header to send instead of the client's, for `url` upstreams.
     pub host_header: Option<HeaderValue>,
-    /// Prefixed to every request path, for `url` upstreams with a base path.
-    pub base_path: Option<String>,
     ca: Option<Arc<CaType>>,
     /// Requests now being served by this upstream (kept across reloads by name).
     pub stats: Arc<UpstreamStats>,
@@ -66,14 +64,11 @@ impl HttpUpstream {
         config: &config::Upstream,
         stats: Arc<UpstreamStats>,
     ) -> Result<HttpUpstream, ResolveError> {
-        let (addresses, tls, sni, host_header, base_path) = match &config.target {
+        let (addresses, tls, sni, host_header) = match &config.target {
             Target::Lambda(_) => unreachable!("lambda targets are built by Upstream::new"),
-            Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None, None),
+            Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None),
             Target::Url {
-                tls,
-                host,
-                port,
-                base_path,
+                tls, host, port, ..
             } => {
                 let default_port = if *tls { 443 } else { 80 };
                 let authority = match (host.contains(':'), *port == default_port) {
@@ -82,18 +77,12 @@ impl HttpUpstream {
                     (false, true) => host.clone(),
                     (false, false) => format!("{host}:{port}"),
                 };
-                let addr = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                };
-                let base = (!base_path.is_empty()).then(|| base_path.clone());
+                let addr = config.target.socket_authority().unwrap_or_default();
                 (
                     vec![addr],
                     *tls,
                     host.clone(),
                     HeaderValue::from_str(&authority).ok(),
-                    base,
                 )
             }
         };
@@ -159,7 +148,6 @@ impl HttpUpstream {
             tls,
             sni,
             host_header,
-            base_path,
         })
     }
 
@@ -243,6 +231,14 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Prefixed to every request path: the path of a `url` upstream, else empty.
+    pub fn base_path(&self) -> &str {
+        match &self.config.target {
+            Target::Url { base_path, .. } => base_path,
+            _ => "",
+        }
     }
 
     pub async fn health_check(&self) {

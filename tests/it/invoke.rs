@@ -322,6 +322,14 @@ fn invokes_are_sigv4_signed_with_env_credentials_and_client_amz_headers_stay_out
     }
     assert_eq!(inv.event["headers"]["x-keep"], "yes");
     assert_eq!(inv.event["rawQueryString"], "x=1");
+    // A Lambda route logs the path it routed, like an HTTP one.
+    assert_eq!(get(proxy.port, "//bookings/./8", &[]).status, 200);
+    assert_eq!(
+        endpoint.seen().pop().unwrap().event["rawPath"],
+        "/bookings/8"
+    );
+    let log = crate::routing::proxy_log_when(&proxy, 2);
+    assert_eq!(log[1]["path"], "/bookings/8");
 }
 
 #[test]
