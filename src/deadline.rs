@@ -15,7 +15,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
@@ -25,30 +27,86 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::state::Live;
+
 /// Wraps a Pingora app so every connection gets a request-head deadline.
 pub struct HeaderDeadline<A> {
     pub inner: Arc<A>,
     pub deadline: Duration,
+    /// Where the current keep-alive timeout is read from (it may change on reload).
+    pub live: Arc<Live>,
+}
+
+/// Waits until the next request starts: `false` if the client closed the connection, the
+/// head deadline passed, the connection idled past `idle_limit`, or the server is shutting down.
+async fn wait_for_request(
+    stream: &mut DeadlineStream,
+    idle_limit: Option<Duration>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let mut draining = shutdown.clone();
+    let idle = async {
+        match idle_limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        r = std::future::poll_fn(|cx| stream.poll_request_start(cx)) => r.unwrap_or(false),
+        _ = draining.wait_for(|stop| *stop) => false,
+        () = idle => false,
+    }
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream: Stream = if stream.as_any().is::<DeadlineStream>() {
-            // A kept-alive connection coming back for its next request.
-            let mut s = stream.into_any().downcast::<DeadlineStream>().ok()?;
-            s.rearm(false);
-            s
-        } else {
-            let mut s = Box::new(DeadlineStream::new(stream, self.deadline));
-            s.rearm(true);
-            s
-        };
-        self.inner.process_new(stream, shutdown).await
+        if stream.selected_alpn_proto().is_some() {
+            // Negotiated by TLS (h2 or a custom protocol): Pingora's own handling.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // HTTP/1: the keep-alive loop of Pingora's `process_new`, with one change. Between
+        // requests the connection waits for the next request's first byte here, in a future
+        // of a few hundred bytes, and only then enters Pingora's request future (tens of KB):
+        // an idle connection holds only the small one. A new connection's wait is bounded by
+        // the head deadline (armed at accept), a kept-alive one's by the keep-alive timeout;
+        // a shutdown closes idle connections at once. Pipelining is never enabled, so Pingora
+        // hands back no bytes read ahead that the wait could miss.
+        let mut stream = Box::new(DeadlineStream::new(stream, self.deadline));
+        stream.rearm(true);
+        let mut settings = None;
+        let mut idle_limit = None;
+        loop {
+            if !wait_for_request(&mut stream, idle_limit, shutdown).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if idle_limit.is_none() {
+                // The first request: Pingora's defaults for a new connection.
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive_reuses_remaining(
+                    self.inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+            } else if let Some(s) = settings.take() {
+                HttpPersistentSettings::apply_to_session(s, &mut session);
+            }
+            let (next, persistent) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            stream = next.into_any().downcast::<DeadlineStream>().ok()?;
+            stream.rearm(false);
+            settings = persistent;
+            idle_limit = Some(self.live.load().config.server.keepalive_timeout);
+        }
     }
 
     async fn cleanup(&self) {
@@ -65,6 +123,8 @@ pub struct DeadlineStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// The last bytes seen, to find `\r\n\r\n` split across reads.
     tail: [u8; 3],
+    /// The start of the next request, read while waiting for it and not yet handed on.
+    peeked: Option<Bytes>,
 }
 
 impl DeadlineStream {
@@ -75,6 +135,7 @@ impl DeadlineStream {
             in_head: true,
             timer: None,
             tail: [0; 3],
+            peeked: None,
         }
     }
 
@@ -108,6 +169,57 @@ impl fmt::Debug for DeadlineStream {
     }
 }
 
+impl DeadlineStream {
+    /// Fails once the head is overdue.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.in_head {
+            if let Some(timer) = self.timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head deadline",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the head arrived. The clock runs from the first of them to the blank line;
+    /// a head that arrives whole (the usual case) never needs the timer.
+    fn seen(&mut self, data: &[u8]) {
+        if self.in_head && !data.is_empty() {
+            self.scan(data);
+            if self.in_head && self.timer.is_none() {
+                self.timer = Some(Box::pin(tokio::time::sleep(self.deadline)));
+            }
+        }
+    }
+
+    /// Waits for the start of the next request and keeps what arrived for the next read: one
+    /// read, as Pingora's would have been, into a buffer of the size that arrived.
+    /// `Ok(false)`: the client closed the connection.
+    fn poll_request_start(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.peeked.is_some() {
+            return Poll::Ready(Ok(true));
+        }
+        self.poll_deadline(cx)?;
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                let data = Bytes::copy_from_slice(buf.filled());
+                self.seen(&data);
+                self.peeked = Some(data);
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl AsyncRead for DeadlineStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -115,28 +227,20 @@ impl AsyncRead for DeadlineStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.in_head {
-            if let Some(timer) = this.timer.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head deadline",
-                    )));
-                }
+        if let Some(mut data) = this.peeked.take() {
+            // What arrived while waiting for the request; already scanned.
+            let n = data.len().min(buf.remaining());
+            buf.put_slice(&data.split_to(n));
+            if !data.is_empty() {
+                this.peeked = Some(data);
             }
+            return Poll::Ready(Ok(()));
         }
+        this.poll_deadline(cx)?;
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.in_head {
-            if let Poll::Ready(Ok(())) = &result {
-                let new = &buf.filled()[before..];
-                if !new.is_empty() {
-                    if this.timer.is_none() {
-                        this.timer = Some(Box::pin(tokio::time::sleep(this.deadline)));
-                    }
-                    this.scan(new);
-                }
-            }
+        if let Poll::Ready(Ok(())) = &result {
+            this.seen(&buf.filled()[before..]);
         }
         result
     }

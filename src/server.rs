@@ -12,6 +12,8 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
@@ -66,10 +68,16 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         HeaderDeadline {
             inner: Arc::new(app),
             deadline: server_cfg.header_timeout,
+            live: Arc::clone(&live),
         },
     );
     for addr in &server_cfg.listen {
-        proxy.add_tcp(addr);
+        // No read buffer under Pingora's HTTP/1 parser, which reads into its own buffer anyway:
+        // the default (64 KiB, zeroed at accept) is one more copy of every request and 64 KiB
+        // of memory per connection, idle or not. The small write buffer stays.
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
     }
     server.add_service(proxy);
     server.add_service(background_service(

@@ -145,6 +145,79 @@ fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
 }
 
 #[test]
+fn heads_arriving_in_pieces_are_served_on_new_and_kept_alive_connections() {
+    let (proxy, backend) = proxy_with_backend();
+    let mut c = proxy.client();
+    // The first request's head in three pieces, the pauses well inside the 1 s deadline.
+    let s = c.stream();
+    for piece in [&b"GET /booki"[..], b"ngs HTTP/1.1\r\nHo", b"st: x\r\n\r\n"] {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(c.read_response().unwrap().status, 200);
+    // The next request on the same connection, after an idle pause, also in pieces.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = c.stream();
+    for piece in [
+        &b"G"[..],
+        b"ET /bookings/2 HTTP/1.1\r\nHost: x\r",
+        b"\n\r\n",
+    ] {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(c.read_response().unwrap().status, 200);
+    let paths: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(paths, ["/bookings", "/bookings/2"]);
+}
+
+#[test]
+fn idle_connections_close_at_the_keepalive_timeout_and_at_shutdown() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split_config(&legacy, &new, "0%", "none").replace(
+        "grace-period = \"5s\"",
+        "grace-period = \"5s\"\nkeepalive-timeout = \"1s\"",
+    );
+    let proxy = Proxy::start(&text);
+    // Idle past the keep-alive timeout: closed by the proxy.
+    let mut idle = proxy.client();
+    assert_eq!(idle.get("/bookings", &[]).unwrap().status, 200);
+    let start = Instant::now();
+    assert!(
+        idle.closed_by_peer(),
+        "an idle connection outlived the keep-alive timeout"
+    );
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(700),
+        "closed after only {took:?}"
+    );
+    // Shorter idle pauses keep the connection.
+    let mut busy = proxy.client();
+    for _ in 0..3 {
+        assert_eq!(busy.get("/bookings", &[]).unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // At SIGTERM an idle connection is closed at once, while a request in flight finishes.
+    let port = proxy.port;
+    let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
+    let mut idle = proxy.client();
+    assert_eq!(idle.get("/bookings", &[]).unwrap().status, 200);
+    while legacy.count() < 6 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(idle.closed_by_peer());
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "idle connection closed after {took:?}"
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+}
+
+#[test]
 fn refused_upstream_is_502_and_slow_upstream_is_504() {
     let legacy = Backend::start("legacy");
     let dead = free_port();

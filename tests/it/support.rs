@@ -435,6 +435,15 @@ impl Client {
         read_response(&mut self.reader)
     }
 
+    /// The connection, to write a request by hand (then `read_response`).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    pub fn read_response(&mut self) -> std::io::Result<Resp> {
+        read_response(&mut self.reader)
+    }
+
     /// After a response: whether the proxy closed the connection.
     pub fn closed_by_peer(&mut self) -> bool {
         let s = self.reader.get_mut();
