@@ -34,7 +34,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
-    pub listen: Vec<String>,
+    pub listen: Vec<SocketAddr>,
     pub threads: usize,
     pub default: Option<String>,
     pub grace_period: Duration,
@@ -468,7 +468,10 @@ impl Cx<'_> {
             self.check_upstream_ref(d, upstreams);
         }
         Some(Server {
-            listen: listen.into_iter().map(Spanned::into_inner).collect(),
+            listen: listen
+                .iter()
+                .filter_map(|a| a.get_ref().parse().ok())
+                .collect(),
             threads: self.count(&raw.threads, "threads", 1, 1024, 2),
             default: raw.default.map(Spanned::into_inner),
             grace_period: self.duration(&raw.grace_period, "grace-period", Duration::from_secs(20)),

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +125,10 @@ pub struct DeadlineStream {
     tail: [u8; 3],
     /// The start of the next request, read while waiting for it and not yet handed on.
     peeked: Option<Bytes>,
+    /// Writes not yet sent (see `WRITE_BUFFER`), and how much of them is already out. The
+    /// space is given back while the connection is idle.
+    wbuf: Vec<u8>,
+    written: usize,
 }
 
 impl DeadlineStream {
@@ -136,10 +140,15 @@ impl DeadlineStream {
             timer: None,
             tail: [0; 3],
             peeked: None,
+            wbuf: Vec::new(),
+            written: 0,
         }
     }
 
     fn rearm(&mut self, start_now: bool) {
+        if self.wbuf.is_empty() {
+            self.wbuf = Vec::new();
+        }
         self.in_head = true;
         self.tail = [0; 3];
         self.timer = start_now.then(|| Box::pin(tokio::time::sleep(self.deadline)));
@@ -246,35 +255,60 @@ impl AsyncRead for DeadlineStream {
     }
 }
 
+/// Small writes are gathered up to this size and sent on flush, so a response's head and a
+/// small body leave in one segment (Pingora's default listener buffers the same way).
+const WRITE_BUFFER: usize = 1460;
+
+impl DeadlineStream {
+    /// Sends what the write buffer holds.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.wbuf.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for DeadlineStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.wbuf.len() + buf.len() > WRITE_BUFFER {
+            ready!(this.poll_write_out(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.wbuf.capacity() == 0 {
+            this.wbuf.reserve_exact(WRITE_BUFFER);
+        }
+        this.wbuf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_out(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_out(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
 #[async_trait]
 impl Shutdown for DeadlineStream {
     async fn shutdown(&mut self) {
+        // Whatever is still buffered goes out before the connection is shut.
+        let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
         self.inner.shutdown().await
     }
 }

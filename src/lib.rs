@@ -14,6 +14,7 @@ pub mod demo;
 pub mod edit;
 pub mod lambda;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

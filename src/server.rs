@@ -12,12 +12,9 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::services::listening::Service;
-
 use crate::admin::AdminService;
 use crate::deadline::HeaderDeadline;
+use crate::listener::ProxyListeners;
 use crate::proxy::{Strangle, IN_FLIGHT};
 use crate::services::{ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
@@ -63,22 +60,24 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     );
     app.handle_init_modules();
     app.server_options = Some(pingora::apps::HttpServerOptions::default());
-    let mut proxy = Service::new(
-        "strangle proxy".to_string(),
-        HeaderDeadline {
+    let listeners = server_cfg
+        .listen
+        .iter()
+        .map(|&addr| {
+            crate::listener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let proxy = ProxyListeners {
+        name: "strangle proxy".to_string(),
+        app: Arc::new(HeaderDeadline {
             inner: Arc::new(app),
             deadline: server_cfg.header_timeout,
             live: Arc::clone(&live),
-        },
-    );
-    for addr in &server_cfg.listen {
-        // No read buffer under Pingora's HTTP/1 parser, which reads into its own buffer anyway:
-        // the default (64 KiB, zeroed at accept) is one more copy of every request and 64 KiB
-        // of memory per connection, idle or not. The small write buffer stays.
-        proxy.add_listener(
-            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-        );
-    }
+        }),
+        listeners,
+        threads: server_cfg.threads,
+    };
     server.add_service(proxy);
     server.add_service(background_service(
         "config watcher",

@@ -1,0 +1,116 @@
+//! The proxy's own accept loop, in place of Pingora's listening service.
+//!
+//! Pingora spawns each accepted connection as a task whose future is sized for its TLS
+//! handshake path (about 9 KB, held for the connection's life, even on plain TCP). Here a
+//! connection's task holds only the app's boxed future, so an idle keep-alive connection costs
+//! little more than its socket and the small state of `HeaderDeadline` (see `deadline.rs`).
+//! Sockets are bound before the server starts, so a port in use is a start-up error with the
+//! address in it; at shutdown the listeners close at once and new connections are refused.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a listening socket the way a server should: address reuse across restarts, the
+/// kernel's largest backlog, non-blocking for the runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(65535)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Serves `app` on already bound listeners, with `threads` runtime threads.
+pub struct ProxyListeners<A> {
+    pub name: String,
+    pub app: Arc<A>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub threads: usize,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for ProxyListeners<A> {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let mut loops = Vec::new();
+        for std_listener in self.listeners.drain(..) {
+            match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => loops.push(tokio::spawn(accept_loop(
+                    l,
+                    Arc::clone(&self.app),
+                    shutdown.clone(),
+                ))),
+                Err(e) => tracing::error!("proxy listener: {e}"),
+            }
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+        self.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+}
+
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: tokio::net::TcpListener,
+    app: Arc<A>,
+    shutdown: ShutdownWatch,
+) {
+    let mut stop = shutdown.clone();
+    let stopping = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopping);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stopping => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let app = Arc::clone(&app);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut stream = Stream::from(tcp);
+                    // Small responses go out whole rather than waiting on the client's ACK.
+                    let _ = stream.set_nodelay();
+                    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+                    let _ = digest.peer_addr.set(Some(peer.into()));
+                    stream.set_socket_digest(digest);
+                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                    while let Some(stream) = next {
+                        next = app.process_new(stream, &shutdown).await;
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off rather than spin on the error.
+                tracing::error!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "stopped accepting");
+}
