@@ -74,6 +74,19 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ProxyListeners<A> {
     }
 }
 
+/// A Pingora stream for an accepted connection, as Pingora's own listener makes it. Built
+/// outside the connection's future so that future stays small (it lives as long as the
+/// connection).
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora::protocols::Stream {
+    let mut stream = Stream::from(tcp);
+    // Small responses go out whole rather than waiting on the client's ACK.
+    let _ = stream.set_nodelay();
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    Box::new(stream)
+}
+
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
@@ -93,13 +106,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 let app = Arc::clone(&app);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let mut stream = Stream::from(tcp);
-                    // Small responses go out whole rather than waiting on the client's ACK.
-                    let _ = stream.set_nodelay();
-                    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-                    let _ = digest.peer_addr.set(Some(peer.into()));
-                    stream.set_socket_digest(digest);
-                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                    let mut next = app.process_new(l4_stream(tcp, peer), &shutdown).await;
                     while let Some(stream) = next {
                         next = app.process_new(stream, &shutdown).await;
                     }

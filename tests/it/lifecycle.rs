@@ -94,6 +94,31 @@ fn serve_refuses_a_broken_config_with_every_error() {
 }
 
 #[test]
+fn serve_refuses_a_port_in_use_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{addr}\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .arg("serve")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen for the proxy on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn access_log_has_one_json_line_per_request_with_every_field() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
