@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # The load benchmark: the same tiny backend reached directly, through nginx, through HAProxy,
-# through strangle with routing only, and through strangle with the full pipeline (JWT with the
-# token cache, sticky split, rate limit, max-in-flight, metrics, access log to a file).
-# Each proxy gets one worker pinned to CPU 0; wrk and the backend share CPU 1. Runs are
-# interleaved (every target once per round), the warm-up is discarded, and the table reports
-# medians over ROUNDS rounds: requests/s (closed loop) and the proxy's CPU time per request
-# (user+system from /proc). Loopback only.
+# through a bare Pingora proxy (the floor strangle is built on), through strangle with routing
+# only, and through strangle with the full pipeline (JWT with the token cache, sticky split,
+# rate limit, max-in-flight, metrics, access log to a file).
+# Each proxy gets one worker pinned to CPU 0; the load generator and the backend share CPU 1.
+# Runs are interleaved (every target once per round), the warm-up is discarded, and the tables
+# report medians over ROUNDS rounds of:
+#   1. throughput, closed loop (wrk), and the proxy's CPU time per request (/proc);
+#   2. latency at a fixed rate of half the slowest proxy's throughput (oha, open loop with
+#      latency correction): p50/p99/p99.9, and what each proxy adds over the direct path;
+#   3. resident memory with 10,000 idle keep-alive connections (benches/idle.py);
+#   4. p99 and errors at the same fixed rate while the config is rewritten every second
+#      (strangle reloads it; nginx gets `nginx -s reload`), against the same run without.
+# Loopback only.
 #
-# Usage: benches/load.sh [OUT.md]    (ROUNDS=3 DURATION=10 CONNECTIONS=50 by default)
+# Usage: benches/load.sh [OUT.md]
+#   ROUNDS=3 DURATION=8 CONNECTIONS=50 LATENCY_DURATION=10 IDLE=10000 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-50}
+LATENCY_DURATION=${LATENCY_DURATION:-10}
+IDLE=${IDLE:-10000}
+# Room for the idle connections: as many descriptors as this machine allows.
+ulimit -n "$(ulimit -Hn)"
+# HAProxy sizes itself for two descriptors per connection and refuses a maxconn the limit
+# cannot cover, so under a low limit it gets fewer idle connections (said in the table).
+HAPROXY_MAXCONN=$(( ($(ulimit -n) - 200) / 2 ))
+[ "$HAPROXY_MAXCONN" -gt 20000 ] && HAPROXY_MAXCONN=20000
 OUT=${1:-}
 WORK=$(mktemp -d)
 PIDS=()
@@ -23,6 +39,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on :$1" >&2; return 1; }
 
 BACKEND=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port); ROUTING=$(free_port); FULL=$(free_port)
+BARE=$(free_port)
 ISSUER=$(free_port)
 
 # The backend: nginx answering 200 with a small body, on CPU 1.
@@ -45,10 +62,11 @@ taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<CONF
 worker_processes 1;
+worker_rlimit_nofile 30000;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
+events { worker_connections 20000; }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -59,13 +77,13 @@ http {
   }
 }
 CONF
-taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!); NGINX_PID=$!
 
 # HAProxy as the proxy.
 cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
-  maxconn 4000
+  maxconn $HAPROXY_MAXCONN
 defaults
   mode http
   timeout connect 2s
@@ -79,16 +97,21 @@ backend be
   http-reuse always
   server s1 127.0.0.1:$BACKEND
 CONF
-taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
+taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!); HAPROXY_PID=$!
+
+# Bare Pingora: the floor under strangle (examples/bare_pingora.rs).
+taskset -c 0 target/release/examples/bare_pingora "127.0.0.1:$BARE" "127.0.0.1:$BACKEND" \
+  2>"$WORK/bare.log" & PIDS+=($!); BARE_PID=$!
 
 # strangle with routing only: a route with a sticky split, access log off.
+ROUTING_ADMIN="127.0.0.1:$(free_port)"
 cat > "$WORK/routing.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$ROUTING"]
 threads = 1
 default = "monolith"
 [admin]
-listen = "127.0.0.1:$(free_port)"
+listen = "$ROUTING_ADMIN"
 [log]
 access = "off"
 level = "warn"
@@ -105,6 +128,7 @@ shift = "25%"
 sticky = "header:x-user-id"
 CONF
 taskset -c 0 target/release/strangle serve -c "$WORK/routing.toml" 2>"$WORK/routing.log" & PIDS+=($!)
+ROUTING_PID=$!
 
 # strangle with the full pipeline: JWT (static key from the test issuer, token cache on), sticky
 # split by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
@@ -146,12 +170,10 @@ auth = "users"
 rate-limit = { requests = 10000000, per = "1s", burst = 10000000, key = "jwt:sub" }
 CONF
 taskset -c 0 target/release/strangle serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
+FULL_PID=$!
 
-for p in $BACKEND $NGINX $HAPROXY $ROUTING $FULL; do wait_port "$p"; done
+for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL; do wait_port "$p"; done
 
-pid_on() { # the PID listening on a port
-  ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
-}
 # CPU ticks (user + system) of a process and its children (nginx's worker does nginx's work).
 cpu_ticks() {
   local total=0 p
@@ -162,14 +184,20 @@ cpu_ticks() {
 }
 TICK=$(getconf CLK_TCK)
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [strangle-routing]=$ROUTING [strangle-full]=$FULL)
-ORDER=(direct nginx haproxy strangle-routing strangle-full)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID)
+ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full)
+PROXIES=(nginx haproxy pingora-bare strangle-routing strangle-full)
+headers_for() { # the request headers every tool sends to a target
+  echo "x-user-id: user-1"
+  [ "$1" = strangle-full ] && echo "Authorization: Bearer $TOKEN"
+  return 0
+}
 
 run() { # target seconds -> "rps cpu_us_per_request"
-  local target=$1 secs=$2 port=${PORT[$1]} pid before after out rps reqs
-  local headers=(-H "x-user-id: user-1")
-  [ "$target" = strangle-full ] && headers+=(-H "Authorization: Bearer $TOKEN")
-  pid=$( [ "$target" = direct ] && echo "" || pid_on "$port")
+  local target=$1 secs=$2 port=${PORT[$1]} pid=${PID[$1]:-} before after out rps reqs h
+  local headers=()
+  while read -r h; do headers+=(-H "$h"); done < <(headers_for "$target")
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${secs}s" "${headers[@]}" "http://127.0.0.1:$port/bookings/42")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -183,7 +211,7 @@ run() { # target seconds -> "rps cpu_us_per_request"
   fi
 }
 
-echo "warm-up" >&2
+echo "$(date +%T) warm-up" >&2
 for t in "${ORDER[@]}"; do run "$t" 2 >/dev/null; done
 declare -A RPS CPU
 for r in $(seq "$ROUNDS"); do
@@ -195,16 +223,144 @@ for r in $(seq "$ROUNDS"); do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | grep -v '^-$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-table=$(
+ratio() { python3 -c "print(f'{$1/$2:.2f}')" 2>/dev/null || echo -; }
+throughput=$(
   echo "| target | requests/s (median) | vs nginx | vs HAProxy | proxy CPU µs/request | vs nginx |"
   echo "|---|---|---|---|---|---|"
   n_rps=$(echo "${RPS[nginx]}" | median); h_rps=$(echo "${RPS[haproxy]}" | median); n_cpu=$(echo "${CPU[nginx]}" | median)
   for t in "${ORDER[@]}"; do
     rps=$(echo "${RPS[$t]}" | median); cpu=$(echo "${CPU[$t]}" | median)
-    ratio() { python3 -c "print(f'{$1/$2:.2f}')" 2>/dev/null || echo -; }
     cpu_ratio=$([ "$cpu" = - ] && echo - || ratio "$cpu" "$n_cpu")
     echo "| $t | $rps | $(ratio "$rps" "$n_rps") | $(ratio "$rps" "$h_rps") | $cpu | $cpu_ratio |"
   done
 )
-echo "$table"
-if [ -n "$OUT" ]; then echo "$table" > "$OUT"; fi
+echo "$throughput" >&2
+
+# 2. Latency at a fixed rate: half the slowest proxy's median throughput.
+slowest=$(for t in "${PROXIES[@]}"; do echo "${RPS[$t]}" | median; done | sort -g | head -1)
+RATE=$(python3 -c "print(int($slowest / 2))")
+echo "$(date +%T) fixed rate: $RATE requests/s (half of the slowest proxy's $slowest)" >&2
+oha_run() { # target seconds [url] -> the oha JSON on stdout
+  local target=$1 secs=$2 url=${3:-http://127.0.0.1:${PORT[$1]}/bookings/42} h headers=()
+  while read -r h; do headers+=(-H "$h"); done < <(headers_for "$target")
+  taskset -c 1 oha -z "${secs}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui \
+    -w --output-format json "${headers[@]}" "$url"
+}
+# "p50 p99 p99.9 errors" in microseconds from oha's JSON (errors: failed requests and non-2xx).
+oha_summary() {
+  python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]
+bad = sum(d.get("errorDistribution", {}).values())
+if bad:
+    print("oha errors:", d["errorDistribution"], file=sys.stderr)
+bad += sum(n for code, n in d.get("statusCodeDistribution", {}).items() if not code.startswith("2"))
+print(*(round((p[k] or 0) * 1e6, 1) for k in ("p50", "p99", "p99.9")), bad)'
+}
+declare -A P50 P99 P999 ERR
+for t in "${ORDER[@]}"; do oha_run "$t" 2 >/dev/null; done
+for r in $(seq "$ROUNDS"); do
+  for t in "${ORDER[@]}"; do
+    read -r p50 p99 p999 err < <(oha_run "$t" "$LATENCY_DURATION" | oha_summary)
+    echo "round $r $t at $RATE/s: p50 $p50 p99 $p99 p99.9 $p999 us, $err errors" >&2
+    P50[$t]+="$p50 "; P99[$t]+="$p99 "; P999[$t]+="$p999 "; ERR[$t]+="$err "
+  done
+done
+sum() { tr ' ' '\n' | grep -v '^$' | awk '{s+=$1} END {print s+0}'; }
+d50=$(echo "${P50[direct]}" | median); d99=$(echo "${P99[direct]}" | median); d999=$(echo "${P999[direct]}" | median)
+n99_added=$(python3 -c "print($(echo "${P99[nginx]}" | median) - $d99)")
+latency=$(
+  echo "| target | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | added p99 vs nginx | errors |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for t in "${ORDER[@]}"; do
+    p50=$(echo "${P50[$t]}" | median); p99=$(echo "${P99[$t]}" | median); p999=$(echo "${P999[$t]}" | median)
+    if [ "$t" = direct ]; then a50=-; a99=-; a999=-; rel=-; else
+      a50=$(python3 -c "print(round($p50 - $d50, 1))"); a99=$(python3 -c "print(round($p99 - $d99, 1))")
+      a999=$(python3 -c "print(round($p999 - $d999, 1))"); rel=$(ratio "$a99" "$n99_added"); fi
+    echo "| $t | $p50 | $p99 | $p999 | $a50 | $a99 | $a999 | $rel | $(echo "${ERR[$t]}" | sum) |"
+  done
+)
+echo "$latency" >&2
+
+# 3. Resident memory with $IDLE idle keep-alive connections (each has had one answer).
+rss_kb() { # a process and its children
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1"); do
+    total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$total"
+}
+memory=$(
+  echo "| proxy | resident MB, warm | with $IDLE idle connections | added KB per connection |"
+  echo "|---|---|---|---|"
+  for t in "${PROXIES[@]}"; do
+    n=$IDLE
+    [ "$t" = haproxy ] && [ "$n" -gt "$HAPROXY_MAXCONN" ] && n=$((HAPROXY_MAXCONN - 100))
+    before=$(rss_kb "${PID[$t]}")
+    mapfile -t hs < <(headers_for "$t")
+    coproc IDLER { taskset -c 1 python3 benches/idle.py "${PORT[$t]}" "$n" "${hs[@]}"; }
+    read -r ready _ <&"${IDLER[0]}" || true
+    if [ "$ready" != ready ]; then echo "$t: idle connections failed" >&2; fi
+    sleep 1
+    with=$(rss_kb "${PID[$t]}")
+    eval "exec ${IDLER[1]}>&-"
+    wait "$IDLER_PID" 2>/dev/null || true
+    echo "$t: $before kB warm, $with kB with $n idle connections" >&2
+    note=$([ "$n" = "$IDLE" ] || echo " (with $n: the descriptor limit)")
+    echo "| $t | $(python3 -c "print(round($before/1024, 1))") | $(python3 -c "print(round($with/1024, 1))")$note | $(python3 -c "print(round(($with-$before)/$n, 2))") |"
+    sleep 2
+  done
+)
+echo "$memory" >&2
+
+# 4. Reloading every second at the fixed rate, against the same run without reloads.
+reload_loop() { # target: rewrites/reloads once a second until killed
+  local n=0
+  while sleep 1; do
+    n=$((n + 1))
+    if [ "$1" = nginx ]; then
+      nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -s reload 2>/dev/null
+    else
+      # A real change each time (25% <-> 26%), written the way editors and ConfigMaps do.
+      sed "s/^shift = .*/shift = \"$((25 + n % 2))%\"/" "$WORK/routing.toml" > "$WORK/routing.next"
+      mv "$WORK/routing.next" "$WORK/routing.toml"
+    fi
+  done
+}
+reloads_done() { curl -s "http://$ROUTING_ADMIN/metrics" | awk '/^strangle_config_reloads_total/ {print $2}'; }
+declare -A R99 RERR
+for r in $(seq "$ROUNDS"); do
+  for t in strangle-routing nginx; do
+    for mode in steady reloading; do
+      if [ "$mode" = reloading ]; then reload_loop "$t" & RL=$!; fi
+      read -r _ p99 _ err < <(oha_run "$t" "$LATENCY_DURATION" | oha_summary)
+      if [ "$mode" = reloading ]; then kill "$RL"; wait "$RL" 2>/dev/null || true; fi
+      echo "round $r $t $mode: p99 $p99 us, $err errors" >&2
+      R99[$t-$mode]+="$p99 "; RERR[$t-$mode]+="$err "
+    done
+  done
+done
+reload=$(
+  echo "| proxy | p99 µs steady | p99 µs reloading every second | ratio | errors steady | errors reloading |"
+  echo "|---|---|---|---|---|---|"
+  for t in strangle-routing nginx; do
+    s99=$(echo "${R99[$t-steady]}" | median); l99=$(echo "${R99[$t-reloading]}" | median)
+    echo "| $t | $s99 | $l99 | $(ratio "$l99" "$s99") | $(echo "${RERR[$t-steady]}" | sum) | $(echo "${RERR[$t-reloading]}" | sum) |"
+  done
+)
+echo "strangle reloads applied: $(reloads_done)" >&2
+echo "$reload" >&2
+
+report=$(
+  echo "### Throughput (closed loop, wrk -t1 -c$CONNECTIONS, medians of $ROUNDS x ${DURATION}s)"
+  echo; echo "$throughput"; echo
+  echo "### Latency at $RATE requests/s (half the slowest proxy; oha -c$CONNECTIONS --latency-correction, medians of $ROUNDS x ${LATENCY_DURATION}s)"
+  echo; echo "$latency"; echo
+  echo "### Memory with $IDLE idle keep-alive connections"
+  echo; echo "$memory"; echo
+  echo "### Reloading every second at $RATE requests/s (medians of $ROUNDS x ${LATENCY_DURATION}s; strangle applied $(reloads_done) reloads)"
+  echo; echo "$reload"
+)
+echo "$report"
+if [ -n "$OUT" ]; then echo "$report" > "$OUT"; fi
