@@ -156,17 +156,25 @@ impl DeadlineStream {
 
     /// Looks for the end of the head in newly read bytes.
     fn scan(&mut self, data: &[u8]) {
-        let mut window = self.tail;
-        for &b in data {
-            // `\r\n\r\n`, or a bare `\n\n`, which httparse also accepts.
-            if b == b'\n' && (window[2] == b'\n' || (window[2] == b'\r' && window[1] == b'\n')) {
+        // `\r\n\r\n`, or a bare `\n\n`, which httparse also accepts: look at each `\n` (memchr,
+        // vectorised) and the two bytes before it, which may have come in an earlier read.
+        let before = |i: usize, back: usize| -> u8 {
+            if i >= back {
+                data[i - back]
+            } else {
+                self.tail[3 - (back - i)]
+            }
+        };
+        for i in memchr::memchr_iter(b'\n', data) {
+            let prev = before(i, 1);
+            if prev == b'\n' || (prev == b'\r' && before(i, 2) == b'\n') {
                 self.in_head = false;
                 self.timer = None;
                 return;
             }
-            window = [window[1], window[2], b];
         }
-        self.tail = window;
+        let n = data.len();
+        self.tail = [before(n, 3), before(n, 2), before(n, 1)];
     }
 }
 

@@ -279,6 +279,14 @@ fn raw_has_content_length(session: &Session) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
+/// A control byte other than tab. Without an early exit the loop vectorises: header values
+/// such as bearer tokens run to hundreds of bytes.
+fn has_control_byte(v: &[u8]) -> bool {
+    v.iter().fold(false, |bad, &b| {
+        bad | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
+    })
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
@@ -655,11 +663,7 @@ impl ProxyHttp for Strangle {
         if header_bytes > limits.max_header_bytes {
             return reject(session, ctx, 431, "request headers too large").await;
         }
-        if req.headers.values().any(|v| {
-            v.as_bytes()
-                .iter()
-                .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        }) {
+        if req.headers.values().any(|v| has_control_byte(v.as_bytes())) {
             return reject(session, ctx, 400, "control byte in a header value").await;
         }
 

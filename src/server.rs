@@ -116,14 +116,17 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
+            access: Arc::clone(&access),
         }),
     });
+    access.flush();
     std::process::exit(0)
 }
 
 /// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0.
 struct Drain {
     grace: Duration,
+    access: Arc<AccessLogger>,
 }
 
 #[async_trait]
@@ -142,6 +145,7 @@ impl ShutdownSignalWatch for Drain {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => {
                 let grace = self.grace;
+                let access = Arc::clone(&self.access);
                 tracing::info!(?grace, "SIGTERM: draining in-flight requests");
                 crate::proxy::DRAINING.store(true, Ordering::Release);
                 // Pingora stops the listeners when this returns; this task ends the process as
@@ -157,8 +161,7 @@ impl ShutdownSignalWatch for Drain {
                     if left > 0 {
                         tracing::warn!(left, "grace period over with requests still in flight");
                     }
-                    // Let the access-log writer catch up with the last lines.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    access.flush();
                     tracing::info!("drained; exiting");
                     std::process::exit(0);
                 });
