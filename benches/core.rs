@@ -144,6 +144,8 @@ fn jwt(c: &mut Criterion) {
     use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
     use strangle::auth::{AuthConfig, Verifier};
 
+    // As in the proxy: ring verifies; installed before the first token is signed here.
+    strangle::auth::crypto::install();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rng = rsa::rand_core::OsRng;
     let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa key");

@@ -5,6 +5,8 @@
 //! headers are never followed: only configured keys verify. When the JWKS cannot be fetched,
 //! the last good keys serve for `jwks-max-stale`, then requests fail closed with 503.
 
+pub mod crypto;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,6 +182,7 @@ fn parse_keys(text: &str) -> Result<Vec<(Option<String>, DecodingKey)>, String> 
 impl Verifier {
     /// Builds a verifier; static key files are read now (a bad one fails the config).
     pub fn new(config: AuthConfig) -> Result<Verifier, String> {
+        crypto::install();
         let static_keys = config.jwks_url.is_none();
         let verifier = Verifier {
             config,
