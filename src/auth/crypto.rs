@@ -99,7 +99,6 @@ impl JwtVerifier for RingVerifier {
 mod tests {
     use super::*;
     use base64::Engine as _;
-    use jsonwebtoken::signature::Verifier as _;
     use jsonwebtoken::EncodingKey;
 
     fn signed(alg: Algorithm, key: &EncodingKey, msg: &[u8]) -> Vec<u8> {
