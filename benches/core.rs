@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the per-request work that is strangle's own: path normalisation, route
-//! lookup and the split decision.
+//! Micro-benchmarks of the work that is strangle's own: per request, path normalisation, route
+//! lookup, the split decision, Lambda event encoding and JWT verification; per reload, config
+//! parsing and snapshot building.
 //! Run with: cargo bench --bench core
 
 use std::hint::black_box;
@@ -222,5 +223,63 @@ fn jwt(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_lookup, paths, split, lambda_events, jwt);
+/// What a reload costs off the request path: parsing and validating the TOML, then building
+/// the snapshot (route table, upstreams, splits), fresh and reusing the previous snapshot's
+/// unchanged upstreams as a reload does.
+fn reload(c: &mut Criterion) {
+    use strangle::state::Snapshot;
+    use strangle::stats::Registry;
+
+    let mut g = c.benchmark_group("reload");
+    for n in [10, 100, 1000] {
+        let mut text = String::from("[server]\ndefault = \"u0\"\n");
+        for u in 0..10 {
+            text.push_str(&format!(
+                "[upstreams.u{u}]\naddresses = [\"127.0.0.1:{}\", \"127.0.0.2:{}\"]\n",
+                9000 + u,
+                9000 + u
+            ));
+        }
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[routes]]\nid = \"r{i}\"\npath = \"/api/v{}/service-{i}\"\nlegacy = \"u{}\"\nnew = \"u{}\"\nshift = \"{}%\"\nsticky = \"header:x-user-id\"\n",
+                i % 3,
+                i % 10,
+                (i + 1) % 10,
+                i % 100
+            ));
+        }
+        let base = std::path::Path::new(".");
+        g.bench_with_input(BenchmarkId::new("parse", n), &text, |b, t| {
+            b.iter(|| strangle::config::parse("bench.toml", black_box(t), base).expect("config"))
+        });
+        let registry = Registry::default();
+        let config = strangle::config::parse("bench.toml", &text, base).expect("config");
+        g.bench_with_input(BenchmarkId::new("snapshot", n), &config, |b, cfg| {
+            b.iter(|| Snapshot::build(black_box(cfg.clone()), None, &registry).expect("snapshot"))
+        });
+        let previous = Snapshot::build(config.clone(), None, &registry).expect("snapshot");
+        g.bench_with_input(
+            BenchmarkId::new("snapshot_reusing", n),
+            &config,
+            |b, cfg| {
+                b.iter(|| {
+                    Snapshot::build(black_box(cfg.clone()), Some(&previous), &registry)
+                        .expect("snapshot")
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    paths,
+    split,
+    lambda_events,
+    jwt,
+    reload
+);
 criterion_main!(benches);

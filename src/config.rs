@@ -5,7 +5,7 @@
 
 pub mod raw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1073,6 +1073,9 @@ impl Cx<'_> {
         auth: &BTreeMap<String, crate::auth::AuthConfig>,
     ) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::new();
+        // Earlier routes by path and match kind: only those can shadow a later one, so the
+        // check stays linear in the number of routes.
+        let mut same_path: HashMap<(String, PathMatch), Vec<usize>> = HashMap::new();
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for r in raw {
             let id = r.id.get_ref().clone();
@@ -1280,7 +1283,12 @@ impl Cx<'_> {
                 allow_override: r.override_.is_some_and(|o| *o.get_ref()),
             };
             let key = route.key();
-            if let Some(earlier) = out.iter().find(|o| o.key().shadows(&key)) {
+            let earlier = same_path.entry((key.path.clone(), key.kind)).or_default();
+            if let Some(earlier) = earlier
+                .iter()
+                .map(|&i| &out[i])
+                .find(|o| o.key().shadows(&key))
+            {
                 let hint = Some(format!(
                     "route `{}` already takes every request for `{}`; give the methods apart or remove one",
                     earlier.id, route.path
@@ -1294,6 +1302,7 @@ impl Cx<'_> {
                     hint,
                 );
             }
+            earlier.push(out.len());
             out.push(route);
         }
         out

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use http::Method;
 
 /// How a route's path is compared with the request path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PathMatch {
     Exact,
     Prefix,
