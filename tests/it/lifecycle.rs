@@ -191,6 +191,10 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
         took >= Duration::from_millis(1000) && took < Duration::from_secs(4),
         "exit after {took:?}"
     );
+    // The drained request's access-log line was written before the exit (lines are batched).
+    let log = proxy.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["status"], 200);
 }
 
 #[test]
