@@ -73,11 +73,11 @@ sticky = "session"
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
-fn serve_refuses_a_broken_config_with_every_error() {
+/// Runs `strangle serve` on `config`, which must fail to start; returns its stderr.
+fn serve_fails_with(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[server]\nthreads = 0\ndefault = \"x\"\n").unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, config).unwrap();
     let out = Command::new(bin())
         .arg("serve")
         .arg("-c")
@@ -85,7 +85,12 @@ fn serve_refuses_a_broken_config_with_every_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_refuses_a_broken_config_with_every_error() {
+    let stderr = serve_fails_with("[server]\nthreads = 0\ndefault = \"x\"\n");
     assert!(
         stderr.contains(":2:11: `threads` must be between 1 and 1024"),
         "{stderr}"
@@ -97,21 +102,10 @@ fn serve_refuses_a_broken_config_with_every_error() {
 fn serve_refuses_a_port_in_use_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.toml");
-    let text = format!(
+    let stderr = serve_fails_with(&format!(
         "[server]\nlisten = [\"{addr}\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n",
         free_port()
-    );
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(bin())
-        .arg("serve")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    ));
     assert!(
         stderr.contains(&format!("cannot listen for the proxy on {addr}")),
         "{stderr}"
