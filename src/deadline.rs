@@ -47,7 +47,10 @@ async fn wait_for_request(
     let mut draining = shutdown.clone();
     let idle = async {
         match idle_limit {
-            Some(d) => tokio::time::sleep(d).await,
+            // Pingora's coarse shared timer (10 ms slots), not a tokio timer: a tokio timer
+            // registered and cancelled around every keep-alive wait doubled the proxy's p99 at
+            // a fixed rate (BENCHMARKS.md).
+            Some(d) => pingora::prelude::fast_timeout::fast_sleep(d).await,
             None => std::future::pending().await,
         }
     };
