@@ -42,9 +42,8 @@ pub struct HeaderDeadline<A> {
 async fn wait_for_request(
     stream: &mut DeadlineStream,
     idle_limit: Option<Duration>,
-    shutdown: &ShutdownWatch,
+    draining: &mut ShutdownWatch,
 ) -> bool {
-    let mut draining = shutdown.clone();
     let idle = async {
         match idle_limit {
             // Pingora's coarse shared timer (10 ms slots), not a tokio timer: a tokio timer
@@ -84,8 +83,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         stream.rearm(true);
         let mut settings = None;
         let mut idle_limit = None;
+        let mut draining = shutdown.clone();
         loop {
-            if !wait_for_request(&mut stream, idle_limit, shutdown).await {
+            if !wait_for_request(&mut stream, idle_limit, &mut draining).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -129,7 +129,7 @@ pub struct DeadlineStream {
     /// The start of the next request, read while waiting for it and not yet handed on.
     peeked: Option<Bytes>,
     /// Writes not yet sent (see `WRITE_BUFFER`), and how much of them is already out. The
-    /// space is given back while the connection is idle.
+    /// space is given back when the connection goes idle (`poll_request_start`).
     wbuf: Vec<u8>,
     written: usize,
 }
@@ -149,9 +149,6 @@ impl DeadlineStream {
     }
 
     fn rearm(&mut self, start_now: bool) {
-        if self.wbuf.is_empty() {
-            self.wbuf = Vec::new();
-        }
         self.in_head = true;
         self.tail = [0; 3];
         self.timer = start_now.then(|| Box::pin(tokio::time::sleep(self.deadline)));
@@ -235,7 +232,14 @@ impl DeadlineStream {
                 Poll::Ready(Ok(true))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Going idle: the write buffer's space goes back until there is a request.
+                // A busy connection whose next request is already there keeps it.
+                if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                    self.wbuf = Vec::new();
+                }
+                Poll::Pending
+            }
         }
     }
 }

@@ -7,17 +7,9 @@ use std::time::Duration;
 use crate::support::*;
 
 fn config(backend: &Backend, queue_timeout: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-max-in-flight = 3
-queue-timeout = "{queue_timeout}"
-"#,
-        backend.addr()
+    monolith_config(
+        backend,
+        &format!("max-in-flight = 3\nqueue-timeout = \"{queue_timeout}\"\n"),
     )
 }
 
@@ -70,20 +62,14 @@ fn excess_requests_wait_then_get_503_with_retry_after() {
 }
 
 fn rate_config(backend: &Backend) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-[[routes]]
+    monolith_config(
+        backend,
+        r#"[[routes]]
 id = "search"
 path = "/search"
 legacy = "monolith"
-rate-limit = {{ requests = 5, per = "1s", burst = 5, key = "header:x-api-key" }}
+rate-limit = { requests = 5, per = "1s", burst = 5, key = "header:x-api-key" }
 "#,
-        backend.addr()
     )
 }
 

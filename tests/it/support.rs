@@ -530,6 +530,15 @@ pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
 }
 
 /// The two-backend config most tests use.
+/// The config most small tests start from: the proxy's listener and a `monolith` upstream at
+/// `backend` that is the default, then `rest` (more keys of that upstream, or more sections).
+pub fn monolith_config(backend: &Backend, rest: &str) -> String {
+    format!(
+        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"monolith\"\n[upstreams.monolith]\naddresses = [\"{}\"]\n{rest}",
+        backend.addr()
+    )
+}
+
 pub fn split_config(legacy: &Backend, new: &Backend, shift: &str, sticky: &str) -> String {
     format!(
         r#"
