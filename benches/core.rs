@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
-use strangle::routing::{normalize, PathMatch, RouteKey, RouteTable};
+use strangle::routing::{canonicalize, PathMatch, PathParams, RouteKey, RouteTable};
 use strangle::split::{bucket, route_seed, side_for, KeyValue, Shift, StickyKey};
 
 fn table(n: usize) -> RouteTable {
@@ -21,6 +21,8 @@ fn table(n: usize) -> RouteTable {
                     PathMatch::Prefix
                 },
                 methods: (i % 4 == 0).then(|| vec![Method::GET, Method::POST]),
+                case_insensitive: i % 7 == 0,
+                trailing_slash: false,
             })
             .collect(),
     )
@@ -42,11 +44,14 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn paths(c: &mut Criterion) {
-    c.bench_function("normalize/clean", |b| {
-        b.iter(|| normalize(black_box("/bookings/42/seats?x=1")))
+    c.bench_function("canonicalize/clean", |b| {
+        b.iter(|| canonicalize(black_box("/bookings/42/seats"), PathParams::Reject))
     });
-    c.bench_function("normalize/dirty", |b| {
-        b.iter(|| normalize(black_box("//bookings/./42/../43")))
+    c.bench_function("canonicalize/dirty", |b| {
+        b.iter(|| canonicalize(black_box("//bookings/./42/../43"), PathParams::Reject))
+    });
+    c.bench_function("canonicalize/escapes", |b| {
+        b.iter(|| canonicalize(black_box("/%62ookings/caf%c3%a9/42"), PathParams::Reject))
     });
 }
 

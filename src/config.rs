@@ -30,6 +30,9 @@ pub struct Config {
     pub log: Log,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    /// Problems that do not stop the config from loading (`strangle check` prints them; the
+    /// proxy logs them at load).
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +45,13 @@ pub struct Server {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// What `;` in a path gets.
+    pub path_params: crate::routing::PathParams,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// The longest a request body may take to arrive (buffered bodies: in all; streamed
+    /// bodies: between two reads).
+    pub body_timeout: Duration,
 }
 
 /// The admin API's listener and the token that mutating calls need.
@@ -163,6 +173,8 @@ pub struct Route {
     pub new_when: Option<ClaimRule>,
     /// The tester header is honoured only for users whose verified claim matches.
     pub override_when: Option<ClaimRule>,
+    pub case_insensitive: bool,
+    pub trailing_slash: bool,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings
@@ -179,6 +191,8 @@ impl Route {
             path: self.path.clone(),
             kind: self.kind,
             methods: self.methods.clone(),
+            case_insensitive: self.case_insensitive,
+            trailing_slash: self.trailing_slash,
         }
     }
 }
@@ -245,10 +259,13 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors
         text,
         base,
         diags: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = cx.lower();
     if cx.diags.is_empty() {
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            cx.warnings.sort_by_key(|d| (d.line, d.col));
+            config.warnings = cx.warnings;
             return Ok(config);
         }
     }
@@ -263,6 +280,7 @@ struct Cx<'a> {
     text: &'a str,
     base: &'a Path,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Cx<'_> {
@@ -277,6 +295,13 @@ impl Cx<'_> {
             message: message.into(),
             hint,
         });
+    }
+
+    fn warn(&mut self, at: usize, message: impl Into<String>, hint: Option<String>) {
+        self.error(at, message, hint);
+        if let Some(d) = self.diags.pop() {
+            self.warnings.push(d);
+        }
     }
 
     fn err_at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>, hint: Option<String>) {
@@ -378,7 +403,10 @@ impl Cx<'_> {
         let log = self.log(log);
         let admin = self.admin(admin.unwrap_or_default());
         let auth = self.auths(auths);
-        let routes = self.routes(routes, &upstreams, &auth);
+        let (routes, id_spans) = self.routes(routes, &upstreams, &auth);
+        if let Some(server) = &server {
+            self.warn_bypassable_routes(&routes, &id_spans, server);
+        }
         (ok && self.diags.is_empty()).then_some(Config {
             server: server?,
             admin,
@@ -386,6 +414,7 @@ impl Cx<'_> {
             log,
             upstreams,
             routes,
+            warnings: Vec::new(),
         })
     }
 
@@ -493,6 +522,32 @@ impl Cx<'_> {
                 32 * 1024,
             ),
             max_headers: self.count(&raw.max_headers, "max-headers", 8, 250, 100),
+            path_params: match raw.path_parameters.as_ref().map(|p| p.get_ref().as_str()) {
+                None | Some("reject") => routing::PathParams::Reject,
+                Some("keep") => routing::PathParams::Keep,
+                Some(other) => {
+                    let p = raw.path_parameters.as_ref().expect("matched Some");
+                    self.err_at(p, format!("unknown path-parameters `{other}`"), Some("use `reject` (default: `;` in a path gets 400) or `keep` (forwarded as part of the segment; unsafe in front of servlet containers, which drop `;...` before routing)".into()));
+                    routing::PathParams::Reject
+                }
+            },
+            trusted_proxies: raw
+                .trusted_proxies
+                .iter()
+                .flat_map(|l| l.get_ref().iter())
+                .filter_map(|c| match c.get_ref().parse::<crate::net::Cidr>() {
+                    Ok(cidr) => Some(cidr),
+                    Err(e) => {
+                        self.err_at(
+                            c,
+                            format!("bad trusted-proxies entry: {e}"),
+                            Some("write a CIDR block such as `10.0.0.0/8` or an address".into()),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            body_timeout: self.duration(&raw.body_timeout, "body-timeout", Duration::from_secs(10)),
         })
     }
 
@@ -946,12 +1001,18 @@ impl Cx<'_> {
                     format!("auth `{n}` has no keys"),
                     Some("add `jwks-url = \"https://issuer/.well-known/jwks.json\"` or `keys = [\"public.pem\"]`".into()),
                 ),
-                (Some(u), None) => {
-                    let ok = u.get_ref().parse::<http::Uri>().is_ok_and(|uri| matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some());
-                    if !ok {
-                        self.err_at(u, format!("bad jwks-url `{}`", u.get_ref()), None);
-                    }
-                }
+                (Some(u), None) => match u.get_ref().parse::<http::Uri>() {
+                    Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+                    // Plain HTTP lets anyone on the path swap the keys and mint tokens; local
+                    // issuers (sidecars, tests) on the loopback are the one exception.
+                    Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some_and(is_loopback_host) => {}
+                    Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => self.err_at(
+                        u,
+                        format!("jwks-url `{}` is plain http", u.get_ref()),
+                        Some("keys fetched without TLS can be replaced by anyone on the path, who can then mint tokens: use https (plain http is allowed only for loopback issuers)".into()),
+                    ),
+                    _ => self.err_at(u, format!("bad jwks-url `{}`", u.get_ref()), None),
+                },
                 (None, Some(k)) => {
                     for (path, raw) in keys.iter().zip(k.get_ref()) {
                         if let Err(e) = std::fs::read_to_string(path) {
@@ -1071,8 +1132,9 @@ impl Cx<'_> {
         raw: Vec<RawRoute>,
         upstreams: &BTreeMap<String, Upstream>,
         auth: &BTreeMap<String, crate::auth::AuthConfig>,
-    ) -> Vec<Route> {
+    ) -> (Vec<Route>, Vec<usize>) {
         let mut out: Vec<Route> = Vec::new();
+        let mut id_spans = Vec::new();
         // Earlier routes by path and match kind: only those can shadow a later one, so the
         // check stays linear in the number of routes.
         let mut same_path: HashMap<(String, PathMatch), Vec<usize>> = HashMap::new();
@@ -1093,7 +1155,7 @@ impl Cx<'_> {
                 self.err_at(&r.id, format!("route id `{id}` is used twice"), hint);
             }
             let path = r.path.get_ref().clone();
-            match routing::normalize(&path) {
+            match routing::canonicalize(&path, routing::PathParams::Keep) {
                 Ok(p) if p == path && (path == "/" || !path.ends_with('/')) => {}
                 _ => {
                     let hint = Some("write a clean absolute path like `/bookings`: no `//`, `.`, `..`, `%2F` or trailing `/`".into());
@@ -1235,11 +1297,26 @@ impl Cx<'_> {
                         None,
                     );
                 }
+                let ipv4_prefix = match &raw.ipv4_prefix {
+                    Some(_) => self.count(&raw.ipv4_prefix, "ipv4-prefix", 1, 32, 32) as u8,
+                    None => 32,
+                };
+                let ipv6_prefix = match &raw.ipv6_prefix {
+                    Some(_) => self.count(&raw.ipv6_prefix, "ipv6-prefix", 1, 128, 64) as u8,
+                    None => 64,
+                };
+                let max_keys = match &raw.max_keys {
+                    Some(_) => self.count(&raw.max_keys, "max-keys", 16, 100_000_000, 100_000),
+                    None => 100_000,
+                };
                 crate::limits::RateLimit {
                     requests,
                     per,
                     burst,
                     key,
+                    ipv4_prefix,
+                    ipv6_prefix,
+                    max_keys,
                 }
             });
             let mut claim_rule = |rule: &Option<Spanned<RawClaimRule>>, key: &str| {
@@ -1267,7 +1344,22 @@ impl Cx<'_> {
                     );
                 }
             }
+            let case_insensitive = r.case_insensitive.as_ref().is_some_and(|v| *v.get_ref());
+            let trailing_slash = r.trailing_slash.as_ref().is_some_and(|v| *v.get_ref());
+            if let (Some(t), PathMatch::Prefix) = (&r.trailing_slash, kind) {
+                if *t.get_ref() {
+                    self.err_at(
+                        t,
+                        "`trailing-slash` is for exact routes",
+                        Some(
+                            "a prefix route already matches `PATH/` and everything under it".into(),
+                        ),
+                    );
+                }
+            }
             let route = Route {
+                case_insensitive,
+                trailing_slash,
                 new_when,
                 override_when,
                 rate_limit,
@@ -1283,7 +1375,9 @@ impl Cx<'_> {
                 allow_override: r.override_.is_some_and(|o| *o.get_ref()),
             };
             let key = route.key();
-            let earlier = same_path.entry((key.path.clone(), key.kind)).or_default();
+            let earlier = same_path
+                .entry((key.path.to_ascii_lowercase(), key.kind))
+                .or_default();
             if let Some(earlier) = earlier
                 .iter()
                 .map(|&i| &out[i])
@@ -1304,9 +1398,66 @@ impl Cx<'_> {
             }
             earlier.push(out.len());
             out.push(route);
+            id_spans.push(r.id.span().start);
         }
-        out
+        (out, id_spans)
     }
+}
+
+impl Cx<'_> {
+    /// A route with `auth` in front of a default upstream is only as strong as its spelling:
+    /// a spelling the route does not match falls through to the default without auth, and the
+    /// monolith may serve it as the same resource.
+    fn warn_bypassable_routes(&mut self, routes: &[Route], id_spans: &[usize], server: &Server) {
+        let Some(default) = &server.default else {
+            return;
+        };
+        for (r, &at) in routes
+            .iter()
+            .zip(id_spans)
+            .filter(|(r, _)| r.auth.is_some())
+        {
+            let mut spellings = Vec::new();
+            if !r.case_insensitive && r.path.bytes().any(|b| b.is_ascii_alphabetic()) {
+                spellings.push(format!("`{}`", r.path.to_ascii_uppercase()));
+            }
+            if r.kind == PathMatch::Exact {
+                if !r.trailing_slash && r.path != "/" {
+                    spellings.push(format!("`{}/`", r.path));
+                }
+                spellings.push(format!("`{}.`", r.path));
+            }
+            if spellings.is_empty() {
+                continue;
+            }
+            let mut fixes = Vec::new();
+            if !r.case_insensitive {
+                fixes.push("`case-insensitive = true` if the monolith ignores case");
+            }
+            if r.kind == PathMatch::Exact {
+                fixes.push("`trailing-slash = true` or a prefix route if it ignores a trailing `/`, and a route for the other spellings it accepts");
+            }
+            self.warn(
+                at,
+                format!(
+                    "route `{}` has auth, but {} miss it and reach the default upstream `{default}` without a token",
+                    r.id,
+                    spellings.join(", ")
+                ),
+                Some(format!("set {}", fixes.join("; "))),
+            );
+        }
+    }
+}
+
+/// Whether a URL host is on the loopback (where plain http cannot be intercepted).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn valid_name(s: &str) -> bool {

@@ -77,18 +77,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         // of a few hundred bytes, and only then enters Pingora's request future (tens of KB):
         // an idle connection holds only the small one. A new connection's wait is bounded by
         // the head deadline (armed at accept), a kept-alive one's by the keep-alive timeout;
-        // a shutdown closes idle connections at once. Pipelining is never enabled, so Pingora
-        // hands back no bytes read ahead that the wait could miss.
+        // a shutdown closes idle connections at once. Pipelined requests (RFC 9112 section
+        // 9.3.2) are answered in order: Pingora hands the bytes it read past a request back in
+        // the persistent settings, and then there is nothing to wait for.
         let mut stream = Box::new(DeadlineStream::new(stream, self.deadline));
         stream.rearm(true);
         let mut settings = None;
         let mut idle_limit = None;
         let mut draining = shutdown.clone();
+        let mut pipelined = false;
         loop {
-            if !wait_for_request(&mut stream, idle_limit, &mut draining).await {
+            if !pipelined && !wait_for_request(&mut stream, idle_limit, &mut draining).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
+            session.set_pipelining_enabled(true);
             if idle_limit.is_none() {
                 // The first request: Pingora's defaults for a new connection.
                 session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
@@ -106,7 +109,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                 .await?
                 .consume();
             stream = next.into_any().downcast::<DeadlineStream>().ok()?;
+            pipelined = persistent.as_ref().is_some_and(has_pipelined_prefix);
             stream.rearm(false);
+            if pipelined {
+                // The next head is (at least partly) here already and was scanned with the
+                // previous request's bytes: its deadline is Pingora's read timeout.
+                stream.in_head = false;
+            }
             settings = persistent;
             idle_limit = Some(self.live.load().config.server.keepalive_timeout);
         }
@@ -115,6 +124,35 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn cleanup(&self) {
         self.inner.cleanup().await
     }
+}
+
+/// Whether Pingora carried bytes of a next, pipelined request over to it. The settings do not
+/// expose the field, only their `Debug` form (pingora-core 0.9.1 `apps::HttpPersistentSettings`);
+/// re-read this when upgrading Pingora.
+fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    struct Probe(bool, usize);
+    impl Write for Probe {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            // Stop formatting (with an error) as soon as the field's value is known.
+            const NEEDLE: &str = "pipelined_prefix: ";
+            for (i, c) in s.char_indices() {
+                if self.1 == NEEDLE.len() {
+                    self.0 = s[i..].starts_with("Some");
+                    return Err(fmt::Error);
+                }
+                if NEEDLE.as_bytes()[self.1] == c as u8 {
+                    self.1 += 1;
+                } else {
+                    self.1 = usize::from(NEEDLE.as_bytes()[0] == c as u8);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut probe = Probe(false, 0);
+    let _ = write!(probe, "{settings:?}");
+    probe.0
 }
 
 /// A downstream stream whose reads fail with `TimedOut` while a request head is overdue.
@@ -126,6 +164,9 @@ pub struct DeadlineStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// The last bytes seen, to find `\r\n\r\n` split across reads.
     tail: [u8; 3],
+    /// A byte other than CR or LF was seen in this head. The parser skips blank lines before a
+    /// request line (RFC 9112 section 2.2), so they must not end the head here either.
+    started: bool,
     /// The start of the next request, read while waiting for it and not yet handed on.
     peeked: Option<Bytes>,
     /// Writes not yet sent (see `WRITE_BUFFER`), and how much of them is already out. The
@@ -142,6 +183,7 @@ impl DeadlineStream {
             in_head: true,
             timer: None,
             tail: [0; 3],
+            started: false,
             peeked: None,
             wbuf: Vec::new(),
             written: 0,
@@ -151,11 +193,22 @@ impl DeadlineStream {
     fn rearm(&mut self, start_now: bool) {
         self.in_head = true;
         self.tail = [0; 3];
+        self.started = false;
         self.timer = start_now.then(|| Box::pin(tokio::time::sleep(self.deadline)));
     }
 
     /// Looks for the end of the head in newly read bytes.
-    fn scan(&mut self, data: &[u8]) {
+    fn scan(&mut self, mut data: &[u8]) {
+        if !self.started {
+            match data.iter().position(|&b| b != b'\r' && b != b'\n') {
+                Some(i) => {
+                    self.started = true;
+                    data = &data[i..];
+                }
+                // Only blank lines so far: the clock runs, the head has not begun.
+                None => return,
+            }
+        }
         // `\r\n\r\n`, or a bare `\n\n`, which httparse also accepts: look at each `\n` (memchr,
         // vectorised) and the two bytes before it, which may have come in an earlier read.
         let before = |i: usize, back: usize| -> u8 {

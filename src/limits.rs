@@ -2,8 +2,15 @@
 //! verified JWT claim), `burst` deep, refilled at `requests` per `per`. Buckets live in shards,
 //! each behind its own lock, so requests for different keys rarely meet; idle full buckets are
 //! swept. Counts are per strangle instance: N replicas allow N times the rate.
+//!
+//! Addresses are keyed by network (`ipv4-prefix`, default /32; `ipv6-prefix`, default /64: one
+//! IPv6 client usually holds a whole /64), and the number of buckets is capped (`max-keys`):
+//! past it the least recently used bucket of a shard is evicted and counted, so a flood of
+//! distinct header values cannot grow memory without bound.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +23,10 @@ pub struct RateLimit {
     pub per: Duration,
     pub burst: u32,
     pub key: StickyKey,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// The most buckets kept; past it the least recently used is evicted.
+    pub max_keys: usize,
 }
 
 const SHARDS: usize = 64;
@@ -38,6 +49,8 @@ pub struct RateLimiter {
     /// Tokens per second.
     rate: f64,
     shards: Vec<Mutex<HashMap<u64, Bucket>>>,
+    /// Buckets evicted to stay under `max-keys`.
+    pub evicted: AtomicU64,
 }
 
 impl RateLimiter {
@@ -47,6 +60,22 @@ impl RateLimiter {
             config,
             rate,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// The key hash of a client address: its network under the configured prefix.
+    pub fn ip_key(&self, ip: IpAddr) -> u64 {
+        use xxhash_rust::xxh3::xxh3_64;
+        match crate::net::unmap(ip) {
+            v4 @ IpAddr::V4(_) => match crate::net::mask(v4, self.config.ipv4_prefix) {
+                IpAddr::V4(a) => xxh3_64(&a.octets()),
+                IpAddr::V6(a) => xxh3_64(&a.octets()),
+            },
+            v6 => match crate::net::mask(v6, self.config.ipv6_prefix) {
+                IpAddr::V4(a) => xxh3_64(&a.octets()),
+                IpAddr::V6(a) => xxh3_64(&a.octets()),
+            },
         }
     }
 
@@ -56,6 +85,14 @@ impl RateLimiter {
         let mut shard = self.shards[(key as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let cap = self.config.max_keys.div_ceil(SHARDS).max(1);
+        if shard.len() >= cap && !shard.contains_key(&key) {
+            // Full: the bucket idle longest goes (its client starts over with a full bucket).
+            if let Some(oldest) = shard.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k) {
+                shard.remove(&oldest);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let bucket = shard.entry(key).or_insert(Bucket {
             tokens: burst,
             last: now,
@@ -110,7 +147,37 @@ mod tests {
             per: Duration::from_millis(per_ms),
             burst,
             key: StickyKey::Ip,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            max_keys: 128,
         })
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_keys_are_capped() {
+        let l = limiter(10, 1000, 1);
+        let a = l.ip_key("2001:db8:1:2::1".parse().unwrap());
+        let b = l.ip_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = l.ip_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(
+            l.ip_key("1.2.3.4".parse().unwrap()),
+            l.ip_key("1.2.3.5".parse().unwrap())
+        );
+        assert_eq!(
+            l.ip_key("::ffff:1.2.3.4".parse().unwrap()),
+            l.ip_key("1.2.3.4".parse().unwrap())
+        );
+        let t0 = Instant::now();
+        for k in 0..10_000u64 {
+            let _ = l.check(
+                k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                t0 + Duration::from_micros(k),
+            );
+        }
+        assert!(l.keys() <= 128, "{} buckets", l.keys());
+        assert!(l.evicted.load(Ordering::Relaxed) >= 10_000 - 128);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::config::Target;
+use crate::forward::{self, hop_by_hop, Outbound};
 use crate::lambda::{event, PAYLOAD_LIMIT};
 use crate::routing::{self, PathError};
 use crate::split::{self, KeyValue, Side, StickyKey};
@@ -36,11 +37,6 @@ pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_STRANGLE_SIDE: HeaderName = HeaderName::from_static("x-strangle-side");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The strangle proxy.
 pub struct Strangle {
@@ -68,6 +64,10 @@ pub struct Ctx {
     error: Option<String>,
     /// The verified JWT claims, on routes with `auth`.
     claims: Option<crate::auth::Claims>,
+    /// The client's address after the trusted-proxy walk (the peer when it is not trusted).
+    client: Option<IpAddr>,
+    /// Whether the TCP peer is one of `[server] trusted-proxies`.
+    peer_trusted: bool,
     /// A `max-in-flight` slot of the upstream, held to the end of the request.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -220,9 +220,49 @@ fn claim_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-/// Reads the whole request body, or `None` if it is over `limit` (the connection is then marked
-/// for closing: the rest of the body is never read).
-async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+/// Why a buffered body was not read.
+enum BodyError {
+    TooLarge,
+    TooSlow,
+}
+
+/// What the outbound header policy needs to know about this request.
+fn outbound<'a>(
+    session: &Session,
+    ctx: &'a Ctx,
+    claims: &'a [(HeaderName, HeaderValue)],
+) -> Outbound<'a> {
+    Outbound {
+        peer: client_ip(session),
+        peer_trusted: ctx.peer_trusted,
+        client: ctx.client,
+        https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        host: session.req_header().headers.get(header::HOST).cloned(),
+        keep_upgrade: session.is_upgrade_req(),
+        identity_headers: &ctx.snap.identity_headers,
+        claims,
+        request_id: ctx.request_id.as_ref(),
+    }
+}
+
+/// Reads the whole request body within `deadline` (a slow client must not hold an upstream's
+/// `max-in-flight` slot, so this runs before the slot is taken). Over `limit` or late, the
+/// connection is marked for closing: the rest of the body is never read.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<std::result::Result<Bytes, BodyError>> {
+    match tokio::time::timeout(deadline, read_body_within(session, limit)).await {
+        Ok(r) => r.map(|b| b.ok_or(BodyError::TooLarge)),
+        Err(_) => {
+            session.set_keepalive(None);
+            Ok(Err(BodyError::TooSlow))
+        }
+    }
+}
+
+async fn read_body_within(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
     let declared = session
         .req_header()
         .headers
@@ -304,36 +344,6 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// The hop-by-hop headers present (RFC 9110 §7.6.1) and those named in `Connection`, except
-/// the pair that carries a protocol upgrade. Usually none: then nothing is allocated.
-fn hop_by_hop(headers: &http::HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
-    let mut names = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(s) = v.to_str() else { continue };
-        for token in s.split(',').map(str::trim) {
-            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                names.push(name);
-            }
-        }
-    }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER] {
-        if headers.contains_key(&name) {
-            names.push(name);
-        }
-    }
-    if !keep_upgrade {
-        for name in [header::CONNECTION, header::UPGRADE] {
-            if headers.contains_key(&name) {
-                names.push(name);
-            }
-        }
-    }
-    names
-}
-
 impl Strangle {
     /// Serves a request from a Lambda function: the body is buffered (Lambda takes the whole
     /// event at once), the event built, the function invoked, its answer written back.
@@ -343,6 +353,7 @@ impl Strangle {
         ctx: &mut Ctx,
         path: &str,
         query: &str,
+        body: Bytes,
     ) -> Result<bool> {
         let Some(upstream) = ctx.upstream.clone() else {
             return reject(session, ctx, 500, "no upstream").await;
@@ -350,9 +361,10 @@ impl Strangle {
         let Kind::Lambda(lambda) = &upstream.kind else {
             return reject(session, ctx, 500, "not a lambda upstream").await;
         };
-        let Some(body) = read_body(session, PAYLOAD_LIMIT).await? else {
-            return reject(session, ctx, 413, "request body over Lambda's 6 MB limit").await;
-        };
+        // The event carries the same headers an HTTP upstream would get.
+        let claims = claim_headers(ctx);
+        let mut headers = session.req_header().headers.clone();
+        forward::apply(&mut headers, &outbound(session, ctx, &claims));
         let req = session.req_header();
         let route_path = ctx
             .route
@@ -368,9 +380,9 @@ impl Strangle {
                 method: req.method.as_str(),
                 path,
                 query,
-                headers: &req.headers,
+                headers: &headers,
                 body: &body,
-                source_ip: client_ip(session),
+                source_ip: ctx.client,
                 request_id: ctx
                     .request_id
                     .as_ref()
@@ -422,6 +434,7 @@ impl Strangle {
         session: &mut Session,
         ctx: &mut Ctx,
         upstream_path: &str,
+        body: Bytes,
     ) -> Result<bool> {
         let Some(upstream) = ctx.upstream.clone() else {
             return reject(session, ctx, 500, "no upstream").await;
@@ -431,15 +444,6 @@ impl Strangle {
         else {
             return reject(session, ctx, 500, "not a signed url upstream").await;
         };
-        let Some(body) = read_body(session, SIGNED_BODY_LIMIT).await? else {
-            return reject(
-                session,
-                ctx,
-                413,
-                "request body over API Gateway's 10 MB limit",
-            )
-            .await;
-        };
         let scheme = if *tls { "https" } else { "http" };
         let authority = upstream
             .config
@@ -447,35 +451,18 @@ impl Strangle {
             .socket_authority()
             .unwrap_or_default();
         let uri = format!("{scheme}://{authority}{upstream_path}");
-        let req = session.req_header();
-        let hop = hop_by_hop(&req.headers, false);
-        let mut headers: Vec<(HeaderName, HeaderValue)> = req
-            .headers
+        let claims = claim_headers(ctx);
+        let mut map = session.req_header().headers.clone();
+        forward::apply(&mut map, &outbound(session, ctx, &claims));
+        // The signature sets these; a client's copies would be signed as if strangle sent them.
+        let headers: Vec<(HeaderName, HeaderValue)> = map
             .iter()
             .filter(|(k, _)| {
-                !hop.contains(k)
-                    && *k != header::HOST
-                    && *k != header::AUTHORIZATION
-                    && *k != X_STRANGLE_SIDE
-                    && !event::is_reserved(k.as_str())
-                    && !ctx.snap.identity_headers.contains(k)
+                *k != header::HOST && *k != header::AUTHORIZATION && !event::is_reserved(k.as_str())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        headers.extend(claim_headers(ctx));
-        if let Some(host) = req.headers.get(header::HOST) {
-            headers.push((X_FORWARDED_HOST, host.clone()));
-        }
-        if let Some(ip) =
-            client_ip(session).and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
-        {
-            headers.push((X_FORWARDED_FOR, ip));
-        }
-        headers.push((X_FORWARDED_PROTO, HeaderValue::from_static("http")));
-        if let Some(id) = &ctx.request_id {
-            headers.push((X_REQUEST_ID, id.clone()));
-        }
-        let method = req.method.as_str().to_string();
+        let method = session.req_header().method.as_str().to_string();
         ctx.upstream_start = Some(Instant::now());
         let timeout = upstream.config.timeout;
         let response = match crate::lambda::send_signed(
@@ -528,23 +515,44 @@ impl Strangle {
 
     /// The hash that picks a request's rate-limit bucket. Requests without the key's value
     /// share one bucket.
-    fn rate_key(&self, session: &Session, ctx: &Ctx, key: &StickyKey) -> u64 {
+    fn rate_key(&self, session: &Session, ctx: &Ctx, limiter: &crate::limits::RateLimiter) -> u64 {
         use xxhash_rust::xxh3::xxh3_64;
         let headers = &session.req_header().headers;
-        match key {
+        match &limiter.config.key {
             StickyKey::Jwt(claim) => ctx
                 .claims
                 .as_ref()
                 .and_then(|c| crate::auth::claim_text(c, claim))
                 .map_or(0, |v| xxh3_64(v.as_bytes())),
             StickyKey::None => 0,
-            other => match other.value(headers, client_ip(session)) {
+            StickyKey::Ip => ctx.client.map_or(0, |ip| limiter.ip_key(ip)),
+            other => match other.value(headers, None) {
                 KeyValue::Bytes(b) => xxh3_64(b),
-                KeyValue::Ip(std::net::IpAddr::V4(ip)) => xxh3_64(&ip.octets()),
-                KeyValue::Ip(std::net::IpAddr::V6(ip)) => xxh3_64(&ip.octets()),
+                KeyValue::Ip(ip) => limiter.ip_key(ip),
                 KeyValue::Missing => 0,
             },
         }
+    }
+
+    /// Checks the route's rate limit: `Some(response)` when the request is over it.
+    async fn limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: usize,
+        after_auth: bool,
+    ) -> Option<Result<bool>> {
+        let limiter = ctx.snap.routes[route].rate_limit.clone()?;
+        // Keys that need no claims are checked before the token is verified, so a flood of
+        // bad tokens is limited too; claim keys can only be checked after.
+        if matches!(limiter.config.key, StickyKey::Jwt(_)) != after_auth {
+            return None;
+        }
+        let key = self.rate_key(session, ctx, &limiter);
+        let limited = limiter.check(key, Instant::now()).err()?;
+        ctx.route = Some(route);
+        let id = ctx.snap.routes[route].id.clone();
+        Some(too_many(session, ctx, &limiter, &id, limited).await)
     }
 
     fn choose_side(&self, session: &Session, ctx: &Ctx, route: usize) -> Side {
@@ -585,7 +593,7 @@ impl Strangle {
                         .map_or(KeyValue::Missing, |v| KeyValue::Bytes(v.as_bytes())),
                 )
             }
-            sticky => split::bucket(r.seed, sticky.value(headers, client_ip(session))),
+            sticky => split::bucket(r.seed, sticky.value(headers, ctx.client)),
         };
         split::side_for(bucket, r.shift)
     }
@@ -613,6 +621,8 @@ impl ProxyHttp for Strangle {
             status: 0,
             error: None,
             claims: None,
+            client: None,
+            peer_trusted: false,
             _permit: None,
         }
     }
@@ -667,7 +677,15 @@ impl ProxyHttp for Strangle {
             return reject(session, ctx, 400, "control byte in a header value").await;
         }
 
-        // Path: refuse what cannot be routed safely, then route on the normalised form.
+        // The client: the peer, or the first untrusted hop behind a trusted proxy.
+        let peer = client_ip(session);
+        let proxies = &ctx.snap.config.server.trusted_proxies;
+        let peer_trusted = peer.is_some_and(|p| crate::net::trusted(proxies, p));
+        let client =
+            peer.map(|p| crate::net::client_addr(p, &session.req_header().headers, proxies));
+        (ctx.peer_trusted, ctx.client) = (peer_trusted, client);
+
+        // Path: canonicalised once; the route is chosen on it and every upstream receives it.
         let target = raw_target(session);
         let (path_part, query) = match target.iter().position(|&b| b == b'?') {
             Some(q) => (&target[..q], Some(&target[q..])),
@@ -676,18 +694,27 @@ impl ProxyHttp for Strangle {
         let Ok(path_str) = std::str::from_utf8(path_part) else {
             return reject(session, ctx, 400, PathError::InvalidByte.to_string()).await;
         };
-        if query.is_some_and(|q| q.contains(&b'#')) {
-            return reject(session, ctx, 400, PathError::ForbiddenByte.to_string()).await;
+        if let Err(e) = query.map_or(Ok(()), routing::check_query) {
+            return reject(session, ctx, 400, e.to_string()).await;
         }
-        let normalized = match routing::normalize(path_str) {
+        let canonical = match routing::canonicalize(path_str, ctx.snap.config.server.path_params) {
             Ok(p) => p,
             Err(e) => {
                 let why = e.to_string();
                 return reject(session, ctx, 400, why).await;
             }
         };
+        // The access log reports the path that was routed, whichever kind serves it.
+        if let Cow::Owned(p) = &canonical {
+            ctx.routed_path = Some(p.clone());
+        }
         let method = session.req_header().method.clone();
-        let route = ctx.snap.table.lookup(&normalized, &method);
+        let route = ctx.snap.table.lookup(&canonical, &method);
+        if let Some(i) = route {
+            if let Some(limited) = self.limit(session, ctx, i, false).await {
+                return limited;
+            }
+        }
         if let Some(verifier) = route.and_then(|i| ctx.snap.routes[i].auth.clone()) {
             match verifier.verify(&session.req_header().headers).await {
                 Ok(claims) => ctx.claims = Some(claims),
@@ -697,14 +724,9 @@ impl ProxyHttp for Strangle {
                 }
             }
         }
-        if let Some(limiter) = route.and_then(|i| ctx.snap.routes[i].rate_limit.clone()) {
-            let key = self.rate_key(session, ctx, &limiter.config.key);
-            if let Err(limited) = limiter.check(key, Instant::now()) {
-                ctx.route = route;
-                let id = route
-                    .map_or("", |i| ctx.snap.routes[i].id.as_str())
-                    .to_string();
-                return too_many(session, ctx, &limiter, &id, limited).await;
+        if let Some(i) = route {
+            if let Some(limited) = self.limit(session, ctx, i, true).await {
+                return limited;
             }
         }
         let (side, upstream) = match route {
@@ -729,41 +751,65 @@ impl ProxyHttp for Strangle {
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        ctx.upstream = Some(Arc::clone(&upstream));
+
+        // Upstreams that take the whole body get it before a `max-in-flight` slot is taken,
+        // within `body-timeout`: a slow client holds nobody else's slot.
+        let body_timeout = ctx.snap.config.server.body_timeout;
+        let buffered_limit = match &upstream.kind {
+            Kind::Lambda(_) => Some((PAYLOAD_LIMIT, "request body over Lambda's 6 MB limit")),
+            Kind::Signed => Some((
+                SIGNED_BODY_LIMIT,
+                "request body over API Gateway's 10 MB limit",
+            )),
+            Kind::Http(_) => None,
+        };
+        let body = match buffered_limit {
+            Some((limit, too_large)) => match read_body(session, limit, body_timeout).await? {
+                Ok(b) => Some(b),
+                Err(BodyError::TooLarge) => return reject(session, ctx, 413, too_large).await,
+                Err(BodyError::TooSlow) => {
+                    return reject(
+                        session,
+                        ctx,
+                        408,
+                        "request body not received within body-timeout",
+                    )
+                    .await
+                }
+            },
+            None => {
+                // Streamed to the upstream: each read of the body is bounded instead.
+                session.set_read_timeout(Some(body_timeout));
+                None
+            }
+        };
         if let Some(limiter) = &upstream.limiter {
             let wait = upstream.config.queue_timeout;
             match tokio::time::timeout(wait, Arc::clone(limiter).acquire_owned()).await {
                 Ok(Ok(permit)) => ctx._permit = Some(permit),
-                _ => {
-                    ctx.upstream = Some(Arc::clone(&upstream));
-                    return overloaded(session, ctx, upstream.name()).await;
-                }
+                _ => return overloaded(session, ctx, upstream.name()).await,
             }
         }
 
-        ctx.upstream = Some(Arc::clone(&upstream));
         let base = upstream.base_path();
         let query = query.map(String::from_utf8_lossy).unwrap_or_default();
-        let served = match &upstream.kind {
-            Kind::Lambda(_) => {
+        match (&upstream.kind, body) {
+            (Kind::Lambda(_), Some(body)) => {
                 let q = query.strip_prefix('?').unwrap_or(&query);
-                Some(self.serve_lambda(session, ctx, &normalized, q).await)
+                self.serve_lambda(session, ctx, &canonical, q, body).await
             }
-            Kind::Signed => {
-                let path = format!("{base}{normalized}{query}");
-                Some(self.serve_signed(session, ctx, &path).await)
+            (Kind::Signed, Some(body)) => {
+                let path = format!("{base}{canonical}{query}");
+                self.serve_signed(session, ctx, &path, body).await
             }
-            Kind::Http(_) => {
-                if !base.is_empty() || matches!(normalized, Cow::Owned(_)) {
-                    ctx.upstream_path = Some(format!("{base}{normalized}{query}"));
+            _ => {
+                if !base.is_empty() || matches!(canonical, Cow::Owned(_)) {
+                    ctx.upstream_path = Some(format!("{base}{canonical}{query}"));
                 }
-                None
+                Ok(false)
             }
-        };
-        // The access log reports the path that was routed, whichever kind served it.
-        if let Cow::Owned(p) = normalized {
-            ctx.routed_path = Some(p);
         }
-        served.unwrap_or(Ok(false))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -807,42 +853,14 @@ impl ProxyHttp for Strangle {
         if let Some(path) = ctx.upstream_path.as_deref() {
             up.set_raw_path(path.as_bytes())?;
         }
-        let keep_upgrade = session.is_upgrade_req();
-        for name in hop_by_hop(&up.headers, keep_upgrade) {
-            up.remove_header(&name);
-        }
-        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
-            up.insert_header(X_FORWARDED_HOST, host)?;
-        }
+        let claims = claim_headers(ctx);
+        forward::apply(up, &outbound(session, ctx, &claims));
         let host_header = ctx.upstream.as_ref().and_then(|u| match &u.kind {
             Kind::Http(h) => h.host_header.clone(),
             Kind::Lambda(_) | Kind::Signed => None,
         });
         if let Some(host) = host_header {
             up.insert_header(header::HOST, host)?;
-        }
-        if let Some(ip) = client_ip(session) {
-            let xff = match up
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
-            };
-            up.insert_header(X_FORWARDED_FOR, xff)?;
-        }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        up.remove_header(&X_STRANGLE_SIDE);
-        for name in &ctx.snap.identity_headers {
-            up.remove_header(name);
-        }
-        for (name, value) in claim_headers(ctx) {
-            up.insert_header(name, value)?;
-        }
-        if let Some(id) = ctx.request_id.clone() {
-            up.insert_header(X_REQUEST_ID, id)?;
         }
         Ok(())
     }
@@ -875,6 +893,8 @@ impl ProxyHttp for Strangle {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The body stalled past `body-timeout`.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -913,7 +933,7 @@ impl ProxyHttp for Strangle {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
-            client: client_ip(session),
+            client: ctx.client.or_else(|| client_ip(session)),
             method: req.method.as_str(),
             path: ctx.routed_path.as_deref().unwrap_or(req.uri.path()),
             route: ctx.route_id(),

@@ -23,6 +23,10 @@ pub struct RouteKey {
     pub kind: PathMatch,
     /// `None` matches every method.
     pub methods: Option<Vec<Method>>,
+    /// Match the path whatever its ASCII case (for monoliths that ignore case).
+    pub case_insensitive: bool,
+    /// Exact routes: also match `PATH/`.
+    pub trailing_slash: bool,
 }
 
 impl RouteKey {
@@ -33,8 +37,14 @@ impl RouteKey {
     /// Whether `other` can never match because this route, declared earlier, takes every
     /// request it would get.
     pub fn shadows(&self, other: &RouteKey) -> bool {
-        self.path == other.path
+        let same_path = if self.case_insensitive {
+            self.path.eq_ignore_ascii_case(&other.path)
+        } else {
+            self.path == other.path && !other.case_insensitive
+        };
+        same_path
             && self.kind == other.kind
+            && (self.trailing_slash || !other.trailing_slash)
             && match (&self.methods, &other.methods) {
                 (None, _) => true,
                 (Some(_), None) => false,
@@ -45,23 +55,53 @@ impl RouteKey {
 
 /// Route indices by path, in declaration order within each path.
 #[derive(Debug, Default)]
-pub struct RouteTable {
-    keys: Vec<RouteKey>,
+struct PathIndex {
     exact: HashMap<String, Vec<usize>>,
     prefix: HashMap<String, Vec<usize>>,
     has_root_prefix: bool,
+}
+
+impl PathIndex {
+    fn add(&mut self, path: String, kind: PathMatch, i: usize) {
+        self.has_root_prefix |= kind == PathMatch::Prefix && path == "/";
+        let map = match kind {
+            PathMatch::Exact => &mut self.exact,
+            PathMatch::Prefix => &mut self.prefix,
+        };
+        let ids = map.entry(path).or_default();
+        if !ids.contains(&i) {
+            ids.push(i);
+        }
+    }
+}
+
+/// The route table: case-sensitive routes indexed by their path, case-insensitive ones by the
+/// lower-cased path (only built, and only probed, when there are some).
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    keys: Vec<RouteKey>,
+    exact_case: PathIndex,
+    any_case: Option<PathIndex>,
 }
 
 impl RouteTable {
     pub fn new(keys: Vec<RouteKey>) -> RouteTable {
         let mut table = RouteTable::default();
         for (i, key) in keys.iter().enumerate() {
-            let map = match key.kind {
-                PathMatch::Exact => &mut table.exact,
-                PathMatch::Prefix => &mut table.prefix,
+            let index = if key.case_insensitive {
+                table.any_case.get_or_insert_with(PathIndex::default)
+            } else {
+                &mut table.exact_case
             };
-            map.entry(key.path.clone()).or_default().push(i);
-            table.has_root_prefix |= key.kind == PathMatch::Prefix && key.path == "/";
+            let path = if key.case_insensitive {
+                key.path.to_ascii_lowercase()
+            } else {
+                key.path.clone()
+            };
+            if key.kind == PathMatch::Exact && key.trailing_slash && path != "/" {
+                index.add(format!("{path}/"), key.kind, i);
+            }
+            index.add(path, key.kind, i);
         }
         table.keys = keys;
         table
@@ -75,36 +115,60 @@ impl RouteTable {
         self.keys.is_empty()
     }
 
-    /// The index of the route for a normalised path and method.
+    /// The index of the route for a canonical path and method: exact beats the longest
+    /// prefix; among routes for the same path, the first declared wins.
     pub fn lookup(&self, path: &str, method: &Method) -> Option<usize> {
+        let lower = self.any_case.as_ref().map(|_| path.to_ascii_lowercase());
         let first = |ids: Option<&Vec<usize>>| {
             ids.and_then(|ids| ids.iter().copied().find(|&i| self.keys[i].allows(method)))
         };
-        if let Some(i) = first(self.exact.get(path)) {
+        // The same candidate, probed in both indexes (lower-casing keeps byte offsets: the
+        // canonical path is ASCII).
+        let probe = |exact: bool, end: usize| -> Option<usize> {
+            let pick = |index: &PathIndex, p: &str| {
+                first(if exact {
+                    index.exact.get(p)
+                } else {
+                    index.prefix.get(p)
+                })
+            };
+            let a = pick(&self.exact_case, &path[..end]);
+            let b = match (&self.any_case, &lower) {
+                (Some(index), Some(l)) => pick(index, &l[..end]),
+                _ => None,
+            };
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        if let Some(i) = probe(true, path.len()) {
             return Some(i);
         }
-        if self.prefix.is_empty() {
+        let any_prefix = !self.exact_case.prefix.is_empty()
+            || self.any_case.as_ref().is_some_and(|i| !i.prefix.is_empty());
+        if !any_prefix {
             return None;
         }
         // Try the whole path, then cut it back one segment at a time.
         let mut end = path.len();
         loop {
-            let candidate = &path[..end];
-            let candidate = if candidate.len() > 1 {
-                candidate.strip_suffix('/').unwrap_or(candidate)
-            } else {
-                candidate
-            };
-            if let Some(i) = first(self.prefix.get(candidate)) {
+            let mut cut = end;
+            if cut > 1 && path.as_bytes()[cut - 1] == b'/' {
+                cut -= 1;
+            }
+            if let Some(i) = probe(false, cut) {
                 return Some(i);
             }
-            match candidate.rfind('/') {
+            match path[..cut].rfind('/') {
                 Some(0) | None => break,
-                Some(cut) => end = cut,
+                Some(c) => end = c,
             }
         }
-        if self.has_root_prefix {
-            return first(self.prefix.get("/"));
+        let root = self.exact_case.has_root_prefix
+            || self.any_case.as_ref().is_some_and(|i| i.has_root_prefix);
+        if root {
+            return probe(false, 1);
         }
         None
     }
@@ -121,31 +185,108 @@ pub enum PathError {
     ForbiddenByte,
     #[error("control or non-ASCII byte in path")]
     InvalidByte,
+    #[error("encoded control byte in path")]
+    EncodedControl,
     #[error("bad percent-encoding in path")]
     BadEscape,
+    #[error("invalid UTF-8 in a decoded path segment")]
+    InvalidUtf8,
+    #[error("`;` path parameter in path")]
+    PathParameter,
+    #[error("dot-segment with a path parameter")]
+    DotParameter,
+    #[error("raw or encoded control byte in query")]
+    QueryControl,
 }
 
-/// Normalises the path part of a request target: `%2E` decoded, dot-segments resolved, repeated
-/// slashes merged. Encoded separators, raw `#`, backslashes and control bytes are refused. The
-/// common case, an already clean path, borrows and allocates nothing.
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+/// What `;` in a path segment gets (`[server] path-parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParams {
+    /// 400: servlet containers drop `;...` from a segment before routing, so `/admin;x=1` would
+    /// be `/admin` to the monolith and something else to strangle.
+    #[default]
+    Reject,
+    /// Part of the segment, forwarded as sent. Only safe when the monolith does not strip them.
+    Keep,
+}
+
+/// RFC 3986 unreserved: decoded wherever it appears percent-encoded (section 6.2.2.2).
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Bytes a path may carry raw (pchar and `/`); anything else is percent-encoded in the
+/// canonical form, so `/a|b` and `/a%7Cb` are one path.
+fn raw_allowed(b: u8) -> bool {
+    unreserved(b)
+        || matches!(
+            b,
+            b'/' | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Canonicalises the path part of a request target (RFC 3986 section 6.2.2): percent-encoded
+/// unreserved characters decoded, other escapes upper-cased, characters outside `pchar`
+/// encoded, dot-segments resolved, repeated slashes merged. Refused: raw `#` and `\`, raw or
+/// encoded control bytes, raw non-ASCII, encoded `/` and `\`, escapes that do not decode to
+/// UTF-8 (overlong forms included), `;` parameters unless kept, and dot-segments carrying a
+/// parameter (`..;x` is `..` to a servlet container). The route is chosen on the result and the
+/// result is what every upstream receives. An already canonical path borrows and allocates
+/// nothing.
+pub fn canonicalize(path: &str, params: PathParams) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
     let mut needs_work = false;
+    let mut high_escapes = false;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'#' | b'\\' => return Err(PathError::ForbiddenByte),
-            b if b <= 0x20 || b >= 0x7f => return Err(PathError::InvalidByte),
+            b if !(0x20..0x7f).contains(&b) => return Err(PathError::InvalidByte),
+            b';' if params == PathParams::Reject => return Err(PathError::PathParameter),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
-                let value = decode_hex(hex).ok_or(PathError::BadEscape)?;
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex_value),
+                    bytes.get(i + 2).copied().and_then(hex_value),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let value = hi * 16 + lo;
                 match value {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
-                    b'.' => needs_work = true,
+                    v if v < 0x20 || v == 0x7f => return Err(PathError::EncodedControl),
+                    b';' if params == PathParams::Reject => return Err(PathError::PathParameter),
+                    v if v >= 0x80 => high_escapes = true,
+                    v if unreserved(v) => needs_work = true,
                     _ => {}
+                }
+                if bytes[i + 1].is_ascii_lowercase() || bytes[i + 2].is_ascii_lowercase() {
+                    needs_work = true;
                 }
                 i += 3;
                 continue;
@@ -156,37 +297,118 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                     needs_work = true;
                 }
             }
+            b if !raw_allowed(b) => needs_work = true,
             _ => {}
         }
         i += 1;
     }
-    if !needs_work {
-        return Ok(Cow::Borrowed(path));
+    if high_escapes {
+        check_utf8(bytes)?;
     }
-    Ok(Cow::Owned(resolve(path)))
+    let canonical = if needs_work {
+        Cow::Owned(resolve(&encode_canonical(bytes)))
+    } else {
+        Cow::Borrowed(path)
+    };
+    if params == PathParams::Keep {
+        for segment in canonical.split('/') {
+            let name = segment.split(';').next().unwrap_or("");
+            if segment.contains(';') && matches!(name, "." | "..") {
+                return Err(PathError::DotParameter);
+            }
+        }
+    }
+    Ok(canonical)
 }
 
-fn decode_hex(hex: &[u8]) -> Option<u8> {
-    let digit = |b: u8| (b as char).to_digit(16);
-    Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
+/// Checks a request's query: no raw or encoded control bytes, no `#`. The query is forwarded as
+/// sent; strangle routes on the path only.
+pub fn check_query(query: &[u8]) -> Result<(), PathError> {
+    let mut i = 0;
+    while i < query.len() {
+        match query[i] {
+            b'#' => return Err(PathError::ForbiddenByte),
+            b if b < 0x20 || b == 0x7f => return Err(PathError::QueryControl),
+            b'%' => {
+                let value = query
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex_value)
+                    .zip(query.get(i + 2).copied().and_then(hex_value))
+                    .map(|(h, l)| h * 16 + l);
+                if value.is_some_and(|v| v < 0x20 || v == 0x7f) {
+                    return Err(PathError::QueryControl);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
-/// Whether `rest` (just after a `/`) starts with a `.` or `..` segment.
+/// Whether every escape decodes to UTF-8 (overlong forms and surrogates are not UTF-8).
+fn check_utf8(bytes: &[u8]) -> Result<(), PathError> {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            // Escapes were validated by the caller.
+            let hi = hex_value(bytes[i + 1]).unwrap_or(0);
+            let lo = hex_value(bytes[i + 2]).unwrap_or(0);
+            decoded.push(hi * 16 + lo);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
+    Ok(())
+}
+
+/// The percent-encoding step of canonicalisation (dot-segments untouched).
+fn encode_canonical(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let value =
+                hex_value(bytes[i + 1]).unwrap_or(0) * 16 + hex_value(bytes[i + 2]).unwrap_or(0);
+            if unreserved(value) {
+                out.push(value as char);
+            } else {
+                out.push('%');
+                out.push(HEX[(value >> 4) as usize] as char);
+                out.push(HEX[(value & 15) as usize] as char);
+            }
+            i += 3;
+            continue;
+        }
+        if raw_allowed(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether `rest` (just after a `/`) starts with a `.` or `..` segment, spelled raw.
 fn is_dot_segment(rest: &[u8]) -> bool {
     let seg_end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     matches!(&rest[..seg_end], b"." | b"..")
 }
 
+/// Resolves dot-segments and merges slashes of an encoded-canonical path.
 fn resolve(path: &str) -> String {
-    // `%2E`/`%2e` is an encoded dot; decode it so `/%2e%2e/` cannot climb past a route's prefix.
-    let decoded = if path.contains('%') {
-        Cow::Owned(path.replace("%2E", ".").replace("%2e", "."))
-    } else {
-        Cow::Borrowed(path)
-    };
     let mut out: Vec<&str> = Vec::new();
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    for segment in decoded.split('/') {
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    for segment in path.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
@@ -195,7 +417,7 @@ fn resolve(path: &str) -> String {
             s => out.push(s),
         }
     }
-    let mut result = String::with_capacity(decoded.len());
+    let mut result = String::with_capacity(path.len());
     for s in &out {
         result.push('/');
         result.push_str(s);

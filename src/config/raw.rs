@@ -17,6 +17,9 @@ pub struct RawServer {
     pub header_timeout: Option<S<String>>,
     pub max_header_bytes: Option<S<i64>>,
     pub max_headers: Option<S<i64>>,
+    pub path_parameters: Option<S<String>>,
+    pub trusted_proxies: Option<S<Vec<S<String>>>>,
+    pub body_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +105,8 @@ pub struct RawRoute {
     pub rate_limit: Option<S<RawRateLimit>>,
     pub new_when: Option<S<RawClaimRule>>,
     pub override_when: Option<S<RawClaimRule>>,
+    pub case_insensitive: Option<S<bool>>,
+    pub trailing_slash: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +123,9 @@ pub struct RawRateLimit {
     pub per: Option<S<String>>,
     pub burst: Option<S<i64>>,
     pub key: Option<S<String>>,
+    pub ipv4_prefix: Option<S<i64>>,
+    pub ipv6_prefix: Option<S<i64>>,
+    pub max_keys: Option<S<i64>>,
 }
 
 /// `shift = "25%"` is the documented form; a bare number (`shift = 25`) is accepted too.

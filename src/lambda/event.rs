@@ -472,6 +472,41 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// The most headers a function's response may carry, and their total size: past either it is
+/// a broken response (502), as an upstream's oversized head would be.
+pub const MAX_RESPONSE_HEADERS: usize = 256;
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
+/// A function's response headers as they are decoded: capped, and de-duplicated in linear time.
+#[derive(Default)]
+struct ResponseHeaders {
+    list: Vec<(HeaderName, HeaderValue)>,
+    seen: std::collections::HashSet<(HeaderName, HeaderValue)>,
+    bytes: usize,
+}
+
+impl ResponseHeaders {
+    fn push(&mut self, pair: (HeaderName, HeaderValue)) -> Result<(), &'static str> {
+        self.bytes += pair.0.as_str().len() + pair.1.len() + 4;
+        if self.list.len() >= MAX_RESPONSE_HEADERS {
+            return Err("more than 256 response headers");
+        }
+        if self.bytes > MAX_RESPONSE_HEADER_BYTES {
+            return Err("response headers over 64 KiB");
+        }
+        self.seen.insert(pair.clone());
+        self.list.push(pair);
+        Ok(())
+    }
+
+    fn push_once(&mut self, pair: (HeaderName, HeaderValue)) -> Result<(), &'static str> {
+        if self.seen.contains(&pair) {
+            return Ok(());
+        }
+        self.push(pair)
+    }
+}
+
 /// Turns the function's payload into a response.
 pub fn decode(format: Payload, payload: &[u8]) -> Result<Response, DecodeError> {
     let invalid = |why: &str| DecodeError::Invalid(format, why.to_string());
@@ -499,13 +534,16 @@ pub fn decode(format: Payload, payload: &[u8]) -> Result<Response, DecodeError> 
         Some(Value::String(s)) => s.parse().ok(),
         _ => None,
     }
-    .filter(|s| (100..=599).contains(s))
-    .ok_or_else(|| invalid("statusCode is not an HTTP status"))? as u16;
-    let mut headers = Vec::new();
+    // A 1xx is not a final answer (the client would read the next response as this one's),
+    // and strangle never asked the function for a protocol switch.
+    .filter(|s| (200..=599).contains(s))
+    .ok_or_else(|| invalid("statusCode is not a final HTTP status (200-599)"))?
+        as u16;
+    let mut headers = ResponseHeaders::default();
     if let Some(Value::Object(h)) = obj.get("headers") {
         for (k, v) in h {
             if let Some(pair) = scalar(v).and_then(|v| header_pair(k, &v)) {
-                headers.push(pair);
+                headers.push(pair).map_err(&invalid)?;
             }
         }
     }
@@ -513,9 +551,9 @@ pub fn decode(format: Payload, payload: &[u8]) -> Result<Response, DecodeError> 
         for (k, vs) in h {
             for v in vs.as_array().into_iter().flatten() {
                 if let Some(pair) = scalar(v).and_then(|v| header_pair(k, &v)) {
-                    if !headers.contains(&pair) {
-                        headers.push(pair);
-                    }
+                    // API Gateway merges `headers` into `multiValueHeaders`: a pair in both is
+                    // sent once.
+                    headers.push_once(pair).map_err(&invalid)?;
                 }
             }
         }
@@ -523,10 +561,11 @@ pub fn decode(format: Payload, payload: &[u8]) -> Result<Response, DecodeError> 
     if let Some(Value::Array(cookies)) = obj.get("cookies") {
         for c in cookies.iter().filter_map(Value::as_str) {
             if let Ok(v) = HeaderValue::from_str(c) {
-                headers.push((SET_COOKIE, v));
+                headers.push((SET_COOKIE, v)).map_err(&invalid)?;
             }
         }
     }
+    let headers = headers.list;
     let base64 = matches!(obj.get("isBase64Encoded"), Some(Value::Bool(true)));
     let body = match obj.get("body") {
         None | Some(Value::Null) => Bytes::new(),

@@ -1,10 +1,16 @@
 use super::*;
 
+fn canon(path: &str) -> Result<Cow<'_, str>, PathError> {
+    canonicalize(path, PathParams::Reject)
+}
+
 fn key(path: &str, kind: PathMatch, methods: Option<&[&str]>) -> RouteKey {
     RouteKey {
         path: path.into(),
         kind,
         methods: methods.map(|m| m.iter().map(|m| m.parse().unwrap()).collect()),
+        case_insensitive: false,
+        trailing_slash: false,
     }
 }
 
@@ -66,12 +72,9 @@ fn shadowing_is_detected() {
 
 #[test]
 fn clean_paths_are_borrowed() {
-    assert!(matches!(normalize("/bookings/42"), Ok(Cow::Borrowed(_))));
-    assert!(matches!(
-        normalize("/a/.well-known/x"),
-        Ok(Cow::Borrowed(_))
-    ));
-    assert!(matches!(normalize("/a%20b"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(canon("/bookings/42"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(canon("/a/.well-known/x"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(canon("/a%20b"), Ok(Cow::Borrowed(_))));
 }
 
 #[test]
@@ -90,20 +93,162 @@ fn dot_segments_and_slashes_are_resolved() {
         ("//", "/"),
     ];
     for (input, want) in cases {
-        assert_eq!(normalize(input).unwrap(), want, "{input}");
+        assert_eq!(canon(input).unwrap(), want, "{input}");
     }
 }
 
 #[test]
 fn hostile_paths_are_refused() {
-    assert_eq!(normalize("/a%2Fb"), Err(PathError::EncodedSeparator));
-    assert_eq!(normalize("/a%2fb"), Err(PathError::EncodedSeparator));
-    assert_eq!(normalize("/a%5Cb"), Err(PathError::EncodedSeparator));
-    assert_eq!(normalize("/a%5cb"), Err(PathError::EncodedSeparator));
-    assert_eq!(normalize("/a\\b"), Err(PathError::ForbiddenByte));
-    assert_eq!(normalize("/a#b"), Err(PathError::ForbiddenByte));
-    assert_eq!(normalize("/a\x01"), Err(PathError::InvalidByte));
-    assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
-    assert_eq!(normalize("/a%2"), Err(PathError::BadEscape));
-    assert_eq!(normalize("a"), Err(PathError::NotAbsolute));
+    assert_eq!(canon("/a%2Fb"), Err(PathError::EncodedSeparator));
+    assert_eq!(canon("/a%2fb"), Err(PathError::EncodedSeparator));
+    assert_eq!(canon("/a%5Cb"), Err(PathError::EncodedSeparator));
+    assert_eq!(canon("/a%5cb"), Err(PathError::EncodedSeparator));
+    assert_eq!(canon("/a\\b"), Err(PathError::ForbiddenByte));
+    assert_eq!(canon("/a#b"), Err(PathError::ForbiddenByte));
+    assert_eq!(canon("/a\x01"), Err(PathError::InvalidByte));
+    assert_eq!(canon("/a%zz"), Err(PathError::BadEscape));
+    assert_eq!(canon("/a%2"), Err(PathError::BadEscape));
+    assert_eq!(canon("a"), Err(PathError::NotAbsolute));
+}
+
+#[test]
+fn escapes_are_canonical() {
+    let cases = [
+        ("/%61dmin/secret", "/admin/secret"),
+        ("/%41%42%7e%2D%5f", "/AB~-_"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/a%20b", "/a%20b"),
+        ("/a|b", "/a%7Cb"),
+        ("/a%7cb", "/a%7Cb"),
+        ("/x/%2e%2E/admin", "/admin"),
+        ("/x/.%2e/admin", "/admin"),
+        ("/a%25b", "/a%25b"),
+        ("/a\"b", "/a%22b"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(canon(input).unwrap(), want, "{input}");
+    }
+}
+
+#[test]
+fn encoded_controls_bad_utf8_and_parameters_are_refused() {
+    for p in ["/admin%00", "/a%0a", "/a%0D", "/a%1f", "/a%7F"] {
+        assert_eq!(canon(p), Err(PathError::EncodedControl), "{p}");
+    }
+    // Overlong `/` and `.`, a lone continuation byte, a surrogate, a truncated sequence.
+    for p in [
+        "/a%C0%AF",
+        "/%C0%AE%C0%AE/x",
+        "/a%80",
+        "/a%ED%A0%80",
+        "/a%E2%82",
+    ] {
+        assert_eq!(canon(p), Err(PathError::InvalidUtf8), "{p}");
+    }
+    assert_eq!(canon("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+    for p in ["/admin;x=1", "/admin%3bx", "/a;/b"] {
+        assert_eq!(canon(p), Err(PathError::PathParameter), "{p}");
+    }
+    let keep = |p| canonicalize(p, PathParams::Keep);
+    assert_eq!(keep("/admin;jsessionid=1").unwrap(), "/admin;jsessionid=1");
+    assert_eq!(keep("/admin%3Bx").unwrap(), "/admin%3Bx");
+    for p in ["/public/..;/admin", "/a/.;x/b"] {
+        assert_eq!(keep(p), Err(PathError::DotParameter), "{p}");
+    }
+    assert_eq!(check_query(b"?a=1&b=%41"), Ok(()));
+    for q in [&b"?a=%00"[..], b"?a=%0a", b"?a=\x01", b"?a=#b"] {
+        assert!(check_query(q).is_err(), "{q:?}");
+    }
+}
+
+#[test]
+fn case_insensitive_routes_and_trailing_slashes() {
+    let mut account = key("/account", PathMatch::Exact, None);
+    account.trailing_slash = true;
+    let mut admin = key("/Admin", PathMatch::Prefix, None);
+    admin.case_insensitive = true;
+    let t = RouteTable::new(vec![
+        account,
+        admin,
+        key("/admin/open", PathMatch::Prefix, None),
+    ]);
+    assert_eq!(t.lookup("/account", &Method::GET), Some(0));
+    assert_eq!(t.lookup("/account/", &Method::GET), Some(0));
+    assert_eq!(t.lookup("/account/x", &Method::GET), None);
+    assert_eq!(t.lookup("/ACCOUNT", &Method::GET), None);
+    for p in ["/admin", "/ADMIN/x", "/aDmIn/", "/Admin"] {
+        assert_eq!(t.lookup(p, &Method::GET), Some(1), "{p}");
+    }
+    // The longer prefix still wins, and is itself case-sensitive.
+    assert_eq!(t.lookup("/admin/open/1", &Method::GET), Some(2));
+    assert_eq!(t.lookup("/ADMIN/OPEN/1", &Method::GET), Some(1));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Path pieces that exercise every branch: escapes of every kind, dots, slashes, case.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9]{1,4}",
+            Just("/".to_string()),
+            Just("//".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E".to_string()),
+            Just("%41".to_string()),
+            Just("%61".to_string()),
+            Just("%7e".to_string()),
+            Just("%20".to_string()),
+            Just("%c3%a9".to_string()),
+            Just("%25".to_string()),
+            Just("|".to_string()),
+            Just("~".to_string()),
+            Just("admin".to_string()),
+            Just("ADMIN".to_string()),
+            Just("bookings".to_string()),
+            (0u8..=255).prop_map(|b| format!("%{b:02x}")),
+            (0x20u8..0x7f).prop_map(|b| (b as char).to_string()),
+        ]
+    }
+
+    fn table() -> RouteTable {
+        let mut admin = key("/admin", PathMatch::Prefix, None);
+        admin.case_insensitive = true;
+        let mut account = key("/account", PathMatch::Exact, None);
+        account.trailing_slash = true;
+        RouteTable::new(vec![
+            admin,
+            account,
+            key("/bookings", PathMatch::Prefix, Some(&["GET"])),
+            key("/~x", PathMatch::Prefix, None),
+            key("/bookings/a%20b", PathMatch::Exact, None),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #[test]
+        fn canonical_is_idempotent_and_routes_alike(pieces in prop::collection::vec(piece(), 0..12)) {
+            let raw = format!("/{}", pieces.concat());
+            let table = table();
+            for params in [PathParams::Reject, PathParams::Keep] {
+                if let Ok(once) = canonicalize(&raw, params) {
+                    let twice = canonicalize(&once, params);
+                    prop_assert_eq!(twice.as_deref(), Ok(&*once), "not idempotent: {}", raw);
+                    // What the upstream receives routes exactly as what the client sent.
+                    let forwarded = once.to_string();
+                    prop_assert_eq!(
+                        table.lookup(&once, &Method::GET),
+                        table.lookup(&canonicalize(&forwarded, params).unwrap(), &Method::GET)
+                    );
+                    prop_assert!(once.starts_with('/'));
+                    prop_assert!(!once.contains("//"));
+                    prop_assert!(once.split('/').all(|s| s != "." && s != ".."));
+                }
+            }
+        }
+    }
 }

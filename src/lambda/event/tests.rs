@@ -154,3 +154,39 @@ fn verified_claims_ride_in_the_authorizer_context() {
     let v: Value = serde_json::from_slice(&encode(Payload::ApigwV1, &req)).unwrap();
     assert_eq!(v["requestContext"]["authorizer"]["claims"]["sub"], "u-1");
 }
+
+#[test]
+fn informational_status_codes_are_refused() {
+    for code in ["100", "101", "103", "199", "600", "0"] {
+        let payload = format!(r#"{{"statusCode": {code}, "body": "x"}}"#);
+        assert!(
+            decode(Payload::ApigwV2, payload.as_bytes()).is_err(),
+            "{code}"
+        );
+    }
+    assert!(decode(Payload::ApigwV2, br#"{"statusCode": 200}"#).is_ok());
+    assert!(decode(Payload::ApigwV1, br#"{"statusCode": "599"}"#).is_ok());
+}
+
+#[test]
+fn many_multi_value_headers_decode_in_linear_time_and_are_capped() {
+    let values: Vec<String> = (0..20_000).map(|i| format!("\"v{i}\"")).collect();
+    let payload = format!(
+        r#"{{"statusCode": 200, "multiValueHeaders": {{"x-a": [{}]}}}}"#,
+        values.join(",")
+    );
+    // Decoding stops at the cap (quadratic de-duplication of all 20,000 took 7.9 s before).
+    let err = decode(Payload::ApigwV1, payload.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("256"), "{err}");
+    // Pairs in both `headers` and `multiValueHeaders` are sent once; the cap is not hit by them.
+    let dup =
+        r#"{"statusCode": 200, "headers": {"x-a": "1"}, "multiValueHeaders": {"x-a": ["1", "2"]}}"#;
+    let r = decode(Payload::ApigwV1, dup.as_bytes()).unwrap();
+    let xa: Vec<_> = r.headers.iter().filter(|(k, _)| k == "x-a").collect();
+    assert_eq!(xa.len(), 2);
+    let big = format!(
+        r#"{{"statusCode": 200, "headers": {{"x-big": "{}"}}}}"#,
+        "a".repeat(70_000)
+    );
+    assert!(decode(Payload::ApigwV2, big.as_bytes()).is_err());
+}

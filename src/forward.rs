@@ -1,0 +1,243 @@
+//! The outbound header policy: what every upstream receives, whatever its kind (a Pingora
+//! HTTP request, a SigV4-signed request, a Lambda event's headers). Written once, against a
+//! small `Headers` trait, so a second policy cannot drift from this one.
+//!
+//! In order: hop-by-hop headers (RFC 9110 section 7.6.1, plus those named in `Connection`)
+//! removed, keeping an upgrade's pair when the request asks for one; every `x-strangle-*`
+//! header and every forwarded-claim header removed (strangle vouches for those, so a client's
+//! copy never passes); from a peer that is not a trusted proxy, every `x-forwarded-*`,
+//! `forwarded` and `x-real-ip` removed; then the headers strangle vouches for set:
+//! `x-forwarded-for` (the peer appended to a trusted proxy's list, else the peer alone),
+//! `x-forwarded-proto` (the real scheme), `x-forwarded-host`, `x-real-ip` (the client address
+//! after the trusted-proxy walk), the verified claims and `x-request-id`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A set of request headers the policy can edit.
+pub trait Headers {
+    fn map(&self) -> &HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl Headers for HeaderMap {
+    fn map(&self) -> &HeaderMap {
+        self
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        HeaderMap::remove(self, name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
+impl Headers for pingora::http::RequestHeader {
+    fn map(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        // Only fails on a name/value pair `http` would refuse, which these are not.
+        let _ = self.insert_header(name, value);
+    }
+}
+
+/// What the policy needs to know about the request being forwarded.
+pub struct Outbound<'a> {
+    /// The TCP peer (the client, or the proxy in front of strangle).
+    pub peer: Option<IpAddr>,
+    /// Whether `peer` is in `[server] trusted-proxies`.
+    pub peer_trusted: bool,
+    /// The client address after the trusted-proxy walk.
+    pub client: Option<IpAddr>,
+    /// The scheme the client used to reach strangle.
+    pub https: bool,
+    /// The request's `Host`, before any upstream rewrites it.
+    pub host: Option<HeaderValue>,
+    /// Keep `Connection: upgrade` and `Upgrade` (the request asks for a protocol switch).
+    pub keep_upgrade: bool,
+    /// The names of every forwarded-claim header in the config.
+    pub identity_headers: &'a [HeaderName],
+    /// The verified claims to send, as headers.
+    pub claims: &'a [(HeaderName, HeaderValue)],
+    pub request_id: Option<&'a HeaderValue>,
+}
+
+/// Applies the policy to `h`.
+pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
+    let mut drop = hop_by_hop(h.map(), out.keep_upgrade);
+    for name in h.map().keys() {
+        let s = name.as_str();
+        let forwarding = s.starts_with("x-forwarded-") || name == FORWARDED || name == X_REAL_IP;
+        if s.starts_with("x-strangle-")
+            || out.identity_headers.contains(name)
+            || (forwarding && !out.peer_trusted)
+        {
+            drop.push(name.clone());
+        }
+    }
+    for name in &drop {
+        h.remove(name);
+    }
+    if let Some(peer) = out.peer {
+        let xff = match h.map().get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            // Only a trusted proxy's list survived the removal above.
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
+            _ => peer.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.set(X_FORWARDED_FOR, v);
+        }
+    }
+    if !h.map().contains_key(&X_FORWARDED_PROTO) {
+        let proto = if out.https { "https" } else { "http" };
+        h.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !h.map().contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = &out.host {
+            h.set(X_FORWARDED_HOST, host.clone());
+        }
+    }
+    if let Some(v) = out
+        .client
+        .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+    {
+        h.set(X_REAL_IP, v);
+    }
+    for (name, value) in out.claims {
+        h.set(name.clone(), value.clone());
+    }
+    if let Some(id) = out.request_id {
+        h.set(X_REQUEST_ID, id.clone());
+    }
+}
+
+/// The hop-by-hop headers present (RFC 9110 section 7.6.1) and those named in `Connection`,
+/// except the pair that carries a protocol upgrade when `keep_upgrade`. Usually none: then
+/// nothing is allocated.
+pub fn hop_by_hop(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(s) = v.to_str() else { continue };
+        for token in s.split(',').map(str::trim) {
+            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                names.push(name);
+            }
+        }
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER] {
+        if headers.contains_key(&name) {
+            names.push(name);
+        }
+    }
+    if !keep_upgrade {
+        for name in [header::CONNECTION, header::UPGRADE] {
+            if headers.contains_key(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbound<'a>(
+        trusted: bool,
+        ids: &'a [HeaderName],
+        claims: &'a [(HeaderName, HeaderValue)],
+    ) -> Outbound<'a> {
+        Outbound {
+            peer: Some("10.0.0.5".parse().unwrap()),
+            peer_trusted: trusted,
+            client: Some(
+                if trusted { "1.2.3.4" } else { "10.0.0.5" }
+                    .parse()
+                    .unwrap(),
+            ),
+            https: false,
+            host: Some(HeaderValue::from_static("shop.example")),
+            keep_upgrade: false,
+            identity_headers: ids,
+            claims,
+            request_id: None,
+        }
+    }
+
+    fn spoofed() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-user-id", "root"),
+            ("x-strangle-side", "new"),
+            ("x-strangle-anything", "1"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-prefix", "/admin"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("te", "trailers"),
+            ("accept", "text/html"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn an_untrusted_client_controls_nothing_strangle_vouches_for() {
+        let ids = [HeaderName::from_static("x-user-id")];
+        let claims = [(ids[0].clone(), HeaderValue::from_static("alice"))];
+        let mut h = spoofed();
+        apply(&mut h, &outbound(false, &ids, &claims));
+        assert_eq!(h["x-user-id"], "alice");
+        assert_eq!(h.get_all("x-user-id").iter().count(), 1);
+        assert!(!h.contains_key("x-strangle-side") && !h.contains_key("x-strangle-anything"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["x-real-ip"], "10.0.0.5");
+        for gone in [
+            "x-forwarded-prefix",
+            "forwarded",
+            "connection",
+            "x-drop-me",
+            "te",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["accept"], "text/html");
+    }
+
+    #[test]
+    fn a_trusted_proxy_list_is_appended_to() {
+        let mut h = spoofed();
+        apply(&mut h, &outbound(true, &[], &[]));
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
+        // Identity and strangle headers are never a proxy's to set either.
+        assert!(!h.contains_key("x-strangle-side"));
+    }
+}
