@@ -124,6 +124,17 @@ pub fn claim_matches(claims: &Claims, name: &str, want: &Value) -> bool {
     }
 }
 
+#[derive(Default)]
+struct FetchState {
+    last: Option<Result<(), String>>,
+    failures: u32,
+    /// After a failure, no fetch before this.
+    retry_at: Option<Instant>,
+}
+
+/// The longest wait between JWKS fetch attempts while the issuer keeps failing.
+const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(10);
+
 struct KeySet {
     by_kid: HashMap<String, DecodingKey>,
     unnamed: Vec<DecodingKey>,
@@ -135,7 +146,13 @@ pub struct Verifier {
     pub config: AuthConfig,
     keys: ArcSwapOption<KeySet>,
     static_keys: bool,
-    refresh: tokio::sync::Mutex<()>,
+    /// A hash of the static key files' contents as read: a reload compares it, so a replaced
+    /// key file is never served by the old verifier.
+    key_digest: u64,
+    /// Serialises JWKS fetches and remembers the last outcome, for single flight and backoff.
+    refresh: tokio::sync::Mutex<FetchState>,
+    /// Completed fetch attempts: a caller that waited while another fetch ran takes its result.
+    fetch_generation: AtomicU64,
     /// When the last unknown-kid refresh ran, in ms since `epoch`.
     last_kid_refresh_ms: AtomicU64,
     epoch: Instant,
@@ -188,7 +205,9 @@ impl Verifier {
             config,
             keys: ArcSwapOption::empty(),
             static_keys,
-            refresh: tokio::sync::Mutex::new(()),
+            key_digest: 0,
+            refresh: tokio::sync::Mutex::new(FetchState::default()),
+            fetch_generation: AtomicU64::new(0),
             last_kid_refresh_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             fetches: AtomicU64::new(0),
@@ -196,16 +215,39 @@ impl Verifier {
                 .map(|_| std::sync::Mutex::new(HashMap::new()))
                 .collect(),
         };
+        let mut verifier = verifier;
         if static_keys {
             let mut all = Vec::new();
+            let mut texts = Vec::new();
             for path in &verifier.config.key_files {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 all.extend(parse_keys(&text).map_err(|e| format!("`{}`: {e}", path.display()))?);
+                texts.push(text);
             }
+            verifier.key_digest = key_digest(texts.iter().map(String::as_bytes));
             verifier.install(all);
         }
         Ok(verifier)
+    }
+
+    /// Whether this verifier still holds what `config` would load: the same settings and, for
+    /// static keys, the same key file contents (a revoked key must stop verifying on reload).
+    pub fn serves(&self, config: &AuthConfig) -> bool {
+        if self.config != *config {
+            return false;
+        }
+        if !self.static_keys {
+            return true;
+        }
+        let mut texts = Vec::new();
+        for path in &config.key_files {
+            match std::fs::read(path) {
+                Ok(t) => texts.push(t),
+                Err(_) => return false,
+            }
+        }
+        key_digest(texts.iter().map(Vec::as_slice)) == self.key_digest
     }
 
     fn install(&self, keys: Vec<(Option<String>, DecodingKey)>) {
@@ -275,15 +317,25 @@ impl Verifier {
         );
     }
 
-    /// Fetches the JWKS now. Serialised: concurrent callers wait for one fetch.
+    /// Fetches the JWKS now. Single flight: callers that arrive while a fetch runs share its
+    /// outcome instead of fetching again; after a failure, further attempts wait out a backoff
+    /// (1 s, doubling to 10 s or the refresh interval) and fail at once meanwhile.
     pub async fn fetch(&self) -> Result<(), String> {
         let Some(url) = &self.config.jwks_url else {
             return Ok(());
         };
-        let _one = self.refresh.lock().await;
+        let generation = self.fetch_generation.load(Ordering::Acquire);
+        let mut state = self.refresh.lock().await;
+        if self.fetch_generation.load(Ordering::Acquire) != generation {
+            if let Some(last) = &state.last {
+                return last.clone();
+            }
+        }
+        if state.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err("backing off after a failed JWKS fetch".to_string());
+        }
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = fetch_jwks(url).await;
-        match result {
+        let result = match fetch_jwks(url).await {
             Ok(keys) if !keys.is_empty() => {
                 tracing::debug!(auth = %self.config.name, keys = keys.len(), "JWKS fetched");
                 self.install(keys);
@@ -291,7 +343,21 @@ impl Verifier {
             }
             Ok(_) => Err("the JWKS has no usable keys".to_string()),
             Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            state.failures = 0;
+            state.retry_at = None;
+        } else {
+            state.failures = state.failures.saturating_add(1);
+            let backoff = Duration::from_secs(1)
+                .saturating_mul(1 << state.failures.min(6).saturating_sub(1))
+                .min(MAX_FETCH_BACKOFF)
+                .min(self.config.jwks_refresh.max(Duration::from_secs(1)));
+            state.retry_at = Some(Instant::now() + backoff);
         }
+        state.last = Some(result.clone());
+        self.fetch_generation.fetch_add(1, Ordering::AcqRel);
+        result
     }
 
     /// Whether the keys are due for their periodic refresh.
@@ -418,12 +484,7 @@ impl Verifier {
             }
             return Ok(claims);
         }
-        if !self.static_keys && self.keys.load().is_none() {
-            // First use before the background fetch finished: fetch now (serialised).
-            if let Err(e) = self.fetch().await {
-                tracing::warn!(auth = %self.config.name, "JWKS fetch failed: {e}");
-            }
-        }
+        // A token that cannot be valid is refused before any key is fetched for it.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::InvalidToken(format!("malformed token: {e}")))?;
         if !self.config.algorithms.contains(&header.alg) {
@@ -431,6 +492,12 @@ impl Verifier {
                 "algorithm {:?} is not allowed",
                 header.alg
             )));
+        }
+        if !self.static_keys && self.keys.load().is_none() {
+            // First use before the background fetch finished: fetch now (single flight).
+            if let Err(e) = self.fetch().await {
+                tracing::warn!(auth = %self.config.name, "JWKS fetch failed: {e}");
+            }
         }
         let kid = header.kid.as_deref();
         let keys = match self.key_for(kid)? {
@@ -474,6 +541,15 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+fn key_digest<'a>(texts: impl Iterator<Item = &'a [u8]>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for t in texts {
+        h.update(&(t.len() as u64).to_le_bytes());
+        h.update(t);
+    }
+    h.digest()
 }
 
 fn describe(e: &jsonwebtoken::errors::Error) -> String {

@@ -221,6 +221,15 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// `FILE:LINE:COL: warning: message` and its hint.
+    pub fn as_warning(&self) -> String {
+        let mut w = self.clone();
+        w.message = format!("warning: {}", w.message);
+        w.to_string()
+    }
+}
+
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<Diagnostic>);
@@ -1306,7 +1315,7 @@ impl Cx<'_> {
                     None => 64,
                 };
                 let max_keys = match &raw.max_keys {
-                    Some(_) => self.count(&raw.max_keys, "max-keys", 16, 100_000_000, 100_000),
+                    Some(_) => self.count(&raw.max_keys, "max-keys", 1024, 100_000_000, 100_000),
                     None => 100_000,
                 };
                 crate::limits::RateLimit {

@@ -153,12 +153,16 @@ fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditEr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.strangle-{}", std::process::id()));
     let io = |error: std::io::Error| EditError::Io {
         path: target.to_path_buf(),
         error,
     };
-    let mut file = match std::fs::File::create(&tmp) {
+    // A random name, created exclusively (O_EXCL, mode 0600): a link planted at a predictable
+    // name cannot make the edit write somewhere else.
+    let mut file = match tempfile::Builder::new()
+        .prefix(&format!(".{name}.strangle-"))
+        .tempfile_in(dir)
+    {
         Ok(f) => f,
         Err(e)
             if matches!(
@@ -168,24 +172,31 @@ fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditEr
         {
             return Err(EditError::ReadOnly {
                 path: target.to_path_buf(),
-                route: route.to_string(),
                 why: e.to_string(),
+                route: route.to_string(),
             })
         }
         Err(e) => return Err(io(e)),
     };
     let result = (|| {
         if let Ok(meta) = std::fs::metadata(target) {
-            file.set_permissions(meta.permissions())?;
+            file.as_file().set_permissions(meta.permissions())?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                // Keep the owner too; only root may give a file away, so elsewhere this is a
+                // no-op that may fail, and the file then belongs to whoever edits it.
+                let _ =
+                    std::os::unix::fs::fchown(file.as_file(), Some(meta.uid()), Some(meta.gid()));
+            }
         }
         file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, target)
+        file.as_file().sync_all()?;
+        Ok(())
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
+    result.map_err(io)?;
+    // Dropped on failure: the temp file is removed.
+    file.persist(target).map_err(|e| io(e.error))?;
     Ok(())
 }
 

@@ -85,7 +85,8 @@ impl RateLimiter {
         let mut shard = self.shards[(key as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let cap = self.config.max_keys.div_ceil(SHARDS).max(1);
+        // Each shard holds its share, so all of them together never exceed `max-keys`.
+        let cap = (self.config.max_keys / SHARDS).max(1);
         if shard.len() >= cap && !shard.contains_key(&key) {
             // Full: the bucket idle longest goes (its client starts over with a full bucket).
             if let Some(oldest) = shard.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k) {
@@ -149,7 +150,7 @@ mod tests {
             key: StickyKey::Ip,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-            max_keys: 128,
+            max_keys: 1024,
         })
     }
 
@@ -176,8 +177,8 @@ mod tests {
                 t0 + Duration::from_micros(k),
             );
         }
-        assert!(l.keys() <= 128, "{} buckets", l.keys());
-        assert!(l.evicted.load(Ordering::Relaxed) >= 10_000 - 128);
+        assert!(l.keys() <= 1024, "{} buckets", l.keys());
+        assert!(l.evicted.load(Ordering::Relaxed) >= 10_000 - 1024);
     }
 
     #[test]

@@ -154,12 +154,18 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for file in files {
         match strangle::config::load(file) {
-            Ok(config) => println!(
-                "{}: ok ({} routes, {} upstreams)",
-                file.display(),
-                config.routes.len(),
-                config.upstreams.len()
-            ),
+            Ok(config) => {
+                for w in &config.warnings {
+                    eprintln!("{}", w.as_warning());
+                }
+                println!(
+                    "{}: ok ({} routes, {} upstreams, {} warning(s))",
+                    file.display(),
+                    config.routes.len(),
+                    config.upstreams.len(),
+                    config.warnings.len()
+                )
+            }
             Err(errors) => {
                 failed = true;
                 eprintln!("{errors}");

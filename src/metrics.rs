@@ -105,6 +105,39 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
 
     header(
         &mut out,
+        "strangle_rate_limit_keys",
+        "gauge",
+        "Rate-limit buckets held, by route (capped by the route's `max-keys`).",
+    );
+    for r in &snap.routes {
+        if let Some(l) = &r.rate_limit {
+            let _ = writeln!(
+                out,
+                "strangle_rate_limit_keys{{route=\"{}\"}} {}",
+                r.id,
+                l.keys()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "strangle_rate_limit_evictions_total",
+        "counter",
+        "Rate-limit buckets evicted to stay under `max-keys`, by route (since the limit was last changed).",
+    );
+    for r in &snap.routes {
+        if let Some(l) = &r.rate_limit {
+            let _ = writeln!(
+                out,
+                "strangle_rate_limit_evictions_total{{route=\"{}\"}} {}",
+                r.id,
+                l.evicted.load(Relaxed)
+            );
+        }
+    }
+
+    header(
+        &mut out,
         "strangle_upstream_in_flight",
         "gauge",
         "Requests being served now, by upstream.",

@@ -709,7 +709,13 @@ impl ProxyHttp for Strangle {
             ctx.routed_path = Some(p.clone());
         }
         let method = session.req_header().method.clone();
-        let route = ctx.snap.table.lookup(&canonical, &method);
+        let route = match ctx.snap.config.server.path_params {
+            routing::PathParams::Reject => ctx.snap.table.lookup(&canonical, &method),
+            routing::PathParams::Keep => ctx
+                .snap
+                .table
+                .lookup(&routing::without_params(&canonical), &method),
+        };
         if let Some(i) = route {
             if let Some(limited) = self.limit(session, ctx, i, false).await {
                 return limited;

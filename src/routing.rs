@@ -193,7 +193,7 @@ pub enum PathError {
     InvalidUtf8,
     #[error("`;` path parameter in path")]
     PathParameter,
-    #[error("dot-segment with a path parameter")]
+    #[error("path parameter on an empty or dot segment")]
     DotParameter,
     #[error("raw or encoded control byte in query")]
     QueryControl,
@@ -313,12 +313,29 @@ pub fn canonicalize(path: &str, params: PathParams) -> Result<Cow<'_, str>, Path
     if params == PathParams::Keep {
         for segment in canonical.split('/') {
             let name = segment.split(';').next().unwrap_or("");
-            if segment.contains(';') && matches!(name, "." | "..") {
+            if segment.contains(';') && matches!(name, "" | "." | "..") {
                 return Err(PathError::DotParameter);
             }
         }
     }
     Ok(canonical)
+}
+
+/// The path a route is chosen on when `;` parameters are kept: each segment without its
+/// parameters, as a servlet container routes it (so `/admin;x=1` is guarded by `/admin`).
+/// Borrows when there are none.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or(""));
+    }
+    Cow::Owned(out)
 }
 
 /// Checks a request's query: no raw or encoded control bytes, no `#`. The query is forwarded as

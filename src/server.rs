@@ -26,6 +26,9 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = crate::config::load(&path)?;
     crate::telemetry::init_logging(&config.log);
+    for w in &config.warnings {
+        tracing::warn!("{}", w.as_warning());
+    }
     let server_cfg = config.server.clone();
     let access = Arc::new(AccessLogger::new(config.log.access.clone()));
     let registry = Arc::new(Registry::default());

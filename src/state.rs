@@ -88,7 +88,7 @@ impl Snapshot {
         for (name, cfg) in &config.auth {
             let reused = previous
                 .and_then(|p| p.verifiers.get(name))
-                .filter(|v| v.config == *cfg)
+                .filter(|v| v.serves(cfg))
                 .cloned();
             let verifier = match reused {
                 Some(v) => v,
@@ -226,6 +226,9 @@ impl Live {
             let base = live.path.parent().unwrap_or(Path::new("."));
             let config = config::parse(&live.path.display().to_string(), &text, base)
                 .map_err(|e| e.to_string())?;
+            for w in &config.warnings {
+                tracing::warn!("{}", w.as_warning());
+            }
             Snapshot::build(config, Some(&live.load()), &live.registry)
                 .map(Some)
                 .map_err(|e| e.to_string())

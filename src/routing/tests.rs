@@ -152,7 +152,8 @@ fn encoded_controls_bad_utf8_and_parameters_are_refused() {
     let keep = |p| canonicalize(p, PathParams::Keep);
     assert_eq!(keep("/admin;jsessionid=1").unwrap(), "/admin;jsessionid=1");
     assert_eq!(keep("/admin%3Bx").unwrap(), "/admin%3Bx");
-    for p in ["/public/..;/admin", "/a/.;x/b"] {
+    assert_eq!(without_params("/admin;jsessionid=1/x;y"), "/admin/x");
+    for p in ["/public/..;/admin", "/a/.;x/b", "/;x/admin"] {
         assert_eq!(keep(p), Err(PathError::DotParameter), "{p}");
     }
     assert_eq!(check_query(b"?a=1&b=%41"), Ok(()));

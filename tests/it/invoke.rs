@@ -230,6 +230,13 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(3)).await;
             reply(200, r#"{"statusCode":200,"body":"late"}"#.into())
         }
+        // A 1xx is no final answer: it must not reach the client as one.
+        "/bookings/informational" => reply(200, r#"{"statusCode":100,"headers":{"x-a":"1"},"body":"lost"}"#.into()),
+        // 20,000 values of one header (decoding them was quadratic).
+        "/bookings/many-headers" => {
+            let values: Vec<String> = (0..20_000).map(|i| format!("\"v{i}\"")).collect();
+            reply(200, format!(r#"{{"statusCode":200,"multiValueHeaders":{{"x-a":[{}]}},"body":"x"}}"#, values.join(",")))
+        }
         "/bookings/huge" => reply(200, format!(r#"{{"statusCode":200,"body":"{}"}}"#, "x".repeat(7 * 1024 * 1024))),
         _ => reply(
             200,

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod bad_input;
+mod bypass;
 mod invoke;
 mod lambda;
 mod lifecycle;
