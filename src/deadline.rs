@@ -29,6 +29,31 @@ use tokio::time::Sleep;
 
 use crate::state::Live;
 
+tokio::task_local! {
+    /// What the transport knows about the request head being served, shared with the proxy's
+    /// request filter (both run in the connection's task).
+    static HEAD: HeadState;
+}
+
+struct HeadState {
+    /// The proxy has the parsed head: its deadline no longer applies.
+    parsed: std::cell::Cell<bool>,
+    /// The request line as received was not valid HTTP (Pingora's parser would have escaped it
+    /// into something else and gone on).
+    bad_line: std::cell::Cell<bool>,
+}
+
+/// Called by the proxy once it has a request head: ends the head deadline for it, and says
+/// whether its request line arrived malformed (then it must be refused: Pingora escaped spaces,
+/// quotes, angle brackets or control bytes in the target instead of refusing them).
+pub fn head_parsed() -> bool {
+    HEAD.try_with(|h| {
+        h.parsed.set(true);
+        h.bad_line.get()
+    })
+    .unwrap_or(false)
+}
+
 /// Wraps a Pingora app so every connection gets a request-head deadline.
 pub struct HeaderDeadline<A> {
     pub inner: Arc<A>,
@@ -90,6 +115,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             if !pipelined && !wait_for_request(&mut stream, idle_limit, &mut draining).await {
                 return None;
             }
+            let bad_line = stream.bad_line;
             let mut session = ServerSession::new_http1(stream);
             session.set_pipelining_enabled(true);
             if idle_limit.is_none() {
@@ -103,19 +129,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             } else if let Some(s) = settings.take() {
                 HttpPersistentSettings::apply_to_session(s, &mut session);
             }
-            let (next, persistent) = self
-                .inner
-                .process_new_http(session, shutdown)
+            let head = HeadState {
+                parsed: std::cell::Cell::new(false),
+                bad_line: std::cell::Cell::new(bad_line),
+            };
+            let (next, persistent) = HEAD
+                .scope(head, self.inner.process_new_http(session, shutdown))
                 .await?
                 .consume();
             stream = next.into_any().downcast::<DeadlineStream>().ok()?;
             pipelined = persistent.as_ref().is_some_and(has_pipelined_prefix);
-            stream.rearm(false);
-            if pipelined {
-                // The next head is (at least partly) here already and was scanned with the
-                // previous request's bytes: its deadline is Pingora's read timeout.
-                stream.in_head = false;
-            }
+            // A pipelined head is (at least partly) here already: its clock starts now, and
+            // it ends when the proxy has the parsed head (`head_parsed`), since the bytes
+            // before went by with the previous request's.
+            stream.rearm(pipelined);
             settings = persistent;
             idle_limit = Some(self.live.load().config.server.keepalive_timeout);
         }
@@ -167,6 +194,11 @@ pub struct DeadlineStream {
     /// A byte other than CR or LF was seen in this head. The parser skips blank lines before a
     /// request line (RFC 9112 section 2.2), so they must not end the head here either.
     started: bool,
+    /// The request line ended (its `\n` was seen), and the spaces in it so far.
+    line_done: bool,
+    line_spaces: u8,
+    /// The request line had a byte or a space RFC 9112 does not allow.
+    bad_line: bool,
     /// The start of the next request, read while waiting for it and not yet handed on.
     peeked: Option<Bytes>,
     /// Writes not yet sent (see `WRITE_BUFFER`), and how much of them is already out. The
@@ -184,6 +216,9 @@ impl DeadlineStream {
             timer: None,
             tail: [0; 3],
             started: false,
+            line_done: false,
+            line_spaces: 0,
+            bad_line: false,
             peeked: None,
             wbuf: Vec::new(),
             written: 0,
@@ -194,6 +229,9 @@ impl DeadlineStream {
         self.in_head = true;
         self.tail = [0; 3];
         self.started = false;
+        self.line_done = false;
+        self.line_spaces = 0;
+        self.bad_line = false;
         self.timer = start_now.then(|| Box::pin(tokio::time::sleep(self.deadline)));
     }
 
@@ -208,6 +246,9 @@ impl DeadlineStream {
                 // Only blank lines so far: the clock runs, the head has not begun.
                 None => return,
             }
+        }
+        if !self.line_done {
+            self.check_request_line(data);
         }
         // `\r\n\r\n`, or a bare `\n\n`, which httparse also accepts: look at each `\n` (memchr,
         // vectorised) and the two bytes before it, which may have come in an earlier read.
@@ -240,8 +281,38 @@ impl fmt::Debug for DeadlineStream {
 }
 
 impl DeadlineStream {
+    /// Checks the request line's bytes: `METHOD SP TARGET SP VERSION`, no other spaces, no
+    /// control bytes but the final CR, none of `"<>` (which httparse refuses and Pingora
+    /// would escape).
+    fn check_request_line(&mut self, data: &[u8]) {
+        let end = memchr::memchr(b'\n', data);
+        let line = &data[..end.unwrap_or(data.len())];
+        for (i, &b) in line.iter().enumerate() {
+            let last_cr = b == b'\r' && end.is_some() && i + 1 == line.len();
+            match b {
+                b' ' => self.line_spaces = self.line_spaces.saturating_add(1),
+                b'"' | b'<' | b'>' | 0x7f => self.bad_line = true,
+                b if b < 0x20 && !last_cr => self.bad_line = true,
+                _ => {}
+            }
+        }
+        if self.line_spaces > 2 {
+            self.bad_line = true;
+        }
+        if end.is_some() {
+            self.line_done = true;
+        }
+        if self.bad_line {
+            let _ = HEAD.try_with(|h| h.bad_line.set(true));
+        }
+    }
+
     /// Fails once the head is overdue.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.in_head && HEAD.try_with(|h| h.parsed.get()).unwrap_or(false) {
+            self.in_head = false;
+            self.timer = None;
+        }
         if self.in_head {
             if let Some(timer) = self.timer.as_mut() {
                 if timer.as_mut().poll(cx).is_ready() {

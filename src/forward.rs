@@ -19,7 +19,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -81,10 +80,16 @@ pub struct Outbound<'a> {
 pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     let mut drop = hop_by_hop(h.map(), out.keep_upgrade);
     for name in h.map().keys() {
-        let s = name.as_str();
-        let forwarding = s.starts_with("x-forwarded-") || name == FORWARDED || name == X_REAL_IP;
+        // CGI-style servers read `x_user_id` as `x-user-id` (both become HTTP_X_USER_ID): a
+        // name strangle owns is matched in either spelling.
+        let s = if name.as_str().contains('_') {
+            std::borrow::Cow::Owned(name.as_str().replace('_', "-"))
+        } else {
+            std::borrow::Cow::Borrowed(name.as_str())
+        };
+        let forwarding = s.starts_with("x-forwarded-") || s == "forwarded" || s == "x-real-ip";
         if s.starts_with("x-strangle-")
-            || out.identity_headers.contains(name)
+            || out.identity_headers.iter().any(|h| h.as_str() == s)
             || (forwarding && !out.peer_trusted)
         {
             drop.push(name.clone());
@@ -195,6 +200,9 @@ mod tests {
             ("x-forwarded-prefix", "/admin"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
+            ("x_user_id", "root"),
+            ("x_strangle_side", "new"),
+            ("x_forwarded_for", "6.6.6.6"),
             ("connection", "keep-alive, x-drop-me"),
             ("x-drop-me", "1"),
             ("te", "trailers"),

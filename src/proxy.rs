@@ -68,6 +68,8 @@ pub struct Ctx {
     client: Option<IpAddr>,
     /// Whether the TCP peer is one of `[server] trusted-proxies`.
     peer_trusted: bool,
+    /// The verified claims as the headers that carry them upstream.
+    claim_headers: Vec<(HeaderName, HeaderValue)>,
     /// A `max-in-flight` slot of the upstream, held to the end of the request.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -201,23 +203,53 @@ async fn overloaded(session: &mut Session, ctx: &mut Ctx, upstream: &str) -> Res
     .await
 }
 
-/// The forwarded-claim headers for this request: `(header, value)`.
-fn claim_headers(ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> {
-    let (Some(claims), Some(verifier)) = (
-        &ctx.claims,
-        ctx.route.and_then(|i| ctx.snap.routes[i].auth.as_ref()),
-    ) else {
-        return Vec::new();
-    };
-    verifier
-        .config
-        .forward_claims
-        .iter()
-        .filter_map(|(claim, header)| {
-            let value = crate::auth::claim_text(claims, claim)?;
-            Some((header.clone(), HeaderValue::from_str(&value).ok()?))
+/// The forwarded-claim headers for verified `claims`: `(header, value)`. A claim that is
+/// present but cannot be a header value (a CR or LF in it) is an error, never silently left
+/// out: the upstream would see a verified request without the identity it relies on.
+fn claim_headers(
+    claims: &crate::auth::Claims,
+    verifier: &crate::auth::Verifier,
+) -> std::result::Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut out = Vec::with_capacity(verifier.config.forward_claims.len());
+    for (claim, header) in &verifier.config.forward_claims {
+        if let Some(value) = crate::auth::claim_text(claims, claim) {
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("claim `{claim}` cannot be sent as `{header}`"))?;
+            out.push((header.clone(), value));
+        }
+    }
+    Ok(out)
+}
+
+/// A `Host` value that is an authority (RFC 3986 section 3.2): a name or address and an
+/// optional port, nothing that could smuggle a path, user info or markup into the
+/// `x-forwarded-host` strangle vouches for.
+fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'['
+                        | b']'
+                )
         })
-        .collect()
 }
 
 /// Why a buffered body was not read.
@@ -227,11 +259,7 @@ enum BodyError {
 }
 
 /// What the outbound header policy needs to know about this request.
-fn outbound<'a>(
-    session: &Session,
-    ctx: &'a Ctx,
-    claims: &'a [(HeaderName, HeaderValue)],
-) -> Outbound<'a> {
+fn outbound<'a>(session: &Session, ctx: &'a Ctx) -> Outbound<'a> {
     Outbound {
         peer: client_ip(session),
         peer_trusted: ctx.peer_trusted,
@@ -240,7 +268,7 @@ fn outbound<'a>(
         host: session.req_header().headers.get(header::HOST).cloned(),
         keep_upgrade: session.is_upgrade_req(),
         identity_headers: &ctx.snap.identity_headers,
-        claims,
+        claims: &ctx.claim_headers,
         request_id: ctx.request_id.as_ref(),
     }
 }
@@ -362,9 +390,8 @@ impl Strangle {
             return reject(session, ctx, 500, "not a lambda upstream").await;
         };
         // The event carries the same headers an HTTP upstream would get.
-        let claims = claim_headers(ctx);
         let mut headers = session.req_header().headers.clone();
-        forward::apply(&mut headers, &outbound(session, ctx, &claims));
+        forward::apply(&mut headers, &outbound(session, ctx));
         let req = session.req_header();
         let route_path = ctx
             .route
@@ -451,9 +478,8 @@ impl Strangle {
             .socket_authority()
             .unwrap_or_default();
         let uri = format!("{scheme}://{authority}{upstream_path}");
-        let claims = claim_headers(ctx);
         let mut map = session.req_header().headers.clone();
-        forward::apply(&mut map, &outbound(session, ctx, &claims));
+        forward::apply(&mut map, &outbound(session, ctx));
         // The signature sets these; a client's copies would be signed as if strangle sent them.
         let headers: Vec<(HeaderName, HeaderValue)> = map
             .iter()
@@ -623,11 +649,13 @@ impl ProxyHttp for Strangle {
             claims: None,
             client: None,
             peer_trusted: false,
+            claim_headers: Vec::new(),
             _permit: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let bad_request_line = crate::deadline::head_parsed();
         let limits = &ctx.snap.config.server;
         if session.get_keepalive() == Some(0) {
             // Pingora keeps an HTTP/1.1 connection forever by default; bound the idle time.
@@ -638,6 +666,23 @@ impl ProxyHttp for Strangle {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => new_request_id(),
         });
+
+        if bad_request_line {
+            return reject(session, ctx, 400, "malformed request line").await;
+        }
+        let req = session.req_header();
+        let mut hosts = req.headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return reject(session, ctx, 400, "more than one Host").await,
+            (Some(h), None) if !valid_host(h.as_bytes()) => {
+                return reject(session, ctx, 400, "malformed Host").await
+            }
+            (None, _) if req.version == http::Version::HTTP_11 => {
+                return reject(session, ctx, 400, "no Host").await
+            }
+            _ => {}
+        }
+        let req = session.req_header();
 
         // Framing: one unambiguous body length or none.
         let cl_values = req.headers.get_all(header::CONTENT_LENGTH).iter().count();
@@ -708,6 +753,10 @@ impl ProxyHttp for Strangle {
         if let Cow::Owned(p) = &canonical {
             ctx.routed_path = Some(p.clone());
         }
+        if ctx.snap.table.folds_case() && routing::case_fold_trap(&canonical) {
+            let why = "a character that some case-insensitive matchers fold to ASCII";
+            return reject(session, ctx, 400, why).await;
+        }
         let method = session.req_header().method.clone();
         let route = match ctx.snap.config.server.path_params {
             routing::PathParams::Reject => ctx.snap.table.lookup(&canonical, &method),
@@ -723,7 +772,16 @@ impl ProxyHttp for Strangle {
         }
         if let Some(verifier) = route.and_then(|i| ctx.snap.routes[i].auth.clone()) {
             match verifier.verify(&session.req_header().headers).await {
-                Ok(claims) => ctx.claims = Some(claims),
+                Ok(claims) => {
+                    match claim_headers(&claims, &verifier) {
+                        Ok(headers) => ctx.claim_headers = headers,
+                        Err(why) => {
+                            ctx.route = route;
+                            return reject(session, ctx, 403, why).await;
+                        }
+                    }
+                    ctx.claims = Some(claims);
+                }
                 Err(e) => {
                     ctx.route = route;
                     return deny(session, ctx, &e).await;
@@ -859,8 +917,7 @@ impl ProxyHttp for Strangle {
         if let Some(path) = ctx.upstream_path.as_deref() {
             up.set_raw_path(path.as_bytes())?;
         }
-        let claims = claim_headers(ctx);
-        forward::apply(up, &outbound(session, ctx, &claims));
+        forward::apply(up, &outbound(session, ctx));
         let host_header = ctx.upstream.as_ref().and_then(|u| match &u.kind {
             Kind::Http(h) => h.host_header.clone(),
             Kind::Lambda(_) | Kind::Signed => None,

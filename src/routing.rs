@@ -111,6 +111,11 @@ impl RouteTable {
         self.keys.len()
     }
 
+    /// Whether any route matches the path whatever its case.
+    pub fn folds_case(&self) -> bool {
+        self.any_case.is_some()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -321,6 +326,18 @@ pub fn canonicalize(path: &str, params: PathParams) -> Result<Cow<'_, str>, Path
     Ok(canonical)
 }
 
+/// Whether a canonical path holds a character that a case-insensitive matcher may fold onto
+/// ASCII where strangle's ASCII folding does not: `İ` and `ı` (to `i`/`I` in Java's
+/// `equalsIgnoreCase`), the long `ſ` (to `S`) and the Kelvin sign (to `k`). With
+/// case-insensitive routes such a path could miss its route here and be that route's path to
+/// the monolith, so it is refused.
+pub fn case_fold_trap(path: &str) -> bool {
+    path.contains('%')
+        && ["%C4%B0", "%C4%B1", "%C5%BF", "%E2%84%AA"]
+            .iter()
+            .any(|t| path.contains(t))
+}
+
 /// The path a route is chosen on when `;` parameters are kept: each segment without its
 /// parameters, as a servlet container routes it (so `/admin;x=1` is guarded by `/admin`).
 /// Borrows when there are none.
@@ -364,53 +381,47 @@ pub fn check_query(query: &[u8]) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Whether every escape decodes to UTF-8 (overlong forms and surrogates are not UTF-8).
-fn check_utf8(bytes: &[u8]) -> Result<(), PathError> {
-    let mut decoded = Vec::with_capacity(bytes.len());
+/// The bytes of a path whose escapes were validated, each with whether it was escaped.
+fn decoded(bytes: &[u8]) -> impl Iterator<Item = (u8, bool)> + '_ {
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Escapes were validated by the caller.
-            let hi = hex_value(bytes[i + 1]).unwrap_or(0);
-            let lo = hex_value(bytes[i + 2]).unwrap_or(0);
-            decoded.push(hi * 16 + lo);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
-    Ok(())
-}
-
-/// The percent-encoding step of canonicalisation (dot-segments untouched).
-fn encode_canonical(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() + 8);
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
+    std::iter::from_fn(move || {
+        let b = *bytes.get(i)?;
         if b == b'%' {
             let value =
                 hex_value(bytes[i + 1]).unwrap_or(0) * 16 + hex_value(bytes[i + 2]).unwrap_or(0);
-            if unreserved(value) {
-                out.push(value as char);
-            } else {
-                out.push('%');
-                out.push(HEX[(value >> 4) as usize] as char);
-                out.push(HEX[(value & 15) as usize] as char);
-            }
             i += 3;
-            continue;
+            Some((value, true))
+        } else {
+            i += 1;
+            Some((b, false))
         }
-        if raw_allowed(b) {
+    })
+}
+
+/// Whether every escape decodes to UTF-8 (overlong forms and surrogates are not UTF-8).
+fn check_utf8(bytes: &[u8]) -> Result<(), PathError> {
+    let plain: Vec<u8> = decoded(bytes).map(|(b, _)| b).collect();
+    std::str::from_utf8(&plain).map_err(|_| PathError::InvalidUtf8)?;
+    Ok(())
+}
+
+/// The percent-encoding step of canonicalisation (dot-segments untouched): unreserved bytes
+/// plain, bytes outside `pchar` escaped, escapes in upper case.
+fn encode_canonical(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for (b, escaped) in decoded(bytes) {
+        let plain = if escaped {
+            unreserved(b)
+        } else {
+            raw_allowed(b)
+        };
+        if plain {
             out.push(b as char);
         } else {
             out.push('%');
             out.push(HEX[(b >> 4) as usize] as char);
             out.push(HEX[(b & 15) as usize] as char);
         }
-        i += 1;
     }
     out
 }

@@ -89,6 +89,15 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
         "/admin?x=%00",
         "/admin?x=%0d%0a",
         "/admin%2Fsecret",
+        // Pingora would escape these into `%20`, `%22`, `%3C`: malformed, so refused.
+        "/x /admin",
+        "/admin /public",
+        "/admin\"x",
+        "/a<b>",
+        // A Java-style case-insensitive monolith reads `ı` as `I` and `ſ` as `S`.
+        "/adm%C4%B1n",
+        "/adm%c4%b0n",
+        "/%E2%84%AAey",
     ] {
         let (resp, _) = raw(
             proxy.port,
@@ -102,6 +111,20 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
         "reached the monolith: {:?}",
         monolith.seen()
     );
+    // Host must be an authority: it becomes the x-forwarded-host strangle vouches for.
+    for head in [
+        "GET /x HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: evil.example/admin?x=\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: \"<script>\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /x HTTP/1.1\r\nX-A: b\r\n\r\n",
+    ] {
+        let (resp, _) = raw(proxy.port, head.as_bytes());
+        assert_eq!(resp.map(|r| r.status), Some(400), "{head:?}");
+    }
+    assert_eq!(monolith.count(), 0);
+    let (resp, _) = raw(proxy.port, b"GET /x HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.map(|r| r.status), Some(200), "HTTP/1.0 needs no Host");
     // The reason is in the access log.
     assert!(logged(&proxy, |l| l["status"] == 400
         && l["error"] == "encoded control byte in path"));
@@ -125,6 +148,16 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
             assert_eq!(seen.header("x-user-id"), Some("alice"));
         }
     }
+    // A claim that cannot travel as a header is refused, not dropped.
+    let mut claims = good("alice");
+    claims["sub"] = json!("alice\r\nx-admin: 1");
+    let odd = issuer.mint(json!({ "claims": claims }));
+    let r = get(
+        proxy.port,
+        "/admin",
+        &[("Authorization", &format!("Bearer {odd}"))],
+    );
+    assert_eq!(r.status, 403);
     assert!(logged(&proxy, |l| l["path"] == "/admin/~secret"
         && l["route"] == "admin"));
 }
@@ -258,7 +291,21 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Forwarded-Prefix", "/admin"),
     ("Forwarded", "for=6.6.6.6;proto=https"),
     ("X-Real-IP", "6.6.6.6"),
+    // CGI-style servers read these as X-User-Id and X-Forwarded-For.
+    ("X_User_Id", "root"),
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("X_Strangle_Side", "new"),
 ];
+
+/// Every value of a header, joined as one would be.
+fn joined(headers: &[(String, String)], name: &str) -> Option<String> {
+    let v: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!v.is_empty()).then(|| v.join(", "))
+}
 
 /// Asserts one upstream's view of the spoofed request: `header` reads a header as the
 /// upstream received it (joined with `, ` if repeated).
@@ -285,6 +332,9 @@ fn assert_vouched(kind: &str, port: u16, header: &dyn Fn(&str) -> Option<String>
     );
     assert_eq!(header("x-forwarded-prefix"), None, "{kind}");
     assert_eq!(header("forwarded"), None, "{kind}");
+    for name in ["x_user_id", "x_forwarded_for", "x_strangle_side"] {
+        assert_eq!(header(name), None, "{kind}: {name}");
+    }
     assert_eq!(header("x-keep").as_deref(), Some("yes"), "{kind}");
 }
 
@@ -348,16 +398,7 @@ auth = "users"
     assert_eq!(r.status, 200, "{}", proxy.stderr());
     let seen = monolith.seen().pop().unwrap();
     assert_eq!(seen.target, "/http/a");
-    let all = |name: &str| {
-        let v: Vec<&str> = seen
-            .headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!v.is_empty()).then(|| v.join(", "))
-    };
-    assert_vouched("http", proxy.port, &all);
+    assert_vouched("http", proxy.port, &|name| joined(&seen.headers, name));
 
     let r = get(proxy.port, "/fn/%61", &headers);
     assert_eq!(r.status, 200, "{}", proxy.stderr());
@@ -372,16 +413,7 @@ auth = "users"
     let call = api.seen().pop().unwrap();
     assert_eq!(call.signature_ok, Ok(()));
     assert_eq!(call.uri, "/prod/api/a");
-    let signed_header = |name: &str| {
-        let v: Vec<&str> = call
-            .headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!v.is_empty()).then(|| v.join(", "))
-    };
-    assert_vouched("signed", proxy.port, &signed_header);
+    assert_vouched("signed", proxy.port, &|name| joined(&call.headers, name));
 }
 
 #[test]
@@ -520,6 +552,49 @@ fn blank_lines_before_a_request_do_not_stretch_the_head_deadline() {
         "{:?}",
         start.elapsed()
     );
+    // A pipelined head that never ends is cut off at the deadline too.
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /admin HTTP/1.1\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    let mut answer = Vec::new();
+    for _ in 0..32 {
+        if s.write_all(b"X-A: b\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 1024];
+        match s.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => answer.extend_from_slice(&b[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed,
+        "pipelined head still open after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     // Blank lines before a request sent whole are still fine.
     let (resp, _) = raw(proxy.port, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(resp.map(|r| r.status), Some(200));
@@ -614,16 +689,19 @@ fn garbage_tokens_never_fetch_keys_and_concurrent_misses_share_one_fetch() {
     );
 }
 
-#[test]
-fn a_slow_body_holds_no_upstream_slot() {
-    let invoke = InvokeEndpoint::start();
-    let monolith = Backend::start("monolith");
-    let text = format!(
+/// `/bookings` served by a function behind the Invoke stand-in, the rest by the monolith.
+fn lambda_config(
+    invoke: &InvokeEndpoint,
+    monolith: &Backend,
+    server: &str,
+    function: &str,
+) -> String {
+    format!(
         r#"
 [server]
 listen = ["{{listen}}"]
 default = "monolith"
-body-timeout = "1s"
+{server}
 [upstreams.monolith]
 addresses = ["{}"]
 [upstreams.fn]
@@ -631,8 +709,7 @@ kind = "lambda"
 function = "bookings"
 region = "eu-west-1"
 endpoint = "http://127.0.0.1:{}"
-max-in-flight = 1
-queue-timeout = "300ms"
+{function}
 [[routes]]
 id = "fn"
 path = "/bookings"
@@ -640,6 +717,18 @@ new = "fn"
 "#,
         monolith.addr(),
         invoke.port
+    )
+}
+
+#[test]
+fn a_slow_body_holds_no_upstream_slot() {
+    let invoke = InvokeEndpoint::start();
+    let monolith = Backend::start("monolith");
+    let text = lambda_config(
+        &invoke,
+        &monolith,
+        "body-timeout = \"1s\"",
+        "max-in-flight = 1\nqueue-timeout = \"300ms\"",
     );
     let proxy = Proxy::start_with_env(&text, &lambda_env());
     let mut slow = Client::connect(proxy.port);
@@ -666,26 +755,7 @@ new = "fn"
 fn broken_lambda_answers_get_502_and_the_connection_stays_in_step() {
     let invoke = InvokeEndpoint::start();
     let monolith = Backend::start("monolith");
-    let text = format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.fn]
-kind = "lambda"
-function = "bookings"
-region = "eu-west-1"
-endpoint = "http://127.0.0.1:{}"
-[[routes]]
-id = "fn"
-path = "/bookings"
-new = "fn"
-"#,
-        monolith.addr(),
-        invoke.port
-    );
+    let text = lambda_config(&invoke, &monolith, "", "");
     let proxy = Proxy::start_with_env(&text, &lambda_env());
     let mut c = proxy.client();
     let r = c.get("/bookings/informational", &[]).unwrap();
