@@ -98,13 +98,20 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     for name in &drop {
         h.remove(name);
     }
-    if let Some(peer) = out.peer {
+    // The peer's address as a header value, made once: it is usually the whole of
+    // `x-forwarded-for` and `x-real-ip` too.
+    let peer = out
+        .peer
+        .and_then(|p| Some((p, HeaderValue::from_str(&p.to_string()).ok()?)));
+    if let Some((ip, value)) = &peer {
         let xff = match h.map().get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             // Only a trusted proxy's list survived the removal above.
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-            _ => peer.to_string(),
+            Some(prior) if !prior.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+            }
+            _ => Some(value.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             h.set(X_FORWARDED_FOR, v);
         }
     }
@@ -117,10 +124,11 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             h.set(X_FORWARDED_HOST, host.clone());
         }
     }
-    if let Some(v) = out
-        .client
-        .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
-    {
+    let real_ip = match (&peer, out.client) {
+        (Some((ip, value)), Some(client)) if *ip == client => Some(value.clone()),
+        (_, client) => client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()),
+    };
+    if let Some(v) = real_ip {
         h.set(X_REAL_IP, v);
     }
     for (name, value) in out.claims {

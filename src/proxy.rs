@@ -261,7 +261,7 @@ enum BodyError {
 /// What the outbound header policy needs to know about this request.
 fn outbound<'a>(session: &Session, ctx: &'a Ctx) -> Outbound<'a> {
     Outbound {
-        peer: client_ip(session),
+        peer: client_ip(session).map(crate::net::unmap),
         peer_trusted: ctx.peer_trusted,
         client: ctx.client,
         https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
