@@ -23,6 +23,22 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers that name the client's address in some proxy's dialect: only a trusted proxy's
+/// copies are passed on.
+const CLIENT_ADDRESS: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Headers some servers (IIS, Symfony, Zend) take as the request's path instead of the request
+/// line: the path a route was chosen on must be the only one the upstream sees, so they never
+/// pass, whoever sends them.
+const REWRITES: &[&str] = &["x-original-url", "x-rewrite-url"];
+
 /// A set of request headers the policy can edit.
 pub trait Headers {
     fn map(&self) -> &HeaderMap;
@@ -87,9 +103,12 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         } else {
             std::borrow::Cow::Borrowed(name.as_str())
         };
-        let forwarding = s.starts_with("x-forwarded-") || s == "forwarded" || s == "x-real-ip";
+        let forwarding =
+            s.starts_with("x-forwarded-") || CLIENT_ADDRESS.contains(&&*s) || s == "forwarded";
         if s.starts_with("x-strangle-")
             || out.identity_headers.iter().any(|h| h.as_str() == s)
+            || REWRITES.contains(&&*s)
+            || s == "expect"
             || (forwarding && !out.peer_trusted)
         {
             drop.push(name.clone());
@@ -104,10 +123,18 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         .peer
         .and_then(|p| Some((p, HeaderValue::from_str(&p.to_string()).ok()?)));
     if let Some((ip, value)) = &peer {
-        let xff = match h.map().get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            // Only a trusted proxy's list survived the removal above.
-            Some(prior) if !prior.trim().is_empty() => {
-                HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        // Only a trusted proxy's lines survived the removal above; all of them are the list
+        // (HAProxy adds a line of its own), and a line that is not text voids it.
+        let prior: Option<Vec<&str>> = h
+            .map()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.to_str().ok().map(str::trim))
+            .filter(|v| v != &Some(""))
+            .collect();
+        let xff = match prior {
+            Some(lines) if !lines.is_empty() => {
+                HeaderValue::from_str(&format!("{}, {ip}", lines.join(", "))).ok()
             }
             _ => Some(value.clone()),
         };
@@ -211,6 +238,10 @@ mod tests {
             ("x_user_id", "root"),
             ("x_strangle_side", "new"),
             ("x_forwarded_for", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("true-client-ip", "6.6.6.6"),
+            ("expect", "100-continue"),
             ("connection", "keep-alive, x-drop-me"),
             ("x-drop-me", "1"),
             ("te", "trailers"),
@@ -240,6 +271,13 @@ mod tests {
             "connection",
             "x-drop-me",
             "te",
+            "x_user_id",
+            "x_strangle_side",
+            "x_forwarded_for",
+            "x-original-url",
+            "x-rewrite-url",
+            "true-client-ip",
+            "expect",
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
@@ -249,8 +287,11 @@ mod tests {
     #[test]
     fn a_trusted_proxy_list_is_appended_to() {
         let mut h = spoofed();
+        h.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
         apply(&mut h, &outbound(true, &[], &[]));
-        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.0.0.5");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 10.0.0.5");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert!(!h.contains_key("x-original-url"));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-real-ip"], "1.2.3.4");
         // Identity and strangle headers are never a proxy's to set either.

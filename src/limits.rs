@@ -5,8 +5,11 @@
 //!
 //! Addresses are keyed by network (`ipv4-prefix`, default /32; `ipv6-prefix`, default /64: one
 //! IPv6 client usually holds a whole /64), and the number of buckets is capped (`max-keys`):
-//! past it the least recently used bucket of a shard is evicted and counted, so a flood of
-//! distinct header values cannot grow memory without bound.
+//! so a flood of distinct keys cannot grow memory without bound. Past the cap, the least
+//! recently used bucket of the shard is evicted only if it has refilled completely (forgetting
+//! it loses nothing); otherwise the new key shares the shard's overflow bucket, so cycling
+//! through more keys than the cap never hands out fresh buckets (it fails closed). Key hashes
+//! are seeded per limiter, so which keys share a shard cannot be worked out offline.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,7 +54,13 @@ pub struct RateLimiter {
     shards: Vec<Mutex<HashMap<u64, Bucket>>>,
     /// Buckets evicted to stay under `max-keys`.
     pub evicted: AtomicU64,
+    /// Requests of new keys that found their shard full and shared its overflow bucket.
+    pub overflowed: AtomicU64,
+    seed: u64,
 }
+
+/// The key of each shard's overflow bucket (a request's own key is moved off this value).
+const OVERFLOW: u64 = u64::MAX;
 
 impl RateLimiter {
     pub fn new(config: RateLimit) -> RateLimiter {
@@ -61,21 +70,26 @@ impl RateLimiter {
             rate,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             evicted: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            seed: rand::random(),
         }
+    }
+
+    /// The key hash of a header, cookie or claim value.
+    pub fn key(&self, value: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(value, self.seed)
     }
 
     /// The key hash of a client address: its network under the configured prefix.
     pub fn ip_key(&self, ip: IpAddr) -> u64 {
-        use xxhash_rust::xxh3::xxh3_64;
-        match crate::net::unmap(ip) {
-            v4 @ IpAddr::V4(_) => match crate::net::mask(v4, self.config.ipv4_prefix) {
-                IpAddr::V4(a) => xxh3_64(&a.octets()),
-                IpAddr::V6(a) => xxh3_64(&a.octets()),
-            },
-            v6 => match crate::net::mask(v6, self.config.ipv6_prefix) {
-                IpAddr::V4(a) => xxh3_64(&a.octets()),
-                IpAddr::V6(a) => xxh3_64(&a.octets()),
-            },
+        let ip = crate::net::unmap(ip);
+        let prefix = match ip {
+            IpAddr::V4(_) => self.config.ipv4_prefix,
+            IpAddr::V6(_) => self.config.ipv6_prefix,
+        };
+        match crate::net::mask(ip, prefix) {
+            IpAddr::V4(a) => self.key(&a.octets()),
+            IpAddr::V6(a) => self.key(&a.octets()),
         }
     }
 
@@ -87,11 +101,25 @@ impl RateLimiter {
             .unwrap_or_else(|e| e.into_inner());
         // Each shard holds its share, so all of them together never exceed `max-keys`.
         let cap = (self.config.max_keys / SHARDS).max(1);
+        let mut key = if key == OVERFLOW { OVERFLOW - 1 } else { key };
         if shard.len() >= cap && !shard.contains_key(&key) {
-            // Full: the bucket idle longest goes (its client starts over with a full bucket).
-            if let Some(oldest) = shard.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k) {
-                shard.remove(&oldest);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
+            let full_after = Duration::from_secs_f64(burst / self.rate);
+            let oldest = shard
+                .iter()
+                .filter(|(k, _)| **k != OVERFLOW)
+                .min_by_key(|(_, b)| b.last)
+                .map(|(k, b)| (*k, b.last));
+            match oldest {
+                // Refilled: it would start full anyway, so forgetting it loses nothing.
+                Some((k, last)) if now.saturating_duration_since(last) >= full_after => {
+                    shard.remove(&k);
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                // Every bucket is in use: the newcomer shares the overflow bucket.
+                _ => {
+                    self.overflowed.fetch_add(1, Ordering::Relaxed);
+                    key = OVERFLOW;
+                }
             }
         }
         let bucket = shard.entry(key).or_insert(Bucket {
@@ -171,14 +199,22 @@ mod tests {
             l.ip_key("1.2.3.4".parse().unwrap())
         );
         let t0 = Instant::now();
-        for k in 0..10_000u64 {
-            let _ = l.check(
-                k.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                t0 + Duration::from_micros(k),
-            );
-        }
-        assert!(l.keys() <= 1024, "{} buckets", l.keys());
-        assert!(l.evicted.load(Ordering::Relaxed) >= 10_000 - 1024);
+        let key = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let passed = (0..10_000u64)
+            .filter(|&k| l.check(key(k), t0).is_ok())
+            .count();
+        // At most one bucket per shard beyond the cap (its overflow bucket).
+        assert!(l.keys() <= 1024 + SHARDS, "{} buckets", l.keys());
+        // Keys past the cap share overflow buckets: cycling through many keys is no way
+        // around the limit.
+        assert!(passed <= 1024 + SHARDS, "{passed} passed");
+        assert!(l.overflowed.load(Ordering::Relaxed) >= 10_000 - 1024 - SHARDS as u64);
+        assert_eq!(l.evicted.load(Ordering::Relaxed), 0);
+        // Once the buckets have refilled, new keys take the place of the oldest.
+        let later = t0 + Duration::from_secs(1);
+        assert!(l.check(key(20_000), later).is_ok());
+        assert!(l.evicted.load(Ordering::Relaxed) >= 1);
+        assert!(l.keys() <= 1024 + SHARDS);
     }
 
     #[test]

@@ -138,6 +138,23 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
 
     header(
         &mut out,
+        "strangle_rate_limit_overflow_total",
+        "counter",
+        "Requests of new keys that found all of the route's buckets in use (past `max-keys`) and shared an overflow bucket, by route.",
+    );
+    for r in &snap.routes {
+        if let Some(l) = &r.rate_limit {
+            let _ = writeln!(
+                out,
+                "strangle_rate_limit_overflow_total{{route=\"{}\"}} {}",
+                r.id,
+                l.overflowed.load(Relaxed)
+            );
+        }
+    }
+
+    header(
+        &mut out,
         "strangle_upstream_in_flight",
         "gauge",
         "Requests being served now, by upstream.",

@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use http::HeaderMap;
+#[cfg(test)]
+use http::HeaderValue;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a block of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,19 +107,20 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
         return peer;
     }
     let mut client = peer;
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect::<Vec<_>>();
-    for hop in hops.iter().rev() {
-        let Some(ip) = parse_hop(hop.trim()) else {
+    // Every `X-Forwarded-For` line, last first (a proxy may add its own line); a line that is
+    // not text is a malformed hop like any other.
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(line) = line.to_str() else {
             return client;
         };
-        client = ip;
-        if !trusted(proxies, ip) {
-            return ip;
+        for hop in line.rsplit(',') {
+            let Some(ip) = parse_hop(hop.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !trusted(proxies, ip) {
+                return ip;
+            }
         }
     }
     client
@@ -182,5 +185,17 @@ mod tests {
             ip("10.0.0.1")
         );
         assert_eq!(client_addr(ip("10.0.0.1"), &h, &[]), ip("10.0.0.1"));
+        // Several lines are one list, the last line's hops nearest.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "1.2.3.4, 10.0.0.8".parse().unwrap());
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &proxies), ip("1.2.3.4"));
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "7.7.7.7".parse().unwrap());
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"6.6.6.6\xff").unwrap(),
+        );
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &proxies), ip("10.0.0.1"));
     }
 }

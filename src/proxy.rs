@@ -221,35 +221,47 @@ fn claim_headers(
     Ok(out)
 }
 
-/// A `Host` value that is an authority (RFC 3986 section 3.2): a name or address and an
-/// optional port, nothing that could smuggle a path, user info or markup into the
-/// `x-forwarded-host` strangle vouches for.
+/// A `Host` value that is an authority (RFC 3986 section 3.2): a DNS name or an address in
+/// brackets, and an optional port, nothing that could smuggle a path, user info, a list or
+/// markup into the `x-forwarded-host` strangle vouches for.
 fn valid_host(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'['
-                        | b']'
-                )
-        })
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &v[1..end];
+                let ok = std::str::from_utf8(literal)
+                    .is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+                if !ok {
+                    return false;
+                }
+                (&v[..=end], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .is_some_and(|n| n <= 65535)
+        }
+        _ => false,
+    };
+    name_ok && port_ok
 }
 
 /// Why a buffered body was not read.
@@ -542,18 +554,17 @@ impl Strangle {
     /// The hash that picks a request's rate-limit bucket. Requests without the key's value
     /// share one bucket.
     fn rate_key(&self, session: &Session, ctx: &Ctx, limiter: &crate::limits::RateLimiter) -> u64 {
-        use xxhash_rust::xxh3::xxh3_64;
         let headers = &session.req_header().headers;
         match &limiter.config.key {
             StickyKey::Jwt(claim) => ctx
                 .claims
                 .as_ref()
                 .and_then(|c| crate::auth::claim_text(c, claim))
-                .map_or(0, |v| xxh3_64(v.as_bytes())),
+                .map_or(0, |v| limiter.key(v.as_bytes())),
             StickyKey::None => 0,
             StickyKey::Ip => ctx.client.map_or(0, |ip| limiter.ip_key(ip)),
             other => match other.value(headers, None) {
-                KeyValue::Bytes(b) => xxh3_64(b),
+                KeyValue::Bytes(b) => limiter.key(b),
                 KeyValue::Ip(ip) => limiter.ip_key(ip),
                 KeyValue::Missing => 0,
             },
@@ -681,6 +692,11 @@ impl ProxyHttp for Strangle {
                 return reject(session, ctx, 400, "no Host").await
             }
             _ => {}
+        }
+        // Methods are case-sensitive (RFC 9110 section 9.1), but many monoliths upper-case them:
+        // `post` would miss a route limited to POST and still be a POST to the monolith.
+        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return reject(session, ctx, 400, "method not in upper case").await;
         }
         let req = session.req_header();
 
@@ -828,6 +844,16 @@ impl ProxyHttp for Strangle {
             )),
             Kind::Http(_) => None,
         };
+        // The client waits for a go-ahead before sending the body: it is authorized now, so
+        // strangle gives it (upstreams never see the `Expect`: the policy removes it).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && session.req_header().version == http::Version::HTTP_11 {
+            session.write_continue_response().await?;
+        }
         let body = match buffered_limit {
             Some((limit, too_large)) => match read_body(session, limit, body_timeout).await? {
                 Ok(b) => Some(b),

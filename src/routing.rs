@@ -285,7 +285,9 @@ pub fn canonicalize(path: &str, params: PathParams) -> Result<Cow<'_, str>, Path
                 match value {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                     v if v < 0x20 || v == 0x7f => return Err(PathError::EncodedControl),
-                    b';' if params == PathParams::Reject => return Err(PathError::PathParameter),
+                    // Kept parameters are split at a raw `;` only; a stack that decodes first
+                    // would split at this one too, so it is refused either way.
+                    b';' => return Err(PathError::PathParameter),
                     v if v >= 0x80 => high_escapes = true,
                     v if unreserved(v) => needs_work = true,
                     _ => {}

@@ -444,6 +444,24 @@ impl Client {
         read_response(&mut self.reader)
     }
 
+    /// Reads an interim (1xx) response: a status line and headers, never a body. Returns the
+    /// status.
+    pub fn read_interim(&mut self) -> std::io::Result<u16> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        loop {
+            let mut h = String::new();
+            if self.reader.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
+                return Ok(status);
+            }
+        }
+    }
+
     /// After a response: whether the proxy closed the connection.
     pub fn closed_by_peer(&mut self) -> bool {
         let s = self.reader.get_mut();
