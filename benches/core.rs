@@ -10,7 +10,8 @@ use http::{HeaderMap, Method};
 use strangle::routing::{canonicalize, PathMatch, PathParams, RouteKey, RouteTable};
 use strangle::split::{bucket, route_seed, side_for, KeyValue, Shift, StickyKey};
 
-fn table(n: usize) -> RouteTable {
+/// `n` routes; with `any_case`, every seventh matches in any case (a second index is probed).
+fn table(n: usize, any_case: bool) -> RouteTable {
     RouteTable::new(
         (0..n)
             .map(|i| RouteKey {
@@ -21,7 +22,7 @@ fn table(n: usize) -> RouteTable {
                     PathMatch::Prefix
                 },
                 methods: (i % 4 == 0).then(|| vec![Method::GET, Method::POST]),
-                case_insensitive: i % 7 == 0,
+                case_insensitive: any_case && i % 7 == 0,
                 trailing_slash: false,
             })
             .collect(),
@@ -31,7 +32,7 @@ fn table(n: usize) -> RouteTable {
 fn route_lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_lookup");
     for n in [10, 100, 1000] {
-        let t = table(n);
+        let t = table(n, false);
         let hit = format!("/api/v{}/service-{}/items/42", (n - 1) % 3, n - 1);
         g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| {
             b.iter(|| t.lookup(black_box(p), &Method::GET))
@@ -40,6 +41,11 @@ fn route_lookup(c: &mut Criterion) {
             b.iter(|| t.lookup(black_box(p), &Method::GET))
         });
     }
+    let t = table(100, true);
+    let hit = "/API/V2/Service-98/items/42".to_string();
+    g.bench_with_input(BenchmarkId::new("hit-any-case", 100), &hit, |b, p| {
+        b.iter(|| t.lookup(black_box(p), &Method::GET))
+    });
     g.finish();
 }
 

@@ -123,7 +123,23 @@ impl RouteTable {
     /// The index of the route for a canonical path and method: exact beats the longest
     /// prefix; among routes for the same path, the first declared wins.
     pub fn lookup(&self, path: &str, method: &Method) -> Option<usize> {
-        let lower = self.any_case.as_ref().map(|_| path.to_ascii_lowercase());
+        // The lower-cased path for the any-case index, on the stack for paths up to 256 bytes
+        // (lower-casing ASCII keeps the byte offsets and the UTF-8 of a canonical path).
+        let mut stack = [0u8; 256];
+        let heap: Vec<u8>;
+        let lower: Option<&str> = match &self.any_case {
+            None => None,
+            Some(_) if path.len() <= stack.len() => {
+                let buf = &mut stack[..path.len()];
+                buf.copy_from_slice(path.as_bytes());
+                buf.make_ascii_lowercase();
+                std::str::from_utf8(buf).ok()
+            }
+            Some(_) => {
+                heap = path.as_bytes().to_ascii_lowercase();
+                std::str::from_utf8(&heap).ok()
+            }
+        };
         let first = |ids: Option<&Vec<usize>>| {
             ids.and_then(|ids| ids.iter().copied().find(|&i| self.keys[i].allows(method)))
         };
@@ -138,7 +154,7 @@ impl RouteTable {
                 })
             };
             let a = pick(&self.exact_case, &path[..end]);
-            let b = match (&self.any_case, &lower) {
+            let b = match (&self.any_case, lower) {
                 (Some(index), Some(l)) => pick(index, &l[..end]),
                 _ => None,
             };
