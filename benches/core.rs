@@ -61,6 +61,52 @@ fn paths(c: &mut Criterion) {
     });
 }
 
+/// The outbound header policy on a browser-like request with a forwarded claim.
+fn forward_policy(c: &mut Criterion) {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+    use strangle::forward::{apply, Outbound};
+    let mut request = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        ("cookie", "session=abc; theme=dark"),
+        ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ] {
+        request.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let ids = [HeaderName::from_static("x-user-id")];
+    let claims = [(ids[0].clone(), HeaderValue::from_static("alice"))];
+    let id = HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736");
+    let out = Outbound {
+        peer: Some("203.0.113.9".parse().unwrap()),
+        peer_trusted: false,
+        client: Some("203.0.113.9".parse().unwrap()),
+        https: false,
+        host: Some(HeaderValue::from_static("shop.example")),
+        keep_upgrade: false,
+        identity_headers: &ids,
+        claims: &claims,
+        request_id: Some(&id),
+    };
+    c.bench_function("forward/policy", |b| {
+        b.iter_batched(
+            || request.clone(),
+            |mut h| {
+                apply(&mut h, &out);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
 fn split(c: &mut Criterion) {
     let seed = route_seed("bookings");
     let shift = Shift::parse("25%").unwrap_or_default();
@@ -288,6 +334,7 @@ criterion_group!(
     benches,
     route_lookup,
     paths,
+    forward_policy,
     split,
     lambda_events,
     jwt,
