@@ -84,10 +84,11 @@ fn forward_policy(c: &mut Criterion) {
     let ids = [HeaderName::from_static("x-user-id")];
     let claims = [(ids[0].clone(), HeaderValue::from_static("alice"))];
     let id = HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736");
+    let client = std::net::IpAddr::from([203, 0, 113, 9]);
     let out = Outbound {
-        peer: Some("203.0.113.9".parse().unwrap()),
+        peer: Some(client),
         peer_trusted: false,
-        client: Some("203.0.113.9".parse().unwrap()),
+        client: Some(client),
         https: false,
         host: Some(HeaderValue::from_static("shop.example")),
         keep_upgrade: false,
