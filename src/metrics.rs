@@ -103,53 +103,33 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         );
     }
 
-    header(
-        &mut out,
-        "strangle_rate_limit_keys",
-        "gauge",
-        "Rate-limit buckets held, by route (capped by the route's `max-keys`).",
-    );
-    for r in &snap.routes {
-        if let Some(l) = &r.rate_limit {
-            let _ = writeln!(
-                out,
-                "strangle_rate_limit_keys{{route=\"{}\"}} {}",
-                r.id,
-                l.keys()
-            );
-        }
-    }
-    header(
-        &mut out,
-        "strangle_rate_limit_evictions_total",
-        "counter",
-        "Rate-limit buckets evicted to stay under `max-keys`, by route (since the limit was last changed).",
-    );
-    for r in &snap.routes {
-        if let Some(l) = &r.rate_limit {
-            let _ = writeln!(
-                out,
-                "strangle_rate_limit_evictions_total{{route=\"{}\"}} {}",
-                r.id,
-                l.evicted.load(Relaxed)
-            );
-        }
-    }
-
-    header(
-        &mut out,
-        "strangle_rate_limit_overflow_total",
-        "counter",
-        "Requests of new keys that found all of the route's buckets in use (past `max-keys`) and shared an overflow bucket, by route.",
-    );
-    for r in &snap.routes {
-        if let Some(l) = &r.rate_limit {
-            let _ = writeln!(
-                out,
-                "strangle_rate_limit_overflow_total{{route=\"{}\"}} {}",
-                r.id,
-                l.overflowed.load(Relaxed)
-            );
+    type Read = fn(&crate::limits::RateLimiter) -> u64;
+    let rate_limit_series: [(&str, &str, &str, Read); 3] = [
+        (
+            "strangle_rate_limit_keys",
+            "gauge",
+            "Rate-limit buckets held, by route (capped by the route's `max-keys`).",
+            |l| l.keys() as u64,
+        ),
+        (
+            "strangle_rate_limit_evictions_total",
+            "counter",
+            "Rate-limit buckets evicted (refilled ones only) to stay under `max-keys`, by route (since the limit was last changed).",
+            |l| l.evicted.load(Relaxed),
+        ),
+        (
+            "strangle_rate_limit_overflow_total",
+            "counter",
+            "Requests of new keys that found all of the route's buckets in use (past `max-keys`) and shared an overflow bucket, by route.",
+            |l| l.overflowed.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in rate_limit_series {
+        header(&mut out, name, kind, help);
+        for r in &snap.routes {
+            if let Some(l) = &r.rate_limit {
+                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", r.id, read(l));
+            }
         }
     }
 

@@ -562,6 +562,34 @@ rate-limit = { requests = 1, per = "1m", burst = 1, key = "header:x-api-key", ma
     assert_eq!(value("strangle_rate_limit_evictions_total"), 0.0);
 }
 
+/// Sends `first`, then `each` every 250 ms for up to 8 s, until the proxy closes the
+/// connection: whether it did, when, and what it answered meanwhile.
+fn dribble(port: u16, first: &[u8], each: &[u8]) -> (bool, Duration, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    s.write_all(first).unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    for _ in 0..32 {
+        if s.write_all(each).is_err() {
+            return (true, start.elapsed(), answer);
+        }
+        let mut b = [0u8; 1024];
+        match s.read(&mut b) {
+            Ok(0) => return (true, start.elapsed(), answer),
+            Ok(n) => answer.extend_from_slice(&b[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (true, start.elapsed(), answer),
+        }
+    }
+    (false, start.elapsed(), answer)
+}
+
 #[test]
 fn blank_lines_before_a_request_do_not_stretch_the_head_deadline() {
     let monolith = Backend::start("monolith");
@@ -570,81 +598,16 @@ fn blank_lines_before_a_request_do_not_stretch_the_head_deadline() {
         "default = \"monolith\"\nheader-timeout = \"1s\"",
     );
     let proxy = Proxy::start(&text);
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(250)))
-        .unwrap();
-    let start = Instant::now();
-    let mut closed = false;
     // A blank line every 250 ms for up to 8 s: the 1 s deadline must end it long before.
-    for _ in 0..32 {
-        if s.write_all(b"\r\n").is_err() {
-            closed = true;
-            break;
-        }
-        let mut b = [0u8; 256];
-        match s.read(&mut b) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-    }
-    assert!(closed, "still open after {:?}", start.elapsed());
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    let (closed, took, _) = dribble(proxy.port, b"", b"\r\n");
+    assert!(closed, "still open after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // A pipelined head that never ends is cut off at the deadline too.
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /admin HTTP/1.1\r\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(250)))
-        .unwrap();
-    let start = Instant::now();
-    let mut closed = false;
-    let mut answer = Vec::new();
-    for _ in 0..32 {
-        if s.write_all(b"X-A: b\r\n").is_err() {
-            closed = true;
-            break;
-        }
-        let mut b = [0u8; 1024];
-        match s.read(&mut b) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => answer.extend_from_slice(&b[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-    }
+    let first = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /admin HTTP/1.1\r\n";
+    let (closed, took, answer) = dribble(proxy.port, first, b"X-A: b\r\n");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
-    assert!(
-        closed,
-        "pipelined head still open after {:?}",
-        start.elapsed()
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(closed, "pipelined head still open after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     // Blank lines before a request sent whole are still fine.
     let (resp, _) = raw(proxy.port, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(resp.map(|r| r.status), Some(200));
