@@ -23,14 +23,7 @@ fn guarded(issuer: &Issuer, monolith: &Backend, extra_server: &str) -> String {
 listen = ["{{listen}}"]
 default = "monolith"
 {extra_server}
-
-[auth.users]
-jwks-url = "{}"
-issuer = "https://issuer.test/"
-audiences = ["bookings"]
-algorithms = ["RS256"]
-forward-claims = {{ sub = "x-user-id" }}
-
+{}
 [upstreams.monolith]
 addresses = ["{}"]
 
@@ -49,8 +42,23 @@ trailing-slash = true
 legacy = "monolith"
 auth = "users"
 "#,
-        issuer.url(),
+        users(issuer),
         monolith.addr()
+    )
+}
+
+/// `[auth.users]`: the issuer's JWKS, its tokens for `bookings`, `sub` sent as `x-user-id`.
+fn users(issuer: &Issuer) -> String {
+    format!(
+        r#"
+[auth.users]
+jwks-url = "{}"
+issuer = "https://issuer.test/"
+audiences = ["bookings"]
+algorithms = ["RS256"]
+forward-claims = {{ sub = "x-user-id" }}
+"#,
+        issuer.url()
     )
 }
 
@@ -381,12 +389,7 @@ fn one_header_policy_for_http_signed_and_lambda_upstreams() {
 [server]
 listen = ["{{listen}}"]
 default = "monolith"
-[auth.users]
-jwks-url = "{}"
-issuer = "https://issuer.test/"
-audiences = ["bookings"]
-algorithms = ["RS256"]
-forward-claims = {{ sub = "x-user-id" }}
+{}
 [upstreams.monolith]
 addresses = ["{}"]
 [upstreams.fn]
@@ -414,7 +417,7 @@ path = "/api"
 new = "api"
 auth = "users"
 "#,
-        issuer.url(),
+        users(&issuer),
         monolith.addr(),
         invoke.port,
         api.port
