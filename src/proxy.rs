@@ -956,11 +956,19 @@ impl ProxyHttp for Strangle {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if upgrade && !session.is_upgrade_req() {
+            // A protocol switch nobody asked for would turn the connection into a raw tunnel
+            // to the upstream: refuse it (502; the upstream connection is not reused).
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "unsolicited 101 Switching Protocols from the upstream",
+            );
+        }
         for name in hop_by_hop(&resp.headers, upgrade) {
             resp.remove_header(&name);
         }

@@ -360,3 +360,64 @@ retries = 0
         assert_eq!(r.header("x-backend"), Some("a"));
     }
 }
+
+/// A backend that reads one request head per connection and answers with `reply`, then keeps
+/// the connection open for a while (as a tunnel would), then closes.
+fn scripted_backend(reply: &'static [u8]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply);
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_unsolicited_protocol_switch_is_a_502_not_a_tunnel() {
+    let port = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW-TUNNEL-BYTES",
+    );
+    let proxy = Proxy::start(&format!(
+        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"odd\"\n[upstreams.odd]\naddresses = [\"127.0.0.1:{port}\"]\n"
+    ));
+    let mut c = proxy.client();
+    c.stream()
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = c.stream().read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("RAW-TUNNEL-BYTES"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{text}"
+    );
+    // A request that asks for the switch gets it, and the tunnel.
+    let mut c = proxy.client();
+    c.stream()
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = c.stream().read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.ends_with("RAW-TUNNEL-BYTES"), "{text}");
+}
