@@ -113,7 +113,9 @@ async fn respond(
 ) -> Result<bool> {
     ctx.status = status;
     ctx.error = Some(why.into());
-    let close = status == 400 || status == 431;
+    // A connection that will not be reused says so (a client must not send another request
+    // on it only to find it closed).
+    let close = status == 400 || status == 431 || session.get_keepalive().is_none();
     if close {
         session.set_keepalive(None);
     }
@@ -999,6 +1001,8 @@ impl ProxyHttp for Strangle {
         };
         ctx.status = code;
         ctx.error = Some(e.to_string());
+        // The connection is not reused after a failed proxy attempt (`can_reuse_downstream`).
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             // The client may be gone already; nothing more to do about a failed write here.
             let _ = respond(session, ctx, code, e.to_string(), &[]).await;

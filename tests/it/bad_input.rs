@@ -404,6 +404,8 @@ fn an_unsolicited_protocol_switch_is_a_502_not_a_tunnel() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 502"), "{text}");
     assert!(!text.contains("RAW-TUNNEL-BYTES"), "{text}");
+    // It closes the connection, and says so.
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
     assert!(
         !text.to_ascii_lowercase().contains("upgrade: websocket"),
         "{text}"
