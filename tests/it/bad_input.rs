@@ -405,7 +405,10 @@ fn an_unsolicited_protocol_switch_is_a_502_not_a_tunnel() {
     assert!(text.starts_with("HTTP/1.1 502"), "{text}");
     assert!(!text.contains("RAW-TUNNEL-BYTES"), "{text}");
     // It closes the connection, and says so.
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(
         !text.to_ascii_lowercase().contains("upgrade: websocket"),
         "{text}"
