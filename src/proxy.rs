@@ -963,6 +963,11 @@ impl ProxyHttp for Strangle {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if DRAINING.load(Ordering::Acquire) && !upgrade {
+            // Shutting down: this is the connection's last response, and it says so.
+            session.set_keepalive(None);
+            resp.insert_header(header::CONNECTION, "close")?;
+        }
         if upgrade && !session.is_upgrade_req() {
             // A protocol switch nobody asked for would turn the connection into a raw tunnel
             // to the upstream: refuse it (502; the upstream connection is not reused).

@@ -177,6 +177,8 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(refused, "still accepting after SIGTERM");
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the in-flight request was cut");
+    // The response finished while draining is the connection's last, and says so.
+    assert_eq!(r.header("connection"), Some("close"));
     let status = proxy.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let took = start.elapsed();
