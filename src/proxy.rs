@@ -113,10 +113,7 @@ async fn respond(
 ) -> Result<bool> {
     ctx.status = status;
     ctx.error = Some(why.into());
-    // A connection that will not be reused says so (a client must not send another request
-    // on it only to find it closed).
-    let close = status == 400 || status == 431 || session.get_keepalive().is_none();
-    if close {
+    if status == 400 || status == 431 {
         session.set_keepalive(None);
     }
     let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
@@ -124,14 +121,33 @@ async fn respond(
         resp.insert_header(name.clone(), value.as_str())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    finish_response(session, ctx, &mut resp)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// What strangle sets on every response it sends, whichever path made it (an upstream's,
+/// a Lambda function's, a signed endpoint's, its own): hop-by-hop headers removed (an upgrade's
+/// pair kept for a switch the client asked for), the request id, and `Connection: close` when
+/// the connection ends after this response (draining, or a session not to be reused): a client
+/// must not send another request on it only to find it closed.
+fn finish_response(session: &mut Session, ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req();
+    for name in hop_by_hop(&resp.headers, upgrade) {
+        resp.remove_header(&name);
+    }
     if let Some(id) = &ctx.request_id {
         resp.insert_header(X_REQUEST_ID, id.clone())?;
     }
-    if close {
-        resp.insert_header(header::CONNECTION, "close")?;
+    if !upgrade {
+        if DRAINING.load(Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
+        if session.get_keepalive().is_none() {
+            resp.insert_header(header::CONNECTION, "close")?;
+        }
     }
-    session.write_response_header(Box::new(resp), true).await?;
-    Ok(true)
+    Ok(())
 }
 
 async fn reject(
@@ -445,18 +461,13 @@ impl Strangle {
         };
         let mut resp = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
         for (name, value) in response.headers {
-            if name == header::CONTENT_LENGTH
-                || name == header::TRANSFER_ENCODING
-                || name == header::CONNECTION
-            {
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
                 continue;
             }
             resp.append_header(name, value)?;
         }
         resp.insert_header(header::CONTENT_LENGTH, response.body.len().to_string())?;
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header(X_REQUEST_ID, id.clone())?;
-        }
+        finish_response(session, ctx, &mut resp)?;
         ctx.status = response.status;
         let empty = response.body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;
@@ -521,15 +532,12 @@ impl Strangle {
         };
         let (parts, mut incoming) = response.into_parts();
         let mut resp = ResponseHeader::build(parts.status.as_u16(), Some(parts.headers.len() + 1))?;
-        let hop = hop_by_hop(&parts.headers, false);
         for (k, v) in &parts.headers {
-            if !hop.contains(k) && *k != header::TRANSFER_ENCODING {
+            if *k != header::TRANSFER_ENCODING {
                 resp.append_header(k.clone(), v.clone())?;
             }
         }
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header(X_REQUEST_ID, id.clone())?;
-        }
+        finish_response(session, ctx, &mut resp)?;
         ctx.status = parts.status.as_u16();
         session.write_response_header(Box::new(resp), false).await?;
         loop {
@@ -962,13 +970,7 @@ impl ProxyHttp for Strangle {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        if DRAINING.load(Ordering::Acquire) && !upgrade {
-            // Shutting down: this is the connection's last response, and it says so.
-            session.set_keepalive(None);
-            resp.insert_header(header::CONNECTION, "close")?;
-        }
-        if upgrade && !session.is_upgrade_req() {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_upgrade_req() {
             // A protocol switch nobody asked for would turn the connection into a raw tunnel
             // to the upstream: refuse it (502; the upstream connection is not reused).
             return Error::e_explain(
@@ -976,13 +978,7 @@ impl ProxyHttp for Strangle {
                 "unsolicited 101 Switching Protocols from the upstream",
             );
         }
-        for name in hop_by_hop(&resp.headers, upgrade) {
-            resp.remove_header(&name);
-        }
-        if let Some(id) = ctx.request_id.clone() {
-            resp.insert_header(X_REQUEST_ID, id)?;
-        }
-        Ok(())
+        finish_response(session, ctx, resp)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -250,6 +250,20 @@ new = "dead"
     assert_eq!(log[1]["status"], 504);
 }
 
+/// Reads a request head (up to its blank line, within 2 s): `None` if the peer sent nothing.
+fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (!got.is_empty()).then_some(got)
+}
+
 /// A backend that reads one request per connection and hangs up without answering.
 fn hang_up_backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -259,16 +273,7 @@ fn hang_up_backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 4096];
-            let mut got = Vec::new();
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            if !got.is_empty() {
+            if read_head(&mut s).is_some() {
                 c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             drop(s);
@@ -370,14 +375,8 @@ fn scripted_backend(reply: &'static [u8]) -> u16 {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).is_none() {
+                    return;
                 }
                 let _ = s.write_all(reply);
                 std::thread::sleep(Duration::from_millis(500));
