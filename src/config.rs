@@ -104,6 +104,17 @@ pub struct Upstream {
     /// At most this many requests at once; the excess waits up to `queue_timeout`, then 503.
     pub max_in_flight: Option<usize>,
     pub queue_timeout: Duration,
+    /// The longest the whole response head may take to arrive after the request was sent
+    /// (`timeout` restarts with every read; this does not).
+    pub response_timeout: Option<Duration>,
+    /// The longest a whole exchange with the upstream may take, body included.
+    pub request_timeout: Option<Duration>,
+    /// A response head over this many bytes is a 502.
+    pub max_response_header_bytes: usize,
+    /// Passive health: this many consecutive failed requests (no response, reset, timeout)
+    /// take an address out of rotation for `fail_timeout`; 0 turns it off.
+    pub max_fails: usize,
+    pub fail_timeout: Duration,
 }
 
 /// SigV4 signing of requests forwarded to an AWS HTTP endpoint.
@@ -466,6 +477,16 @@ impl Cx<'_> {
         }
     }
 
+    /// A duration that is off when absent and must be more than zero when present.
+    fn optional_duration(&mut self, v: &Option<Spanned<String>>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key, Duration::ZERO);
+        if let (Some(v), true) = (v, d.is_zero()) {
+            let hint = Some(format!("leave `{key}` out to turn it off"));
+            self.err_at(v, format!("`{key}` must be more than 0"), hint);
+        }
+        (!d.is_zero()).then_some(d)
+    }
+
     fn count(
         &mut self,
         v: &Option<Spanned<i64>>,
@@ -786,6 +807,21 @@ impl Cx<'_> {
                     &u.queue_timeout,
                     "queue-timeout",
                     Duration::from_secs(1),
+                ),
+                response_timeout: self.optional_duration(&u.response_timeout, "response-timeout"),
+                request_timeout: self.optional_duration(&u.request_timeout, "request-timeout"),
+                max_response_header_bytes: self.count(
+                    &u.max_response_header_bytes,
+                    "max-response-header-bytes",
+                    1024,
+                    1 << 20,
+                    64 * 1024,
+                ),
+                max_fails: self.count(&u.max_fails, "max-fails", 0, 1000, 3),
+                fail_timeout: self.duration(
+                    &u.fail_timeout,
+                    "fail-timeout",
+                    Duration::from_secs(10),
                 ),
             };
             if out.insert(name.get_ref().clone(), upstream).is_some() {

@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -205,6 +206,43 @@ pub struct DeadlineStream {
     /// space is given back when the connection goes idle (`poll_request_start`).
     wbuf: Vec<u8>,
     written: usize,
+    /// Bytes of the current response reached the socket (set by writes, cleared per request).
+    sent: AtomicBool,
+    /// What a failed response turns into (`fail_response`): `REPLACE` with the bytes in
+    /// `replacement` when nothing had reached the client, `ABORT` (send nothing more) when something had.
+    fate: AtomicU8,
+    replacement: std::sync::Mutex<Option<Bytes>>,
+}
+
+const NORMAL: u8 = 0;
+/// `replacement` is to go out instead of what was buffered; later writes are swallowed.
+const REPLACE: u8 = 1;
+/// The replacement is in the write buffer; later writes are swallowed.
+const SEALED: u8 = 2;
+/// The client has part of a response that cannot be completed: nothing more is sent, and the
+/// connection closes (the response's length or chunking shows it is cut short).
+const ABORT: u8 = 3;
+
+/// A response failed after its head was handed to the transport. When nothing of it has
+/// reached the client yet, `reply` (a complete response) goes out instead of what was
+/// buffered, and this returns `true`. Otherwise nothing more is sent and this returns `false`.
+/// Either way the connection ends after this request.
+pub fn fail_response(session: &ServerSession, reply: Bytes) -> bool {
+    let Some(stream) = session
+        .as_http1()
+        .and_then(|h1| h1.stream().as_any().downcast_ref::<DeadlineStream>())
+    else {
+        return false;
+    };
+    if stream.sent.load(Ordering::Acquire) {
+        stream.fate.store(ABORT, Ordering::Release);
+        return false;
+    }
+    if let Ok(mut slot) = stream.replacement.lock() {
+        *slot = Some(reply);
+    }
+    stream.fate.store(REPLACE, Ordering::Release);
+    true
 }
 
 impl DeadlineStream {
@@ -222,10 +260,14 @@ impl DeadlineStream {
             peeked: None,
             wbuf: Vec::new(),
             written: 0,
+            sent: AtomicBool::new(false),
+            fate: AtomicU8::new(NORMAL),
+            replacement: std::sync::Mutex::new(None),
         }
     }
 
     fn rearm(&mut self, start_now: bool) {
+        *self.sent.get_mut() = false;
         self.in_head = true;
         self.tail = [0; 3];
         self.started = false;
@@ -399,6 +441,30 @@ impl AsyncRead for DeadlineStream {
 const WRITE_BUFFER: usize = 1460;
 
 impl DeadlineStream {
+    /// Whether writes are to be swallowed because the response failed (`fail_response`);
+    /// a pending replacement takes the place of whatever was buffered.
+    fn swallowing(&mut self) -> bool {
+        match *self.fate.get_mut() {
+            NORMAL => false,
+            ABORT => {
+                self.wbuf.clear();
+                self.written = 0;
+                true
+            }
+            REPLACE => {
+                let reply = self.replacement.get_mut().ok().and_then(Option::take);
+                self.wbuf.clear();
+                self.written = 0;
+                if let Some(reply) = reply {
+                    self.wbuf.extend_from_slice(&reply);
+                }
+                *self.fate.get_mut() = SEALED;
+                true
+            }
+            _ => true,
+        }
+    }
+
     /// Sends what the write buffer holds.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.wbuf.len() {
@@ -406,6 +472,7 @@ impl DeadlineStream {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            *self.sent.get_mut() = true;
             self.written += n;
         }
         self.wbuf.clear();
@@ -421,11 +488,16 @@ impl AsyncWrite for DeadlineStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.swallowing() {
+            return Poll::Ready(Ok(buf.len()));
+        }
         if this.wbuf.len() + buf.len() > WRITE_BUFFER {
             ready!(this.poll_write_out(cx))?;
         }
         if buf.len() >= WRITE_BUFFER {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+            *this.sent.get_mut() |= n > 0;
+            return Poll::Ready(Ok(n));
         }
         if this.wbuf.capacity() == 0 {
             this.wbuf.reserve_exact(WRITE_BUFFER);
@@ -434,18 +506,37 @@ impl AsyncWrite for DeadlineStream {
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.swallowing();
         ready!(self.poll_write_out(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.swallowing();
         ready!(self.poll_write_out(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for DeadlineStream {
+    fn drop(&mut self) {
+        match *self.fate.get_mut() {
+            NORMAL => {}
+            ABORT => {}
+            _ => {
+                // Pingora drops a failed session without flushing it: the replacement goes
+                // out now, in one try (it is small, and the socket's buffer is empty).
+                self.swallowing();
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let _ = self.poll_write_out(&mut cx);
+            }
+        }
     }
 }
 
 #[async_trait]
 impl Shutdown for DeadlineStream {
     async fn shutdown(&mut self) {
+        self.swallowing();
         // Whatever is still buffered goes out before the connection is shut.
         let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
         self.inner.shutdown().await

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deadline;
 pub mod demo;
 pub mod edit;
+pub mod exchange;
 pub mod forward;
 pub mod lambda;
 pub mod limits;

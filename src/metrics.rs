@@ -20,12 +20,21 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     totals.sort_by(|a, b| a.0.cmp(&b.0));
     // (route, side label, totals) for every side that exists.
     let mut series: Vec<(&str, &str, &Totals)> = Vec::new();
+    // Only sides that have seen traffic: a config of 50,000 routes must stay scrapeable, and
+    // a series appears with a side's first request.
+    let seen = |t: &Totals| t.requests() > 0 || t.in_flight != 0;
     for (id, [legacy, new]) in &totals {
         if id == DEFAULT_ROUTE {
-            series.push((id, "default", legacy));
+            if seen(legacy) {
+                series.push((id, "default", legacy));
+            }
         } else {
-            series.push((id, "legacy", legacy));
-            series.push((id, "new", new));
+            if seen(legacy) {
+                series.push((id, "legacy", legacy));
+            }
+            if seen(new) {
+                series.push((id, "new", new));
+            }
         }
     }
     let mut out = String::with_capacity(4096 + series.len() * 2048);
@@ -144,6 +153,50 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
             out,
             "strangle_upstream_in_flight{{upstream=\"{name}\"}} {n}"
         );
+    }
+
+    let mut health: Vec<(&String, Vec<crate::upstream::AddressStatus>)> = snap
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| match &u.kind {
+            crate::upstream::Kind::Http(h) => Some((name, h.health())),
+            _ => None,
+        })
+        .collect();
+    health.sort_by(|a, b| a.0.cmp(b.0));
+    type Field = fn(&crate::upstream::AddressStatus) -> u64;
+    let health_series: [(&str, &str, &str, Field); 3] = [
+        (
+            "strangle_upstream_address_up",
+            "gauge",
+            "1 if the address is in rotation: healthy by the active check and not taken out by consecutive failed requests.",
+            |a| u64::from(a.up),
+        ),
+        (
+            "strangle_upstream_address_ejected",
+            "gauge",
+            "1 if consecutive failed requests (max-fails) took the address out of rotation for fail-timeout.",
+            |a| u64::from(a.ejected),
+        ),
+        (
+            "strangle_upstream_address_last_change_seconds",
+            "gauge",
+            "When the address last went in or out of rotation (unix seconds).",
+            |a| a.since,
+        ),
+    ];
+    for (name, kind, help, field) in health_series {
+        header(&mut out, name, kind, help);
+        for (upstream, addresses) in &health {
+            for a in addresses {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{upstream}\",address=\"{}\"}} {}",
+                    a.address,
+                    field(a)
+                );
+            }
+        }
     }
 
     header(

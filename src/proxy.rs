@@ -59,7 +59,17 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     peer_addr: Option<SocketAddr>,
     avoid: Option<SocketAddr>,
-    connect_failures: usize,
+    /// Attempts after the first (a refused connect, or a sent idempotent request that got no
+    /// response), at most the upstream's `retries`.
+    retried: usize,
+    /// The upstream's response head arrived (a retry after that would repeat a response).
+    head_received: bool,
+    /// `response-timeout` / `request-timeout` on the current upstream connection.
+    deadline: Option<crate::exchange::ExchangeDeadline>,
+    /// A deadline passed on an earlier attempt or this one.
+    late: Option<crate::exchange::Late>,
+    /// The response that failed was replaced by an error reply before any of it went out.
+    replaced: bool,
     status: u16,
     error: Option<String>,
     /// The verified JWT claims, on routes with `auth`.
@@ -90,6 +100,22 @@ impl Drop for Ctx {
 }
 
 impl Ctx {
+    /// Ends the deadline on the current upstream connection, noting whether it had passed.
+    fn disarm(&mut self) {
+        if let Some(d) = self.deadline.take() {
+            d.disarm();
+            self.late = self.late.or(d.fired());
+        }
+    }
+
+    /// The HTTP upstream serving this request, if it is one.
+    fn http_upstream(&self) -> Option<&crate::upstream::HttpUpstream> {
+        match &self.upstream.as_ref()?.kind {
+            Kind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
     fn route_id(&self) -> Option<&str> {
         self.route.map(|i| self.snap.routes[i].id.as_str())
     }
@@ -280,6 +306,96 @@ fn valid_host(v: &[u8]) -> bool {
         _ => false,
     };
     name_ok && port_ok
+}
+
+/// A complete error response in wire form, for a response that failed after its head was
+/// handed to the transport but before any of it went out.
+fn error_reply(code: u16, request_id: Option<&HeaderValue>) -> Bytes {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\n");
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        out.push_str("x-request-id: ");
+        out.push_str(id);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    Bytes::from(out)
+}
+
+/// Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5).
+fn no_body(status: http::StatusCode, method: &http::Method) -> bool {
+    status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+        || method == http::Method::HEAD
+}
+
+/// Checks and repairs an upstream response's framing before it is passed on: no body headers
+/// on responses that cannot have a body, one unambiguous length, a head within `cap` bytes.
+fn frame_response(
+    resp: &mut ResponseHeader,
+    req: &RequestHeader,
+    cap: usize,
+) -> std::result::Result<(), &'static str> {
+    let reason = resp.get_reason_phrase().map_or(0, str::len);
+    let head: usize = 16
+        + reason
+        + resp
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > cap {
+        return Err("response head over max-response-header-bytes");
+    }
+    let status = resp.status;
+    if status.is_informational() || status == http::StatusCode::NO_CONTENT {
+        // RFC 9110 section 8.6: never a Content-Length on 1xx or 204.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        return Ok(());
+    }
+    let chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut lengths = resp.headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next().map(|v| v.as_bytes().to_vec());
+    if let Some(first) = first {
+        if chunked {
+            return Err("both Content-Length and Transfer-Encoding in the response");
+        }
+        // `5`, `5, 5` and two `5` lines are one length (RFC 9110 section 8.6); anything
+        // else is ambiguous.
+        let mut value: Option<u64> = None;
+        let all = std::iter::once(&first[..]).chain(lengths.map(HeaderValue::as_bytes));
+        for line in all {
+            for part in line.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .ok_or("malformed Content-Length in the response")?;
+                if value.is_some_and(|v| v != n) {
+                    return Err("conflicting Content-Length values in the response");
+                }
+                value = Some(n);
+            }
+        }
+        if let Some(n) = value {
+            resp.insert_header(header::CONTENT_LENGTH, n)
+                .map_err(|_| "malformed Content-Length in the response")?;
+        }
+    }
+    if status == http::StatusCode::NOT_MODIFIED || req.method == http::Method::HEAD {
+        // The length of a representation that is not sent; no coding for a body that is not.
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        if status == http::StatusCode::NOT_MODIFIED {
+            resp.remove_header(&header::CONTENT_LENGTH);
+        }
+    }
+    Ok(())
 }
 
 /// Why a buffered body was not read.
@@ -664,7 +780,11 @@ impl ProxyHttp for Strangle {
             upstream_start: None,
             peer_addr: None,
             avoid: None,
-            connect_failures: 0,
+            retried: 0,
+            head_received: false,
+            deadline: None,
+            late: None,
+            replaced: false,
             status: 0,
             error: None,
             claims: None,
@@ -690,6 +810,10 @@ impl ProxyHttp for Strangle {
 
         if bad_request_line {
             return reject(session, ctx, 400, "malformed request line").await;
+        }
+        if session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 has no interim responses (RFC 9110 section 15.2).
+            session.as_downstream_mut().set_ignore_info_resp(true);
         }
         let req = session.req_header();
         let mut hosts = req.headers.get_all(header::HOST).iter();
@@ -935,12 +1059,83 @@ impl ProxyHttp for Strangle {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent on a connection that never opened: any method may try another address.
-        ctx.connect_failures += 1;
         ctx.avoid = ctx.peer_addr;
-        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
-        if ctx.connect_failures <= retries {
-            e.set_retry(true);
+        if let (Some(up), Some(addr)) = (ctx.http_upstream(), ctx.peer_addr) {
+            up.report(addr, false);
         }
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
+        if ctx.retried < retries {
+            ctx.retried += 1;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.disarm();
+        let Some(up) = ctx.upstream.as_ref() else {
+            return Ok(());
+        };
+        let (head, total) = (up.config.response_timeout, up.config.request_timeout);
+        if head.is_none() && total.is_none() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        // The head's clock starts with each attempt; the total's with the first.
+        let started = ctx
+            .upstream_start
+            .map_or(now, tokio::time::Instant::from_std);
+        ctx.deadline = crate::exchange::ExchangeDeadline::arm(
+            fd,
+            head.map(|d| (now + d, d)),
+            total.map(|d| (started + d, d)),
+        );
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        ctx.disarm();
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstream_fault = e.esource() == &ErrorSource::Upstream;
+        if upstream_fault && !ctx.head_received {
+            if let (Some(up), Some(addr)) = (ctx.http_upstream(), ctx.peer_addr) {
+                up.report(addr, false);
+            }
+        }
+        ctx.avoid = ctx.peer_addr;
+        // A sent request that got no response is tried again on a fresh connection (another
+        // address when there is one) only when repeating it is safe: an idempotent method,
+        // a body still held whole, nothing of a response received or passed on, no deadline
+        // passed, and retries left.
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
+        let retry = upstream_fault
+            && ctx.late.is_none()
+            && !ctx.head_received
+            && session.response_written().is_none()
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.retried < retries;
+        if retry {
+            ctx.retried += 1;
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -964,6 +1159,25 @@ impl ProxyHttp for Strangle {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        ctx.head_received = true;
+        if let Some(d) = &ctx.deadline {
+            d.head_received();
+        }
+        if let (Some(up), Some(addr)) = (ctx.http_upstream(), ctx.peer_addr) {
+            up.report(addr, true);
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -978,11 +1192,44 @@ impl ProxyHttp for Strangle {
                 "unsolicited 101 Switching Protocols from the upstream",
             );
         }
+        let cap = ctx
+            .upstream
+            .as_ref()
+            .map_or(64 * 1024, |u| u.config.max_response_header_bytes);
+        if let Err(why) = frame_response(resp, session.req_header(), cap) {
+            return Error::e_explain(ErrorType::HTTPStatus(502), why);
+        }
+        if session.req_header().version == http::Version::HTTP_10
+            && !resp.status.is_informational()
+            && !resp.headers.contains_key(header::CONTENT_LENGTH)
+            && !no_body(resp.status, &session.req_header().method)
+        {
+            // HTTP/1.0 has no chunked coding (RFC 9112 section 6.1): the body is delimited
+            // by the close instead.
+            resp.remove_header(&header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         finish_response(session, ctx, resp)
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            // Before the connection goes back to the pool.
+            ctx.disarm();
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        ctx.disarm();
         let code = match e.etype() {
+            _ if ctx.late.is_some() => 504,
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
@@ -1001,12 +1248,24 @@ impl ProxyHttp for Strangle {
             },
         };
         ctx.status = code;
-        ctx.error = Some(e.to_string());
+        ctx.error = Some(match ctx.late {
+            Some(late) => format!("{late}: {e}"),
+            None => e.to_string(),
+        });
         // The connection is not reused after a failed proxy attempt (`can_reuse_downstream`).
         session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             // The client may be gone already; nothing more to do about a failed write here.
-            let _ = respond(session, ctx, code, e.to_string(), &[]).await;
+            let why = ctx.error.clone().unwrap_or_default();
+            let _ = respond(session, ctx, code, why, &[]).await;
+        } else if code > 0 {
+            // The head was handed on but may not have left yet: if nothing reached the
+            // client, it gets the error instead; otherwise its connection is reset, so a
+            // truncated body never looks complete.
+            ctx.replaced = crate::deadline::fail_response(
+                session.as_downstream(),
+                error_reply(code, ctx.request_id.as_ref()),
+            );
         }
         FailToProxy {
             error_code: code,
@@ -1015,10 +1274,11 @@ impl ProxyHttp for Strangle {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(ctx.status);
+        ctx.disarm();
+        let status = match session.response_written() {
+            Some(r) if !ctx.replaced => r.status.as_u16(),
+            _ => ctx.status,
+        };
         let now = Instant::now();
         if let Some(side) = ctx.side {
             ctx.route_stats().side(side).record(status, now - ctx.start);

@@ -21,6 +21,15 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     /// Requests that matched no route and went to `[server] default`.
     pub default: Option<DefaultStatus>,
+    /// Each upstream's addresses and their health (HTTP upstreams).
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, UpstreamStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamStatus {
+    pub kind: String,
+    pub addresses: Vec<crate::upstream::AddressStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -209,6 +218,19 @@ pub fn build(live: &Live) -> Status {
         },
         routes,
         default,
+        upstreams: snap
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let (kind, addresses) = match &u.kind {
+                    crate::upstream::Kind::Http(h) => ("http", h.health()),
+                    crate::upstream::Kind::Lambda(_) => ("lambda", Vec::new()),
+                    crate::upstream::Kind::Signed => ("signed", Vec::new()),
+                };
+                let kind = kind.to_string();
+                (name.clone(), UpstreamStatus { kind, addresses })
+            })
+            .collect(),
     }
 }
 

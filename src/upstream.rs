@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
@@ -31,6 +32,48 @@ pub struct HttpUpstream {
     ca: Option<Arc<CaType>>,
     /// Requests now being served by this upstream (kept across reloads by name).
     pub stats: Arc<UpstreamStats>,
+    /// Passive health and the last health change, one per address.
+    addresses: Vec<AddressHealth>,
+}
+
+/// Milliseconds since the first call: a cheap monotonic clock for health deadlines.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What real requests taught about one address (passive health), and when its health last
+/// changed either way.
+#[derive(Debug)]
+struct AddressHealth {
+    addr: SocketAddr,
+    /// Consecutive failed requests (no response, reset, timeout, refused connect).
+    fails: AtomicU32,
+    /// Out of rotation until this `now_ms`; 0 when in rotation.
+    ejected_until: AtomicU64,
+    /// The health last reported (active and passive together), and since when (unix seconds).
+    up: AtomicBool,
+    changed_at: AtomicU64,
+}
+
+/// One address's health as `/status` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AddressStatus {
+    pub address: String,
+    pub up: bool,
+    /// The active health check's verdict.
+    pub healthy: bool,
+    /// Out of rotation after consecutive failures of real requests.
+    pub ejected: bool,
+    pub consecutive_failures: u32,
+    /// When `up` last changed (unix seconds).
+    pub since: u64,
 }
 
 /// Reads the certificates of a PEM file.
@@ -140,7 +183,22 @@ impl HttpUpstream {
             }
         }
         lb.health_check_frequency = Some(config.health_check_interval);
+        let now = unix_secs();
+        let addresses = lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .map(|addr| AddressHealth {
+                addr,
+                fails: AtomicU32::new(0),
+                ejected_until: AtomicU64::new(0),
+                up: AtomicBool::new(true),
+                changed_at: AtomicU64::new(now),
+            })
+            .collect();
         Ok(HttpUpstream {
+            addresses,
             ca,
             stats,
             config: config.clone(),
@@ -151,13 +209,95 @@ impl HttpUpstream {
         })
     }
 
-    /// Picks a healthy address, avoiding one that just failed. If every address is marked
-    /// down, the least-recently-failed choice is still better than none: try one anyway.
+    /// Picks an address in rotation (healthy by the active check and not ejected by failed
+    /// requests), avoiding one that just failed. If none is, one that is not avoided is still
+    /// better than none, and the avoided one better than nothing: try it anyway.
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Backend> {
         let not_avoided = |b: &Backend| avoid.is_none_or(|a| b.addr.as_inet() != Some(&a));
+        let now = now_ms();
+        let in_rotation = |b: &Backend| {
+            b.addr
+                .as_inet()
+                .and_then(|a| self.health_of(*a))
+                .is_none_or(|h| h.ejected_until.load(Ordering::Relaxed) <= now)
+        };
         self.lb
-            .select_with(b"", 32, |b, healthy| healthy && not_avoided(b))
+            .select_with(b"", 32, |b, healthy| {
+                healthy && not_avoided(b) && in_rotation(b)
+            })
             .or_else(|| self.lb.select_with(b"", 32, |b, _| not_avoided(b)))
+            // The only address: a fresh connection to it is still a retry.
+            .or_else(|| self.lb.select_with(b"", 32, |_, _| true))
+    }
+
+    fn health_of(&self, addr: SocketAddr) -> Option<&AddressHealth> {
+        self.addresses.iter().find(|h| h.addr == addr)
+    }
+
+    /// Passive health: a real request to `addr` got a response (`ok`) or failed without one.
+    /// `max-fails` failures in a row take the address out of rotation for `fail-timeout`;
+    /// after that it gets real requests again, and one more failure takes it out again.
+    pub fn report(&self, addr: SocketAddr, ok: bool) {
+        let Some(h) = self.health_of(addr) else {
+            return;
+        };
+        if ok {
+            if h.fails.load(Ordering::Relaxed) != 0 {
+                h.fails.store(0, Ordering::Relaxed);
+            }
+            if h.ejected_until.load(Ordering::Relaxed) != 0 {
+                h.ejected_until.store(0, Ordering::Relaxed);
+                tracing::info!(upstream = %self.config.name, address = %addr,
+                    "address back in rotation: a request succeeded");
+            }
+            return;
+        }
+        let fails = h.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let max = self.config.max_fails;
+        if max > 0 && fails as usize >= max {
+            let until = now_ms() + self.config.fail_timeout.as_millis() as u64;
+            let was = h.ejected_until.swap(until, Ordering::Relaxed);
+            if was <= now_ms() {
+                tracing::warn!(upstream = %self.config.name, address = %addr, failures = fails,
+                    "address out of rotation for {:?} after consecutive failed requests",
+                    self.config.fail_timeout);
+            }
+        }
+        self.refresh_health();
+    }
+
+    /// Each address's health now; also notes when it changed.
+    pub fn health(&self) -> Vec<AddressStatus> {
+        let now = now_ms();
+        let backends = self.lb.backends();
+        let set = backends.get_backend();
+        self.addresses
+            .iter()
+            .map(|h| {
+                let healthy = set
+                    .iter()
+                    .find(|b| b.addr.as_inet() == Some(&h.addr))
+                    .is_none_or(|b| backends.ready(b));
+                let ejected = h.ejected_until.load(Ordering::Relaxed) > now;
+                let up = healthy && !ejected;
+                if h.up.swap(up, Ordering::Relaxed) != up {
+                    h.changed_at.store(unix_secs(), Ordering::Relaxed);
+                }
+                AddressStatus {
+                    address: h.addr.to_string(),
+                    up,
+                    healthy,
+                    ejected,
+                    consecutive_failures: h.fails.load(Ordering::Relaxed),
+                    since: h.changed_at.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Records health changes (for `since`) without anyone asking.
+    pub fn refresh_health(&self) {
+        let _ = self.health();
     }
 
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
@@ -178,6 +318,7 @@ impl HttpUpstream {
 
     pub async fn health_check(&self) {
         self.lb.backends().run_health_check(true).await;
+        self.refresh_health();
     }
 }
 

@@ -52,6 +52,11 @@ pub struct RawUpstream {
     pub retries: Option<S<i64>>,
     pub max_in_flight: Option<S<i64>>,
     pub queue_timeout: Option<S<String>>,
+    pub response_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub max_response_header_bytes: Option<S<i64>>,
+    pub max_fails: Option<S<i64>>,
+    pub fail_timeout: Option<S<String>>,
     // kind = "lambda"
     pub function: Option<S<String>>,
     pub qualifier: Option<S<String>>,

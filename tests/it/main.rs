@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod bypass;
+mod faults;
 mod invoke;
 mod lambda;
 mod lifecycle;

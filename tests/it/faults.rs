@@ -1,0 +1,477 @@
+//! Faulty upstreams, written as raw sockets that misbehave exactly as a broken monolith or a
+//! young service does: every fault becomes a clear answer for the client, and the next request
+//! stays safe.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Reads one request head (to its blank line): `None` if the peer closed or sent nothing
+/// within 5 s.
+fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    // One byte at a time, so nothing after the head (a next request) is consumed.
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(got)
+}
+
+/// A raw upstream: for every request head on every connection, `answer(stream, head)` runs;
+/// it returns whether to keep reading requests on the connection. `heads` counts the heads
+/// read (health checks that only connect are not counted).
+struct Raw {
+    port: u16,
+    heads: Arc<AtomicUsize>,
+}
+
+impl Raw {
+    fn start(answer: fn(&mut TcpStream, &[u8]) -> bool) -> Raw {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || {
+                    while let Some(head) = read_head(&mut s) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if !answer(&mut s, &head) {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Raw { port, heads }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn heads(&self) -> usize {
+        self.heads.load(Ordering::SeqCst)
+    }
+}
+
+/// Closes with a reset (SO_LINGER 0): what a crashed or overloaded upstream does.
+fn reset(s: &mut TcpStream) {
+    let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+    let _ = s.shutdown(std::net::Shutdown::Read);
+}
+
+fn proxy_for(addresses: &[String], keys: &str) -> Proxy {
+    let list = addresses
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Proxy::start(&format!(
+        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"up\"\n[upstreams.up]\naddresses = [{list}]\n{keys}\n"
+    ))
+}
+
+/// Sends `request` on a fresh connection and reads until the proxy closes it (or 15 s).
+fn exchange(port: u16, request: &[u8]) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (out, start.elapsed())
+}
+
+fn status_of(answer: &[u8]) -> u16 {
+    String::from_utf8_lossy(answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn head_of(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn body_of(answer: &[u8]) -> Vec<u8> {
+    let at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(answer.len(), |i| i + 4);
+    answer[at..].to_vec()
+}
+
+/// The access log's last line, once it has been written (the log is written in batches).
+fn last_logged(proxy: &Proxy) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = proxy.access_log().pop() {
+            return line;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no access log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn a_sent_idempotent_request_that_meets_a_reset_is_retried_and_the_address_leaves_rotation() {
+    // One address reads each request and resets; the other answers. Under the default TCP
+    // health check the resetting one stays "healthy" (its connect succeeds).
+    let broken = Raw::start(|s, _| {
+        reset(s);
+        false
+    });
+    let good = Backend::start("good");
+    let proxy = proxy_for(&[broken.addr(), good.addr()], "fail-timeout = \"30s\"");
+    let mut failed = 0;
+    for _ in 0..60 {
+        let (answer, _) = exchange(proxy.port, GET);
+        if status_of(&answer) != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "idempotent requests with a healthy second address"
+    );
+    // Passive health: three consecutive failures took the address out of rotation, so it
+    // saw only those three of the 60 requests.
+    assert_eq!(
+        broken.heads(),
+        3,
+        "requests that reached the resetting address"
+    );
+    let metrics = get(proxy.admin_port, "/metrics", &[]).text();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("strangle_upstream_address_up{")
+                && l.contains(&format!("address=\"{}\"", broken.addr()))
+        })
+        .unwrap_or_else(|| panic!("no health series for the address:\n{metrics}"));
+    assert!(line.ends_with(" 0"), "{line}");
+    let status: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin_port, "/status", &[]).text()).unwrap();
+    let addresses = status["upstreams"]["up"]["addresses"].as_array().unwrap();
+    let entry = addresses
+        .iter()
+        .find(|a| a["address"] == broken.addr())
+        .unwrap();
+    assert_eq!(entry["up"], false, "{status}");
+    assert_eq!(entry["ejected"], true, "{status}");
+    assert!(entry["since"].as_u64().unwrap() > 0, "{status}");
+}
+
+#[test]
+fn a_non_idempotent_request_that_was_sent_is_never_retried() {
+    let broken = Raw::start(|s, _| {
+        reset(s);
+        false
+    });
+    let proxy = proxy_for(&[broken.addr()], "retries = 3\nmax-fails = 0");
+    let post =
+        b"POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let (answer, _) = exchange(proxy.port, post);
+    assert_eq!(status_of(&answer), 502, "{}", head_of(&answer));
+    assert_eq!(broken.heads(), 1, "a POST was sent again");
+    // An idempotent one to the same (only) address is tried `retries` more times on fresh
+    // connections before the 502.
+    let (answer, _) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 502);
+    assert_eq!(broken.heads(), 1 + 4);
+}
+
+#[test]
+fn a_response_head_trickled_past_response_timeout_is_a_504_not_a_20s_wait() {
+    // One byte every 300 ms: each read is well within `timeout`, the head never is.
+    let slow = Raw::start(|s, _| {
+        for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" {
+            if s.write_all(&[*b]).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        true
+    });
+    let proxy = proxy_for(
+        &[slow.addr()],
+        "timeout = \"2s\"\nresponse-timeout = \"1500ms\"\nretries = 0",
+    );
+    let (answer, took) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 504, "{}", head_of(&answer));
+    assert!(head_of(&answer).contains("connection: close"));
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let line = last_logged(&proxy);
+    assert_eq!(line["status"], 504);
+    assert!(
+        line["error"].as_str().unwrap().contains("response-timeout"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_trickling_body_is_ended_by_request_timeout() {
+    // A Content-Length body a byte every 200 ms: nothing of it has left strangle's small
+    // write buffer when the deadline passes, so the client gets the 504 instead.
+    let slow_length = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+        for _ in 0..100 {
+            if s.write_all(b"x").is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        true
+    });
+    let proxy = proxy_for(
+        &[slow_length.addr()],
+        "timeout = \"5s\"\nrequest-timeout = \"2s\"",
+    );
+    let (answer, took) = exchange(proxy.port, GET);
+    assert_eq!(
+        status_of(&answer),
+        504,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+
+    // A chunked body streams (each chunk is flushed): the head went out, so the deadline
+    // ends the connection without the last chunk, and the body cannot look complete.
+    let slow_chunks = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..100 {
+            if s.write_all(b"1\r\nx\r\n").is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+        true
+    });
+    let proxy = proxy_for(
+        &[slow_chunks.addr()],
+        "timeout = \"5s\"\nrequest-timeout = \"2s\"",
+    );
+    let (answer, took) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 200);
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+    assert!(
+        !answer.ends_with(b"0\r\n\r\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = last_logged(&proxy);
+    assert!(
+        line["error"].as_str().unwrap().contains("request-timeout"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_upstream_failure_before_anything_reached_the_client_is_a_502_and_after_it_a_cut() {
+    // Head and five bytes of a 100-byte body, then a reset: all of it was still in strangle's
+    // buffer, so the client gets a 502 (not a bare close it might retry on its own).
+    let resets = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nHELLO");
+        std::thread::sleep(Duration::from_millis(100));
+        reset(s);
+        false
+    });
+    let proxy = proxy_for(&[resets.addr()], "");
+    let (answer, _) = exchange(proxy.port, GET);
+    assert_eq!(
+        status_of(&answer),
+        502,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(head_of(&answer).contains("connection: close"));
+    assert!(!String::from_utf8_lossy(&answer).contains("HELLO"));
+    assert_eq!(last_logged(&proxy)["status"], 502);
+
+    // 8 KB of a 100 KB body went out before the upstream closed: the client's connection
+    // closes with the body visibly short of its length.
+    let cuts = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+        let _ = s.write_all(&[b'x'; 8192]);
+        false
+    });
+    let proxy = proxy_for(&[cuts.addr()], "");
+    let (answer, took) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 200);
+    assert!(head_of(&answer).contains("content-length: 100000"));
+    let body = body_of(&answer);
+    assert!(!body.is_empty() && body.len() < 100_000, "{}", body.len());
+    assert!(took < Duration::from_secs(10));
+}
+
+#[test]
+fn http_1_0_clients_never_get_chunked_or_interim_responses() {
+    // Close-delimited, chunked, and with an interim 103 first: an HTTP/1.0 client gets a
+    // plain body delimited by the close every time.
+    let close_delimited = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited body");
+        false
+    });
+    let chunked = Raw::start(|s, _| {
+        let _ = s.write_all(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        );
+        true
+    });
+    for (raw, want) in [
+        (&close_delimited, &b"close-delimited body"[..]),
+        (&chunked, &b"hello world"[..]),
+    ] {
+        let proxy = proxy_for(&[raw.addr()], "");
+        let (answer, _) = exchange(proxy.port, b"GET /x HTTP/1.0\r\n\r\n");
+        let head = head_of(&answer);
+        assert_eq!(status_of(&answer), 200, "{head}");
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert!(!head.contains("103"), "{head}");
+        assert_eq!(body_of(&answer), want, "{head}");
+        // HTTP/1.1 clients still get the body (after the hints, when there are some).
+        let (answer, _) = exchange(proxy.port, GET);
+        assert!(
+            String::from_utf8_lossy(&answer).contains("HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
+#[test]
+fn broken_response_framing_is_repaired_or_refused() {
+    // 204 with a length (and stray body bytes): passed on without Content-Length, and the
+    // stray bytes never reach the client as a next response.
+    let no_content = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHELLO");
+        false
+    });
+    let proxy = proxy_for(&[no_content.addr()], "");
+    let (answer, _) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 204);
+    assert!(
+        !head_of(&answer).contains("content-length"),
+        "{}",
+        head_of(&answer)
+    );
+    assert!(body_of(&answer).is_empty());
+
+    // Two identical lengths: one.
+    let twice = Raw::start(|s, _| {
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nHELLO");
+        true
+    });
+    let proxy = proxy_for(&[twice.addr()], "");
+    let (answer, _) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 200);
+    assert_eq!(head_of(&answer).matches("content-length").count(), 1);
+    assert_eq!(body_of(&answer), b"HELLO");
+
+    // Content-Length next to chunked: the chunking frames the body and the length is
+    // dropped (RFC 9112 section 6.3), so the client sees one framing only.
+    let both = Raw::start(|s, _| {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nHELLO\r\n0\r\n\r\n",
+        );
+        false
+    });
+    let proxy = proxy_for(&[both.addr()], "");
+    let (answer, _) = exchange(proxy.port, GET);
+    assert_eq!(status_of(&answer), 200);
+    assert!(
+        !head_of(&answer).contains("content-length"),
+        "{}",
+        head_of(&answer)
+    );
+    assert!(String::from_utf8_lossy(&answer).contains("HELLO"));
+
+    // Ambiguous framing and oversized heads: 502, never passed on.
+    let bad: [fn(&mut TcpStream, &[u8]) -> bool; 4] = [
+        |s, _| {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nHELLO!!",
+            );
+            false
+        },
+        |s, _| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nHELLO!");
+            false
+        },
+        |s, _| {
+            let mut r = b"HTTP/1.1 200 ".to_vec();
+            r.extend(std::iter::repeat_n(b'O', 100_000));
+            r.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nhi");
+            let _ = s.write_all(&r);
+            false
+        },
+        |s, _| {
+            let mut r = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..90 {
+                r.extend_from_slice(format!("X-Filler-{i}: ").as_bytes());
+                r.extend(std::iter::repeat_n(b'a', 10_000));
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend_from_slice(b"Content-Length: 2\r\n\r\nhi");
+            let _ = s.write_all(&r);
+            false
+        },
+    ];
+    for (i, answer_with) in bad.into_iter().enumerate() {
+        let raw = Raw::start(answer_with);
+        let proxy = proxy_for(&[raw.addr()], "retries = 0");
+        let (answer, _) = exchange(proxy.port, GET);
+        assert_eq!(status_of(&answer), 502, "case {i}: {}", head_of(&answer));
+        assert!(head_of(&answer).len() < 1024, "case {i}");
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("HELLO"),
+            "case {i}"
+        );
+    }
+}
+
+#[test]
+fn a_stray_response_on_an_idle_pooled_connection_never_answers_the_next_request() {
+    // The upstream answers, then 300 ms later sends a second, unsolicited response on the
+    // same connection. The next request (after it arrived) must get its own answer.
+    let stray = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHELLO");
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY");
+        true
+    });
+    let proxy = proxy_for(&[stray.addr()], "");
+    let mut c = proxy.client();
+    assert_eq!(c.get("/x", &[]).unwrap().text(), "HELLO");
+    std::thread::sleep(Duration::from_millis(700));
+    let mut other = proxy.client();
+    assert_eq!(other.get("/x", &[]).unwrap().text(), "HELLO");
+}
