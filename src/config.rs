@@ -117,6 +117,17 @@ pub struct Upstream {
     pub fail_timeout: Duration,
 }
 
+impl Upstream {
+    /// The longest to wait for a response head: `timeout`, or less when `response-timeout` or
+    /// `request-timeout` is shorter.
+    pub fn head_deadline(&self) -> Duration {
+        [self.response_timeout, self.request_timeout]
+            .into_iter()
+            .flatten()
+            .fold(self.timeout, Duration::min)
+    }
+}
+
 /// SigV4 signing of requests forwarded to an AWS HTTP endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sigv4 {

@@ -630,8 +630,10 @@ impl Strangle {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let method = session.req_header().method.as_str().to_string();
-        ctx.upstream_start = Some(Instant::now());
+        let started = Instant::now();
+        ctx.upstream_start = Some(started);
         let timeout = upstream.config.timeout;
+        let done_by = upstream.config.request_timeout.map(|t| started + t);
         let response = match crate::lambda::send_signed(
             &sig.region,
             &sig.service,
@@ -639,7 +641,7 @@ impl Strangle {
             &uri,
             headers,
             body,
-            timeout,
+            upstream.config.head_deadline(),
         )
         .await
         {
@@ -657,8 +659,11 @@ impl Strangle {
         ctx.status = parts.status.as_u16();
         session.write_response_header(Box::new(resp), false).await?;
         loop {
-            match tokio::time::timeout(timeout, http_body_util::BodyExt::frame(&mut incoming)).await
-            {
+            // Each read within `timeout`, all of them by `request-timeout`.
+            let wait = done_by.map_or(timeout, |by| {
+                timeout.min(by.saturating_duration_since(Instant::now()))
+            });
+            match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut incoming)).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         session.write_response_body(Some(data), false).await?;
@@ -666,10 +671,17 @@ impl Strangle {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    return Error::e_explain(ErrorType::ReadError, format!("upstream body: {e}"))
+                    let e = Error::explain(ErrorType::ReadError, format!("upstream body: {e}"));
+                    return Err(e.into_up());
                 }
                 Err(_) => {
-                    return Error::e_explain(ErrorType::ReadTimedout, "upstream body timed out")
+                    ctx.late = upstream
+                        .config
+                        .request_timeout
+                        .filter(|_| done_by.is_some_and(|by| Instant::now() >= by))
+                        .map(crate::exchange::Late::Total);
+                    let e = Error::explain(ErrorType::ReadTimedout, "upstream body timed out");
+                    return Err(e.into_up());
                 }
             }
         }

@@ -356,7 +356,8 @@ impl Upstream {
         stats: Arc<UpstreamStats>,
     ) -> Result<Upstream, ResolveError> {
         let kind = match &config.target {
-            Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.timeout)),
+            // The function's whole answer arrives at once: every deadline bounds the call.
+            Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.head_deadline())),
             _ if config.sigv4.is_some() => Kind::Signed,
             _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats))?)),
         };

@@ -475,3 +475,41 @@ fn a_stray_response_on_an_idle_pooled_connection_never_answers_the_next_request(
     let mut other = proxy.client();
     assert_eq!(other.get("/x", &[]).unwrap().text(), "HELLO");
 }
+
+#[test]
+fn deadlines_bound_lambda_and_signed_upstreams_too() {
+    // An endpoint that takes the request and never answers.
+    let silent = Raw::start(|_, _| {
+        std::thread::sleep(Duration::from_secs(30));
+        false
+    });
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        ),
+        ("AWS_REGION", "eu-west-1"),
+    ];
+    let upstreams = [
+        format!(
+            "kind = \"lambda\"\nfunction = \"bookings\"\nregion = \"eu-west-1\"\nendpoint = \"http://{}\"\ntimeout = \"30s\"\nresponse-timeout = \"1s\"",
+            silent.addr()
+        ),
+        format!(
+            "url = \"http://{}/prod\"\nsigv4 = {{ service = \"execute-api\", region = \"eu-west-1\" }}\ntimeout = \"30s\"\nrequest-timeout = \"1s\"",
+            silent.addr()
+        ),
+    ];
+    for keys in upstreams {
+        let proxy = Proxy::start_with_env(
+            &format!(
+                "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"up\"\n[upstreams.up]\n{keys}\n"
+            ),
+            &env,
+        );
+        let (answer, took) = exchange(proxy.port, GET);
+        assert_eq!(status_of(&answer), 504, "{keys}: {}", head_of(&answer));
+        assert!(took < Duration::from_secs(6), "{keys}: took {took:?}");
+    }
+}
