@@ -63,8 +63,14 @@ pub struct HeaderDeadline<A> {
     pub live: Arc<Live>,
 }
 
+/// How long an idle kept-alive connection stays open once draining starts, for a request
+/// already on its way (it is answered with `Connection: close`). Closing an idle connection
+/// at once loses any request the client sent in that instant.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
 /// Waits until the next request starts: `false` if the client closed the connection, the
-/// head deadline passed, the connection idled past `idle_limit`, or the server is shutting down.
+/// head deadline passed, the connection idled past `idle_limit`, or the server is draining and
+/// no request came within `DRAIN_LINGER`.
 async fn wait_for_request(
     stream: &mut DeadlineStream,
     idle_limit: Option<Duration>,
@@ -79,10 +85,14 @@ async fn wait_for_request(
             None => std::future::pending().await,
         }
     };
+    let drained = async {
+        let _ = draining.wait_for(|stop| *stop).await;
+        pingora::prelude::fast_timeout::fast_sleep(DRAIN_LINGER).await;
+    };
     tokio::select! {
         biased;
         r = std::future::poll_fn(|cx| stream.poll_request_start(cx)) => r.unwrap_or(false),
-        _ = draining.wait_for(|stop| *stop) => false,
+        () = drained => false,
         () = idle => false,
     }
 }

@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,44 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora::protocols
     Box::new(stream)
 }
 
+/// Connections accepted and not yet closed: a drain is over when none is left.
+pub static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a connection from its accept to the end of its task.
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        OPEN.fetch_add(1, Ordering::AcqRel);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one accepted connection in its own task, request after request.
+fn serve<A: ServerApp + Send + Sync + 'static>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: &Arc<A>,
+    shutdown: &ShutdownWatch,
+) {
+    let app = Arc::clone(app);
+    let shutdown = shutdown.clone();
+    let open = Open::new();
+    tokio::spawn(async move {
+        let _open = open;
+        let mut next = app.process_new(l4_stream(tcp, peer), &shutdown).await;
+        while let Some(stream) = next {
+            next = app.process_new(stream, &shutdown).await;
+        }
+    });
+}
+
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
@@ -102,16 +141,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                let app = Arc::clone(&app);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let mut next = app.process_new(l4_stream(tcp, peer), &shutdown).await;
-                    while let Some(stream) = next {
-                        next = app.process_new(stream, &shutdown).await;
-                    }
-                });
-            }
+            Ok((tcp, peer)) => serve(tcp, peer, &app, &shutdown),
             Err(e) => {
                 // Out of descriptors or memory: back off rather than spin on the error.
                 tracing::error!("accept: {e}");
@@ -119,5 +149,27 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             }
         }
     }
-    tracing::info!(addr = ?listener.local_addr().ok(), "stopped accepting");
+    // Connections the kernel completed before the listener closes are clients that already
+    // sent (or are sending) a request: closing the listener would reset them. The backlog
+    // shrinks to its minimum first (new handshakes then mostly wait for a SYN retry, which
+    // the closed port refuses), then what is queued is served once, with `Connection: close`.
+    let _ = nix::sys::socket::listen(
+        &listener,
+        nix::sys::socket::Backlog::new(0).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    );
+    let mut late = 0usize;
+    for _ in 0..3 {
+        while let Ok(Ok((tcp, peer))) =
+            tokio::time::timeout(Duration::ZERO, listener.accept()).await
+        {
+            serve(tcp, peer, &app, &shutdown);
+            late += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while let Ok(Ok((tcp, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+        serve(tcp, peer, &app, &shutdown);
+        late += 1;
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), late, "stopped accepting");
 }

@@ -35,6 +35,13 @@ pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set on SIGTERM: `/ready` turns 503 so load balancers stop sending traffic.
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
+/// Set when the grace period ends with requests in flight: each is logged and counted as cut
+/// off when the runtime's shutdown drops it.
+pub static CUT_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Where cut-off requests are logged.
+pub static CUT_OFF_LOG: std::sync::OnceLock<Arc<AccessLogger>> = std::sync::OnceLock::new();
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_STRANGLE_SIDE: HeaderName = HeaderName::from_static("x-strangle-side");
 
@@ -82,10 +89,19 @@ pub struct Ctx {
     claim_headers: Vec<(HeaderName, HeaderValue)>,
     /// A `max-in-flight` slot of the upstream, held to the end of the request.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The request line's method and target (a slice of the head's buffer), for the log line
+    /// of a request that never reaches `logging`.
+    method: Option<http::Method>,
+    target: Bytes,
+    /// `logging` ran for this request.
+    logged: bool,
 }
 
 impl Drop for Ctx {
     fn drop(&mut self) {
+        if !self.logged && CUT_OFF.load(Ordering::Acquire) {
+            self.log_cut_off();
+        }
         if let Some(side) = self.side {
             self.route_stats()
                 .side(side)
@@ -100,6 +116,42 @@ impl Drop for Ctx {
 }
 
 impl Ctx {
+    /// Logs and counts a request the end of the grace period cut off.
+    fn log_cut_off(&self) {
+        let elapsed = self.start.elapsed();
+        if let Some(side) = self.side {
+            self.route_stats().side(side).record(self.status, elapsed);
+        }
+        let Some(log) = CUT_OFF_LOG.get() else {
+            return;
+        };
+        let target = String::from_utf8_lossy(&self.target);
+        let path = self
+            .routed_path
+            .as_deref()
+            .unwrap_or_else(|| target.split('?').next().unwrap_or(""));
+        log.log(&AccessEvent {
+            time: Rfc3339(SystemTime::now()),
+            request_id: self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            client: self.client,
+            method: self.method.as_ref().map_or("", http::Method::as_str),
+            path,
+            route: self.route_id(),
+            side: self.side.map(Side::as_str),
+            upstream: self.upstream.as_ref().map(|u| u.config.name.as_str()),
+            status: self.status,
+            duration_ms: ms(elapsed),
+            upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
+            bytes_in: 0,
+            bytes_out: 0,
+            error: Some("cut off: the grace period ended before the response did".into()),
+        });
+    }
+
     /// Ends the deadline on the current upstream connection, noting whether it had passed.
     fn disarm(&mut self) {
         if let Some(d) = self.deadline.take() {
@@ -797,6 +849,9 @@ impl ProxyHttp for Strangle {
             deadline: None,
             late: None,
             replaced: false,
+            method: None,
+            target: Bytes::new(),
+            logged: false,
             status: 0,
             error: None,
             claims: None,
@@ -809,6 +864,7 @@ impl ProxyHttp for Strangle {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let bad_request_line = crate::deadline::head_parsed();
+        ctx.method = Some(session.req_header().method.clone());
         let limits = &ctx.snap.config.server;
         if session.get_keepalive() == Some(0) {
             // Pingora keeps an HTTP/1.1 connection forever by default; bound the idle time.
@@ -894,6 +950,7 @@ impl ProxyHttp for Strangle {
 
         // Path: canonicalised once; the route is chosen on it and every upstream receives it.
         let target = raw_target(session);
+        ctx.target = target.clone();
         let (path_part, query) = match target.iter().position(|&b| b == b'?') {
             Some(q) => (&target[..q], Some(&target[q..])),
             None => (&target[..], None),
@@ -1287,6 +1344,7 @@ impl ProxyHttp for Strangle {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.disarm();
+        ctx.logged = true;
         let status = match session.response_written() {
             Some(r) if !ctx.replaced => r.status.as_u16(),
             _ => ctx.status,

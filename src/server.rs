@@ -37,9 +37,11 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: server_cfg.threads,
-        // Pingora's own grace sleep is replaced by `Drain`, which exits as soon as the
-        // in-flight requests are done, or at `grace-period` at the latest.
-        grace_period_seconds: Some(server_cfg.grace_period.as_secs().max(1)),
+        // `Drain` exits as soon as the in-flight requests are done and the kept-alive
+        // connections closed, or at `grace-period` marks what is left as cut off.
+        // One second more than ours: `Drain` marks what is left as cut off at `grace-period`,
+        // then Pingora's runtime shutdown drops those requests (each is logged on the way).
+        grace_period_seconds: Some(server_cfg.grace_period.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
@@ -115,6 +117,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         },
     ));
 
+    let _ = crate::proxy::CUT_OFF_LOG.set(Arc::clone(&access));
     tracing::info!(listen = ?server_cfg.listen, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
@@ -144,7 +147,11 @@ impl ShutdownSignalWatch for Drain {
             return ShutdownSignal::FastShutdown;
         };
         tokio::select! {
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = int.recv() => {
+                let left = IN_FLIGHT.load(Ordering::Acquire);
+                tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
+                ShutdownSignal::FastShutdown
+            }
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => {
                 let grace = self.grace;
@@ -157,16 +164,31 @@ impl ShutdownSignalWatch for Drain {
                     let start = Instant::now();
                     // Requests already read but not yet counted get a moment to register.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    while IN_FLIGHT.load(Ordering::Acquire) > 0 && start.elapsed() < grace {
+                    // Kept-alive connections get one more request each (answered with
+                    // `Connection: close`) and close when idle for `DRAIN_LINGER`.
+                    let busy = || {
+                        IN_FLIGHT.load(Ordering::Acquire) > 0
+                            || crate::listener::OPEN.load(Ordering::Acquire) > 0
+                    };
+                    while busy() && start.elapsed() < grace {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     let left = IN_FLIGHT.load(Ordering::Acquire);
-                    if left > 0 {
-                        tracing::warn!(left, "grace period over with requests still in flight");
+                    if left == 0 {
+                        access.flush();
+                        tracing::info!("drained; exiting");
+                        std::process::exit(0);
                     }
-                    access.flush();
-                    tracing::info!("drained; exiting");
-                    std::process::exit(0);
+                    // The rest are ended by the runtime's shutdown, which drops them: each
+                    // is logged and counted as cut off on the way (`Ctx`'s drop).
+                    tracing::warn!(left, "grace period over: {left} requests still in flight are cut off");
+                    crate::proxy::CUT_OFF.store(true, Ordering::Release);
+                    std::thread::spawn(move || {
+                        // In case the runtime's shutdown does not return.
+                        std::thread::sleep(Duration::from_secs(5));
+                        access.flush();
+                        std::process::exit(0);
+                    });
                 });
                 ShutdownSignal::GracefulTerminate
             }

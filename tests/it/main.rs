@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod bypass;
+mod drain;
 mod faults;
 mod invoke;
 mod lambda;

@@ -1,0 +1,212 @@
+//! Draining under load: SIGTERM ends every kept-alive connection between requests, with a
+//! response that says `Connection: close`, and accounts for the requests the grace period cuts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// What one keep-alive client saw: requests answered, answers after SIGTERM without
+/// `Connection: close`, and requests sent that never got an answer.
+#[derive(Default, Debug)]
+struct Seen {
+    answered: usize,
+    kept_alive_while_draining: usize,
+    lost: usize,
+    /// Of those, the first request on a fresh connection.
+    lost_first: usize,
+}
+
+/// Sends requests back to back on one connection until the proxy closes it; a fresh
+/// connection after each close until the drain starts (a connection that races the
+/// listener's close is refused or reset by the kernel before strangle sees it: the
+/// connection-level failure every server has, not a request lost by the drain).
+fn keep_alive_client(port: u16, draining: Arc<AtomicBool>, confirmed: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    'connections: loop {
+        if draining.load(Ordering::SeqCst) {
+            return seen;
+        }
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return seen;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut first = true;
+        loop {
+            // Sent once the proxy said it is draining (`/ready` 503).
+            let after_term = confirmed.load(Ordering::SeqCst);
+            if reader
+                .get_mut()
+                .write_all(b"GET /bookings HTTP/1.1\r\nHost: a\r\n\r\n")
+                .is_err()
+            {
+                // The close came before this request was written: not a lost request.
+                continue 'connections;
+            }
+            let mut status = String::new();
+            if reader.read_line(&mut status).unwrap_or(0) == 0 {
+                seen.lost += 1;
+                seen.lost_first += usize::from(first);
+                continue 'connections;
+            }
+            let mut close = false;
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    seen.lost += 1;
+                    continue 'connections;
+                }
+                let l = line.trim_end().to_ascii_lowercase();
+                if l.is_empty() {
+                    break;
+                }
+                if l == "connection: close" {
+                    close = true;
+                }
+                if let Some(v) = l.strip_prefix("content-length: ") {
+                    length = v.parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                seen.lost += 1;
+                seen.lost_first += usize::from(first);
+                continue 'connections;
+            }
+            seen.answered += 1;
+            first = false;
+            if after_term && !close {
+                seen.kept_alive_while_draining += 1;
+            }
+            if close {
+                continue 'connections;
+            }
+        }
+    }
+}
+
+#[test]
+fn sigterm_under_keep_alive_load_answers_every_request_it_read() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let port = proxy.port;
+    let draining = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (d, c) = (Arc::clone(&draining), Arc::clone(&confirmed));
+            std::thread::spawn(move || keep_alive_client(port, d, c))
+        })
+        .collect();
+    while legacy.count() < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    draining.store(true, Ordering::SeqCst);
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let admin = proxy.admin_port;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        match Client::try_connect(admin).and_then(|mut c| c.get("/ready", &[])) {
+            Ok(r) if r.status == 503 => {
+                confirmed.store(true, Ordering::SeqCst);
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => break,
+        }
+    }
+    let seen: Vec<Seen> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let status = proxy.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let answered: usize = seen.iter().map(|s| s.answered).sum();
+    assert!(answered >= 500, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.lost, 0, "requests sent and never answered: {seen:?}");
+        assert_eq!(s.kept_alive_while_draining, 0, "{seen:?}");
+    }
+}
+
+#[test]
+fn a_request_cut_off_by_the_grace_period_is_logged_and_counted() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split_config(&legacy, &new, "0%", "none")
+        .replace("grace-period = \"5s\"", "grace-period = \"1s\"");
+    let mut proxy = Proxy::start(&text);
+    let port = proxy.port;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let a = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        if Client::connect(port)
+            .get(
+                "/bookings",
+                &[("x-delay-ms", "10000"), ("x-request-id", "slow-one")],
+            )
+            .is_ok()
+        {
+            a.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    while legacy.count() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = proxy.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        proxy
+            .stderr()
+            .contains("1 requests still in flight are cut off"),
+        "{}",
+        proxy.stderr()
+    );
+    let log = proxy.access_log();
+    let line = log
+        .iter()
+        .find(|l| l["request_id"] == "slow-one")
+        .unwrap_or_else(|| panic!("the cut-off request is not in the access log: {log:?}"));
+    assert_eq!(line["route"], "bookings");
+    assert_eq!(line["path"], "/bookings");
+    assert_eq!(line["method"], "GET");
+    assert!(
+        line["error"].as_str().unwrap().contains("cut off"),
+        "{line}"
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn sigint_stops_at_once_and_says_so() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let port = proxy.port;
+    std::thread::spawn(move || Client::connect(port).get("/bookings", &[("x-delay-ms", "10000")]));
+    while legacy.count() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGINT);
+    let _ = proxy.child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        proxy.stderr().contains("SIGINT: stopping at once"),
+        "{}",
+        proxy.stderr()
+    );
+}
