@@ -224,7 +224,7 @@ async fn handle(
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(live, access.dropped.load(Ordering::Relaxed)),
+            crate::metrics::render(live, access.dropped()),
         ),
         (&Method::GET, ["live"]) => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, ["ready"]) => {
