@@ -12,10 +12,25 @@
 //! Mutating calls (`PUT`, `POST`) need `Authorization: Bearer <token>` whenever a token is
 //! configured, and the config refuses an admin listener off the loopback without one. Every
 //! change goes through `apply`, the one place that changes live state; the CLI is a client.
+//!
+//! What a web page in the operator's browser could make it send is refused with 403: on a
+//! loopback listener, a `Host` other than a loopback address, `localhost` or the listener's
+//! own address, with any port (DNS rebinding re-points the attacker's name at 127.0.0.1; a
+//! port-forward keeps the local names); and on mutating calls, an `Origin` that is not the
+//! API's own (`http://` + the Host) or `Sec-Fetch-Site: cross-site`/`same-site` (CSRF). The
+//! CLI, curl and Prometheus send neither.
+//!
+//! The listener cannot exhaust the process: at most `MAX_CONNECTIONS` connections at once (more
+//! are closed as soon as they are accepted), a request head must arrive within `HEAD_TIMEOUT`
+//! (also how long an idle keep-alive connection is kept), a body within `BODY_TIMEOUT` and
+//! `MAX_BODY` bytes, and a failing `accept` backs off. Every error is a JSON `{"error": ...}`
+//! that echoes at most `ECHO` characters of what the client sent.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,12 +38,13 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
 use crate::edit;
+use crate::listener::AcceptBackoff;
 use crate::split::Shift;
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
@@ -43,7 +59,7 @@ pub enum Command {
 /// Why a command failed, with the HTTP status it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("no route `{route}`; known routes: {known}")]
+    #[error("no route `{}`; known routes: {known}", clip(route))]
     NoSuchRoute { route: String, known: String },
     #[error(transparent)]
     Edit(#[from] edit::EditError),
@@ -125,29 +141,207 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
+        let listen = listener
+            .local_addr()
+            .unwrap_or_else(|_| self.live.load().config.admin.listen);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff = AcceptBackoff::new("admin");
+        let mut over_cap = OverCap::default();
         loop {
             let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff.accepted();
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!("admin accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                // Closed at once: idle admin connections must not take every file descriptor
+                // the proxy needs.
+                drop(stream);
+                over_cap.refused();
+                continue;
+            };
+            let local = stream.local_addr().unwrap_or(listen);
             let (live, access) = (Arc::clone(&self.live), Arc::clone(&self.access));
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let (live, access) = (Arc::clone(&live), Arc::clone(&access));
+                    let at = Addresses {
+                        peer,
+                        local,
+                        listen,
+                    };
                     async move {
-                        Ok::<_, std::convert::Infallible>(handle(req, peer, &live, &access).await)
+                        Ok::<_, std::convert::Infallible>(handle(req, at, &live, &access).await)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
     }
+}
+
+/// Admin connections at once; more are closed as soon as they are accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// A request head must arrive whole within this; an idle keep-alive connection is closed
+/// after it too (hyper starts the head's clock when it starts waiting for one).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must arrive whole within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BODY: usize = 16 << 10;
+/// The largest request head (hyper answers 431 beyond it).
+const MAX_HEAD: usize = 64 << 10;
+/// The most characters of a client's input an error message repeats.
+const ECHO: usize = 100;
+
+/// Connections refused over `MAX_CONNECTIONS`, logged at most once per 10 s.
+#[derive(Default)]
+struct OverCap {
+    refused: u64,
+    logged: Option<Instant>,
+}
+
+impl OverCap {
+    fn refused(&mut self) {
+        self.refused += 1;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                refused = self.refused,
+                "admin API: {MAX_CONNECTIONS} connections open already; closing new ones"
+            );
+            self.logged = Some(Instant::now());
+            self.refused = 0;
+        }
+    }
+}
+
+/// Who is asking, and on which address they reached the admin API.
+#[derive(Debug, Clone, Copy)]
+struct Addresses {
+    peer: SocketAddr,
+    /// The address the connection came in on.
+    local: SocketAddr,
+    /// The address the listener is bound to.
+    listen: SocketAddr,
+}
+
+/// At most `ECHO` characters of `text`, for an error message.
+fn clip(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(ECHO) {
+        Some((end, _)) => Cow::Owned(format!("{}...", &text[..end])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// Why a request a browser could have been made to send is refused (see the module comment).
+fn browser_refusal(req: &Request<Incoming>, at: Addresses) -> Option<String> {
+    let headers = req.headers();
+    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or(""));
+    if at.listen.ip().is_loopback() {
+        if let Some(host) = host.filter(|h| !own_host(h, at)) {
+            return Some(format!(
+                "Host `{}` is not this admin API: refused, so a web page cannot reach it through a name pointed at the loopback (DNS rebinding); use http://{} or http://localhost:{}",
+                clip(host),
+                at.local,
+                at.local.port()
+            ));
+        }
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let site = headers
+        .get("sec-fetch-site")
+        .map(|v| v.to_str().unwrap_or(""));
+    if let Some(site) = site.filter(|s| matches!(*s, "cross-site" | "same-site")) {
+        return Some(format!(
+            "a {site} request from a web page cannot change the proxy; use `strangle` or curl"
+        ));
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("");
+    let own = host.map(|h| format!("http://{h}"));
+    if own.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
+        return None;
+    }
+    Some(format!(
+        "Origin `{}` is not this admin API's own: a web page cannot change the proxy; use `strangle` or curl",
+        clip(origin)
+    ))
+}
+
+/// Whether a Host names this listener: a loopback address, `localhost` or the listener's own
+/// address, any port.
+fn own_host(host: &str, at: Addresses) -> bool {
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let ip = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    ip.parse::<IpAddr>().is_ok_and(|ip| {
+        ip == at.local.ip()
+            || ip == at.listen.ip()
+            || ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+            || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+    })
+}
+
+/// Reads `{"percent": 25}` (or `"0.5%"`) within `BODY_TIMEOUT` and `MAX_BODY`.
+async fn read_shift(body: Incoming) -> Result<Shift, Response<Full<Bytes>>> {
+    let hint = "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}";
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+                ))
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {MAX_BODY} bytes; {hint}"),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON ({e}); {hint}"),
+        )
+    })?;
+    let percent = match value.get("percent") {
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        _ => return Err(error(StatusCode::BAD_REQUEST, hint)),
+    };
+    // The CLI's parser: what `strangle shift` refuses, the API refuses.
+    Shift::parse(&percent).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -179,10 +373,15 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 async fn handle(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    at: Addresses,
     live: &Arc<Live>,
     access: &AccessLogger,
 ) -> Response<Full<Bytes>> {
+    let peer = at.peer;
+    if let Some(why) = browser_refusal(&req, at) {
+        tracing::warn!(client = %peer, method = %req.method(), "admin call refused: {why}");
+        return error(StatusCode::FORBIDDEN, why);
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -199,7 +398,7 @@ async fn handle(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
             if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
-                tracing::warn!(client = %peer, %path, "admin call refused: missing or wrong token");
+                tracing::warn!(client = %peer, path = %clip(&path), "admin call refused: missing or wrong token");
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
                     "this call needs `Authorization: Bearer <admin token>`",
@@ -224,7 +423,7 @@ async fn handle(
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(live, access.dropped.load(Ordering::Relaxed)),
+            crate::metrics::render(live, access.dropped()),
         ),
         (&Method::GET, ["live"]) => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, ["ready"]) => {
@@ -236,31 +435,9 @@ async fn handle(
         }
         (&Method::PUT, ["routes", id, "shift"]) => {
             let id = id.to_string();
-            let body = match Limited::new(req.into_body(), 4096).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the body: {e}"),
-                    )
-                }
-            };
-            let percent = match serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("percent").cloned())
-            {
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                Some(serde_json::Value::String(s)) => s,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}",
-                    )
-                }
-            };
-            let shift = match Shift::parse(&percent) {
+            let shift = match read_shift(req.into_body()).await {
                 Ok(s) => s,
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                Err(refused) => return refused,
             };
             match apply(live, Command::SetShift { route: id, shift }, &who).await {
                 Ok(v) => json_reply(StatusCode::OK, &v),
@@ -278,11 +455,14 @@ async fn handle(
         | (_, ["reload"])
         | (_, ["routes", _, "shift"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}; endpoints: {ENDPOINTS}"),
+            format!(
+                "{method} is not allowed on {}; endpoints: {ENDPOINTS}",
+                clip(&path)
+            ),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no endpoint {path}; endpoints: {ENDPOINTS}"),
+            format!("no endpoint {}; endpoints: {ENDPOINTS}", clip(&path)),
         ),
     }
 }

@@ -6,6 +6,8 @@
 //! little more than its socket and the small state of `HeaderDeadline` (see `deadline.rs`).
 //! Sockets are bound before the server starts, so a port in use is a start-up error with the
 //! address in it; at shutdown the listeners close at once and new connections are refused.
+//! A failing `accept` (out of file descriptors, above all) backs off instead of spinning
+//! (`AcceptBackoff`, shared with the admin listener).
 
 use std::io;
 use std::net::SocketAddr;
@@ -134,6 +136,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     let mut stop = shutdown.clone();
     let stopping = stop.wait_for(|stop| *stop);
     tokio::pin!(stopping);
+    let mut backoff = AcceptBackoff::new("proxy");
     loop {
         let accepted = tokio::select! {
             biased;
@@ -141,11 +144,17 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((tcp, peer)) => serve(tcp, peer, &app, &shutdown),
+            Ok((tcp, peer)) => {
+                backoff.accepted();
+                serve(tcp, peer, &app, &shutdown);
+            }
             Err(e) => {
-                // Out of descriptors or memory: back off rather than spin on the error.
-                tracing::error!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let pause = backoff.failed(&e);
+                tokio::select! {
+                    biased;
+                    _ = &mut stopping => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -172,4 +181,66 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         late += 1;
     }
     tracing::info!(addr = ?listener.local_addr().ok(), late, "stopped accepting");
+}
+
+/// What an accept loop does after a failed `accept`. The pending connection stays in the
+/// backlog and the socket stays readable, so retrying at once spins a core (EMFILE: out of
+/// file descriptors, ENFILE, ENOBUFS, ENOMEM) and floods the log. Instead: wait 10 ms, doubling
+/// up to 1 s while it keeps failing, and log at most once per 10 s with the count.
+pub struct AcceptBackoff {
+    what: &'static str,
+    delay: Duration,
+    failures: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    pub fn new(what: &'static str) -> AcceptBackoff {
+        AcceptBackoff {
+            what,
+            delay: Duration::ZERO,
+            failures: 0,
+            logged: None,
+        }
+    }
+
+    pub fn accepted(&mut self) {
+        if self.delay > Duration::ZERO {
+            tracing::info!(
+                listener = self.what,
+                failures = self.failures,
+                "accepting connections again"
+            );
+            self.delay = Duration::ZERO;
+            self.failures = 0;
+        }
+    }
+
+    /// Counts a failure; returns how long to wait before the next `accept`.
+    pub fn failed(&mut self, e: &io::Error) -> Duration {
+        self.failures += 1;
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+        if self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            let hint = if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EMFILE | nix::libc::ENFILE)
+            ) {
+                " (out of file descriptors: raise `ulimit -n` / LimitNOFILE)"
+            } else {
+                ""
+            };
+            tracing::error!(
+                listener = self.what,
+                failures = self.failures,
+                "cannot accept connections: {e}{hint}; retrying in {:?}",
+                self.delay
+            );
+            self.logged = Some(std::time::Instant::now());
+        }
+        self.delay
+    }
 }

@@ -236,7 +236,7 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         &mut out,
         "strangle_access_log_dropped_total",
         "counter",
-        "Access-log lines dropped because the writer fell behind.",
+        "Access-log lines dropped: the writer fell behind, or the log could not be opened or written.",
     );
     let _ = writeln!(
         out,

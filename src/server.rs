@@ -34,6 +34,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let registry = Arc::new(Registry::default());
     let snapshot = Snapshot::build(config, None, &registry)?;
     let live = Arc::new(Live::new(path, snapshot, registry));
+    let _ = live.access_log.set(Arc::clone(&access));
 
     let conf = ServerConf {
         threads: server_cfg.threads,

@@ -41,6 +41,16 @@ pub const FULL: u16 = 10_000;
 )]
 pub struct BadPercent(pub String);
 
+impl BadPercent {
+    /// Keeps at most 100 characters of the text: the message echoes it.
+    fn of(text: &str) -> BadPercent {
+        match text.char_indices().nth(100) {
+            Some((end, _)) => BadPercent(format!("{}...", &text[..end])),
+            None => BadPercent(text.to_string()),
+        }
+    }
+}
+
 impl Shift {
     pub const ZERO: Shift = Shift(0);
     pub const ALL: Shift = Shift(FULL);
@@ -53,11 +63,11 @@ impl Shift {
         self.0
     }
 
-    /// Parses `25%`, `25`, `0.5%`, `12.34%`. Exact decimal parsing: no float rounding.
+    /// Parses `25%`, `25`, `0.5%`, `12.34%`. Exact decimal parsing: no float rounding. No
+    /// spaces anywhere (`25 %` is refused), the same for the CLI, the admin API and the config.
     pub fn parse(text: &str) -> Result<Shift, BadPercent> {
-        let bad = || BadPercent(text.to_string());
-        let t = text.trim();
-        let t = t.strip_suffix('%').unwrap_or(t).trim_end();
+        let bad = || BadPercent::of(text);
+        let t = text.strip_suffix('%').unwrap_or(text);
         let (int, frac) = match t.split_once('.') {
             Some((i, f)) => (i, f),
             None => (t, ""),

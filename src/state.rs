@@ -170,6 +170,8 @@ pub struct Live {
     pub edit_lock: tokio::sync::Mutex<()>,
     /// A hash of the config text last read, to skip reloads of unchanged bytes.
     loaded_digest: AtomicU64,
+    /// Told the new `[log] access` on every reload that installs a snapshot (set at start-up).
+    pub access_log: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
 }
 
 impl Live {
@@ -186,6 +188,7 @@ impl Live {
             reload_lock: tokio::sync::Mutex::new(()),
             edit_lock: tokio::sync::Mutex::new(()),
             loaded_digest: AtomicU64::new(digest),
+            access_log: std::sync::OnceLock::new(),
         }
     }
 
@@ -240,6 +243,10 @@ impl Live {
             Ok(Some(snapshot)) => {
                 let old = self.load();
                 warn_on_restart_only_changes(&old.config, &snapshot.config);
+                if let Some(log) = self.access_log.get() {
+                    // A changed target, or a file logrotate renamed away, is reopened.
+                    log.reopen(snapshot.config.log.access.clone());
+                }
                 self.snapshot.store(Arc::new(snapshot));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut f) = self.last_failure.lock() {
@@ -273,8 +280,10 @@ fn warn_on_restart_only_changes(old: &Config, new: &Config) {
             "`listen` and `threads` changed in the config: they take effect at the next restart"
         );
     }
-    if old.log != new.log {
-        tracing::warn!("`[log]` changed in the config: it takes effect at the next restart");
+    if (&old.log.level, old.log.json) != (&new.log.level, new.log.json) {
+        tracing::warn!(
+            "`[log] level` and `format` changed in the config: they take effect at the next restart"
+        );
     }
 }
 

@@ -95,3 +95,17 @@ fn routes_hash_independently() {
         .count();
     assert!((400..=600).contains(&same), "routes correlate: {same}/1000");
 }
+
+#[test]
+fn a_percent_with_spaces_is_refused_and_a_long_one_is_echoed_short() {
+    for bad in ["25 %", " 25%", "25% ", "2 5", "\t25"] {
+        assert!(Shift::parse(bad).is_err(), "{bad:?} should be refused");
+    }
+    let long = "9".repeat(10_000);
+    let message = Shift::parse(&long).unwrap_err().to_string();
+    assert!(message.len() < 250, "{message}");
+    assert!(
+        message.contains(&format!("`{}...`", "9".repeat(100))),
+        "{message}"
+    );
+}

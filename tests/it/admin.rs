@@ -396,3 +396,383 @@ fn ready_and_live_and_unknown_endpoints() {
     assert_eq!(admin_get(&proxy, "/ready").status, 503);
     assert_eq!(slow.join().unwrap().status, 200);
 }
+
+// The admin listener under hostile clients: idle and slow connections, DNS rebinding, pages
+// that post cross-site, malformed and oversized input.
+
+/// One request with exactly these header lines (no Host added), on a fresh connection.
+fn admin_raw(proxy: &Proxy, method: &str, path: &str, headers: &[&str], body: &str) -> Resp {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if method == "PUT" || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    head.push_str(body);
+    let mut c = Client::connect(proxy.admin_port);
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c.send_raw(head.as_bytes()).unwrap()
+}
+
+/// The `error` of a JSON error reply.
+fn json_error(r: &Resp) -> String {
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json"),
+        "{}: {}",
+        r.status,
+        r.text()
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+        .to_string()
+}
+
+fn shift_now(proxy: &Proxy) -> String {
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin_get(proxy, "/status").body).unwrap();
+    status["routes"][0]["shift"].as_str().unwrap().to_string()
+}
+
+/// Lowers the running proxy's file-descriptor limit, as a tight `ulimit -n` would.
+fn limit_descriptors(proxy: &Proxy, n: u32) {
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={}", proxy.child.id()))
+        .arg(format!("--nofile={n}:{n}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prlimit: {}", stderr(&out));
+}
+
+/// Whether the server closed this connection (EOF or reset), without waiting.
+fn closed(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    match stream.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn idle_admin_connections_are_capped_and_timed_out_and_never_starve_the_proxy() {
+    let backend = Backend::start("legacy");
+    let proxy = Proxy::start(&monolith_config(&backend, ""));
+    // Without the cap, 600 idle admin connections take every descriptor the proxy has.
+    limit_descriptors(&proxy, 400);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.admin_port));
+    let mut idle: Vec<std::net::TcpStream> = (0..600)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(500)).ok()
+        })
+        .collect();
+    assert!(idle.len() > 456, "only {} connections", idle.len());
+    std::thread::sleep(Duration::from_secs(1));
+    let refused = idle.iter_mut().map(closed).filter(|&c| c).count();
+    assert!(
+        refused >= idle.len() - 256,
+        "{refused} of {} closed at once beyond the cap of 256",
+        idle.len()
+    );
+    // The proxy still serves.
+    let mut c = proxy.client();
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(c.get("/still-here", &[]).unwrap().status, 200);
+    // The idle ones are closed after the admin timeout (10 s), then the API answers again.
+    let start = Instant::now();
+    while !idle.iter_mut().all(closed) {
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "idle admin connections still open after {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(admin_get(&proxy, "/status").status, 200);
+    assert!(proxy
+        .stderr()
+        .contains("connections open already; closing new ones"));
+}
+
+#[test]
+fn idle_and_slow_admin_connections_are_cut() {
+    use std::io::Write;
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let port = proxy.admin_port;
+    // Each scenario on its own thread: they all wait out the same 10 s timeout.
+    let idle = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let start = Instant::now();
+        while !closed(&mut s) {
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "an idle admin connection is kept"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let kept_alive = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        assert_eq!(c.get("/live", &[]).unwrap().status, 200);
+        let s = c.stream();
+        let start = Instant::now();
+        while !closed(s) {
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "an idle keep-alive admin connection is kept"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Slowloris: a head that never ends, one byte every 200 ms.
+    let slow_head = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if s.write_all(b"X").is_err() || closed(&mut s) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(25),
+                "a dribbled head is never cut"
+            );
+            s.set_nonblocking(false).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    // A body that stops: 408 with a JSON error.
+    let slow_body = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        c.stream()
+            .write_all(b"PUT /routes/bookings/shift HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"percent\"")
+            .unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(25)))
+            .unwrap();
+        c.read_response().unwrap()
+    });
+    idle.join().unwrap();
+    kept_alive.join().unwrap();
+    slow_head.join().unwrap();
+    let r = slow_body.join().unwrap();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(json_error(&r).contains("did not arrive"));
+    assert_eq!(shift_now(&proxy), "0%");
+}
+
+#[test]
+fn foreign_hosts_and_cross_site_calls_are_refused() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let port = proxy.admin_port;
+    let put = r#"{"percent": 50}"#;
+    // DNS rebinding: the attacker's name, now pointing at 127.0.0.1.
+    for host in ["evil.example", &format!("evil.example:{port}")] {
+        let r = admin_raw(&proxy, "GET", "/status", &[&format!("Host: {host}")], "");
+        assert_eq!(r.status, 403, "Host: {host}");
+        assert!(json_error(&r).contains("DNS rebinding"));
+        let r = admin_raw(
+            &proxy,
+            "PUT",
+            "/routes/bookings/shift",
+            &[&format!("Host: {host}")],
+            put,
+        );
+        assert_eq!(r.status, 403, "Host: {host}");
+    }
+    // The listener's own names, with its port or a forwarded one, and no Host at all.
+    for host in [
+        format!("Host: 127.0.0.1:{port}"),
+        "Host: 127.0.0.1".to_string(),
+        format!("Host: localhost:{port}"),
+        "Host: LOCALHOST:19901".to_string(),
+        format!("Host: [::1]:{port}"),
+    ] {
+        let r = admin_raw(&proxy, "GET", "/status", &[&host], "");
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+    }
+    // A page elsewhere posting to the API.
+    let host = format!("Host: 127.0.0.1:{port}");
+    for browser in [
+        "Origin: http://evil.example",
+        "Origin: null",
+        "Sec-Fetch-Site: cross-site",
+        "Sec-Fetch-Site: same-site",
+    ] {
+        let r = admin_raw(
+            &proxy,
+            "PUT",
+            "/routes/bookings/shift",
+            &[&host, browser],
+            put,
+        );
+        assert_eq!(r.status, 403, "{browser}: {}", r.text());
+        assert!(json_error(&r).contains("web page"), "{}", r.text());
+        let r = admin_raw(&proxy, "POST", "/reload", &[&host, browser], "");
+        assert_eq!(r.status, 403, "{browser}");
+    }
+    assert_eq!(shift_now(&proxy), "0%");
+    assert!(std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .contains("shift = \"0%\""));
+    // The API's own page (same origin) reads and changes.
+    let own = format!("Origin: http://127.0.0.1:{port}");
+    let r = admin_raw(
+        &proxy,
+        "GET",
+        "/status",
+        &[&host, &own, "Sec-Fetch-Site: same-origin"],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let r = admin_raw(
+        &proxy,
+        "PUT",
+        "/routes/bookings/shift",
+        &[&host, &own, "Sec-Fetch-Site: same-origin"],
+        put,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(shift_now(&proxy), "50%");
+}
+
+#[test]
+fn bad_admin_input_gets_a_short_json_error() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let put = |body: &str| {
+        Client::connect(proxy.admin_port)
+            .request("PUT", "/routes/bookings/shift", &[], body.as_bytes())
+            .unwrap()
+    };
+    // Refused by the API as by the CLI.
+    let r = put(r#"{"percent": "25 %"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(json_error(&r).contains("bad percent `25 %`"));
+    let out = proxy.cli(&["shift", "/bookings", "25 %"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad percent `25 %`"),
+        "{}",
+        stderr(&out)
+    );
+    // A long bad value is echoed short.
+    let long = "7".repeat(10_000);
+    let r = put(&format!(r#"{{"percent": "{long}"}}"#));
+    assert_eq!(r.status, 400);
+    let e = json_error(&r);
+    assert!(
+        e.contains(&"7".repeat(100)) && !e.contains(&"7".repeat(101)),
+        "{e}"
+    );
+    assert!(e.len() < 300, "{e}");
+    let r = Client::connect(proxy.admin_port)
+        .request(
+            "PUT",
+            &format!("/routes/{long}/shift"),
+            &[],
+            br#"{"percent": 5}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let e = json_error(&r);
+    assert!(!e.contains(&"7".repeat(101)), "{} chars", e.len());
+    // Not JSON, not the right JSON, too big.
+    for (body, status) in [
+        (r#"{"percent": "#.to_string(), 400),
+        ("percent=25".to_string(), 400),
+        (r#"{"percent": true}"#.to_string(), 400),
+        (
+            format!(r#"{{"percent": 5, "pad": "{}"}}"#, "x".repeat(20_000)),
+            413,
+        ),
+    ] {
+        let r = put(&body);
+        assert_eq!(r.status, status, "{}", r.text());
+        assert!(json_error(&r).contains("{\"percent\": 25}"), "{}", r.text());
+    }
+    assert_eq!(shift_now(&proxy), "0%");
+}
+
+#[test]
+fn the_proxy_backs_off_when_out_of_file_descriptors() {
+    let backend = Backend::start("legacy");
+    // Idle client connections stay open while the descriptors are exhausted.
+    let text = monolith_config(&backend, "").replace(
+        "default = \"monolith\"",
+        "default = \"monolith\"\nheader-timeout = \"60s\"",
+    );
+    let proxy = Proxy::start(&text);
+    assert_eq!(get(proxy.port, "/warm", &[]).status, 200);
+    limit_descriptors(&proxy, 64);
+    let mut held: Vec<std::net::TcpStream> = (0..120)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap())
+        .collect();
+    let pid = proxy.child.id();
+    let cpu = || {
+        // utime + stime, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest: Vec<u64> = stat
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        rest[0] + rest[1]
+    };
+    assert!(
+        proxy.wait_for_log("Too many open files", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu() - before;
+    // 100 ticks a second: less than a quarter of one core while out of descriptors.
+    assert!(spent < 50, "{spent} ticks of CPU in 2 s out of descriptors");
+    let errors = proxy.stderr().matches("Too many open files").count();
+    assert!(
+        errors <= 2,
+        "{errors} accept errors logged:\n{}",
+        proxy.stderr()
+    );
+    // Once the connections go, it serves again.
+    for s in &mut held {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    held.clear();
+    let start = Instant::now();
+    loop {
+        let answered = Client::try_connect(proxy.port).and_then(|mut c| {
+            c.stream().set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.get("/again", &[])
+        });
+        if answered.is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not serving again:\n{}",
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

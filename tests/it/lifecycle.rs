@@ -292,3 +292,267 @@ fn the_demo_runs_a_migration_and_answers_status() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+// The access log when its target misbehaves: a FIFO nobody reads, a reader that stalls or
+// goes away, a full device, a file rotated away. Requests and the exit never wait for it,
+// and what it loses is counted and said.
+
+/// A proxy in `dir` (prepared by the caller: a FIFO, say) whose access log is `access`.
+fn start_logging_to(dir: tempfile::TempDir, backend: &Backend, access: &str) -> Proxy {
+    let (port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("strangle.toml");
+    let text = monolith_config(backend, "").replace(
+        "default = \"monolith\"",
+        "default = \"monolith\"\ngrace-period = \"2s\"",
+    ) + &format!("\n[log]\naccess = \"{access}\"\nlevel = \"info\"\n");
+    std::fs::write(&config, Proxy::render(&text, port, admin_port)).unwrap();
+    Proxy::start_at(dir, config, port, admin_port)
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// `strangle_access_log_dropped_total`, from `/metrics`.
+fn dropped_lines(proxy: &Proxy) -> u64 {
+    let metrics = get(proxy.admin_port, "/metrics", &[]).text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strangle_access_log_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped counter in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+fn wait_for_drops(proxy: &Proxy, within: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        let n = dropped_lines(proxy);
+        if n > 0 || start.elapsed() > within {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `n` requests on one connection, each answered within 5 s (the default is 20 s).
+fn all_answered(proxy: &Proxy, path: &str, n: usize) {
+    let mut c = proxy.client();
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..n {
+        let r = c
+            .get(&format!("{path}/{i}"), &[])
+            .unwrap_or_else(|e| panic!("request {i} of {n} not answered: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+}
+
+/// Reads a FIFO on a thread into a shared buffer until EOF or `stop` (checked between reads).
+fn read_fifo(
+    path: std::path::PathBuf,
+    keep_reading: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    std::thread::JoinHandle<std::fs::File>,
+) {
+    use std::io::Read;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&got);
+    let reader = std::thread::spawn(move || {
+        let mut fifo = std::fs::File::open(&path).unwrap();
+        let mut buf = [0u8; 512];
+        while keep_reading(&sink.lock().unwrap()) {
+            match fifo.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+        // Returned, not dropped: the caller decides when this reader goes away.
+        fifo
+    });
+    (got, reader)
+}
+
+#[test]
+fn an_access_log_fifo_without_a_reader_holds_no_request_and_counts_what_it_drops() {
+    let backend = Backend::start("legacy");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("access.fifo");
+    mkfifo(&fifo);
+    let proxy = start_logging_to(dir, &backend, "access.fifo");
+    // Each on its own connection too, so every worker thread logs some.
+    for i in 0..20 {
+        let mut c = proxy.client();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let r = c
+            .get(&format!("/lonely/{i}"), &[])
+            .unwrap_or_else(|e| panic!("request {i} not answered: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    all_answered(&proxy, "/lonely/again", 20);
+    assert!(wait_for_drops(&proxy, Duration::from_secs(5)) > 0);
+    assert!(
+        proxy.wait_for_log("a FIFO with no reader", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
+    // Once a reader comes, lines flow to it.
+    let (got, _reader) = read_fifo(fifo, |got| !got.contains(&b'\n'));
+    let start = Instant::now();
+    while !got.lock().unwrap().contains(&b'\n') {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no line reached the reader"
+        );
+        get(proxy.port, "/found", &[]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["path"], "/found");
+}
+
+#[test]
+fn an_access_log_reader_that_stalls_holds_neither_requests_nor_the_exit() {
+    let backend = Backend::start("legacy");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("access.fifo");
+    mkfifo(&fifo);
+    // Reads one line, then nothing more (the pipe fills up behind it).
+    let (got, reader) = read_fifo(fifo, |got| !got.contains(&b'\n'));
+    let mut proxy = start_logging_to(dir, &backend, "access.fifo");
+    // Far more than a pipe holds (64 KiB, about 250 lines).
+    all_answered(&proxy, "/stalled", 1500);
+    let _stalled = reader.join().unwrap();
+    assert!(got.lock().unwrap().contains(&b'\n'));
+    let start = Instant::now();
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        // grace-period is 2 s, the writer gets 2 s more at most.
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit {:?} after SIGTERM:\n{}",
+            start.elapsed(),
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        proxy.stderr().contains("did not take the last lines"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn a_full_device_drops_access_log_lines_and_says_so() {
+    let backend = Backend::start("legacy");
+    let proxy = start_logging_to(tempfile::tempdir().unwrap(), &backend, "/dev/full");
+    all_answered(&proxy, "/full", 20);
+    let dropped = wait_for_drops(&proxy, Duration::from_secs(5));
+    assert!(dropped > 0, "{}", proxy.stderr());
+    assert!(
+        proxy.wait_for_log("No space left on device", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
+    assert!(
+        proxy.stderr().contains("line(s) dropped"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn a_line_cut_by_a_failing_access_log_is_finished_never_glued_to_the_next() {
+    let backend = Backend::start("legacy");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("access.fifo");
+    mkfifo(&fifo);
+    // The first reader takes a little, stalls (the writer is stopped inside a line by the full
+    // pipe), then goes away: the writes fail (EPIPE) until a second reader comes.
+    let (first, reader) = read_fifo(fifo.clone(), |got| got.len() < 1000);
+    let proxy = start_logging_to(dir, &backend, "access.fifo");
+    all_answered(&proxy, "/before", 1000);
+    drop(reader.join().unwrap());
+    all_answered(&proxy, "/orphaned", 50);
+    std::thread::sleep(Duration::from_millis(500));
+    let (second, _reader) = read_fifo(fifo, |got| {
+        !String::from_utf8_lossy(got).contains("\"/after/49\"")
+    });
+    let start = Instant::now();
+    for round in 0.. {
+        all_answered(&proxy, "/after", 50);
+        std::thread::sleep(Duration::from_millis(300));
+        if String::from_utf8_lossy(&second.lock().unwrap()).contains("\"/after/49\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the second reader got no /after lines in {round} rounds"
+        );
+    }
+    let mut stream = first.lock().unwrap().clone();
+    stream.extend_from_slice(&second.lock().unwrap());
+    let text = String::from_utf8_lossy(&stream);
+    let mut lines = 0;
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a cut or glued access-log line ({e}): {line:?}"));
+        lines += 1;
+    }
+    assert!(lines > 250, "only {lines} lines reached the readers");
+    // The lines that could not be written were counted, not lost silently.
+    assert!(dropped_lines(&proxy) > 0, "{}", proxy.stderr());
+}
+
+#[test]
+fn a_reload_reopens_an_access_log_rotated_away() {
+    let backend = Backend::start("legacy");
+    let proxy = start_logging_to(tempfile::tempdir().unwrap(), &backend, "access.log");
+    all_answered(&proxy, "/first", 3);
+    let log = proxy.dir.path().join("access.log");
+    let start = Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 3
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "lines not written"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What logrotate does: rename, then SIGHUP.
+    std::fs::rename(&log, proxy.dir.path().join("access.log.1")).unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(proxy.wait_for_log("config reloaded", Duration::from_secs(5)));
+    let start = Instant::now();
+    loop {
+        all_answered(&proxy, "/second", 1);
+        let lines = proxy.access_log();
+        if !lines.is_empty() {
+            assert!(lines.iter().all(|l| l["path"] == "/second/0"), "{lines:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "nothing in the new access.log"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rotated = std::fs::read_to_string(proxy.dir.path().join("access.log.1")).unwrap();
+    assert!(!rotated.contains("/second/"), "{rotated}");
+    assert_eq!(rotated.lines().count(), 3, "{rotated}");
+}
