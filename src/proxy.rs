@@ -51,6 +51,17 @@ pub struct Strangle {
     pub access: Arc<AccessLogger>,
 }
 
+/// How a request ended, for `Ctx::account`.
+struct Finished<'a> {
+    status: u16,
+    method: &'a str,
+    path: &'a str,
+    client: Option<IpAddr>,
+    /// Body bytes read and sent.
+    bytes: (usize, usize),
+    error: Option<String>,
+}
+
 /// Per-request state.
 pub struct Ctx {
     snap: Arc<Snapshot>,
@@ -118,37 +129,55 @@ impl Drop for Ctx {
 impl Ctx {
     /// Logs and counts a request the end of the grace period cut off.
     fn log_cut_off(&self) {
-        let elapsed = self.start.elapsed();
-        if let Some(side) = self.side {
-            self.route_stats().side(side).record(self.status, elapsed);
-        }
-        let Some(log) = CUT_OFF_LOG.get() else {
-            return;
-        };
         let target = String::from_utf8_lossy(&self.target);
         let path = self
             .routed_path
             .as_deref()
             .unwrap_or_else(|| target.split('?').next().unwrap_or(""));
-        log.log(&AccessEvent {
+        self.account(
+            CUT_OFF_LOG.get().map(Arc::as_ref),
+            Finished {
+                status: self.status,
+                method: self.method.as_ref().map_or("", http::Method::as_str),
+                path,
+                client: self.client,
+                bytes: (0, 0),
+                error: Some("cut off: the grace period ended before the response did".into()),
+            },
+        );
+    }
+
+    /// The request's last step, whichever way it ended: its side's counters, and its
+    /// access-log line when there is a log.
+    fn account(&self, access: Option<&AccessLogger>, done: Finished<'_>) {
+        let now = Instant::now();
+        if let Some(side) = self.side {
+            self.route_stats()
+                .side(side)
+                .record(done.status, now - self.start);
+        }
+        let Some(access) = access.filter(|a| a.enabled()) else {
+            return;
+        };
+        access.log(&AccessEvent {
             time: Rfc3339(SystemTime::now()),
             request_id: self
                 .request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
-            client: self.client,
-            method: self.method.as_ref().map_or("", http::Method::as_str),
-            path,
+            client: done.client,
+            method: done.method,
+            path: done.path,
             route: self.route_id(),
             side: self.side.map(Side::as_str),
             upstream: self.upstream.as_ref().map(|u| u.config.name.as_str()),
-            status: self.status,
-            duration_ms: ms(elapsed),
-            upstream_ms: self.upstream_start.map(|s| ms(s.elapsed())),
-            bytes_in: 0,
-            bytes_out: 0,
-            error: Some("cut off: the grace period ended before the response did".into()),
+            status: done.status,
+            duration_ms: ms(now - self.start),
+            upstream_ms: self.upstream_start.map(|s| ms(now - s)),
+            bytes_in: done.bytes.0,
+            bytes_out: done.bytes.1,
+            error: done.error,
         });
     }
 
@@ -1349,35 +1378,19 @@ impl ProxyHttp for Strangle {
             Some(r) if !ctx.replaced => r.status.as_u16(),
             _ => ctx.status,
         };
-        let now = Instant::now();
-        if let Some(side) = ctx.side {
-            ctx.route_stats().side(side).record(status, now - ctx.start);
-        }
-        if !self.access.enabled() {
-            return;
-        }
         let req = session.req_header();
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
-        self.access.log(&AccessEvent {
-            time: Rfc3339(SystemTime::now()),
-            request_id: ctx
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            client: ctx.client.or_else(|| client_ip(session)),
-            method: req.method.as_str(),
-            path: ctx.routed_path.as_deref().unwrap_or(req.uri.path()),
-            route: ctx.route_id(),
-            side: ctx.side.map(Side::as_str),
-            upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
-            status,
-            duration_ms: ms(now - ctx.start),
-            upstream_ms: ctx.upstream_start.map(|s| ms(now - s)),
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
-            error,
-        });
+        ctx.account(
+            Some(&self.access),
+            Finished {
+                status,
+                method: req.method.as_str(),
+                path: ctx.routed_path.as_deref().unwrap_or(req.uri.path()),
+                client: ctx.client.or_else(|| client_ip(session)),
+                bytes: (session.body_bytes_read(), session.body_bytes_sent()),
+                error,
+            },
+        );
     }
 }
 

@@ -160,8 +160,10 @@ fn a_request_cut_off_by_the_grace_period_is_logged_and_counted() {
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let status = proxy.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    // Not held by the request: out at the grace period (1 s), plus Pingora's second to end
+    // what is left.
     assert!(
-        start.elapsed() < Duration::from_secs(8),
+        start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
     );
