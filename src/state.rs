@@ -267,6 +267,15 @@ impl Live {
         // and bounded, so a read that never returns cannot hold the reload lock forever.
         let read = run_bounded(&what, READ_TIMEOUT, &self.abandoned_reads, move || {
             let text = config::read::read_text(&live.path).map_err(|e| e.to_string())?;
+            if text.trim().is_empty() {
+                // An editor that rewrites the file in place truncates it first: read at that
+                // moment it would be a valid config with no routes.
+                return Err(format!(
+                    "`{}` is empty (read in the middle of a save?); an empty file is never \
+                     loaded over a running config",
+                    live.path.display()
+                ));
+            }
             let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
             if !force && digest == live.loaded_digest.load(Ordering::Acquire) {
                 return Ok(ReadOutcome::Unchanged);
