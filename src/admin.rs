@@ -33,6 +33,9 @@ use crate::split::Shift;
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
 
+/// How long a shift watches the config file after saving it before it answers.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A change to live state.
 #[derive(Debug)]
 pub enum Command {
@@ -103,6 +106,10 @@ pub async fn apply(
                     .await
                     .map_err(|e| AdminError::Reload(e.to_string()))??;
                 live.reload().await.map_err(AdminError::Reload)?;
+                // An editor that read the file before this save and writes its copy now would
+                // drop the shift a moment after we answered: watch the file for that moment.
+                tokio::time::sleep(SETTLE).await;
+                live.reload_if_changed().await.map_err(AdminError::Reload)?;
                 now = live
                     .load()
                     .config

@@ -17,11 +17,14 @@
 //!
 //! What is left, stated plainly: a writer that opened the file before the swap and writes into
 //! that open descriptor after it (an in-place `write`, not a rename) writes into the displaced
-//! inode; if it has not written a byte by the time the displaced file is compared, its write is
-//! lost with that inode. On a filesystem without `RENAME_EXCHANGE` the swap is a plain rename
-//! right after a final comparison, and a rename by another writer in the microseconds between
-//! the two is lost. And a writer that saves a stale copy after our final read-back reverts the
-//! change; the admin API then sees the old value when it reloads and says so.
+//! inode; the displaced file is compared `SAVE_GRACE` after the swap, so only a writer that
+//! stalls longer than that between its `open` and its `write` (or keeps the file open and writes
+//! much later) loses its write with that inode. On a filesystem without `RENAME_EXCHANGE` the
+//! swap is a plain rename right after a final comparison, and a rename by another writer in the
+//! microseconds between the two is lost. And no lock-free scheme stops a writer that read the
+//! file before our save from saving its stale copy after it: that reverts the change; the admin
+//! API watches the file for a moment after the save and re-applies or reports it, but a stale
+//! save that lands after it answered is the writer's to see.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,9 @@ use crate::split::Shift;
 
 /// How many times an edit re-reads and re-applies when the file changed under it.
 const ATTEMPTS: usize = 5;
+/// How long after swapping the edit in the file it displaced is compared: a save in place that
+/// had opened it just before the swap lands in it, not in ours, and must not be lost.
+const SAVE_GRACE: Duration = Duration::from_millis(20);
 /// How long an edit waits for another strangle edit of the same directory to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -309,9 +315,12 @@ fn swap_in(target: &Path, expected: &str, edited: &str, route: &str) -> Result<S
     if !still(target) {
         return Ok(Swap::Changed);
     }
-    match exchange(&temp, target).map_err(io)? {
-        true => {
-            // `temp` now names exactly the file our edit displaced.
+    match exchange(&temp, target) {
+        Ok(true) => {
+            // `temp` now names exactly the file our edit displaced. A writer that opened it
+            // just before the swap writes into it, not into ours: give such a save a moment to
+            // land before judging (readers see our file meanwhile).
+            std::thread::sleep(SAVE_GRACE);
             if !still(&temp) {
                 // Someone saved between the check and the swap: give them their file back.
                 exchange(&temp, target).map_err(io)?;
@@ -323,7 +332,10 @@ fn swap_in(target: &Path, expected: &str, edited: &str, route: &str) -> Result<S
                 return Ok(Swap::Changed);
             }
         }
-        false => temp.persist(target).map_err(|e| io(e.error))?,
+        Ok(false) => temp.persist(target).map_err(|e| io(e.error))?,
+        // Deleted between the check and the swap: someone is saving it (delete and create).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Swap::Changed),
+        Err(e) => return Err(io(e)),
     }
     // A save that landed right after ours, from a copy read before it, dropped our change.
     if read_text(target).is_ok_and(|t| t != edited) {
@@ -526,7 +538,7 @@ new = "a"
             rev
         });
         let (mut saved, mut refused) = (0, 0);
-        for round in 0..300u32 {
+        for round in 0..150u32 {
             let shift = Shift::parse(&format!("{}%", round % 100)).unwrap();
             match set_shift_in_file(&path, "a", shift) {
                 Ok(_) => saved += 1,
@@ -551,6 +563,6 @@ new = "a"
         );
         assert!(last_rev > 10, "the editor barely ran: {last_rev}");
         eprintln!("{saved} saved, {refused} refused, editor at rev {last_rev}");
-        assert!(saved > 100, "{saved} saved, {refused} refused");
+        assert!(saved > 50, "{saved} saved, {refused} refused");
     }
 }

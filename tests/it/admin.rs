@@ -444,39 +444,47 @@ fn concurrent_offline_shifts_of_different_routes_both_stay_in_the_file() {
 }
 
 /// A `PUT /routes/{id}/shift` racing an editor that saves another key without any lock, the
-/// way editors do (half the time a temp file renamed over, half the time a rewrite in place).
+/// way editors do (half the time a temp file renamed over, half the time a rewrite in place),
+/// after checking, as editors do, that the file did not change since it read it.
 #[test]
 fn a_shift_racing_an_editors_save_loses_neither_change() {
     use std::sync::{Arc, Barrier};
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
-    let (mut saved, mut refused) = (0, 0);
-    for round in 1..=150u32 {
+    let (mut saved, mut refused, mut late) = (0, 0, 0);
+    for round in 1..=100u32 {
         let percent = round % 99 + 1;
         let barrier = Arc::new(Barrier::new(2));
         let (config, start) = (proxy.config.clone(), Arc::clone(&barrier));
         let editor = std::thread::spawn(move || {
             start.wait();
-            // Somewhere inside the shift's few milliseconds.
-            std::thread::sleep(Duration::from_micros(u64::from(round * 7919 % 4000)));
-            let text = std::fs::read_to_string(&config).unwrap();
-            let edited: String = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("grace-period = ") {
-                        format!("grace-period = \"{round}s\"\n")
-                    } else {
-                        format!("{l}\n")
-                    }
-                })
-                .collect();
-            assert_ne!(edited, text, "round {round}: nothing to edit in\n{text}");
-            if round % 2 == 0 {
-                let tmp = config.with_file_name(".strangle.toml.swp");
-                std::fs::write(&tmp, edited).unwrap();
-                std::fs::rename(&tmp, &config).unwrap();
-            } else {
-                std::fs::write(&config, edited).unwrap();
+            // Somewhere inside the shift: before, during or just after its save.
+            std::thread::sleep(Duration::from_micros(u64::from(round * 7919 % 60_000)));
+            loop {
+                let text = std::fs::read_to_string(&config).unwrap();
+                let edited: String = text
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("grace-period = ") {
+                            format!("grace-period = \"{round}s\"\n")
+                        } else {
+                            format!("{l}\n")
+                        }
+                    })
+                    .collect();
+                assert_ne!(edited, text, "round {round}: nothing to edit in\n{text}");
+                // "The file has changed since reading it": start over from the new text.
+                if std::fs::read_to_string(&config).unwrap() != text {
+                    continue;
+                }
+                if round % 2 == 0 {
+                    let tmp = config.with_file_name(".strangle.toml.swp");
+                    std::fs::write(&tmp, edited).unwrap();
+                    std::fs::rename(&tmp, &config).unwrap();
+                } else {
+                    std::fs::write(&config, edited).unwrap();
+                }
+                return Instant::now();
             }
         });
         barrier.wait();
@@ -488,7 +496,8 @@ fn a_shift_racing_an_editors_save_loses_neither_change() {
                 format!("{{\"percent\": {percent}}}").as_bytes(),
             )
             .unwrap();
-        editor.join().unwrap();
+        let answered = Instant::now();
+        let editor_saved = editor.join().unwrap();
         let text = std::fs::read_to_string(&proxy.config).unwrap();
         assert!(
             text.contains(&format!("grace-period = \"{round}s\"\n")),
@@ -497,10 +506,15 @@ fn a_shift_racing_an_editors_save_loses_neither_change() {
         );
         if r.status == 200 {
             saved += 1;
-            assert!(
-                text.contains(&format!("shift = \"{percent}%\"\n")),
-                "round {round}: PUT answered 200 but the file does not have the shift:\n{text}"
-            );
+            if !text.contains(&format!("shift = \"{percent}%\"\n")) {
+                // The one case no answer can reflect: the editor checked the file before the
+                // shift was saved and wrote its copy after the answer went out.
+                assert!(
+                    editor_saved > answered,
+                    "round {round}: PUT answered 200 but the file had lost the shift before the answer:\n{text}"
+                );
+                late += 1;
+            }
         } else {
             // Loud, never silent: a conflict, or a reload that read a half-written file.
             refused += 1;
@@ -512,6 +526,14 @@ fn a_shift_racing_an_editors_save_loses_neither_change() {
             );
         }
     }
-    eprintln!("{saved} saved, {refused} refused");
-    assert!(saved >= 100, "{saved} saved, {refused} refused");
+    eprintln!(
+        "{saved} saved, {refused} refused, {late} overwritten by the editor after the answer; \
+         {} saves re-applied on top of the editor's",
+        proxy.stderr().matches("applying it again").count()
+    );
+    assert!(saved >= 60, "{saved} saved, {refused} refused");
+    assert!(
+        late <= 5,
+        "{late} shifts reverted by saves after the answer"
+    );
 }
