@@ -70,7 +70,7 @@ fn arm(
             return;
         }
         // Events about the watched directory itself carry its own path.
-        if event.paths.iter().any(|p| *p == watched)
+        if event.paths.contains(&watched)
             && matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(_))
         {
             let _ = tx.send(Seen::Dir);

@@ -188,7 +188,7 @@ enum ReadOutcome {
     Unchanged,
     Parsed {
         digest: u64,
-        config: Result<Config, String>,
+        config: Result<Box<Config>, String>,
     },
 }
 
@@ -282,6 +282,7 @@ impl Live {
             }
             let base = live.path.parent().unwrap_or(Path::new("."));
             let config = config::parse(&live.path.display().to_string(), &text, base)
+                .map(Box::new)
                 .map_err(|e| e.to_string());
             Ok(ReadOutcome::Parsed { digest, config })
         })
@@ -307,7 +308,7 @@ impl Live {
         let live = Arc::clone(self);
         // DNS resolution blocks too.
         let snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::build(config, Some(&live.load()), &live.registry).map_err(|e| e.to_string())
+            Snapshot::build(*config, Some(&live.load()), &live.registry).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("reload task failed: {e}"))??;
