@@ -49,6 +49,9 @@ use crate::split::Shift;
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
 
+/// How long a shift watches the config file after saving it before it answers.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A change to live state.
 #[derive(Debug)]
 pub enum Command {
@@ -65,13 +68,23 @@ pub enum AdminError {
     Edit(#[from] edit::EditError),
     #[error("reload failed; still serving the previous config:\n{0}")]
     Reload(String),
+    #[error(
+        "the shift of `{route}` was saved, but another writer changed the config file again \
+         right after and it now says {now}; look at the file and run the shift again"
+    )]
+    Overwritten { route: String, now: String },
 }
 
 impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
             AdminError::NoSuchRoute { .. } => StatusCode::NOT_FOUND,
-            AdminError::Edit(edit::EditError::ReadOnly { .. }) => StatusCode::CONFLICT,
+            AdminError::Edit(
+                edit::EditError::ReadOnly { .. }
+                | edit::EditError::Conflict { .. }
+                | edit::EditError::Lock { .. },
+            )
+            | AdminError::Overwritten { .. } => StatusCode::CONFLICT,
             AdminError::Edit(edit::EditError::NoSuchRoute { .. }) => StatusCode::NOT_FOUND,
             AdminError::Edit(edit::EditError::Invalid(_)) | AdminError::Reload(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -99,12 +112,37 @@ pub async fn apply(
                 });
             };
             let from = r.shift;
-            let path = live.path.clone();
-            let id = route.clone();
-            tokio::task::spawn_blocking(move || edit::set_shift_in_file(&path, &id, shift))
-                .await
-                .map_err(|e| AdminError::Reload(e.to_string()))??;
-            live.reload().await.map_err(AdminError::Reload)?;
+            // The file is the truth: answer 200 only when the config read back from it after
+            // the edit has the shift. A writer that saved a stale copy in between dropped it;
+            // apply it again on top of theirs, a few times, then say so.
+            let mut now = from;
+            for _ in 0..3 {
+                let (path, id) = (live.path.clone(), route.clone());
+                tokio::task::spawn_blocking(move || edit::set_shift_in_file(&path, &id, shift))
+                    .await
+                    .map_err(|e| AdminError::Reload(e.to_string()))??;
+                live.reload().await.map_err(AdminError::Reload)?;
+                // An editor that read the file before this save and writes its copy now would
+                // drop the shift a moment after we answered: watch the file for that moment.
+                tokio::time::sleep(SETTLE).await;
+                live.reload_if_changed().await.map_err(AdminError::Reload)?;
+                now = live
+                    .load()
+                    .config
+                    .routes
+                    .iter()
+                    .find(|r| r.id == route)
+                    .map_or(Shift::ZERO, |r| r.shift);
+                if now == shift {
+                    break;
+                }
+            }
+            if now != shift {
+                return Err(AdminError::Overwritten {
+                    route,
+                    now: now.to_string(),
+                });
+            }
             tracing::info!(route = %route, from = %from, to = %shift, client = %who, "shift changed");
             Ok(
                 json!({ "route": route, "from": from.to_string(), "to": shift.to_string(), "file": live.path.display().to_string() }),

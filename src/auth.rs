@@ -220,8 +220,7 @@ impl Verifier {
             let mut all = Vec::new();
             let mut texts = Vec::new();
             for path in &verifier.config.key_files {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let text = crate::config::read::read_text(path).map_err(|e| e.to_string())?;
                 all.extend(parse_keys(&text).map_err(|e| format!("`{}`: {e}", path.display()))?);
                 texts.push(text);
             }
@@ -242,7 +241,7 @@ impl Verifier {
         }
         let mut texts = Vec::new();
         for path in &config.key_files {
-            match std::fs::read(path) {
+            match crate::config::read::read_bytes(path, crate::config::read::MAX_FILE_BYTES) {
                 Ok(t) => texts.push(t),
                 Err(_) => return false,
             }

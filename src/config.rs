@@ -4,6 +4,7 @@
 //! so one pass reports all problems, each as `FILE:LINE:COL: message` with a hint.
 
 pub mod raw;
+pub mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -271,7 +272,7 @@ impl fmt::Display for ConfigErrors {
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read::read_text(path).map_err(|e| {
         ConfigErrors(vec![Diagnostic {
             file: name.clone(),
             line: 1,
@@ -1071,8 +1072,8 @@ impl Cx<'_> {
                 },
                 (None, Some(k)) => {
                     for (path, raw) in keys.iter().zip(k.get_ref()) {
-                        if let Err(e) = std::fs::read_to_string(path) {
-                            self.err_at(raw, format!("cannot read key file `{}`: {e}", path.display()), None);
+                        if let Err(e) = read::read_text(path) {
+                            self.err_at(raw, format!("bad key file: {e}"), None);
                         }
                     }
                 }
@@ -1541,8 +1542,7 @@ pub fn interpolate(text: &str, base: &Path) -> Result<String, String> {
             },
             Some(("file", p)) => {
                 let path = base.join(p);
-                let v = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let v = read::read_text(&path).map_err(|e| e.to_string())?;
                 out.push_str(v.trim_end_matches(['\n', '\r']));
             }
             _ => {

@@ -1,14 +1,48 @@
 //! Writing a change back into the config file, which stays the single source of truth: the
 //! edit keeps comments and layout (toml_edit), is validated before it is written, and replaces
 //! the file atomically (a temp file beside it, fsync, rename).
+//!
+//! No change is lost between writers:
+//! - Every edit by strangle (the admin API's shift, `strangle shift --file`) holds an exclusive
+//!   `flock` on the config file's directory while it reads, applies and writes. The directory,
+//!   not the file: the write renames a new file over the old one, so a lock on the file would
+//!   be on an inode that is gone after the first edit; the directory's identity survives, and no
+//!   lock file is left beside the config.
+//! - An editor that takes no lock is protected by compare-and-swap on the file's contents: the
+//!   new file is swapped in with `renameat2(RENAME_EXCHANGE)`, which hands back exactly the file
+//!   it displaced; if that is not the text the edit was based on, someone saved in between, so
+//!   their file is swapped back and the edit is re-read and re-applied (a few times, then a loud
+//!   failure). After the swap the file is read once more: a save that landed just after ours
+//!   (with our change missing) is also re-applied on top.
+//!
+//! What is left, stated plainly: a writer that opened the file before the swap and writes into
+//! that open descriptor after it (an in-place `write`, not a rename) writes into the displaced
+//! inode; the displaced file is compared `SAVE_GRACE` after the swap, so only a writer that
+//! stalls longer than that between its `open` and its `write` (or keeps the file open and writes
+//! much later) loses its write with that inode. On a filesystem without `RENAME_EXCHANGE` the
+//! swap is a plain rename right after a final comparison, and a rename by another writer in the
+//! microseconds between the two is lost. And no lock-free scheme stops a writer that read the
+//! file before our save from saving its stale copy after it: that reverts the change; the admin
+//! API watches the file for a moment after the save and re-applies or reports it, but a stale
+//! save that lands after it answered is the writer's to see.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use toml_edit::{DocumentMut, Item, Value};
 
 use crate::config;
+use crate::config::read::{read_text, ReadError};
 use crate::split::Shift;
+
+/// How many times an edit re-reads and re-applies when the file changed under it.
+const ATTEMPTS: usize = 5;
+/// How long after swapping the edit in the file it displaced is compared: a save in place that
+/// had opened it just before the swap lands in it, not in ours, and must not be lost.
+const SAVE_GRACE: Duration = Duration::from_millis(20);
+/// How long an edit waits for another strangle edit of the same directory to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
@@ -34,6 +68,15 @@ pub enum EditError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(
+        "`{path}` kept changing while the shift was being saved ({attempts} attempts, another \
+         writer saved each time): the shift was not saved; look at the file and run it again"
+    )]
+    Conflict { path: PathBuf, attempts: usize },
+    #[error("cannot lock `{dir}` to edit the config in it: {why}")]
+    Lock { dir: PathBuf, why: String },
 }
 
 /// Sets `shift` of the route with `id` in config text; returns the new text and the old shift.
@@ -102,23 +145,91 @@ fn shift_of(v: &Value) -> Shift {
     Shift::parse(&text).unwrap_or_default()
 }
 
-/// Sets a route's shift in a config file: validated, then written atomically. Returns the old
-/// shift.
+/// Sets a route's shift in a config file: locked, validated, then swapped in only if the file
+/// still holds the text the edit was based on (see the module doc). Returns the old shift.
 pub fn set_shift_in_file(path: &Path, id: &str, shift: Shift) -> Result<Shift, EditError> {
     let target = std::fs::canonicalize(path).map_err(|error| EditError::Io {
         path: path.to_path_buf(),
         error,
     })?;
     check_writable(&target, id)?;
-    let text = std::fs::read_to_string(&target).map_err(|error| EditError::Io {
-        path: target.clone(),
-        error,
-    })?;
-    let (edited, old) = set_shift_in_text(path, &text, id, shift)?;
+    let _locked = lock_dir_of(&target)?;
     let base = target.parent().unwrap_or(Path::new("."));
-    config::parse(&path.display().to_string(), &edited, base).map_err(EditError::Invalid)?;
-    write_atomically(&target, &edited, id)?;
-    Ok(old)
+    for _ in 0..ATTEMPTS {
+        let text = read_text(&target)?;
+        let applied = set_shift_in_text(path, &text, id, shift).and_then(|(edited, old)| {
+            if edited != text {
+                config::parse(&path.display().to_string(), &edited, base)
+                    .map_err(EditError::Invalid)?;
+            }
+            Ok((edited, old))
+        });
+        let (edited, old) = match applied {
+            Ok(done) => done,
+            // An editor rewriting the file in place leaves it empty or half-written for a
+            // moment: a file that is still changing is read again, not judged.
+            Err(_) if still_changing(&target, &text) => continue,
+            Err(e) => return Err(e),
+        };
+        if edited == text {
+            // Already so (another writer set the same shift, or a retry found it applied).
+            return Ok(old);
+        }
+        match swap_in(&target, &text, &edited, id)? {
+            Swap::Done => return Ok(old),
+            Swap::Changed => {
+                tracing::info!(path = %target.display(), route = %id, "the config file changed while the shift was saved; applying it again on the new text");
+            }
+        }
+    }
+    Err(EditError::Conflict {
+        path: target,
+        attempts: ATTEMPTS,
+    })
+}
+
+/// Whether the file no longer holds `text` a moment later.
+fn still_changing(target: &Path, text: &str) -> bool {
+    std::thread::sleep(Duration::from_millis(20));
+    read_text(target).map_or(true, |now| now != text)
+}
+
+/// An exclusive `flock` on the directory of `target`, held until dropped. Waits for another
+/// edit at most `LOCK_WAIT`, never forever.
+fn lock_dir_of(target: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, EditError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = target.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let fail = |why: String| EditError::Lock {
+        dir: dir.clone(),
+        why,
+    };
+    let start = Instant::now();
+    let mut handle = std::fs::File::open(&dir).map_err(|e| fail(e.to_string()))?;
+    loop {
+        match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((h, Errno::EWOULDBLOCK | Errno::EINTR)) if start.elapsed() < LOCK_WAIT => {
+                handle = h;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(fail(format!(
+                    "another edit has held the lock for over {} s",
+                    LOCK_WAIT.as_secs()
+                )))
+            }
+            Err((_, e)) => return Err(fail(e.desc().to_string())),
+        }
+    }
+}
+
+/// What a compare-and-swap of the file did.
+enum Swap {
+    /// The edited text is in the file, and what it replaced was the text it was based on.
+    Done,
+    /// Another writer saved first (or just after): nothing of theirs was lost, nothing saved.
+    Changed,
 }
 
 /// A file nobody may write (mode bits), or one on a read-only filesystem, is read-only even to
@@ -147,7 +258,9 @@ fn check_writable(target: &Path, route: &str) -> Result<(), EditError> {
     Ok(())
 }
 
-fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditError> {
+/// Writes `edited` into a temp file beside `target`, then swaps it in only if `target` still
+/// holds `expected`.
+fn swap_in(target: &Path, expected: &str, edited: &str, route: &str) -> Result<Swap, EditError> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let name = target
         .file_name()
@@ -190,14 +303,63 @@ fn write_atomically(target: &Path, text: &str, route: &str) -> Result<(), EditEr
                     std::os::unix::fs::fchown(file.as_file(), Some(meta.uid()), Some(meta.gid()));
             }
         }
-        file.write_all(text.as_bytes())?;
+        file.write_all(edited.as_bytes())?;
         file.as_file().sync_all()?;
         Ok(())
     })();
     result.map_err(io)?;
-    // Dropped on failure: the temp file is removed.
-    file.persist(target).map_err(|e| io(e.error))?;
-    Ok(())
+    // From here on, only the temp path: dropping it removes whatever file is at it (ours, or one
+    // we displaced and no longer need).
+    let temp = file.into_temp_path();
+    let still = |p: &Path| read_text(p).is_ok_and(|t| t == expected);
+    if !still(target) {
+        return Ok(Swap::Changed);
+    }
+    match exchange(&temp, target) {
+        Ok(true) => {
+            // `temp` now names exactly the file our edit displaced. A writer that opened it
+            // just before the swap writes into it, not into ours: give such a save a moment to
+            // land before judging (readers see our file meanwhile).
+            std::thread::sleep(SAVE_GRACE);
+            if !still(&temp) {
+                // Someone saved between the check and the swap: give them their file back.
+                exchange(&temp, target).map_err(io)?;
+                if read_text(&temp).is_ok_and(|t| t != edited) {
+                    // And a third save landed between our two swaps: `temp` holds the newest
+                    // file now, which replaced the one we just put back; it wins.
+                    exchange(&temp, target).map_err(io)?;
+                }
+                return Ok(Swap::Changed);
+            }
+        }
+        Ok(false) => temp.persist(target).map_err(|e| io(e.error))?,
+        // Deleted between the check and the swap: someone is saving it (delete and create).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Swap::Changed),
+        Err(e) => return Err(io(e)),
+    }
+    // A save that landed right after ours, from a copy read before it, dropped our change.
+    if read_text(target).is_ok_and(|t| t != edited) {
+        return Ok(Swap::Changed);
+    }
+    Ok(Swap::Done)
+}
+
+/// Atomically exchanges two paths. `Ok(false)` when the filesystem cannot (the caller renames
+/// instead, with a tiny window after its last comparison).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -296,5 +458,111 @@ new = "a"
         let err = set_shift_in_file(&path, "r", Shift::parse("10%").unwrap()).unwrap_err();
         assert!(matches!(err, EditError::Invalid(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// Two routes with a `# rev` line an editor bumps.
+    fn two_routes(a: &str, b: &str, rev: u32) -> String {
+        format!(
+            "# rev {rev}\n[upstreams.u]\naddresses = [\"127.0.0.1:1\"]\n\n[[routes]]\nid = \"a\"\npath = \"/a\"\nlegacy = \"u\"\nnew = \"u\"\nshift = \"{a}\"\n\n[[routes]]\nid = \"b\"\npath = \"/b\"\nlegacy = \"u\"\nnew = \"u\"\nshift = \"{b}\"\n"
+        )
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_routes_both_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strangle.toml");
+        for round in 0..40u32 {
+            std::fs::write(&path, two_routes("0%", "0%", 0)).unwrap();
+            let (pa, pb) = (path.clone(), path.clone());
+            let want_a = format!("{}%", round % 99 + 1);
+            let want_b = format!("{}%", (round + 50) % 99 + 1);
+            let (sa, sb) = (
+                Shift::parse(&want_a).unwrap(),
+                Shift::parse(&want_b).unwrap(),
+            );
+            let ta = std::thread::spawn(move || set_shift_in_file(&pa, "a", sa));
+            let tb = std::thread::spawn(move || set_shift_in_file(&pb, "b", sb));
+            ta.join().unwrap().unwrap();
+            tb.join().unwrap().unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains(&format!(
+                    "id = \"a\"\npath = \"/a\"\nlegacy = \"u\"\nnew = \"u\"\nshift = \"{want_a}\""
+                )),
+                "round {round}: route a lost its shift:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("shift = \"{want_b}\"\n"))
+                    && text.ends_with(&format!("shift = \"{want_b}\"\n")),
+                "round {round}: route b lost its shift:\n{text}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
+    }
+
+    #[test]
+    fn an_editor_saving_without_the_lock_never_loses_its_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strangle.toml");
+        std::fs::write(&path, two_routes("0%", "0%", 0)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (editor_path, editor_stop) = (path.clone(), std::sync::Arc::clone(&stop));
+        // Bumps `# rev N` on whatever the file holds, saving like editors do: half the time a
+        // temp file renamed over, half the time a plain rewrite in place. No lock.
+        let editor = std::thread::spawn(move || {
+            let mut rev = 0u32;
+            while !editor_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(text) = std::fs::read_to_string(&editor_path) else {
+                    continue;
+                };
+                let Some(rest) = text.strip_prefix(&format!("# rev {rev}\n")) else {
+                    // A torn read of an in-place write of ours: read again.
+                    continue;
+                };
+                rev += 1;
+                let next = format!("# rev {rev}\n{rest}");
+                if rev % 2 == 0 {
+                    let tmp = editor_path.with_extension("swp");
+                    std::fs::write(&tmp, next).unwrap();
+                    std::fs::rename(&tmp, &editor_path).unwrap();
+                } else {
+                    std::fs::write(&editor_path, next).unwrap();
+                }
+                // A busy editor, not a tight loop: edits in between must be able to win too.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            rev
+        });
+        let (mut saved, mut refused) = (0, 0);
+        for round in 0..150u32 {
+            let shift = Shift::parse(&format!("{}%", round % 100)).unwrap();
+            match set_shift_in_file(&path, "a", shift) {
+                Ok(_) => saved += 1,
+                // A torn in-place write read as config, or an editor that kept winning.
+                Err(
+                    EditError::Conflict { .. }
+                    | EditError::NoSuchRoute { .. }
+                    | EditError::Parse { .. }
+                    | EditError::Invalid(_),
+                ) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let last_rev = editor.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Had any edit of ours replaced a file it had not read, the editor's chain of revisions
+        // would be broken: it only ever bumps the number it finds.
+        assert!(
+            text.starts_with(&format!("# rev {last_rev}\n")),
+            "the editor's rev {last_rev} was lost:\n{text}"
+        );
+        assert!(last_rev > 10, "the editor barely ran: {last_rev}");
+        eprintln!("{saved} saved, {refused} refused, editor at rev {last_rev}");
+        assert!(saved > 50, "{saved} saved, {refused} refused");
     }
 }

@@ -232,6 +232,40 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         "strangle_config_last_reload_successful {}",
         u8::from(live.last_failure().is_none())
     );
+    let running = live.reload_running_for();
+    header(
+        &mut out,
+        "strangle_config_reload_in_progress",
+        "gauge",
+        "1 while a config reload is running.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_config_reload_in_progress {}",
+        u8::from(running.is_some())
+    );
+    header(
+        &mut out,
+        "strangle_config_reload_running_seconds",
+        "gauge",
+        "How long the config reload now running has taken (0 when none is); a reload gives up reading after 10 s.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_config_reload_running_seconds {:.3}",
+        running.map_or(0.0, |d| d.as_secs_f64())
+    );
+    header(
+        &mut out,
+        "strangle_config_reads_abandoned",
+        "gauge",
+        "Config file reads that outlived the reload timeout and have still not returned (a hung filesystem).",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_config_reads_abandoned {}",
+        live.abandoned_reads.load(Relaxed)
+    );
     header(
         &mut out,
         "strangle_access_log_dropped_total",

@@ -17,43 +17,93 @@ use crate::state::{watch_target, Live};
 /// Kubernetes write a config in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// How often the watcher checks that the directory it watches is still the config's directory.
+const REARM_CHECK: Duration = Duration::from_secs(1);
+
+/// What a file event means for the watcher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    /// The config file (or a ConfigMap `..` entry) changed.
+    File,
+    /// The watched directory itself was removed or moved: the watch is gone or points elsewhere.
+    Dir,
+}
+
 /// Reloads the config when its file changes or on SIGHUP.
+///
+/// The directory is watched, not the file: an editor's rename-over and a ConfigMap's `..data`
+/// symlink swap both replace the file's inode, which a file watch would lose. A watch is on an
+/// inode too, though: when the directory itself is deleted and recreated, or moved away and
+/// back (or a symlink in its path is repointed), the watch is re-armed on whatever the path names
+/// now. That is noticed from the directory's own events and from its identity, checked every
+/// `REARM_CHECK`, and logged.
 pub struct ConfigWatcher {
     pub live: Arc<Live>,
+}
+
+/// The identity of a directory: a recreated one is a different inode (or, if the inode number
+/// is reused, a different birth time).
+fn dir_identity(dir: &std::path::Path) -> Option<(u64, u64, Option<std::time::SystemTime>)> {
+    let meta = std::fs::metadata(dir).ok()?;
+    #[cfg(unix)]
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (dev, ino) = (0, 0);
+    Some((dev, ino, meta.created().ok()))
+}
+
+type Identity = (u64, u64, Option<std::time::SystemTime>);
+
+/// Starts watching `dir`; events go to `tx`.
+fn arm(
+    dir: &std::path::Path,
+    file_name: Option<std::ffi::OsString>,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let watched = dir.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        // Events about the watched directory itself carry its own path.
+        if event.paths.contains(&watched)
+            && matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(_))
+        {
+            let _ = tx.send(Seen::Dir);
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            let name = p.file_name();
+            name == file_name.as_deref()
+                || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        });
+        if relevant {
+            let _ = tx.send(Seen::File);
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
         let (dir, file_name) = watch_target(&self.live.path);
-        // Watch the directory, not the file: an editor's rename-over and a ConfigMap's `..data`
-        // symlink swap both replace the file's inode, which a file watch would lose.
-        let watcher_tx = tx.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            let relevant = event.paths.iter().any(|p| {
-                let name = p.file_name();
-                name == file_name.as_deref()
-                    || name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
-            });
-            if relevant {
-                let _ = watcher_tx.send(());
-            }
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::error!(dir = %dir.display(), "cannot watch the config directory, reload with SIGHUP: {e}");
-                    None
-                }
-            },
+        // notify reports absolute paths: compare events with the same.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let mut armed: Option<(notify::RecommendedWatcher, Option<Identity>)> = match arm(
+            &dir,
+            file_name.clone(),
+            tx.clone(),
+        ) {
+            Ok(w) => Some((w, dir_identity(&dir))),
             Err(e) => {
-                tracing::error!("cannot start the config watcher, reload with SIGHUP: {e}");
+                tracing::error!(dir = %dir.display(), "cannot watch the config directory, retrying every second (SIGHUP reloads meanwhile): {e}");
                 None
             }
         };
@@ -68,14 +118,60 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        let mut check = tokio::time::interval(REARM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when the directory reported its own removal or move: re-armed at the next check
+        // even if its identity looks the same (moved away and back).
+        let mut suspect = false;
+        let mut arm_failing = armed.is_none();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = rx.recv() => {
+                Some(seen) = rx.recv() => {
                     // Let the writer finish, then take everything that arrived meanwhile.
                     tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
+                    suspect |= seen == Seen::Dir;
+                    while let Ok(more) = rx.try_recv() {
+                        suspect |= more == Seen::Dir;
+                    }
+                    if suspect {
+                        // Re-arm now rather than at the next tick.
+                        check.reset_immediately();
+                    }
                     let _ = self.live.reload_if_changed().await;
+                }
+                _ = check.tick() => {
+                    let now = dir_identity(&dir);
+                    let reason = match (&armed, now) {
+                        (Some(_), None) => {
+                            tracing::warn!(dir = %dir.display(), "the config directory is gone; hot reload resumes when it is back (SIGHUP reloads meanwhile)");
+                            armed = None;
+                            suspect = false;
+                            continue;
+                        }
+                        (_, None) => continue,
+                        (None, Some(_)) => "it is back",
+                        (Some((_, was)), Some(now)) if *was != Some(now) => "it was replaced",
+                        (Some(_), Some(_)) if suspect => "it was moved or removed",
+                        (Some(_), Some(_)) => continue,
+                    };
+                    suspect = false;
+                    // Drop the old watch first: it may still hold the old inode.
+                    armed = None;
+                    match arm(&dir, file_name.clone(), tx.clone()) {
+                        Ok(w) => {
+                            tracing::info!(dir = %dir.display(), "watching the config directory again: {reason}");
+                            armed = Some((w, now));
+                            arm_failing = false;
+                            // Whatever changed while nothing watched is loaded now.
+                            let _ = self.live.reload_if_changed().await;
+                        }
+                        Err(e) if !arm_failing => {
+                            arm_failing = true;
+                            tracing::warn!(dir = %dir.display(), "cannot watch the config directory yet, retrying every second: {e}");
+                        }
+                        Err(_) => {}
+                    }
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading the config");

@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -168,15 +168,36 @@ pub struct Live {
     reload_lock: tokio::sync::Mutex<()>,
     /// Serialises edits of the config file.
     pub edit_lock: tokio::sync::Mutex<()>,
-    /// A hash of the config text last read, to skip reloads of unchanged bytes.
+    /// A hash of the config text last read, to skip reloads of unchanged bytes (0: unknown).
     loaded_digest: AtomicU64,
+    /// When the reload that holds `reload_lock` started, for `status` and `/metrics`.
+    reload_since: Mutex<Option<SystemTime>>,
+    /// Reads of the config that outlived `READ_TIMEOUT` and have still not returned (a hung
+    /// filesystem): each holds one blocking thread.
+    pub abandoned_reads: Arc<AtomicU64>,
     /// Told the new `[log] access` on every reload that installs a snapshot (set at start-up).
     pub access_log: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
 }
 
+/// The longest a reload waits for the config file (and the files it names) to be read and
+/// parsed. Past it the reload fails and lets go of its lock, so the next reload, SIGHUP, `POST
+/// /reload` or shift is not stuck behind a read that never returns (a hung NFS or FUSE mount;
+/// FIFOs and devices are refused before any read, see `config::read`).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the read stage of a reload found.
+enum ReadOutcome {
+    Unchanged,
+    Parsed {
+        digest: u64,
+        config: Result<Box<Config>, String>,
+    },
+}
+
 impl Live {
     pub fn new(path: PathBuf, snapshot: Snapshot, registry: Arc<Registry>) -> Live {
-        let digest = std::fs::read(&path).map_or(0, |b| xxhash_rust::xxh3::xxh3_64(&b));
+        let digest =
+            config::read::read_text(&path).map_or(0, |t| xxhash_rust::xxh3::xxh3_64(t.as_bytes()));
         Live {
             path,
             registry,
@@ -188,8 +209,16 @@ impl Live {
             reload_lock: tokio::sync::Mutex::new(()),
             edit_lock: tokio::sync::Mutex::new(()),
             loaded_digest: AtomicU64::new(digest),
+            reload_since: Mutex::new(None),
+            abandoned_reads: Arc::new(AtomicU64::new(0)),
             access_log: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How long the reload now running has been at it, if one is.
+    pub fn reload_running_for(&self) -> Option<Duration> {
+        let since = self.reload_since.lock().ok().and_then(|s| *s)?;
+        Some(since.elapsed().unwrap_or_default())
     }
 
     /// The current snapshot, for one request.
@@ -216,61 +245,155 @@ impl Live {
 
     async fn reload_when(self: &Arc<Self>, force: bool) -> Result<bool, String> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let live = Arc::clone(self);
-        // Reading, parsing and DNS resolution block: keep them off the proxy's worker threads.
-        let built = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&live.path)
-                .map_err(|e| format!("cannot read {}: {e}", live.path.display()))?;
-            let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
-            if !force && digest == live.loaded_digest.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-            live.loaded_digest.store(digest, Ordering::Release);
-            let base = live.path.parent().unwrap_or(Path::new("."));
-            let config = config::parse(&live.path.display().to_string(), &text, base)
-                .map_err(|e| e.to_string())?;
-            for w in &config.warnings {
-                tracing::warn!("{}", w.as_warning());
-            }
-            Snapshot::build(config, Some(&live.load()), &live.registry)
-                .map(Some)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("reload task failed: {e}"))?;
-        match built {
-            Ok(None) => Ok(false),
-            Ok(Some(snapshot)) => {
-                let old = self.load();
-                warn_on_restart_only_changes(&old.config, &snapshot.config);
-                if let Some(log) = self.access_log.get() {
-                    // A changed target, or a file logrotate renamed away, is reopened.
-                    log.reopen(snapshot.config.log.access.clone());
-                }
-                self.snapshot.store(Arc::new(snapshot));
-                self.reloads.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut f) = self.last_failure.lock() {
-                    *f = None;
-                }
-                tracing::info!(path = %self.path.display(), "config reloaded");
-                Ok(true)
-            }
-            Err(error) => {
-                let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(
-                    failures,
-                    "config reload failed, keeping the last good config:\n{error}"
-                );
-                if let Ok(mut f) = self.last_failure.lock() {
-                    *f = Some(ReloadFailure {
-                        at: SystemTime::now(),
-                        error: error.clone(),
-                    });
-                }
-                Err(error)
+        let _running = Running::start(&self.reload_since);
+        let result = self.read_and_install(force).await;
+        if let Err(error) = &result {
+            let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(
+                failures,
+                "config reload failed, keeping the last good config:\n{error}"
+            );
+            if let Ok(mut f) = self.last_failure.lock() {
+                *f = Some(ReloadFailure {
+                    at: SystemTime::now(),
+                    error: error.clone(),
+                });
             }
         }
+        result
     }
+
+    async fn read_and_install(self: &Arc<Self>, force: bool) -> Result<bool, String> {
+        let live = Arc::clone(self);
+        let what = format!("reading `{}`", self.path.display());
+        // Reading and parsing block (file reads, `${file:..}`): off the proxy's worker threads,
+        // and bounded, so a read that never returns cannot hold the reload lock forever.
+        let read = run_bounded(&what, READ_TIMEOUT, &self.abandoned_reads, move || {
+            let text = config::read::read_text(&live.path).map_err(|e| e.to_string())?;
+            if text.trim().is_empty() {
+                // An editor that rewrites the file in place truncates it first: read at that
+                // moment it would be a valid config with no routes.
+                return Err(format!(
+                    "`{}` is empty (read in the middle of a save?); an empty file is never \
+                     loaded over a running config",
+                    live.path.display()
+                ));
+            }
+            let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+            if !force && digest == live.loaded_digest.load(Ordering::Acquire) {
+                return Ok(ReadOutcome::Unchanged);
+            }
+            let base = live.path.parent().unwrap_or(Path::new("."));
+            let config = config::parse(&live.path.display().to_string(), &text, base)
+                .map(Box::new)
+                .map_err(|e| e.to_string());
+            Ok(ReadOutcome::Parsed { digest, config })
+        })
+        .await
+        .and_then(|r| r);
+        let config = match read {
+            Ok(ReadOutcome::Unchanged) => return Ok(false),
+            Ok(ReadOutcome::Parsed { digest, config }) => {
+                // A file that failed to parse is not read again until its bytes change.
+                self.loaded_digest.store(digest, Ordering::Release);
+                config?
+            }
+            Err(e) => {
+                // Whatever is there next is read in full, even bytes that match the config
+                // being served: it clears this failure.
+                self.loaded_digest.store(0, Ordering::Release);
+                return Err(e);
+            }
+        };
+        for w in &config.warnings {
+            tracing::warn!("{}", w.as_warning());
+        }
+        let live = Arc::clone(self);
+        // DNS resolution blocks too.
+        let snapshot = tokio::task::spawn_blocking(move || {
+            Snapshot::build(*config, Some(&live.load()), &live.registry).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))??;
+        let old = self.load();
+        warn_on_restart_only_changes(&old.config, &snapshot.config);
+        if let Some(log) = self.access_log.get() {
+            // A changed target, or a file logrotate renamed away, is reopened.
+            log.reopen(snapshot.config.log.access.clone());
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = None;
+        }
+        tracing::info!(path = %self.path.display(), "config reloaded");
+        Ok(true)
+    }
+}
+
+/// Marks a reload as running while it lives.
+struct Running<'a>(&'a Mutex<Option<SystemTime>>);
+
+impl<'a> Running<'a> {
+    fn start(slot: &'a Mutex<Option<SystemTime>>) -> Running<'a> {
+        if let Ok(mut s) = slot.lock() {
+            *s = Some(SystemTime::now());
+        }
+        Running(slot)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = None;
+        }
+    }
+}
+
+/// Runs blocking work on the blocking pool and waits for it at most `limit`. Work that
+/// outlives the limit cannot be cancelled (a thread stuck in `read`): it is abandoned, counted
+/// in `abandoned` until it returns, and its result dropped.
+pub async fn run_bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    abandoned: &Arc<AtomicU64>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    const RUNNING: u8 = 0;
+    const DONE: u8 = 1;
+    const ABANDONED: u8 = 2;
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let (worker_state, counter) = (Arc::clone(&state), Arc::clone(abandoned));
+    let mut handle = tokio::task::spawn_blocking(move || {
+        let out = work();
+        if worker_state.swap(DONE, Ordering::AcqRel) == ABANDONED {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+        out
+    });
+    let joined = match tokio::time::timeout(limit, &mut handle).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            // Counted before it is marked, so the worker's decrement never runs first.
+            abandoned.fetch_add(1, Ordering::Relaxed);
+            if state
+                .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                tracing::warn!("{what} did not finish within {limit:?}; abandoned");
+                return Err(format!(
+                    "{what} did not finish within {} s (a hung filesystem?); the read was \
+                     abandoned and the last good config keeps serving",
+                    limit.as_secs()
+                ));
+            }
+            // It finished just as the time ran out: take its result.
+            abandoned.fetch_sub(1, Ordering::Relaxed);
+            handle.await
+        }
+    };
+    joined.map_err(|e| format!("{what} failed: {e}"))
 }
 
 fn warn_on_restart_only_changes(old: &Config, new: &Config) {
@@ -294,4 +417,38 @@ pub fn watch_target(path: &Path) -> (PathBuf, Option<std::ffi::OsString>) {
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     (dir, path.file_name().map(|n| n.to_os_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blocking_work_past_its_limit_is_abandoned_counted_and_lets_go() {
+        let abandoned = Arc::new(AtomicU64::new(0));
+        // Stands in for a read stuck in the kernel: returns only when told to.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let err = run_bounded(
+            "reading `x`",
+            Duration::from_millis(100),
+            &abandoned,
+            move || stuck.recv().ok(),
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.contains("did not finish within"), "{err}");
+        assert_eq!(abandoned.load(Ordering::Relaxed), 1);
+        // The next one is not held up.
+        let ok = run_bounded("reading `x`", Duration::from_secs(5), &abandoned, || 7).await;
+        assert_eq!(ok, Ok(7));
+        // When the stuck one returns at last, it is no longer counted.
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while abandoned.load(Ordering::Relaxed) != 0 {
+            assert!(std::time::Instant::now() < deadline, "never uncounted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

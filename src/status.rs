@@ -39,6 +39,12 @@ pub struct ConfigStatus {
     pub reloads: u64,
     pub reload_failures: u64,
     pub last_reload_error: Option<ReloadError>,
+    /// Seconds the reload now running has taken, if one is (a stuck one shows here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_running_s: Option<f64>,
+    /// Config reads that outlived the reload timeout and have still not returned.
+    #[serde(default)]
+    pub abandoned_reads: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +210,10 @@ pub fn build(live: &Live) -> Status {
                 at: rfc3339(f.at),
                 error: f.error,
             }),
+            reload_running_s: live.reload_running_for().map(|d| d.as_secs_f64()),
+            abandoned_reads: live
+                .abandoned_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
         },
         uptime_s: SystemTime::now()
             .duration_since(live.started_at)
@@ -414,6 +424,29 @@ pub fn render(s: &Status, paint: &Paint) -> String {
         ))
     );
     let _ = writeln!(out);
+    if let Some(secs) = s.config.reload_running_s.filter(|s| *s >= 1.0) {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.wrap(
+                "33",
+                &format!("a config reload has been running for {secs:.0} s")
+            )
+        );
+    }
+    if s.config.abandoned_reads > 0 {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint.wrap(
+                "31",
+                &format!(
+                    "{} config read(s) never returned (a hung filesystem?)",
+                    s.config.abandoned_reads
+                )
+            )
+        );
+    }
     if let Some(e) = &s.config.last_reload_error {
         let _ = writeln!(
             out,

@@ -78,8 +78,10 @@ pub struct AddressStatus {
 
 /// Reads the certificates of a PEM file.
 pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+    // Regular files only, size-capped: a FIFO or a device here must not hang a reload.
+    let pem = crate::config::read::read_bytes(path, crate::config::read::MAX_FILE_BYTES)
+        .map_err(|e| e.to_string())?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("bad PEM in `{}`: {e}", path.display()))?;
     if certs.is_empty() {

@@ -776,3 +776,144 @@ fn the_proxy_backs_off_when_out_of_file_descriptors() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// Lost updates (issue 11 item 10): every edit is locked and compare-and-swap on the file.
+
+/// Two routes, so two writers can change different ones.
+fn two_route_config(legacy: &Backend, new: &Backend) -> String {
+    split_config(legacy, new, "0%", "none")
+        + "\n[[routes]]\nid = \"flights\"\npath = \"/flights\"\nlegacy = \"legacy\"\nnew = \"new\"\nshift = \"0%\"\n"
+}
+
+#[test]
+fn concurrent_offline_shifts_of_different_routes_both_stay_in_the_file() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strangle.toml");
+    std::fs::write(
+        &file,
+        Proxy::render(&two_route_config(&legacy, &new), free_port(), free_port()),
+    )
+    .unwrap();
+    let shift = |route: &str, percent: String| {
+        Command::new(bin())
+            .args(["shift", "--file"])
+            .arg(&file)
+            .args([route, &percent])
+            .output()
+            .unwrap()
+    };
+    for round in 0..60u32 {
+        let (b, f) = (round % 99 + 1, (round + 40) % 99 + 1);
+        let (out_b, out_f) = std::thread::scope(|s| {
+            let tb = s.spawn(|| shift("bookings", format!("{b}%")));
+            let tf = s.spawn(|| shift("flights", format!("{f}%")));
+            (tb.join().unwrap(), tf.join().unwrap())
+        });
+        assert!(out_b.status.success(), "{}", stderr(&out_b));
+        assert!(out_f.status.success(), "{}", stderr(&out_f));
+        assert!(stdout(&out_b).contains("(saved to"), "{}", stdout(&out_b));
+        let config = strangle::config::load(&file).unwrap();
+        let got: Vec<String> = config.routes.iter().map(|r| r.shift.to_string()).collect();
+        assert_eq!(
+            got,
+            [format!("{b}%"), format!("{f}%")],
+            "round {round}: both printed \"saved\" but the file has {got:?}"
+        );
+    }
+}
+
+/// A `PUT /routes/{id}/shift` racing an editor that saves another key without any lock, the
+/// way editors do (half the time a temp file renamed over, half the time a rewrite in place),
+/// after checking, as editors do, that the file did not change since it read it.
+#[test]
+fn a_shift_racing_an_editors_save_loses_neither_change() {
+    use std::sync::{Arc, Barrier};
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    let (mut saved, mut refused, mut late) = (0, 0, 0);
+    for round in 1..=100u32 {
+        let percent = round % 99 + 1;
+        let barrier = Arc::new(Barrier::new(2));
+        let (config, start) = (proxy.config.clone(), Arc::clone(&barrier));
+        let editor = std::thread::spawn(move || {
+            start.wait();
+            // Somewhere inside the shift: before, during or just after its save.
+            std::thread::sleep(Duration::from_micros(u64::from(round * 7919 % 60_000)));
+            loop {
+                let text = std::fs::read_to_string(&config).unwrap();
+                let edited: String = text
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("grace-period = ") {
+                            format!("grace-period = \"{round}s\"\n")
+                        } else {
+                            format!("{l}\n")
+                        }
+                    })
+                    .collect();
+                assert_ne!(edited, text, "round {round}: nothing to edit in\n{text}");
+                // "The file has changed since reading it": start over from the new text.
+                if std::fs::read_to_string(&config).unwrap() != text {
+                    continue;
+                }
+                if round % 2 == 0 {
+                    let tmp = config.with_file_name(".strangle.toml.swp");
+                    std::fs::write(&tmp, edited).unwrap();
+                    std::fs::rename(&tmp, &config).unwrap();
+                } else {
+                    std::fs::write(&config, edited).unwrap();
+                }
+                return Instant::now();
+            }
+        });
+        barrier.wait();
+        let r = Client::connect(proxy.admin_port)
+            .request(
+                "PUT",
+                "/routes/bookings/shift",
+                &[],
+                format!("{{\"percent\": {percent}}}").as_bytes(),
+            )
+            .unwrap();
+        let answered = Instant::now();
+        let editor_saved = editor.join().unwrap();
+        let text = std::fs::read_to_string(&proxy.config).unwrap();
+        assert!(
+            text.contains(&format!("grace-period = \"{round}s\"\n")),
+            "round {round}: the editor's save was overwritten (PUT answered {}):\n{text}",
+            r.status
+        );
+        if r.status == 200 {
+            saved += 1;
+            if !text.contains(&format!("shift = \"{percent}%\"\n")) {
+                // The one case no answer can reflect: the editor checked the file before the
+                // shift was saved and wrote its copy after the answer went out.
+                assert!(
+                    editor_saved > answered,
+                    "round {round}: PUT answered 200 but the file had lost the shift before the answer:\n{text}"
+                );
+                late += 1;
+            }
+        } else {
+            // Loud, never silent: a conflict, or a reload that read a half-written file.
+            refused += 1;
+            assert!(
+                [409, 422].contains(&r.status),
+                "round {round}: {} {}",
+                r.status,
+                r.text()
+            );
+        }
+    }
+    eprintln!(
+        "{saved} saved, {refused} refused, {late} overwritten by the editor after the answer; \
+         {} saves re-applied on top of the editor's",
+        proxy.stderr().matches("applying it again").count()
+    );
+    assert!(saved >= 60, "{saved} saved, {refused} refused");
+    assert!(
+        late <= 5,
+        "{late} shifts reverted by saves after the answer"
+    );
+}

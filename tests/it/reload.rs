@@ -189,3 +189,316 @@ fn sighup_reloads_what_the_watcher_cannot_see() {
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     eventually("the SIGHUP reload", || side_of(proxy.port) == "new");
 }
+
+// Operational faults (issue 11 items 8 and 11): what the config path can turn into, and what
+// can happen to its directory, without hot reload silently dying.
+
+fn eventually_within(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn status(proxy: &Proxy) -> serde_json::Value {
+    serde_json::from_slice(&get(proxy.admin_port, "/status", &[]).body).unwrap()
+}
+
+fn metric(proxy: &Proxy, name: &str) -> f64 {
+    let text = get(proxy.admin_port, "/metrics", &[]).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn last_reload_error(proxy: &Proxy) -> String {
+    status(proxy)["config"]["last_reload_error"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The peak resident memory of a process, in MB.
+fn peak_rss_mb(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// `mkfifo .f; mv .f strangle.toml`, then a valid file back: the reload must not block on the
+/// FIFO, and every way of changing the config must work again afterwards.
+#[cfg(unix)]
+#[test]
+fn a_config_that_is_briefly_a_fifo_blocks_nothing() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let secrets = tempfile::tempdir().unwrap();
+    let shift_file = secrets.path().join("shift");
+    std::fs::write(&shift_file, "0%\n").unwrap();
+    let text = split_config(
+        &legacy,
+        &new,
+        &format!("${{file:{}}}", shift_file.display()),
+        "none",
+    );
+    let proxy = Proxy::start(&text);
+    assert_eq!(side_of(proxy.port), "legacy");
+
+    let fifo = proxy.dir.path().join(".f");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::rename(&fifo, &proxy.config).unwrap();
+    eventually_within("the FIFO refused", Duration::from_secs(10), || {
+        last_reload_error(&proxy).contains("is a FIFO (named pipe), not a regular file")
+    });
+    assert!(metric(&proxy, "strangle_config_reload_failures_total") >= 1.0);
+    assert_eq!(metric(&proxy, "strangle_config_reload_in_progress"), 0.0);
+    assert_eq!(
+        metric(&proxy, "strangle_config_last_reload_successful"),
+        0.0
+    );
+    // While it is a FIFO, every way in answers at once with the reason.
+    let r = Client::connect(proxy.admin_port)
+        .request("POST", "/reload", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("FIFO"), "{}", r.text());
+    let out = proxy.cli(&["shift", "/bookings", "10%"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FIFO"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Still serving the last good config.
+    assert_eq!(side_of(proxy.port), "legacy");
+
+    // A valid file back (an editor's save): picked up, and the failure cleared.
+    std::fs::remove_file(&proxy.config).unwrap();
+    proxy.rewrite(&text);
+    eventually_within("the valid file back", Duration::from_secs(10), || {
+        status(&proxy)["config"]["last_reload_error"].is_null()
+    });
+    assert_eq!(
+        metric(&proxy, "strangle_config_last_reload_successful"),
+        1.0
+    );
+    // SIGHUP.
+    std::fs::write(&shift_file, "100%\n").unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually_within("the SIGHUP reload", Duration::from_secs(10), || {
+        side_of(proxy.port) == "new"
+    });
+    // POST /reload.
+    std::fs::write(&shift_file, "0%\n").unwrap();
+    let r = Client::connect(proxy.admin_port)
+        .request("POST", "/reload", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(side_of(proxy.port), "legacy");
+    // `strangle shift`.
+    let out = proxy.cli(&["shift", "/bookings", "100%"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(side_of(proxy.port), "new");
+    // And an edit of the file.
+    proxy.rewrite(&split_config(&legacy, &new, "0%", "none"));
+    eventually_within("the edit", Duration::from_secs(10), || {
+        side_of(proxy.port) == "legacy"
+    });
+}
+
+/// A config symlinked to /dev/zero, a `${file:/dev/zero}`, a 9 MB garbage file: each refused
+/// with a clear error, quickly, without the proxy's memory growing with what it was fed.
+#[cfg(unix)]
+#[test]
+fn endless_or_huge_config_files_are_refused_with_bounded_memory() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split_config(&legacy, &new, "100%", "none");
+    let proxy = Proxy::start(&text);
+    assert_eq!(side_of(proxy.port), "new");
+    let dir = proxy.dir.path();
+
+    std::os::unix::fs::symlink("/dev/zero", dir.join(".zero")).unwrap();
+    std::fs::rename(dir.join(".zero"), &proxy.config).unwrap();
+    eventually_within("/dev/zero refused", Duration::from_secs(10), || {
+        last_reload_error(&proxy).contains("is a character device, not a regular file")
+    });
+
+    proxy.rewrite(&split_config(&legacy, &new, "${file:/dev/zero}", "none"));
+    eventually_within("${file:/dev/zero} refused", Duration::from_secs(10), || {
+        let e = last_reload_error(&proxy);
+        e.contains("`/dev/zero` is a character device") && e.contains("strangle.toml:")
+    });
+
+    let mut garbage = Vec::with_capacity(9 << 20);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while garbage.len() < 9 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        garbage.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.join(".big"), &garbage).unwrap();
+    std::fs::rename(dir.join(".big"), &proxy.config).unwrap();
+    eventually_within("the 9 MB file refused", Duration::from_secs(10), || {
+        last_reload_error(&proxy).contains("is larger than 8 MB")
+    });
+    let r = Client::connect(proxy.admin_port)
+        .request("POST", "/reload", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("larger than 8 MB"), "{}", r.text());
+
+    // Everything refused: the last good config served throughout.
+    assert_eq!(side_of(proxy.port), "new");
+    assert!(metric(&proxy, "strangle_config_reload_failures_total") >= 4.0);
+    let peak = peak_rss_mb(proxy.child.id());
+    assert!(peak < 300, "peak resident memory {peak} MB");
+
+    proxy.rewrite(&split_config(&legacy, &new, "0%", "none"));
+    eventually_within("the valid file", Duration::from_secs(10), || {
+        side_of(proxy.port) == "legacy"
+    });
+}
+
+/// `strangle check` and `strangle serve` on a FIFO, a device or a directory: an error at once,
+/// never a hang.
+#[cfg(unix)]
+#[test]
+fn check_and_serve_refuse_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for (file, says) in [
+        (&fifo, "is a FIFO"),
+        (&zero, "is a character device"),
+        (&dir.path().to_path_buf(), "is a directory"),
+    ] {
+        for verb in [&["check"][..], &["serve", "-c"][..]] {
+            let mut child = std::process::Command::new(bin())
+                .args(verb)
+                .arg(file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("`strangle {verb:?} {}` hung", file.display());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "{verb:?} {}", file.display());
+            assert!(err.contains(says), "{verb:?} {}: {err}", file.display());
+        }
+    }
+}
+
+/// A config in its own directory, for tests that delete or move that directory. Returns the
+/// proxy and the text that renders its config with `{shift}` set.
+fn start_in_subdir(
+    legacy: &Backend,
+    new: &Backend,
+    shift: &str,
+) -> (Proxy, std::path::PathBuf, impl Fn(&str) -> String) {
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let config = conf.join("strangle.toml");
+    let (port, admin_port) = (free_port(), free_port());
+    // The access log outside the directory the test deletes (it is created on first use).
+    let log = format!(
+        "\n[log]\naccess = \"{}\"\nlevel = \"info\"\n",
+        root.path().join("access.log").display()
+    );
+    let (legacy, new) = (legacy.addr(), new.addr());
+    let render = move |shift: &str| {
+        let text = format!(
+            "[server]\nlisten = [\"{{listen}}\"]\ndefault = \"legacy\"\n[upstreams.legacy]\naddresses = [\"{legacy}\"]\n[upstreams.new]\naddresses = [\"{new}\"]\n[[routes]]\nid = \"bookings\"\npath = \"/bookings\"\nlegacy = \"legacy\"\nnew = \"new\"\nshift = \"{shift}\"\n{log}"
+        );
+        Proxy::render(&text, port, admin_port)
+    };
+    std::fs::write(&config, render(shift)).unwrap();
+    (
+        Proxy::start_at(root, config, port, admin_port),
+        conf,
+        render,
+    )
+}
+
+#[test]
+fn hot_reload_survives_the_config_directory_being_deleted_and_recreated() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let (proxy, conf, render) = start_in_subdir(&legacy, &new, "0%");
+    assert_eq!(side_of(proxy.port), "legacy");
+
+    std::fs::remove_dir_all(&conf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&proxy.config, render("100%")).unwrap();
+    eventually_within("the recreated config", Duration::from_secs(10), || {
+        side_of(proxy.port) == "new"
+    });
+    assert!(
+        proxy.wait_for_log(
+            "watching the config directory again",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        proxy.stderr()
+    );
+    // Watched again, not just read once.
+    write_atomically(&proxy.config, &render("0%"));
+    eventually_within("the next edit", Duration::from_secs(10), || {
+        side_of(proxy.port) == "legacy"
+    });
+}
+
+#[test]
+fn hot_reload_survives_the_config_directory_being_moved_away_and_back() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let (proxy, conf, render) = start_in_subdir(&legacy, &new, "0%");
+    assert_eq!(side_of(proxy.port), "legacy");
+
+    let away = conf.with_file_name("conf.old");
+    std::fs::rename(&conf, &away).unwrap();
+    write_atomically(&away.join("strangle.toml"), &render("100%"));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&away, &conf).unwrap();
+    eventually_within(
+        "the config changed while away",
+        Duration::from_secs(10),
+        || side_of(proxy.port) == "new",
+    );
+    assert!(
+        proxy.wait_for_log(
+            "watching the config directory again",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        proxy.stderr()
+    );
+    write_atomically(&proxy.config, &render("0%"));
+    eventually_within("the next edit", Duration::from_secs(10), || {
+        side_of(proxy.port) == "legacy"
+    });
+}

@@ -1,0 +1,163 @@
+//! Reading a file the config names (the config itself, every `${file:..}`, key and CA files):
+//! only a regular file, at most `MAX_FILE_BYTES`, never a blocking open.
+//!
+//! A config path that is briefly a FIFO used to block the reload forever in `open`, and one
+//! that points at `/dev/zero` grew memory without bound. So: the file is opened with
+//! `O_NONBLOCK` (a FIFO without a writer opens at once instead of waiting for one), its type is
+//! checked on the opened descriptor (`fstat`, so a swap between check and read cannot slip a
+//! device in), and at most one byte more than the cap is read, whatever the file claims its size
+//! is (procfs and sysfs files say 0).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The largest file read as config. A real config is kilobytes; a routing table with thousands
+/// of routes is a few megabytes.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "`{}` is {what}, not a regular file: strangle reads config (and every file it names) only \
+         from regular files or symlinks to them",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error(
+        "`{}` is larger than {} MB, the limit for a file strangle reads as config: is it the right file?",
+        path.display(),
+        cap / (1024 * 1024)
+    )]
+    TooLarge { path: PathBuf, cap: u64 },
+    #[error("`{}` is not UTF-8 text", path.display())]
+    NotText { path: PathBuf },
+    #[error("cannot read `{}`: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Reads a config file as text; see the module doc for what is refused.
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
+    let bytes = read_bytes(path, MAX_FILE_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| ReadError::NotText {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Reads at most `cap` bytes of a regular file (symlinks followed).
+pub fn read_bytes(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
+    let io = |error: std::io::Error| ReadError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = open_nonblocking(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            what: describe(&meta.file_type()),
+        });
+    }
+    if meta.len() > cap {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            cap,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // One byte over the cap tells a file that grew past it from one that fits exactly.
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            cap,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    File::open(path)
+}
+
+fn describe(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regular_files_are_read_and_everything_else_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.toml");
+        std::fs::write(&file, "x = 1\n").unwrap();
+        assert_eq!(read_text(&file).unwrap(), "x = 1\n");
+
+        let err = read_text(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("zero.toml");
+            std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+            let err = read_text(&link).unwrap_err();
+            assert!(
+                err.to_string().contains("zero.toml` is a character device"),
+                "{err}"
+            );
+            // A FIFO with no writer: `open` would block forever without O_NONBLOCK.
+            let fifo = dir.path().join("fifo.toml");
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let err = read_text(&fifo).unwrap_err();
+            assert!(err.to_string().contains("is a FIFO"), "{err}");
+        }
+    }
+
+    #[test]
+    fn files_over_the_cap_are_refused_and_files_at_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        std::fs::write(&file, vec![b'#'; 100]).unwrap();
+        assert_eq!(read_bytes(&file, 100).unwrap().len(), 100);
+        let err = read_bytes(&file, 99).unwrap_err();
+        assert!(matches!(err, ReadError::TooLarge { cap: 99, .. }), "{err}");
+        std::fs::write(&file, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).unwrap();
+        let err = read_text(&file).unwrap_err();
+        assert!(err.to_string().contains("larger than 8 MB"), "{err}");
+    }
+}
