@@ -233,6 +233,18 @@ const SEALED: u8 = 2;
 /// connection closes (the response's length or chunking shows it is cut short).
 const ABORT: u8 = 3;
 
+/// The final response's head is about to be handed to the transport: what went out so far
+/// were interim responses (flushed as they were written), so from here `sent` tracks only this
+/// response.
+pub fn final_response_starts(session: &ServerSession) {
+    if let Some(stream) = session
+        .as_http1()
+        .and_then(|h1| h1.stream().as_any().downcast_ref::<DeadlineStream>())
+    {
+        stream.sent.store(false, Ordering::Release);
+    }
+}
+
 /// A response failed after its head was handed to the transport. When nothing of it has
 /// reached the client yet, `reply` (a complete response) goes out instead of what was
 /// buffered, and this returns `true`. Otherwise nothing more is sent and this returns `false`.

@@ -38,12 +38,17 @@ impl std::fmt::Display for Late {
 struct State {
     armed: bool,
     fired: Option<Late>,
+    /// The head's deadline; its clock starts once the request is sent (`request_sent`), so a
+    /// slow client's upload never counts against the upstream.
     head_by: Option<(Instant, Duration)>,
+    head_seen: bool,
     total_by: Option<(Instant, Duration)>,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Wakes the timer when a deadline is set.
+    changed: tokio::sync::Notify,
     fd: RawFd,
     /// The connection's local and peer addresses when armed.
     identity: Option<(SockaddrStorage, SockaddrStorage)>,
@@ -62,24 +67,24 @@ pub struct ExchangeDeadline {
 }
 
 impl ExchangeDeadline {
-    /// Arms deadlines on the connection `fd`: `head_by` for the response head, `total_by` for
-    /// the whole exchange. `None` when neither is set or the descriptor cannot be duplicated.
+    /// Arms deadlines on the connection `fd`: `head_by` for the response head (or later, with
+    /// `request_sent`), `total_by` for the whole exchange. `None` when the connection's
+    /// addresses cannot be read.
     pub fn arm(
         fd: RawFd,
         head_by: Option<(Instant, Duration)>,
         total_by: Option<(Instant, Duration)>,
     ) -> Option<ExchangeDeadline> {
-        if head_by.is_none() && total_by.is_none() {
-            return None;
-        }
         let shared = Arc::new(Shared {
             identity: Some(identity(fd)?),
             state: Mutex::new(State {
                 armed: true,
                 fired: None,
                 head_by,
+                head_seen: false,
                 total_by,
             }),
+            changed: tokio::sync::Notify::new(),
             fd,
         });
         let timer = Arc::clone(&shared);
@@ -87,10 +92,21 @@ impl ExchangeDeadline {
         Some(ExchangeDeadline { shared, task })
     }
 
+    /// The whole request is sent: the head's clock starts now (unless the head is here).
+    pub fn request_sent(&self, head_timeout: Duration) {
+        if let Ok(mut s) = self.shared.state.lock() {
+            if s.armed && !s.head_seen && s.head_by.is_none() {
+                s.head_by = Some((Instant::now() + head_timeout, head_timeout));
+                self.shared.changed.notify_one();
+            }
+        }
+    }
+
     /// The response head arrived: only the total deadline (if any) still applies.
     pub fn head_received(&self) {
         if let Ok(mut s) = self.shared.state.lock() {
             s.head_by = None;
+            s.head_seen = true;
             if s.total_by.is_none() {
                 s.armed = false;
                 self.task.abort();
@@ -121,19 +137,34 @@ impl Drop for ExchangeDeadline {
 impl Shared {
     async fn run(&self) {
         loop {
+            // Registered before the state is read, so a deadline set meanwhile is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let next = {
                 let Ok(s) = self.state.lock() else { return };
                 if !s.armed {
                     return;
                 }
                 match (s.head_by, s.total_by) {
-                    (Some((h, _)), Some((t, _))) => h.min(t),
-                    (Some((h, _)), None) => h,
-                    (None, Some((t, _))) => t,
-                    (None, None) => return,
+                    (Some((h, _)), Some((t, _))) => Some(h.min(t)),
+                    (Some((h, _)), None) => Some(h),
+                    (None, Some((t, _))) => Some(t),
+                    (None, None) => None,
                 }
             };
-            tokio::time::sleep_until(next).await;
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = &mut changed => continue,
+                    }
+                }
+                None => {
+                    changed.await;
+                    continue;
+                }
+            }
             let Ok(mut s) = self.state.lock() else { return };
             if !s.armed {
                 return;

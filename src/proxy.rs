@@ -86,8 +86,12 @@ pub struct Ctx {
     deadline: Option<crate::exchange::ExchangeDeadline>,
     /// A deadline passed on an earlier attempt or this one.
     late: Option<crate::exchange::Late>,
-    /// The response that failed was replaced by an error reply before any of it went out.
+    /// The response failed after its head was handed on: it is logged and counted by its
+    /// failure status, not the head's.
     replaced: bool,
+    /// The whole request (head and body) has been sent upstream (for the head's deadline and
+    /// passive health: a slow client's upload is never the upstream's fault).
+    request_sent: bool,
     status: u16,
     error: Option<String>,
     /// The verified JWT claims, on routes with `auth`.
@@ -179,6 +183,21 @@ impl Ctx {
             bytes_out: done.bytes.1,
             error: done.error,
         });
+    }
+
+    /// An error when a deadline passed on this exchange.
+    fn fail_if_late(&mut self) -> Result<()> {
+        let late = self
+            .late
+            .or_else(|| self.deadline.as_ref().and_then(|d| d.fired()));
+        match late {
+            Some(late) => {
+                self.late = Some(late);
+                let e = Error::explain(ErrorType::ReadTimedout, late.to_string());
+                Err(e.into_up())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Ends the deadline on the current upstream connection, noting whether it had passed.
@@ -406,6 +425,22 @@ fn error_reply(code: u16, request_id: Option<&HeaderValue>) -> Bytes {
     Bytes::from(out)
 }
 
+/// The final (non-interim) response head handed to the client, if any.
+fn final_response_written(session: &Session) -> Option<&ResponseHeader> {
+    session.response_written().filter(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
+/// Whether a request has a body to send (a length over 0, or chunked).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5).
 fn no_body(status: http::StatusCode, method: &http::Method) -> bool {
     status.is_informational()
@@ -439,7 +474,25 @@ fn frame_response(
         resp.remove_header(&header::TRANSFER_ENCODING);
         return Ok(());
     }
-    let chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
+    let codings = resp.headers.get_all(header::TRANSFER_ENCODING);
+    let chunked = codings.iter().next().is_some();
+    if chunked {
+        // Chunked must be the last coding, and only HTTP/1.1 has it (RFC 9112 sections 6.1,
+        // 6.3): otherwise the body runs to the close and a client or cache that reads the
+        // header differently would see another response inside it.
+        let last = codings
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            return Err("a Transfer-Encoding that does not end in chunked in the response");
+        }
+        if resp.version != http::Version::HTTP_11 {
+            return Err("Transfer-Encoding in a response that is not HTTP/1.1");
+        }
+    }
     let mut lengths = resp.headers.get_all(header::CONTENT_LENGTH).iter();
     let first = lengths.next().map(|v| v.as_bytes().to_vec());
     if let Some(first) = first {
@@ -878,6 +931,7 @@ impl ProxyHttp for Strangle {
             deadline: None,
             late: None,
             replaced: false,
+            request_sent: false,
             method: None,
             target: Bytes::new(),
             logged: false,
@@ -1173,7 +1227,7 @@ impl ProxyHttp for Strangle {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
@@ -1189,15 +1243,37 @@ impl ProxyHttp for Strangle {
             return Ok(());
         }
         let now = tokio::time::Instant::now();
-        // The head's clock starts with each attempt; the total's with the first.
+        // The head's clock starts once the request is sent, on each attempt (a retry resends
+        // a body that is already here); the total's with the first attempt.
         let started = ctx
             .upstream_start
             .map_or(now, tokio::time::Instant::from_std);
+        let sent = ctx.request_sent || !has_body(session.req_header());
         ctx.deadline = crate::exchange::ExchangeDeadline::arm(
             fd,
-            head.map(|d| (now + d, d)),
+            head.filter(|_| sent).map(|d| (now + d, d)),
             total.map(|d| (started + d, d)),
         );
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream && !ctx.request_sent {
+            ctx.request_sent = true;
+            let head = ctx
+                .upstream
+                .as_ref()
+                .and_then(|u| u.config.response_timeout);
+            if let (Some(d), Some(head)) = (&ctx.deadline, head) {
+                d.request_sent(head);
+            }
+        }
         Ok(())
     }
 
@@ -1212,7 +1288,10 @@ impl ProxyHttp for Strangle {
         ctx.disarm();
         let mut e = e.more_context(format!("Peer: {peer}"));
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if upstream_fault && !ctx.head_received {
+        // A total deadline that passed while the client was still uploading is the client's.
+        let clients_fault =
+            ctx.late.is_some() && !ctx.request_sent && has_body(session.req_header());
+        if upstream_fault && !ctx.head_received && !clients_fault {
             if let (Some(up), Some(addr)) = (ctx.http_upstream(), ctx.peer_addr) {
                 up.report(addr, false);
             }
@@ -1226,7 +1305,7 @@ impl ProxyHttp for Strangle {
         let retry = upstream_fault
             && ctx.late.is_none()
             && !ctx.head_received
-            && session.response_written().is_none()
+            && final_response_written(session).is_none()
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && ctx.retried < retries;
@@ -1297,6 +1376,13 @@ impl ProxyHttp for Strangle {
         if let Err(why) = frame_response(resp, session.req_header(), cap) {
             return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
+        if !resp.status.is_informational() {
+            // What the client gets, should the grace period cut the response off.
+            ctx.status = resp.status.as_u16();
+            // Only interim responses went out before this one: a failure from here on is
+            // judged by what of this response reached the client.
+            crate::deadline::final_response_starts(session.as_downstream());
+        }
         if session.req_header().version == http::Version::HTTP_10
             && !resp.status.is_informational()
             && !resp.headers.contains_key(header::CONTENT_LENGTH)
@@ -1320,6 +1406,23 @@ impl ProxyHttp for Strangle {
         if end_of_stream {
             // Before the connection goes back to the pool.
             ctx.disarm();
+        }
+        ctx.fail_if_late()?;
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            // The socket shutdown that ends a late exchange reads as the end of a body
+            // delimited by the close: it must not end the client's response as if complete.
+            ctx.disarm();
+            ctx.fail_if_late()?;
         }
         Ok(None)
     }
@@ -1352,15 +1455,17 @@ impl ProxyHttp for Strangle {
         });
         // The connection is not reused after a failed proxy attempt (`can_reuse_downstream`).
         session.set_keepalive(None);
-        if code > 0 && session.response_written().is_none() {
-            // The client may be gone already; nothing more to do about a failed write here.
+        if code > 0 && final_response_written(session).is_none() {
+            // Nothing final was sent (an interim 100 or 103 may have been): the error is the
+            // answer. The client may be gone already; nothing more to do about a failed write.
             let why = ctx.error.clone().unwrap_or_default();
             let _ = respond(session, ctx, code, why, &[]).await;
         } else if code > 0 {
+            ctx.replaced = true;
             // The head was handed on but may not have left yet: if nothing reached the
             // client, it gets the error instead; otherwise its connection is reset, so a
             // truncated body never looks complete.
-            ctx.replaced = crate::deadline::fail_response(
+            crate::deadline::fail_response(
                 session.as_downstream(),
                 error_reply(code, ctx.request_id.as_ref()),
             );

@@ -513,3 +513,172 @@ fn deadlines_bound_lambda_and_signed_upstreams_too() {
         assert!(took < Duration::from_secs(6), "{keys}: took {took:?}");
     }
 }
+
+#[test]
+fn a_late_body_delimited_by_the_close_never_looks_complete() {
+    // No length and no chunking: the body ends when the upstream closes. The deadline's
+    // shutdown must not read as that end: no final chunk, the connection closes, 504 logged.
+    let endless = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+        for i in 0..100 {
+            if s.write_all(format!("line {i}\n").as_bytes()).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    let proxy = proxy_for(&[endless.addr()], "request-timeout = \"2s\"");
+    let (answer, took) = exchange(
+        proxy.port,
+        b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", // keep-alive: only a close ends it
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 200, "{text}");
+    assert!(
+        head_of(&answer).contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a complete-looking body: {text}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let line = last_logged(&proxy);
+    assert_eq!(line["status"], 504, "{line}");
+}
+
+#[test]
+fn interim_responses_never_stand_in_for_the_final_one() {
+    // strangle answers `Expect: 100-continue` itself; the upstream then resets. The client
+    // must still get a final answer (502), not a 100 followed by a close.
+    let resets = Raw::start(|s, _| {
+        reset(s);
+        false
+    });
+    let proxy = proxy_for(&[resets.addr()], "retries = 0");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 100 Continue\r\n"));
+    s.write_all(b"hello").unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("HTTP/1.1 502"), "{text}");
+    assert_eq!(last_logged(&proxy)["status"], 502);
+
+    // An idempotent PUT with `Expect` is retried on the healthy address like any other.
+    let good = Backend::start("good");
+    let proxy = proxy_for(&[resets.addr(), good.addr()], "retries = 1");
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 25];
+        s.read_exact(&mut first).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"));
+    }
+
+    // The upstream's own 103 and then a reset: a final 502 still follows the 103.
+    let hints_then_reset = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(200));
+        reset(s);
+        false
+    });
+    let proxy = proxy_for(&[hints_then_reset.addr()], "retries = 0");
+    let (answer, _) = exchange(proxy.port, GET);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 103"), "{text}");
+    assert!(text.contains("HTTP/1.1 502"), "{text}");
+}
+
+#[test]
+fn a_slow_upload_is_not_the_upstreams_fault() {
+    // The head's clock starts when the request is sent: a client uploading slowly (within
+    // body-timeout) gets its answer, and the address stays in rotation.
+    let echo = Raw::start(|s, head| {
+        let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if s.read_exact(&mut body).is_err() {
+            return false;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        true
+    });
+    let proxy = proxy_for(&[echo.addr()], "response-timeout = \"1s\"\nmax-fails = 2");
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 600\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        for _ in 0..6 {
+            s.write_all(&[b'a'; 100]).unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert_eq!(
+            status_of(&answer),
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin_port, "/status", &[]).text()).unwrap();
+    let address = &status["upstreams"]["up"]["addresses"][0];
+    assert_eq!(address["consecutive_failures"], 0, "{status}");
+    assert_eq!(address["up"], true, "{status}");
+}
+
+#[test]
+fn transfer_codings_that_cannot_be_framed_safely_are_refused() {
+    let bad: [fn(&mut TcpStream, &[u8]) -> bool; 4] = [
+        |s, _| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nHELLO\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+            false
+        },
+        |s, _| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nEVIL");
+            false
+        },
+        |s, _| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nEVIL");
+            false
+        },
+        |s, _| {
+            let _ = s.write_all(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nEVIL\r\n0\r\n\r\n",
+            );
+            false
+        },
+    ];
+    for (i, answer_with) in bad.into_iter().enumerate() {
+        let raw = Raw::start(answer_with);
+        let proxy = proxy_for(&[raw.addr()], "retries = 0");
+        for request in [GET, &b"GET /x HTTP/1.0\r\n\r\n"[..]] {
+            let (answer, _) = exchange(proxy.port, request);
+            let text = String::from_utf8_lossy(&answer);
+            assert_eq!(status_of(&answer), 502, "case {i}: {text}");
+            assert!(!text.contains("EVIL"), "case {i}: {text}");
+        }
+    }
+}
