@@ -185,6 +185,18 @@ impl Ctx {
         });
     }
 
+    /// Response body passed (upstream side or client side). At its end the deadline is over;
+    /// if it had passed, the end is the socket shutdown that ended a late exchange, read as
+    /// the end of a body delimited by the close, and the client's response must not end as if
+    /// complete: an error instead.
+    fn body_passed(&mut self, end_of_stream: bool) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            self.disarm();
+            self.fail_if_late()?;
+        }
+        Ok(None)
+    }
+
     /// An error when a deadline passed on this exchange.
     fn fail_if_late(&mut self) -> Result<()> {
         let late = self
@@ -1403,12 +1415,8 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        if end_of_stream {
-            // Before the connection goes back to the pool.
-            ctx.disarm();
-        }
-        ctx.fail_if_late()?;
-        Ok(None)
+        // At the end: before the connection goes back to the pool.
+        ctx.body_passed(end_of_stream)
     }
 
     fn response_body_filter(
@@ -1418,13 +1426,7 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        if end_of_stream {
-            // The socket shutdown that ends a late exchange reads as the end of a body
-            // delimited by the close: it must not end the client's response as if complete.
-            ctx.disarm();
-            ctx.fail_if_late()?;
-        }
-        Ok(None)
+        ctx.body_passed(end_of_stream)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
