@@ -82,6 +82,7 @@ impl AdminError {
             AdminError::Edit(
                 edit::EditError::ReadOnly { .. }
                 | edit::EditError::Conflict { .. }
+                | edit::EditError::BeingWritten { .. }
                 | edit::EditError::Lock { .. },
             )
             | AdminError::Overwritten { .. } => StatusCode::CONFLICT,

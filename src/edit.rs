@@ -38,6 +38,8 @@ use crate::split::Shift;
 
 /// How many times an edit re-reads and re-applies when the file changed under it.
 const ATTEMPTS: usize = 5;
+/// How long an edit waits for a process writing the config in place to close it.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
 /// How long after swapping the edit in the file it displaced is compared: a save in place that
 /// had opened it just before the swap lands in it, not in ours, and must not be lost.
 const SAVE_GRACE: Duration = Duration::from_millis(20);
@@ -75,6 +77,11 @@ pub enum EditError {
          writer saved each time): the shift was not saved; look at the file and run it again"
     )]
     Conflict { path: PathBuf, attempts: usize },
+    #[error(
+        "`{}` is open for writing by process {pid} (saved in place, still being written): the \
+         shift was not saved; run it again once that write is done", path.display()
+    )]
+    BeingWritten { path: PathBuf, pid: u32 },
     #[error("cannot lock `{dir}` to edit the config in it: {why}")]
     Lock { dir: PathBuf, why: String },
 }
@@ -156,6 +163,11 @@ pub fn set_shift_in_file(path: &Path, id: &str, shift: Shift) -> Result<Shift, E
     let _locked = lock_dir_of(&target)?;
     let base = target.parent().unwrap_or(Path::new("."));
     for _ in 0..ATTEMPTS {
+        // A file being written in place is half a config: an edit based on it would save the
+        // half (perhaps without its `auth` lines) for good. Wait for the writer to close it.
+        if let Err(pid) = crate::config::read::wait_for_writers(&target, WRITER_WAIT) {
+            return Err(EditError::BeingWritten { path: target, pid });
+        }
         let text = read_text(&target)?;
         let applied = set_shift_in_text(path, &text, id, shift).and_then(|(edited, old)| {
             if edited != text {

@@ -66,7 +66,15 @@ fn arm(
     let watched = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if matches!(event.kind, EventKind::Access(_)) {
+        // Reads are not changes; a writer closing the file is (a save in place is only
+        // loaded once its writer closes it: see `config::read::writer_of`).
+        let closed_after_write = matches!(
+            event.kind,
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write
+            ))
+        );
+        if matches!(event.kind, EventKind::Access(_)) && !closed_after_write {
             return;
         }
         // Events about the watched directory itself carry its own path.

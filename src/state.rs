@@ -185,6 +185,9 @@ pub struct Live {
 /// FIFOs and devices are refused before any read, see `config::read`).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a reload waits for a process writing the config in place to close it.
+const WRITER_WAIT: Duration = Duration::from_secs(5);
+
 /// What the read stage of a reload found.
 enum ReadOutcome {
     Unchanged,
@@ -196,6 +199,9 @@ enum ReadOutcome {
 
 impl Live {
     pub fn new(path: PathBuf, snapshot: Snapshot, registry: Arc<Registry>) -> Live {
+        // Absolute once: reads and edits must find the file the watcher watches, even after
+        // the directory the process started in was replaced.
+        let path = std::path::absolute(&path).unwrap_or(path);
         let digest =
             config::read::read_text(&path).map_or(0, |t| xxhash_rust::xxh3::xxh3_64(t.as_bytes()));
         Live {
@@ -269,6 +275,14 @@ impl Live {
         // Reading and parsing block (file reads, `${file:..}`): off the proxy's worker threads,
         // and bounded, so a read that never returns cannot hold the reload lock forever.
         let read = run_bounded(&what, READ_TIMEOUT, &self.abandoned_reads, move || {
+            // A file still being written in place is half a config (perhaps without its
+            // `auth` lines): wait for its writer (the watcher also hears the close).
+            if let Err(pid) = config::read::wait_for_writers(&live.path, WRITER_WAIT) {
+                return Err(format!(
+                    "`{}` is still open for writing (process {pid}); it is loaded once written",
+                    live.path.display()
+                ));
+            }
             let text = config::read::read_text(&live.path).map_err(|e| e.to_string())?;
             if text.trim().is_empty() {
                 // An editor that rewrites the file in place truncates it first: read at that

@@ -117,6 +117,67 @@ fn describe(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// A process that has `path` open for writing, if one can be seen (in `/proc`): a file being
+/// written in place (`> strangle.toml`, `curl -o`, an editor that saves in place) is half a
+/// config until its writer closes it, and half a config may be one without its `auth` line.
+/// Reloads and edits wait for the writer instead of reading it. Processes this one cannot see
+/// (another PID namespace, `hidepid`) are not found; writers that replace the file by rename
+/// never need this.
+pub fn writer_of(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(path).ok()?;
+    let (dev, ino) = (target.dev(), target.ino());
+    let me = std::process::id();
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            // The descriptor's file (the link followed), then its open flags.
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if meta.dev() != dev || meta.ino() != ino {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let writing = std::fs::read_to_string(info).ok().is_some_and(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                    .is_some_and(|flags| flags & 0o3 != 0)
+            });
+            if writing {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Waits (up to `limit`) until no process has `path` open for writing; `Err(pid)` if one
+/// still has.
+pub fn wait_for_writers(path: &Path, limit: std::time::Duration) -> Result<(), u32> {
+    let start = std::time::Instant::now();
+    loop {
+        match writer_of(path) {
+            None => return Ok(()),
+            Some(pid) if start.elapsed() >= limit => return Err(pid),
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

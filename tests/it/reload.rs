@@ -502,3 +502,77 @@ fn hot_reload_survives_the_config_directory_being_moved_away_and_back() {
         side_of(proxy.port) == "legacy"
     });
 }
+
+/// A config whose `auth` line puts `/bookings` behind auth: cut before it, the route is open.
+fn guarded_config(backend: &Backend) -> String {
+    format!(
+        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"monolith\"\n[upstreams.monolith]\naddresses = [\"{}\"]\n[auth.users]\njwks-url = \"http://127.0.0.1:1/jwks.json\"\nissuer = \"https://issuer.example/\"\naudiences = [\"bookings\"]\nalgorithms = [\"RS256\"]\n[[routes]]\nid = \"bookings\"\npath = \"/bookings\"\nlegacy = \"monolith\"\nnew = \"monolith\"\nshift = \"0%\"\nauth = \"users\"\n",
+        backend.addr()
+    )
+}
+
+/// Writes `text` into `path` in place (truncate, then two writes 1.5 s apart, the second
+/// starting at the `auth` line), as `> file`, `curl -o` or an editor saving in place would.
+fn write_slowly_in_place(path: std::path::PathBuf, text: String) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let cut = text.find("auth = \"users\"").unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&text.as_bytes()[..cut]).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        f.write_all(&text.as_bytes()[cut..]).unwrap();
+    })
+}
+
+#[test]
+fn a_config_written_slowly_in_place_never_serves_its_first_half() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&guarded_config(&backend));
+    assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
+    // The same config rewritten in place, slowly, with one change (a shift) so it reloads.
+    let text = std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .replace("shift = \"0%\"", "shift = \"0.5%\"");
+    let writer = write_slowly_in_place(proxy.config.clone(), text);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let status = get(proxy.port, "/bookings", &[]).status;
+        assert_eq!(status, 401, "the half-written config was served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().unwrap();
+    eventually("the whole file is loaded", || {
+        status(&proxy)["routes"][0]["shift"] == "0.5%"
+    });
+    assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
+}
+
+#[test]
+fn a_shift_during_a_slow_in_place_write_never_saves_the_half() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&guarded_config(&backend));
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    let writer = write_slowly_in_place(proxy.config.clone(), text);
+    std::thread::sleep(Duration::from_millis(400));
+    let out = std::process::Command::new(bin())
+        .args(["shift", "--file"])
+        .arg(&proxy.config)
+        .args(["bookings", "10%"])
+        .output()
+        .unwrap();
+    writer.join().unwrap();
+    let file = std::fs::read_to_string(&proxy.config).unwrap();
+    // The edit waited for the writer and applied on the whole file.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(file.contains("auth = \"users\""), "{file}");
+    assert!(file.contains("shift = \"10%\""), "{file}");
+    eventually("the shift is live", || {
+        status(&proxy)["routes"][0]["shift"] == "10%"
+    });
+    assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
+}
