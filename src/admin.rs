@@ -219,12 +219,14 @@ impl BackgroundService for AdminService {
                         Ok::<_, std::convert::Infallible>(handle(req, at, &live, &access).await)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEAD_TIMEOUT)
                     .max_buf_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                // A client that pipelines requests and never reads the answers would hold its
+                // slot for ever (hyper has no write timeout): every connection ends by this.
+                let _ = tokio::time::timeout(MAX_LIFETIME, conn).await;
             });
         }
     }
@@ -235,6 +237,8 @@ const MAX_CONNECTIONS: usize = 256;
 /// A request head must arrive whole within this; an idle keep-alive connection is closed
 /// after it too (hyper starts the head's clock when it starts waiting for one).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest an admin connection lives, whatever it does.
+const MAX_LIFETIME: Duration = Duration::from_secs(60);
 /// A request body must arrive whole within this.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 16 << 10;
