@@ -63,6 +63,10 @@ pub struct HeaderDeadline<A> {
     pub live: Arc<Live>,
 }
 
+/// Kept-alive connections closed because Pingora handed back a stream other than the
+/// transport's own (`strangle_transport_lost_streams_total`; always 0 unless Pingora changed).
+pub static LOST_STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How long an idle kept-alive connection stays open once draining starts, for a request
 /// already on its way (it is answered with `Connection: close`). Closing an idle connection
 /// at once loses any request the client sent in that instant.
@@ -148,7 +152,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                 .scope(head, self.inner.process_new_http(session, shutdown))
                 .await?
                 .consume();
-            stream = next.into_any().downcast::<DeadlineStream>().ok()?;
+            stream = match next.into_any().downcast::<DeadlineStream>() {
+                Ok(s) => s,
+                Err(_) => {
+                    // Pingora handed back a stream that is not the one it was given (a change
+                    // in a Pingora upgrade): the connection cannot be kept alive. Loud, since
+                    // it would end every connection after its first request.
+                    LOST_STREAMS.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("the transport got back a stream it did not make; closing the connection (a Pingora change?)");
+                    return None;
+                }
+            };
             pipelined = persistent.as_ref().is_some_and(has_pipelined_prefix);
             // A pipelined head is (at least partly) here already: its clock starts now, and
             // it ends when the proxy has the parsed head (`head_parsed`), since the bytes

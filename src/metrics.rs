@@ -201,6 +201,18 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
 
     header(
         &mut out,
+        "strangle_transport_lost_streams_total",
+        "counter",
+        "Client connections closed after a request because Pingora handed back a stream the transport did not make (0 unless a Pingora upgrade changed that).",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_transport_lost_streams_total {}",
+        crate::deadline::LOST_STREAMS.load(Relaxed)
+    );
+
+    header(
+        &mut out,
         "strangle_config_reloads_total",
         "counter",
         "Successful config reloads.",

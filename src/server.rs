@@ -153,46 +153,63 @@ impl ShutdownSignalWatch for Drain {
                 tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
                 ShutdownSignal::FastShutdown
             }
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => {
+                // Pingora's SIGQUIT hands the listening sockets to a new process; strangle's
+                // own listener cannot yet, so an upgrade would just stop, undrained.
+                tracing::warn!("SIGQUIT: handing sockets over to a new process is not supported yet; draining like SIGTERM");
+                self.drain()
+            }
             _ = term.recv() => {
-                let grace = self.grace;
-                let access = Arc::clone(&self.access);
-                tracing::info!(?grace, "SIGTERM: draining in-flight requests");
-                crate::proxy::DRAINING.store(true, Ordering::Release);
-                // Pingora stops the listeners when this returns; this task ends the process as
-                // soon as nothing is in flight instead of sleeping out the whole grace period.
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    // Requests already read but not yet counted get a moment to register.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    // Kept-alive connections get one more request each (answered with
-                    // `Connection: close`) and close when idle for `DRAIN_LINGER`.
-                    let busy = || {
-                        IN_FLIGHT.load(Ordering::Acquire) > 0
-                            || crate::listener::OPEN.load(Ordering::Acquire) > 0
-                    };
-                    while busy() && start.elapsed() < grace {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    let left = IN_FLIGHT.load(Ordering::Acquire);
-                    if left == 0 {
-                        access.flush();
-                        tracing::info!("drained; exiting");
-                        std::process::exit(0);
-                    }
-                    // The rest are ended by the runtime's shutdown, which drops them: each
-                    // is logged and counted as cut off on the way (`Ctx`'s drop).
-                    tracing::warn!(left, "grace period over: {left} requests still in flight are cut off");
-                    crate::proxy::CUT_OFF.store(true, Ordering::Release);
-                    std::thread::spawn(move || {
-                        // In case the runtime's shutdown does not return.
-                        std::thread::sleep(Duration::from_secs(5));
-                        access.flush();
-                        std::process::exit(0);
-                    });
-                });
-                ShutdownSignal::GracefulTerminate
+                tracing::info!(grace = ?self.grace, "SIGTERM: draining in-flight requests");
+                self.drain()
             }
         }
+    }
+}
+
+impl Drain {
+    /// Starts draining: `/ready` turns 503, every response says `Connection: close`, and the
+    /// process exits once nothing is in flight and no connection is open, or at the grace
+    /// period, when what is left is logged and counted as cut off.
+    fn drain(&self) -> ShutdownSignal {
+        let grace = self.grace;
+        let access = Arc::clone(&self.access);
+        crate::proxy::DRAINING.store(true, Ordering::Release);
+        // Pingora stops the listeners when this returns; this task ends the process as soon as
+        // nothing is in flight instead of sleeping out the whole grace period.
+        tokio::spawn(async move {
+            let start = Instant::now();
+            // Requests already read but not yet counted get a moment to register.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Kept-alive connections get one more request each (answered with
+            // `Connection: close`) and close when idle for `DRAIN_LINGER`.
+            let busy = || {
+                IN_FLIGHT.load(Ordering::Acquire) > 0
+                    || crate::listener::OPEN.load(Ordering::Acquire) > 0
+            };
+            while busy() && start.elapsed() < grace {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left = IN_FLIGHT.load(Ordering::Acquire);
+            if left == 0 {
+                access.flush();
+                tracing::info!("drained; exiting");
+                std::process::exit(0);
+            }
+            // The rest are ended by the runtime's shutdown, which drops them: each is logged
+            // and counted as cut off on the way (`Ctx`'s drop).
+            tracing::warn!(
+                left,
+                "grace period over: {left} requests still in flight are cut off"
+            );
+            crate::proxy::CUT_OFF.store(true, Ordering::Release);
+            std::thread::spawn(move || {
+                // In case the runtime's shutdown does not return.
+                std::thread::sleep(Duration::from_secs(5));
+                access.flush();
+                std::process::exit(0);
+            });
+        });
+        ShutdownSignal::GracefulTerminate
     }
 }

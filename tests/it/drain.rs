@@ -212,3 +212,32 @@ fn sigint_stops_at_once_and_says_so() {
         proxy.stderr()
     );
 }
+
+#[test]
+fn sigquit_drains_like_sigterm_until_sockets_can_be_handed_over() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
+    // Kept-alive requests keep their connection (the transport gets its own stream back).
+    let mut c = proxy.client();
+    for _ in 0..5 {
+        assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
+    }
+    assert!(get(proxy.admin_port, "/metrics", &[])
+        .text()
+        .contains("strangle_transport_lost_streams_total 0\n"));
+    let port = proxy.port;
+    let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
+    while legacy.count() < 6 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.signal(nix::sys::signal::Signal::SIGQUIT);
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "the in-flight request was cut");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(proxy.child.wait().unwrap().code(), Some(0));
+    assert!(
+        proxy.stderr().contains("SIGQUIT: handing sockets over"),
+        "{}",
+        proxy.stderr()
+    );
+}

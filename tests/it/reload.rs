@@ -576,3 +576,22 @@ fn a_shift_during_a_slow_in_place_write_never_saves_the_half() {
     });
     assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
 }
+
+#[test]
+fn a_reload_names_every_key_it_can_only_apply_at_restart() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&monolith_config(&backend, ""));
+    let text = std::fs::read_to_string(&proxy.config).unwrap().replace(
+        "default = \"monolith\"",
+        "default = \"monolith\"\nheader-timeout = \"3s\"\ngrace-period = \"7s\"",
+    );
+    proxy.rewrite(&text);
+    assert!(
+        proxy.wait_for_log(
+            "applied only at the next restart: [server] header-timeout, [server] grace-period",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        proxy.stderr()
+    );
+}
