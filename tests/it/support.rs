@@ -209,12 +209,21 @@ impl Proxy {
     }
 
     /// Starts the proxy with extra environment variables (AWS credentials, say).
+    /// A port picked by `free_port` can be taken by another test before strangle binds it:
+    /// then strangle refuses to start, and it is tried again on other ports.
     pub fn start_with_env(text: &str, env: &[(&str, &str)]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("strangle.toml");
-        let (port, admin_port) = (free_port(), free_port());
-        std::fs::write(&config, Self::render(text, port, admin_port)).unwrap();
-        Self::spawn(dir, config, port, admin_port, env)
+        let mut attempts = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("strangle.toml");
+            let (port, admin_port) = (free_port(), free_port());
+            std::fs::write(&config, Self::render(text, port, admin_port)).unwrap();
+            match Self::try_spawn(dir, config, port, admin_port, env) {
+                Ok(proxy) => return proxy,
+                Err(e) if e.contains("in use") && attempts < 5 => attempts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// `{listen}` becomes the proxy's address and `{admin}` the admin API's; without an
@@ -243,6 +252,18 @@ impl Proxy {
         admin_port: u16,
         env: &[(&str, &str)],
     ) -> Proxy {
+        Self::try_spawn(dir, config, port, admin_port, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts strangle and waits until it serves: its port answers and it says so (a port
+    /// that answers while strangle failed to bind it belongs to another test).
+    fn try_spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, String> {
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(bin())
             .args(["serve", "-c"])
@@ -262,18 +283,21 @@ impl Proxy {
             config,
         };
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err()
+            || !proxy.stderr().contains("strangle serving")
+        {
             if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("strangle exited with {status}:\n{}", proxy.stderr());
+                return Err(format!(
+                    "strangle exited with {status}:\n{}",
+                    proxy.stderr()
+                ));
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "strangle did not start:\n{}",
-                proxy.stderr()
-            );
+            if start.elapsed() > Duration::from_secs(15) {
+                return Err(format!("strangle did not start:\n{}", proxy.stderr()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        proxy
+        Ok(proxy)
     }
 
     pub fn rewrite(&self, text: &str) {
