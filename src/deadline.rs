@@ -247,14 +247,18 @@ const SEALED: u8 = 2;
 /// connection closes (the response's length or chunking shows it is cut short).
 const ABORT: u8 = 3;
 
+/// The transport's stream under an HTTP/1 session (`None` for other sessions).
+fn transport(session: &ServerSession) -> Option<&DeadlineStream> {
+    session
+        .as_http1()
+        .and_then(|h1| h1.stream().as_any().downcast_ref::<DeadlineStream>())
+}
+
 /// The final response's head is about to be handed to the transport: what went out so far
 /// were interim responses (flushed as they were written), so from here `sent` tracks only this
 /// response.
 pub fn final_response_starts(session: &ServerSession) {
-    if let Some(stream) = session
-        .as_http1()
-        .and_then(|h1| h1.stream().as_any().downcast_ref::<DeadlineStream>())
-    {
+    if let Some(stream) = transport(session) {
         stream.sent.store(false, Ordering::Release);
     }
 }
@@ -264,10 +268,7 @@ pub fn final_response_starts(session: &ServerSession) {
 /// buffered, and this returns `true`. Otherwise nothing more is sent and this returns `false`.
 /// Either way the connection ends after this request.
 pub fn fail_response(session: &ServerSession, reply: Bytes) -> bool {
-    let Some(stream) = session
-        .as_http1()
-        .and_then(|h1| h1.stream().as_any().downcast_ref::<DeadlineStream>())
-    else {
+    let Some(stream) = transport(session) else {
         return false;
     };
     if stream.sent.load(Ordering::Acquire) {

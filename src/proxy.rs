@@ -444,15 +444,6 @@ fn final_response_written(session: &Session) -> Option<&ResponseHeader> {
     })
 }
 
-/// Whether a request has a body to send (a length over 0, or chunked).
-fn has_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
 /// Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5).
 fn no_body(status: http::StatusCode, method: &http::Method) -> bool {
     status.is_informational()
@@ -1260,7 +1251,9 @@ impl ProxyHttp for Strangle {
         let started = ctx
             .upstream_start
             .map_or(now, tokio::time::Instant::from_std);
-        let sent = ctx.request_sent || !has_body(session.req_header());
+        // Pingora's own framing says whether the body is all read (`Content-Length: 00` is no body
+        // to it, whatever the header's spelling).
+        let sent = ctx.request_sent || session.as_downstream_mut().is_body_done();
         ctx.deadline = crate::exchange::ExchangeDeadline::arm(
             fd,
             head.filter(|_| sent).map(|d| (now + d, d)),
@@ -1302,7 +1295,7 @@ impl ProxyHttp for Strangle {
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
         // A total deadline that passed while the client was still uploading is the client's.
         let clients_fault =
-            ctx.late.is_some() && !ctx.request_sent && has_body(session.req_header());
+            ctx.late.is_some() && !ctx.request_sent && !session.as_downstream_mut().is_body_done();
         if upstream_fault && !ctx.head_received && !clients_fault {
             if let (Some(up), Some(addr)) = (ctx.http_upstream(), ctx.peer_addr) {
                 up.report(addr, false);

@@ -251,6 +251,7 @@ impl HttpUpstream {
                 h.ejected_until.store(0, Ordering::Relaxed);
                 tracing::info!(upstream = %self.config.name, address = %addr,
                     "address back in rotation: a request succeeded");
+                self.observe(h);
             }
             return;
         }
@@ -264,27 +265,16 @@ impl HttpUpstream {
                     "address out of rotation for {:?} after consecutive failed requests",
                     self.config.fail_timeout);
             }
+            self.observe(h);
         }
-        self.refresh_health();
     }
 
     /// Each address's health now; also notes when it changed.
     pub fn health(&self) -> Vec<AddressStatus> {
-        let now = now_ms();
-        let backends = self.lb.backends();
-        let set = backends.get_backend();
         self.addresses
             .iter()
             .map(|h| {
-                let healthy = set
-                    .iter()
-                    .find(|b| b.addr.as_inet() == Some(&h.addr))
-                    .is_none_or(|b| backends.ready(b));
-                let ejected = h.ejected_until.load(Ordering::Relaxed) > now;
-                let up = healthy && !ejected;
-                if h.up.swap(up, Ordering::Relaxed) != up {
-                    h.changed_at.store(unix_secs(), Ordering::Relaxed);
-                }
+                let (healthy, ejected, up) = self.observe(h);
                 AddressStatus {
                     address: h.addr.to_string(),
                     up,
@@ -297,9 +287,28 @@ impl HttpUpstream {
             .collect()
     }
 
+    /// One address's health (active check, passive ejection, both together); when the
+    /// combined verdict differs from the last one seen, `changed_at` is set.
+    fn observe(&self, h: &AddressHealth) -> (bool, bool, bool) {
+        let backends = self.lb.backends();
+        let healthy = backends
+            .get_backend()
+            .iter()
+            .find(|b| b.addr.as_inet() == Some(&h.addr))
+            .is_none_or(|b| backends.ready(b));
+        let ejected = h.ejected_until.load(Ordering::Relaxed) > now_ms();
+        let up = healthy && !ejected;
+        if h.up.swap(up, Ordering::Relaxed) != up {
+            h.changed_at.store(unix_secs(), Ordering::Relaxed);
+        }
+        (healthy, ejected, up)
+    }
+
     /// Records health changes (for `since`) without anyone asking.
     pub fn refresh_health(&self) {
-        let _ = self.health();
+        for h in &self.addresses {
+            self.observe(h);
+        }
     }
 
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {

@@ -232,6 +232,13 @@ fn a_response_head_trickled_past_response_timeout_is_a_504_not_a_20s_wait() {
         line["error"].as_str().unwrap().contains("response-timeout"),
         "{line}"
     );
+    // A length spelled `00` is no body either: the head's clock still starts at once.
+    let (answer, took) = exchange(
+        proxy.port,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 00\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 504, "{}", head_of(&answer));
+    assert!(took < Duration::from_secs(6), "took {took:?}");
 }
 
 #[test]
