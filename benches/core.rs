@@ -64,7 +64,7 @@ fn paths(c: &mut Criterion) {
 /// The outbound header policy on a browser-like request with a forwarded claim.
 fn forward_policy(c: &mut Criterion) {
     use http::{HeaderMap, HeaderName, HeaderValue};
-    use strangle::forward::{apply, Outbound};
+    use strangle::pipeline::outbound::{apply, Outbound};
     let mut request = HeaderMap::new();
     for (k, v) in [
         ("host", "shop.example"),

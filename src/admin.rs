@@ -28,7 +28,6 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,9 +43,9 @@ use pingora::services::background::BackgroundService;
 use serde_json::json;
 
 use crate::edit;
-use crate::listener::AcceptBackoff;
+use crate::http1::listener::AcceptBackoff;
 use crate::split::Shift;
-use crate::state::Live;
+use crate::state::{Live, ReloadError};
 use crate::telemetry::AccessLogger;
 
 /// How long a shift watches the config file after saving it before it answers.
@@ -67,7 +66,7 @@ pub enum AdminError {
     #[error(transparent)]
     Edit(#[from] edit::EditError),
     #[error("reload failed; still serving the previous config:\n{0}")]
-    Reload(String),
+    Reload(#[from] crate::state::ReloadError),
     #[error(
         "the shift of `{route}` was saved, but another writer changed the config file again \
          right after and it now says {now}; look at the file and run the shift again"
@@ -121,7 +120,7 @@ pub async fn apply(
                 let (path, id) = (live.path.clone(), route.clone());
                 tokio::task::spawn_blocking(move || edit::set_shift_in_file(&path, &id, shift))
                     .await
-                    .map_err(|e| AdminError::Reload(e.to_string()))??;
+                    .map_err(|e| AdminError::Reload(ReloadError::Stalled(e.to_string())))??;
                 live.reload().await.map_err(AdminError::Reload)?;
                 // An editor that read the file before this save and writes its copy now would
                 // drop the shift a moment after we answered: watch the file for that moment.
@@ -470,7 +469,7 @@ async fn handle(
         ),
         (&Method::GET, ["live"]) => reply(StatusCode::OK, "text/plain", "live\n"),
         (&Method::GET, ["ready"]) => {
-            if crate::proxy::DRAINING.load(Ordering::Acquire) {
+            if live.lifecycle.draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
                 reply(StatusCode::OK, "text/plain", "ready\n")

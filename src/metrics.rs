@@ -208,7 +208,7 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     let _ = writeln!(
         out,
         "strangle_transport_lost_streams_total {}",
-        crate::deadline::LOST_STREAMS.load(Relaxed)
+        live.lifecycle.lost_streams()
     );
 
     header(

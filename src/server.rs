@@ -2,7 +2,6 @@
 //! SIGTERM (drain, then exit 0) or SIGINT (exit at once).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +12,10 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminService;
-use crate::deadline::HeaderDeadline;
-use crate::listener::ProxyListeners;
-use crate::proxy::{Strangle, IN_FLIGHT};
+use crate::http1::listener::ProxyListeners;
+use crate::http1::Http1;
+use crate::lifecycle::Lifecycle;
+use crate::proxy::Strangle;
 use crate::services::{ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
@@ -70,19 +70,21 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         .listen
         .iter()
         .map(|&addr| {
-            crate::listener::bind(addr)
+            crate::http1::listener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let proxy = ProxyListeners {
         name: "strangle proxy".to_string(),
-        app: Arc::new(HeaderDeadline {
+        app: Arc::new(Http1 {
             inner: Arc::new(app),
-            deadline: server_cfg.header_timeout,
-            live: Arc::clone(&live),
+            head_timeout: server_cfg.header_timeout,
+            settings: live.transport_settings(),
+            lifecycle: Arc::clone(&live.lifecycle),
         }),
         listeners,
         threads: server_cfg.threads,
+        lifecycle: Arc::clone(&live.lifecycle),
     };
     server.add_service(proxy);
     server.add_service(background_service(
@@ -118,12 +120,13 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         },
     ));
 
-    let _ = crate::proxy::CUT_OFF_LOG.set(Arc::clone(&access));
+    live.lifecycle.log_cut_offs_to(Arc::clone(&access));
     tracing::info!(listen = ?server_cfg.listen, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
             access: Arc::clone(&access),
+            lifecycle: Arc::clone(&live.lifecycle),
         }),
     });
     access.flush();
@@ -134,6 +137,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
 struct Drain {
     grace: Duration,
     access: Arc<AccessLogger>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 #[async_trait]
@@ -149,7 +153,7 @@ impl ShutdownSignalWatch for Drain {
         };
         tokio::select! {
             _ = int.recv() => {
-                let left = IN_FLIGHT.load(Ordering::Acquire);
+                let left = self.lifecycle.in_flight();
                 tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
                 ShutdownSignal::FastShutdown
             }
@@ -174,7 +178,8 @@ impl Drain {
     fn drain(&self) -> ShutdownSignal {
         let grace = self.grace;
         let access = Arc::clone(&self.access);
-        crate::proxy::DRAINING.store(true, Ordering::Release);
+        let lifecycle = Arc::clone(&self.lifecycle);
+        lifecycle.start_draining();
         // Pingora stops the listeners when this returns; this task ends the process as soon as
         // nothing is in flight instead of sleeping out the whole grace period.
         tokio::spawn(async move {
@@ -183,14 +188,11 @@ impl Drain {
             tokio::time::sleep(Duration::from_millis(100)).await;
             // Kept-alive connections get one more request each (answered with
             // `Connection: close`) and close when idle for `DRAIN_LINGER`.
-            let busy = || {
-                IN_FLIGHT.load(Ordering::Acquire) > 0
-                    || crate::listener::OPEN.load(Ordering::Acquire) > 0
-            };
+            let busy = || lifecycle.in_flight() > 0 || lifecycle.open_connections() > 0;
             while busy() && start.elapsed() < grace {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let left = IN_FLIGHT.load(Ordering::Acquire);
+            let left = lifecycle.in_flight();
             if left == 0 {
                 access.flush();
                 tracing::info!("drained; exiting");
@@ -202,7 +204,7 @@ impl Drain {
                 left,
                 "grace period over: {left} requests still in flight are cut off"
             );
-            crate::proxy::CUT_OFF.store(true, Ordering::Release);
+            lifecycle.mark_cut_off();
             std::thread::spawn(move || {
                 // In case the runtime's shutdown does not return.
                 std::thread::sleep(Duration::from_secs(5));

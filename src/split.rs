@@ -128,7 +128,9 @@ impl StickyKey {
         }
     }
 
-    /// The key's value in this request, borrowed from the request: no allocation.
+    /// The key's value in this request, borrowed from the request: no allocation. A claim key
+    /// has no value here: the pipeline resolves it from the verified claims
+    /// (`pipeline::decide::key_value`), the one place keys are resolved.
     pub fn value<'a>(&self, headers: &'a HeaderMap, client_ip: Option<IpAddr>) -> KeyValue<'a> {
         match self {
             StickyKey::Header(name) => headers
@@ -164,9 +166,11 @@ fn valid_token(s: &str) -> bool {
 }
 
 /// A sticky key value found in a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum KeyValue<'a> {
     Bytes(&'a [u8]),
+    /// A value made for the request, such as a verified claim's text.
+    Owned(String),
     Ip(IpAddr),
     Missing,
 }
@@ -201,6 +205,7 @@ pub fn route_seed(route_id: &str) -> u64 {
 pub fn bucket(seed: u64, key: KeyValue<'_>) -> u16 {
     let h = match key {
         KeyValue::Bytes(b) => xxh3_64_with_seed(b, seed),
+        KeyValue::Owned(s) => xxh3_64_with_seed(s.as_bytes(), seed),
         KeyValue::Ip(IpAddr::V4(ip)) => xxh3_64_with_seed(&ip.octets(), seed),
         KeyValue::Ip(IpAddr::V6(ip)) => xxh3_64_with_seed(&ip.octets(), seed),
         KeyValue::Missing => rand::random::<u64>(),

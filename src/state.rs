@@ -25,6 +25,8 @@ use crate::upstream::{Shared, Upstream};
 #[derive(Debug)]
 pub struct LiveRoute {
     pub id: String,
+    /// The route's path pattern (`http.route`, the Lambda event's `routeKey`).
+    pub path: String,
     pub legacy: Option<Shared>,
     pub new: Option<Shared>,
     pub shift: Shift,
@@ -111,6 +113,7 @@ impl Snapshot {
             .iter()
             .map(|r: &Route| LiveRoute {
                 id: r.id.clone(),
+                path: r.path.clone(),
                 legacy: get(&r.legacy),
                 new: get(&r.new),
                 shift: r.shift,
@@ -154,6 +157,46 @@ pub struct ReloadFailure {
     pub error: String,
 }
 
+/// Why a reload kept the last good config.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A process still has the file open for writing: it is half written.
+    #[error("`{}` is still open for writing (process {pid}); it is loaded once written", path.display())]
+    BeingWritten { path: PathBuf, pid: u32 },
+    #[error(transparent)]
+    Read(#[from] config::read::ReadError),
+    /// Read while an editor had truncated it.
+    #[error(
+        "`{}` is empty (read in the middle of a save?); an empty file is never loaded over a \
+         running config",
+        .0.display()
+    )]
+    Empty(PathBuf),
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigErrors),
+    /// The config is valid but could not be put to work (an upstream's name does not
+    /// resolve, an auth's keys cannot be loaded).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Reading took longer than `READ_TIMEOUT` (a hung filesystem), or its task failed.
+    #[error("{0}")]
+    Stalled(String),
+}
+
+impl ReloadError {
+    /// A short name for the kind of failure, for logs and the admin API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReloadError::BeingWritten { .. } => "being-written",
+            ReloadError::Read(_) => "read",
+            ReloadError::Empty(_) => "empty",
+            ReloadError::Invalid(_) => "invalid",
+            ReloadError::Build(_) => "build",
+            ReloadError::Stalled(_) => "stalled",
+        }
+    }
+}
+
 /// The live snapshot plus reload bookkeeping. Shared by the proxy and its background services.
 #[derive(Debug)]
 pub struct Live {
@@ -177,6 +220,16 @@ pub struct Live {
     pub abandoned_reads: Arc<AtomicU64>,
     /// Told the new `[log] access` on every reload that installs a snapshot (set at start-up).
     pub access_log: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
+    /// Requests in flight, connections open, draining.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// What the transport reads from the config, sent again when a reload changes it.
+    transport: tokio::sync::watch::Sender<crate::http1::Settings>,
+}
+
+fn transport_settings(config: &Config) -> crate::http1::Settings {
+    crate::http1::Settings {
+        keepalive_timeout: config.server.keepalive_timeout,
+    }
 }
 
 /// The longest a reload waits for the config file (and the files it names) to be read and
@@ -193,7 +246,7 @@ enum ReadOutcome {
     Unchanged,
     Parsed {
         digest: u64,
-        config: Result<Box<Config>, String>,
+        config: Result<Box<Config>, config::ConfigErrors>,
     },
 }
 
@@ -204,6 +257,7 @@ impl Live {
         let path = std::path::absolute(&path).unwrap_or(path);
         let digest =
             config::read::read_text(&path).map_or(0, |t| xxhash_rust::xxh3::xxh3_64(t.as_bytes()));
+        let (transport, _) = tokio::sync::watch::channel(transport_settings(&snapshot.config));
         Live {
             path,
             registry,
@@ -218,7 +272,14 @@ impl Live {
             reload_since: Mutex::new(None),
             abandoned_reads: Arc::new(AtomicU64::new(0)),
             access_log: std::sync::OnceLock::new(),
+            lifecycle: Arc::default(),
+            transport,
         }
+    }
+
+    /// The transport's settings, now and after every reload that changes them.
+    pub fn transport_settings(&self) -> tokio::sync::watch::Receiver<crate::http1::Settings> {
+        self.transport.subscribe()
     }
 
     /// How long the reload now running has been at it, if one is.
@@ -238,18 +299,18 @@ impl Live {
     }
 
     /// Reads the config file again and swaps in the new snapshot if it is valid.
-    pub async fn reload(self: &Arc<Self>) -> Result<(), String> {
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         self.reload_when(true).await.map(|_| ())
     }
 
     /// Reloads only if the file's bytes changed since the last load (or the last failure):
     /// a file event that rewrote the same text, such as our own `shift` edit already applied,
     /// is not a reload. Returns whether a new snapshot was installed.
-    pub async fn reload_if_changed(self: &Arc<Self>) -> Result<bool, String> {
+    pub async fn reload_if_changed(self: &Arc<Self>) -> Result<bool, ReloadError> {
         self.reload_when(false).await
     }
 
-    async fn reload_when(self: &Arc<Self>, force: bool) -> Result<bool, String> {
+    async fn reload_when(self: &Arc<Self>, force: bool) -> Result<bool, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let _running = Running::start(&self.reload_since);
         let result = self.read_and_install(force).await;
@@ -257,19 +318,20 @@ impl Live {
             let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
                 failures,
+                kind = error.kind(),
                 "config reload failed, keeping the last good config:\n{error}"
             );
             if let Ok(mut f) = self.last_failure.lock() {
                 *f = Some(ReloadFailure {
                     at: SystemTime::now(),
-                    error: error.clone(),
+                    error: error.to_string(),
                 });
             }
         }
         result
     }
 
-    async fn read_and_install(self: &Arc<Self>, force: bool) -> Result<bool, String> {
+    async fn read_and_install(self: &Arc<Self>, force: bool) -> Result<bool, ReloadError> {
         let live = Arc::clone(self);
         let what = format!("reading `{}`", self.path.display());
         // Reading and parsing block (file reads, `${file:..}`): off the proxy's worker threads,
@@ -278,32 +340,25 @@ impl Live {
             // A file still being written in place is half a config (perhaps without its
             // `auth` lines): wait for its writer (the watcher also hears the close).
             if let Err(pid) = config::read::wait_for_writers(&live.path, WRITER_WAIT) {
-                return Err(format!(
-                    "`{}` is still open for writing (process {pid}); it is loaded once written",
-                    live.path.display()
-                ));
+                let path = live.path.clone();
+                return Err(ReloadError::BeingWritten { path, pid });
             }
-            let text = config::read::read_text(&live.path).map_err(|e| e.to_string())?;
+            let text = config::read::read_text(&live.path)?;
             if text.trim().is_empty() {
                 // An editor that rewrites the file in place truncates it first: read at that
                 // moment it would be a valid config with no routes.
-                return Err(format!(
-                    "`{}` is empty (read in the middle of a save?); an empty file is never \
-                     loaded over a running config",
-                    live.path.display()
-                ));
+                return Err(ReloadError::Empty(live.path.clone()));
             }
             let digest = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
             if !force && digest == live.loaded_digest.load(Ordering::Acquire) {
                 return Ok(ReadOutcome::Unchanged);
             }
             let base = live.path.parent().unwrap_or(Path::new("."));
-            let config = config::parse(&live.path.display().to_string(), &text, base)
-                .map(Box::new)
-                .map_err(|e| e.to_string());
+            let config = config::parse(&live.path.display().to_string(), &text, base).map(Box::new);
             Ok(ReadOutcome::Parsed { digest, config })
         })
         .await
+        .map_err(ReloadError::Stalled)
         .and_then(|r| r);
         let config = match read {
             Ok(ReadOutcome::Unchanged) => return Ok(false),
@@ -325,17 +380,20 @@ impl Live {
         let live = Arc::clone(self);
         // DNS resolution blocks too.
         let snapshot = tokio::task::spawn_blocking(move || {
-            Snapshot::build(*config, Some(&live.load()), &live.registry).map_err(|e| e.to_string())
+            Snapshot::build(*config, Some(&live.load()), &live.registry)
         })
         .await
-        .map_err(|e| format!("reload task failed: {e}"))??;
+        .map_err(|e| ReloadError::Stalled(format!("reload task failed: {e}")))??;
         let old = self.load();
         warn_on_restart_only_changes(&old.config, &snapshot.config);
         if let Some(log) = self.access_log.get() {
             // A changed target, or a file logrotate renamed away, is reopened.
             log.reopen(snapshot.config.log.access.clone());
         }
+        let settings = transport_settings(&snapshot.config);
         self.snapshot.store(Arc::new(snapshot));
+        self.transport
+            .send_if_modified(|s| std::mem::replace(s, settings) != settings);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut f) = self.last_failure.lock() {
             *f = None;

@@ -90,7 +90,7 @@ fn routes_hash_independently() {
         .filter(|i| {
             let key = format!("u{i}");
             let k = KeyValue::Bytes(key.as_bytes());
-            (bucket(a, k) < 5000) == (bucket(b, k) < 5000)
+            (bucket(a, k.clone()) < 5000) == (bucket(b, k) < 5000)
         })
         .count();
     assert!((400..=600).contains(&same), "routes correlate: {same}/1000");

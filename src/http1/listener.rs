@@ -3,7 +3,7 @@
 //! Pingora spawns each accepted connection as a task whose future is sized for its TLS
 //! handshake path (about 9 KB, held for the connection's life, even on plain TCP). Here a
 //! connection's task holds only the app's boxed future, so an idle keep-alive connection costs
-//! little more than its socket and the small state of `HeaderDeadline` (see `deadline.rs`).
+//! little more than its socket and the small state of `DeadlineStream` (see `stream.rs`).
 //! Sockets are bound before the server starts, so a port in use is a start-up error with the
 //! address in it; at shutdown the listeners close at once and new connections are refused.
 //! A failing `accept` (out of file descriptors, above all) backs off instead of spinning
@@ -12,7 +12,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,8 @@ pub struct ProxyListeners<A> {
     pub app: Arc<A>,
     pub listeners: Vec<std::net::TcpListener>,
     pub threads: usize,
+    /// Counts open connections, for the drain.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 #[async_trait]
@@ -58,6 +59,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ProxyListeners<A> {
                     l,
                     Arc::clone(&self.app),
                     shutdown.clone(),
+                    Arc::clone(&self.lifecycle),
                 ))),
                 Err(e) => tracing::error!("proxy listener: {e}"),
             }
@@ -90,35 +92,18 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora::protocols
     Box::new(stream)
 }
 
-/// Connections accepted and not yet closed: a drain is over when none is left.
-pub static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a connection from its accept to the end of its task.
-struct Open;
-
-impl Open {
-    fn new() -> Open {
-        OPEN.fetch_add(1, Ordering::AcqRel);
-        Open
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves one accepted connection in its own task, request after request.
 fn serve<A: ServerApp + Send + Sync + 'static>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     app: &Arc<A>,
     shutdown: &ShutdownWatch,
+    lifecycle: &Arc<crate::lifecycle::Lifecycle>,
 ) {
     let app = Arc::clone(app);
     let shutdown = shutdown.clone();
-    let open = Open::new();
+    // Counted from the accept to the end of the connection's task.
+    let open = lifecycle.connection();
     tokio::spawn(async move {
         let _open = open;
         let mut next = app.process_new(l4_stream(tcp, peer), &shutdown).await;
@@ -132,6 +117,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
     app: Arc<A>,
     shutdown: ShutdownWatch,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
 ) {
     let mut stop = shutdown.clone();
     let stopping = stop.wait_for(|stop| *stop);
@@ -146,7 +132,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.accepted();
-                serve(tcp, peer, &app, &shutdown);
+                serve(tcp, peer, &app, &shutdown, &lifecycle);
             }
             Err(e) => {
                 let pause = backoff.failed(&e);
@@ -171,13 +157,13 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         while let Ok(Ok((tcp, peer))) =
             tokio::time::timeout(Duration::ZERO, listener.accept()).await
         {
-            serve(tcp, peer, &app, &shutdown);
+            serve(tcp, peer, &app, &shutdown, &lifecycle);
             late += 1;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while let Ok(Ok((tcp, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        serve(tcp, peer, &app, &shutdown);
+        serve(tcp, peer, &app, &shutdown, &lifecycle);
         late += 1;
     }
     tracing::info!(addr = ?listener.local_addr().ok(), late, "stopped accepting");

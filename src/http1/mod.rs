@@ -1,0 +1,223 @@
+//! The HTTP/1 transport: strangle's own listener (`listener`) and keep-alive loop (`Http1`)
+//! around Pingora's HTTP/1 session, with the request-head scanner (`scan`) and the stream that
+//! enforces the head deadline and shapes writes (`stream`).
+//!
+//! **What it mirrors.** `Http1::process_new` is the HTTP/1 branch of pingora-core 0.9.1's
+//! `impl<T: HttpServerApp> ServerApp for T` (`pingora-core/src/apps/mod.rs`, `process_new`):
+//! build a `ServerSession` on the stream, hand it to `HttpServerApp::process_new_http`, take
+//! the stream and `HttpPersistentSettings` back, repeat. It differs in three ways: between
+//! requests it waits for the next request's first byte itself, in a small future (an idle
+//! connection holds a few hundred bytes instead of Pingora's request future of tens of KB);
+//! every read goes through `DeadlineStream` (a total deadline for each request head); and it
+//! owns keep-alive alone: each session starts with the keep-alive timeout of the current
+//! `Settings` (or none while draining), whatever Pingora carried over.
+//!
+//! **What it assumes of Pingora** (re-check on every Pingora upgrade): the stream handed back
+//! by `process_new_http` is the one it was given (checked: a different one is logged, counted
+//! in `strangle_transport_lost_streams_total`, and closes the connection); the debug form of
+//! `HttpPersistentSettings` names a `pipelined_prefix` field (`has_pipelined_prefix`); the
+//! session's request filter runs in the connection's task (the `HEAD` task-local).
+
+pub mod listener;
+mod scan;
+mod stream;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::sync::watch;
+
+use crate::lifecycle::Lifecycle;
+pub use stream::{fail_response, final_response_starts, DeadlineStream};
+
+tokio::task_local! {
+    /// What the transport knows about the request head being served, shared with the proxy's
+    /// request filter (both run in the connection's task).
+    static HEAD: HeadState;
+}
+
+struct HeadState {
+    /// The proxy has the parsed head: its deadline no longer applies.
+    parsed: std::cell::Cell<bool>,
+    /// The request line as received was not valid HTTP (Pingora's parser would have escaped it
+    /// into something else and gone on).
+    bad_line: std::cell::Cell<bool>,
+}
+
+/// Called by the proxy once it has a request head: ends the head deadline for it, and says
+/// whether its request line arrived malformed (then it must be refused: Pingora escaped spaces,
+/// quotes, angle brackets or control bytes in the target instead of refusing them).
+pub fn head_parsed() -> bool {
+    HEAD.try_with(|h| {
+        h.parsed.set(true);
+        h.bad_line.get()
+    })
+    .unwrap_or(false)
+}
+
+/// What the transport reads from the config; sent again on every reload that changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long an idle kept-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
+}
+
+/// How long an idle kept-alive connection stays open once draining starts, for a request
+/// already on its way (it is answered with `Connection: close`). Closing an idle connection
+/// at once loses any request the client sent in that instant.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// The HTTP/1 keep-alive loop around a Pingora app.
+pub struct Http1<A> {
+    pub inner: Arc<A>,
+    /// The total time a request head may take to arrive (restart-only).
+    pub head_timeout: Duration,
+    pub settings: watch::Receiver<Settings>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// Waits until the next request starts: `false` if the client closed the connection, the
+/// head deadline passed, the connection idled past `idle_limit`, or the server is draining and
+/// no request came within `DRAIN_LINGER`.
+async fn wait_for_request(
+    stream: &mut DeadlineStream,
+    idle_limit: Option<Duration>,
+    draining: &mut ShutdownWatch,
+) -> bool {
+    let idle = async {
+        match idle_limit {
+            // Pingora's coarse shared timer (10 ms slots), not a tokio timer: a tokio timer
+            // registered and cancelled around every keep-alive wait doubled the proxy's p99 at
+            // a fixed rate (BENCHMARKS.md).
+            Some(d) => pingora::prelude::fast_timeout::fast_sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let drained = async {
+        let _ = draining.wait_for(|stop| *stop).await;
+        pingora::prelude::fast_timeout::fast_sleep(DRAIN_LINGER).await;
+    };
+    tokio::select! {
+        biased;
+        r = std::future::poll_fn(|cx| stream.poll_request_start(cx)) => r.unwrap_or(false),
+        () = drained => false,
+        () = idle => false,
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if stream.selected_alpn_proto().is_some() {
+            // Negotiated by TLS (h2 or a custom protocol): Pingora's own handling.
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // A new connection's wait is bounded by the head deadline (armed at accept), a
+        // kept-alive one's by the keep-alive timeout; a shutdown closes idle connections after
+        // `DRAIN_LINGER`. Pipelined requests (RFC 9112 section 9.3.2) are answered in order:
+        // Pingora hands the bytes it read past a request back in the persistent settings, and
+        // then there is nothing to wait for.
+        let mut settings = self.settings.clone();
+        let mut keepalive = settings.borrow_and_update().keepalive_timeout;
+        let mut stream = Box::new(DeadlineStream::new(stream, self.head_timeout));
+        stream.rearm(true);
+        let mut persistent = None;
+        let mut idle_limit = None;
+        let mut draining = shutdown.clone();
+        let mut pipelined = false;
+        loop {
+            if !pipelined && !wait_for_request(&mut stream, idle_limit, &mut draining).await {
+                return None;
+            }
+            let bad_line = stream.bad_line();
+            let mut session = ServerSession::new_http1(stream);
+            session.set_pipelining_enabled(true);
+            match persistent.take() {
+                Some(s) => HttpPersistentSettings::apply_to_session(s, &mut session),
+                None => session.set_keepalive_reuses_remaining(
+                    self.inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                ),
+            }
+            // Keep-alive is the transport's: whatever Pingora carried over, a session starts
+            // with the configured timeout, or none once the server is shutting down.
+            let secs = keepalive.as_secs().max(1);
+            session.set_keepalive((!*shutdown.borrow()).then_some(secs));
+            let head = HeadState {
+                parsed: std::cell::Cell::new(false),
+                bad_line: std::cell::Cell::new(bad_line),
+            };
+            let (next, carried) = HEAD
+                .scope(head, self.inner.process_new_http(session, shutdown))
+                .await?
+                .consume();
+            stream = match next.into_any().downcast::<DeadlineStream>() {
+                Ok(s) => s,
+                Err(_) => {
+                    // Pingora handed back a stream that is not the one it was given (a change
+                    // in a Pingora upgrade): the connection cannot be kept alive. Loud, since
+                    // it would end every connection after its first request.
+                    self.lifecycle.lost_stream();
+                    tracing::error!("the transport got back a stream it did not make; closing the connection (a Pingora change?)");
+                    return None;
+                }
+            };
+            pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);
+            // A pipelined head is (at least partly) here already: its clock starts now, and
+            // it ends when the proxy has the parsed head (`head_parsed`), since the bytes
+            // before went by with the previous request's.
+            stream.rearm(pipelined);
+            persistent = carried;
+            // A reload's new keep-alive timeout applies from the next wait (a version check,
+            // no lock, when nothing changed).
+            if settings.has_changed().unwrap_or(false) {
+                keepalive = settings.borrow_and_update().keepalive_timeout;
+            }
+            idle_limit = Some(keepalive);
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Whether Pingora carried bytes of a next, pipelined request over to it. The settings do not
+/// expose the field, only their `Debug` form (pingora-core 0.9.1 `apps::HttpPersistentSettings`);
+/// re-read this when upgrading Pingora.
+fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    struct Probe(bool, usize);
+    impl Write for Probe {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            // Stop formatting (with an error) as soon as the field's value is known.
+            const NEEDLE: &str = "pipelined_prefix: ";
+            for (i, c) in s.char_indices() {
+                if self.1 == NEEDLE.len() {
+                    self.0 = s[i..].starts_with("Some");
+                    return Err(fmt::Error);
+                }
+                if NEEDLE.as_bytes()[self.1] == c as u8 {
+                    self.1 += 1;
+                } else {
+                    self.1 = usize::from(NEEDLE.as_bytes()[0] == c as u8);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut probe = Probe(false, 0);
+    let _ = write!(probe, "{settings:?}");
+    probe.0
+}

@@ -1,0 +1,225 @@
+//! Stage 2, decide: from (snapshot, request head, canonical path, client) to a `Decision` or a
+//! `Refusal`. In order: the route (path and method); its rate limit for keys that need no
+//! claims (so a flood of bad tokens is limited too); its auth (401/403/503) and the claims as
+//! headers; its rate limit for claim keys; the side (the tester header where allowed, a claim
+//! rule, else the sticky split); the upstream (404 when the side has none).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use super::{Client, Decision, InFlight, Refusal};
+use crate::auth::{claim_matches, claim_text, AuthError, Claims, Verifier};
+use crate::limits::{Limited, RateLimiter};
+use crate::routing::PathParams;
+use crate::split::{self, KeyValue, Side, StickyKey};
+use crate::state::{LiveRoute, Snapshot};
+
+const X_STRANGLE_SIDE: HeaderName = HeaderName::from_static("x-strangle-side");
+
+/// The client: the peer, or the first untrusted hop behind a trusted proxy.
+pub fn client(snap: &Snapshot, head: &Parts, peer: Option<IpAddr>) -> Client {
+    let proxies = &snap.config.server.trusted_proxies;
+    Client {
+        peer,
+        peer_trusted: peer.is_some_and(|p| crate::net::trusted(proxies, p)),
+        addr: peer.map(|p| crate::net::client_addr(p, &head.headers, proxies)),
+    }
+}
+
+/// Chooses the route, side and upstream of a request whose head passed the guard.
+pub async fn decide(
+    snap: &Arc<Snapshot>,
+    head: &Parts,
+    path: &str,
+    client: &Client,
+) -> Result<Decision, Refusal> {
+    let route = match snap.config.server.path_params {
+        PathParams::Reject => snap.table.lookup(path, &head.method),
+        PathParams::Keep => snap
+            .table
+            .lookup(&crate::routing::without_params(path), &head.method),
+    };
+    let Some(i) = route else {
+        return match &snap.default {
+            Some(upstream) => Ok(decision(
+                snap,
+                None,
+                Side::Default,
+                upstream,
+                None,
+                Vec::new(),
+            )),
+            None => Err(Refusal::new(404, "no route")),
+        };
+    };
+    let r = &snap.routes[i];
+    let refused = |e: Refusal| e.on(Some(i));
+    // Keys that need no claims are checked before the token is verified; claim keys after.
+    limit(r, head, client.addr, None, false).map_err(refused)?;
+    let (claims, claim_headers) = match &r.auth {
+        Some(verifier) => {
+            let claims = verifier
+                .verify(&head.headers)
+                .await
+                .map_err(|e| refused(deny(&e)))?;
+            let headers =
+                claim_headers(&claims, verifier).map_err(|why| refused(Refusal::new(403, why)))?;
+            (Some(claims), headers)
+        }
+        None => (None, Vec::new()),
+    };
+    limit(r, head, client.addr, claims.as_ref(), true).map_err(refused)?;
+    let side = choose_side(r, head, client.addr, claims.as_ref());
+    let upstream = match side {
+        Side::New => r.new.as_ref(),
+        _ => r.legacy.as_ref(),
+    };
+    let Some(upstream) = upstream else {
+        return Err(refused(Refusal::new(404, "no route")));
+    };
+    Ok(decision(
+        snap,
+        Some(i),
+        side,
+        upstream,
+        claims,
+        claim_headers,
+    ))
+}
+
+fn decision(
+    snap: &Snapshot,
+    route: Option<usize>,
+    side: Side,
+    upstream: &crate::upstream::Shared,
+    claims: Option<Claims>,
+    claim_headers: Vec<(HeaderName, HeaderValue)>,
+) -> Decision {
+    let stats = match route {
+        Some(i) => Arc::clone(&snap.routes[i].stats),
+        None => Arc::clone(&snap.default_stats),
+    };
+    Decision {
+        route,
+        side,
+        upstream: Arc::clone(upstream),
+        claims,
+        claim_headers,
+        _in_flight: InFlight::new(stats, side, Arc::clone(upstream)),
+        permit: None,
+    }
+}
+
+/// The value of a sticky or rate-limit key in a request: the one place keys are resolved,
+/// claim keys from the verified claims.
+pub fn key_value<'a>(
+    key: &StickyKey,
+    head: &'a Parts,
+    client: Option<IpAddr>,
+    claims: Option<&Claims>,
+) -> KeyValue<'a> {
+    match key {
+        StickyKey::Jwt(claim) => claims
+            .and_then(|c| claim_text(c, claim))
+            .map_or(KeyValue::Missing, KeyValue::Owned),
+        other => other.value(&head.headers, client),
+    }
+}
+
+/// Checks the route's rate limit for keys that need claims (`after_auth`) or not.
+fn limit(
+    r: &LiveRoute,
+    head: &Parts,
+    client: Option<IpAddr>,
+    claims: Option<&Claims>,
+    after_auth: bool,
+) -> Result<(), Refusal> {
+    let Some(limiter) = &r.rate_limit else {
+        return Ok(());
+    };
+    if matches!(limiter.config.key, StickyKey::Jwt(_)) != after_auth {
+        return Ok(());
+    }
+    // Requests without the key's value share one bucket.
+    let key = match key_value(&limiter.config.key, head, client, claims) {
+        KeyValue::Bytes(b) => limiter.key(b),
+        KeyValue::Owned(s) => limiter.key(s.as_bytes()),
+        KeyValue::Ip(ip) => limiter.ip_key(ip),
+        KeyValue::Missing => 0,
+    };
+    match limiter.check(key, Instant::now()) {
+        Ok(_) => Ok(()),
+        Err(limited) => Err(too_many(limiter, &r.id, limited)),
+    }
+}
+
+/// 429 for a request over its route's rate limit, with when to retry and the policy.
+fn too_many(limiter: &RateLimiter, route: &str, limited: Limited) -> Refusal {
+    let retry = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    Refusal::new(429, "rate limited")
+        .with(header::RETRY_AFTER, retry.to_string())
+        .with(
+            HeaderName::from_static("ratelimit-policy"),
+            limiter.policy_header(route),
+        )
+        .with(
+            HeaderName::from_static("ratelimit"),
+            format!("\"{route}\";r=0;t={retry}"),
+        )
+}
+
+/// A failed authorization: 401 with a `WWW-Authenticate` that says why, 403 for a missing
+/// claim, 503 when the keys are unavailable.
+fn deny(e: &AuthError) -> Refusal {
+    Refusal::new(e.status(), e.to_string()).with(header::WWW_AUTHENTICATE, e.challenge())
+}
+
+/// The forwarded-claim headers for verified `claims`. A claim that is present but cannot be a
+/// header value (a CR or LF in it) is an error, never silently left out: the upstream would
+/// see a verified request without the identity it relies on.
+fn claim_headers(
+    claims: &Claims,
+    verifier: &Verifier,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut out = Vec::with_capacity(verifier.config.forward_claims.len());
+    for (claim, header) in &verifier.config.forward_claims {
+        if let Some(value) = claim_text(claims, claim) {
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("claim `{claim}` cannot be sent as `{header}`"))?;
+            out.push((header.clone(), value));
+        }
+    }
+    Ok(out)
+}
+
+fn choose_side(
+    r: &LiveRoute,
+    head: &Parts,
+    client: Option<IpAddr>,
+    claims: Option<&Claims>,
+) -> Side {
+    match (&r.legacy, &r.new) {
+        (Some(_), None) => return Side::Legacy,
+        (None, _) => return Side::New,
+        _ => {}
+    }
+    let claim_rule = |rule: &crate::config::ClaimRule| {
+        claims.is_some_and(|c| claim_matches(c, &rule.claim, &rule.equals))
+    };
+    if r.allow_override && r.override_when.as_ref().is_none_or(claim_rule) {
+        match head.headers.get(&X_STRANGLE_SIDE).map(|v| v.as_bytes()) {
+            Some(b"new") => return Side::New,
+            Some(b"legacy") => return Side::Legacy,
+            _ => {}
+        }
+    }
+    if r.new_when.as_ref().is_some_and(claim_rule) {
+        return Side::New;
+    }
+    let key = key_value(&r.sticky, head, client, claims);
+    split::side_for(split::bucket(r.seed, key), r.shift)
+}

@@ -1,0 +1,286 @@
+//! The request pipeline, independent of the engine that carries the request: **guard** (framing
+//! and head checks, the canonical path), **decide** (route, rate limits, auth, side, upstream),
+//! **forward** (the one outbound header policy, `outbound`, applied to every upstream kind) and
+//! **account** (counters and the access-log line). An engine (the Pingora adapter in
+//! `proxy`, a future HTTP/1 fast path or shadow sender) holds a `Request`, calls `guard` and
+//! `decide` with what it read, forwards as its upstream kind needs, and ends with `account`.
+//! A refusal at any stage is a `Refusal`, which the engine writes as its response.
+//!
+//! Counting is done by guards the request holds: the process's in-flight count from the
+//! request's creation (`Lifecycle::request`), the route side's and the upstream's from the
+//! decision (`InFlight`), a `max-in-flight` slot from `Decision::admit`. Whichever way a
+//! request ends, dropping it releases all of them.
+
+pub mod account;
+pub mod decide;
+pub mod guard;
+pub mod outbound;
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+
+use crate::auth::Claims;
+use crate::lifecycle::{Counted, Lifecycle};
+use crate::split::Side;
+use crate::state::Snapshot;
+use crate::stats::RouteStats;
+use crate::upstream::Shared;
+
+pub use account::Finished;
+pub use guard::RequestPath;
+
+/// A request refused by the pipeline: the status, why (for the log, never the client), the
+/// extra headers the answer carries, and the route it was refused on, if one matched.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub why: String,
+    pub headers: Vec<(HeaderName, String)>,
+    pub route: Option<usize>,
+}
+
+impl Refusal {
+    pub fn new(status: u16, why: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            why: why.into(),
+            headers: Vec::new(),
+            route: None,
+        }
+    }
+
+    fn on(mut self, route: Option<usize>) -> Refusal {
+        self.route = route;
+        self
+    }
+
+    fn with(mut self, name: HeaderName, value: impl Into<String>) -> Refusal {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// Whether an answer with this status ends its connection: after a malformed request (400,
+/// 431) nothing else on the connection can be trusted.
+pub fn closes_connection(status: u16) -> bool {
+    status == 400 || status == 431
+}
+
+/// Who sent the request: the TCP peer, whether it is a trusted proxy, and the client address
+/// after the trusted-proxy walk (the peer itself when it is not trusted).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client {
+    pub peer: Option<IpAddr>,
+    pub peer_trusted: bool,
+    pub addr: Option<IpAddr>,
+}
+
+/// What `decide` chose for a request. Holding it counts the request in its route side's and
+/// upstream's in-flight gauges.
+#[derive(Debug)]
+pub struct Decision {
+    pub route: Option<usize>,
+    pub side: Side,
+    pub upstream: Shared,
+    /// The verified JWT claims, on routes with `auth`.
+    pub claims: Option<Claims>,
+    /// The verified claims as the headers that carry them upstream.
+    pub claim_headers: Vec<(HeaderName, HeaderValue)>,
+    _in_flight: InFlight,
+    /// A `max-in-flight` slot of the upstream, held to the end of the request.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Decision {
+    /// Takes a `max-in-flight` slot of the upstream, waiting up to its `queue-timeout`: 503
+    /// when none frees up. Engines call it once the request is ready to go (a buffered body
+    /// read), so a slow client holds nobody else's slot.
+    pub async fn admit(&mut self) -> Result<(), Refusal> {
+        let Some(limiter) = &self.upstream.limiter else {
+            return Ok(());
+        };
+        let wait = self.upstream.config.queue_timeout;
+        match tokio::time::timeout(wait, Arc::clone(limiter).acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                self.permit = Some(permit);
+                Ok(())
+            }
+            _ => Err(Refusal::new(
+                503,
+                format!("upstream `{}` at max-in-flight", self.upstream.name()),
+            )
+            .with(http::header::RETRY_AFTER, "1")
+            .on(self.route)),
+        }
+    }
+}
+
+/// A request counted in its route side's and upstream's in-flight gauges while this lives.
+#[derive(Debug)]
+struct InFlight {
+    stats: Arc<RouteStats>,
+    side: Side,
+    upstream: Shared,
+}
+
+impl InFlight {
+    fn new(stats: Arc<RouteStats>, side: Side, upstream: Shared) -> InFlight {
+        stats.side(side).in_flight.fetch_add(1, Ordering::Relaxed);
+        upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats,
+            side,
+            upstream,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats
+            .side(self.side)
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.upstream
+            .stats
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request's way through the pipeline, whatever engine carries it.
+pub struct Request {
+    /// The snapshot the request started with; reloads meanwhile do not affect it.
+    pub snap: Arc<Snapshot>,
+    pub start: Instant,
+    /// The request's `x-request-id` (the client's when well formed, else a new one).
+    pub request_id: Option<HeaderValue>,
+    pub client: Client,
+    /// The request line's method and target as received.
+    pub method: Option<http::Method>,
+    pub path: Option<RequestPath>,
+    /// The route the request matched, set once by `decide` (refused or not).
+    pub route: Option<usize>,
+    pub decision: Option<Decision>,
+    /// When the first call to the upstream started.
+    pub upstream_start: Option<Instant>,
+    counted: Counted,
+}
+
+impl Request {
+    pub fn new(snap: Arc<Snapshot>, lifecycle: &Arc<Lifecycle>) -> Request {
+        Request {
+            snap,
+            start: Instant::now(),
+            request_id: None,
+            client: Client::default(),
+            method: None,
+            path: None,
+            route: None,
+            decision: None,
+            upstream_start: None,
+            counted: lifecycle.request(),
+        }
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        self.counted.lifecycle()
+    }
+
+    /// Stage 1: checks the head and takes the canonical path (see `guard`).
+    pub fn guard(&mut self, inbound: &guard::Inbound<'_>) -> Result<(), Refusal> {
+        self.request_id = Some(guard::request_id(&inbound.head.headers));
+        self.method = Some(inbound.head.method.clone());
+        self.client = decide::client(&self.snap, inbound.head, inbound.peer);
+        self.path = Some(guard::check(&self.snap, inbound)?);
+        Ok(())
+    }
+
+    /// Stage 2: chooses route, side and upstream (see `decide`). The route is recorded
+    /// whether the request is refused on it or not.
+    pub async fn decide(&mut self, head: &http::request::Parts) -> Result<(), Refusal> {
+        let Some(path) = &self.path else {
+            return Err(Refusal::new(500, "decide before guard"));
+        };
+        let decided = decide::decide(&self.snap, head, path.routed(), &self.client).await;
+        match decided {
+            Ok(d) => {
+                self.route = d.route;
+                self.decision = Some(d);
+                Ok(())
+            }
+            Err(r) => {
+                self.route = r.route;
+                Err(r)
+            }
+        }
+    }
+
+    pub fn upstream(&self) -> Option<&Shared> {
+        self.decision.as_ref().map(|d| &d.upstream)
+    }
+
+    pub fn side(&self) -> Option<Side> {
+        self.decision.as_ref().map(|d| d.side)
+    }
+
+    pub fn route_id(&self) -> Option<&str> {
+        self.route.map(|i| self.snap.routes[i].id.as_str())
+    }
+
+    pub fn route_stats(&self) -> &RouteStats {
+        match self.route {
+            Some(i) => &self.snap.routes[i].stats,
+            None => &self.snap.default_stats,
+        }
+    }
+
+    pub fn request_id_str(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Stage 3's input: what the outbound header policy needs, from the decision and head.
+    pub fn outbound<'a>(
+        &'a self,
+        head: &http::request::Parts,
+        https: bool,
+        keep_upgrade: bool,
+    ) -> outbound::Outbound<'a> {
+        let claims = self
+            .decision
+            .as_ref()
+            .map_or(&[][..], |d| &d.claim_headers[..]);
+        outbound::Outbound {
+            peer: self.client.peer.map(crate::net::unmap),
+            peer_trusted: self.client.peer_trusted,
+            client: self.client.addr,
+            https,
+            host: head.headers.get(http::header::HOST).cloned(),
+            keep_upgrade,
+            identity_headers: &self.snap.identity_headers,
+            claims,
+            request_id: self.request_id.as_ref(),
+        }
+    }
+
+    /// The path the request was routed on, for the log: the canonical one once guarded, the
+    /// raw target's path before.
+    pub fn logged_path<'a>(&'a self, fallback: &'a str) -> &'a str {
+        self.path.as_ref().map_or(fallback, RequestPath::routed)
+    }
+
+    /// The raw target, for requests that never reached the guard's path step.
+    pub fn raw_target(&self) -> Bytes {
+        self.path
+            .as_ref()
+            .map_or_else(Bytes::new, |p| p.target.clone())
+    }
+}

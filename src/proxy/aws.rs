@@ -1,0 +1,259 @@
+//! The forward stage for upstreams strangle calls with its own client: a Lambda function
+//! invoked directly (the request becomes an event) and a SigV4-signed HTTP endpoint (API
+//! Gateway, Function URLs). Both take the whole request body first; both get their headers
+//! from the one outbound policy (`Request::outbound`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::ErrorType;
+
+use super::respond::{finish_response, respond};
+use super::Ctx;
+use crate::config::Target;
+use crate::lambda::{event, InvokeError, PAYLOAD_LIMIT};
+use crate::pipeline::outbound;
+use crate::upstream::Kind;
+
+/// API Gateway's limit on a request payload.
+pub(super) const SIGNED_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// Why a buffered body was not read.
+pub(super) enum BodyError {
+    TooLarge,
+    TooSlow,
+}
+
+/// Reads the whole request body within `deadline` (a slow client must not hold an upstream's
+/// `max-in-flight` slot, so this runs before the slot is taken). Over `limit` or late, the
+/// connection is marked for closing: the rest of the body is never read.
+pub(super) async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: Duration,
+) -> Result<std::result::Result<Bytes, BodyError>> {
+    match tokio::time::timeout(deadline, read_body_within(session, limit)).await {
+        Ok(r) => r.map(|b| b.ok_or(BodyError::TooLarge)),
+        Err(_) => {
+            session.set_keepalive(None);
+            Ok(Err(BodyError::TooSlow))
+        }
+    }
+}
+
+async fn read_body_within(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        session.set_keepalive(None);
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            session.set_keepalive(None);
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// Answers a failed call to an AWS endpoint with the status that failure maps to; the failure's
+/// own text goes to the log, never to the client.
+async fn fail_aws(session: &mut Session, ctx: &mut Ctx, e: InvokeError) -> Result<bool> {
+    let status = e.status();
+    let upstream = ctx.req.upstream().map_or("", |u| u.name());
+    tracing::warn!(upstream = %upstream, request_id = %ctx.req.request_id_str(), status, "upstream call failed: {e}");
+    let retry = [(header::RETRY_AFTER, "1".to_string())];
+    let extra: &[(HeaderName, String)] = if status == 503 { &retry } else { &[] };
+    respond(session, ctx, status, e.to_string(), extra).await
+}
+
+/// The request's headers after the outbound policy, as every upstream kind gets them.
+fn policed_headers(session: &Session, ctx: &Ctx) -> http::HeaderMap {
+    let mut headers = session.req_header().headers.clone();
+    let out = ctx.req.outbound(
+        session.req_header(),
+        super::https(session),
+        session.is_upgrade_req(),
+    );
+    outbound::apply(&mut headers, &out);
+    headers
+}
+
+/// Serves a request from a Lambda function: the event built from the request and its body,
+/// the function invoked, its answer written back.
+pub(super) async fn serve_lambda(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: Bytes,
+) -> Result<bool> {
+    let Some(upstream) = ctx.req.upstream().cloned() else {
+        return respond(session, ctx, 500, "no upstream", &[]).await;
+    };
+    let Kind::Lambda(lambda) = &upstream.kind else {
+        return respond(session, ctx, 500, "not a lambda upstream", &[]).await;
+    };
+    let headers = policed_headers(session, ctx);
+    let req = session.req_header();
+    let route_path = ctx
+        .req
+        .route
+        .map_or("/", |i| ctx.req.snap.routes[i].path.as_str());
+    let protocol = match req.version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    let (path, query) = match &ctx.req.path {
+        Some(p) => (p.routed(), p.query()),
+        None => return respond(session, ctx, 500, "no path", &[]).await,
+    };
+    let event = event::encode(
+        lambda.payload(),
+        &event::Request {
+            method: req.method.as_str(),
+            path,
+            query: query.strip_prefix('?').unwrap_or(&query),
+            headers: &headers,
+            body: &body,
+            source_ip: ctx.req.client.addr,
+            request_id: ctx.req.request_id_str(),
+            protocol,
+            route_path,
+            now: SystemTime::now(),
+            claims: ctx.req.decision.as_ref().and_then(|d| d.claims.as_ref()),
+        },
+    );
+    if event.len() > PAYLOAD_LIMIT {
+        return respond(session, ctx, 413, "event over Lambda's 6 MB limit", &[]).await;
+    }
+    ctx.req.upstream_start = Some(Instant::now());
+    let response = match lambda.invoke(event).await {
+        Ok(r) => r,
+        Err(e) => return fail_aws(session, ctx, e).await,
+    };
+    let mut resp = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
+    for (name, value) in response.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        resp.append_header(name, value)?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, response.body.len().to_string())?;
+    finish_response(session, ctx, &mut resp)?;
+    ctx.status = response.status;
+    let empty = response.body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session
+            .write_response_body(Some(response.body), true)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// Forwards a request to an AWS HTTP endpoint with a SigV4 signature, which needs the whole
+/// body (its hash is signed); the response streams back.
+pub(super) async fn serve_signed(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: Bytes,
+) -> Result<bool> {
+    let Some(upstream) = ctx.req.upstream().cloned() else {
+        return respond(session, ctx, 500, "no upstream", &[]).await;
+    };
+    let (Some(sig), Target::Url { tls, .. }) = (&upstream.config.sigv4, &upstream.config.target)
+    else {
+        return respond(session, ctx, 500, "not a signed url upstream", &[]).await;
+    };
+    let Some(path) = &ctx.req.path else {
+        return respond(session, ctx, 500, "no path", &[]).await;
+    };
+    let scheme = if *tls { "https" } else { "http" };
+    let authority = upstream
+        .config
+        .target
+        .socket_authority()
+        .unwrap_or_default();
+    let uri = format!(
+        "{scheme}://{authority}{}{}{}",
+        upstream.base_path(),
+        path.routed(),
+        path.query()
+    );
+    // The signature sets these; a client's copies would be signed as if strangle sent them.
+    let headers: Vec<(HeaderName, HeaderValue)> = policed_headers(session, ctx)
+        .iter()
+        .filter(|(k, _)| {
+            **k != header::HOST && **k != header::AUTHORIZATION && !event::is_reserved(k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let method = session.req_header().method.as_str().to_string();
+    let started = Instant::now();
+    ctx.req.upstream_start = Some(started);
+    let timeout = upstream.config.timeout;
+    let done_by = upstream.config.request_timeout.map(|t| started + t);
+    let response = match crate::lambda::send_signed(
+        &sig.region,
+        &sig.service,
+        &method,
+        &uri,
+        headers,
+        body,
+        upstream.config.head_deadline(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail_aws(session, ctx, e).await,
+    };
+    let (parts, mut incoming) = response.into_parts();
+    let mut resp = ResponseHeader::build(parts.status.as_u16(), Some(parts.headers.len() + 1))?;
+    for (k, v) in &parts.headers {
+        if *k != header::TRANSFER_ENCODING {
+            resp.append_header(k.clone(), v.clone())?;
+        }
+    }
+    finish_response(session, ctx, &mut resp)?;
+    ctx.status = parts.status.as_u16();
+    session.write_response_header(Box::new(resp), false).await?;
+    loop {
+        // Each read within `timeout`, all of them by `request-timeout`.
+        let wait = done_by.map_or(timeout, |by| {
+            timeout.min(by.saturating_duration_since(Instant::now()))
+        });
+        match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut incoming)).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    session.write_response_body(Some(data), false).await?;
+                }
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                let e = Error::explain(ErrorType::ReadError, format!("upstream body: {e}"));
+                return Err(e.into_up());
+            }
+            Err(_) => {
+                ctx.attempt.late = upstream
+                    .config
+                    .request_timeout
+                    .filter(|_| done_by.is_some_and(|by| Instant::now() >= by))
+                    .map(crate::exchange::Late::Total);
+                let e = Error::explain(ErrorType::ReadTimedout, "upstream body timed out");
+                return Err(e.into_up());
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    Ok(true)
+}

@@ -1,0 +1,576 @@
+//! The Pingora engine: a thin `ProxyHttp` adapter over the request pipeline (`pipeline`).
+//!
+//! `request_filter` reads what the pipeline needs from Pingora's session, runs guard and decide,
+//! and then forwards: Lambda and signed upstreams are served here (`aws`), plain HTTP upstreams
+//! go back to Pingora, whose phases this adapter fills in: `upstream_peer` picks a healthy
+//! address; `upstream_request_filter` applies the outbound header policy; the connection and
+//! error hooks run the exchange deadlines, retries and passive health; `response_filter`
+//! repairs framing (`respond::frame_response`); `logging` is the pipeline's account step.
+
+mod aws;
+mod respond;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::exchange::{ExchangeDeadline, Late};
+use crate::lambda::PAYLOAD_LIMIT;
+use crate::pipeline::guard::Inbound;
+use crate::pipeline::{outbound, Finished, Request};
+use crate::state::Live;
+use crate::telemetry::AccessLogger;
+use crate::upstream::{HttpUpstream, Kind};
+use respond::{final_response_written, frame_response, no_body, refuse, respond};
+
+/// The strangle proxy.
+pub struct Strangle {
+    pub live: Arc<Live>,
+    pub access: Arc<AccessLogger>,
+}
+
+/// Per-request state: the pipeline's request, the current upstream attempt, and how the
+/// response went.
+pub struct Ctx {
+    req: Request,
+    attempt: Attempt,
+    /// The status the client got (or gets, should the grace period cut the response off).
+    status: u16,
+    error: Option<String>,
+    /// The response failed after its head was handed on: it is logged and counted by its
+    /// failure status, not the head's.
+    replaced: bool,
+    /// `logging` ran for this request.
+    logged: bool,
+}
+
+/// The exchange with an HTTP upstream, across retries.
+#[derive(Default)]
+struct Attempt {
+    /// The path to send upstream when it differs from the client's (normalised or prefixed).
+    upstream_path: Option<String>,
+    peer_addr: Option<SocketAddr>,
+    avoid: Option<SocketAddr>,
+    /// Attempts after the first (a refused connect, or a sent idempotent request that got no
+    /// response), at most the upstream's `retries`.
+    retried: usize,
+    /// The upstream's response head arrived (a retry after that would repeat a response).
+    head_received: bool,
+    /// `response-timeout` / `request-timeout` on the current upstream connection.
+    deadline: Option<ExchangeDeadline>,
+    /// A deadline passed on an earlier attempt or this one.
+    late: Option<Late>,
+    /// The whole request (head and body) has been sent upstream (for the head's deadline and
+    /// passive health: a slow client's upload is never the upstream's fault).
+    request_sent: bool,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if !self.logged && self.req.lifecycle().cut_off() {
+            // The end of the grace period dropped this request: it is logged and counted.
+            let target = self.req.raw_target();
+            let target = String::from_utf8_lossy(&target);
+            let fallback = target.split('?').next().unwrap_or("");
+            let method = self.req.method.as_ref().map_or("", http::Method::as_str);
+            self.req.account(
+                self.req.lifecycle().cut_off_log(),
+                Finished {
+                    status: self.status,
+                    method,
+                    path: self.req.logged_path(fallback),
+                    client: self.req.client.addr,
+                    bytes: (0, 0),
+                    error: Some("cut off: the grace period ended before the response did".into()),
+                },
+            );
+        }
+    }
+}
+
+impl Ctx {
+    /// Response body passed (upstream side or client side). At its end the deadline is over;
+    /// if it had passed, the end is the socket shutdown that ended a late exchange, read as
+    /// the end of a body delimited by the close, and the client's response must not end as if
+    /// complete: an error instead.
+    fn body_passed(&mut self, end_of_stream: bool) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            self.disarm();
+            let late = self.attempt.late.or_else(|| {
+                let d = self.attempt.deadline.as_ref();
+                d.and_then(ExchangeDeadline::fired)
+            });
+            if let Some(late) = late {
+                self.attempt.late = Some(late);
+                let e = Error::explain(ErrorType::ReadTimedout, late.to_string());
+                return Err(e.into_up());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the deadline on the current upstream connection, noting whether it had passed.
+    fn disarm(&mut self) {
+        if let Some(d) = self.attempt.deadline.take() {
+            d.disarm();
+            self.attempt.late = self.attempt.late.or(d.fired());
+        }
+    }
+
+    /// The HTTP upstream serving this request, if it is one.
+    fn http_upstream(&self) -> Option<&HttpUpstream> {
+        match &self.req.upstream()?.kind {
+            Kind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Passive health: tells the upstream how the current address did.
+    fn report(&self, ok: bool) {
+        if let (Some(up), Some(addr)) = (self.http_upstream(), self.attempt.peer_addr) {
+            up.report(addr, ok);
+        }
+    }
+
+    fn retries(&self) -> usize {
+        self.req.upstream().map_or(0, |u| u.config.retries)
+    }
+}
+
+/// The request target exactly as the client sent it (HTTP/1), fragment and all. A slice of
+/// the buffer the head was read into: no copy.
+fn raw_target(session: &Session) -> Bytes {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        let raw = h1.get_headers_raw_bytes();
+        let line_end = memchr::memchr(b'\n', &raw).unwrap_or(raw.len());
+        let line = &raw[..line_end];
+        if let Some(start) = line.iter().position(|&b| b == b' ').map(|i| i + 1) {
+            let len = line[start..]
+                .iter()
+                .position(|&b| b == b' ')
+                .unwrap_or(line.len() - start);
+            return raw.slice(start..start + len);
+        }
+    }
+    Bytes::copy_from_slice(session.req_header().raw_path())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Whether the client reached strangle over TLS.
+fn https(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+impl Strangle {
+    /// The forward stage once a request is decided: upstreams that take the whole body get it
+    /// first (within `body-timeout`, before a `max-in-flight` slot is taken, so a slow client
+    /// holds nobody else's slot); Lambda and signed upstreams are served here; an HTTP
+    /// upstream's request goes back to Pingora (`Ok(false)`).
+    async fn forward(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(upstream) = ctx.req.upstream().cloned() else {
+            return respond(session, ctx, 500, "no upstream", &[]).await;
+        };
+        let body_timeout = ctx.req.snap.config.server.body_timeout;
+        let buffered_limit = match &upstream.kind {
+            Kind::Lambda(_) => Some((PAYLOAD_LIMIT, "request body over Lambda's 6 MB limit")),
+            Kind::Signed => Some((
+                aws::SIGNED_BODY_LIMIT,
+                "request body over API Gateway's 10 MB limit",
+            )),
+            Kind::Http(_) => None,
+        };
+        // The client waits for a go-ahead before sending the body: it is authorized now, so
+        // strangle gives it (upstreams never see the `Expect`: the policy removes it).
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && session.req_header().version == http::Version::HTTP_11 {
+            session.write_continue_response().await?;
+        }
+        let body = match buffered_limit {
+            Some((limit, too_large)) => match aws::read_body(session, limit, body_timeout).await? {
+                Ok(b) => Some(b),
+                Err(aws::BodyError::TooLarge) => {
+                    return respond(session, ctx, 413, too_large, &[]).await
+                }
+                Err(aws::BodyError::TooSlow) => {
+                    let why = "request body not received within body-timeout";
+                    return respond(session, ctx, 408, why, &[]).await;
+                }
+            },
+            None => {
+                // Streamed to the upstream: each read of the body is bounded instead.
+                session.set_read_timeout(Some(body_timeout));
+                None
+            }
+        };
+        if let Some(d) = ctx.req.decision.as_mut() {
+            if let Err(r) = d.admit().await {
+                return refuse(session, ctx, r).await;
+            }
+        }
+        match (&upstream.kind, body) {
+            (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, body).await,
+            (Kind::Signed, Some(body)) => aws::serve_signed(session, ctx, body).await,
+            _ => {
+                let base = upstream.base_path();
+                if let Some(path) = ctx.req.path.as_ref() {
+                    if !base.is_empty() || path.rewritten() {
+                        let query = path.query();
+                        ctx.attempt.upstream_path = Some(format!("{base}{}{query}", path.routed()));
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Strangle {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            req: Request::new(self.live.load(), &self.live.lifecycle),
+            attempt: Attempt::default(),
+            status: 0,
+            error: None,
+            replaced: false,
+            logged: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let bad_request_line = crate::http1::head_parsed();
+        if session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 has no interim responses (RFC 9110 section 15.2).
+            session.as_downstream_mut().set_ignore_info_resp(true);
+        }
+        let raw_head = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let inbound = Inbound {
+            head: session.req_header(),
+            target: raw_target(session),
+            raw_head: raw_head.as_deref(),
+            bad_request_line,
+            peer: client_ip(session),
+        };
+        if let Err(r) = ctx.req.guard(&inbound) {
+            return refuse(session, ctx, r).await;
+        }
+        if let Err(r) = ctx.req.decide(session.req_header()).await {
+            return refuse(session, ctx, r).await;
+        }
+        self.forward(session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(http) = ctx.http_upstream() else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "not an HTTP upstream");
+        };
+        let Some(backend) = http.select(ctx.attempt.avoid) else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no address to try");
+        };
+        let peer = http.peer(&backend);
+        ctx.attempt.peer_addr = backend.addr.as_inet().copied();
+        ctx.req.upstream_start.get_or_insert_with(Instant::now);
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent on a connection that never opened: any method may try another address.
+        ctx.attempt.avoid = ctx.attempt.peer_addr;
+        ctx.report(false);
+        let retry = ctx.attempt.retried < ctx.retries();
+        if retry {
+            ctx.attempt.retried += 1;
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.disarm();
+        let Some(up) = ctx.req.upstream() else {
+            return Ok(());
+        };
+        let (head, total) = (up.config.response_timeout, up.config.request_timeout);
+        if head.is_none() && total.is_none() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        // The head's clock starts once the request is sent, on each attempt (a retry resends
+        // a body that is already here); the total's with the first attempt.
+        let started = ctx
+            .req
+            .upstream_start
+            .map_or(now, tokio::time::Instant::from_std);
+        // Pingora's own framing says whether the body is all read (`Content-Length: 00` is no body
+        // to it, whatever the header's spelling).
+        let sent = ctx.attempt.request_sent || session.as_downstream_mut().is_body_done();
+        ctx.attempt.deadline = ExchangeDeadline::arm(
+            fd,
+            head.filter(|_| sent).map(|d| (now + d, d)),
+            total.map(|d| (started + d, d)),
+        );
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream && !ctx.attempt.request_sent {
+            ctx.attempt.request_sent = true;
+            let head = ctx.req.upstream().and_then(|u| u.config.response_timeout);
+            if let (Some(d), Some(head)) = (&ctx.attempt.deadline, head) {
+                d.request_sent(head);
+            }
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        ctx.disarm();
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let upstream_fault = e.esource() == &ErrorSource::Upstream;
+        let a = &ctx.attempt;
+        // A total deadline that passed while the client was still uploading is the client's.
+        let clients_fault =
+            a.late.is_some() && !a.request_sent && !session.as_downstream_mut().is_body_done();
+        if upstream_fault && !a.head_received && !clients_fault {
+            ctx.report(false);
+        }
+        // A sent request that got no response is tried again on a fresh connection (another
+        // address when there is one) only when repeating it is safe: an idempotent method,
+        // a body still held whole, nothing of a response received or passed on, no deadline
+        // passed, and retries left.
+        let retry = upstream_fault
+            && a.late.is_none()
+            && !a.head_received
+            && final_response_written(session).is_none()
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && a.retried < ctx.retries();
+        ctx.attempt.avoid = ctx.attempt.peer_addr;
+        if retry {
+            ctx.attempt.retried += 1;
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(path) = ctx.attempt.upstream_path.as_deref() {
+            up.set_raw_path(path.as_bytes())?;
+        }
+        let out = ctx.req.outbound(
+            session.req_header(),
+            https(session),
+            session.is_upgrade_req(),
+        );
+        outbound::apply(up, &out);
+        if let Some(host) = ctx.http_upstream().and_then(|h| h.host_header.clone()) {
+            up.insert_header(header::HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        ctx.attempt.head_received = true;
+        if let Some(d) = &ctx.attempt.deadline {
+            d.head_received();
+        }
+        ctx.report(true);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_upgrade_req() {
+            // A protocol switch nobody asked for would turn the connection into a raw tunnel
+            // to the upstream: refuse it (502; the upstream connection is not reused).
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "unsolicited 101 Switching Protocols from the upstream",
+            );
+        }
+        let cap = ctx
+            .req
+            .upstream()
+            .map_or(64 * 1024, |u| u.config.max_response_header_bytes);
+        if let Err(why) = frame_response(resp, session.req_header(), cap) {
+            return Error::e_explain(ErrorType::HTTPStatus(502), why);
+        }
+        if !resp.status.is_informational() {
+            ctx.status = resp.status.as_u16();
+            // Only interim responses went out before this one: a failure from here on is
+            // judged by what of this response reached the client.
+            crate::http1::final_response_starts(session.as_downstream());
+        }
+        if session.req_header().version == http::Version::HTTP_10
+            && !resp.status.is_informational()
+            && !resp.headers.contains_key(header::CONTENT_LENGTH)
+            && !no_body(resp.status, &session.req_header().method)
+        {
+            // HTTP/1.0 has no chunked coding (RFC 9112 section 6.1): the body is delimited
+            // by the close instead.
+            resp.remove_header(&header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
+        respond::finish_response(session, ctx, resp)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // At the end: before the connection goes back to the pool.
+        ctx.body_passed(end_of_stream)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        ctx.body_passed(end_of_stream)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        ctx.disarm();
+        let code = match e.etype() {
+            _ if ctx.attempt.late.is_some() => 504,
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The body stalled past `body-timeout`.
+                    ErrorType::ReadTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        ctx.status = code;
+        ctx.error = Some(match ctx.attempt.late {
+            Some(late) => format!("{late}: {e}"),
+            None => e.to_string(),
+        });
+        // The connection is not reused after a failed proxy attempt (`can_reuse_downstream`).
+        session.set_keepalive(None);
+        if code > 0 && final_response_written(session).is_none() {
+            // Nothing final was sent (an interim 100 or 103 may have been): the error is the
+            // answer. The client may be gone already; nothing more to do about a failed write.
+            let why = ctx.error.clone().unwrap_or_default();
+            let _ = respond(session, ctx, code, why, &[]).await;
+        } else if code > 0 {
+            ctx.replaced = true;
+            // The head was handed on but may not have left yet: if nothing reached the
+            // client, it gets the error instead; otherwise its connection is reset, so a
+            // truncated body never looks complete.
+            crate::http1::fail_response(
+                session.as_downstream(),
+                respond::error_reply(code, ctx.req.request_id.as_ref()),
+            );
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.disarm();
+        ctx.logged = true;
+        let status = match session.response_written() {
+            Some(r) if !ctx.replaced => r.status.as_u16(),
+            _ => ctx.status,
+        };
+        let req = session.req_header();
+        let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
+        ctx.req.account(
+            Some(&self.access),
+            Finished {
+                status,
+                method: req.method.as_str(),
+                path: ctx.req.logged_path(req.uri.path()),
+                client: ctx.req.client.addr.or_else(|| client_ip(session)),
+                bytes: (session.body_bytes_read(), session.body_bytes_sent()),
+                error,
+            },
+        );
+    }
+}

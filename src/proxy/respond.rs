@@ -1,0 +1,187 @@
+//! Responses the Pingora adapter writes or checks: strangle's own answers (refusals, errors),
+//! what every response gets on its way out, and the framing repair of an upstream's response.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::Ctx;
+use crate::pipeline::outbound::hop_by_hop;
+use crate::pipeline::Refusal;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Answers a request the pipeline refused.
+pub(super) async fn refuse(session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
+    respond(session, ctx, r.status, r.why, &r.headers).await
+}
+
+/// Ends the request with an empty response carrying `extra` headers. Malformed requests
+/// (400, 431) also close the connection: after a framing error nothing else on it can be
+/// trusted.
+pub(super) async fn respond(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    why: impl Into<String>,
+    extra: &[(HeaderName, String)],
+) -> Result<bool> {
+    ctx.status = status;
+    ctx.error = Some(why.into());
+    if crate::pipeline::closes_connection(status) {
+        session.set_keepalive(None);
+    }
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    finish_response(session, ctx, &mut resp)?;
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// What strangle sets on every response it sends, whichever path made it (an upstream's,
+/// a Lambda function's, a signed endpoint's, its own): hop-by-hop headers removed (an upgrade's
+/// pair kept for a switch the client asked for), the request id, and `Connection: close` when
+/// the connection ends after this response (draining, or a session not to be reused): a client
+/// must not send another request on it only to find it closed.
+pub(super) fn finish_response(
+    session: &mut Session,
+    ctx: &Ctx,
+    resp: &mut ResponseHeader,
+) -> Result<()> {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req();
+    for name in hop_by_hop(&resp.headers, upgrade) {
+        resp.remove_header(&name);
+    }
+    if let Some(id) = &ctx.req.request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    if !upgrade {
+        if ctx.req.lifecycle().draining() {
+            session.set_keepalive(None);
+        }
+        if session.get_keepalive().is_none() {
+            resp.insert_header(header::CONNECTION, "close")?;
+        }
+    }
+    Ok(())
+}
+
+/// A complete error response in wire form, for a response that failed after its head was
+/// handed to the transport but before any of it went out.
+pub(super) fn error_reply(code: u16, request_id: Option<&HeaderValue>) -> Bytes {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!("HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\n");
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        out.push_str("x-request-id: ");
+        out.push_str(id);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    Bytes::from(out)
+}
+
+/// The final (non-interim) response head handed to the client, if any.
+pub(super) fn final_response_written(session: &Session) -> Option<&ResponseHeader> {
+    session.response_written().filter(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
+}
+
+/// Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5).
+pub(super) fn no_body(status: http::StatusCode, method: &http::Method) -> bool {
+    status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+        || method == http::Method::HEAD
+}
+
+/// Checks and repairs an upstream response's framing before it is passed on: no body headers
+/// on responses that cannot have a body, one unambiguous length, a head within `cap` bytes.
+pub(super) fn frame_response(
+    resp: &mut ResponseHeader,
+    req: &RequestHeader,
+    cap: usize,
+) -> std::result::Result<(), &'static str> {
+    let reason = resp.get_reason_phrase().map_or(0, str::len);
+    let head: usize = 16
+        + reason
+        + resp
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > cap {
+        return Err("response head over max-response-header-bytes");
+    }
+    let status = resp.status;
+    if status.is_informational() || status == http::StatusCode::NO_CONTENT {
+        // RFC 9110 section 8.6: never a Content-Length on 1xx or 204.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        return Ok(());
+    }
+    let codings = resp.headers.get_all(header::TRANSFER_ENCODING);
+    let chunked = codings.iter().next().is_some();
+    if chunked {
+        // Chunked must be the last coding, and only HTTP/1.1 has it (RFC 9112 sections 6.1,
+        // 6.3): otherwise the body runs to the close and a client or cache that reads the
+        // header differently would see another response inside it.
+        let last = codings
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            return Err("a Transfer-Encoding that does not end in chunked in the response");
+        }
+        if resp.version != http::Version::HTTP_11 {
+            return Err("Transfer-Encoding in a response that is not HTTP/1.1");
+        }
+    }
+    let mut lengths = resp.headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next().map(|v| v.as_bytes().to_vec());
+    if let Some(first) = first {
+        if chunked {
+            return Err("both Content-Length and Transfer-Encoding in the response");
+        }
+        // `5`, `5, 5` and two `5` lines are one length (RFC 9110 section 8.6); anything
+        // else is ambiguous.
+        let mut value: Option<u64> = None;
+        let all = std::iter::once(&first[..]).chain(lengths.map(HeaderValue::as_bytes));
+        for line in all {
+            for part in line.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .ok_or("malformed Content-Length in the response")?;
+                if value.is_some_and(|v| v != n) {
+                    return Err("conflicting Content-Length values in the response");
+                }
+                value = Some(n);
+            }
+        }
+        if let Some(n) = value {
+            resp.insert_header(header::CONTENT_LENGTH, n)
+                .map_err(|_| "malformed Content-Length in the response")?;
+        }
+    }
+    if status == http::StatusCode::NOT_MODIFIED || req.method == http::Method::HEAD {
+        // The length of a representation that is not sent; no coding for a body that is not.
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        if status == http::StatusCode::NOT_MODIFIED {
+            resp.remove_header(&header::CONTENT_LENGTH);
+        }
+    }
+    Ok(())
+}
