@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora::server::ShutdownWatch;
@@ -272,12 +272,12 @@ impl OverCap {
 
 /// Who is asking, and on which address they reached the admin API.
 #[derive(Debug, Clone, Copy)]
-struct Addresses {
-    peer: SocketAddr,
+pub struct Addresses {
+    pub peer: SocketAddr,
     /// The address the connection came in on.
-    local: SocketAddr,
+    pub local: SocketAddr,
     /// The address the listener is bound to.
-    listen: SocketAddr,
+    pub listen: SocketAddr,
 }
 
 /// At most `ECHO` characters of `text`, for an error message.
@@ -289,7 +289,7 @@ fn clip(text: &str) -> Cow<'_, str> {
 }
 
 /// Why a request a browser could have been made to send is refused (see the module comment).
-fn browser_refusal(req: &Request<Incoming>, at: Addresses) -> Option<String> {
+fn browser_refusal<B>(req: &Request<B>, at: Addresses) -> Option<String> {
     let headers = req.headers();
     let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or(""));
     if at.listen.ip().is_loopback() {
@@ -347,7 +347,10 @@ fn own_host(host: &str, at: Addresses) -> bool {
 }
 
 /// Reads `{"percent": 25}` (or `"0.5%"`) within `BODY_TIMEOUT` and `MAX_BODY`.
-async fn read_shift(body: Incoming) -> Result<Shift, Response<Full<Bytes>>> {
+async fn read_shift<B: Body>(body: B) -> Result<Shift, Response<Full<Bytes>>>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let hint = "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}";
     let body =
         match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
@@ -413,12 +416,17 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn handle(
-    req: Request<Incoming>,
+/// Answers one admin request. Generic over the body, so tests call it in-process with a
+/// `Full<Bytes>` body and no socket; the listener passes hyper's `Incoming`.
+pub async fn handle<B: Body>(
+    req: Request<B>,
     at: Addresses,
     live: &Arc<Live>,
     access: &AccessLogger,
-) -> Response<Full<Bytes>> {
+) -> Response<Full<Bytes>>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let peer = at.peer;
     if let Some(why) = browser_refusal(&req, at) {
         tracing::warn!(client = %peer, method = %req.method(), "admin call refused: {why}");
@@ -508,3 +516,7 @@ async fn handle(
         ),
     }
 }
+
+#[cfg(test)]
+#[path = "admin/tests.rs"]
+mod tests;
