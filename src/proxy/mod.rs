@@ -141,8 +141,17 @@ impl Ctx {
         }
     }
 
-    fn retries(&self) -> usize {
-        self.req.upstream().map_or(0, |u| u.config.retries)
+    /// After a failed attempt: the next one avoids this address, and happens when `allowed`
+    /// and the upstream's `retries` are not used up.
+    fn next_attempt(&mut self, allowed: bool) -> bool {
+        let retries = self.req.upstream().map_or(0, |u| u.config.retries);
+        let a = &mut self.attempt;
+        a.avoid = a.peer_addr;
+        let retry = allowed && a.retried < retries;
+        if retry {
+            a.retried += 1;
+        }
+        retry
     }
 }
 
@@ -305,13 +314,8 @@ impl ProxyHttp for Strangle {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent on a connection that never opened: any method may try another address.
-        ctx.attempt.avoid = ctx.attempt.peer_addr;
         ctx.report(false);
-        let retry = ctx.attempt.retried < ctx.retries();
-        if retry {
-            ctx.attempt.retried += 1;
-        }
-        e.set_retry(retry);
+        e.set_retry(ctx.next_attempt(true));
         e
     }
 
@@ -394,13 +398,8 @@ impl ProxyHttp for Strangle {
             && !a.head_received
             && final_response_written(session).is_none()
             && session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && a.retried < ctx.retries();
-        ctx.attempt.avoid = ctx.attempt.peer_addr;
-        if retry {
-            ctx.attempt.retried += 1;
-        }
-        e.set_retry(retry);
+            && !session.as_ref().retry_buffer_truncated();
+        e.set_retry(ctx.next_attempt(retry));
         e
     }
 
