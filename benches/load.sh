@@ -15,7 +15,8 @@
 # Loopback only.
 #
 # Usage: benches/load.sh [OUT.md]
-#   ROUNDS=3 DURATION=8 CONNECTIONS=50 LATENCY_DURATION=10 IDLE=10000 by default
+#   ROUNDS=3 DURATION=8 CONNECTIONS=50 LATENCY_DURATION=10 IDLE=10000 by default;
+#   STRANGLE_BIN=path/to/strangle measures another build (e.g. a baseline before a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -23,6 +24,7 @@ DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-50}
 LATENCY_DURATION=${LATENCY_DURATION:-10}
 IDLE=${IDLE:-10000}
+STRANGLE_BIN=${STRANGLE_BIN:-target/release/strangle}
 # Room for the idle connections: as many descriptors as this machine allows.
 ulimit -n "$(ulimit -Hn)"
 # HAProxy sizes itself for two descriptors per connection and refuses a maxconn the limit
@@ -136,7 +138,7 @@ legacy = "monolith"
 new = "new"
 shift = "10%"
 CONF
-taskset -c 0 target/release/strangle serve -c "$WORK/routing.toml" 2>"$WORK/routing.log" & PIDS+=($!)
+taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/routing.toml" 2>"$WORK/routing.log" & PIDS+=($!)
 ROUTING_PID=$!
 
 # strangle with the full pipeline: JWT (static key from the test issuer, token cache on), sticky
@@ -178,7 +180,7 @@ sticky = "jwt:sub"
 auth = "users"
 rate-limit = { requests = 10000000, per = "1s", burst = 10000000, key = "jwt:sub" }
 CONF
-taskset -c 0 target/release/strangle serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
+taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
 FULL_PID=$!
 
 for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL; do wait_port "$p"; done
