@@ -143,7 +143,8 @@ fn split(c: &mut Criterion) {
 }
 
 fn lambda_events(c: &mut Criterion) {
-    use strangle::lambda::event::{decode, encode, Payload, Request};
+    use strangle::config::Payload;
+    use strangle::lambda::event::{decode, encode, Request};
     let mut headers = HeaderMap::new();
     for (k, v) in [
         ("host", "api.airline.example"),
@@ -201,7 +202,8 @@ fn lambda_events(c: &mut Criterion) {
 fn jwt(c: &mut Criterion) {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
-    use strangle::auth::{AuthConfig, Verifier};
+    use strangle::auth::Verifier;
+    use strangle::config::AuthConfig;
 
     // As in the proxy: ring verifies; installed before the first token is signed here.
     strangle::auth::crypto::install();

@@ -8,38 +8,17 @@
 pub mod crypto;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use http::header::{HeaderMap, AUTHORIZATION};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-/// The validated `[auth.NAME]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuthConfig {
-    pub name: String,
-    pub jwks_url: Option<String>,
-    pub key_files: Vec<PathBuf>,
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-    pub cookie: Option<String>,
-    /// claim → header sent upstream.
-    pub forward_claims: Vec<(String, HeaderName)>,
-    /// claim → required value (a string matches inside space-separated strings and arrays).
-    pub require: Vec<(String, Value)>,
-    pub jwks_refresh: Duration,
-    pub jwks_max_stale: Duration,
-    pub unknown_kid_cooldown: Duration,
-    /// How many verified tokens to remember (0: verify every time).
-    pub token_cache: usize,
-}
+use crate::config::AuthConfig;
 
 const CACHE_SHARDS: usize = 16;
 /// A cached verification is trusted at most this long (and never past the token's `exp`), so a

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use strangle::auth::{AuthConfig, Verifier};
+use strangle::auth::Verifier;
+use strangle::config::AuthConfig;
 
 fn verifier() -> &'static (Verifier, tokio::runtime::Runtime) {
     static V: OnceLock<(Verifier, tokio::runtime::Runtime)> = OnceLock::new();

@@ -27,7 +27,7 @@ use raw::*;
 pub struct Config {
     pub server: Server,
     pub admin: Admin,
-    pub auth: BTreeMap<String, crate::auth::AuthConfig>,
+    pub auth: BTreeMap<String, AuthConfig>,
     pub log: Log,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
@@ -144,9 +144,28 @@ pub struct LambdaTarget {
     pub function: String,
     pub qualifier: Option<String>,
     pub region: String,
-    pub payload: crate::lambda::Payload,
+    pub payload: Payload,
     /// Overrides `https://lambda.{region}.amazonaws.com`, e.g. a local emulator.
     pub endpoint: Option<String>,
+}
+
+/// Which event format the function expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    ApigwV2,
+    ApigwV1,
+    Alb,
+}
+
+impl Payload {
+    pub fn parse(s: &str) -> Option<Payload> {
+        match s {
+            "apigw-v2" => Some(Payload::ApigwV2),
+            "apigw-v1" => Some(Payload::ApigwV1),
+            "alb" => Some(Payload::Alb),
+            _ => None,
+        }
+    }
 }
 
 /// Where an upstream lives.
@@ -191,7 +210,7 @@ pub struct Route {
     pub allow_override: bool,
     /// The `[auth.NAME]` that guards this route.
     pub auth: Option<String>,
-    pub rate_limit: Option<crate::limits::RateLimit>,
+    pub rate_limit: Option<RateLimit>,
     /// Users whose verified claim matches go to the new side whatever the shift.
     pub new_when: Option<ClaimRule>,
     /// The tester header is honoured only for users whose verified claim matches.
@@ -218,6 +237,41 @@ impl Route {
             trailing_slash: self.trailing_slash,
         }
     }
+}
+
+/// The validated `rate-limit = { ... }` of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: StickyKey,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// The most buckets kept; past it the least recently used is evicted.
+    pub max_keys: usize,
+}
+
+/// The validated `[auth.NAME]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub name: String,
+    pub jwks_url: Option<String>,
+    pub key_files: Vec<PathBuf>,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub cookie: Option<String>,
+    /// claim → header sent upstream.
+    pub forward_claims: Vec<(String, HeaderName)>,
+    /// claim → required value (a string matches inside space-separated strings and arrays).
+    pub require: Vec<(String, serde_json::Value)>,
+    pub jwks_refresh: Duration,
+    pub jwks_max_stale: Duration,
+    pub unknown_kid_cooldown: Duration,
+    /// How many verified tokens to remember (0: verify every time).
+    pub token_cache: usize,
 }
 
 /// One problem in a config file.
@@ -893,8 +947,8 @@ impl Cx<'_> {
             }
         };
         let payload = match &u.payload {
-            None => crate::lambda::Payload::ApigwV2,
-            Some(p) => match crate::lambda::Payload::parse(p.get_ref()) {
+            None => Payload::ApigwV2,
+            Some(p) => match Payload::parse(p.get_ref()) {
                 Some(p) => p,
                 None => {
                     self.err_at(
@@ -1030,10 +1084,7 @@ impl Cx<'_> {
         }
     }
 
-    fn auths(
-        &mut self,
-        raw: Vec<(Spanned<String>, RawAuth)>,
-    ) -> BTreeMap<String, crate::auth::AuthConfig> {
+    fn auths(&mut self, raw: Vec<(Spanned<String>, RawAuth)>) -> BTreeMap<String, AuthConfig> {
         use std::str::FromStr;
         let mut out = BTreeMap::new();
         for (name, a) in raw {
@@ -1151,7 +1202,7 @@ impl Cx<'_> {
             }
             out.insert(
                 n.clone(),
-                crate::auth::AuthConfig {
+                AuthConfig {
                     name: n,
                     jwks_url: a.jwks_url.as_ref().map(|u| u.get_ref().clone()),
                     key_files: keys,
@@ -1188,7 +1239,7 @@ impl Cx<'_> {
         &mut self,
         raw: Vec<RawRoute>,
         upstreams: &BTreeMap<String, Upstream>,
-        auth: &BTreeMap<String, crate::auth::AuthConfig>,
+        auth: &BTreeMap<String, AuthConfig>,
     ) -> (Vec<Route>, Vec<usize>) {
         let mut out: Vec<Route> = Vec::new();
         let mut id_spans = Vec::new();
@@ -1366,7 +1417,7 @@ impl Cx<'_> {
                     Some(_) => self.count(&raw.max_keys, "max-keys", 1024, 100_000_000, 100_000),
                     None => 100_000,
                 };
-                crate::limits::RateLimit {
+                RateLimit {
                     requests,
                     per,
                     burst,
@@ -1558,5 +1609,4 @@ pub fn interpolate(text: &str, base: &Path) -> Result<String, String> {
 }
 
 #[cfg(test)]
-#[path = "config/tests.rs"]
 mod tests;
