@@ -7,8 +7,9 @@ use std::time::Duration;
 use http::header::HeaderName;
 use toml::Spanned;
 
+use super::inputs;
 use super::raw::RawAuth;
-use super::{read, valid_name, AuthConfig, Cx};
+use super::{valid_name, AuthConfig, Cx, KeyFile};
 
 impl Cx<'_> {
     pub(super) fn auths(
@@ -32,6 +33,8 @@ impl Cx<'_> {
                     .map(|p| self.base.join(p.get_ref()))
                     .collect()
             });
+            // Read here, once: the verifier parses what the config carries.
+            let mut key_files = Vec::new();
             match (&a.jwks_url, &a.keys) {
                 (Some(u), Some(_)) => self.err_at(u, "set `jwks-url` or `keys`, not both", None),
                 (None, None) => self.err_at(
@@ -52,9 +55,10 @@ impl Cx<'_> {
                     _ => self.err_at(u, format!("bad jwks-url `{}`", u.get_ref()), None),
                 },
                 (None, Some(k)) => {
-                    for (path, raw) in keys.iter().zip(k.get_ref()) {
-                        if let Err(e) = read::read_text(path) {
-                            self.err_at(raw, format!("bad key file: {e}"), None);
+                    for (path, raw) in keys.into_iter().zip(k.get_ref()) {
+                        match inputs::text(self.inputs, &path) {
+                            Ok(text) => key_files.push(KeyFile { path, text }),
+                            Err(e) => self.err_at(raw, format!("bad key file: {e}"), None),
                         }
                     }
                 }
@@ -135,7 +139,7 @@ impl Cx<'_> {
                 AuthConfig {
                     name: n,
                     jwks_url: a.jwks_url.as_ref().map(|u| u.get_ref().clone()),
-                    key_files: keys,
+                    key_files,
                     issuer,
                     audiences,
                     algorithms,

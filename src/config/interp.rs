@@ -6,7 +6,8 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{read, Cx};
+use super::inputs::{self, Inputs};
+use super::Cx;
 
 impl Cx<'_> {
     pub(super) fn interpolate_table(&mut self, table: &mut DeTable<'_>) {
@@ -18,10 +19,12 @@ impl Cx<'_> {
     pub(super) fn interpolate(&mut self, value: &mut Spanned<DeValue<'_>>) {
         let start = value.span().start;
         match value.get_mut() {
-            DeValue::String(s) if s.contains("${") => match interpolate(s, self.base) {
-                Ok(v) => *s = v.into(),
-                Err(message) => self.error(start, message, None),
-            },
+            DeValue::String(s) if s.contains("${") => {
+                match interpolate(s, self.base, self.inputs) {
+                    Ok(v) => *s = v.into(),
+                    Err(message) => self.error(start, message, None),
+                }
+            }
             DeValue::Array(a) => a.iter_mut().for_each(|v| self.interpolate(v)),
             DeValue::Table(t) => self.interpolate_table(t),
             _ => {}
@@ -29,9 +32,9 @@ impl Cx<'_> {
     }
 }
 
-/// Replaces `${env:NAME}` and `${file:PATH}` in a string. The message on failure never contains
-/// a resolved value.
-pub(super) fn interpolate(text: &str, base: &Path) -> Result<String, String> {
+/// Replaces `${env:NAME}` and `${file:PATH}` in a string. A resolved value is taken as it is,
+/// never searched for references again; the message on failure never contains one.
+pub(super) fn interpolate(text: &str, base: &Path, inputs: &dyn Inputs) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -42,13 +45,13 @@ pub(super) fn interpolate(text: &str, base: &Path) -> Result<String, String> {
             .ok_or_else(|| "unclosed `${` in string".to_string())?;
         let reference = &after[..end];
         match reference.split_once(':') {
-            Some(("env", name)) => match std::env::var(name) {
-                Ok(v) => out.push_str(&v),
-                Err(_) => return Err(format!("environment variable `{name}` is not set")),
+            Some(("env", name)) => match inputs.var(name) {
+                Some(v) => out.push_str(&v),
+                None => return Err(format!("environment variable `{name}` is not set")),
             },
             Some(("file", p)) => {
                 let path = base.join(p);
-                let v = read::read_text(&path).map_err(|e| e.to_string())?;
+                let v = inputs::text(inputs, &path)?;
                 out.push_str(v.trim_end_matches(['\n', '\r']));
             }
             _ => {

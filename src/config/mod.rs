@@ -15,13 +15,16 @@ pub mod read;
 
 mod auth;
 mod diag;
+mod inputs;
 mod interp;
+mod pem;
 mod route;
 mod server;
 mod upstream;
 
 use diag::valid_name;
 pub use diag::{ConfigErrors, Diagnostic};
+pub use inputs::{Fixed, Inputs, System};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +34,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::Method;
+use rustls::pki_types::CertificateDer;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -110,6 +114,9 @@ pub struct Upstream {
     pub target: Target,
     /// PEM certificates to trust for this upstream instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`, read at load (empty without one): the upstream trusts
+    /// these and never reads the file itself, and a changed file is a changed config.
+    pub ca_certs: Vec<CertificateDer<'static>>,
     /// Sign forwarded requests with SigV4 (IAM-authorized API Gateway APIs, AWS_IAM Function URLs).
     pub sigv4: Option<Sigv4>,
     pub connect_timeout: Duration,
@@ -273,7 +280,8 @@ pub struct RateLimit {
 pub struct AuthConfig {
     pub name: String,
     pub jwks_url: Option<String>,
-    pub key_files: Vec<PathBuf>,
+    /// The static keys (`keys = [..]`), read at load: a changed key file is a changed config.
+    pub key_files: Vec<KeyFile>,
     pub issuer: String,
     pub audiences: Vec<String>,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
@@ -290,10 +298,17 @@ pub struct AuthConfig {
     pub token_cache: usize,
 }
 
+/// A key file of `[auth.NAME] keys` and its text (a PEM public key, a JWK or a JWK set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
-    let text = read::read_text(path).map_err(|e| {
+    let text = inputs::text(&System, path).map_err(|e| {
         ConfigErrors(vec![Diagnostic {
             file: name.clone(),
             line: 1,
@@ -305,12 +320,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&name, &text, path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Validates config text. `base` resolves relative `${file:..}` paths.
+/// Validates config text. `base` resolves relative paths (`${file:..}`, `keys`, `ca-file`);
+/// the environment and those files are the machine's.
 pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    parse_with(file, text, base, &System)
+}
+
+/// Validates config text, taking every environment variable and file it needs from `inputs`
+/// (nothing else is read).
+pub fn parse_with(
+    file: &str,
+    text: &str,
+    base: &Path,
+    inputs: &dyn Inputs,
+) -> Result<Config, ConfigErrors> {
     let mut cx = Cx {
         file,
         text,
         base,
+        inputs,
         diags: Vec::new(),
         warnings: Vec::new(),
     };
@@ -332,6 +360,8 @@ struct Cx<'a> {
     file: &'a str,
     text: &'a str,
     base: &'a Path,
+    /// The only way lowering reaches the environment or a file.
+    inputs: &'a dyn Inputs,
     diags: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::RawUpstream;
+use super::{inputs, pem};
 use super::{valid_name, Cx, LambdaTarget, Payload, Sigv4, Target, Upstream};
 
 impl Cx<'_> {
@@ -79,14 +80,18 @@ impl Cx<'_> {
                 }
                 p.get_ref().clone()
             });
+            let mut ca_certs = Vec::new();
             let ca_file = u.ca_file.as_ref().map(|f| {
                 let path = self.base.join(f.get_ref());
-                if let Err(e) = crate::upstream::load_ca(&path) {
-                    self.err_at(
+                let certs = inputs::bytes(self.inputs, &path)
+                    .and_then(|pem| pem::certificates(&pem, &path));
+                match certs {
+                    Ok(certs) => ca_certs = certs,
+                    Err(e) => self.err_at(
                         f,
                         format!("bad `ca-file`: {e}"),
                         Some("give a PEM file with one or more CERTIFICATE blocks".into()),
-                    );
+                    ),
                 }
                 if !matches!(target, Some(Target::Url { tls: true, .. })) {
                     self.err_at(f, "`ca-file` only applies to an `https://` url", None);
@@ -125,6 +130,7 @@ impl Cx<'_> {
                 name: name.get_ref().clone(),
                 target: target.unwrap_or(Target::Addresses(Vec::new())),
                 ca_file,
+                ca_certs,
                 sigv4,
                 connect_timeout: self.duration(
                     &u.connect_timeout,
@@ -216,9 +222,10 @@ impl Cx<'_> {
         let region = match &u.region {
             Some(r) => r.get_ref().clone(),
             None => {
-                match std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")) {
-                    Ok(r) => r,
-                    Err(_) => {
+                let from_env = self.inputs.var("AWS_REGION");
+                match from_env.or_else(|| self.inputs.var("AWS_DEFAULT_REGION")) {
+                    Some(r) => r,
+                    None => {
                         self.err_at(
                             name,
                             format!("lambda upstream `{}` has no `region`", name.get_ref()),
