@@ -92,7 +92,11 @@ impl fmt::Debug for Admin {
     }
 }
 
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Where the admin API listens when `[admin] listen` is not set.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9901,
+));
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccessLog {

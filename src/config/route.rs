@@ -48,11 +48,10 @@ impl Cx<'_> {
                     self.err_at(&r.path, format!("bad route path `{path}`"), hint);
                 }
             }
-            let kind = match r.match_.as_ref().map(|m| m.get_ref().as_str()) {
-                None | Some("prefix") => PathMatch::Prefix,
-                Some("exact") => PathMatch::Exact,
-                Some(other) => {
-                    let m = r.match_.as_ref().expect("matched Some");
+            let kind = match r.match_.as_ref().map(|m| (m, m.get_ref().as_str())) {
+                None | Some((_, "prefix")) => PathMatch::Prefix,
+                Some((_, "exact")) => PathMatch::Exact,
+                Some((m, other)) => {
                     self.err_at(
                         m,
                         format!("unknown match `{other}`"),

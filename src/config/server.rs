@@ -59,11 +59,14 @@ impl Cx<'_> {
                 32 * 1024,
             ),
             max_headers: self.count(&raw.max_headers, "max-headers", 8, 250, 100),
-            path_params: match raw.path_parameters.as_ref().map(|p| p.get_ref().as_str()) {
-                None | Some("reject") => routing::PathParams::Reject,
-                Some("keep") => routing::PathParams::Keep,
-                Some(other) => {
-                    let p = raw.path_parameters.as_ref().expect("matched Some");
+            path_params: match raw
+                .path_parameters
+                .as_ref()
+                .map(|p| (p, p.get_ref().as_str()))
+            {
+                None | Some((_, "reject")) => routing::PathParams::Reject,
+                Some((_, "keep")) => routing::PathParams::Keep,
+                Some((p, other)) => {
                     self.err_at(p, format!("unknown path-parameters `{other}`"), Some("use `reject` (default: `;` in a path gets 400) or `keep` (forwarded as part of the segment; unsafe in front of servlet containers, which drop `;...` before routing)".into()));
                     routing::PathParams::Reject
                 }
@@ -89,9 +92,8 @@ impl Cx<'_> {
     }
 
     pub(super) fn admin(&mut self, raw: RawAdmin) -> Admin {
-        let default: SocketAddr = DEFAULT_ADMIN.parse().expect("valid default");
         let listen = match &raw.listen {
-            None => default,
+            None => DEFAULT_ADMIN,
             Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
                 let hint = Some(format!("write `IP:PORT`, e.g. `{DEFAULT_ADMIN}`"));
                 self.err_at(
@@ -99,7 +101,7 @@ impl Cx<'_> {
                     format!("bad admin listen address `{}`", l.get_ref()),
                     hint,
                 );
-                default
+                DEFAULT_ADMIN
             }),
         };
         let token = raw.token.as_ref().map(|t| t.get_ref().clone());
@@ -143,11 +145,10 @@ impl Cx<'_> {
                 path => AccessLog::File(self.base.join(path)),
             },
         };
-        let json = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
-            None | Some("text") => false,
-            Some("json") => true,
-            Some(other) => {
-                let f = raw.format.as_ref().expect("matched Some");
+        let json = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "text")) => false,
+            Some((_, "json")) => true,
+            Some((f, other)) => {
                 self.err_at(
                     f,
                     format!("unknown log format `{other}`"),

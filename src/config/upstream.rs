@@ -25,11 +25,10 @@ impl Cx<'_> {
                     hint,
                 );
             }
-            let lambda = match u.kind.as_ref().map(|k| k.get_ref().as_str()) {
-                None | Some("http") => false,
-                Some("lambda") => true,
-                Some(other) => {
-                    let kind = u.kind.as_ref().expect("matched Some");
+            let lambda = match u.kind.as_ref().map(|kind| (kind, kind.get_ref().as_str())) {
+                None | Some((_, "http")) => false,
+                Some((_, "lambda")) => true,
+                Some((kind, other)) => {
                     self.err_at(
                         kind,
                         format!("unknown upstream kind `{other}`"),
