@@ -18,3 +18,27 @@ pub fn certificates(pem: &[u8], source: &Path) -> Result<Vec<CertificateDer<'sta
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_are_taken_and_other_blocks_skipped() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
+        // A bundle as people write them: a key in the middle, comments around.
+        let pem = format!(
+            "# bundle\n{}{}{}",
+            a.cert.pem(),
+            a.signing_key.serialize_pem(),
+            b.cert.pem()
+        );
+        let certs = certificates(pem.as_bytes(), Path::new("ca.pem")).unwrap();
+        let ders: Vec<&[u8]> = certs.iter().map(|c| c.as_ref()).collect();
+        assert_eq!(ders, [a.cert.der().as_ref(), b.cert.der().as_ref()]);
+        let only_key = a.signing_key.serialize_pem();
+        let err = certificates(only_key.as_bytes(), Path::new("ca.pem")).unwrap_err();
+        assert_eq!(err, "no certificate in `ca.pem`");
+    }
+}
