@@ -3,12 +3,17 @@
 //! with no serde on it. Every section is deserialised on its own and every semantic check runs,
 //! so one pass reports all problems, each as `FILE:LINE:COL: message` with a hint.
 //!
+//! Lowering is pure: the environment and every file the config names (`${file:..}`, `keys`,
+//! `ca-file`) come through one `Inputs` step (`System` for the machine, `Fixed` maps for tests),
+//! and the model carries what was read (CA certificates, key texts), so nothing at run time
+//! reads those files again and a changed file is a changed config.
+//!
 //! This module holds the model and the entry points; lowering is split by job: `diag`
-//! (diagnostics and the helpers that report them), `interp` (`${..}` references), and one file
-//! per section: `server` (with `[admin]` and `[log]`), `upstream`, `auth`, `route`. The model
-//! imports no runtime module: runtime types (verifiers, limiters, live upstreams) are built from
-//! it, never the reverse. Only the leaf vocabulary modules `routing`, `split` and `net` are
-//! shared.
+//! (diagnostics and the helpers that report them), `inputs`, `interp` (`${..}` references),
+//! `pem` (certificates from bytes), and one file per section: `server` (with `[admin]` and
+//! `[log]`), `upstream`, `auth`, `route`. The model imports no runtime module: runtime types
+//! (verifiers, limiters, live upstreams) are built from it, never the reverse. Only the leaf
+//! vocabulary modules `routing`, `split` and `net` are shared.
 
 pub mod raw;
 pub mod read;
