@@ -143,7 +143,8 @@ fn split(c: &mut Criterion) {
 }
 
 fn lambda_events(c: &mut Criterion) {
-    use strangle::lambda::event::{decode, encode, Payload, Request};
+    use strangle::config::Payload;
+    use strangle::lambda::event::{decode, encode, Request};
     let mut headers = HeaderMap::new();
     for (k, v) in [
         ("host", "api.airline.example"),
@@ -201,11 +202,11 @@ fn lambda_events(c: &mut Criterion) {
 fn jwt(c: &mut Criterion) {
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
     use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
-    use strangle::auth::{AuthConfig, Verifier};
+    use strangle::auth::Verifier;
+    use strangle::config::{AuthConfig, KeyFile};
 
     // As in the proxy: ring verifies; installed before the first token is signed here.
     strangle::auth::crypto::install();
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut rng = rsa::rand_core::OsRng;
     let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa key");
     let rsa_private = rsa_key.to_pkcs8_pem(Default::default()).expect("pem");
@@ -242,8 +243,11 @@ fn jwt(c: &mut Criterion) {
             ec_public,
         ),
     ] {
-        let key_file = dir.path().join(format!("{name}.pem"));
-        std::fs::write(&key_file, public).expect("write key");
+        // The config carries the key's text; the verifier reads no file.
+        let key_file = KeyFile {
+            path: format!("{name}.pem").into(),
+            text: public,
+        };
         let token =
             encode(&Header::new(alg), &claims, &private.expect("encoding key")).expect("token");
         let mut headers = HeaderMap::new();

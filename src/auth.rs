@@ -8,38 +8,17 @@
 pub mod crypto;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use http::header::{HeaderMap, AUTHORIZATION};
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-/// The validated `[auth.NAME]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuthConfig {
-    pub name: String,
-    pub jwks_url: Option<String>,
-    pub key_files: Vec<PathBuf>,
-    pub issuer: String,
-    pub audiences: Vec<String>,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway: Duration,
-    pub cookie: Option<String>,
-    /// claim → header sent upstream.
-    pub forward_claims: Vec<(String, HeaderName)>,
-    /// claim → required value (a string matches inside space-separated strings and arrays).
-    pub require: Vec<(String, Value)>,
-    pub jwks_refresh: Duration,
-    pub jwks_max_stale: Duration,
-    pub unknown_kid_cooldown: Duration,
-    /// How many verified tokens to remember (0: verify every time).
-    pub token_cache: usize,
-}
+use crate::config::AuthConfig;
 
 const CACHE_SHARDS: usize = 16;
 /// A cached verification is trusted at most this long (and never past the token's `exp`), so a
@@ -146,9 +125,6 @@ pub struct Verifier {
     pub config: AuthConfig,
     keys: ArcSwapOption<KeySet>,
     static_keys: bool,
-    /// A hash of the static key files' contents as read: a reload compares it, so a replaced
-    /// key file is never served by the old verifier.
-    key_digest: u64,
     /// Serialises JWKS fetches and remembers the last outcome, for single flight and backoff.
     refresh: tokio::sync::Mutex<FetchState>,
     /// Completed fetch attempts: a caller that waited while another fetch ran takes its result.
@@ -197,7 +173,8 @@ fn parse_keys(text: &str) -> Result<Vec<(Option<String>, DecodingKey)>, String> 
 }
 
 impl Verifier {
-    /// Builds a verifier; static key files are read now (a bad one fails the config).
+    /// Builds a verifier; static keys are parsed now, from the texts the config read (a bad
+    /// one fails the config).
     pub fn new(config: AuthConfig) -> Result<Verifier, String> {
         crypto::install();
         let static_keys = config.jwks_url.is_none();
@@ -205,7 +182,6 @@ impl Verifier {
             config,
             keys: ArcSwapOption::empty(),
             static_keys,
-            key_digest: 0,
             refresh: tokio::sync::Mutex::new(FetchState::default()),
             fetch_generation: AtomicU64::new(0),
             last_kid_refresh_ms: AtomicU64::new(0),
@@ -215,38 +191,23 @@ impl Verifier {
                 .map(|_| std::sync::Mutex::new(HashMap::new()))
                 .collect(),
         };
-        let mut verifier = verifier;
         if static_keys {
             let mut all = Vec::new();
-            let mut texts = Vec::new();
-            for path in &verifier.config.key_files {
-                let text = crate::config::read::read_text(path).map_err(|e| e.to_string())?;
-                all.extend(parse_keys(&text).map_err(|e| format!("`{}`: {e}", path.display()))?);
-                texts.push(text);
+            for key in &verifier.config.key_files {
+                let keys =
+                    parse_keys(&key.text).map_err(|e| format!("`{}`: {e}", key.path.display()))?;
+                all.extend(keys);
             }
-            verifier.key_digest = key_digest(texts.iter().map(String::as_bytes));
             verifier.install(all);
         }
         Ok(verifier)
     }
 
-    /// Whether this verifier still holds what `config` would load: the same settings and, for
-    /// static keys, the same key file contents (a revoked key must stop verifying on reload).
+    /// Whether this verifier still holds what `config` would load. The config carries the key
+    /// files' contents, so a replaced key file (a revoked key) is a different config and never
+    /// served by the old verifier.
     pub fn serves(&self, config: &AuthConfig) -> bool {
-        if self.config != *config {
-            return false;
-        }
-        if !self.static_keys {
-            return true;
-        }
-        let mut texts = Vec::new();
-        for path in &config.key_files {
-            match crate::config::read::read_bytes(path, crate::config::read::MAX_FILE_BYTES) {
-                Ok(t) => texts.push(t),
-                Err(_) => return false,
-            }
-        }
-        key_digest(texts.iter().map(Vec::as_slice)) == self.key_digest
+        self.config == *config
     }
 
     fn install(&self, keys: Vec<(Option<String>, DecodingKey)>) {
@@ -540,15 +501,6 @@ impl Verifier {
         }
         Err(last)
     }
-}
-
-fn key_digest<'a>(texts: impl Iterator<Item = &'a [u8]>) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for t in texts {
-        h.update(&(t.len() as u64).to_le_bytes());
-        h.update(t);
-    }
-    h.digest()
 }
 
 fn describe(e: &jsonwebtoken::errors::Error) -> String {

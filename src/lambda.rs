@@ -18,8 +18,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::config;
-pub use event::Payload;
+use crate::config::{self, Payload};
 
 /// Lambda's limit on a synchronous invocation's request and response payloads.
 pub const PAYLOAD_LIMIT: usize = 6 * 1024 * 1024;

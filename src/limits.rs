@@ -17,20 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::split::StickyKey;
-
-/// The validated `rate-limit = { ... }` of a route.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimit {
-    pub requests: u32,
-    pub per: Duration,
-    pub burst: u32,
-    pub key: StickyKey,
-    pub ipv4_prefix: u8,
-    pub ipv6_prefix: u8,
-    /// The most buckets kept; past it the least recently used is evicted.
-    pub max_keys: usize,
-}
+use crate::config::RateLimit;
 
 const SHARDS: usize = 64;
 
@@ -169,6 +156,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::split::StickyKey;
 
     fn limiter(requests: u32, per_ms: u64, burst: u32) -> RateLimiter {
         RateLimiter::new(RateLimit {

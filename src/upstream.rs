@@ -2,7 +2,6 @@
 //! Lambda function invoked directly.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,8 +13,6 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use crate::config::{self, Target};
 use crate::lambda::LambdaUpstream;
@@ -76,20 +73,6 @@ pub struct AddressStatus {
     pub since: u64,
 }
 
-/// Reads the certificates of a PEM file.
-pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    // Regular files only, size-capped: a FIFO or a device here must not hang a reload.
-    let pem = crate::config::read::read_bytes(path, crate::config::read::MAX_FILE_BYTES)
-        .map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad PEM in `{}`: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate in `{}`", path.display()));
-    }
-    Ok(certs)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("upstream `{name}`: cannot resolve `{address}`: {source}")]
@@ -98,8 +81,6 @@ pub enum ResolveError {
         address: String,
         source: std::io::Error,
     },
-    #[error("upstream `{name}`: {error}")]
-    Ca { name: String, error: String },
 }
 
 impl HttpUpstream {
@@ -143,20 +124,15 @@ impl HttpUpstream {
         let mut lb =
             LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
                 .map_err(|e| resolve_err(&addresses.join(","), e))?;
-        let ca = match &config.ca_file {
-            Some(path) => {
-                let certs = load_ca(path).map_err(|error| ResolveError::Ca {
-                    name: config.name.clone(),
-                    error,
-                })?;
-                let wrapped: Vec<WrappedX509> = certs
-                    .into_iter()
-                    .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
-                    .collect();
-                Some(Arc::from(wrapped.into_boxed_slice()))
-            }
-            None => None,
-        };
+        // The certificates the config read from `ca-file`: the file is not read again here.
+        let ca = config.ca_file.as_ref().map(|_| {
+            let wrapped: Vec<WrappedX509> = config
+                .ca_certs
+                .iter()
+                .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
+                .collect();
+            Arc::from(wrapped.into_boxed_slice())
+        });
         match &config.health_check_path {
             Some(path) => {
                 let host = host_header

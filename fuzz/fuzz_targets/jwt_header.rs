@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use strangle::auth::{AuthConfig, Verifier};
+use strangle::auth::Verifier;
+use strangle::config::{AuthConfig, KeyFile};
 
 fn verifier() -> &'static (Verifier, tokio::runtime::Runtime) {
     static V: OnceLock<(Verifier, tokio::runtime::Runtime)> = OnceLock::new();
     V.get_or_init(|| {
-        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/rs256.pub.pem");
         let config = AuthConfig {
             name: "fuzz".into(),
             jwks_url: None,
-            key_files: vec![key.into()],
+            key_files: vec![KeyFile {
+                path: "rs256.pub.pem".into(),
+                text: include_str!("../rs256.pub.pem").into(),
+            }],
             issuer: "https://issuer.test/".into(),
             audiences: vec!["fuzz".into()],
             algorithms: vec![

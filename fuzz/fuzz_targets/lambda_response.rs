@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strangle::lambda::event::{decode, Payload, MAX_RESPONSE_HEADERS};
+use strangle::config::Payload;
+use strangle::lambda::event::{decode, MAX_RESPONSE_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     for format in [Payload::ApigwV2, Payload::ApigwV1, Payload::Alb] {

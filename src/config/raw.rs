@@ -1,5 +1,6 @@
 //! The file types: what a TOML config may say, exactly as written, with the spans needed to point
-//! at a mistake. Nothing here is validated; `config::lower` turns these into the model.
+//! at a mistake. Nothing here is validated; the `Cx` lowering in `config` (one file per section,
+//! entered through `config::parse_with`) turns these into the model.
 
 use serde::Deserialize;
 use toml::Spanned;

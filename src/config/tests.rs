@@ -235,3 +235,269 @@ fn shipped_configs_are_valid() {
         }
     }
 }
+
+// ---- lowering from strings: everything read comes through `Inputs` ---------------------------
+
+/// The directory the configs below live in: absolute, so the map keys are the joined paths.
+const BASE: &str = "/etc/strangle";
+
+fn lower_with(text: &str, inputs: &Fixed) -> Result<Config, ConfigErrors> {
+    parse_with("t.toml", text, Path::new(BASE), inputs)
+}
+
+fn ca_pem() -> (String, Vec<u8>) {
+    let key = rcgen::generate_simple_self_signed(vec!["upstream.test".to_string()]).unwrap();
+    (key.cert.pem(), key.cert.der().to_vec())
+}
+
+const KEY_TEXT: &str =
+    "-----BEGIN PUBLIC KEY-----\nnot checked at load\n-----END PUBLIC KEY-----\n";
+
+const FROM_STRINGS: &str = r#"
+[admin]
+token = "${file:secrets/admin-token}"
+
+[upstreams.secure]
+url = "https://upstream.test/v1"
+ca-file = "tls/ca.pem"
+
+[upstreams.fn]
+kind = "lambda"
+function = "bookings"
+
+[auth.users]
+keys = ["k.pem"]
+issuer = "https://issuer.test/"
+audiences = ["bookings"]
+algorithms = ["RS256"]
+
+[[routes]]
+id = "r"
+path = "/r"
+legacy = "secure"
+new = "fn"
+shift = "${env:SHIFT}"
+auth = "users"
+"#;
+
+fn from_strings_inputs(ca: &str) -> Fixed {
+    Fixed::new()
+        .with_var("SHIFT", "12.5%")
+        .with_var("AWS_REGION", "eu-west-1")
+        .with_file("/etc/strangle/secrets/admin-token", "s3cret\n")
+        .with_file("/etc/strangle/tls/ca.pem", ca)
+        .with_file("/etc/strangle/k.pem", KEY_TEXT)
+}
+
+#[test]
+fn a_config_lowers_from_strings_alone() {
+    let (pem, der) = ca_pem();
+    let c = lower_with(FROM_STRINGS, &from_strings_inputs(&pem)).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.routes[0].shift.bp(), 1250);
+    let secure = &c.upstreams["secure"];
+    assert_eq!(
+        secure.ca_file.as_deref(),
+        Some(Path::new("/etc/strangle/tls/ca.pem"))
+    );
+    assert_eq!(secure.ca_certs.len(), 1);
+    assert_eq!(secure.ca_certs[0].as_ref(), der.as_slice());
+    let keys = &c.auth["users"].key_files;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].path, Path::new("/etc/strangle/k.pem"));
+    assert_eq!(keys[0].text, KEY_TEXT);
+    let Target::Lambda(fun) = &c.upstreams["fn"].target else {
+        panic!("{:?}", c.upstreams["fn"].target);
+    };
+    assert_eq!(fun.region, "eu-west-1");
+}
+
+#[test]
+fn a_changed_ca_or_key_file_is_a_changed_config() {
+    // Snapshot reuse compares configs: what the files said must count, not only their paths.
+    let (pem, _) = ca_pem();
+    let (other_pem, _) = ca_pem();
+    let inputs = from_strings_inputs(&pem);
+    let first = lower_with(FROM_STRINGS, &inputs).unwrap();
+    assert_eq!(first, lower_with(FROM_STRINGS, &inputs).unwrap());
+    let new_ca = lower_with(FROM_STRINGS, &from_strings_inputs(&other_pem)).unwrap();
+    assert_ne!(first.upstreams["secure"], new_ca.upstreams["secure"]);
+    let new_key = inputs.with_file("/etc/strangle/k.pem", KEY_TEXT.replace("not", "now"));
+    let new_key = lower_with(FROM_STRINGS, &new_key).unwrap();
+    assert_ne!(first.auth["users"], new_key.auth["users"]);
+    assert_eq!(first.upstreams, new_key.upstreams);
+}
+
+#[test]
+fn a_bad_ca_file_is_reported_at_its_key() {
+    let text = "[upstreams.secure]\nurl = \"https://upstream.test\"\nca-file = \"ca.pem\"\n";
+    let cases = [
+        (
+            "just text\n".to_string(),
+            "no certificate in `/etc/strangle/ca.pem`",
+        ),
+        (
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_string(),
+            "bad PEM in `/etc/strangle/ca.pem`: ",
+        ),
+    ];
+    for (contents, want) in cases {
+        let inputs = Fixed::new().with_file("/etc/strangle/ca.pem", contents);
+        let errs = lower_with(text, &inputs).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        let shown = errs.to_string();
+        assert!(
+            shown.starts_with(&format!("t.toml:3:11: bad `ca-file`: {want}")),
+            "{shown}"
+        );
+        assert!(shown.contains("hint: give a PEM file with one or more CERTIFICATE blocks"));
+    }
+}
+
+#[test]
+fn missing_files_and_variables_read_as_on_the_machine() {
+    // The same text lowered against an empty directory and an unset variable (the machine), and
+    // against empty maps: the same diagnostics, word for word and at the same places.
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[admin]
+token = "${file:secrets/admin-token}"
+
+[upstreams.secure]
+url = "https://upstream.test"
+ca-file = "ca.pem"
+
+[auth.users]
+keys = ["k.pem"]
+issuer = "${env:STRANGLE_TEST_NEVER_SET_7F3A}"
+audiences = ["${env:}", "x ${"]
+algorithms = ["RS256"]
+"#;
+    let machine = parse("t.toml", text, dir.path()).unwrap_err();
+    let maps = parse_with("t.toml", text, dir.path(), &Fixed::new()).unwrap_err();
+    assert_eq!(machine, maps);
+    let lines: Vec<String> = maps.0.iter().map(|d| d.to_string()).collect();
+    let at = |p: &str| dir.path().join(p).display().to_string();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "t.toml:3:9: cannot read `{}`: No such file or directory (os error 2)",
+                at("secrets/admin-token")
+            ),
+            format!(
+                "t.toml:7:11: bad `ca-file`: cannot read `{}`: No such file or directory (os error 2)\n  = hint: give a PEM file with one or more CERTIFICATE blocks",
+                at("ca.pem")
+            ),
+            format!(
+                "t.toml:10:9: bad key file: cannot read `{}`: No such file or directory (os error 2)",
+                at("k.pem")
+            ),
+            "t.toml:11:10: environment variable `STRANGLE_TEST_NEVER_SET_7F3A` is not set".into(),
+            "t.toml:12:14: environment variable `` is not set".into(),
+            "t.toml:12:25: unclosed `${` in string".into(),
+        ],
+        "{maps}"
+    );
+}
+
+#[test]
+fn lambda_region_comes_from_the_inputs() {
+    let text = "[upstreams.fn]\nkind = \"lambda\"\nfunction = \"bookings\"\n";
+    let region = |inputs: &Fixed| -> Result<String, ConfigErrors> {
+        let c = lower_with(text, inputs)?;
+        match &c.upstreams["fn"].target {
+            Target::Lambda(t) => Ok(t.region.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let both = Fixed::new()
+        .with_var("AWS_REGION", "eu-west-1")
+        .with_var("AWS_DEFAULT_REGION", "us-east-1");
+    assert_eq!(region(&both).unwrap(), "eu-west-1");
+    let default_only = Fixed::new().with_var("AWS_DEFAULT_REGION", "us-east-1");
+    assert_eq!(region(&default_only).unwrap(), "us-east-1");
+    // The config's own `region` wins over the environment.
+    let c = lower_with(&format!("{text}region = \"ap-south-1\"\n"), &both).unwrap();
+    assert!(matches!(&c.upstreams["fn"].target, Target::Lambda(t) if t.region == "ap-south-1"));
+    let errs = region(&Fixed::new()).unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "t.toml:1:12: lambda upstream `fn` has no `region`\n  = hint: add `region = \"eu-west-1\"` or set AWS_REGION"
+    );
+}
+
+#[test]
+fn fixed_inputs_never_reach_the_filesystem() {
+    // These files exist on the machine; through the maps they are missing all the same.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for reference in [
+        "${file:Cargo.toml}",
+        "${file:../../../../../../etc/hostname}",
+    ] {
+        let text = format!("[admin]\ntoken = \"{reference}\"\n");
+        let errs = parse_with("t.toml", &text, manifest, &Fixed::new()).unwrap_err();
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        assert!(
+            errs.0[0].message.contains("No such file or directory"),
+            "{errs}"
+        );
+    }
+}
+
+#[test]
+fn resolved_values_are_never_interpolated_again() {
+    let inputs = Fixed::new()
+        .with_var("TOKEN", "a}${env:OTHER}b${file:secret}${")
+        .with_var("OTHER", "leaked")
+        .with_file("/etc/strangle/secret", "${env:OTHER}}\n")
+        .with_file("/etc/strangle/from-file", "${env:OTHER}}\n");
+    let c = lower_with("[admin]\ntoken = \"x${env:TOKEN}y\"\n", &inputs).unwrap();
+    assert_eq!(
+        c.admin.token.as_deref(),
+        Some("xa}${env:OTHER}b${file:secret}${y")
+    );
+    let c = lower_with("[admin]\ntoken = \"${file:from-file}\"\n", &inputs).unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("${env:OTHER}}"));
+}
+
+#[test]
+fn huge_values_are_taken_whole_and_huge_files_refused_as_on_the_machine() {
+    let big = "x".repeat(4 << 20);
+    let inputs = Fixed::new().with_var("BIG", big.clone()).with_file(
+        "/etc/strangle/big",
+        vec![b'#'; read::MAX_FILE_BYTES as usize + 1],
+    );
+    let c = lower_with("[admin]\ntoken = \"<${env:BIG}>\"\n", &inputs).unwrap();
+    assert_eq!(c.admin.token, Some(format!("<{big}>")));
+    // The cap holds whatever the inputs: a map is refused like a file on disk.
+    let errs = lower_with("[admin]\ntoken = \"${file:big}\"\n", &inputs).unwrap_err();
+    assert_eq!(
+        errs.to_string(),
+        "t.toml:2:9: `/etc/strangle/big` is larger than 8 MB, the limit for a file strangle reads as config: is it the right file?"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("big"),
+        vec![b'#'; read::MAX_FILE_BYTES as usize + 1],
+    )
+    .unwrap();
+    let on_disk = parse("t.toml", "[admin]\ntoken = \"${file:big}\"\n", dir.path()).unwrap_err();
+    let in_map = parse_with(
+        "t.toml",
+        "[admin]\ntoken = \"${file:big}\"\n",
+        dir.path(),
+        &Fixed::new().with_file(
+            dir.path().join("big"),
+            vec![b'#'; read::MAX_FILE_BYTES as usize + 1],
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(on_disk, in_map);
+}
+
+#[test]
+fn the_admin_api_listens_on_the_loopback_by_default() {
+    let c = lower_with("", &Fixed::new()).unwrap();
+    assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
+}

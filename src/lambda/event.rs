@@ -16,26 +16,9 @@ use http::header::{
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::Payload;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Which event format the function expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Payload {
-    ApigwV2,
-    ApigwV1,
-    Alb,
-}
-
-impl Payload {
-    pub fn parse(s: &str) -> Option<Payload> {
-        match s {
-            "apigw-v2" => Some(Payload::ApigwV2),
-            "apigw-v1" => Some(Payload::ApigwV1),
-            "alb" => Some(Payload::Alb),
-            _ => None,
-        }
-    }
-}
 
 /// What the event is built from.
 #[derive(Debug)]
