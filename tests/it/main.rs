@@ -10,6 +10,7 @@ mod drain;
 mod faults;
 mod invoke;
 mod lambda;
+mod layout;
 mod lifecycle;
 mod limits;
 mod metrics;
