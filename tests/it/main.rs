@@ -1,6 +1,6 @@
 //! Integration tests: the real `strangle` binary on free ports against real HTTP backends.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
 mod auth;
