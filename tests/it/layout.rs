@@ -504,12 +504,12 @@ fn references(text: &str, depth: usize) -> Vec<(String, usize)> {
                     inline_mods.pop();
                 }
             }
-            Tok::Ident(w) if w == "mod" => {
-                if matches!(toks.get(i + 1), Some((Tok::Ident(_), _)))
-                    && is_punct(toks.get(i + 2), '{')
-                {
-                    inline_mods.push(braces);
-                }
+            Tok::Ident(w)
+                if w == "mod"
+                    && matches!(toks.get(i + 1), Some((Tok::Ident(_), _)))
+                    && is_punct(toks.get(i + 2), '{') =>
+            {
+                inline_mods.push(braces);
             }
             Tok::Ident(w) if w == "crate" || w == "super" => {
                 // Only a path's first segment: `a::crate` is no path, `$crate::x` is.

@@ -781,6 +781,8 @@ impl Route {
         self.set("legacy", upstream)
     }
 
+    // Named after the route's `new` key, as `legacy` is after `legacy`.
+    #[allow(clippy::wrong_self_convention)]
     pub fn new(self, upstream: &str) -> Route {
         self.set("new", upstream)
     }
