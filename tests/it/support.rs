@@ -630,6 +630,12 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
     Client::connect(port).get(path, headers).unwrap()
 }
 
+/// Sends raw bytes on a fresh connection; returns the response, if any, without waiting to
+/// see whether the connection stays open (`raw` waits up to 2 s for that).
+pub fn send_once(port: u16, bytes: &[u8]) -> Option<Resp> {
+    Client::connect(port).send_raw(bytes).ok()
+}
+
 /// Sends raw bytes on a fresh connection; returns the response (if any) and whether the proxy
 /// closed the connection afterwards.
 pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
