@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-deps bench bench-load deps check-configs check-deploy lint audit fuzz clean
+.PHONY: demo test test-quick test-deps bench bench-load deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -84,6 +84,11 @@ test: test-deps lint check-configs check-deploy audit
 	else \
 	  $(CARGO) test --lib --tests --no-fail-fast; \
 	fi
+
+# While working: the suite without the slow tests (.config/nextest.toml lists them), nothing
+# installed or linted first. `make test` runs everything.
+test-quick:
+	$(CARGO) nextest run -P quick --lib --tests
 
 # Micro-benchmarks (criterion), then the load benchmark.
 bench: deps bench-load

@@ -1,8 +1,9 @@
 //! strangle: an edge proxy for strangler-fig migrations, built on Pingora.
 //!
 //! Every request passes the same pipeline whichever side serves it: match route → choose side
-//! (weighted, sticky) → serve → log. See `DESIGN.md` in the project's shared notes for the
-//! contracts (config keys, CLI verbs, bad-input policy).
+//! (weighted, sticky) → serve → log. The README's Layout section says what each part of the
+//! repository holds; its What it does today (bad-input policy) and Using it (CLI verbs)
+//! sections and the annotated `config/strangle.toml` (every config key) are the contracts.
 
 pub mod admin;
 pub mod auth;

@@ -9,14 +9,6 @@ fn admin_get(proxy: &Proxy, path: &str) -> Resp {
     get(proxy.admin_port, path, &[])
 }
 
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn served_by_new(proxy: &Proxy, users: std::ops::Range<u32>) -> usize {
     let mut c = proxy.client();
     users
@@ -40,9 +32,9 @@ fn shift_through_the_cli_applies_at_once_is_saved_with_comments_and_survives_a_r
     assert_eq!(served_by_new(&proxy, 0..200), 0);
 
     let out = proxy.cli(&["shift", "/bookings", "50%"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(
-        stdout(&out).trim(),
+        stdout_of(&out).trim(),
         format!("bookings: 0% -> 50% (saved to {})", proxy.config.display())
     );
     // At once: the very next requests see it.
@@ -62,7 +54,7 @@ fn shift_through_the_cli_applies_at_once_is_saved_with_comments_and_survives_a_r
 
     // By id and with the other percent forms.
     let out = proxy.cli(&["shift", "bookings", "12.5"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(std::fs::read_to_string(&proxy.config)
         .unwrap()
         .contains("shift = \"12.5%\""));
@@ -76,9 +68,7 @@ fn shift_through_the_cli_applies_at_once_is_saved_with_comments_and_survives_a_r
         proxy.port,
         proxy.admin_port,
     );
-    let status: serde_json::Value =
-        serde_json::from_slice(&admin_get(&restarted, "/status").body).unwrap();
-    assert_eq!(status["routes"][0]["shift"], "12.5%");
+    assert_eq!(restarted.status()["routes"][0]["shift"], "12.5%");
     let on_new = served_by_new(&restarted, 0..1000);
     assert!(
         (90..=160).contains(&on_new),
@@ -93,17 +83,17 @@ fn shift_mistakes_exit_non_zero_and_say_what_is_accepted() {
     let out = proxy.cli(&["shift", "/hotels", "10%"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no route `/hotels`; known routes: bookings (/bookings)"),
+        stderr_of(&out).contains("no route `/hotels`; known routes: bookings (/bookings)"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     for bad in ["150%", "ten", "1.234%", "-5"] {
         let out = proxy.cli(&["shift", "/bookings", bad]);
         assert!(!out.status.success(), "{bad}");
         assert!(
-            stderr(&out).contains("like `25%`, `25` or `0.5%`"),
+            stderr_of(&out).contains("like `25%`, `25` or `0.5%`"),
             "{bad}: {}",
-            stderr(&out)
+            stderr_of(&out)
         );
     }
     // Nothing changed.
@@ -130,17 +120,16 @@ fn a_read_only_config_gives_a_helpful_error_and_file_edits_work_offline() {
     std::fs::set_permissions(&proxy.config, std::fs::Permissions::from_mode(0o444)).unwrap();
     let out = proxy.cli(&["shift", "/bookings", "50%"]);
     assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = stderr_of(&out);
     assert!(err.contains("is read-only"), "{err}");
     assert!(
         err.contains("ConfigMap") && err.contains("strangle shift --file FILE bookings PERCENT"),
         "{err}"
     );
     assert!(err.contains("HTTP 409"), "{err}");
-    let status: serde_json::Value =
-        serde_json::from_slice(&admin_get(&proxy, "/status").body).unwrap();
     assert_eq!(
-        status["routes"][0]["shift"], "10%",
+        proxy.status()["routes"][0]["shift"],
+        "10%",
         "a refused shift must not apply"
     );
 
@@ -154,7 +143,7 @@ fn a_read_only_config_gives_a_helpful_error_and_file_edits_work_offline() {
         .args(["/bookings", "30%"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(std::fs::read_to_string(&copy)
         .unwrap()
         .contains("shift = \"30%\""));
@@ -165,7 +154,7 @@ fn a_read_only_config_gives_a_helpful_error_and_file_edits_work_offline() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("known routes: bookings (/bookings)"));
+    assert!(stderr_of(&out).contains("known routes: bookings (/bookings)"));
 }
 
 #[test]
@@ -193,9 +182,9 @@ fn off_the_loopback_the_admin_api_needs_a_token() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("listens off the loopback (0.0.0.0:"),
+        stderr_of(&out).contains("listens off the loopback (0.0.0.0:"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 
     // With a token (from the environment): reads are open, changes need the token.
@@ -244,7 +233,7 @@ fn off_the_loopback_the_admin_api_needs_a_token() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    assert!(stderr_of(&out).contains("HTTP 401"), "{}", stderr_of(&out));
     let out = Command::new(bin())
         .args([
             "shift",
@@ -257,7 +246,7 @@ fn off_the_loopback_the_admin_api_needs_a_token() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     // The secret appears nowhere in what the proxy says about itself.
     let status = admin("GET", "/status", &[], b"").text();
     let metrics = admin("GET", "/metrics", &[], b"").text();
@@ -283,7 +272,7 @@ fn status_json_matches_the_traffic_sent() {
         assert_eq!(c.get("/flights/1", &[]).unwrap().status, 200);
     }
     let out = proxy.cli(&["status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr_of(&out));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let route = &s["routes"][0];
     let (on_new, on_legacy) = (new.count() as u64, legacy.count() as u64 - 500);
@@ -309,7 +298,7 @@ fn status_json_matches_the_traffic_sent() {
 
     // The table shows the same, with the headline.
     let out = proxy.cli(&["status"]);
-    let table = stdout(&out);
+    let table = stdout_of(&out);
     assert!(
         table.starts_with(&format!(
             "The new side now serves {:.1}% of requests",
@@ -332,23 +321,21 @@ fn a_failed_reload_shows_in_status_and_metrics() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
     std::fs::write(&proxy.config, "[server]\nthreads = \"many\"\n").unwrap();
-    let start = Instant::now();
-    loop {
-        let s: serde_json::Value =
-            serde_json::from_slice(&admin_get(&proxy, "/status").body).unwrap();
-        if s["config"]["reload_failures"] == 1 {
-            assert!(
-                s["config"]["last_reload_error"]["error"]
-                    .as_str()
-                    .unwrap()
-                    .contains(":2:11:"),
-                "{s}"
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(5), "{s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s = wait_for(
+        Duration::from_secs(5),
+        "the failed reload in /status",
+        || {
+            let s = proxy.status();
+            (s["config"]["reload_failures"] == 1).then_some(s)
+        },
+    );
+    assert!(
+        s["config"]["last_reload_error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(":2:11:"),
+        "{s}"
+    );
     let metrics = admin_get(&proxy, "/metrics").text();
     assert!(
         metrics.contains("strangle_config_reload_failures_total 1\n"),
@@ -357,14 +344,12 @@ fn a_failed_reload_shows_in_status_and_metrics() {
     assert!(metrics.contains("strangle_config_last_reload_successful 0\n"));
     let out = proxy.cli(&["status"]);
     assert!(
-        stdout(&out).contains("last reload failed"),
+        stdout_of(&out).contains("last reload failed"),
         "{}",
-        stdout(&out)
+        stdout_of(&out)
     );
     // POST /reload reports the same errors.
-    let r = Client::connect(proxy.admin_port)
-        .request("POST", "/reload", &[], b"")
-        .unwrap();
+    let r = proxy.admin("POST", "/reload", b"");
     assert_eq!(r.status, 422);
     assert!(r.text().contains("2:11"));
 }
@@ -388,12 +373,14 @@ fn ready_and_live_and_unknown_endpoints() {
     // While draining, /ready says so.
     let port = proxy.port;
     let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
-    while legacy.count() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() > 0
+    });
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(admin_get(&proxy, "/ready").status, 503);
+    // Within the slow request's 1.5 s, while the proxy drains.
+    eventually(Duration::from_secs(1), "/ready to say it drains", || {
+        admin_get(&proxy, "/ready").status == 503
+    });
     assert_eq!(slow.join().unwrap().status, 200);
 }
 
@@ -437,9 +424,10 @@ fn json_error(r: &Resp) -> String {
 }
 
 fn shift_now(proxy: &Proxy) -> String {
-    let status: serde_json::Value =
-        serde_json::from_slice(&admin_get(proxy, "/status").body).unwrap();
-    status["routes"][0]["shift"].as_str().unwrap().to_string()
+    proxy.status()["routes"][0]["shift"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Lowers the running proxy's file-descriptor limit, as a tight `ulimit -n` would.
@@ -449,7 +437,7 @@ fn limit_descriptors(proxy: &Proxy, n: u32) {
         .arg(format!("--nofile={n}:{n}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "prlimit: {}", stderr(&out));
+    assert!(out.status.success(), "prlimit: {}", stderr_of(&out));
 }
 
 /// Whether the server closed this connection (EOF or reset), without waiting.
@@ -477,10 +465,15 @@ fn idle_admin_connections_are_capped_and_timed_out_and_never_starve_the_proxy() 
         })
         .collect();
     assert!(idle.len() > 456, "only {} connections", idle.len());
-    std::thread::sleep(Duration::from_secs(1));
-    let refused = idle.iter_mut().map(closed).filter(|&c| c).count();
+    // "At once": within a second, far inside the 10 s idle timeout.
+    let mut refused = 0;
+    let beyond_cap = idle.len() - 256;
+    wait_until(Duration::from_secs(1), || {
+        refused = idle.iter_mut().map(closed).filter(|&c| c).count();
+        refused >= beyond_cap
+    });
     assert!(
-        refused >= idle.len() - 256,
+        refused >= beyond_cap,
         "{refused} of {} closed at once beyond the cap of 256",
         idle.len()
     );
@@ -491,15 +484,11 @@ fn idle_admin_connections_are_capped_and_timed_out_and_never_starve_the_proxy() 
         .unwrap();
     assert_eq!(c.get("/still-here", &[]).unwrap().status, 200);
     // The idle ones are closed after the admin timeout (10 s), then the API answers again.
-    let start = Instant::now();
-    while !idle.iter_mut().all(closed) {
-        assert!(
-            start.elapsed() < Duration::from_secs(25),
-            "idle admin connections still open after {:?}",
-            start.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    eventually(
+        Duration::from_secs(25),
+        "the idle admin connections to be closed",
+        || idle.iter_mut().all(closed),
+    );
     assert_eq!(admin_get(&proxy, "/status").status, 200);
     assert!(proxy
         .stderr()
@@ -515,27 +504,21 @@ fn idle_and_slow_admin_connections_are_cut() {
     // Each scenario on its own thread: they all wait out the same 10 s timeout.
     let idle = std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let start = Instant::now();
-        while !closed(&mut s) {
-            assert!(
-                start.elapsed() < Duration::from_secs(25),
-                "an idle admin connection is kept"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            Duration::from_secs(25),
+            "an idle admin connection to be cut",
+            || closed(&mut s),
+        );
     });
     let kept_alive = std::thread::spawn(move || {
         let mut c = Client::connect(port);
         assert_eq!(c.get("/live", &[]).unwrap().status, 200);
         let s = c.stream();
-        let start = Instant::now();
-        while !closed(s) {
-            assert!(
-                start.elapsed() < Duration::from_secs(25),
-                "an idle keep-alive admin connection is kept"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            Duration::from_secs(25),
+            "an idle keep-alive admin connection to be cut",
+            || closed(s),
+        );
     });
     // Slowloris: a head that never ends, one byte every 200 ms.
     let slow_head = std::thread::spawn(move || {
@@ -552,6 +535,7 @@ fn idle_and_slow_admin_connections_are_cut() {
                 "a dribbled head is never cut"
             );
             s.set_nonblocking(false).unwrap();
+            // The dribble is the test's subject.
             std::thread::sleep(Duration::from_millis(200));
         }
     });
@@ -667,9 +651,9 @@ fn bad_admin_input_gets_a_short_json_error() {
     let out = proxy.cli(&["shift", "/bookings", "25 %"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("bad percent `25 %`"),
+        stderr_of(&out).contains("bad percent `25 %`"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     // A long bad value is echoed short.
     let long = "7".repeat(10_000);
@@ -744,6 +728,7 @@ fn the_proxy_backs_off_when_out_of_file_descriptors() {
         proxy.stderr()
     );
     let before = cpu();
+    // A measuring window, not a wait: CPU spent in these 2 s.
     std::thread::sleep(Duration::from_secs(2));
     let spent = cpu() - before;
     // 100 ticks a second: less than a quarter of one core while out of descriptors.
@@ -759,22 +744,14 @@ fn the_proxy_backs_off_when_out_of_file_descriptors() {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
     held.clear();
-    let start = Instant::now();
-    loop {
+    let serving = wait_until(Duration::from_secs(20), || {
         let answered = Client::try_connect(proxy.port).and_then(|mut c| {
             c.stream().set_read_timeout(Some(Duration::from_secs(2)))?;
             c.get("/again", &[])
         });
-        if answered.is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not serving again:\n{}",
-            proxy.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        answered.is_ok_and(|r| r.status == 200)
+    });
+    assert!(serving, "not serving again:\n{}", proxy.stderr());
 }
 
 // Lost updates (issue 11 item 10): every edit is locked and compare-and-swap on the file.
@@ -810,9 +787,13 @@ fn concurrent_offline_shifts_of_different_routes_both_stay_in_the_file() {
             let tf = s.spawn(|| shift("flights", format!("{f}%")));
             (tb.join().unwrap(), tf.join().unwrap())
         });
-        assert!(out_b.status.success(), "{}", stderr(&out_b));
-        assert!(out_f.status.success(), "{}", stderr(&out_f));
-        assert!(stdout(&out_b).contains("(saved to"), "{}", stdout(&out_b));
+        assert!(out_b.status.success(), "{}", stderr_of(&out_b));
+        assert!(out_f.status.success(), "{}", stderr_of(&out_f));
+        assert!(
+            stdout_of(&out_b).contains("(saved to"),
+            "{}",
+            stdout_of(&out_b)
+        );
         let config = strangle::config::load(&file).unwrap();
         let got: Vec<String> = config.routes.iter().map(|r| r.shift.to_string()).collect();
         assert_eq!(
@@ -838,7 +819,8 @@ fn a_shift_racing_an_editors_save_loses_neither_change() {
         let (config, start) = (proxy.config.clone(), Arc::clone(&barrier));
         let editor = std::thread::spawn(move || {
             start.wait();
-            // Somewhere inside the shift: before, during or just after its save.
+            // Somewhere inside the shift: before, during or just after its save (the race is
+            // the test's subject).
             std::thread::sleep(Duration::from_micros(u64::from(round * 7919 % 60_000)));
             loop {
                 let text = std::fs::read_to_string(&config).unwrap();

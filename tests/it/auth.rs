@@ -93,39 +93,25 @@ pub fn good(sub: &str) -> Value {
 }
 
 pub fn config(issuer: &Issuer, legacy: &Backend, new: &Backend, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "legacy"
-
-[auth.users]
-jwks-url = "{}"
-issuer = "https://issuer.test/"
-audiences = ["bookings"]
-algorithms = ["RS256", "ES256"]
-leeway = "5s"
-forward-claims = {{ sub = "x-user-id" }}
-{extra}
-
-[upstreams.legacy]
-addresses = ["{}"]
-[upstreams.new]
-addresses = ["{}"]
-
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "legacy"
-new = "new"
-shift = "50%"
-sticky = "jwt:sub"
-auth = "users"
-"#,
-        issuer.url(),
-        legacy.addr(),
-        new.addr()
-    )
+    Config::new()
+        .default("legacy")
+        .section(
+            "[auth.users]",
+            &format!(
+                "jwks-url = \"{}\"\nissuer = \"https://issuer.test/\"\naudiences = [\"bookings\"]\nalgorithms = [\"RS256\", \"ES256\"]\nleeway = \"5s\"\nforward-claims = {{ sub = \"x-user-id\" }}\n{extra}",
+                issuer.url()
+            ),
+        )
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("50%")
+                .sticky("jwt:sub")
+                .auth("users")
+        })
+        .build()
 }
 
 fn call(proxy: &Proxy, token: Option<&str>) -> Resp {
@@ -313,14 +299,13 @@ fn keys_rotate_without_a_restart() {
     // A token from the new key: its unknown kid triggers a refresh.
     let fresh = issuer.mint(json!({"claims": good("alice"), "kid": "rsa-2"}));
     assert_eq!(call(&proxy, Some(&fresh)).status, 200, "{}", proxy.stderr());
-    // The removed key stops verifying once the keys are refreshed.
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_refused(
-        &call(&proxy, Some(&old)),
-        401,
-        "unknown signing key",
-        "a removed key",
+    // The removed key stops verifying once the keys are refreshed (every second).
+    let refused = wait_for(
+        Duration::from_millis(2500),
+        "a refresh without rsa-1",
+        || Some(call(&proxy, Some(&old))).filter(|r| r.status != 200),
     );
+    assert_refused(&refused, 401, "unknown signing key", "a removed key");
 }
 
 #[test]
@@ -336,25 +321,23 @@ fn jwks_down_serves_on_cached_keys_then_fails_closed() {
     let token = issuer.mint(json!({"claims": good("alice")}));
     assert_eq!(call(&proxy, Some(&token)).status, 200);
     issuer.set_down(true);
+    // Past a failed refresh (every 1 s) on purpose, well inside jwks-max-stale (4 s).
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         call(&proxy, Some(&token)).status,
         200,
         "cached keys should still verify"
     );
-    std::thread::sleep(Duration::from_secs(4));
-    let r = call(&proxy, Some(&token));
+    // Then no later than the 5.5 s after the outage that a fixed wait used to allow.
+    let r = wait_for(Duration::from_secs(4), "the stale keys to fail", || {
+        Some(call(&proxy, Some(&token))).filter(|r| r.status != 200)
+    });
     assert_eq!(r.status, 503, "stale keys must fail closed");
     assert!(proxy.stderr().contains("JWKS fetch failed"));
     issuer.set_down(false);
-    let start = std::time::Instant::now();
-    while call(&proxy, Some(&token)).status != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "keys never came back"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(Duration::from_secs(8), "the keys to come back", || {
+        call(&proxy, Some(&token)).status == 200
+    });
 }
 
 #[test]
@@ -500,7 +483,7 @@ fn static_pem_keys_and_a_token_cookie_work_and_tokens_stay_out_of_the_access_log
             ],
         );
         assert_refused(&both, 401, "invalid_request", "token twice");
-        let log = crate::routing::proxy_log_when(&proxy, 1);
+        let log = proxy.log_when(1);
         let text = std::fs::read_to_string(proxy.dir.path().join("access.log")).unwrap();
         assert!(
             !log.is_empty() && !text.contains(&token[..40]),

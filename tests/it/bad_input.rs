@@ -10,8 +10,7 @@ use crate::support::*;
 
 fn proxy_with_backend() -> (Proxy, Backend) {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let mut text = split_config(&legacy, &new, "0%", "none");
-    text = text.replace(
+    let text = split_config(&legacy, &new, "0%", "none").replace(
         "grace-period = \"5s\"",
         "grace-period = \"5s\"\nheader-timeout = \"1s\"\nmax-headers = 50\nmax-header-bytes = 8192",
     );
@@ -63,7 +62,7 @@ fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
         assert_eq!(backend.seen().pop().unwrap().target, received, "{sent}");
     }
     // `/bookings/%2e%2e/admin` routed as `/admin`: the default, not the bookings route.
-    let log = crate::routing::proxy_log_when(&proxy, 5);
+    let log = proxy.log_when(5);
     assert_eq!(log[3]["path"], "/admin");
     assert_eq!(log[3]["side"], "default");
 
@@ -77,7 +76,7 @@ fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
         "/bookings#frag",
         "/a%zz",
     ] {
-        let (resp, _) = raw(
+        let resp = send_once(
             proxy.port,
             format!("GET {bad} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
         );
@@ -97,14 +96,14 @@ fn oversized_heads_get_431() {
     assert_eq!(r.unwrap().status, 431);
     assert!(closed);
     let big = "a".repeat(9000);
-    let (r, _) = raw(
+    let r = send_once(
         proxy.port,
         format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     );
     assert_eq!(r.unwrap().status, 431);
     // Just under both caps is fine.
     let some: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (r, _) = raw(
+    let r = send_once(
         proxy.port,
         format!("GET / HTTP/1.1\r\nHost: x\r\n{some}\r\n").as_bytes(),
     );
@@ -120,7 +119,8 @@ fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
     let head = b"GET /bookings HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890123456789012345678901234567890\r\n\r\n";
     let mut cut = false;
     for b in head.iter() {
-        // One byte every 100 ms: each read is quick, but the head as a whole takes ~9 s.
+        // One byte every 100 ms (the test's subject): each read is quick, but the head as a
+        // whole takes ~9 s.
         if s.write_all(&[*b]).is_err() {
             cut = true;
             break;
@@ -140,6 +140,7 @@ fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
     // A keep-alive connection idling between requests is not cut by the head deadline.
     let mut c = proxy.client();
     assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
+    // Idle on purpose past the 1 s head deadline.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
 }
@@ -207,7 +208,7 @@ fn idle_connections_close_at_the_keepalive_timeout_and_at_shutdown() {
         took > Duration::from_millis(700),
         "closed after only {took:?}"
     );
-    // Shorter idle pauses keep the connection.
+    // Shorter idle pauses (on purpose, under the 1 s timeout) keep the connection.
     let mut busy = proxy.client();
     for _ in 0..3 {
         assert_eq!(busy.get("/bookings", &[]).unwrap().status, 200);
@@ -222,12 +223,14 @@ fn idle_connections_close_at_the_keepalive_timeout_and_at_shutdown() {
     assert_eq!(idle.get("/bookings", &[]).unwrap().status, 200);
     let mut late = proxy.client();
     assert_eq!(late.get("/bookings", &[]).unwrap().status, 200);
-    while legacy.count() < 7 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() >= 7
+    });
     let start = Instant::now();
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(Duration::from_secs(1), "/ready to say it drains", || {
+        proxy.admin("GET", "/ready", b"").status == 503
+    });
     let answer = late.get("/bookings", &[]).unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("connection"), Some("close"));
@@ -244,23 +247,15 @@ fn idle_connections_close_at_the_keepalive_timeout_and_at_shutdown() {
 fn refused_upstream_is_502_and_slow_upstream_is_504() {
     let legacy = Backend::start("legacy");
     let dead = free_port();
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "legacy"
-[upstreams.legacy]
-addresses = ["{}"]
-timeout = "500ms"
-[upstreams.dead]
-addresses = ["127.0.0.1:{dead}"]
-[[routes]]
-id = "dead"
-path = "/dead"
-new = "dead"
-"#,
-        legacy.addr()
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("legacy")
+            .upstream("legacy", &legacy.addr())
+            .with(r#"timeout = "500ms""#)
+            .upstream("dead", &format!("127.0.0.1:{dead}"))
+            .route("dead", "/dead", |r| r.new("dead"))
+            .build(),
+    );
     let r = get(proxy.port, "/dead", &[]);
     assert_eq!(r.status, 502);
     assert!(r.header("x-request-id").is_some());
@@ -268,7 +263,7 @@ new = "dead"
     let r = get(proxy.port, "/slow", &[("x-delay-ms", "3000")]);
     assert_eq!(r.status, 504);
     assert!(start.elapsed() < Duration::from_secs(2));
-    let log = crate::routing::proxy_log_when(&proxy, 2);
+    let log = proxy.log_when(2);
     assert_eq!(log[0]["status"], 502);
     assert_eq!(log[1]["status"], 504);
 }
@@ -310,31 +305,26 @@ fn a_sent_request_is_retried_only_if_idempotent_and_unopened_connections_are_ret
     let (port, count) = hang_up_backend();
     let legacy = Backend::start("legacy");
     let dead = free_port();
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-[upstreams.hangup]
-addresses = ["127.0.0.1:{port}"]
-retries = 3
-[upstreams.pair]
-addresses = ["127.0.0.1:{dead}", "{}"]
-health-check-interval = "1h"
-[[routes]]
-id = "hangup"
-path = "/hangup"
-legacy = "hangup"
-[[routes]]
-id = "pair"
-path = "/pair"
-legacy = "pair"
-"#,
-        legacy.addr()
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .upstream("hangup", &format!("127.0.0.1:{port}"))
+            .with("retries = 3")
+            .upstream_keys(
+                "pair",
+                &format!(
+                    "addresses = [\"127.0.0.1:{dead}\", \"{}\"]\nhealth-check-interval = \"1h\"",
+                    legacy.addr()
+                ),
+            )
+            .route("hangup", "/hangup", |r| r.legacy("hangup"))
+            .route("pair", "/pair", |r| r.legacy("pair"))
+            .build(),
+    );
     let r = Client::connect(proxy.port)
         .request("POST", "/hangup", &[], b"{\"seat\":\"1A\"}")
         .unwrap();
     assert_eq!(r.status, 502);
+    // Time for a second attempt that must not come: an absence has nothing to poll for.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         count.load(std::sync::atomic::Ordering::SeqCst),
@@ -356,19 +346,19 @@ legacy = "pair"
 #[test]
 fn health_checks_take_a_dead_address_out_of_rotation() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "pool"
-[upstreams.pool]
-addresses = ["{}", "{}"]
-health-check-interval = "200ms"
-retries = 0
-"#,
-        a.addr(),
-        b.addr()
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("pool")
+            .upstream_keys(
+                "pool",
+                &format!(
+                    "addresses = [\"{}\", \"{}\"]\nhealth-check-interval = \"200ms\"\nretries = 0",
+                    a.addr(),
+                    b.addr()
+                ),
+            )
+            .build(),
+    );
     let mut served = std::collections::HashSet::new();
     for _ in 0..10 {
         served.insert(
@@ -379,8 +369,19 @@ retries = 0
         );
     }
     assert_eq!(served.len(), 2, "round-robin should use both: {served:?}");
+    let dead = b.addr();
     b.stop();
-    std::thread::sleep(Duration::from_millis(800));
+    eventually(
+        Duration::from_secs(5),
+        "the health check to see b down",
+        || {
+            proxy.status()["upstreams"]["pool"]["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["address"] == dead.as_str() && a["up"] == false)
+        },
+    );
     // With no retries, any request sent to the dead address would fail: none does.
     for _ in 0..20 {
         let r = get(proxy.port, "/", &[]);
@@ -402,6 +403,7 @@ fn scripted_backend(reply: &'static [u8]) -> u16 {
                     return;
                 }
                 let _ = s.write_all(reply);
+                // Held open as a tunnel would be (the scenario, not a wait).
                 std::thread::sleep(Duration::from_millis(500));
             });
         }
@@ -414,9 +416,12 @@ fn an_unsolicited_protocol_switch_is_a_502_not_a_tunnel() {
     let port = scripted_backend(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW-TUNNEL-BYTES",
     );
-    let proxy = Proxy::start(&format!(
-        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"odd\"\n[upstreams.odd]\naddresses = [\"127.0.0.1:{port}\"]\n"
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("odd")
+            .upstream("odd", &format!("127.0.0.1:{port}"))
+            .build(),
+    );
     let mut c = proxy.client();
     c.stream()
         .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")

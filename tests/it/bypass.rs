@@ -17,48 +17,33 @@ use crate::support::*;
 /// `/admin` (any case) and the exact `/account` (with or without a trailing slash) need a token;
 /// everything else goes to the monolith, which serves whatever it is asked.
 fn guarded(issuer: &Issuer, monolith: &Backend, extra_server: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-{extra_server}
-{}
-[upstreams.monolith]
-addresses = ["{}"]
-
-[[routes]]
-id = "admin"
-path = "/admin"
-legacy = "monolith"
-auth = "users"
-case-insensitive = true
-
-[[routes]]
-id = "account"
-path = "/account"
-match = "exact"
-trailing-slash = true
-legacy = "monolith"
-auth = "users"
-"#,
-        users(issuer),
-        monolith.addr()
+    with_users(
+        Config::new().default("monolith").server(extra_server),
+        issuer,
     )
+    .upstream("monolith", &monolith.addr())
+    .route("admin", "/admin", |r| {
+        r.legacy("monolith")
+            .auth("users")
+            .toml("case-insensitive", "true")
+    })
+    .route("account", "/account", |r| {
+        r.set("match", "exact")
+            .toml("trailing-slash", "true")
+            .legacy("monolith")
+            .auth("users")
+    })
+    .build()
 }
 
 /// `[auth.users]`: the issuer's JWKS, its tokens for `bookings`, `sub` sent as `x-user-id`.
-fn users(issuer: &Issuer) -> String {
-    format!(
-        r#"
-[auth.users]
-jwks-url = "{}"
-issuer = "https://issuer.test/"
-audiences = ["bookings"]
-algorithms = ["RS256"]
-forward-claims = {{ sub = "x-user-id" }}
-"#,
-        issuer.url()
+fn with_users(config: Config, issuer: &Issuer) -> Config {
+    config.section(
+        "[auth.users]",
+        &format!(
+            "jwks-url = \"{}\"\nissuer = \"https://issuer.test/\"\naudiences = [\"bookings\"]\nalgorithms = [\"RS256\"]\nforward-claims = {{ sub = \"x-user-id\" }}",
+            issuer.url()
+        ),
     )
 }
 
@@ -107,7 +92,7 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
         "/adm%c4%b0n",
         "/%E2%84%AAey",
     ] {
-        let (resp, _) = raw(
+        let resp = send_once(
             proxy.port,
             format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
         );
@@ -133,11 +118,11 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
         // A lower-case method would miss a route limited to POST and be a POST to Django.
         "post /admin HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     ] {
-        let (resp, _) = raw(proxy.port, head.as_bytes());
+        let resp = send_once(proxy.port, head.as_bytes());
         assert_eq!(resp.map(|r| r.status), Some(400), "{head:?}");
     }
     assert_eq!(monolith.count(), 0);
-    let (resp, _) = raw(proxy.port, b"GET /x HTTP/1.0\r\n\r\n");
+    let resp = send_once(proxy.port, b"GET /x HTTP/1.0\r\n\r\n");
     assert_eq!(resp.map(|r| r.status), Some(200), "HTTP/1.0 needs no Host");
     for host in [
         "[::1]:8080",
@@ -146,7 +131,7 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
         "127.0.0.1",
     ] {
         let head = format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n");
-        let (resp, _) = raw(proxy.port, head.as_bytes());
+        let resp = send_once(proxy.port, head.as_bytes());
         assert_eq!(resp.map(|r| r.status), Some(200), "{host}");
     }
     // The reason is in the access log.
@@ -189,15 +174,13 @@ fn no_spelling_of_a_guarded_path_reaches_the_monolith_without_a_token() {
 /// Whether an access-log line matching `pred` appears within a few seconds (lines are written
 /// in batches).
 fn logged(proxy: &Proxy, pred: impl Fn(&serde_json::Value) -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        if proxy.access_log().iter().any(&pred) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let found = wait_until(Duration::from_secs(3), || {
+        proxy.access_log().iter().any(&pred)
+    });
+    if !found {
+        eprintln!("access log: {:?}", proxy.access_log());
     }
-    eprintln!("access log: {:?}", proxy.access_log());
-    false
+    found
 }
 
 #[test]
@@ -384,44 +367,16 @@ fn one_header_policy_for_http_signed_and_lambda_upstreams() {
     let monolith = Backend::start("monolith");
     let invoke = InvokeEndpoint::start();
     let api = InvokeEndpoint::start_for("execute-api");
-    let text = format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-{}
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.fn]
-kind = "lambda"
-function = "bookings"
-region = "eu-west-1"
-endpoint = "http://127.0.0.1:{}"
-[upstreams.api]
-url = "http://127.0.0.1:{}/prod"
-sigv4 = {{ service = "execute-api", region = "eu-west-1" }}
-[[routes]]
-id = "http"
-path = "/http"
-legacy = "monolith"
-auth = "users"
-override = true
-[[routes]]
-id = "fn"
-path = "/fn"
-new = "fn"
-auth = "users"
-[[routes]]
-id = "api"
-path = "/api"
-new = "api"
-auth = "users"
-"#,
-        users(&issuer),
-        monolith.addr(),
-        invoke.port,
-        api.port
-    );
+    let text = with_users(Config::new().default("monolith"), &issuer)
+        .upstream("monolith", &monolith.addr())
+        .lambda("fn", invoke.port)
+        .signed_api("api", api.port)
+        .route("http", "/http", |r| {
+            r.legacy("monolith").auth("users").toml("override", "true")
+        })
+        .route("fn", "/fn", |r| r.new("fn").auth("users"))
+        .route("api", "/api", |r| r.new("api").auth("users"))
+        .build();
     let proxy = Proxy::start_with_env(&text, &lambda_env());
     let token = issuer.mint(json!({"claims": good("alice")}));
     let bearer = format!("Bearer {token}");
@@ -612,7 +567,7 @@ fn blank_lines_before_a_request_do_not_stretch_the_head_deadline() {
     assert!(closed, "pipelined head still open after {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     // Blank lines before a request sent whole are still fine.
-    let (resp, _) = raw(proxy.port, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = send_once(proxy.port, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(resp.map(|r| r.status), Some(200));
 }
 
@@ -647,9 +602,7 @@ fn a_replaced_key_file_stops_verifying_after_a_reload() {
     assert_eq!(call(&new), 401);
     // The rsa-1 key is revoked: its file now holds ec-1. The config text is unchanged.
     std::fs::write(&key, get(issuer.port, "/public/ec-1.pem", &[]).body).unwrap();
-    let r = Client::connect(proxy.admin_port)
-        .request("POST", "/reload", &[], b"")
-        .unwrap();
+    let r = proxy.admin("POST", "/reload", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(call(&old), 401, "a revoked key still verifies");
     assert_eq!(call(&new), 200);
@@ -662,7 +615,9 @@ fn garbage_tokens_never_fetch_keys_and_concurrent_misses_share_one_fetch() {
     let monolith = Backend::start("monolith");
     let proxy = Proxy::start(&guarded(&issuer, &monolith, ""));
     // Let the start-up fetch fail and its backoff begin.
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(5), "the start-up JWKS fetch", || {
+        issuer.fetches() >= 1
+    });
     let before = issuer.fetches();
     let flood = |token: String| {
         let handles: Vec<_> = (0..20)
@@ -712,28 +667,14 @@ fn lambda_config(
     server: &str,
     function: &str,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-{server}
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.fn]
-kind = "lambda"
-function = "bookings"
-region = "eu-west-1"
-endpoint = "http://127.0.0.1:{}"
-{function}
-[[routes]]
-id = "fn"
-path = "/bookings"
-new = "fn"
-"#,
-        monolith.addr(),
-        invoke.port
-    )
+    Config::new()
+        .default("monolith")
+        .server(server)
+        .upstream("monolith", &monolith.addr())
+        .lambda("fn", invoke.port)
+        .with(function)
+        .route("fn", "/bookings", |r| r.new("fn"))
+        .build()
 }
 
 #[test]
@@ -751,6 +692,8 @@ fn a_slow_body_holds_no_upstream_slot() {
     slow.stream()
         .write_all(b"POST /bookings/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
         .unwrap();
+    // Time for the slow request to take the only slot if it were going to: a slot it does not
+    // take has nothing to poll for.
     std::thread::sleep(Duration::from_millis(200));
     let r = Client::connect(proxy.port)
         .request("POST", "/bookings/2", &[], b"{}")
@@ -845,11 +788,7 @@ fn shift_writes_through_no_planted_link_and_keeps_the_file_mode() {
         .join(format!(".strangle.toml.strangle-{}", proxy.child.id()));
     std::os::unix::fs::symlink(&victim, &planted).unwrap();
     let out = proxy.cli(&["shift", "bookings", "30%"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
     let text = std::fs::read_to_string(&proxy.config).unwrap();
     assert!(text.contains("shift = \"30%\""), "{text}");

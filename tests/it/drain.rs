@@ -105,9 +105,9 @@ fn sigterm_under_keep_alive_load_answers_every_request_it_read() {
             std::thread::spawn(move || keep_alive_client(port, d, c))
         })
         .collect();
-    while legacy.count() < 500 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(30), "500 requests upstream", || {
+        legacy.count() >= 500
+    });
     draining.store(true, Ordering::SeqCst);
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let admin = proxy.admin_port;
@@ -153,9 +153,9 @@ fn a_request_cut_off_by_the_grace_period_is_logged_and_counted() {
             a.fetch_add(1, Ordering::SeqCst);
         }
     });
-    while legacy.count() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() > 0
+    });
     let start = Instant::now();
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     let status = proxy.child.wait().unwrap();
@@ -195,9 +195,9 @@ fn sigint_stops_at_once_and_says_so() {
     let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
     let port = proxy.port;
     std::thread::spawn(move || Client::connect(port).get("/bookings", &[("x-delay-ms", "10000")]));
-    while legacy.count() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() > 0
+    });
     let start = Instant::now();
     proxy.signal(nix::sys::signal::Signal::SIGINT);
     let _ = proxy.child.wait().unwrap();
@@ -222,14 +222,12 @@ fn sigquit_drains_like_sigterm_until_sockets_can_be_handed_over() {
     for _ in 0..5 {
         assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
     }
-    assert!(get(proxy.admin_port, "/metrics", &[])
-        .text()
-        .contains("strangle_transport_lost_streams_total 0\n"));
+    assert_eq!(proxy.metric("strangle_transport_lost_streams_total"), 0.0);
     let port = proxy.port;
     let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
-    while legacy.count() < 6 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() >= 6
+    });
     proxy.signal(nix::sys::signal::Signal::SIGQUIT);
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the in-flight request was cut");

@@ -78,9 +78,12 @@ fn proxy_for(addresses: &[String], keys: &str) -> Proxy {
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    Proxy::start(&format!(
-        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"up\"\n[upstreams.up]\naddresses = [{list}]\n{keys}\n"
-    ))
+    Proxy::start(
+        &Config::new()
+            .default("up")
+            .upstream_keys("up", &format!("addresses = [{list}]\n{keys}"))
+            .build(),
+    )
 }
 
 /// Sends `request` on a fresh connection and reads until the proxy closes it (or 15 s).
@@ -126,14 +129,9 @@ fn body_of(answer: &[u8]) -> Vec<u8> {
 
 /// The access log's last line, once it has been written (the log is written in batches).
 fn last_logged(proxy: &Proxy) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Some(line) = proxy.access_log().pop() {
-            return line;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no access log");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(Duration::from_secs(10), "an access-log line", || {
+        proxy.access_log().pop()
+    })
 }
 
 const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
@@ -175,8 +173,7 @@ fn a_sent_idempotent_request_that_meets_a_reset_is_retried_and_the_address_leave
         })
         .unwrap_or_else(|| panic!("no health series for the address:\n{metrics}"));
     assert!(line.ends_with(" 0"), "{line}");
-    let status: serde_json::Value =
-        serde_json::from_str(&get(proxy.admin_port, "/status", &[]).text()).unwrap();
+    let status = proxy.status();
     let addresses = status["upstreams"]["up"]["addresses"].as_array().unwrap();
     let entry = addresses
         .iter()
@@ -208,7 +205,8 @@ fn a_non_idempotent_request_that_was_sent_is_never_retried() {
 
 #[test]
 fn a_response_head_trickled_past_response_timeout_is_a_504_not_a_20s_wait() {
-    // One byte every 300 ms: each read is well within `timeout`, the head never is.
+    // One byte every 300 ms (the scenario): each read is well within `timeout`, the head
+    // never is.
     let slow = Raw::start(|s, _| {
         for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" {
             if s.write_all(&[*b]).is_err() {
@@ -243,7 +241,7 @@ fn a_response_head_trickled_past_response_timeout_is_a_504_not_a_20s_wait() {
 
 #[test]
 fn a_trickling_body_is_ended_by_request_timeout() {
-    // A Content-Length body a byte every 200 ms: nothing of it has left strangle's small
+    // A Content-Length body a byte every 200 ms (the scenario): nothing of it has left strangle's small
     // write buffer when the deadline passes, so the client gets the 504 instead.
     let slow_length = Raw::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
@@ -268,7 +266,7 @@ fn a_trickling_body_is_ended_by_request_timeout() {
     );
     assert!(took < Duration::from_secs(7), "took {took:?}");
 
-    // A chunked body streams (each chunk is flushed): the head went out, so the deadline
+    // A chunked body, a chunk every 200 ms, streams (each chunk is flushed): the head went out, so the deadline
     // ends the connection without the last chunk, and the body cannot look complete.
     let slow_chunks = Raw::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
@@ -306,6 +304,7 @@ fn an_upstream_failure_before_anything_reached_the_client_is_a_502_and_after_it_
     // buffer, so the client gets a 502 (not a bare close it might retry on its own).
     let resets = Raw::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nHELLO");
+        // The scripted failure: a pause, then the reset.
         std::thread::sleep(Duration::from_millis(100));
         reset(s);
         false
@@ -478,6 +477,8 @@ fn a_stray_response_on_an_idle_pooled_connection_never_answers_the_next_request(
     let proxy = proxy_for(&[stray.addr()], "");
     let mut c = proxy.client();
     assert_eq!(c.get("/x", &[]).unwrap().text(), "HELLO");
+    // Until the stray (sent 300 ms after the answer) has surely reached the pooled connection:
+    // the proxy shows nothing to poll for while the connection sits idle.
     std::thread::sleep(Duration::from_millis(700));
     let mut other = proxy.client();
     assert_eq!(other.get("/x", &[]).unwrap().text(), "HELLO");
@@ -487,6 +488,7 @@ fn a_stray_response_on_an_idle_pooled_connection_never_answers_the_next_request(
 fn deadlines_bound_lambda_and_signed_upstreams_too() {
     // An endpoint that takes the request and never answers.
     let silent = Raw::start(|_, _| {
+        // Silent for longer than any deadline under test.
         std::thread::sleep(Duration::from_secs(30));
         false
     });
@@ -499,25 +501,21 @@ fn deadlines_bound_lambda_and_signed_upstreams_too() {
         ("AWS_REGION", "eu-west-1"),
     ];
     let upstreams = [
-        format!(
-            "kind = \"lambda\"\nfunction = \"bookings\"\nregion = \"eu-west-1\"\nendpoint = \"http://{}\"\ntimeout = \"30s\"\nresponse-timeout = \"1s\"",
-            silent.addr()
-        ),
-        format!(
-            "url = \"http://{}/prod\"\nsigv4 = {{ service = \"execute-api\", region = \"eu-west-1\" }}\ntimeout = \"30s\"\nrequest-timeout = \"1s\"",
-            silent.addr()
-        ),
+        Config::new()
+            .default("up")
+            .lambda("up", silent.port)
+            .with("timeout = \"30s\"\nresponse-timeout = \"1s\""),
+        Config::new()
+            .default("up")
+            .signed_api("up", silent.port)
+            .with("timeout = \"30s\"\nrequest-timeout = \"1s\""),
     ];
-    for keys in upstreams {
-        let proxy = Proxy::start_with_env(
-            &format!(
-                "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"up\"\n[upstreams.up]\n{keys}\n"
-            ),
-            &env,
-        );
+    for config in upstreams {
+        let text = config.build();
+        let proxy = Proxy::start_with_env(&text, &env);
         let (answer, took) = exchange(proxy.port, GET);
-        assert_eq!(status_of(&answer), 504, "{keys}: {}", head_of(&answer));
-        assert!(took < Duration::from_secs(6), "{keys}: took {took:?}");
+        assert_eq!(status_of(&answer), 504, "{text}: {}", head_of(&answer));
+        assert!(took < Duration::from_secs(6), "{text}: took {took:?}");
     }
 }
 
@@ -531,6 +529,7 @@ fn a_late_body_delimited_by_the_close_never_looks_complete() {
             if s.write_all(format!("line {i}\n").as_bytes()).is_err() {
                 return false;
             }
+            // A line every 200 ms: the late body under test.
             std::thread::sleep(Duration::from_millis(200));
         }
         false
@@ -599,6 +598,7 @@ fn interim_responses_never_stand_in_for_the_final_one() {
     // The upstream's own 103 and then a reset: a final 502 still follows the 103.
     let hints_then_reset = Raw::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+        // The scripted failure: the hints reach the client before the reset.
         std::thread::sleep(Duration::from_millis(200));
         reset(s);
         false
@@ -638,6 +638,7 @@ fn a_slow_upload_is_not_the_upstreams_fault() {
         .unwrap();
         for _ in 0..6 {
             s.write_all(&[b'a'; 100]).unwrap();
+            // The slow upload under test: 2.4 s in all, past the 1 s response-timeout.
             std::thread::sleep(Duration::from_millis(400));
         }
         let mut answer = Vec::new();
@@ -649,8 +650,7 @@ fn a_slow_upload_is_not_the_upstreams_fault() {
             String::from_utf8_lossy(&answer)
         );
     }
-    let status: serde_json::Value =
-        serde_json::from_str(&get(proxy.admin_port, "/status", &[]).text()).unwrap();
+    let status = proxy.status();
     let address = &status["upstreams"]["up"]["addresses"][0];
     assert_eq!(address["consecutive_failures"], 0, "{status}");
     assert_eq!(address["up"], true, "{status}");

@@ -227,6 +227,7 @@ async fn answer(
             .unwrap(),
         "/bookings/throttle" => reply(429, r#"{"Reason":"ReservedFunctionConcurrentInvocationLimitExceeded","message":"Rate Exceeded."}"#.into()),
         "/bookings/slow" => {
+            // A function slower than the upstream's 1 s timeout.
             tokio::time::sleep(Duration::from_secs(3)).await;
             reply(200, r#"{"statusCode":200,"body":"late"}"#.into())
         }
@@ -263,29 +264,15 @@ pub fn lambda_env() -> Vec<(&'static str, &'static str)> {
 }
 
 fn config(endpoint: u16, legacy: &Backend) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.bookings-fn]
-kind = "lambda"
-function = "bookings"
-qualifier = "live"
-region = "eu-west-1"
-endpoint = "http://127.0.0.1:{endpoint}"
-timeout = "1s"
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-new = "bookings-fn"
-shift = "100%"
-"#,
-        legacy.addr()
-    )
+    Config::new()
+        .default("monolith")
+        .upstream("monolith", &legacy.addr())
+        .lambda("bookings-fn", endpoint)
+        .with("qualifier = \"live\"\ntimeout = \"1s\"")
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith").new("bookings-fn").shift("100%")
+        })
+        .build()
 }
 
 #[test]
@@ -335,7 +322,7 @@ fn invokes_are_sigv4_signed_with_env_credentials_and_client_amz_headers_stay_out
         endpoint.seen().pop().unwrap().event["rawPath"],
         "/bookings/8"
     );
-    let log = crate::routing::proxy_log_when(&proxy, 2);
+    let log = proxy.log_when(2);
     assert_eq!(log[1]["path"], "/bookings/8");
 }
 
@@ -403,7 +390,7 @@ fn failures_map_to_the_documented_statuses_and_never_leak_the_error() {
     assert_eq!(r.status, 502);
     assert_eq!(endpoint.seen().len(), before + 1);
 
-    let log = crate::routing::proxy_log_when(&proxy, 6);
+    let log = proxy.log_when(6);
     assert_eq!(log[0]["side"], "new");
     assert_eq!(log[0]["upstream"], "bookings-fn");
     assert_eq!(log[0]["status"], 502);
@@ -413,26 +400,14 @@ fn failures_map_to_the_documented_statuses_and_never_leak_the_error() {
 fn api_gateway_urls_get_sigv4_signed_requests_with_the_body_hash() {
     let api = InvokeEndpoint::start_for("execute-api");
     let legacy = Backend::start("legacy");
-    let text = format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.bookings-api]
-url = "http://127.0.0.1:{}/prod"
-sigv4 = {{ service = "execute-api", region = "eu-west-1" }}
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-new = "bookings-api"
-shift = "100%"
-"#,
-        legacy.addr(),
-        api.port
-    );
+    let text = Config::new()
+        .default("monolith")
+        .upstream("monolith", &legacy.addr())
+        .signed_api("bookings-api", api.port)
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith").new("bookings-api").shift("100%")
+        })
+        .build();
     let proxy = Proxy::start_with_env(&text, &lambda_env());
     let r = Client::connect(proxy.port)
         .request(

@@ -3,7 +3,7 @@
 //! cargo-lambda (PyPI) and builds the function first.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -38,27 +38,20 @@ impl LambdaWatch {
             .unwrap();
         let watch = LambdaWatch { child, port };
         // The first invocation starts (and if needed builds) the function.
-        let start = Instant::now();
         let probe = br#"{"version":"2.0","routeKey":"$default","rawPath":"/bookings/0","rawQueryString":"","headers":{},"requestContext":{"accountId":"a","apiId":"b","domainName":"x","domainPrefix":"x","http":{"method":"GET","path":"/bookings/0","protocol":"HTTP/1.1","sourceIp":"127.0.0.1","userAgent":"t"},"requestId":"r","routeKey":"$default","stage":"$default","time":"t","timeEpoch":0},"isBase64Encoded":false}"#;
-        loop {
-            if let Ok(mut c) = Client::try_connect(port) {
-                if let Ok(r) = c.request(
-                    "POST",
-                    "/2015-03-31/functions/bookings/invocations",
-                    &[],
-                    probe,
-                ) {
-                    if r.status == 200 {
-                        break;
-                    }
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(600),
-                "cargo lambda watch never served the function"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let served = poll(Duration::from_secs(600), Duration::from_millis(500), || {
+            Client::try_connect(port)
+                .and_then(|mut c| {
+                    c.request(
+                        "POST",
+                        "/2015-03-31/functions/bookings/invocations",
+                        &[],
+                        probe,
+                    )
+                })
+                .is_ok_and(|r| r.status == 200)
+        });
+        assert!(served, "cargo lambda watch never served the function");
         watch
     }
 }
@@ -69,37 +62,28 @@ impl Drop for LambdaWatch {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // A moment to stop its function too; then it is killed.
+        wait_until(Duration::from_millis(500), || {
+            self.child.try_wait().is_ok_and(|s| s.is_some())
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn config(watch: &LambdaWatch, legacy: &Backend, shift: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.bookings-fn]
-kind = "lambda"
-function = "bookings"
-region = "eu-west-1"
-endpoint = "http://127.0.0.1:{}"
-timeout = "2s"
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-new = "bookings-fn"
-shift = "{shift}"
-sticky = "header:x-user"
-"#,
-        legacy.addr(),
-        watch.port
-    )
+    Config::new()
+        .default("monolith")
+        .upstream("monolith", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .with("timeout = \"2s\"")
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith")
+                .new("bookings-fn")
+                .shift(shift)
+                .sticky("header:x-user")
+        })
+        .build()
 }
 
 #[test]
@@ -237,8 +221,7 @@ fn a_route_split_25_percent_between_the_monolith_and_a_function_is_sticky() {
         };
         assert_eq!(again, *side, "{user} switched sides");
     }
-    let s: serde_json::Value =
-        serde_json::from_slice(&get(proxy.admin_port, "/status", &[]).body).unwrap();
+    let s = proxy.status();
     assert_eq!(
         s["routes"][0]["sides"]["new"]["requests"].as_u64().unwrap() as usize,
         on_new + sides.values().take(60).filter(|s| **s == "new").count()

@@ -132,7 +132,7 @@ fn access_log_has_one_json_line_per_request_with_every_field() {
         ("POST", &b"12345"[..])
     );
     get(proxy.port, "/other", &[]);
-    let log = crate::routing::proxy_log_when(&proxy, 2);
+    let log = proxy.log_when(2);
     assert_eq!(log.len(), 2);
     let l = &log[0];
     assert_eq!(l["request_id"], "abc-1");
@@ -160,20 +160,15 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     let mut proxy = Proxy::start(&split_config(&legacy, &new, "0%", "none"));
     let port = proxy.port;
     let slow = std::thread::spawn(move || get(port, "/bookings", &[("x-delay-ms", "1500")]));
-    while legacy.count() == 0 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(Duration::from_secs(5), "the slow request upstream", || {
+        legacy.count() > 0
+    });
     let start = Instant::now();
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     // New connections are refused soon after.
-    let mut refused = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            refused = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refused = wait_until(Duration::from_secs(2), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
     assert!(refused, "still accepting after SIGTERM");
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the in-flight request was cut");
@@ -293,25 +288,13 @@ fn mkfifo(path: &std::path::Path) {
 }
 
 /// `strangle_access_log_dropped_total`, from `/metrics`.
-fn dropped_lines(proxy: &Proxy) -> u64 {
-    let metrics = get(proxy.admin_port, "/metrics", &[]).text();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("strangle_access_log_dropped_total "))
-        .unwrap_or_else(|| panic!("no dropped counter in:\n{metrics}"))
-        .parse()
-        .unwrap()
+fn dropped_lines(proxy: &Proxy) -> f64 {
+    proxy.metric("strangle_access_log_dropped_total")
 }
 
-fn wait_for_drops(proxy: &Proxy, within: Duration) -> u64 {
-    let start = Instant::now();
-    loop {
-        let n = dropped_lines(proxy);
-        if n > 0 || start.elapsed() > within {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Whether lines are counted as dropped within `within`.
+fn wait_for_drops(proxy: &Proxy, within: Duration) -> bool {
+    wait_until(within, || dropped_lines(proxy) > 0.0)
 }
 
 /// `n` requests on one connection, each answered within 5 s (the default is 20 s).
@@ -373,7 +356,7 @@ fn an_access_log_fifo_without_a_reader_holds_no_request_and_counts_what_it_drops
         assert_eq!(r.status, 200);
     }
     all_answered(&proxy, "/lonely/again", 20);
-    assert!(wait_for_drops(&proxy, Duration::from_secs(5)) > 0);
+    assert!(wait_for_drops(&proxy, Duration::from_secs(5)));
     assert!(
         proxy.wait_for_log("a FIFO with no reader", Duration::from_secs(5)),
         "{}",
@@ -381,15 +364,12 @@ fn an_access_log_fifo_without_a_reader_holds_no_request_and_counts_what_it_drops
     );
     // Once a reader comes, lines flow to it.
     let (got, _reader) = read_fifo(fifo, |got| !got.contains(&b'\n'));
-    let start = Instant::now();
-    while !got.lock().unwrap().contains(&b'\n') {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no line reached the reader"
-        );
+    // A request each round (200 ms apart) until one's line arrives.
+    let arrived = poll(Duration::from_secs(10), Duration::from_millis(200), || {
         get(proxy.port, "/found", &[]);
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        got.lock().unwrap().contains(&b'\n')
+    });
+    assert!(arrived, "no line reached the reader");
     let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(line["path"], "/found");
@@ -408,22 +388,15 @@ fn an_access_log_reader_that_stalls_holds_neither_requests_nor_the_exit() {
     all_answered(&proxy, "/stalled", 1500);
     let _stalled = reader.join().unwrap();
     assert!(got.lock().unwrap().contains(&b'\n'));
-    let start = Instant::now();
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = loop {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            break status;
-        }
-        // grace-period is 2 s, the writer gets 2 s more at most.
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no exit {:?} after SIGTERM:\n{}",
-            start.elapsed(),
-            proxy.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
+    // grace-period is 2 s, the writer gets 2 s more at most.
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(10), || {
+        status = proxy.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(exited, "no exit 10 s after SIGTERM:\n{}", proxy.stderr());
+    assert_eq!(status.unwrap().code(), Some(0));
     assert!(
         proxy.stderr().contains("did not take the last lines"),
         "{}",
@@ -436,8 +409,11 @@ fn a_full_device_drops_access_log_lines_and_says_so() {
     let backend = Backend::start("legacy");
     let proxy = start_logging_to(tempfile::tempdir().unwrap(), &backend, "/dev/full");
     all_answered(&proxy, "/full", 20);
-    let dropped = wait_for_drops(&proxy, Duration::from_secs(5));
-    assert!(dropped > 0, "{}", proxy.stderr());
+    assert!(
+        wait_for_drops(&proxy, Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
     assert!(
         proxy.wait_for_log("No space left on device", Duration::from_secs(5)),
         "{}",
@@ -463,22 +439,29 @@ fn a_line_cut_by_a_failing_access_log_is_finished_never_glued_to_the_next() {
     all_answered(&proxy, "/before", 1000);
     drop(reader.join().unwrap());
     all_answered(&proxy, "/orphaned", 50);
-    std::thread::sleep(Duration::from_millis(500));
+    // The writes without a reader fail, and what they lose is counted.
+    assert!(
+        wait_for_drops(&proxy, Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
     let (second, _reader) = read_fifo(fifo, |got| {
         !String::from_utf8_lossy(got).contains("\"/after/49\"")
     });
-    let start = Instant::now();
-    for round in 0.. {
+    // 50 requests a round (300 ms apart) until the second reader has the last of a round.
+    let mut rounds = 0;
+    let arrived = poll(Duration::from_secs(15), Duration::from_millis(300), || {
         all_answered(&proxy, "/after", 50);
-        std::thread::sleep(Duration::from_millis(300));
-        if String::from_utf8_lossy(&second.lock().unwrap()).contains("\"/after/49\"") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the second reader got no /after lines in {round} rounds"
-        );
-    }
+        rounds += 1;
+        // The round's lines are written in a batch a moment after the answers.
+        wait_until(Duration::from_millis(300), || {
+            String::from_utf8_lossy(&second.lock().unwrap()).contains("\"/after/49\"")
+        })
+    });
+    assert!(
+        arrived,
+        "the second reader got no /after lines in {rounds} rounds"
+    );
     let mut stream = first.lock().unwrap().clone();
     stream.extend_from_slice(&second.lock().unwrap());
     let text = String::from_utf8_lossy(&stream);
@@ -490,7 +473,7 @@ fn a_line_cut_by_a_failing_access_log_is_finished_never_glued_to_the_next() {
     }
     assert!(lines > 250, "only {lines} lines reached the readers");
     // The lines that could not be written were counted, not lost silently.
-    assert!(dropped_lines(&proxy) > 0, "{}", proxy.stderr());
+    assert!(dropped_lines(&proxy) > 0.0, "{}", proxy.stderr());
 }
 
 #[test]
@@ -499,37 +482,24 @@ fn a_reload_reopens_an_access_log_rotated_away() {
     let proxy = start_logging_to(tempfile::tempdir().unwrap(), &backend, "access.log");
     all_answered(&proxy, "/first", 3);
     let log = proxy.dir.path().join("access.log");
-    let start = Instant::now();
-    while std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 3
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "lines not written"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(5), "3 lines in access.log", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+    });
     // What logrotate does: rename, then SIGHUP.
     std::fs::rename(&log, proxy.dir.path().join("access.log.1")).unwrap();
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(proxy.wait_for_log("config reloaded", Duration::from_secs(5)));
-    let start = Instant::now();
-    loop {
-        all_answered(&proxy, "/second", 1);
-        let lines = proxy.access_log();
-        if !lines.is_empty() {
-            assert!(lines.iter().all(|l| l["path"] == "/second/0"), "{lines:?}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "nothing in the new access.log"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    all_answered(&proxy, "/second", 1);
+    let lines = wait_for(
+        Duration::from_secs(5),
+        "a line in the new access.log",
+        || Some(proxy.access_log()).filter(|l| !l.is_empty()),
+    );
+    assert!(lines.iter().all(|l| l["path"] == "/second/0"), "{lines:?}");
     let rotated = std::fs::read_to_string(proxy.dir.path().join("access.log.1")).unwrap();
     assert!(!rotated.contains("/second/"), "{rotated}");
     assert_eq!(rotated.lines().count(), 3, "{rotated}");

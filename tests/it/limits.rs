@@ -47,10 +47,15 @@ fn excess_requests_wait_then_get_503_with_retry_after() {
     assert!(backend.max_concurrent.load(Ordering::SeqCst) <= 3);
     let r = {
         let port = proxy.port;
+        let before = backend.count();
         let hold: Vec<_> = (0..3)
             .map(|_| std::thread::spawn(move || get(port, "/orders", &[("x-delay-ms", "600")])))
             .collect();
-        std::thread::sleep(Duration::from_millis(150));
+        eventually(
+            Duration::from_secs(1),
+            "3 requests holding the slots",
+            || backend.count() >= before + 3,
+        );
         let r = get(proxy.port, "/orders", &[]);
         for h in hold {
             h.join().unwrap();
@@ -101,7 +106,8 @@ fn rate_limits_answer_429_with_retry_after_and_the_policy() {
             .status,
         200
     );
-    // The bucket refills at 5 per second.
+    // The bucket refills at 5 per second: one more after 200 ms (waited out on purpose, with a
+    // margin).
     std::thread::sleep(Duration::from_millis(450));
     assert_eq!(
         c.get("/search", &[("x-api-key", "team-a")]).unwrap().status,

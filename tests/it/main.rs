@@ -1,6 +1,8 @@
 //! Integration tests: the real `strangle` binary on free ports against real HTTP backends.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test binary exports nothing: `pub` here only shares fixtures between the test files.
+#![allow(unreachable_pub)]
 
 mod admin;
 mod auth;
@@ -10,6 +12,7 @@ mod drain;
 mod faults;
 mod invoke;
 mod lambda;
+mod layout;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -91,22 +91,17 @@ fn a_real_prometheus_scrapes_and_queries_the_counts() {
         .spawn()
         .unwrap();
     let query = "/api/v1/query?query=sum(strangle_requests_total%7Broute%3D%22bookings%22%2Cside%3D%22new%22%2Cclass%3D%222xx%22%7D)";
-    let start = Instant::now();
-    let value = loop {
-        if let Ok(mut pc) = Client::try_connect(web) {
-            if let Ok(r) = pc.get(query, &[]) {
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                if let Some(val) = v["data"]["result"][0]["value"][1].as_str() {
-                    break val.to_string();
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "Prometheus never saw the metric"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let value = wait_for(
+        Duration::from_secs(30),
+        "Prometheus to see the metric",
+        || {
+            let r = Client::try_connect(web).ok()?.get(query, &[]).ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(str::to_string)
+        },
+    );
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(value, "37");
@@ -117,17 +112,16 @@ fn a_config_of_20000_routes_stays_scrapeable() {
     // Before, every route had 73 series with no traffic at all (a 50,000-route config made a
     // 280 MB scrape). Series for a route's side appear with its first request there.
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let mut text = format!(
-        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"legacy\"\n[upstreams.legacy]\naddresses = [\"{}\"]\n[upstreams.new]\naddresses = [\"{}\"]\n",
-        legacy.addr(),
-        new.addr()
-    );
+    let mut config = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr());
     for i in 0..20_000 {
-        text.push_str(&format!(
-            "[[routes]]\nid = \"r{i}\"\npath = \"/r{i}\"\nlegacy = \"legacy\"\nnew = \"new\"\nshift = \"0%\"\n"
-        ));
+        config = config.route(&format!("r{i}"), &format!("/r{i}"), |r| {
+            r.legacy("legacy").new("new").shift("0%")
+        });
     }
-    let proxy = Proxy::start(&text);
+    let proxy = Proxy::start(&config.build());
     for _ in 0..5 {
         assert_eq!(get(proxy.port, "/r7", &[]).status, 200);
     }

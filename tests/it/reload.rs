@@ -14,15 +14,31 @@ fn side_of(port: u16) -> String {
         .to_string()
 }
 
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// How long a reload may take to show.
+const RELOAD: Duration = Duration::from_secs(5);
+
+/// Long enough for the slower reloads (a FIFO's or a device's refusal, a directory watched
+/// again).
+const SLOW_RELOAD: Duration = Duration::from_secs(10);
+
+/// A proxy whose `/bookings` shift is read from a file outside its config directory
+/// (`${file:..}`), starting at 0%: returns the proxy, its config text and the shift file.
+fn start_with_shift_file(
+    legacy: &Backend,
+    new: &Backend,
+) -> (Proxy, String, tempfile::TempDir, std::path::PathBuf) {
+    let secrets = tempfile::tempdir().unwrap();
+    let shift_file = secrets.path().join("shift");
+    std::fs::write(&shift_file, "0%\n").unwrap();
+    let text = split_config(
+        legacy,
+        new,
+        &format!("${{file:{}}}", shift_file.display()),
+        "none",
+    );
+    let proxy = Proxy::start(&text);
+    assert_eq!(side_of(proxy.port), "legacy");
+    (proxy, text, secrets, shift_file)
 }
 
 #[test]
@@ -74,6 +90,7 @@ fn no_request_fails_while_the_config_is_rewritten_every_200ms() {
         }
         proxy.rewrite(&text);
         rewrites += 1;
+        // The churn rate is the test's subject.
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::Relaxed);
@@ -114,7 +131,7 @@ fn a_broken_file_keeps_the_last_good_config_serving() {
     }
     // A syntax error too.
     proxy.rewrite("[server\nlisten = ");
-    eventually("a second failure", || {
+    eventually(RELOAD, "a second failure", || {
         proxy
             .stderr()
             .matches("keeping the last good config")
@@ -125,7 +142,9 @@ fn a_broken_file_keeps_the_last_good_config_serving() {
 
     // Fixed: the new config applies.
     proxy.rewrite(&split_config(&legacy, &new, "0%", "none"));
-    eventually("the fixed config", || side_of(proxy.port) == "legacy");
+    eventually(RELOAD, "the fixed config", || {
+        side_of(proxy.port) == "legacy"
+    });
 }
 
 #[cfg(unix)]
@@ -165,57 +184,29 @@ fn a_configmap_style_symlink_swap_is_picked_up() {
     symlink("..2026_v2", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
-    eventually("the swapped config", || side_of(proxy.port) == "new");
+    eventually(RELOAD, "the swapped config", || {
+        side_of(proxy.port) == "new"
+    });
 }
 
 #[test]
 fn sighup_reloads_what_the_watcher_cannot_see() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let secrets = tempfile::tempdir().unwrap();
-    let shift_file = secrets.path().join("shift");
-    std::fs::write(&shift_file, "0%\n").unwrap();
-    let text = split_config(
-        &legacy,
-        &new,
-        &format!("${{file:{}}}", shift_file.display()),
-        "none",
-    );
-    let proxy = Proxy::start(&text);
-    assert_eq!(side_of(proxy.port), "legacy");
-    // The referenced file lives elsewhere: only SIGHUP notices it changed.
+    let (proxy, _, _secrets, shift_file) = start_with_shift_file(&legacy, &new);
+    // The referenced file lives elsewhere: only SIGHUP notices it changed. (A reload that must
+    // not happen has nothing to poll for: this waits as long as a watched edit would take.)
     std::fs::write(&shift_file, "100%\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(side_of(proxy.port), "legacy");
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
-    eventually("the SIGHUP reload", || side_of(proxy.port) == "new");
+    eventually(RELOAD, "the SIGHUP reload", || side_of(proxy.port) == "new");
 }
 
 // Operational faults (issue 11 items 8 and 11): what the config path can turn into, and what
 // can happen to its directory, without hot reload silently dying.
 
-fn eventually_within(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn status(proxy: &Proxy) -> serde_json::Value {
-    serde_json::from_slice(&get(proxy.admin_port, "/status", &[]).body).unwrap()
-}
-
-fn metric(proxy: &Proxy, name: &str) -> f64 {
-    let text = get(proxy.admin_port, "/metrics", &[]).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 fn last_reload_error(proxy: &Proxy) -> String {
-    status(proxy)["config"]["last_reload_error"]["error"]
+    proxy.status()["config"]["last_reload_error"]["error"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -238,34 +229,19 @@ fn peak_rss_mb(pid: u32) -> u64 {
 #[test]
 fn a_config_that_is_briefly_a_fifo_blocks_nothing() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let secrets = tempfile::tempdir().unwrap();
-    let shift_file = secrets.path().join("shift");
-    std::fs::write(&shift_file, "0%\n").unwrap();
-    let text = split_config(
-        &legacy,
-        &new,
-        &format!("${{file:{}}}", shift_file.display()),
-        "none",
-    );
-    let proxy = Proxy::start(&text);
-    assert_eq!(side_of(proxy.port), "legacy");
+    let (proxy, text, _secrets, shift_file) = start_with_shift_file(&legacy, &new);
 
     let fifo = proxy.dir.path().join(".f");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     std::fs::rename(&fifo, &proxy.config).unwrap();
-    eventually_within("the FIFO refused", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the FIFO refused", || {
         last_reload_error(&proxy).contains("is a FIFO (named pipe), not a regular file")
     });
-    assert!(metric(&proxy, "strangle_config_reload_failures_total") >= 1.0);
-    assert_eq!(metric(&proxy, "strangle_config_reload_in_progress"), 0.0);
-    assert_eq!(
-        metric(&proxy, "strangle_config_last_reload_successful"),
-        0.0
-    );
+    assert!(proxy.metric("strangle_config_reload_failures_total") >= 1.0);
+    assert_eq!(proxy.metric("strangle_config_reload_in_progress"), 0.0);
+    assert_eq!(proxy.metric("strangle_config_last_reload_successful"), 0.0);
     // While it is a FIFO, every way in answers at once with the reason.
-    let r = Client::connect(proxy.admin_port)
-        .request("POST", "/reload", &[], b"")
-        .unwrap();
+    let r = proxy.admin("POST", "/reload", b"");
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("FIFO"), "{}", r.text());
     let out = proxy.cli(&["shift", "/bookings", "10%"]);
@@ -281,39 +257,28 @@ fn a_config_that_is_briefly_a_fifo_blocks_nothing() {
     // A valid file back (an editor's save): picked up, and the failure cleared.
     std::fs::remove_file(&proxy.config).unwrap();
     proxy.rewrite(&text);
-    eventually_within("the valid file back", Duration::from_secs(10), || {
-        status(&proxy)["config"]["last_reload_error"].is_null()
+    eventually(SLOW_RELOAD, "the valid file back", || {
+        proxy.status()["config"]["last_reload_error"].is_null()
     });
-    assert_eq!(
-        metric(&proxy, "strangle_config_last_reload_successful"),
-        1.0
-    );
+    assert_eq!(proxy.metric("strangle_config_last_reload_successful"), 1.0);
     // SIGHUP.
     std::fs::write(&shift_file, "100%\n").unwrap();
     proxy.signal(nix::sys::signal::Signal::SIGHUP);
-    eventually_within("the SIGHUP reload", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the SIGHUP reload", || {
         side_of(proxy.port) == "new"
     });
     // POST /reload.
     std::fs::write(&shift_file, "0%\n").unwrap();
-    let r = Client::connect(proxy.admin_port)
-        .request("POST", "/reload", &[], b"")
-        .unwrap();
+    let r = proxy.admin("POST", "/reload", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(side_of(proxy.port), "legacy");
     // `strangle shift`.
     let out = proxy.cli(&["shift", "/bookings", "100%"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(side_of(proxy.port), "new");
     // And an edit of the file.
     proxy.rewrite(&split_config(&legacy, &new, "0%", "none"));
-    eventually_within("the edit", Duration::from_secs(10), || {
-        side_of(proxy.port) == "legacy"
-    });
+    eventually(SLOW_RELOAD, "the edit", || side_of(proxy.port) == "legacy");
 }
 
 /// A config symlinked to /dev/zero, a `${file:/dev/zero}`, a 9 MB garbage file: each refused
@@ -329,12 +294,12 @@ fn endless_or_huge_config_files_are_refused_with_bounded_memory() {
 
     std::os::unix::fs::symlink("/dev/zero", dir.join(".zero")).unwrap();
     std::fs::rename(dir.join(".zero"), &proxy.config).unwrap();
-    eventually_within("/dev/zero refused", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "/dev/zero refused", || {
         last_reload_error(&proxy).contains("is a character device, not a regular file")
     });
 
     proxy.rewrite(&split_config(&legacy, &new, "${file:/dev/zero}", "none"));
-    eventually_within("${file:/dev/zero} refused", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "${file:/dev/zero} refused", || {
         let e = last_reload_error(&proxy);
         e.contains("`/dev/zero` is a character device") && e.contains("strangle.toml:")
     });
@@ -349,23 +314,21 @@ fn endless_or_huge_config_files_are_refused_with_bounded_memory() {
     }
     std::fs::write(dir.join(".big"), &garbage).unwrap();
     std::fs::rename(dir.join(".big"), &proxy.config).unwrap();
-    eventually_within("the 9 MB file refused", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the 9 MB file refused", || {
         last_reload_error(&proxy).contains("is larger than 8 MB")
     });
-    let r = Client::connect(proxy.admin_port)
-        .request("POST", "/reload", &[], b"")
-        .unwrap();
+    let r = proxy.admin("POST", "/reload", b"");
     assert_eq!(r.status, 422);
     assert!(r.text().contains("larger than 8 MB"), "{}", r.text());
 
     // Everything refused: the last good config served throughout.
     assert_eq!(side_of(proxy.port), "new");
-    assert!(metric(&proxy, "strangle_config_reload_failures_total") >= 4.0);
+    assert!(proxy.metric("strangle_config_reload_failures_total") >= 4.0);
     let peak = peak_rss_mb(proxy.child.id());
     assert!(peak < 300, "peak resident memory {peak} MB");
 
     proxy.rewrite(&split_config(&legacy, &new, "0%", "none"));
-    eventually_within("the valid file", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the valid file", || {
         side_of(proxy.port) == "legacy"
     });
 }
@@ -393,18 +356,16 @@ fn check_and_serve_refuse_what_is_not_a_regular_file() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let start = Instant::now();
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break s;
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("`strangle {verb:?} {}` hung", file.display());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let mut status = None;
+            if !wait_until(Duration::from_secs(10), || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            }) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`strangle {verb:?} {}` hung", file.display());
+            }
+            let status = status.unwrap();
             let mut err = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
             assert!(!status.success(), "{verb:?} {}", file.display());
@@ -432,9 +393,15 @@ fn start_in_subdir(
     );
     let (legacy, new) = (legacy.addr(), new.addr());
     let render = move |shift: &str| {
-        let text = format!(
-            "[server]\nlisten = [\"{{listen}}\"]\ndefault = \"legacy\"\n[upstreams.legacy]\naddresses = [\"{legacy}\"]\n[upstreams.new]\naddresses = [\"{new}\"]\n[[routes]]\nid = \"bookings\"\npath = \"/bookings\"\nlegacy = \"legacy\"\nnew = \"new\"\nshift = \"{shift}\"\n{log}"
-        );
+        let text = Config::new()
+            .default("legacy")
+            .upstream("legacy", &legacy)
+            .upstream("new", &new)
+            .route("bookings", "/bookings", |r| {
+                r.legacy("legacy").new("new").shift(shift)
+            })
+            .raw(&log)
+            .build();
         Proxy::render(&text, port, admin_port)
     };
     std::fs::write(&config, render(shift)).unwrap();
@@ -452,10 +419,14 @@ fn hot_reload_survives_the_config_directory_being_deleted_and_recreated() {
     assert_eq!(side_of(proxy.port), "legacy");
 
     std::fs::remove_dir_all(&conf).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        proxy.wait_for_log("the config directory is gone", SLOW_RELOAD),
+        "{}",
+        proxy.stderr()
+    );
     std::fs::create_dir(&conf).unwrap();
     std::fs::write(&proxy.config, render("100%")).unwrap();
-    eventually_within("the recreated config", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the recreated config", || {
         side_of(proxy.port) == "new"
     });
     assert!(
@@ -468,7 +439,7 @@ fn hot_reload_survives_the_config_directory_being_deleted_and_recreated() {
     );
     // Watched again, not just read once.
     write_atomically(&proxy.config, &render("0%"));
-    eventually_within("the next edit", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the next edit", || {
         side_of(proxy.port) == "legacy"
     });
 }
@@ -482,13 +453,15 @@ fn hot_reload_survives_the_config_directory_being_moved_away_and_back() {
     let away = conf.with_file_name("conf.old");
     std::fs::rename(&conf, &away).unwrap();
     write_atomically(&away.join("strangle.toml"), &render("100%"));
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::rename(&away, &conf).unwrap();
-    eventually_within(
-        "the config changed while away",
-        Duration::from_secs(10),
-        || side_of(proxy.port) == "new",
+    assert!(
+        proxy.wait_for_log("the config directory is gone", SLOW_RELOAD),
+        "{}",
+        proxy.stderr()
     );
+    std::fs::rename(&away, &conf).unwrap();
+    eventually(SLOW_RELOAD, "the config changed while away", || {
+        side_of(proxy.port) == "new"
+    });
     assert!(
         proxy.wait_for_log(
             "watching the config directory again",
@@ -498,17 +471,27 @@ fn hot_reload_survives_the_config_directory_being_moved_away_and_back() {
         proxy.stderr()
     );
     write_atomically(&proxy.config, &render("0%"));
-    eventually_within("the next edit", Duration::from_secs(10), || {
+    eventually(SLOW_RELOAD, "the next edit", || {
         side_of(proxy.port) == "legacy"
     });
 }
 
 /// A config whose `auth` line puts `/bookings` behind auth: cut before it, the route is open.
 fn guarded_config(backend: &Backend) -> String {
-    format!(
-        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"monolith\"\n[upstreams.monolith]\naddresses = [\"{}\"]\n[auth.users]\njwks-url = \"http://127.0.0.1:1/jwks.json\"\nissuer = \"https://issuer.example/\"\naudiences = [\"bookings\"]\nalgorithms = [\"RS256\"]\n[[routes]]\nid = \"bookings\"\npath = \"/bookings\"\nlegacy = \"monolith\"\nnew = \"monolith\"\nshift = \"0%\"\nauth = \"users\"\n",
-        backend.addr()
-    )
+    Config::new()
+        .default("monolith")
+        .upstream("monolith", &backend.addr())
+        .section(
+            "[auth.users]",
+            "jwks-url = \"http://127.0.0.1:1/jwks.json\"\nissuer = \"https://issuer.example/\"\naudiences = [\"bookings\"]\nalgorithms = [\"RS256\"]",
+        )
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith")
+                .new("monolith")
+                .shift("0%")
+                .auth("users")
+        })
+        .build()
 }
 
 /// Writes `text` into `path` in place (truncate, then two writes 1.5 s apart, the second
@@ -520,6 +503,7 @@ fn write_slowly_in_place(path: std::path::PathBuf, text: String) -> std::thread:
         let mut f = std::fs::File::create(&path).unwrap();
         f.write_all(&text.as_bytes()[..cut]).unwrap();
         f.flush().unwrap();
+        // The half-written file is the test's subject: it stays half-written this long.
         std::thread::sleep(Duration::from_millis(1500));
         f.write_all(&text.as_bytes()[cut..]).unwrap();
     })
@@ -539,11 +523,12 @@ fn a_config_written_slowly_in_place_never_serves_its_first_half() {
     while start.elapsed() < Duration::from_millis(2500) {
         let status = get(proxy.port, "/bookings", &[]).status;
         assert_eq!(status, 401, "the half-written config was served");
+        // Asked again and again for the whole write: it must hold throughout.
         std::thread::sleep(Duration::from_millis(50));
     }
     writer.join().unwrap();
-    eventually("the whole file is loaded", || {
-        status(&proxy)["routes"][0]["shift"] == "0.5%"
+    eventually(RELOAD, "the whole file is loaded", || {
+        proxy.status()["routes"][0]["shift"] == "0.5%"
     });
     assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
 }
@@ -554,6 +539,7 @@ fn a_shift_during_a_slow_in_place_write_never_saves_the_half() {
     let proxy = Proxy::start(&guarded_config(&backend));
     let text = std::fs::read_to_string(&proxy.config).unwrap();
     let writer = write_slowly_in_place(proxy.config.clone(), text);
+    // Into the writer's 1.5 s pause: the shift must land in the middle of the write.
     std::thread::sleep(Duration::from_millis(400));
     let out = std::process::Command::new(bin())
         .args(["shift", "--file"])
@@ -571,8 +557,8 @@ fn a_shift_during_a_slow_in_place_write_never_saves_the_half() {
     );
     assert!(file.contains("auth = \"users\""), "{file}");
     assert!(file.contains("shift = \"10%\""), "{file}");
-    eventually("the shift is live", || {
-        status(&proxy)["routes"][0]["shift"] == "10%"
+    eventually(RELOAD, "the shift is live", || {
+        proxy.status()["routes"][0]["shift"] == "10%"
     });
     assert_eq!(get(proxy.port, "/bookings", &[]).status, 401);
 }

@@ -9,40 +9,21 @@ fn routes_by_segment_aware_prefix_exact_and_method() {
         Backend::start("bookings"),
         Backend::start("admin"),
     );
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "monolith"
-
-[upstreams.monolith]
-addresses = ["{}"]
-[upstreams.bookings]
-addresses = ["{}"]
-[upstreams.admin]
-addresses = ["{}"]
-
-[[routes]]
-id = "bookings-write"
-path = "/bookings"
-methods = ["POST"]
-new = "bookings"
-
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-
-[[routes]]
-id = "search"
-path = "/bookings/search"
-match = "exact"
-new = "admin"
-"#,
-        mono.addr(),
-        new.addr(),
-        admin.addr()
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("monolith")
+            .upstream("monolith", &mono.addr())
+            .upstream("bookings", &new.addr())
+            .upstream("admin", &admin.addr())
+            .route("bookings-write", "/bookings", |r| {
+                r.toml("methods", r#"["POST"]"#).new("bookings")
+            })
+            .route("bookings", "/bookings", |r| r.legacy("monolith"))
+            .route("search", "/bookings/search", |r| {
+                r.set("match", "exact").new("admin")
+            })
+            .build(),
+    );
     let mut c = proxy.client();
     let mut served_by = |method: &str, path: &str| {
         let r = c.request(method, path, &[], b"").unwrap();
@@ -57,7 +38,7 @@ new = "admin"
     assert_eq!(served_by("GET", "/bookingsx"), "monolith"); // the default, not the route
     assert_eq!(served_by("GET", "/"), "monolith");
 
-    let log = proxy_log_when(&proxy, 7);
+    let log = proxy.log_when(7);
     let routes: Vec<&str> = log
         .iter()
         .map(|l| l["route"].as_str().unwrap_or("-"))
@@ -77,34 +58,15 @@ new = "admin"
     assert_eq!(log[5]["side"], "default");
 }
 
-/// Access-log lines arrive a moment after the response.
-pub fn proxy_log_when(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
-    let start = std::time::Instant::now();
-    loop {
-        let log = proxy.access_log();
-        if log.len() >= n || start.elapsed() > std::time::Duration::from_secs(5) {
-            return log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn without_a_default_unmatched_requests_get_404() {
     let mono = Backend::start("monolith");
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-[upstreams.monolith]
-addresses = ["{}"]
-[[routes]]
-id = "api"
-path = "/api"
-legacy = "monolith"
-"#,
-        mono.addr()
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .upstream("monolith", &mono.addr())
+            .route("api", "/api", |r| r.legacy("monolith"))
+            .build(),
+    );
     assert_eq!(get(proxy.port, "/api/x", &[]).status, 200);
     let r = get(proxy.port, "/other", &[]);
     assert_eq!(r.status, 404);
@@ -164,23 +126,17 @@ fn forwards_with_proxy_headers_and_without_hop_by_hop_ones() {
 #[test]
 fn url_upstreams_get_host_rewritten_and_base_path_prefixed() {
     let (legacy, svc) = (Backend::start("legacy"), Backend::start("svc"));
-    let proxy = Proxy::start(&format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "legacy"
-[upstreams.legacy]
-addresses = ["{}"]
-[upstreams.svc]
-url = "http://localhost:{}/v2/"
-[[routes]]
-id = "bookings"
-path = "/bookings"
-new = "svc"
-"#,
-        legacy.addr(),
-        svc.port
-    ));
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("legacy")
+            .upstream("legacy", &legacy.addr())
+            .upstream_keys(
+                "svc",
+                &format!("url = \"http://localhost:{}/v2/\"", svc.port),
+            )
+            .route("bookings", "/bookings", |r| r.new("svc"))
+            .build(),
+    );
     assert_eq!(
         get(proxy.port, "/bookings/7?q=1", &[]).header("x-backend"),
         Some("svc")
@@ -198,24 +154,15 @@ fn https_url_upstreams_use_tls_with_sni_and_verify_the_certificate() {
     let legacy = Backend::start("legacy");
     let tls = TlsBackend::start();
     let config = |ca: &str| {
-        format!(
-            r#"
-[server]
-listen = ["{{listen}}"]
-default = "legacy"
-[upstreams.legacy]
-addresses = ["{}"]
-[upstreams.fn-url]
-url = "https://localhost:{}/prod"
-{ca}
-[[routes]]
-id = "bookings"
-path = "/bookings"
-new = "fn-url"
-"#,
-            legacy.addr(),
-            tls.port
-        )
+        Config::new()
+            .default("legacy")
+            .upstream("legacy", &legacy.addr())
+            .upstream_keys(
+                "fn-url",
+                &format!("url = \"https://localhost:{}/prod\"\n{ca}", tls.port),
+            )
+            .route("bookings", "/bookings", |r| r.new("fn-url"))
+            .build()
     };
     let ca_dir = tempfile::tempdir().unwrap();
     let ca = ca_dir.path().join("ca.pem");

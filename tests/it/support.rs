@@ -1,5 +1,6 @@
 //! Fixtures: the real `strangle` binary on a free port, real HTTP backends, a plain HTTP/1.1
-//! client that can also send malformed bytes.
+//! client that can also send malformed bytes, a config builder, and polling with a deadline
+//! (tests wait for what they expect, never for a fixed time they hope is enough).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,6 +25,49 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// How often the polling helpers look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `ready` every `every` until it holds or `within` has passed; whether it held.
+pub fn poll(within: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= within {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Polls `ready` every 20 ms for up to `within`; whether it held (for callers that add their
+/// own context to the failure).
+pub fn wait_until(within: Duration, ready: impl FnMut() -> bool) -> bool {
+    poll(within, POLL_EVERY, ready)
+}
+
+/// Polls `ready` every 20 ms; panics, naming `what`, if it does not hold within `within`.
+#[track_caller]
+pub fn eventually(within: Duration, what: &str, ready: impl FnMut() -> bool) {
+    assert!(
+        wait_until(within, ready),
+        "timed out after {within:?} waiting for {what}"
+    );
+}
+
+/// Polls `probe` every 20 ms until it gives a value; panics, naming `what`, after `within`.
+#[track_caller]
+pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let mut found = None;
+    eventually(within, what, || {
+        found = probe();
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 /// What a backend saw of one request.
@@ -346,14 +390,42 @@ impl Proxy {
 
     /// Waits for a line in the process log.
     pub fn wait_for_log(&self, needle: &str, within: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(within, || self.stderr().contains(needle))
+    }
+
+    /// The access log once it has at least `n` lines (lines are written in batches), or as it
+    /// is after 5 s: the caller's assertions say what was missing.
+    pub fn log_when(&self, n: usize) -> Vec<serde_json::Value> {
+        let mut log = Vec::new();
+        wait_until(Duration::from_secs(5), || {
+            log = self.access_log();
+            log.len() >= n
+        });
+        log
+    }
+
+    /// One request to the admin API on a fresh connection.
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        Client::connect(self.admin_port)
+            .request(method, path, &[], body)
+            .unwrap()
+    }
+
+    /// `GET /status` of the admin API, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let r = self.admin("GET", "/status", b"");
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {}", r.text()))
+    }
+
+    /// The value of an unlabelled series in `/metrics`, e.g. `strangle_config_reload_failures_total`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.admin("GET", "/metrics", b"").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap()
     }
 }
 
@@ -558,6 +630,12 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
     Client::connect(port).get(path, headers).unwrap()
 }
 
+/// Sends raw bytes on a fresh connection; returns the response, if any, without waiting to
+/// see whether the connection stays open (`raw` waits up to 2 s for that).
+pub fn send_once(port: u16, bytes: &[u8]) -> Option<Resp> {
+    Client::connect(port).send_raw(bytes).ok()
+}
+
 /// Sends raw bytes on a fresh connection; returns the response (if any) and whether the proxy
 /// closed the connection afterwards.
 pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
@@ -571,42 +649,199 @@ pub fn raw(port: u16, bytes: &[u8]) -> (Option<Resp>, bool) {
     }
 }
 
-/// The two-backend config most tests use.
+/// A config's text, section by section: `[server]` with the proxy's `{listen}` placeholder
+/// first, then upstreams, routes and any other section in the order they are added, a blank
+/// line between sections.
+///
+/// ```ignore
+/// Config::new()
+///     .default("legacy")
+///     .upstream("legacy", &legacy.addr())
+///     .upstream("new", &new.addr())
+///     .route("bookings", "/bookings", |r| r.legacy("legacy").new("new").shift("25%"))
+///     .build()
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    server: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl Config {
+    pub fn new() -> Config {
+        Config {
+            server: vec![r#"listen = ["{listen}"]"#.to_string()],
+            sections: Vec::new(),
+        }
+    }
+
+    /// `[server] default`: the upstream for requests no route matches.
+    pub fn default(self, upstream: &str) -> Config {
+        self.server(&format!("default = \"{upstream}\""))
+    }
+
+    /// More `[server]` lines, as they are (`header-timeout = "1s"`).
+    pub fn server(mut self, lines: &str) -> Config {
+        let lines = lines.trim_matches('\n');
+        if !lines.is_empty() {
+            self.server.push(lines.to_string());
+        }
+        self
+    }
+
+    /// `[upstreams.NAME]` at one address.
+    pub fn upstream(self, name: &str, addr: &str) -> Config {
+        self.upstream_keys(name, &format!("addresses = [\"{addr}\"]"))
+    }
+
+    /// `[upstreams.NAME]` with these keys, as they are.
+    pub fn upstream_keys(self, name: &str, keys: &str) -> Config {
+        self.section(&format!("[upstreams.{name}]"), keys)
+    }
+
+    /// A `kind = "lambda"` upstream for the function `bookings` in eu-west-1, invoked at a
+    /// local endpoint (a stand-in or `cargo lambda watch`).
+    pub fn lambda(self, name: &str, endpoint_port: u16) -> Config {
+        self.upstream_keys(
+            name,
+            &format!(
+                "kind = \"lambda\"\nfunction = \"bookings\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:{endpoint_port}\""
+            ),
+        )
+    }
+
+    /// An API Gateway stage at a local endpoint, called with IAM auth (SigV4 for execute-api).
+    pub fn signed_api(self, name: &str, endpoint_port: u16) -> Config {
+        self.upstream_keys(
+            name,
+            &format!(
+                "url = \"http://127.0.0.1:{endpoint_port}/prod\"\nsigv4 = {{ service = \"execute-api\", region = \"eu-west-1\" }}"
+            ),
+        )
+    }
+
+    /// One `[[routes]]` entry: `id` and `path`, then what `keys` adds.
+    pub fn route(self, id: &str, path: &str, keys: impl FnOnce(Route) -> Route) -> Config {
+        let route = keys(Route(vec![
+            format!("id = \"{id}\""),
+            format!("path = \"{path}\""),
+        ]));
+        self.section("[[routes]]", &route.0.join("\n"))
+    }
+
+    /// Any section: its header line and its keys, as they are.
+    pub fn section(mut self, header: &str, keys: &str) -> Config {
+        let keys = keys.trim_matches('\n');
+        self.sections.push(if keys.is_empty() {
+            format!("{header}\n")
+        } else {
+            format!("{header}\n{keys}\n")
+        });
+        self
+    }
+
+    /// More keys for the section added last (an upstream's `timeout`, a route's `auth`).
+    pub fn with(mut self, keys: &str) -> Config {
+        let keys = keys.trim_matches('\n');
+        if !keys.is_empty() {
+            let last = self.sections.last_mut().expect("with() follows a section");
+            last.push_str(keys);
+            last.push('\n');
+        }
+        self
+    }
+
+    /// Text appended as it is, after a blank line (whole sections, say).
+    pub fn raw(mut self, text: &str) -> Config {
+        self.sections.push(text.to_string());
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut text = format!("\n[server]\n{}\n", self.server.join("\n"));
+        for section in &self.sections {
+            text.push('\n');
+            text.push_str(section);
+        }
+        text
+    }
+}
+
+/// The keys of one `[[routes]]` entry after its `id` and `path`.
+pub struct Route(Vec<String>);
+
+impl Route {
+    /// A key with a string value.
+    pub fn set(mut self, key: &str, value: &str) -> Route {
+        self.0.push(format!("{key} = \"{value}\""));
+        self
+    }
+
+    /// A key with a value written as TOML (`true`, `["GET"]`, `{ requests = 5 }`).
+    pub fn toml(mut self, key: &str, value: &str) -> Route {
+        self.0.push(format!("{key} = {value}"));
+        self
+    }
+
+    pub fn legacy(self, upstream: &str) -> Route {
+        self.set("legacy", upstream)
+    }
+
+    // Named after the route's `new` key, as `legacy` is after `legacy`.
+    #[allow(clippy::wrong_self_convention)]
+    pub fn new(self, upstream: &str) -> Route {
+        self.set("new", upstream)
+    }
+
+    pub fn shift(self, percent: &str) -> Route {
+        self.set("shift", percent)
+    }
+
+    pub fn sticky(self, key: &str) -> Route {
+        self.set("sticky", key)
+    }
+
+    pub fn auth(self, name: &str) -> Route {
+        self.set("auth", name)
+    }
+}
+
 /// The config most small tests start from: the proxy's listener and a `monolith` upstream at
 /// `backend` that is the default, then `rest` (more keys of that upstream, or more sections).
 pub fn monolith_config(backend: &Backend, rest: &str) -> String {
-    format!(
-        "\n[server]\nlisten = [\"{{listen}}\"]\ndefault = \"monolith\"\n[upstreams.monolith]\naddresses = [\"{}\"]\n{rest}",
-        backend.addr()
-    )
+    Config::new()
+        .default("monolith")
+        .upstream("monolith", &backend.addr())
+        .with(rest)
+        .build()
 }
 
+/// The two-backend config most tests use: `/bookings` split between `legacy` (also the
+/// default) and `new`, testers allowed to force a side. Its line numbers are relied on: line 17
+/// is `new = "new"`.
 pub fn split_config(legacy: &Backend, new: &Backend, shift: &str, sticky: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-default = "legacy"
-grace-period = "5s"
+    Config::new()
+        .default("legacy")
+        .server(r#"grace-period = "5s""#)
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift(shift)
+                .sticky(sticky)
+                .toml("override", "true")
+        })
+        .build()
+}
 
-[upstreams.legacy]
-addresses = ["{}"]
+/// The output of a finished command, as text.
+pub fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
-[upstreams.new]
-addresses = ["{}"]
-
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "legacy"
-new = "new"
-shift = "{shift}"
-sticky = "{sticky}"
-override = true
-"#,
-        legacy.addr(),
-        new.addr()
-    )
+pub fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A TLS backend for `localhost` with its own CA: answers `200 tls` and records the SNI name
