@@ -339,11 +339,20 @@ impl Live {
         let read = run_bounded(&what, READ_TIMEOUT, &self.abandoned_reads, move || {
             // A file still being written in place is half a config (perhaps without its
             // `auth` lines): wait for its writer (the watcher also hears the close).
-            if let Err(pid) = config::read::wait_for_writers(&live.path, WRITER_WAIT) {
-                let path = live.path.clone();
-                return Err(ReloadError::BeingWritten { path, pid });
-            }
-            let text = config::read::read_text(&live.path)?;
+            let settled_by = std::time::Instant::now() + WRITER_WAIT;
+            let text = loop {
+                let left = settled_by.saturating_duration_since(std::time::Instant::now());
+                if let Err(pid) = config::read::wait_for_writers(&live.path, left) {
+                    let path = live.path.clone();
+                    return Err(ReloadError::BeingWritten { path, pid });
+                }
+                let text = config::read::read_text(&live.path)?;
+                // A writer that opened the file between the check and the read may have left
+                // only its first half there: read again once it is done.
+                if config::read::writer_of(&live.path).is_none() {
+                    break text;
+                }
+            };
             if text.trim().is_empty() {
                 // An editor that rewrites the file in place truncates it first: read at that
                 // moment it would be a valid config with no routes.

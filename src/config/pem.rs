@@ -9,7 +9,10 @@ use rustls::pki_types::CertificateDer;
 
 /// Every `CERTIFICATE` block of `pem` (other blocks are skipped); at least one. `source` names
 /// the file in messages.
-pub fn certificates(pem: &[u8], source: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn certificates(
+    pem: &[u8],
+    source: &Path,
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("bad PEM in `{}`: {e}", source.display()))?;

@@ -18,7 +18,6 @@ const MAX_LINES: usize = 600;
 const CONFIG_MAY_IMPORT: &[&str] = &["config", "routing", "split", "net"];
 
 #[test]
-#[ignore = "enabled once issue 12's reshape lands"]
 fn the_source_layout_has_no_import_circle_no_oversized_file_and_a_leaf_config() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let layout = Layout::read(&src);
