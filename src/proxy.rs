@@ -554,7 +554,8 @@ impl ProxyHttp for Strangle {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.disarm();
         ctx.logged = true;
-        let status = match session.response_written() {
+        // An interim response (a `100 Continue` the client hung up after) is never the status.
+        let status = match final_response_written(session) {
             Some(r) if !ctx.replaced => r.status.as_u16(),
             _ => ctx.status,
         };

@@ -5,7 +5,9 @@
 //! In order: hop-by-hop headers (RFC 9110 section 7.6.1, plus those named in `Connection`)
 //! removed, keeping an upgrade's pair when the request asks for one; every `x-strangle-*`
 //! header and every forwarded-claim header removed (strangle vouches for those, so a client's
-//! copy never passes); from a peer that is not a trusted proxy, every `x-forwarded-*`,
+//! copy never passes); the headers some servers take as the request's path or method instead
+//! of the request line's (`x-original-url`, `x-http-method-override`, ...) removed, whoever sent
+//! them; from a peer that is not a trusted proxy, every `x-forwarded-*`,
 //! `forwarded` and `x-real-ip` removed; then the headers strangle vouches for set:
 //! `x-forwarded-for` (the peer appended to a trusted proxy's list, else the peer alone),
 //! `x-forwarded-proto` (the real scheme), `x-forwarded-host`, `x-real-ip` (the client address
@@ -38,6 +40,16 @@ const CLIENT_ADDRESS: &[&str] = &[
 /// line: the path a route was chosen on must be the only one the upstream sees, so they never
 /// pass, whoever sends them.
 const REWRITES: &[&str] = &["x-original-url", "x-rewrite-url"];
+
+/// Headers many frameworks (Rails, Express's method-override, ASP.NET, Symfony, Spring) take as
+/// the request's method instead of the request line: a `GET` carrying `DELETE` in one of these
+/// would miss a route limited to `DELETE` (and its auth) and still be a `DELETE` to the
+/// monolith. The method a route was chosen on is the only one the upstream sees.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// A set of request headers the policy can edit.
 pub trait Headers {
@@ -108,6 +120,7 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         if s.starts_with("x-strangle-")
             || out.identity_headers.iter().any(|h| h.as_str() == s)
             || REWRITES.contains(&&*s)
+            || METHOD_OVERRIDES.contains(&&*s)
             || s == "expect"
             || (forwarding && !out.peer_trusted)
         {
@@ -241,6 +254,9 @@ mod tests {
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
             ("true-client-ip", "6.6.6.6"),
+            ("x-http-method-override", "DELETE"),
+            ("x_http_method", "DELETE"),
+            ("x-method-override", "DELETE"),
             ("expect", "100-continue"),
             ("connection", "keep-alive, x-drop-me"),
             ("x-drop-me", "1"),
@@ -277,6 +293,9 @@ mod tests {
             "x-original-url",
             "x-rewrite-url",
             "true-client-ip",
+            "x-http-method-override",
+            "x_http_method",
+            "x-method-override",
             "expect",
         ] {
             assert!(!h.contains_key(gone), "{gone}");
