@@ -105,13 +105,13 @@ impl Cx<'_> {
                 },
             };
             let has_a_side = r.legacy.is_some() || r.new.is_some();
+            let shift_at = r
+                .shift
+                .as_ref()
+                .map_or(r.id.span().start, |s| s.span().start);
             if has_a_side && r.new.is_none() && shift != Shift::ZERO {
-                let at = r
-                    .shift
-                    .as_ref()
-                    .map_or(r.id.span().start, |s| s.span().start);
                 self.error(
-                    at,
+                    shift_at,
                     format!(
                         "route `{id}` shifts {shift} to the new side but has no `new` upstream"
                     ),
@@ -119,12 +119,8 @@ impl Cx<'_> {
                 );
             }
             if has_a_side && r.legacy.is_none() && shift != Shift::ALL {
-                let at = r
-                    .shift
-                    .as_ref()
-                    .map_or(r.id.span().start, |s| s.span().start);
                 self.error(
-                    at,
+                    shift_at,
                     format!(
                         "route `{id}` keeps {} on the legacy side but has no `legacy` upstream",
                         Shift::from_bp(10_000 - shift.bp()).unwrap_or_default()
