@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-quick test-deps bench bench-load deps check-configs check-deploy lint audit fuzz clean
+.PHONY: demo test test-quick test-deps bench bench-load bench-profile deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -96,6 +96,14 @@ bench: deps bench-load
 
 clean:
 	$(CARGO) clean
+
+# Where the CPU goes: perf and strace for strangle (routing only) and nginx under one load.
+bench-profile: deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v perf >/dev/null && command -v strace >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk linux-perf strace >/dev/null; }
+	$(CARGO) build --release --bin strangle
+	./benches/profile.sh
 
 # The load benchmark against nginx and HAProxy (see BENCHMARKS.md).
 bench-load: deps
