@@ -7,8 +7,9 @@
 //! A refusal at any stage is a `Refusal`, which the engine writes as its response.
 //!
 //! Counting is done by guards the request holds: the process's in-flight count from the
-//! request's creation (`Lifecycle::request`), the route side's and the upstream's from the
-//! decision (`InFlight`), a `max-in-flight` slot from `Decision::admit`. Whichever way a
+//! request's creation (`Lifecycle::request`), the route side's and the upstream's by the
+//! `Decision` itself (counted when it is made, released when it drops), a `max-in-flight` slot
+//! from `Decision::admit`. Whichever way a
 //! request ends, dropping it releases all of them.
 
 pub mod account;
@@ -81,7 +82,7 @@ pub struct Client {
 }
 
 /// What `decide` chose for a request. Holding it counts the request in its route side's and
-/// upstream's in-flight gauges.
+/// upstream's in-flight gauges (made only by `Decision::new`, released by its drop).
 #[derive(Debug)]
 pub struct Decision {
     pub route: Option<usize>,
@@ -91,7 +92,8 @@ pub struct Decision {
     pub claims: Option<Claims>,
     /// The verified claims as the headers that carry them upstream.
     pub claim_headers: Vec<(HeaderName, HeaderValue)>,
-    _in_flight: InFlight,
+    /// The counters of the route (or of unmatched traffic) the request is counted in.
+    stats: Arc<RouteStats>,
     /// A `max-in-flight` slot of the upstream, held to the end of the request.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -120,27 +122,31 @@ impl Decision {
     }
 }
 
-/// A request counted in its route side's and upstream's in-flight gauges while this lives.
-#[derive(Debug)]
-struct InFlight {
-    stats: Arc<RouteStats>,
-    side: Side,
-    upstream: Shared,
-}
-
-impl InFlight {
-    fn new(stats: Arc<RouteStats>, side: Side, upstream: Shared) -> InFlight {
+impl Decision {
+    /// Counts the request in its route side's and upstream's in-flight gauges.
+    fn new(
+        route: Option<usize>,
+        side: Side,
+        stats: Arc<RouteStats>,
+        upstream: Shared,
+        claims: Option<Claims>,
+        claim_headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Decision {
         stats.side(side).in_flight.fetch_add(1, Ordering::Relaxed);
         upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            stats,
+        Decision {
+            route,
             side,
             upstream,
+            claims,
+            claim_headers,
+            stats,
+            permit: None,
         }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Decision {
     fn drop(&mut self) {
         self.stats
             .side(self.side)
@@ -193,7 +199,7 @@ impl Request {
     }
 
     /// Stage 1: checks the head and takes the canonical path (see `guard`).
-    pub fn guard(&mut self, inbound: &guard::Inbound<'_>) -> Result<(), Refusal> {
+    pub fn guard(&mut self, inbound: guard::Inbound<'_>) -> Result<(), Refusal> {
         self.request_id = Some(guard::request_id(&inbound.head.headers));
         self.method = Some(inbound.head.method.clone());
         self.client = decide::client(&self.snap, inbound.head, inbound.peer);

@@ -155,12 +155,11 @@ impl Ctx {
     }
 }
 
-/// The request target exactly as the client sent it (HTTP/1), fragment and all. A slice of
-/// the buffer the head was read into: no copy.
-fn raw_target(session: &Session) -> Bytes {
-    if let Some(h1) = session.as_downstream().as_http1() {
-        let raw = h1.get_headers_raw_bytes();
-        let line_end = memchr::memchr(b'\n', &raw).unwrap_or(raw.len());
+/// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
+/// all. A slice of the buffer the head was read into: no copy.
+fn raw_target(session: &Session, raw_head: Option<&Bytes>) -> Bytes {
+    if let Some(raw) = raw_head {
+        let line_end = memchr::memchr(b'\n', raw).unwrap_or(raw.len());
         let line = &raw[..line_end];
         if let Some(start) = line.iter().position(|&b| b == b' ').map(|i| i + 1) {
             let len = line[start..]
@@ -236,8 +235,8 @@ impl Strangle {
             }
         }
         match (&upstream.kind, body) {
-            (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, body).await,
-            (Kind::Signed, Some(body)) => aws::serve_signed(session, ctx, body).await,
+            (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, &upstream, body).await,
+            (Kind::Signed, Some(body)) => aws::serve_signed(session, ctx, &upstream, body).await,
             _ => {
                 let base = upstream.base_path();
                 if let Some(path) = ctx.req.path.as_ref() {
@@ -279,12 +278,12 @@ impl ProxyHttp for Strangle {
             .map(|h1| h1.get_headers_raw_bytes());
         let inbound = Inbound {
             head: session.req_header(),
-            target: raw_target(session),
+            target: raw_target(session, raw_head.as_ref()),
             raw_head: raw_head.as_deref(),
             bad_request_line,
             peer: client_ip(session),
         };
-        if let Err(r) = ctx.req.guard(&inbound) {
+        if let Err(r) = ctx.req.guard(inbound) {
             return refuse(session, ctx, r).await;
         }
         if let Err(r) = ctx.req.decide(session.req_header()).await {

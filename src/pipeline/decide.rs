@@ -11,7 +11,7 @@ use std::time::Instant;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 
-use super::{Client, Decision, InFlight, Refusal};
+use super::{Client, Decision, Refusal};
 use crate::auth::{claim_matches, claim_text, AuthError, Claims, Verifier};
 use crate::limits::{Limited, RateLimiter};
 use crate::routing::PathParams;
@@ -103,15 +103,14 @@ fn decision(
         Some(i) => Arc::clone(&snap.routes[i].stats),
         None => Arc::clone(&snap.default_stats),
     };
-    Decision {
+    Decision::new(
         route,
         side,
-        upstream: Arc::clone(upstream),
+        stats,
+        Arc::clone(upstream),
         claims,
         claim_headers,
-        _in_flight: InFlight::new(stats, side, Arc::clone(upstream)),
-        permit: None,
-    }
+    )
 }
 
 /// The value of a sticky or rate-limit key in a request: the one place keys are resolved,

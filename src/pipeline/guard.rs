@@ -83,7 +83,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Runs the head checks and canonicalises the path.
-pub fn check(snap: &Snapshot, inbound: &Inbound<'_>) -> Result<RequestPath, Refusal> {
+pub fn check(snap: &Snapshot, inbound: Inbound<'_>) -> Result<RequestPath, Refusal> {
     let req = inbound.head;
     let limits = &snap.config.server;
     if inbound.bad_request_line {
@@ -138,7 +138,7 @@ pub fn check(snap: &Snapshot, inbound: &Inbound<'_>) -> Result<RequestPath, Refu
     if req.headers.values().any(|v| has_control_byte(v.as_bytes())) {
         return Err(Refusal::new(400, "control byte in a header value"));
     }
-    path(snap, inbound.target.clone())
+    path(snap, inbound.target)
 }
 
 /// Path: canonicalised once; the route is chosen on it and every upstream receives it.

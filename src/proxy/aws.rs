@@ -17,7 +17,7 @@ use super::Ctx;
 use crate::config::Target;
 use crate::lambda::{event, InvokeError, PAYLOAD_LIMIT};
 use crate::pipeline::outbound;
-use crate::upstream::Kind;
+use crate::upstream::{Kind, Shared};
 
 /// API Gateway's limit on a request payload.
 pub(super) const SIGNED_BODY_LIMIT: usize = 10 * 1024 * 1024;
@@ -94,11 +94,9 @@ fn policed_headers(session: &Session, ctx: &Ctx) -> http::HeaderMap {
 pub(super) async fn serve_lambda(
     session: &mut Session,
     ctx: &mut Ctx,
+    upstream: &Shared,
     body: Bytes,
 ) -> Result<bool> {
-    let Some(upstream) = ctx.req.upstream().cloned() else {
-        return respond(session, ctx, 500, "no upstream", &[]).await;
-    };
     let Kind::Lambda(lambda) = &upstream.kind else {
         return respond(session, ctx, 500, "not a lambda upstream", &[]).await;
     };
@@ -166,11 +164,9 @@ pub(super) async fn serve_lambda(
 pub(super) async fn serve_signed(
     session: &mut Session,
     ctx: &mut Ctx,
+    upstream: &Shared,
     body: Bytes,
 ) -> Result<bool> {
-    let Some(upstream) = ctx.req.upstream().cloned() else {
-        return respond(session, ctx, 500, "no upstream", &[]).await;
-    };
     let (Some(sig), Target::Url { tls, .. }) = (&upstream.config.sigv4, &upstream.config.target)
     else {
         return respond(session, ctx, 500, "not a signed url upstream", &[]).await;
