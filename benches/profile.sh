@@ -12,68 +12,13 @@ DURATION=${DURATION:-10}
 OUT=${1:-/tmp/strangle-profile}
 STRANGLE_BIN=${STRANGLE_BIN:-target/release/strangle}
 mkdir -p "$OUT"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on :$1" >&2; return 1; }
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 BACKEND=$(free_port); NGINX=$(free_port); ROUTING=$(free_port)
-mkdir -p "$WORK/backend" "$WORK/nginx"
-cat > "$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the monolith\n"; } }
-}
-CONF
-taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
-taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
-cat > "$WORK/routing.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$ROUTING"]
-threads = 1
-default = "monolith"
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[log]
-access = "off"
-level = "warn"
-[upstreams.monolith]
-addresses = ["127.0.0.1:$BACKEND"]
-[upstreams.new]
-addresses = ["127.0.0.1:$BACKEND"]
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-new = "new"
-shift = "25%"
-sticky = "header:x-user-id"
-CONF
+start_backend "$BACKEND"
+start_nginx_proxy "$NGINX" "$BACKEND"
+routing_config "$ROUTING" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/routing.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/routing.toml" 2>"$WORK/routing.log" & PIDS+=($!)
 STRANGLE_PID=$!
 for p in $BACKEND $NGINX $ROUTING; do wait_port "$p"; done

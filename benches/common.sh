@@ -1,0 +1,89 @@
+# Shared by the benchmark scripts (load.sh, profile.sh): a scratch directory and the processes
+# to stop, ports, the backend, nginx as a proxy, and strangle's routing-only config, so every
+# script measures the same set-up. Source it; it sets WORK and PIDS and stops PIDS on exit.
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on :$1" >&2; return 1; }
+
+# The backend: nginx answering 200 with a small body, on CPU 1. Usage: start_backend PORT
+start_backend() {
+  mkdir -p "$WORK/backend"
+  cat > "$WORK/backend/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location / { return 200 "hello from the monolith\n"; } }
+}
+CONF
+  taskset -c 1 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
+}
+
+# nginx as the proxy, one worker on CPU 0. Usage: start_nginx_proxy PORT BACKEND_PORT
+# (its master's pid is in $WORK/nginx/nginx.pid once it runs).
+start_nginx_proxy() {
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+worker_rlimit_nofile 30000;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$2; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+}
+
+# strangle with routing only: a route with a sticky split, access log off, one thread.
+# Usage: routing_config PORT ADMIN_ADDR BACKEND_PORT > FILE
+routing_config() {
+  cat <<CONF
+[server]
+listen = ["127.0.0.1:$1"]
+threads = 1
+default = "monolith"
+[admin]
+listen = "$2"
+[log]
+access = "off"
+level = "warn"
+[upstreams.monolith]
+addresses = ["127.0.0.1:$3"]
+[upstreams.new]
+addresses = ["127.0.0.1:$3"]
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "monolith"
+new = "new"
+shift = "25%"
+sticky = "header:x-user-id"
+# Rewritten during the reload runs: a real change, without moving the measured traffic
+# between upstreams (which would open new upstream connections, a cost of shifting, not of
+# reloading).
+[[routes]]
+id = "flights"
+path = "/flights"
+legacy = "monolith"
+new = "new"
+shift = "10%"
+CONF
+}
