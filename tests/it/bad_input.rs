@@ -188,6 +188,45 @@ fn heads_arriving_in_pieces_are_served_on_new_and_kept_alive_connections() {
 }
 
 #[test]
+fn a_reloaded_keepalive_timeout_applies_to_the_next_idle_wait_of_every_connection() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let config = |timeout: &str| {
+        split_config(&legacy, &new, "0%", "none").replace(
+            "grace-period = \"5s\"",
+            &format!("grace-period = \"5s\"\nkeepalive-timeout = \"{timeout}\""),
+        )
+    };
+    let proxy = Proxy::start(&config("1s"));
+    let mut before = proxy.client();
+    assert_eq!(before.get("/bookings", &[]).unwrap().status, 200);
+    assert!(before.closed_by_peer(), "1 s keep-alive not applied");
+    // A connection opened before the reload, busy while it happens.
+    let mut open = proxy.client();
+    assert_eq!(open.get("/bookings", &[]).unwrap().status, 200);
+    proxy.rewrite(&config("6s"));
+    assert!(
+        proxy.wait_for_log("config reloaded", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
+    // Its next idle wait and a new connection's both get the new timeout: neither is closed
+    // within `closed_by_peer`'s 2 s (the old timeout would have closed them after 1 s).
+    assert_eq!(open.get("/bookings", &[]).unwrap().status, 200);
+    assert!(
+        !open.closed_by_peer(),
+        "the old 1 s timeout outlived the reload"
+    );
+    assert_eq!(open.get("/bookings", &[]).unwrap().status, 200);
+    let mut after = proxy.client();
+    assert_eq!(after.get("/bookings", &[]).unwrap().status, 200);
+    assert!(
+        !after.closed_by_peer(),
+        "a new connection kept the old timeout"
+    );
+    assert_eq!(after.get("/bookings", &[]).unwrap().status, 200);
+}
+
+#[test]
 fn idle_connections_close_at_the_keepalive_timeout_and_at_shutdown() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let text = split_config(&legacy, &new, "0%", "none").replace(

@@ -429,6 +429,12 @@ fn hot_reload_survives_the_config_directory_being_deleted_and_recreated() {
     eventually(SLOW_RELOAD, "the recreated config", || {
         side_of(proxy.port) == "new"
     });
+    watched_again(&proxy, &render);
+}
+
+/// After the config directory came back: the watcher says it watches it again, and the next
+/// edit is applied (watched again, not just read once).
+fn watched_again(proxy: &Proxy, render: &dyn Fn(&str) -> String) {
     assert!(
         proxy.wait_for_log(
             "watching the config directory again",
@@ -437,7 +443,6 @@ fn hot_reload_survives_the_config_directory_being_deleted_and_recreated() {
         "{}",
         proxy.stderr()
     );
-    // Watched again, not just read once.
     write_atomically(&proxy.config, &render("0%"));
     eventually(SLOW_RELOAD, "the next edit", || {
         side_of(proxy.port) == "legacy"
@@ -462,18 +467,7 @@ fn hot_reload_survives_the_config_directory_being_moved_away_and_back() {
     eventually(SLOW_RELOAD, "the config changed while away", || {
         side_of(proxy.port) == "new"
     });
-    assert!(
-        proxy.wait_for_log(
-            "watching the config directory again",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        proxy.stderr()
-    );
-    write_atomically(&proxy.config, &render("0%"));
-    eventually(SLOW_RELOAD, "the next edit", || {
-        side_of(proxy.port) == "legacy"
-    });
+    watched_again(&proxy, &render);
 }
 
 /// A config whose `auth` line puts `/bookings` behind auth: cut before it, the route is open.
