@@ -179,7 +179,9 @@ pub fn set_shift_in_file(path: &Path, id: &str, shift: Shift) -> Result<Shift, E
         let (edited, old) = match applied {
             Ok(done) => done,
             // An editor rewriting the file in place leaves it empty or half-written for a
-            // moment: a file that is still changing is read again, not judged.
+            // moment: a file that is still open for writing or still changing is read again,
+            // not judged. (A writer that opened it just after the check above, and was then
+            // descheduled, leaves it empty for as long as it sleeps: ask for writers again.)
             Err(_) if still_changing(&target, &text) => continue,
             Err(e) => return Err(e),
         };
@@ -200,8 +202,11 @@ pub fn set_shift_in_file(path: &Path, id: &str, shift: Shift) -> Result<Shift, E
     })
 }
 
-/// Whether the file no longer holds `text` a moment later.
+/// Whether a process has the file open for writing, or it no longer holds `text` a moment later.
 fn still_changing(target: &Path, text: &str) -> bool {
+    if crate::config::read::writer_of(target).is_some() {
+        return true;
+    }
     std::thread::sleep(Duration::from_millis(20));
     read_text(target).map_or(true, |now| now != text)
 }
