@@ -320,14 +320,17 @@ impl Verifier {
         result
     }
 
-    /// Whether the keys are due for their periodic refresh.
-    pub fn due(&self) -> bool {
-        !self.static_keys
-            && self
-                .keys
-                .load()
-                .as_ref()
-                .is_none_or(|k| k.fetched_at.elapsed() >= self.config.jwks_refresh)
+    /// When the keys are due for their periodic refresh (now, if they were never fetched);
+    /// `None` for static keys, which are never fetched.
+    pub fn due_at(&self) -> Option<Instant> {
+        if self.static_keys {
+            return None;
+        }
+        let keys = self.keys.load();
+        Some(
+            keys.as_ref()
+                .map_or_else(Instant::now, |k| k.fetched_at + self.config.jwks_refresh),
+        )
     }
 
     /// On an unknown kid: refresh at most once per cooldown, whatever the flood of bogus kids.

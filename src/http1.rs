@@ -23,6 +23,7 @@ mod scan;
 mod stream;
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,25 +84,31 @@ pub struct Http1<A> {
 }
 
 /// Waits until the next request starts: `false` if the client closed the connection, the
-/// head deadline passed, the connection idled past `idle_limit`, or the server is draining and
-/// no request came within `DRAIN_LINGER`.
+/// head deadline passed, the connection idled past `idle` (its timer and limit), or the server
+/// is draining and no request came within `DRAIN_LINGER`.
+///
+/// The idle timer is the connection's own, made once and moved on at every wait: tokio extends
+/// a registered timer to a later deadline with one atomic update, where a new timer per wait
+/// (registered and cancelled under the timer wheel's lock on every request) doubled the
+/// proxy's p99 at a fixed rate, and Pingora's shared coarse timer needs a thread that wakes
+/// every 10 ms whether or not anything is due.
 async fn wait_for_request(
     stream: &mut DeadlineStream,
-    idle_limit: Option<Duration>,
+    idle: Option<(Pin<&mut tokio::time::Sleep>, Duration)>,
     draining: &mut ShutdownWatch,
 ) -> bool {
     let idle = async {
-        match idle_limit {
-            // Pingora's coarse shared timer (10 ms slots), not a tokio timer: a tokio timer
-            // registered and cancelled around every keep-alive wait doubled the proxy's p99 at
-            // a fixed rate (BENCHMARKS.md).
-            Some(d) => pingora::prelude::fast_timeout::fast_sleep(d).await,
+        match idle {
+            Some((mut timer, limit)) => {
+                timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                timer.await;
+            }
             None => std::future::pending().await,
         }
     };
     let drained = async {
         let _ = draining.wait_for(|stop| *stop).await;
-        pingora::prelude::fast_timeout::fast_sleep(DRAIN_LINGER).await;
+        tokio::time::sleep(DRAIN_LINGER).await;
     };
     tokio::select! {
         biased;
@@ -135,8 +142,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
         let mut idle_limit = None;
         let mut draining = shutdown.clone();
         let mut pipelined = false;
+        // Made at the first keep-alive wait: a connection that sends one request never needs it.
+        let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            if !pipelined && !wait_for_request(&mut stream, idle_limit, &mut draining).await {
+            let idle = idle_limit.map(|limit| {
+                let timer = idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                (timer.as_mut(), limit)
+            });
+            if !pipelined && !wait_for_request(&mut stream, idle, &mut draining).await {
                 return None;
             }
             let bad_line = stream.bad_line();

@@ -16,7 +16,7 @@ use crate::http1::listener::ProxyListeners;
 use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::Strangle;
-use crate::services::{ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
+use crate::services::{Background, ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
 use crate::telemetry::AccessLogger;
@@ -44,6 +44,11 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         // then Pingora's runtime shutdown drops those requests (each is logged on the way).
         grace_period_seconds: Some(server_cfg.grace_period.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Pingora's own read and write timeouts of a second or more use tokio's timer (made
+        // only when a read or write has to wait) instead of its shared coarse timer, whose
+        // thread wakes every 10 ms whether or not anything is due: on one core, as a sidecar
+        // with a CPU limit runs, that thread competes with the worker.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let admin_listener = std::net::TcpListener::bind(live.load().config.admin.listen)
@@ -87,36 +92,21 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         lifecycle: Arc::clone(&live.lifecycle),
     };
     server.add_service(proxy);
+    let live_ = || Arc::clone(&live);
     server.add_service(background_service(
-        "config watcher",
-        ConfigWatcher {
-            live: Arc::clone(&live),
-        },
-    ));
-    server.add_service(background_service(
-        "health checks",
-        HealthChecks {
-            live: Arc::clone(&live),
-        },
-    ));
-    server.add_service(background_service(
-        "jwks refresher",
-        JwksRefresher {
-            live: Arc::clone(&live),
-        },
-    ));
-    server.add_service(background_service(
-        "stats sampler",
-        StatsSampler {
-            live: Arc::clone(&live),
-        },
-    ));
-    server.add_service(background_service(
-        "admin api",
-        AdminService {
-            live: Arc::clone(&live),
-            access: Arc::clone(&access),
-            listener: std::sync::Mutex::new(Some(admin_listener)),
+        "background",
+        Background {
+            services: vec![
+                Arc::new(ConfigWatcher { live: live_() }),
+                Arc::new(HealthChecks { live: live_() }),
+                Arc::new(JwksRefresher { live: live_() }),
+                Arc::new(StatsSampler { live: live_() }),
+                Arc::new(AdminService {
+                    live: live_(),
+                    access: Arc::clone(&access),
+                    listener: std::sync::Mutex::new(Some(admin_listener)),
+                }),
+            ],
         },
     ));
 

@@ -1,5 +1,9 @@
-//! Background work beside the proxy: config watching and reload, upstream health checks.
-//! Each runs as a Pingora `BackgroundService`, so nothing here starts before the server forks.
+//! Background work beside the proxy: config watching and reload, upstream health checks, key
+//! refreshes, stats sampling (and the admin API, in `admin`). All of it runs on one small
+//! runtime (`Background`: one thread), not a runtime each: with the process on one core, as a
+//! sidecar with a CPU limit is, every extra thread competes with the proxy's worker. Nothing
+//! here wakes when it has nothing to do: health checks and key refreshes sleep until the next
+//! one is due or a reload changes the config.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::state::{watch_target, Live};
+use crate::upstream::Kind;
 
 /// How long to wait for a burst of file events to settle before reloading: editors and
 /// Kubernetes write a config in several steps.
@@ -198,32 +203,68 @@ pub struct HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut installed = self.live.installed();
         let mut last_run: HashMap<usize, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
             let snapshot = self.live.load();
             let now = Instant::now();
+            let mut next = None;
             let mut live_keys = Vec::with_capacity(snapshot.upstreams.len());
             for upstream in snapshot.upstreams.values() {
+                if !matches!(upstream.kind, Kind::Http(_)) {
+                    continue;
+                }
                 // Keyed by the upstream's address: an upstream kept across reloads keeps its
                 // schedule, a replaced one starts fresh.
                 let key = Arc::as_ptr(upstream) as usize;
                 live_keys.push(key);
-                let due = last_run
-                    .get(&key)
-                    .is_none_or(|t| now.duration_since(*t) >= upstream.health_check_interval());
-                if due {
+                let interval = upstream.health_check_interval();
+                let mut due = last_run.get(&key).map_or(now, |t| *t + interval);
+                if due <= now {
                     last_run.insert(key, now);
                     let upstream = Arc::clone(upstream);
                     tokio::spawn(async move { upstream.health_check().await });
+                    due = now + interval;
                 }
+                next = earliest(next, due);
             }
             last_run.retain(|k, _| live_keys.contains(k));
+            drop(snapshot);
+            if !wait_until(next, &mut installed, &mut shutdown).await {
+                return;
+            }
         }
+    }
+}
+
+/// The earlier of a next due time so far and another.
+fn earliest(next: Option<Instant>, due: Instant) -> Option<Instant> {
+    Some(next.map_or(due, |n| n.min(due)))
+}
+
+/// Sleeps until `next` (for ever when nothing is due), or until a reload installs a new
+/// snapshot. `false` once the server is shutting down.
+async fn wait_until(
+    next: Option<Instant>,
+    installed: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &mut ShutdownWatch,
+) -> bool {
+    let due = async {
+        match next {
+            Some(t) => tokio::time::sleep_until(t.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let reloaded = async {
+        if installed.changed().await.is_err() {
+            // The config can no longer change: only the due time matters.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        () = reloaded => true,
+        () = due => true,
     }
 }
 
@@ -262,32 +303,65 @@ pub struct JwksRefresher {
 #[async_trait]
 impl BackgroundService for JwksRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut installed = self.live.installed();
         let mut failing: HashMap<String, Instant> = HashMap::new();
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
             let snapshot = self.live.load();
+            let mut next = None;
             for (name, verifier) in &snapshot.verifiers {
                 // After a failure, retry every few seconds (or the refresh interval, if shorter)
-                // rather than every tick.
+                // rather than at once.
                 let backoff = verifier.config.jwks_refresh.min(Duration::from_secs(5));
-                let backing_off = failing.get(name).is_some_and(|t| t.elapsed() < backoff);
-                if !verifier.due() || backing_off {
+                let due_at = |failing: &HashMap<String, Instant>| {
+                    let due = verifier.due_at()?;
+                    Some(failing.get(name).map_or(due, |t| due.max(*t + backoff)))
+                };
+                let Some(due) = due_at(&failing) else {
                     continue;
+                };
+                if due <= Instant::now() {
+                    match verifier.fetch().await {
+                        Ok(()) => {
+                            failing.remove(name);
+                        }
+                        Err(e) => {
+                            tracing::warn!(auth = %name, "JWKS fetch failed, keeping the last good keys: {e}");
+                            failing.insert(name.clone(), Instant::now());
+                        }
+                    }
                 }
-                match verifier.fetch().await {
-                    Ok(()) => {
-                        failing.remove(name);
-                    }
-                    Err(e) => {
-                        tracing::warn!(auth = %name, "JWKS fetch failed, keeping the last good keys: {e}");
-                        failing.insert(name.clone(), Instant::now());
-                    }
+                if let Some(due) = due_at(&failing) {
+                    next = earliest(next, due);
                 }
             }
+            failing.retain(|name, _| snapshot.verifiers.contains_key(name));
+            drop(snapshot);
+            if !wait_until(next, &mut installed, &mut shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Every background service on one runtime: Pingora gives each service its own runtime and
+/// thread, so five services would be five threads beside the proxy's worker.
+pub struct Background {
+    pub services: Vec<Arc<dyn BackgroundService + Send + Sync>>,
+}
+
+#[async_trait]
+impl BackgroundService for Background {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let running: Vec<_> = self
+            .services
+            .iter()
+            .map(|s| {
+                let (s, shutdown) = (Arc::clone(s), shutdown.clone());
+                tokio::spawn(async move { s.start(shutdown).await })
+            })
+            .collect();
+        for r in running {
+            let _ = r.await;
         }
     }
 }

@@ -224,6 +224,9 @@ pub struct Live {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// What the transport reads from the config, sent again when a reload changes it.
     transport: tokio::sync::watch::Sender<crate::http1::Settings>,
+    /// Bumped whenever a snapshot is installed, for background work that sleeps until its next
+    /// due time (health checks, key refreshes) and must look again when the config changes.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 fn transport_settings(config: &Config) -> crate::http1::Settings {
@@ -274,12 +277,18 @@ impl Live {
             access_log: std::sync::OnceLock::new(),
             lifecycle: Arc::default(),
             transport,
+            installed: tokio::sync::watch::channel(0).0,
         }
     }
 
     /// The transport's settings, now and after every reload that changes them.
     pub fn transport_settings(&self) -> tokio::sync::watch::Receiver<crate::http1::Settings> {
         self.transport.subscribe()
+    }
+
+    /// Changes whenever a reload installs a new snapshot.
+    pub fn installed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// How long the reload now running has been at it, if one is.
@@ -403,6 +412,7 @@ impl Live {
         self.snapshot.store(Arc::new(snapshot));
         self.transport
             .send_if_modified(|s| std::mem::replace(s, settings) != settings);
+        self.installed.send_modify(|n| *n += 1);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut f) = self.last_failure.lock() {
             *f = None;

@@ -504,3 +504,56 @@ fn a_reload_reopens_an_access_log_rotated_away() {
     assert!(!rotated.contains("/second/"), "{rotated}");
     assert_eq!(rotated.lines().count(), 3, "{rotated}");
 }
+
+/// On one core (a sidecar with a CPU limit) every thread competes with the proxy's worker:
+/// the background services share one small runtime, and nothing wakes when nothing is due
+/// (Pingora's coarse timer thread alone woke 100 times a second).
+#[test]
+fn an_idle_proxy_runs_few_threads_and_barely_wakes() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let config = Config::new()
+        .default("legacy")
+        .server("threads = 1")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy").new("new").shift("50%").sticky("none")
+        })
+        .build();
+    let proxy = Proxy::start(&config);
+    for _ in 0..20 {
+        assert_eq!(get(proxy.port, "/bookings/1", &[]).status, 200);
+    }
+    let task = format!("/proc/{}/task", proxy.child.id());
+    let names: Vec<String> = std::fs::read_dir(&task)
+        .unwrap()
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default())
+        .map(|n| n.trim().to_string())
+        .collect();
+    // main, Pingora's "Server" runtime, the proxy's worker, the background runtime and its
+    // blocking helper, the file watcher, the access-log writer.
+    assert!(names.len() <= 8, "{} threads: {names:?}", names.len());
+    assert!(
+        !names.iter().any(|n| n == "Timer thread"),
+        "a timer thread: {names:?}"
+    );
+    let switches = || -> u64 {
+        std::fs::read_dir(&task)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = switches() - before;
+    // The config watcher's once-a-second check and the health checks' schedule; a 10 ms
+    // timer would be 300.
+    assert!(woke < 60, "{woke} context switches in 3 idle seconds");
+}
