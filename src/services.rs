@@ -16,7 +16,6 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::state::{watch_target, Live};
-use crate::upstream::Kind;
 
 /// How long to wait for a burst of file events to settle before reloading: editors and
 /// Kubernetes write a config in several steps.
@@ -211,7 +210,7 @@ impl BackgroundService for HealthChecks {
             let mut next = None;
             let mut live_keys = Vec::with_capacity(snapshot.upstreams.len());
             for upstream in snapshot.upstreams.values() {
-                if !matches!(upstream.kind, Kind::Http(_)) {
+                if !upstream.has_health_check() {
                     continue;
                 }
                 // Keyed by the upstream's address: an upstream kept across reloads keeps its

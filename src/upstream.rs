@@ -376,6 +376,11 @@ impl Upstream {
         }
     }
 
+    /// Whether `health_check` does anything: only HTTP upstreams have addresses to check.
+    pub fn has_health_check(&self) -> bool {
+        matches!(self.kind, Kind::Http(_))
+    }
+
     pub fn health_check_interval(&self) -> Duration {
         self.config.health_check_interval
     }
