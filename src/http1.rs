@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -74,9 +74,45 @@ pub struct Settings {
 /// at once loses any request the client sent in that instant.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
+/// An engine that serves one request on the transport's stream itself: the HTTP/1 fast path
+/// (`proxy::fast`). It reads the head with a session it builds and `setup`s, and hands the
+/// stream back for the next request as Pingora's proxy does.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    async fn serve(
+        &self,
+        stream: Stream,
+        setup: SessionSetup,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream>;
+}
+
+/// How the transport sets up each request's session, whichever engine serves it.
+pub struct SessionSetup {
+    /// What the previous request on the connection carried over.
+    persistent: Option<HttpPersistentSettings>,
+    /// The keep-alive request limit, for a connection's first session.
+    reuses: Option<u32>,
+    /// The keep-alive timeout in seconds; `None` once the server is draining.
+    keepalive: Option<u64>,
+}
+
+impl SessionSetup {
+    pub fn apply(self, session: &mut ServerSession) {
+        session.set_pipelining_enabled(true);
+        match self.persistent {
+            Some(s) => HttpPersistentSettings::apply_to_session(s, session),
+            None => session.set_keepalive_reuses_remaining(self.reuses),
+        }
+        session.set_keepalive(self.keepalive);
+    }
+}
+
 /// The HTTP/1 keep-alive loop around a Pingora app.
 pub struct Http1<A> {
     pub inner: Arc<A>,
+    /// The fast engine for plain requests (`None`: Pingora's proxy serves every request).
+    pub fast: Option<Arc<dyn Engine>>,
     /// The total time a request head may take to arrive (restart-only).
     pub head_timeout: Duration,
     pub settings: watch::Receiver<Settings>,
@@ -153,28 +189,40 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
                 return None;
             }
             let bad_line = stream.bad_line();
-            let mut session = ServerSession::new_http1(stream);
-            session.set_pipelining_enabled(true);
-            match persistent.take() {
-                Some(s) => HttpPersistentSettings::apply_to_session(s, &mut session),
-                None => session.set_keepalive_reuses_remaining(
-                    self.inner
-                        .server_options()
-                        .and_then(|o| o.keepalive_request_limit),
-                ),
-            }
+            // A plain request whose whole head is here goes to the fast engine; everything
+            // else (pipelined heads, heads in pieces, bodies, upgrades) to Pingora's proxy.
+            let fast = self
+                .fast
+                .as_ref()
+                .filter(|_| !pipelined && stream.plain_head_waiting());
             // Keep-alive is the transport's: whatever Pingora carried over, a session starts
             // with the configured timeout, or none once the server is shutting down.
-            let secs = keepalive.as_secs().max(1);
-            session.set_keepalive((!*shutdown.borrow()).then_some(secs));
+            let setup = SessionSetup {
+                persistent: persistent.take(),
+                reuses: self
+                    .inner
+                    .server_options()
+                    .and_then(|o| o.keepalive_request_limit),
+                keepalive: (!*shutdown.borrow()).then_some(keepalive.as_secs().max(1)),
+            };
             let head = HeadState {
                 parsed: std::cell::Cell::new(false),
                 bad_line: std::cell::Cell::new(bad_line),
             };
-            let (next, carried) = HEAD
-                .scope(head, self.inner.process_new_http(session, shutdown))
-                .await?
-                .consume();
+            self.lifecycle.served_by(fast.is_some());
+            let served = match fast {
+                Some(engine) => {
+                    HEAD.scope(head, engine.serve(stream, setup, shutdown))
+                        .await
+                }
+                None => {
+                    let mut session = ServerSession::new_http1(stream);
+                    setup.apply(&mut session);
+                    HEAD.scope(head, self.inner.process_new_http(session, shutdown))
+                        .await
+                }
+            };
+            let (next, carried) = served?.consume();
             stream = match next.into_any().downcast::<DeadlineStream>() {
                 Ok(s) => s,
                 Err(_) => {

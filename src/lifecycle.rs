@@ -17,6 +17,8 @@ pub struct Lifecycle {
     draining: AtomicBool,
     cut_off: AtomicBool,
     lost_streams: AtomicU64,
+    /// HTTP/1 requests served by the fast path and by Pingora's proxy.
+    engines: [AtomicU64; 2],
     /// Where requests the end of the grace period cuts off are logged.
     cut_off_log: OnceLock<Arc<AccessLogger>>,
 }
@@ -97,6 +99,20 @@ impl Lifecycle {
 
     pub fn lost_streams(&self) -> u64 {
         self.lost_streams.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/1 request was handed to an engine: the fast path, or Pingora's proxy.
+    pub fn served_by(&self, fast: bool) {
+        self.engines[usize::from(fast)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP/1 requests handed to (the fast path, Pingora's proxy) so far.
+    pub fn engines(&self) -> (u64, u64) {
+        let [pingora, fast] = &self.engines;
+        (
+            fast.load(Ordering::Relaxed),
+            pingora.load(Ordering::Relaxed),
+        )
     }
 }
 

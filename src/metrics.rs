@@ -213,6 +213,18 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
 
     header(
         &mut out,
+        "strangle_http1_requests_total",
+        "counter",
+        "HTTP/1 requests by the engine that served them: the fast path (plain requests whose head arrived whole) or Pingora's proxy (bodies, upgrades, pipelined or split heads).",
+    );
+    let (fast, pingora) = live.lifecycle.engines();
+    let _ = writeln!(
+        out,
+        "strangle_http1_requests_total{{engine=\"fast\"}} {fast}\nstrangle_http1_requests_total{{engine=\"pingora\"}} {pingora}"
+    );
+
+    header(
+        &mut out,
         "strangle_config_reloads_total",
         "counter",
         "Successful config reloads.",

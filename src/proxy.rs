@@ -8,6 +8,8 @@
 //! repairs framing (`respond::frame_response`); `logging` is the pipeline's account step.
 
 mod aws;
+mod fast;
+mod pool;
 mod respond;
 
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +32,7 @@ use crate::pipeline::{outbound, Finished, Request};
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
 use crate::upstream::{HttpUpstream, Kind};
+pub use fast::Fast;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
 
 /// The strangle proxy.

@@ -15,7 +15,7 @@ use crate::admin::AdminService;
 use crate::http1::listener::ProxyListeners;
 use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
-use crate::proxy::Strangle;
+use crate::proxy::{Fast, Strangle};
 use crate::services::{Background, ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
@@ -83,6 +83,14 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         name: "strangle proxy".to_string(),
         app: Arc::new(Http1 {
             inner: Arc::new(app),
+            fast: fast_path_enabled().then(|| {
+                let strangle = Strangle {
+                    live: Arc::clone(&live),
+                    access: Arc::clone(&access),
+                };
+                Arc::new(Fast::new(strangle, &server.configuration))
+                    as Arc<dyn crate::http1::Engine>
+            }),
             head_timeout: server_cfg.header_timeout,
             settings: live.transport_settings(),
             lifecycle: Arc::clone(&live.lifecycle),
@@ -204,4 +212,11 @@ impl Drain {
         });
         ShutdownSignal::GracefulTerminate
     }
+}
+
+/// Whether plain HTTP/1 requests take the fast path (`proxy::Fast`): on unless
+/// `STRANGLE_HTTP1_FAST_PATH=off`, which serves every request through Pingora's proxy (to
+/// compare the two in a benchmark, or to rule the fast path out when chasing a problem).
+fn fast_path_enabled() -> bool {
+    std::env::var("STRANGLE_HTTP1_FAST_PATH").map_or(true, |v| v != "off")
 }

@@ -68,6 +68,11 @@ impl HeadScan {
         self.started
     }
 
+    /// Whether the blank line that ends the head was seen.
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
+
     /// Whether the request line so far has a byte or a space HTTP/1 does not allow.
     pub(crate) fn bad_line(&self) -> bool {
         self.bad_line
@@ -100,6 +105,61 @@ impl HeadScan {
         }
         if end.is_some() {
             self.line_done = true;
+        }
+    }
+}
+
+/// Whether a complete request head (at the start of `head`) is one the HTTP/1 fast path serves:
+/// an origin-form `HTTP/1.0` or `HTTP/1.1` request with no body (no `Transfer-Encoding`, no
+/// `Content-Length` but `0`), no `Upgrade` and no `Expect`, and not `CONNECT` or the HTTP/2
+/// preface. Anything else, or anything this quick look is unsure of (blank lines before the
+/// request line, folded header lines, a head not all here), is `false`: Pingora's proxy serves
+/// it. A `true` is never a verdict on validity: the session's parser still reads the head.
+pub(crate) fn plain_head(head: &[u8]) -> bool {
+    let Some(line_end) = memchr::memchr(b'\n', head) else {
+        return false;
+    };
+    let line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if method.is_empty()
+        || method == b"CONNECT"
+        || method == b"PRI"
+        || target.first() != Some(&b'/')
+        || !(version == b"HTTP/1.1" || version == b"HTTP/1.0")
+    {
+        return false;
+    }
+    let mut rest = &head[line_end + 1..];
+    loop {
+        let Some(end) = memchr::memchr(b'\n', rest) else {
+            return false;
+        };
+        let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        rest = &rest[end + 1..];
+        if line.is_empty() {
+            return true;
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            return false;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return false;
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if is(b"transfer-encoding")
+            || is(b"upgrade")
+            || is(b"expect")
+            || (is(b"content-length") && value != b"0")
+        {
+            return false;
         }
     }
 }
@@ -210,5 +270,44 @@ mod tests {
         let mut s = HeadScan::default();
         assert!(s.feed(&line));
         assert!(s.bad_line());
+    }
+
+    #[test]
+    fn the_fast_path_takes_only_plain_bodyless_origin_form_heads() {
+        let plain: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /bookings/1?x=y HTTP/1.0\r\n\r\n",
+            b"DELETE /a HTTP/1.1\nHost: a\nContent-Length:  0 \n\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\n",
+        ];
+        for head in plain {
+            assert!(plain_head(head), "{}", String::from_utf8_lossy(head));
+        }
+        let other: &[&[u8]] = &[
+            // A body, in any framing or spelling.
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n",
+            // Upgrades, interim responses, tunnels, HTTP/2.
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            // Targets that are not origin-form, versions that are not 1.x.
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.2\r\n\r\n",
+            b"GET /\r\n\r\n",
+            // What the quick look is unsure of.
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+        ];
+        for head in other {
+            assert!(!plain_head(head), "{}", String::from_utf8_lossy(head));
+        }
     }
 }

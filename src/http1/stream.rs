@@ -114,6 +114,12 @@ impl DeadlineStream {
         self.scan.bad_line()
     }
 
+    /// Whether the next request's whole head is here, read while waiting for it, and is one the
+    /// HTTP/1 fast path serves (`scan::plain_head`).
+    pub(super) fn plain_head_waiting(&self) -> bool {
+        self.scan.done() && self.peeked.as_deref().is_some_and(super::scan::plain_head)
+    }
+
     /// Starts the scan of the next request head; its clock starts now, or at its first byte.
     pub(super) fn rearm(&mut self, start_now: bool) {
         *self.sent.get_mut() = false;

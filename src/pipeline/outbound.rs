@@ -24,6 +24,8 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Sent only with an `Upgrade: h2c` (RFC 7540 section 3.2.1): hop-by-hop.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that name the client's address in some proxy's dialect: only a trusted proxy's
 /// copies are passed on.
@@ -201,7 +203,7 @@ pub fn hop_by_hop(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
         }
     }
     if !keep_upgrade {
-        for name in [header::CONNECTION, header::UPGRADE] {
+        for name in [header::CONNECTION, header::UPGRADE, HTTP2_SETTINGS] {
             if headers.contains_key(&name) {
                 names.push(name);
             }

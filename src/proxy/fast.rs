@@ -1,0 +1,313 @@
+//! The HTTP/1 fast path: serves the plain requests (`http1::scan::plain_head`: origin-form,
+//! no body, no upgrade, no `Expect`) that make most of an edge's traffic, without Pingora's
+//! `HttpProxy` machinery around each one.
+//!
+//! **Same pipeline, same hooks.** It drives the `Strangle` adapter's own `ProxyHttp` hooks in
+//! the order `HttpProxy` does (pingora-proxy 0.9.1 `process_request`, `proxy_to_upstream`,
+//! `proxy_1to1`, `h1_response_filter`, `finish`, `handle_error`): `request_filter` (guard,
+//! decide, the Lambda and signed sides), `upstream_peer`, `fail_to_connect`,
+//! `connected_to_upstream`, `upstream_request_filter` (the outbound header policy),
+//! `request_body_filter`, `upstream_response_filter`, `response_filter` (framing repair),
+//! the body filters, `error_while_proxy`, `fail_to_proxy` and `logging` (account). Nothing of
+//! the pipeline is written here a second time. Parsing and writing stay Pingora's HTTP/1
+//! sessions (server and client side), with their framing checks.
+//!
+//! **What it leaves out, and why that is sound for the requests it takes.** No request body
+//! means no body pipe, no retry buffer and no `100 Continue`; no upgrade means no tunnel; an
+//! origin-form target with the client's own `Host` means no authority to reconcile (Pingora
+//! rewrites the authority only for absolute-form and HTTP/2 requests). The response is read
+//! and written in turn, one task, no channels: a slow client holds the upstream read back
+//! (back-pressure), as Pingora's bounded channel does. Pingora's cache, compression and
+//! range modules are off in strangle, so they are not run.
+//!
+//! **What is cheaper.** One task, no channels, no `try_join!`/`select!` per request, no
+//! per-request timers of its own, and upstream connections from `pool` (no task per idle
+//! connection, no `getpeername` to take one back). Connections are made by Pingora's
+//! `TransportConnector` (the same connect and TLS code as `HttpProxy`'s).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::v1::client::HttpSession as Upstream;
+use pingora::protocols::http::HttpTask;
+use pingora::protocols::{Stream, UniqueID};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+
+use super::{pool, Ctx, Strangle};
+use crate::http1::{Engine, SessionSetup};
+
+/// Attempts per request at most, as `HttpProxy` (`ServerConf::max_retries`); the upstream's
+/// `retries` decides first (`Ctx::next_attempt`).
+const MAX_ATTEMPTS: usize = 16;
+
+/// The fast engine.
+pub struct Fast {
+    strangle: Strangle,
+    connector: TransportConnector,
+}
+
+/// How an exchange with the upstream ended: whether the client's connection and the
+/// upstream's can carry another request, and the error if it failed.
+struct Outcome {
+    client_reusable: bool,
+    upstream_reusable: bool,
+    error: Option<Box<Error>>,
+}
+
+impl Outcome {
+    fn failed(upstream_reusable: bool, e: Box<Error>) -> Outcome {
+        Outcome {
+            client_reusable: false,
+            upstream_reusable,
+            error: Some(e),
+        }
+    }
+}
+
+impl Fast {
+    pub fn new(strangle: Strangle, conf: &ServerConf) -> Fast {
+        Fast {
+            strangle,
+            connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+        }
+    }
+
+    /// `HttpProxy::process_request` for a request with no body and no upgrade.
+    async fn process(&self, mut session: Session) -> Option<ReusedHttpStream> {
+        let s = &self.strangle;
+        let mut ctx = s.new_ctx();
+        match s.request_filter(&mut session, &mut ctx).await {
+            // Answered by the pipeline (a refusal, a Lambda or signed side).
+            Ok(true) => return finish(s, session, &mut ctx, true, None).await,
+            Ok(false) => {}
+            Err(e) => {
+                s.fail_to_proxy(&mut session, &e, &mut ctx).await;
+                s.logging(&mut session, Some(&e), &mut ctx).await;
+                session.downstream_session.on_proxy_failure(e);
+                // `fail_to_proxy` never lets the client's connection be reused after an error.
+                return None;
+            }
+        }
+        let mut reusable = false;
+        let mut error = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let (r, e) = self.attempt(&mut session, &mut ctx).await;
+            reusable = r;
+            let retry = e.as_ref().is_some_and(|e| e.retry());
+            error = e;
+            if !retry {
+                break;
+            }
+        }
+        if let Some(e) = error.as_deref() {
+            s.fail_to_proxy(&mut session, e, &mut ctx).await;
+        }
+        finish(s, session, &mut ctx, reusable, error).await
+    }
+
+    /// `HttpProxy::proxy_to_upstream` for an HTTP/1 upstream: one attempt, on a pooled
+    /// connection when there is one.
+    async fn attempt(&self, session: &mut Session, ctx: &mut Ctx) -> (bool, Option<Box<Error>>) {
+        let s = &self.strangle;
+        let peer = match s.upstream_peer(session, ctx).await {
+            Ok(p) => p,
+            Err(e) => return (false, Some(e)),
+        };
+        let (stream, reused) = match pool::take(&*peer) {
+            Some(stream) => (stream, true),
+            None => match self.connector.new_stream(&*peer).await {
+                Ok(stream) => (stream, false),
+                Err(mut e) => {
+                    e.as_up();
+                    let e = s.fail_to_connect(session, &peer, ctx, e);
+                    return (false, Some(e.into_up()));
+                }
+            },
+        };
+        let mut upstream = Upstream::new_with_options(stream, &*peer);
+        let out = exchange(s, session, &mut upstream, reused, &peer, ctx).await;
+        if out.upstream_reusable {
+            // As Pingora's connector releases one: what the response said of keep-alive
+            // (`Connection: close`, HTTP/1.0, a body delimited by the close) decides.
+            upstream.respect_keepalive();
+            if let Some(stream) = upstream.reuse().await {
+                pool::give_back(&*peer, stream);
+            }
+        }
+        let error = out
+            .error
+            .map(|e| s.error_while_proxy(&peer, session, e, ctx, reused));
+        (out.client_reusable, error)
+    }
+}
+
+#[async_trait]
+impl Engine for Fast {
+    async fn serve(
+        &self,
+        stream: Stream,
+        setup: SessionSetup,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut session = Session::new_h1(stream);
+        setup.apply(&mut session.downstream_session);
+        // `HttpProxy::handle_new_request`. The head is all here already (the transport saw
+        // it), so there is no wait for a shutdown to cut short.
+        match session.downstream_session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.downstream_session.respond_error(400).await;
+                }
+                session.downstream_session.shutdown().await;
+                return None;
+            }
+        }
+        self.process(session).await
+    }
+}
+
+/// `HttpProxy::finish`: the account step, then the client's connection back to the transport
+/// when it can carry another request.
+async fn finish(
+    s: &Strangle,
+    mut session: Session,
+    ctx: &mut Ctx,
+    reusable: bool,
+    error: Option<Box<Error>>,
+) -> Option<ReusedHttpStream> {
+    s.logging(&mut session, error.as_deref(), ctx).await;
+    if let Some(e) = error {
+        session.downstream_session.on_proxy_failure(e);
+    }
+    if !reusable {
+        return None;
+    }
+    let settings = HttpPersistentSettings::for_session(&session.downstream_session);
+    let stream = session.downstream_session.finish().await.ok().flatten()?;
+    Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+}
+
+/// `HttpProxy::proxy_to_h1_upstream` and `proxy_1to1` for a request with no body: the head
+/// out, the response back through the response hooks, in turn.
+async fn exchange(
+    s: &Strangle,
+    session: &mut Session,
+    upstream: &mut Upstream,
+    reused: bool,
+    peer: &HttpPeer,
+    ctx: &mut Ctx,
+) -> Outcome {
+    let fd = upstream.id();
+    if let Err(e) = s
+        .connected_to_upstream(session, reused, peer, fd, Some(upstream.digest()), ctx)
+        .await
+    {
+        return Outcome::failed(false, e);
+    }
+    upstream.read_timeout = peer.options.read_timeout;
+    upstream.write_timeout = peer.options.write_timeout;
+    let mut req = Box::new(session.req_header().clone());
+    req.set_version(http::Version::HTTP_11);
+    // The outbound policy (hop-by-hop headers, the headers strangle vouches for, the path).
+    if let Err(e) = s.upstream_request_filter(session, &mut req, ctx).await {
+        return Outcome::failed(true, e);
+    }
+    if let Err(e) = upstream.write_request_header(req).await {
+        return Outcome::failed(false, e.into_up());
+    }
+    // The (empty) body is all sent.
+    let mut none = None;
+    if let Err(e) = s.request_body_filter(session, &mut none, true, ctx).await {
+        return Outcome::failed(false, e);
+    }
+    if let Err(e) = upstream.finish_body().await {
+        return Outcome::failed(false, e.into_up());
+    }
+    loop {
+        let task = match upstream.read_response_task().await {
+            Ok(task) => task,
+            Err(e) => return Outcome::failed(false, e.into_up()),
+        };
+        let done = match task {
+            HttpTask::Header(mut head, end) => {
+                if let Err(e) = response_head(s, session, &mut head, end, ctx).await {
+                    return Outcome::failed(false, e);
+                }
+                if let Err(e) = session.write_response_header(head, end).await {
+                    return Outcome::failed(false, e.into_down());
+                }
+                end
+            }
+            HttpTask::Body(mut data, end) => {
+                if let Err(e) = response_body(s, session, &mut data, end, ctx) {
+                    return Outcome::failed(false, e);
+                }
+                if let Err(e) = session.write_response_body(data, end).await {
+                    return Outcome::failed(false, e.into_down());
+                }
+                end
+            }
+            HttpTask::Failed(e) => return Outcome::failed(false, e),
+            // No trailers or upgraded bodies on an HTTP/1 response to a plain request.
+            HttpTask::Done | HttpTask::Trailer(_) | HttpTask::UpgradedBody(..) => true,
+        };
+        if done {
+            break;
+        }
+    }
+    if let Err(e) = session.as_mut().finish_body().await {
+        return Outcome::failed(false, e.into_down());
+    }
+    Outcome {
+        client_reusable: true,
+        upstream_reusable: true,
+        error: None,
+    }
+}
+
+/// The response head's hooks, as `HttpProxy::h1_response_filter` runs them.
+async fn response_head(
+    s: &Strangle,
+    session: &mut Session,
+    head: &mut ResponseHeader,
+    end: bool,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    s.upstream_response_filter(session, head, ctx).await?;
+    // A response delimited by the close (HTTP/1.0 style) goes on chunked, so the client's
+    // connection can be kept alive.
+    let no_body = session.req_header().method == http::Method::HEAD
+        || matches!(head.status.as_u16(), 204 | 304);
+    if !no_body
+        && !end
+        && !head.status.is_informational()
+        && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        head.set_version(http::Version::HTTP_11);
+        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    s.response_filter(session, head, ctx).await
+}
+
+/// A piece of the response body through both body hooks.
+fn response_body(
+    s: &Strangle,
+    session: &mut Session,
+    data: &mut Option<Bytes>,
+    end: bool,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    s.upstream_response_body_filter(session, data, end, ctx)?;
+    s.response_body_filter(session, data, end, ctx)?;
+    Ok(())
+}
