@@ -689,3 +689,50 @@ fn transfer_codings_that_cannot_be_framed_safely_are_refused() {
         }
     }
 }
+
+#[test]
+fn an_upstream_that_closes_its_idle_connections_costs_no_request() {
+    // Answers as if keeping the connection alive, then closes it: a pooled connection that is
+    // dead by the time the next request comes. With no retries allowed, a request sent on it
+    // would fail; the pool must find it closed before using it.
+    let closing = Raw::start(|s, _| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHELLO");
+        false
+    });
+    let proxy = proxy_for(&[closing.addr()], "retries = 0");
+    let mut c = proxy.client();
+    for i in 0..5 {
+        let r = c.get("/x", &[]).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "HELLO"), "request {i}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(closing.heads(), 5);
+}
+
+#[test]
+fn a_response_delimited_by_the_close_goes_on_chunked_and_head_answers_carry_no_body() {
+    let old = Raw::start(|s, head| {
+        if head.starts_with(b"HEAD") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+            return true;
+        }
+        // HTTP/1.0 style: no length, the body ends with the connection.
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nBODY");
+        false
+    });
+    let proxy = proxy_for(&[old.addr()], "");
+    let mut c = proxy.client();
+    let r = c.get("/x", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "BODY");
+    // The client's connection stays open: a HEAD answer has its length and no body, and the
+    // next request on the connection reads a clean response.
+    c.stream()
+        .write_all(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_interim().unwrap(), 200);
+    let r = c.get("/x", &[]).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "BODY"));
+    assert_eq!(old.heads(), 3);
+}

@@ -1,0 +1,191 @@
+//! Which engine serves what: plain HTTP/1 requests take the fast path, everything else
+//! Pingora's proxy, and an upstream cannot tell them apart.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::support::*;
+
+const FAST: &str = "strangle_http1_requests_total{engine=\"fast\"}";
+const PINGORA: &str = "strangle_http1_requests_total{engine=\"pingora\"}";
+
+fn engines(proxy: &Proxy) -> (f64, f64) {
+    (proxy.metric(FAST), proxy.metric(PINGORA))
+}
+
+#[test]
+fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&monolith_config(&backend, ""));
+    let mut c = proxy.client();
+    for _ in 0..3 {
+        assert_eq!(c.get("/plain", &[]).unwrap().text(), "monolith");
+    }
+    assert_eq!(engines(&proxy), (3.0, 0.0), "three plain GETs");
+
+    // A body, then an interim response asked for: Pingora's proxy. (The second on a
+    // connection of its own: Pingora does not keep a connection alive after an `Expect`.)
+    let r = c.request("POST", "/upload", &[], b"hello").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(backend.seen().last().unwrap().body, b"hello");
+    let mut e = proxy.client();
+    e.stream()
+        .write_all(
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(e.read_interim().unwrap(), 100);
+    e.stream().write_all(b"ok").unwrap();
+    assert_eq!(e.read_response().unwrap().status, 200);
+    assert_eq!(engines(&proxy), (3.0, 2.0), "a body and an Expect");
+
+    // A head that arrives in two pieces: the fast path only takes heads that are all here.
+    c.stream().write_all(b"GET /split HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.stream().write_all(b"st: a\r\n\r\n").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+    assert_eq!(backend.seen().last().unwrap().target, "/split");
+    assert_eq!(engines(&proxy), (3.0, 3.0), "a head in two pieces");
+
+    // Two pipelined requests in one write: the first is plain and whole (fast path), the
+    // second is already read past it (Pingora's); answered in order.
+    c.stream()
+        .write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+    assert_eq!(c.read_response().unwrap().status, 200);
+    let targets: Vec<String> = backend.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(targets[targets.len() - 2..], ["/one", "/two"]);
+    assert_eq!(engines(&proxy), (4.0, 4.0), "pipelined");
+
+    // And back to the fast path on the same connection.
+    assert_eq!(c.get("/again", &[]).unwrap().status, 200);
+    assert_eq!(engines(&proxy), (5.0, 4.0));
+}
+
+/// The request a client's hostile GET becomes upstream: method, target, and the headers but
+/// the request id (random per request).
+fn forwarded(engine_off: bool) -> (String, String, Vec<(String, String)>, (f64, f64)) {
+    let backend = Backend::start("monolith");
+    let config = Config::new()
+        .default("monolith")
+        .upstream("monolith", &backend.addr())
+        .route("bookings", "/bookings", |r| r.legacy("monolith"))
+        .build();
+    let env: &[(&str, &str)] = if engine_off {
+        &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+    } else {
+        &[]
+    };
+    let proxy = Proxy::start_with_env(&config, env);
+    let r = proxy
+        .client()
+        .send_raw(
+            b"GET /bookings/./7/../8?x=1 HTTP/1.1\r\n\
+              Host: shop.example\r\n\
+              X-Strangle-Side: new\r\n\
+              X-Forwarded-For: 6.6.6.6\r\n\
+              Forwarded: for=6.6.6.6\r\n\
+              X-Real-IP: 6.6.6.6\r\n\
+              X-Forwarded-Proto: https\r\n\
+              Connection: x-secret, keep-alive\r\n\
+              X-Secret: 1\r\n\
+              Keep-Alive: timeout=5\r\n\
+              Proxy-Connection: keep-alive\r\n\
+              TE: trailers\r\n\
+              HTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+              X-HTTP-Method-Override: DELETE\r\n\
+              X-Original-URL: /admin\r\n\
+              Accept: */*\r\n\
+              Content-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", proxy.stderr());
+    let seen = backend.seen().pop().unwrap();
+    let mut headers: Vec<(String, String)> = seen
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k != "x-request-id")
+        .collect();
+    headers.sort();
+    (seen.method, seen.target, headers, engines(&proxy))
+}
+
+#[test]
+fn both_engines_send_the_upstream_the_same_request_and_no_spoofed_header() {
+    let (method, target, headers, fast_engines) = forwarded(false);
+    assert_eq!(fast_engines, (1.0, 0.0), "served by the fast path");
+    assert_eq!(method, "GET");
+    // The canonical path the route was chosen on, with the query.
+    assert_eq!(target, "/bookings/8?x=1");
+    for spoofed in [
+        "x-strangle-side",
+        "forwarded",
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "http2-settings",
+        "x-http-method-override",
+        "x-original-url",
+    ] {
+        assert!(
+            headers.iter().all(|(k, _)| k != spoofed),
+            "{spoofed} passed: {headers:?}"
+        );
+    }
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(value("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(value("x-forwarded-proto"), Some("http"));
+    assert_eq!(value("host"), Some("shop.example"));
+
+    let (p_method, p_target, p_headers, pingora_engines) = forwarded(true);
+    assert_eq!(pingora_engines, (0.0, 1.0), "served by Pingora's proxy");
+    assert_eq!((p_method, p_target), (method, target));
+    assert_eq!(
+        p_headers, headers,
+        "the two engines forward different requests"
+    );
+}
+
+#[test]
+fn a_reload_under_fast_path_load_moves_requests_without_a_failure() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&monolith_config(&a, ""));
+    let port = proxy.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_ = std::sync::Arc::clone(&stop);
+    let load = std::thread::spawn(move || {
+        let mut c = Client::connect(port);
+        let mut answers = Vec::new();
+        while !stop_.load(std::sync::atomic::Ordering::SeqCst) {
+            let r = c.get("/x", &[]).unwrap();
+            answers.push((r.status, r.text()));
+        }
+        answers
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.rewrite(&monolith_config(&b, ""));
+    eventually(
+        Duration::from_secs(10),
+        "requests reach the new upstream",
+        || b.count() > 20,
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = load.join().unwrap();
+    assert!(answers.iter().all(|(s, _)| *s == 200), "a request failed");
+    // Every request went to one upstream or the other, the old ones before the new ones.
+    let first_b = answers.iter().position(|(_, t)| t == "b").unwrap();
+    assert!(answers[..first_b].iter().all(|(_, t)| t == "a"));
+    assert!(answers[first_b..].iter().all(|(_, t)| t == "b"));
+    let (fast, pingora) = engines(&proxy);
+    assert_eq!(pingora, 0.0);
+    assert!(fast >= answers.len() as f64, "{fast} < {}", answers.len());
+}
