@@ -93,6 +93,7 @@ test-quick:
 # Micro-benchmarks (criterion), then the load benchmark.
 bench: deps bench-load
 	$(CARGO) bench --bench core
+	$(CARGO) bench --bench fast_path
 
 clean:
 	$(CARGO) clean

@@ -84,7 +84,14 @@ pub trait Engine: Send + Sync {
         stream: Stream,
         setup: SessionSetup,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream>;
+    ) -> Option<Served>;
+}
+
+/// A request served by an `Engine`, its connection ready for the next one.
+pub struct Served {
+    pub reused: ReusedHttpStream,
+    /// Bytes of the next request were read with this one (HTTP/1.1 pipelining).
+    pub pipelined: bool,
 }
 
 /// How the transport sets up each request's session, whichever engine serves it.
@@ -98,6 +105,20 @@ pub struct SessionSetup {
 }
 
 impl SessionSetup {
+    /// The setup of a connection's first request (`keepalive` in seconds, `None` to close the
+    /// connection after it), or of a later one with what the previous request carried over.
+    pub fn new(
+        persistent: Option<HttpPersistentSettings>,
+        reuses: Option<u32>,
+        keepalive: Option<u64>,
+    ) -> SessionSetup {
+        SessionSetup {
+            persistent,
+            reuses,
+            keepalive,
+        }
+    }
+
     pub fn apply(self, session: &mut ServerSession) {
         session.set_pipelining_enabled(true);
         match self.persistent {
@@ -210,19 +231,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
                 bad_line: std::cell::Cell::new(bad_line),
             };
             self.lifecycle.served_by(fast.is_some());
-            let served = match fast {
+            // Whether bytes of a next, pipelined request came back with the stream: the fast
+            // engine says so; Pingora's proxy only shows it in its settings' `Debug` form.
+            let (next, carried, next_pipelined) = match fast {
                 Some(engine) => {
-                    HEAD.scope(head, engine.serve(stream, setup, shutdown))
-                        .await
+                    let served = HEAD
+                        .scope(head, engine.serve(stream, setup, shutdown))
+                        .await?;
+                    let (next, carried) = served.reused.consume();
+                    (next, carried, served.pipelined)
                 }
                 None => {
                     let mut session = ServerSession::new_http1(stream);
                     setup.apply(&mut session);
-                    HEAD.scope(head, self.inner.process_new_http(session, shutdown))
-                        .await
+                    let reused = HEAD
+                        .scope(head, self.inner.process_new_http(session, shutdown))
+                        .await?;
+                    let (next, carried) = reused.consume();
+                    let pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);
+                    (next, carried, pipelined)
                 }
             };
-            let (next, carried) = served?.consume();
             stream = match next.into_any().downcast::<DeadlineStream>() {
                 Ok(s) => s,
                 Err(_) => {
@@ -234,7 +263,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
                     return None;
                 }
             };
-            pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);
+            pipelined = next_pipelined;
             // A pipelined head is (at least partly) here already: its clock starts now, and
             // it ends when the proxy has the parsed head (`head_parsed`), since the bytes
             // before went by with the previous request's.

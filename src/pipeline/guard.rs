@@ -138,6 +138,7 @@ pub fn check(snap: &Snapshot, inbound: Inbound<'_>) -> Result<RequestPath, Refus
     if req.headers.values().any(|v| has_control_byte(v.as_bytes())) {
         return Err(Refusal::new(400, "control byte in a header value"));
     }
+    connection_options(&req.headers)?;
     path(snap, inbound.target)
 }
 
@@ -163,6 +164,75 @@ fn path(snap: &Snapshot, target: Bytes) -> Result<RequestPath, Refusal> {
         return Err(Refusal::new(400, why));
     }
     Ok(path)
+}
+
+/// The most options a `Connection` header may list (Pingora's limit).
+const MAX_CONNECTION_OPTIONS: usize = 10;
+
+/// `Connection` names the headers that end at this hop; the outbound policy removes them. A
+/// name that is not a token (RFC 9110 section 5.6.2: quoted, non-ASCII, a pseudo-header) would
+/// name nothing the policy can match, so the header it meant would pass: refused. So are the
+/// headers a request cannot be forwarded without, or whose removal would reframe it (`Host`,
+/// `Content-Length`, `Transfer-Encoding`), and the forwarding headers strangle sets itself.
+fn connection_options(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let mut count = 0;
+    for value in headers.get_all(header::CONNECTION) {
+        for option in value.as_bytes().split(|&b| b == b',') {
+            let option = option.trim_ascii();
+            if option.is_empty() {
+                continue;
+            }
+            count += 1;
+            if count > MAX_CONNECTION_OPTIONS {
+                return Err(Refusal::new(400, "too many Connection options"));
+            }
+            if !option.iter().all(|&b| is_tchar(b)) {
+                return Err(Refusal::new(400, "a Connection option that is not a token"));
+            }
+            let protected = [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip",
+                "forwarded",
+            ];
+            if protected
+                .iter()
+                .any(|p| option.eq_ignore_ascii_case(p.as_bytes()))
+            {
+                return Err(Refusal::new(
+                    400,
+                    "a Connection option naming a protected header",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `tchar` (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 /// Whether the raw header block repeats Content-Length next to Transfer-Encoding: Pingora drops
@@ -227,6 +297,32 @@ pub fn valid_host(v: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_must_be_tokens_and_never_name_a_protected_header() {
+        let check = |values: &[&[u8]]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(header::CONNECTION, HeaderValue::from_bytes(v).unwrap());
+            }
+            connection_options(&h).map_err(|r| r.why)
+        };
+        assert!(check(&[b"keep-alive, x-secret", b"close,,"]).is_ok());
+        assert!(check(&[b"Upgrade"]).is_ok());
+        for bad in [
+            &b"x-secret, \xff"[..],
+            b"\"x-secret\"",
+            b":authority",
+            b"x secret",
+            b"Host",
+            b"close, content-length",
+            b"X-Forwarded-For",
+            b"forwarded",
+            b"a,b,c,d,e,f,g,h,i,j,k",
+        ] {
+            assert!(check(&[bad]).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn hosts_are_authorities_and_nothing_else() {

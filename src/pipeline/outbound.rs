@@ -197,7 +197,15 @@ pub fn hop_by_hop(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
             }
         }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRAILER] {
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        // Credentials for this hop (a proxy), never for the upstream.
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
         if headers.contains_key(&name) {
             names.push(name);
         }

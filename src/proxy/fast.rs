@@ -41,7 +41,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 use super::{pool, Ctx, Strangle};
-use crate::http1::{Engine, SessionSetup};
+use crate::http1::{Engine, Served, SessionSetup};
 
 /// Attempts per request at most, as `HttpProxy` (`ServerConf::max_retries`); the upstream's
 /// `retries` decides first (`Ctx::next_attempt`).
@@ -79,8 +79,15 @@ impl Fast {
         }
     }
 
+    /// Keeps `stream` as an idle connection to `peer`, as if a request had just used it: for
+    /// benchmarks and tests that drive the engine on in-memory streams.
+    #[doc(hidden)]
+    pub fn keep_idle(peer: &HttpPeer, stream: Stream) {
+        pool::give_back(peer, stream);
+    }
+
     /// `HttpProxy::process_request` for a request with no body and no upgrade.
-    async fn process(&self, mut session: Session) -> Option<ReusedHttpStream> {
+    async fn process(&self, mut session: Box<Session>) -> Option<Served> {
         let s = &self.strangle;
         let mut ctx = s.new_ctx();
         match s.request_filter(&mut session, &mut ctx).await {
@@ -155,8 +162,10 @@ impl Engine for Fast {
         stream: Stream,
         setup: SessionSetup,
         _shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let mut session = Session::new_h1(stream);
+    ) -> Option<Served> {
+        // Boxed once: the session (over a kilobyte) is then handed on by pointer, not copied
+        // from future to future.
+        let mut session = Box::new(Session::new_h1(stream));
         setup.apply(&mut session.downstream_session);
         // `HttpProxy::handle_new_request`. The head is all here already (the transport saw
         // it), so there is no wait for a shutdown to cut short.
@@ -179,11 +188,11 @@ impl Engine for Fast {
 /// when it can carry another request.
 async fn finish(
     s: &Strangle,
-    mut session: Session,
+    mut session: Box<Session>,
     ctx: &mut Ctx,
     reusable: bool,
     error: Option<Box<Error>>,
-) -> Option<ReusedHttpStream> {
+) -> Option<Served> {
     s.logging(&mut session, error.as_deref(), ctx).await;
     if let Some(e) = error {
         session.downstream_session.on_proxy_failure(e);
@@ -191,9 +200,22 @@ async fn finish(
     if !reusable {
         return None;
     }
-    let settings = HttpPersistentSettings::for_session(&session.downstream_session);
-    let stream = session.downstream_session.finish().await.ok().flatten()?;
-    Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+    let mut settings = HttpPersistentSettings::for_session(&session.downstream_session);
+    let (stream, prefix) = session
+        .downstream_session
+        .finish()
+        .await
+        .ok()
+        .flatten()?
+        .into_parts();
+    let pipelined = prefix.is_some();
+    if let Some(prefix) = prefix {
+        settings.set_pipelined_prefix(prefix);
+    }
+    Some(Served {
+        reused: ReusedHttpStream::new(stream, Some(settings)),
+        pipelined,
+    })
 }
 
 /// `HttpProxy::proxy_to_h1_upstream` and `proxy_1to1` for a request with no body: the head

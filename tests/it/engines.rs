@@ -64,8 +64,15 @@ fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
 }
 
 /// The request a client's hostile GET becomes upstream: method, target, and the headers but
-/// the request id (random per request).
-fn forwarded(engine_off: bool) -> (String, String, Vec<(String, String)>, (f64, f64)) {
+/// the request id (random per request); and which engines served it.
+struct Forwarded {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    engines: (f64, f64),
+}
+
+fn forwarded(engine_off: bool) -> Forwarded {
     let backend = Backend::start("monolith");
     let config = Config::new()
         .default("monolith")
@@ -96,6 +103,7 @@ fn forwarded(engine_off: bool) -> (String, String, Vec<(String, String)>, (f64, 
               HTTP2-Settings: AAMAAABkAAQAAP__\r\n\
               X-HTTP-Method-Override: DELETE\r\n\
               X-Original-URL: /admin\r\n\
+              Proxy-Authorization: Basic Zm9v\r\n\
               Accept: */*\r\n\
               Content-Length: 0\r\n\r\n",
         )
@@ -108,12 +116,22 @@ fn forwarded(engine_off: bool) -> (String, String, Vec<(String, String)>, (f64, 
         .filter(|(k, _)| k != "x-request-id")
         .collect();
     headers.sort();
-    (seen.method, seen.target, headers, engines(&proxy))
+    Forwarded {
+        method: seen.method,
+        target: seen.target,
+        headers,
+        engines: engines(&proxy),
+    }
 }
 
 #[test]
 fn both_engines_send_the_upstream_the_same_request_and_no_spoofed_header() {
-    let (method, target, headers, fast_engines) = forwarded(false);
+    let Forwarded {
+        method,
+        target,
+        headers,
+        engines: fast_engines,
+    } = forwarded(false);
     assert_eq!(fast_engines, (1.0, 0.0), "served by the fast path");
     assert_eq!(method, "GET");
     // The canonical path the route was chosen on, with the query.
@@ -129,6 +147,7 @@ fn both_engines_send_the_upstream_the_same_request_and_no_spoofed_header() {
         "http2-settings",
         "x-http-method-override",
         "x-original-url",
+        "proxy-authorization",
     ] {
         assert!(
             headers.iter().all(|(k, _)| k != spoofed),
@@ -146,11 +165,11 @@ fn both_engines_send_the_upstream_the_same_request_and_no_spoofed_header() {
     assert_eq!(value("x-forwarded-proto"), Some("http"));
     assert_eq!(value("host"), Some("shop.example"));
 
-    let (p_method, p_target, p_headers, pingora_engines) = forwarded(true);
-    assert_eq!(pingora_engines, (0.0, 1.0), "served by Pingora's proxy");
-    assert_eq!((p_method, p_target), (method, target));
+    let p = forwarded(true);
+    assert_eq!(p.engines, (0.0, 1.0), "served by Pingora's proxy");
+    assert_eq!((p.method, p.target), (method, target));
     assert_eq!(
-        p_headers, headers,
+        p.headers, headers,
         "the two engines forward different requests"
     );
 }
@@ -188,4 +207,50 @@ fn a_reload_under_fast_path_load_moves_requests_without_a_failure() {
     let (fast, pingora) = engines(&proxy);
     assert_eq!(pingora, 0.0);
     assert!(fast >= answers.len() as f64, "{fast} < {}", answers.len());
+}
+
+#[test]
+fn connection_options_that_name_nothing_or_a_protected_header_are_refused_by_both_engines() {
+    // Found by an adversarial review of the fast path: a `Connection` option that is not a
+    // token (quoted, non-ASCII) named nothing the outbound policy could match, so the header
+    // it named passed; `Connection: host` sent an HTTP/1.1 request upstream without a Host.
+    let requests: [&[u8]; 5] = [
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: x-secret, \xff\r\nX-Secret: 1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: \"x-secret\"\r\nX-Secret: 1\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close, x-forwarded-for\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: a,b,c,d,e,f,g,h,i,j,k\r\n\r\n",
+    ];
+    for off in [false, true] {
+        let backend = Backend::start("monolith");
+        let env: &[(&str, &str)] = if off {
+            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+        } else {
+            &[]
+        };
+        let proxy = Proxy::start_with_env(&monolith_config(&backend, ""), env);
+        for request in requests {
+            let r = proxy.client().send_raw(request).unwrap();
+            assert_eq!(
+                r.status,
+                400,
+                "fast path off: {off}: {}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        assert_eq!(backend.count(), 0, "fast path off: {off}");
+        // A plain option list still passes, its headers removed.
+        let r = proxy
+            .client()
+            .send_raw(b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(backend.seen().pop().unwrap().header("x-secret"), None);
+        let (fast, pingora) = engines(&proxy);
+        if off {
+            assert_eq!(fast, 0.0);
+        } else {
+            assert_eq!((fast, pingora), (6.0, 0.0), "all served by the fast path");
+        }
+    }
 }
