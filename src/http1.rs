@@ -311,3 +311,6 @@ fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
     let _ = write!(probe, "{settings:?}");
     probe.0
 }
+
+#[cfg(test)]
+mod tests;
