@@ -33,6 +33,7 @@ use crate::state::Live;
 use crate::telemetry::AccessLogger;
 use crate::upstream::{HttpUpstream, Kind};
 pub use fast::Fast;
+pub use pool::sweep as sweep_idle_upstreams;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
 
 /// The strangle proxy.

@@ -281,6 +281,7 @@ impl BackgroundService for StatsSampler {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     self.live.registry.sample();
+                    crate::proxy::sweep_idle_upstreams();
                     let now = Instant::now();
                     for route in &self.live.load().routes {
                         if let Some(limiter) = &route.rate_limit {

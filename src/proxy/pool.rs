@@ -8,9 +8,9 @@
 //! thread-local map. Whether the upstream closed it (or sent bytes nobody asked for) while it
 //! sat idle is asked of the runtime's readiness when it is taken: a read polled once with a
 //! no-op waker is `Pending` on a healthy idle connection, with no system call when the runtime
-//! already knows nothing arrived. An upstream that closes a pooled connection therefore costs
-//! nothing until the connection is next taken or the pool is pruned; a list never grows past
-//! `PER_PEER`, and entries past their peer's idle timeout are dropped as the list is used.
+//! already knows nothing arrived. A list never grows past `PER_PEER`; entries past their peer's
+//! idle timeout are dropped as the list is used, and `sweep` (every 10 s, on the stats
+//! sampler's tick) drops expired and dead connections and forgotten peers.
 //!
 //! One pool for the process, behind a mutex held for a map lookup and a `Vec` push or pop
 //! (uncontended with `threads = 1`). Not thread-local: the runtime moves a request's task
@@ -104,6 +104,32 @@ pub(super) fn give_back(peer: &impl Peer, stream: Stream) {
             stale.push(list.remove(0));
         }
         list.push(idle);
+    }
+    // Closed outside the lock.
+    drop(stale);
+}
+
+/// Drops what can no longer be used: connections past their idle timeout, connections the
+/// upstream closed or wrote on while idle, and peers left with none (a reload that changed an
+/// upstream's addresses leaves its old peers behind). Run by the stats sampler every 10 s, so an
+/// idle connection outlives its `idle-timeout` by at most that, and a closed one holds its
+/// descriptor no longer, even when no request comes for its peer again.
+pub fn sweep() {
+    let now = Instant::now();
+    let mut stale = Vec::new();
+    {
+        let mut lists = lists();
+        lists.retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].expired(now) || !quiet(&mut list[i].stream) {
+                    stale.push(list.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
     }
     // Closed outside the lock.
     drop(stale);

@@ -93,3 +93,36 @@ async fn idle_connections_expire_and_each_peer_keeps_a_bounded_list() {
     }
     assert_eq!(idle_count(&bounded), PER_PEER);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_sweep_drops_expired_and_dead_connections_and_forgotten_peers() {
+    // Three upstreams (peers of one address share a list whatever their idle timeout).
+    let (one, two, three) = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let alive = peer_of(&one, Some(Duration::from_secs(60)));
+    let (stream, _server_kept) = pair(&one).await;
+    give_back(&alive, stream);
+    // Closed by its upstream, and no request for its peer ever comes again.
+    let dead = peer_of(&two, Some(Duration::from_secs(60)));
+    let (stream, server) = pair(&two).await;
+    give_back(&dead, stream);
+    drop(server);
+    // Past its idle timeout.
+    let expired = peer_of(&three, Some(Duration::from_millis(10)));
+    let (stream, _server) = pair(&three).await;
+    give_back(&expired, stream);
+    settle().await;
+    sweep();
+    assert_eq!(idle_count(&alive), 1, "a healthy idle connection stays");
+    assert_eq!(idle_count(&dead), 0);
+    assert_eq!(idle_count(&expired), 0);
+    let keys: Vec<u64> = lists().keys().copied().collect();
+    assert!(
+        !keys.contains(&dead.reuse_hash()),
+        "an empty peer is forgotten"
+    );
+    assert!(!keys.contains(&expired.reuse_hash()));
+}
