@@ -37,6 +37,7 @@ pub use pool::sweep as sweep_idle_upstreams;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
 
 /// The strangle proxy.
+#[derive(Clone)]
 pub struct Strangle {
     pub live: Arc<Live>,
     pub access: Arc<AccessLogger>,

@@ -62,13 +62,12 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut app = pingora::proxy::HttpProxy::new(
-        Strangle {
-            live: Arc::clone(&live),
-            access: Arc::clone(&access),
-        },
-        server.configuration.clone(),
-    );
+    // One adapter, two engines: Pingora's proxy and the fast path drive the same hooks.
+    let strangle = Strangle {
+        live: Arc::clone(&live),
+        access: Arc::clone(&access),
+    };
+    let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
     app.handle_init_modules();
     app.server_options = Some(pingora::apps::HttpServerOptions::default());
     let listeners = server_cfg
@@ -84,10 +83,6 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         app: Arc::new(Http1 {
             inner: Arc::new(app),
             fast: fast_path_enabled().then(|| {
-                let strangle = Strangle {
-                    live: Arc::clone(&live),
-                    access: Arc::clone(&access),
-                };
                 Arc::new(Fast::new(strangle, &server.configuration))
                     as Arc<dyn crate::http1::Engine>
             }),

@@ -37,9 +37,10 @@ use pingora::protocols::{Stream, UniqueID};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::ErrorType;
 
+use super::respond::no_body;
 use super::{pool, Ctx, Strangle};
 use crate::http1::{Engine, Served, SessionSetup};
 
@@ -83,7 +84,7 @@ impl Fast {
     /// benchmarks and tests that drive the engine on in-memory streams.
     #[doc(hidden)]
     pub fn keep_idle(peer: &HttpPeer, stream: Stream) {
-        pool::give_back(peer, stream);
+        pool::give_back(peer.reuse_hash(), peer.idle_timeout(), stream);
     }
 
     /// `HttpProxy::process_request` for a request with no body and no upgrade.
@@ -127,7 +128,9 @@ impl Fast {
             Ok(p) => p,
             Err(e) => return (false, Some(e)),
         };
-        let (stream, reused) = match pool::take(&*peer) {
+        // The peer's pool key, hashed once for the take and the give-back.
+        let key = peer.reuse_hash();
+        let (stream, reused) = match pool::take(key) {
             Some(stream) => (stream, true),
             None => match self.connector.new_stream(&*peer).await {
                 Ok(stream) => (stream, false),
@@ -145,7 +148,7 @@ impl Fast {
             // (`Connection: close`, HTTP/1.0, a body delimited by the close) decides.
             upstream.respect_keepalive();
             if let Some(stream) = upstream.reuse().await {
-                pool::give_back(&*peer, stream);
+                pool::give_back(key, peer.idle_timeout(), stream);
             }
         }
         let error = out
@@ -307,11 +310,8 @@ async fn response_head(
     s.upstream_response_filter(session, head, ctx).await?;
     // A response delimited by the close (HTTP/1.0 style) goes on chunked, so the client's
     // connection can be kept alive.
-    let no_body = session.req_header().method == http::Method::HEAD
-        || matches!(head.status.as_u16(), 204 | 304);
-    if !no_body
-        && !end
-        && !head.status.is_informational()
+    if !end
+        && !no_body(head.status, &session.req_header().method)
         && !head.headers.contains_key(http::header::TRANSFER_ENCODING)
         && !head.headers.contains_key(http::header::CONTENT_LENGTH)
     {

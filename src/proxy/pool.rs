@@ -26,7 +26,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::Peer;
 use tokio::io::ReadBuf;
 
 /// The most idle connections kept per peer (the oldest goes first).
@@ -66,9 +65,9 @@ impl Hasher for KeyHasher {
 
 type Lists = HashMap<u64, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 
-/// An idle connection to `peer` that is still open and quiet, if this thread has one.
-pub(super) fn take(peer: &impl Peer) -> Option<Stream> {
-    let key = peer.reuse_hash();
+/// An idle connection to the peer whose reuse hash is `key` that is still open and quiet, if
+/// the pool has one.
+pub(super) fn take(key: u64) -> Option<Stream> {
     let now = Instant::now();
     loop {
         // The most recently used first: the likeliest to be open, and its socket warm. The
@@ -80,14 +79,14 @@ pub(super) fn take(peer: &impl Peer) -> Option<Stream> {
     }
 }
 
-/// Keeps `stream` (whose last response was read whole) for the next request to `peer`.
-pub(super) fn give_back(peer: &impl Peer, stream: Stream) {
-    let key = peer.reuse_hash();
+/// Keeps `stream` (whose last response was read whole) for the next request to the peer whose
+/// reuse hash is `key`, for at most `limit` (the peer's idle timeout).
+pub(super) fn give_back(key: u64, limit: Option<Duration>, stream: Stream) {
     let now = Instant::now();
     let idle = Idle {
         stream,
         since: now,
-        limit: peer.idle_timeout(),
+        limit,
     };
     let mut stale = Vec::new();
     {
@@ -137,7 +136,7 @@ pub fn sweep() {
 
 /// How many idle connections the pool keeps for `peer` (for tests).
 #[cfg(test)]
-fn idle_count(peer: &impl Peer) -> usize {
+fn idle_count(peer: &impl pingora::upstreams::peer::Peer) -> usize {
     lists().get(&peer.reuse_hash()).map_or(0, Vec::len)
 }
 

@@ -9,6 +9,16 @@ use crate::support::*;
 const FAST: &str = "strangle_http1_requests_total{engine=\"fast\"}";
 const PINGORA: &str = "strangle_http1_requests_total{engine=\"pingora\"}";
 
+/// Starts the proxy with the fast path, or with every request sent to Pingora's proxy.
+fn start(config: &str, fast_path_off: bool) -> Proxy {
+    let env: &[(&str, &str)] = if fast_path_off {
+        &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+    } else {
+        &[]
+    };
+    Proxy::start_with_env(config, env)
+}
+
 fn engines(proxy: &Proxy) -> (f64, f64) {
     (proxy.metric(FAST), proxy.metric(PINGORA))
 }
@@ -79,12 +89,7 @@ fn forwarded(engine_off: bool) -> Forwarded {
         .upstream("monolith", &backend.addr())
         .route("bookings", "/bookings", |r| r.legacy("monolith"))
         .build();
-    let env: &[(&str, &str)] = if engine_off {
-        &[("STRANGLE_HTTP1_FAST_PATH", "off")]
-    } else {
-        &[]
-    };
-    let proxy = Proxy::start_with_env(&config, env);
+    let proxy = start(&config, engine_off);
     let r = proxy
         .client()
         .send_raw(
@@ -223,12 +228,7 @@ fn connection_options_that_name_nothing_or_a_protected_header_are_refused_by_bot
     ];
     for off in [false, true] {
         let backend = Backend::start("monolith");
-        let env: &[(&str, &str)] = if off {
-            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
-        } else {
-            &[]
-        };
-        let proxy = Proxy::start_with_env(&monolith_config(&backend, ""), env);
+        let proxy = start(&monolith_config(&backend, ""), off);
         for request in requests {
             let r = proxy.client().send_raw(request).unwrap();
             assert_eq!(
@@ -251,6 +251,44 @@ fn connection_options_that_name_nothing_or_a_protected_header_are_refused_by_bot
             assert_eq!(fast, 0.0);
         } else {
             assert_eq!((fast, pingora), (6.0, 0.0), "all served by the fast path");
+        }
+    }
+}
+
+#[test]
+fn a_body_hidden_from_the_fast_paths_look_is_refused_never_forwarded_without_it() {
+    // Framing headers spelled so the fast path's quick look (`plain_head`) does not see them
+    // take the fast path; Pingora's parser must then refuse them, so no upstream gets a
+    // request whose body is left on the connection as a smuggled next request.
+    let requests: [&[u8]; 4] = [
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nContent-Length\x00: 5\r\n\r\nhello",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for off in [false, true] {
+        let backend = Backend::start("monolith");
+        let proxy = start(&monolith_config(&backend, ""), off);
+        for request in requests {
+            let (answer, closed) = raw(proxy.port, request);
+            let status = answer.map(|r| r.status);
+            assert_eq!(
+                status,
+                Some(400),
+                "fast path off: {off}: {}",
+                String::from_utf8_lossy(request)
+            );
+            assert!(closed, "the connection ends after a malformed request");
+        }
+        assert_eq!(backend.count(), 0, "fast path off: {off}");
+        let (fast, _) = engines(&proxy);
+        if off {
+            assert_eq!(fast, 0.0);
+        } else {
+            assert!(
+                fast >= 3.0,
+                "the spoofed spellings took the fast path: {fast}"
+            );
         }
     }
 }

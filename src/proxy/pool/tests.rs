@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,12 +32,15 @@ async fn a_quiet_connection_comes_back_and_works() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer = peer_of(&listener, None);
     let (stream, mut server) = pair(&listener).await;
-    give_back(&peer, stream);
+    give_back(peer.reuse_hash(), peer.idle_timeout(), stream);
     assert_eq!(idle_count(&peer), 1);
     settle().await;
-    let mut stream = take(&peer).expect("the idle connection is reused");
+    let mut stream = take(peer.reuse_hash()).expect("the idle connection is reused");
     assert_eq!(idle_count(&peer), 0);
-    assert!(take(&peer).is_none(), "it was taken once, not copied");
+    assert!(
+        take(peer.reuse_hash()).is_none(),
+        "it was taken once, not copied"
+    );
     // It is the same connection, and it still carries bytes both ways.
     stream.write_all(b"ping").await.unwrap();
     stream.flush().await.unwrap();
@@ -55,20 +58,23 @@ async fn a_connection_the_upstream_closed_or_wrote_on_is_never_reused() {
     let peer = peer_of(&listener, None);
     // Closed by the upstream while idle.
     let (closed, server) = pair(&listener).await;
-    give_back(&peer, closed);
+    give_back(peer.reuse_hash(), peer.idle_timeout(), closed);
     drop(server);
     settle().await;
-    assert!(take(&peer).is_none(), "a closed connection is dropped");
+    assert!(
+        take(peer.reuse_hash()).is_none(),
+        "a closed connection is dropped"
+    );
     // Bytes nobody asked for (a late response, a smuggled one) arrived while idle.
     let (noisy, mut server) = pair(&listener).await;
-    give_back(&peer, noisy);
+    give_back(peer.reuse_hash(), peer.idle_timeout(), noisy);
     server
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
         .await
         .unwrap();
     settle().await;
     assert!(
-        take(&peer).is_none(),
+        take(peer.reuse_hash()).is_none(),
         "a connection with unread bytes is dropped"
     );
     assert_eq!(idle_count(&peer), 0);
@@ -79,16 +85,16 @@ async fn idle_connections_expire_and_each_peer_keeps_a_bounded_list() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let short = peer_of(&listener, Some(Duration::from_millis(20)));
     let (stream, _server) = pair(&listener).await;
-    give_back(&short, stream);
+    give_back(short.reuse_hash(), short.idle_timeout(), stream);
     tokio::time::sleep(Duration::from_millis(40)).await;
-    assert!(take(&short).is_none(), "past its idle timeout");
+    assert!(take(short.reuse_hash()).is_none(), "past its idle timeout");
 
     // Another peer (another reuse key): nothing is shared with the first.
     let bounded = peer_of(&listener, Some(Duration::from_secs(60)));
     let mut servers = Vec::new();
     for _ in 0..PER_PEER + 5 {
         let (stream, server) = pair(&listener).await;
-        give_back(&bounded, stream);
+        give_back(bounded.reuse_hash(), bounded.idle_timeout(), stream);
         servers.push(server);
     }
     assert_eq!(idle_count(&bounded), PER_PEER);
@@ -104,16 +110,16 @@ async fn the_sweep_drops_expired_and_dead_connections_and_forgotten_peers() {
     );
     let alive = peer_of(&one, Some(Duration::from_secs(60)));
     let (stream, _server_kept) = pair(&one).await;
-    give_back(&alive, stream);
+    give_back(alive.reuse_hash(), alive.idle_timeout(), stream);
     // Closed by its upstream, and no request for its peer ever comes again.
     let dead = peer_of(&two, Some(Duration::from_secs(60)));
     let (stream, server) = pair(&two).await;
-    give_back(&dead, stream);
+    give_back(dead.reuse_hash(), dead.idle_timeout(), stream);
     drop(server);
     // Past its idle timeout.
     let expired = peer_of(&three, Some(Duration::from_millis(10)));
     let (stream, _server) = pair(&three).await;
-    give_back(&expired, stream);
+    give_back(expired.reuse_hash(), expired.idle_timeout(), stream);
     settle().await;
     sweep();
     assert_eq!(idle_count(&alive), 1, "a healthy idle connection stays");
