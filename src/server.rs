@@ -24,8 +24,17 @@ use crate::telemetry::AccessLogger;
 /// Loads the config, then runs the proxy. Returns only on a start-up error.
 pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // No transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page is
+    // resident as a whole as soon as one byte of it is touched. They made a fresh proxy 24 MB
+    // resident instead of 16 and a warm one 28 instead of 18 (benches/idle.sh), for no
+    // measurable throughput: a proxy's heap is small and its hot set fits the TLB anyway. In
+    // a sidecar with a memory limit that is most of the budget.
+    let thp = nix::sys::prctl::set_thp_disable(true);
     let config = crate::config::load(&path)?;
     crate::telemetry::init_logging(&config.log);
+    if let Err(e) = thp {
+        tracing::info!("transparent huge pages stay allowed: {e}");
+    }
     for w in &config.warnings {
         tracing::warn!("{}", w.as_warning());
     }
