@@ -163,15 +163,19 @@ async fn wait_for_request(
             None => std::future::pending().await,
         }
     };
-    let drained = async {
-        let _ = draining.wait_for(|stop| *stop).await;
-        tokio::time::sleep(DRAIN_LINGER).await;
-    };
+    // Two waits one after the other, not one `select!` over a drain future holding its linger
+    // timer: this future is what an idle connection holds, and the linger timer is needed only
+    // once the server drains.
+    tokio::select! {
+        biased;
+        r = std::future::poll_fn(|cx| stream.poll_request_start(cx)) => return r.unwrap_or(false),
+        _ = draining.wait_for(|stop| *stop) => {}
+        () = idle => return false,
+    }
     tokio::select! {
         biased;
         r = std::future::poll_fn(|cx| stream.poll_request_start(cx)) => r.unwrap_or(false),
-        () = drained => false,
-        () = idle => false,
+        () = tokio::time::sleep(DRAIN_LINGER) => false,
     }
 }
 
@@ -209,13 +213,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
             if !pipelined && !wait_for_request(&mut stream, idle, &mut draining).await {
                 return None;
             }
-            let bad_line = stream.bad_line();
-            // A plain request whose whole head is here goes to the fast engine; everything
-            // else (pipelined heads, heads in pieces, bodies, upgrades) to Pingora's proxy.
-            let fast = self
-                .fast
-                .as_ref()
-                .filter(|_| !pipelined && stream.plain_head_waiting());
             // Keep-alive is the transport's: whatever Pingora carried over, a session starts
             // with the configured timeout, or none once the server is shutting down.
             let setup = SessionSetup {
@@ -226,32 +223,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
                     .and_then(|o| o.keepalive_request_limit),
                 keepalive: (!*shutdown.borrow()).then_some(keepalive.as_secs().max(1)),
             };
-            let head = HeadState {
-                parsed: std::cell::Cell::new(false),
-                bad_line: std::cell::Cell::new(bad_line),
-            };
-            self.lifecycle.served_by(fast.is_some());
-            // Whether bytes of a next, pipelined request came back with the stream: the fast
-            // engine says so; Pingora's proxy only shows it in its settings' `Debug` form.
-            let (next, carried, next_pipelined) = match fast {
-                Some(engine) => {
-                    let served = HEAD
-                        .scope(head, engine.serve(stream, setup, shutdown))
-                        .await?;
-                    let (next, carried) = served.reused.consume();
-                    (next, carried, served.pipelined)
-                }
-                None => {
-                    let mut session = ServerSession::new_http1(stream);
-                    setup.apply(&mut session);
-                    let reused = HEAD
-                        .scope(head, self.inner.process_new_http(session, shutdown))
-                        .await?;
-                    let (next, carried) = reused.consume();
-                    let pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);
-                    (next, carried, pipelined)
-                }
-            };
+            // Boxed: what serving a request holds is not kept while the connection idles.
+            let (next, carried, next_pipelined) =
+                Box::pin(self.serve_one(stream, setup, pipelined, shutdown)).await?;
             stream = match next.into_any().downcast::<DeadlineStream>() {
                 Ok(s) => s,
                 Err(_) => {
@@ -280,6 +254,54 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
+    /// Serves the request whose first bytes are on `stream` with the fast engine or Pingora's
+    /// proxy, and hands back the connection's stream with what carries over to the next
+    /// request and whether bytes of it came with this one.
+    async fn serve_one(
+        self: &Arc<Self>,
+        stream: Box<DeadlineStream>,
+        setup: SessionSetup,
+        pipelined: bool,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, Option<HttpPersistentSettings>, bool)> {
+        let bad_line = stream.bad_line();
+        // A plain request whose whole head is here goes to the fast engine; everything
+        // else (pipelined heads, heads in pieces, bodies, upgrades) to Pingora's proxy.
+        let fast = self
+            .fast
+            .as_ref()
+            .filter(|_| !pipelined && stream.plain_head_waiting());
+        let head = HeadState {
+            parsed: std::cell::Cell::new(false),
+            bad_line: std::cell::Cell::new(bad_line),
+        };
+        self.lifecycle.served_by(fast.is_some());
+        // Whether bytes of a next, pipelined request came back with the stream: the fast
+        // engine says so; Pingora's proxy only shows it in its settings' `Debug` form.
+        let (next, carried, next_pipelined) = match fast {
+            Some(engine) => {
+                let served = HEAD
+                    .scope(head, engine.serve(stream, setup, shutdown))
+                    .await?;
+                let (next, carried) = served.reused.consume();
+                (next, carried, served.pipelined)
+            }
+            None => {
+                let mut session = ServerSession::new_http1(stream);
+                setup.apply(&mut session);
+                let reused = HEAD
+                    .scope(head, self.inner.process_new_http(session, shutdown))
+                    .await?;
+                let (next, carried) = reused.consume();
+                let pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);
+                (next, carried, pipelined)
+            }
+        };
+        Some((next, carried, next_pipelined))
     }
 }
 

@@ -48,6 +48,6 @@ async fn an_idle_connection_holds_little_of_the_transports_state() {
     for (what, bytes) in sizes {
         println!("{what}: {bytes} bytes");
     }
-    assert!(sizes[0].1 <= 1024, "{sizes:?}");
+    assert!(sizes[0].1 <= 512, "{sizes:?}");
     assert!(sizes[1].1 <= 256, "{sizes:?}");
 }
