@@ -21,16 +21,84 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The fast path's whole per-request work without sockets: a kept-alive client connection and
-/// a pooled upstream connection, both in-memory pipes; the config of the load benchmark's
-/// "routing" target (a route with a 25% sticky split, access log off). One request per
-/// iteration: the head read and parsed, guard and decide, the outbound policy, the head
-/// written upstream, the upstream's response (24 bytes of body) read, framed and written back,
-/// the account step, the connection handed back for the next request.
+/// The fast path's whole per-request work without sockets, for the load benchmark's two
+/// strangle targets:
+/// - "routing": a route with a 25% sticky split by header, access log off;
+/// - "full": the same route behind JWT (RS256, token cache on), the split sticky by the
+///   token's `sub`, a rate limit and `max-in-flight` far above the load, the `sub` claim
+///   forwarded as a header, and the access log written to a file.
+///
+/// A kept-alive client connection and a pooled upstream connection, both in-memory pipes. One
+/// request per iteration: the head read and parsed, guard and decide, the outbound policy, the
+/// head written upstream, the upstream's response (24 bytes of body) read, framed and written
+/// back, the account step, the connection handed back for the next request. The difference
+/// between the two is what the full pipeline costs over routing.
 fn fast_path(c: &mut Criterion) {
+    const ROUTE: &str = "[[routes]]\nid = \"bookings\"\npath = \"/bookings\"\n\
+        legacy = \"monolith\"\nnew = \"new\"\nshift = \"25%\"\n";
+    const UPSTREAMS: &str = "[upstreams.monolith]\naddresses = [\"127.0.0.1:9\"]\n\
+        max-in-flight = 1000\n[upstreams.new]\naddresses = [\"127.0.0.1:9\"]\n\
+        max-in-flight = 1000\n";
+    const SERVER: &str =
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nthreads = 1\ndefault = \"monolith\"\n";
+    let routing = format!(
+        "{SERVER}[log]\naccess = \"off\"\nlevel = \"warn\"\n{UPSTREAMS}{ROUTE}\
+         sticky = \"header:x-user-id\"\n"
+    );
+    run(
+        c,
+        "fast_path/request",
+        &routing,
+        b"GET /bookings/42 HTTP/1.1\r\nHost: 127.0.0.1\r\nx-user-id: user-1\r\n\r\n",
+    );
+
+    let dir = std::env::temp_dir().join(format!("strangle-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let (public, token) = rs256_token();
+    std::fs::write(dir.join("rsa.pem"), public).expect("key written");
+    let full = format!(
+        "{SERVER}[log]\naccess = \"{access}\"\nlevel = \"warn\"\n\
+         [auth.users]\nkeys = [\"{key}\"]\nissuer = \"https://issuer.test/\"\n\
+         audiences = [\"bookings\"]\nalgorithms = [\"RS256\"]\n\
+         forward-claims = {{ sub = \"x-user-id\" }}\n{UPSTREAMS}{ROUTE}\
+         sticky = \"jwt:sub\"\nauth = \"users\"\n\
+         rate-limit = {{ requests = 10000000, per = \"1s\", burst = 10000000, key = \"jwt:sub\" }}\n",
+        access = dir.join("access.log").display(),
+        key = dir.join("rsa.pem").display(),
+    );
+    let request = format!(
+        "GET /bookings/42 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    run(c, "fast_path/full", &full, request.as_bytes());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An RS256 public key (PEM) and a token it verifies, valid for an hour.
+fn rs256_token() -> (String, String) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+
+    strangle::auth::crypto::install();
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
+    let private = key.to_pkcs8_pem(Default::default()).expect("pem");
+    let public = key
+        .to_public_key()
+        .to_public_key_pem(Default::default())
+        .expect("pem");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://issuer.test/", "aud": "bookings",
+        "sub": "user-1", "exp": now + 3600});
+    let signing = EncodingKey::from_rsa_pem(private.as_bytes()).expect("encoding key");
+    let token = encode(&Header::new(Algorithm::RS256), &claims, &signing).expect("token");
+    (public, token)
+}
+
+/// Measures one request at a time through the fast path for `text` (a config).
+fn run(c: &mut Criterion, name: &str, text: &str, request: &[u8]) {
     const BODY: &[u8] = b"abcdefghijklmnopqrstuvwx";
-    const REQUEST: &[u8] =
-        b"GET /bookings/42 HTTP/1.1\r\nHost: 127.0.0.1\r\nx-user-id: user-1\r\n\r\n";
 
     /// The upstream: answers every request head on the pipe.
     async fn upstream(mut pipe: DuplexStream) {
@@ -52,14 +120,8 @@ fn fast_path(c: &mut Criterion) {
         }
     }
 
-    let text = "[server]\nlisten = [\"127.0.0.1:1\"]\nthreads = 1\ndefault = \"monolith\"\n\
-        [log]\naccess = \"off\"\nlevel = \"warn\"\n\
-        [upstreams.monolith]\naddresses = [\"127.0.0.1:9\"]\n\
-        [upstreams.new]\naddresses = [\"127.0.0.1:9\"]\n\
-        [[routes]]\nid = \"bookings\"\npath = \"/bookings\"\nlegacy = \"monolith\"\nnew = \"new\"\n\
-        shift = \"25%\"\nsticky = \"header:x-user-id\"\n";
     let config =
-        strangle::config::parse("bench.toml", text, std::path::Path::new(".")).expect("config");
+        strangle::config::parse("bench.toml", text, std::path::Path::new("/")).expect("config");
     let access = Arc::new(AccessLogger::new(config.log.access.clone()));
     let registry = Arc::new(Registry::default());
     let snapshot = Snapshot::build(config, None, &registry).expect("snapshot");
@@ -92,7 +154,7 @@ fn fast_path(c: &mut Criterion) {
         Box::new(server_end) as pingora::protocols::Stream,
         None,
     ));
-    c.bench_function("fast_path/request", |b| {
+    c.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let (mut client, mut stream, mut carried) = state.take().expect("state");
@@ -100,7 +162,7 @@ fn fast_path(c: &mut Criterion) {
                 let mut buf = [0u8; 4096];
                 let start = Instant::now();
                 for _ in 0..iters {
-                    client.write_all(REQUEST).await.expect("request written");
+                    client.write_all(request).await.expect("request written");
                     let setup = SessionSetup::new(carried.take(), None, Some(60));
                     let served = fast
                         .serve(stream, setup, &shutdown)
