@@ -53,11 +53,16 @@ impl RouteKey {
     }
 }
 
+/// The index's hasher: foldhash, seeded per process, instead of SipHash (a route lookup hashes
+/// every prefix of the path it tries). The keys are the config's paths; a client's path is
+/// only looked up, never inserted, so it cannot build up collisions.
+type Index = HashMap<String, Vec<usize>, foldhash::fast::RandomState>;
+
 /// Route indices by path, in declaration order within each path.
 #[derive(Debug, Default)]
 struct PathIndex {
-    exact: HashMap<String, Vec<usize>>,
-    prefix: HashMap<String, Vec<usize>>,
+    exact: Index,
+    prefix: Index,
     has_root_prefix: bool,
 }
 

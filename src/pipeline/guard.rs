@@ -77,9 +77,16 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
+/// 32 random hex digits, formatted on the stack (the header value is the one allocation).
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Runs the head checks and canonicalises the path.
@@ -378,5 +385,22 @@ mod tests {
             HeaderValue::from_str(&"a".repeat(129)).unwrap(),
         );
         assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn new_request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let ids: Vec<HeaderValue> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id:?}");
+            assert!(id
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)));
+        }
+        let distinct: std::collections::HashSet<&[u8]> =
+            ids.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position is used: the id is not a short number padded with zeros.
+        assert!((0..32).all(|i| ids.iter().any(|id| id.as_bytes()[i] != b'0')));
     }
 }

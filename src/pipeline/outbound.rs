@@ -134,9 +134,7 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     }
     // The peer's address as a header value, made once: it is usually the whole of
     // `x-forwarded-for` and `x-real-ip` too.
-    let peer = out
-        .peer
-        .and_then(|p| Some((p, HeaderValue::from_str(&p.to_string()).ok()?)));
+    let peer = out.peer.and_then(|p| Some((p, ip_value(p)?)));
     if let Some((ip, value)) = &peer {
         // Only a trusted proxy's lines survived the removal above; all of them are the list
         // (HAProxy adds a line of its own), and a line that is not text voids it.
@@ -168,7 +166,7 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     }
     let real_ip = match (&peer, out.client) {
         (Some((ip, value)), Some(client)) if *ip == client => Some(value.clone()),
-        (_, client) => client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()),
+        (_, client) => client.and_then(ip_value),
     };
     if let Some(v) = real_ip {
         h.set(X_REAL_IP, v);
@@ -179,6 +177,17 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     if let Some(id) = out.request_id {
         h.set(X_REQUEST_ID, id.clone());
     }
+}
+
+/// An address as a header value, formatted on the stack (the value is the one allocation).
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest IPv6 text form, `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`, is 45 bytes.
+    let mut buf = [0u8; 48];
+    let mut out = &mut buf[..];
+    write!(out, "{ip}").ok()?;
+    let len = 48 - out.len();
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// The hop-by-hop headers present (RFC 9110 section 7.6.1) and those named in `Connection`,
@@ -325,5 +334,20 @@ mod tests {
         assert_eq!(h["x-real-ip"], "1.2.3.4");
         // Identity and strangle headers are never a proxy's to set either.
         assert!(!h.contains_key("x-strangle-side"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_text_form() {
+        for ip in [
+            "10.0.0.5",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.5",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
     }
 }
