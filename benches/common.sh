@@ -87,3 +87,53 @@ new = "new"
 shift = "10%"
 CONF
 }
+
+# The test issuer (tests/fixtures/jwks_issuer.py, PyJWT): its RSA public key lands in
+# $WORK/rsa-1.pem. Usage: start_issuer PORT; then TOKEN=$(mint_token PORT), valid for 2 hours.
+start_issuer() {
+  python3 tests/fixtures/jwks_issuer.py "$1" > "$WORK/issuer.out" & PIDS+=($!)
+  wait_port "$1"
+  curl -s "http://127.0.0.1:$1/public/rsa-1.pem" > "$WORK/rsa-1.pem"
+}
+mint_token() {
+  local now; now=$(date +%s)
+  curl -s -X POST "http://127.0.0.1:$1/mint" -d "{\"claims\":{\"iss\":\"https://issuer.test/\",\"aud\":\"bookings\",\"sub\":\"user-1\",\"exp\":$((now+7200))}}"
+}
+
+# strangle with the full pipeline: JWT (the issuer's static key, token cache on), sticky split
+# by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
+# Usage: full_config PORT ADMIN_ADDR BACKEND_PORT > FILE (after start_issuer)
+full_config() {
+  cat <<CONF
+[server]
+listen = ["127.0.0.1:$1"]
+threads = 1
+default = "monolith"
+[admin]
+listen = "$2"
+[log]
+access = "$WORK/access.log"
+level = "warn"
+[auth.users]
+keys = ["$WORK/rsa-1.pem"]
+issuer = "https://issuer.test/"
+audiences = ["bookings"]
+algorithms = ["RS256"]
+forward-claims = { sub = "x-user-id" }
+[upstreams.monolith]
+addresses = ["127.0.0.1:$3"]
+max-in-flight = 1000
+[upstreams.new]
+addresses = ["127.0.0.1:$3"]
+max-in-flight = 1000
+[[routes]]
+id = "bookings"
+path = "/bookings"
+legacy = "monolith"
+new = "new"
+shift = "25%"
+sticky = "jwt:sub"
+auth = "users"
+rate-limit = { requests = 10000000, per = "1s", burst = 10000000, key = "jwt:sub" }
+CONF
+}

@@ -74,43 +74,9 @@ ROUTING_PID=$!
 
 # strangle with the full pipeline: JWT (static key from the test issuer, token cache on), sticky
 # split by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
-python3 tests/fixtures/jwks_issuer.py "$ISSUER" > "$WORK/issuer.out" & PIDS+=($!)
-wait_port "$ISSUER"
-curl -s "http://127.0.0.1:$ISSUER/public/rsa-1.pem" > "$WORK/rsa-1.pem"
-NOW=$(date +%s)
-TOKEN=$(curl -s -X POST "http://127.0.0.1:$ISSUER/mint" -d "{\"claims\":{\"iss\":\"https://issuer.test/\",\"aud\":\"bookings\",\"sub\":\"user-1\",\"exp\":$((NOW+7200))}}")
-cat > "$WORK/full.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$FULL"]
-threads = 1
-default = "monolith"
-[admin]
-listen = "127.0.0.1:$(free_port)"
-[log]
-access = "$WORK/access.log"
-level = "warn"
-[auth.users]
-keys = ["$WORK/rsa-1.pem"]
-issuer = "https://issuer.test/"
-audiences = ["bookings"]
-algorithms = ["RS256"]
-forward-claims = { sub = "x-user-id" }
-[upstreams.monolith]
-addresses = ["127.0.0.1:$BACKEND"]
-max-in-flight = 1000
-[upstreams.new]
-addresses = ["127.0.0.1:$BACKEND"]
-max-in-flight = 1000
-[[routes]]
-id = "bookings"
-path = "/bookings"
-legacy = "monolith"
-new = "new"
-shift = "25%"
-sticky = "jwt:sub"
-auth = "users"
-rate-limit = { requests = 10000000, per = "1s", burst = 10000000, key = "jwt:sub" }
-CONF
+start_issuer "$ISSUER"
+TOKEN=$(mint_token "$ISSUER")
+full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/full.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
 FULL_PID=$!
 

@@ -7,6 +7,7 @@
 
 pub mod crypto;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,8 @@ const CACHE_MAX_AGE: Duration = Duration::from_secs(60);
 
 struct Cached {
     token: Box<str>,
-    claims: Claims,
+    /// Shared with every request the token comes with: a hit costs no copy of the claims.
+    claims: Arc<Claims>,
     exp: u64,
     at: Instant,
 }
@@ -74,18 +76,18 @@ impl AuthError {
 /// The verified claims of a request.
 pub type Claims = Map<String, Value>;
 
-/// A claim's value as text, for sticky keys and forwarded headers.
-pub fn claim_text(claims: &Claims, name: &str) -> Option<String> {
+/// A claim's value as text, for sticky keys and forwarded headers (a string claim borrowed).
+pub fn claim_text<'a>(claims: &'a Claims, name: &str) -> Option<Cow<'a, str>> {
     match claims.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Array(a) => Some(
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Array(a) => Some(Cow::Owned(
             a.iter()
                 .filter_map(|v| v.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
-        ),
+        )),
         _ => None,
     }
 }
@@ -231,7 +233,7 @@ impl Verifier {
         }
     }
 
-    fn cached(&self, token: &str) -> Option<Claims> {
+    fn cached(&self, token: &str) -> Option<Arc<Claims>> {
         if self.config.token_cache == 0 {
             return None;
         }
@@ -245,10 +247,10 @@ impl Verifier {
             .map_or(0, |d| d.as_secs());
         // The full token is compared: a hash collision never passes for a verified token.
         (&*hit.token == token && hit.exp > now && hit.at.elapsed() < CACHE_MAX_AGE)
-            .then(|| hit.claims.clone())
+            .then(|| Arc::clone(&hit.claims))
     }
 
-    fn remember(&self, token: &str, claims: &Claims) {
+    fn remember(&self, token: &str, claims: &Arc<Claims>) {
         if self.config.token_cache == 0 {
             return;
         }
@@ -270,7 +272,7 @@ impl Verifier {
             hash,
             Cached {
                 token: token.into(),
-                claims: claims.clone(),
+                claims: Arc::clone(claims),
                 exp,
                 at: Instant::now(),
             },
@@ -432,7 +434,7 @@ impl Verifier {
     }
 
     /// Verifies a request's token and the required claims.
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Claims, AuthError> {
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Arc<Claims>, AuthError> {
         let token = self.token(headers)?;
         if let Some(claims) = self.cached(token) {
             // A cached verification still needs keys that are not past `jwks-max-stale`.
@@ -488,6 +490,7 @@ impl Verifier {
                             return Err(AuthError::Forbidden(format!("{name}={want}")));
                         }
                     }
+                    let claims = Arc::new(claims);
                     self.remember(token, &claims);
                     return Ok(claims);
                 }

@@ -89,7 +89,7 @@ pub struct Decision {
     pub side: Side,
     pub upstream: Shared,
     /// The verified JWT claims, on routes with `auth`.
-    pub claims: Option<Claims>,
+    pub claims: Option<Arc<Claims>>,
     /// The verified claims as the headers that carry them upstream.
     pub claim_headers: Vec<(HeaderName, HeaderValue)>,
     /// The counters of the route (or of unmatched traffic) the request is counted in.
@@ -129,7 +129,7 @@ impl Decision {
         side: Side,
         stats: Arc<RouteStats>,
         upstream: Shared,
-        claims: Option<Claims>,
+        claims: Option<Arc<Claims>>,
         claim_headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Decision {
         stats.side(side).in_flight.fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! headers; its rate limit for claim keys; the side (the tester header where allowed, a claim
 //! rule, else the sticky split); the upstream (404 when the side has none).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,8 +73,8 @@ pub async fn decide(
         }
         None => (None, Vec::new()),
     };
-    limit(r, head, client.addr, claims.as_ref(), true).map_err(refused)?;
-    let side = choose_side(r, head, client.addr, claims.as_ref());
+    limit(r, head, client.addr, claims.as_deref(), true).map_err(refused)?;
+    let side = choose_side(r, head, client.addr, claims.as_deref());
     let upstream = match side {
         Side::New => r.new.as_ref(),
         _ => r.legacy.as_ref(),
@@ -96,7 +97,7 @@ fn decision(
     route: Option<usize>,
     side: Side,
     upstream: &crate::upstream::Shared,
-    claims: Option<Claims>,
+    claims: Option<Arc<Claims>>,
     claim_headers: Vec<(HeaderName, HeaderValue)>,
 ) -> Decision {
     let stats = match route {
@@ -119,12 +120,14 @@ pub fn key_value<'a>(
     key: &StickyKey,
     head: &'a Parts,
     client: Option<IpAddr>,
-    claims: Option<&Claims>,
+    claims: Option<&'a Claims>,
 ) -> KeyValue<'a> {
     match key {
-        StickyKey::Jwt(claim) => claims
-            .and_then(|c| claim_text(c, claim))
-            .map_or(KeyValue::Missing, KeyValue::Owned),
+        StickyKey::Jwt(claim) => match claims.and_then(|c| claim_text(c, claim)) {
+            Some(Cow::Borrowed(text)) => KeyValue::Bytes(text.as_bytes()),
+            Some(Cow::Owned(text)) => KeyValue::Owned(text),
+            None => KeyValue::Missing,
+        },
         other => other.value(&head.headers, client),
     }
 }

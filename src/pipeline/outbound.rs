@@ -72,6 +72,16 @@ impl Headers for HeaderMap {
     }
 }
 
+/// The names the policy sets, as static text: Pingora's `insert_header` keeps each name's wire
+/// form beside the header, and makes it by copying the name unless it is given as static text.
+const SET_NAMES: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-request-id",
+];
+
 impl Headers for pingora::http::RequestHeader {
     fn map(&self) -> &HeaderMap {
         &self.headers
@@ -80,8 +90,12 @@ impl Headers for pingora::http::RequestHeader {
         self.remove_header(name);
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        // Only fails on a name/value pair `http` would refuse, which these are not.
-        let _ = self.insert_header(name, value);
+        // Only fails on a name/value pair `http` would refuse, which these are not. The wire
+        // form is the same lower-case text either way.
+        let _ = match SET_NAMES.iter().find(|n| **n == name.as_str()) {
+            Some(text) => self.insert_header(*text, value),
+            None => self.insert_header(name, value),
+        };
     }
 }
 

@@ -128,7 +128,7 @@ pub(super) async fn serve_lambda(
             protocol,
             route_path,
             now: SystemTime::now(),
-            claims: ctx.req.decision.as_ref().and_then(|d| d.claims.as_ref()),
+            claims: ctx.req.decision.as_ref().and_then(|d| d.claims.as_deref()),
         },
     );
     if event.len() > PAYLOAD_LIMIT {
