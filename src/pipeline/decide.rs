@@ -181,7 +181,7 @@ fn deny(e: &AuthError) -> Refusal {
 }
 
 /// The forwarded-claim headers for verified `claims`. A claim that is present but cannot be a
-/// header value (a CR or LF in it) is an error, never silently left out: the upstream would
+/// header value as it is (a CR or LF in it, white space around it) is an error, never silently left out: the upstream would
 /// see a verified request without the identity it relies on.
 fn claim_headers(
     claims: &Claims,
@@ -190,8 +190,13 @@ fn claim_headers(
     let mut out = Vec::with_capacity(verifier.config.forward_claims.len());
     for (claim, header) in &verifier.config.forward_claims {
         if let Some(value) = claim_text(claims, claim) {
+            // White space around a value is not part of it to an HTTP parser: `" admin"` would
+            // reach the upstream as `admin`, another identity.
+            let padded = value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
             let value = HeaderValue::from_str(&value)
-                .map_err(|_| format!("claim `{claim}` cannot be sent as `{header}`"))?;
+                .ok()
+                .filter(|_| !padded)
+                .ok_or_else(|| format!("claim `{claim}` cannot be sent as `{header}`"))?;
             out.push((header.clone(), value));
         }
     }

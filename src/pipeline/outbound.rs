@@ -124,13 +124,7 @@ pub struct Outbound<'a> {
 pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     let mut drop = hop_by_hop(h.map(), out.keep_upgrade);
     for name in h.map().keys() {
-        // CGI-style servers read `x_user_id` as `x-user-id` (both become HTTP_X_USER_ID): a
-        // name strangle owns is matched in either spelling.
-        let s = if name.as_str().contains('_') {
-            std::borrow::Cow::Owned(name.as_str().replace('_', "-"))
-        } else {
-            std::borrow::Cow::Borrowed(name.as_str())
-        };
+        let s = folded(name);
         let forwarding =
             s.starts_with("x-forwarded-") || CLIENT_ADDRESS.contains(&&*s) || s == "forwarded";
         if s.starts_with("x-strangle-")
@@ -139,6 +133,8 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             || METHOD_OVERRIDES.contains(&&*s)
             || s == "expect"
             || (forwarding && !out.peer_trusted)
+            // strangle sends its own `x-request-id`; another spelling of it would compete.
+            || (s == "x-request-id" && name.as_str() != s)
         {
             drop.push(name.clone());
         }
@@ -191,6 +187,21 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     if let Some(id) = out.request_id {
         h.set(X_REQUEST_ID, id.clone());
     }
+}
+
+/// A header name as servers that fold punctuation read it. CGI-style servers read `x_user_id`
+/// as `x-user-id` (both become `HTTP_X_USER_ID`), and some fold every character that is not a
+/// letter or a digit that way (`x.user.id`): a name strangle owns is matched in each spelling.
+fn folded(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect(),
+    )
 }
 
 /// An address as a header value, formatted on the stack (the value is the one allocation).
@@ -284,6 +295,12 @@ mod tests {
             ("x_user_id", "root"),
             ("x_strangle_side", "new"),
             ("x_forwarded_for", "6.6.6.6"),
+            ("x.user.id", "root"),
+            ("x.forwarded.for", "6.6.6.6"),
+            ("x-strangle.side", "new"),
+            ("x+real+ip", "6.6.6.6"),
+            ("x_request_id", "forged"),
+            ("x.request.id", "forged"),
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
             ("true-client-ip", "6.6.6.6"),
@@ -306,7 +323,10 @@ mod tests {
         let ids = [HeaderName::from_static("x-user-id")];
         let claims = [(ids[0].clone(), HeaderValue::from_static("alice"))];
         let mut h = spoofed();
-        apply(&mut h, &outbound(false, &ids, &claims));
+        let id = HeaderValue::from_static("req-1");
+        let mut out = outbound(false, &ids, &claims);
+        out.request_id = Some(&id);
+        apply(&mut h, &out);
         assert_eq!(h["x-user-id"], "alice");
         assert_eq!(h.get_all("x-user-id").iter().count(), 1);
         assert!(!h.contains_key("x-strangle-side") && !h.contains_key("x-strangle-anything"));
@@ -323,6 +343,12 @@ mod tests {
             "x_user_id",
             "x_strangle_side",
             "x_forwarded_for",
+            "x.user.id",
+            "x.forwarded.for",
+            "x-strangle.side",
+            "x+real+ip",
+            "x_request_id",
+            "x.request.id",
             "x-original-url",
             "x-rewrite-url",
             "true-client-ip",
@@ -333,6 +359,7 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
+        assert_eq!(h["x-request-id"], "req-1");
         assert_eq!(h["accept"], "text/html");
     }
 

@@ -414,6 +414,39 @@ fn one_header_policy_for_http_signed_and_lambda_upstreams() {
     assert_vouched("signed", proxy.port, &|name| joined(&call.headers, name));
 }
 
+/// A verified claim is forwarded exactly or not at all: white space around it would be trimmed
+/// by the upstream's parser (`" admin"` arriving as `admin`, another identity), and a CR or LF
+/// cannot be a header value. Either is refused (403) before anything is forwarded; white space
+/// inside a value is the value.
+#[test]
+fn a_claim_that_a_header_would_change_is_refused_not_forwarded() {
+    let issuer = Issuer::start();
+    let monolith = Backend::start("monolith");
+    let text = with_users(Config::new().default("monolith"), &issuer)
+        .upstream("monolith", &monolith.addr())
+        .route("http", "/http", |r| r.legacy("monolith").auth("users"))
+        .build();
+    let proxy = Proxy::start(&text);
+    for sub in [" admin", "admin ", "\tadmin", "admin\t", "ad\r\nmin", "admin\n"] {
+        let token = issuer.mint(json!({"claims": good(sub)}));
+        let bearer = format!("Bearer {token}");
+        // Twice: the second answer comes from the token cache.
+        for _ in 0..2 {
+            let r = get(proxy.port, "/http/a", &[("Authorization", &bearer)]);
+            assert_eq!(r.status, 403, "{sub:?}: {}", r.text());
+        }
+    }
+    assert!(monolith.seen().is_empty());
+    let token = issuer.mint(json!({"claims": good("ad min")}));
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        get(proxy.port, "/http/a", &[("Authorization", &bearer)]).status,
+        200
+    );
+    let seen = monolith.seen().pop().unwrap();
+    assert_eq!(joined(&seen.headers, "x-user-id").as_deref(), Some("ad min"));
+}
+
 #[test]
 fn trusted_proxies_are_believed_and_nobody_else() {
     let monolith = Backend::start("monolith");
