@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-quick test-deps bench bench-load bench-profile deps check-configs check-deploy lint audit fuzz clean
+.PHONY: demo test test-quick test-deps bench bench-load bench-profile bench-allocs deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -105,6 +105,16 @@ bench-profile: deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk linux-perf strace >/dev/null; }
 	$(CARGO) build --release --bin strangle
 	./benches/profile.sh
+
+# Heap allocations per request (uprobes on the allocator; perf as root): a count, where
+# time on a shared host moves 20% from run to run. SITES=1 lists where they are made.
+bench-allocs: deps
+	@command -v nginx >/dev/null && command -v perf >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx linux-perf >/dev/null; }
+	@python3 -c "import jwt, cryptography" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyjwt cryptography
+	$(CARGO) build --release --bin strangle
+	./benches/allocs.sh
 
 # The load benchmark against nginx and HAProxy (see BENCHMARKS.md).
 bench-load: deps
