@@ -52,9 +52,9 @@ CONF
   taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
 }
 
-# strangle with routing only: a route with a sticky split, access log off, one thread.
-# Usage: routing_config PORT ADMIN_ADDR BACKEND_PORT > FILE
-routing_config() {
+# What both strangle configs share: one thread, the monolith as the default, the admin API, the
+# access log (a file or "off"). Usage: server_config PORT ADMIN_ADDR ACCESS_LOG
+server_config() {
   cat <<CONF
 [server]
 listen = ["127.0.0.1:$1"]
@@ -63,8 +63,16 @@ default = "monolith"
 [admin]
 listen = "$2"
 [log]
-access = "off"
+access = "$3"
 level = "warn"
+CONF
+}
+
+# strangle with routing only: a route with a sticky split, access log off, one thread.
+# Usage: routing_config PORT ADMIN_ADDR BACKEND_PORT > FILE
+routing_config() {
+  server_config "$1" "$2" off
+  cat <<CONF
 [upstreams.monolith]
 addresses = ["127.0.0.1:$3"]
 [upstreams.new]
@@ -104,16 +112,8 @@ mint_token() {
 # by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
 # Usage: full_config PORT ADMIN_ADDR BACKEND_PORT > FILE (after start_issuer)
 full_config() {
+  server_config "$1" "$2" "$WORK/access.log"
   cat <<CONF
-[server]
-listen = ["127.0.0.1:$1"]
-threads = 1
-default = "monolith"
-[admin]
-listen = "$2"
-[log]
-access = "$WORK/access.log"
-level = "warn"
 [auth.users]
 keys = ["$WORK/rsa-1.pem"]
 issuer = "https://issuer.test/"
