@@ -427,7 +427,14 @@ fn a_claim_that_a_header_would_change_is_refused_not_forwarded() {
         .route("http", "/http", |r| r.legacy("monolith").auth("users"))
         .build();
     let proxy = Proxy::start(&text);
-    for sub in [" admin", "admin ", "\tadmin", "admin\t", "ad\r\nmin", "admin\n"] {
+    for sub in [
+        " admin",
+        "admin ",
+        "\tadmin",
+        "admin\t",
+        "ad\r\nmin",
+        "admin\n",
+    ] {
         let token = issuer.mint(json!({"claims": good(sub)}));
         let bearer = format!("Bearer {token}");
         // Twice: the second answer comes from the token cache.
@@ -444,7 +451,10 @@ fn a_claim_that_a_header_would_change_is_refused_not_forwarded() {
         200
     );
     let seen = monolith.seen().pop().unwrap();
-    assert_eq!(joined(&seen.headers, "x-user-id").as_deref(), Some("ad min"));
+    assert_eq!(
+        joined(&seen.headers, "x-user-id").as_deref(),
+        Some("ad min")
+    );
 }
 
 #[test]
