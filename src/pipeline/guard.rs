@@ -176,6 +176,18 @@ fn path(snap: &Snapshot, target: Bytes) -> Result<RequestPath, Refusal> {
 /// The most options a `Connection` header may list (Pingora's limit).
 const MAX_CONNECTION_OPTIONS: usize = 10;
 
+/// Headers a `Connection` option may not name (see `connection_options`).
+const PROTECTED_FROM_CONNECTION: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+];
+
 /// `Connection` names the headers that end at this hop; the outbound policy removes them. A
 /// name that is not a token (RFC 9110 section 5.6.2: quoted, non-ASCII, a pseudo-header) would
 /// name nothing the policy can match, so the header it meant would pass: refused. So are the
@@ -196,17 +208,7 @@ fn connection_options(headers: &http::HeaderMap) -> Result<(), Refusal> {
             if !option.iter().all(|&b| is_tchar(b)) {
                 return Err(Refusal::new(400, "a Connection option that is not a token"));
             }
-            let protected = [
-                "host",
-                "content-length",
-                "transfer-encoding",
-                "x-forwarded-for",
-                "x-forwarded-host",
-                "x-forwarded-proto",
-                "x-real-ip",
-                "forwarded",
-            ];
-            if protected
+            if PROTECTED_FROM_CONNECTION
                 .iter()
                 .any(|p| option.eq_ignore_ascii_case(p.as_bytes()))
             {

@@ -17,11 +17,12 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+// The headers the policy sets itself, as static text (`Headers::set_static`).
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_REAL_IP: &str = "x-real-ip";
+const X_REQUEST_ID: &str = "x-request-id";
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// Sent only with an `Upgrade: h2c` (RFC 7540 section 3.2.1): hop-by-hop.
@@ -58,6 +59,10 @@ pub trait Headers {
     fn map(&self) -> &HeaderMap;
     fn remove(&mut self, name: &HeaderName);
     fn set(&mut self, name: HeaderName, value: HeaderValue);
+    /// `set` for a name known when strangle is built (lower-case).
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) {
+        self.set(HeaderName::from_static(name), value);
+    }
 }
 
 impl Headers for HeaderMap {
@@ -72,16 +77,6 @@ impl Headers for HeaderMap {
     }
 }
 
-/// The names the policy sets, as static text: Pingora's `insert_header` keeps each name's wire
-/// form beside the header, and makes it by copying the name unless it is given as static text.
-const SET_NAMES: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-request-id",
-];
-
 impl Headers for pingora::http::RequestHeader {
     fn map(&self) -> &HeaderMap {
         &self.headers
@@ -90,12 +85,13 @@ impl Headers for pingora::http::RequestHeader {
         self.remove_header(name);
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        // Only fails on a name/value pair `http` would refuse, which these are not. The wire
-        // form is the same lower-case text either way.
-        let _ = match SET_NAMES.iter().find(|n| **n == name.as_str()) {
-            Some(text) => self.insert_header(*text, value),
-            None => self.insert_header(name, value),
-        };
+        // Only fails on a name/value pair `http` would refuse, which these are not.
+        let _ = self.insert_header(name, value);
+    }
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) {
+        // Pingora keeps each name's wire form beside the header, and copies a `HeaderName`
+        // `http` does not know into it; static text it keeps as it is (the same bytes).
+        let _ = self.insert_header(name, value);
     }
 }
 
@@ -128,13 +124,13 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         let forwarding =
             s.starts_with("x-forwarded-") || CLIENT_ADDRESS.contains(&&*s) || s == "forwarded";
         if s.starts_with("x-strangle-")
-            || out.identity_headers.iter().any(|h| h.as_str() == s)
+            || out.identity_headers.iter().any(|h| folds_to(h.as_str(), &s))
             || REWRITES.contains(&&*s)
             || METHOD_OVERRIDES.contains(&&*s)
             || s == "expect"
             || (forwarding && !out.peer_trusted)
             // strangle sends its own `x-request-id`; another spelling of it would compete.
-            || (s == "x-request-id" && name.as_str() != s)
+            || (s == X_REQUEST_ID && name.as_str() != s)
         {
             drop.push(name.clone());
         }
@@ -150,7 +146,7 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         // (HAProxy adds a line of its own), and a line that is not text voids it.
         let prior: Option<Vec<&str>> = h
             .map()
-            .get_all(&X_FORWARDED_FOR)
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .map(|v| v.to_str().ok().map(str::trim))
             .filter(|v| v != &Some(""))
@@ -162,16 +158,16 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             _ => Some(value.clone()),
         };
         if let Some(v) = xff {
-            h.set(X_FORWARDED_FOR, v);
+            h.set_static(X_FORWARDED_FOR, v);
         }
     }
-    if !h.map().contains_key(&X_FORWARDED_PROTO) {
+    if !h.map().contains_key(X_FORWARDED_PROTO) {
         let proto = if out.https { "https" } else { "http" };
-        h.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        h.set_static(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !h.map().contains_key(&X_FORWARDED_HOST) {
+    if !h.map().contains_key(X_FORWARDED_HOST) {
         if let Some(host) = &out.host {
-            h.set(X_FORWARDED_HOST, host.clone());
+            h.set_static(X_FORWARDED_HOST, host.clone());
         }
     }
     let real_ip = match (&peer, out.client) {
@@ -179,13 +175,13 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
         (_, client) => client.and_then(ip_value),
     };
     if let Some(v) = real_ip {
-        h.set(X_REAL_IP, v);
+        h.set_static(X_REAL_IP, v);
     }
     for (name, value) in out.claims {
         h.set(name.clone(), value.clone());
     }
     if let Some(id) = out.request_id {
-        h.set(X_REQUEST_ID, id.clone());
+        h.set_static(X_REQUEST_ID, id.clone());
     }
 }
 
@@ -202,6 +198,17 @@ fn folded(name: &HeaderName) -> std::borrow::Cow<'_, str> {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect(),
     )
+}
+
+/// Whether `name` folds (as `folded` does) to `folded_name`, without making the folded copy:
+/// a claim header configured as `x_user_id` is the same header to a CGI server as a client's
+/// `x-user-id`.
+fn folds_to(name: &str, folded_name: &str) -> bool {
+    name.len() == folded_name.len()
+        && name.bytes().zip(folded_name.bytes()).all(|(a, b)| {
+            let a = if a.is_ascii_alphanumeric() { a } else { b'-' };
+            a == b
+        })
 }
 
 /// An address as a header value, formatted on the stack (the value is the one allocation).
@@ -390,5 +397,24 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
         }
+    }
+
+    /// A claim header configured with punctuation (`x_user_id`) is the same header to a CGI
+    /// server as a client's `x-user-id`: the client's copy never passes beside the verified one.
+    #[test]
+    fn a_claim_header_is_matched_in_every_folded_spelling_of_its_configured_name() {
+        let ids = [HeaderName::from_static("x_user_id")];
+        let claims = [(ids[0].clone(), HeaderValue::from_static("alice"))];
+        let mut h = HeaderMap::new();
+        for name in ["x-user-id", "x.user.id", "x_user_id", "X-User_Id"] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("root"),
+            );
+        }
+        apply(&mut h, &outbound(false, &ids, &claims));
+        assert_eq!(h.get_all("x_user_id").iter().collect::<Vec<_>>(), ["alice"]);
+        assert!(!h.contains_key("x-user-id") && !h.contains_key("x.user.id"));
+        assert!(folds_to("x_user_id", "x-user-id") && !folds_to("x_user_id", "x-user-i"));
     }
 }

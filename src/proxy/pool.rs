@@ -4,13 +4,14 @@
 //! Pingora's pool (pingora-core 0.9.1 `connectors::TransportConnector`) wraps each released
 //! connection in an `Arc<Mutex<_>>`, a oneshot and an `Arc<Notify>`, puts it in an LRU and a
 //! `DashMap`, and spawns a task that watches it while it is idle; taking it back waits for that
-//! task and checks the socket with `getpeername`. Here an idle connection is a `Vec` entry in a
-//! thread-local map. Whether the upstream closed it (or sent bytes nobody asked for) while it
-//! sat idle is asked of the runtime's readiness when it is taken: a read polled once with a
-//! no-op waker is `Pending` on a healthy idle connection, with no system call when the runtime
-//! already knows nothing arrived. A list never grows past `PER_PEER`; entries past their peer's
-//! idle timeout are dropped as the list is used, and `sweep` (every 10 s, on the stats
-//! sampler's tick) drops expired and dead connections and forgotten peers.
+//! task and checks the socket with `getpeername`. Here an idle connection is a `Vec` entry in
+//! one map per process (below: why not one per thread). Whether the upstream closed it (or
+//! sent bytes nobody asked for) while it sat idle is asked of the runtime's readiness when it
+//! is taken: a read polled once with a no-op waker is `Pending` on a healthy idle connection,
+//! with no system call when the runtime already knows nothing arrived. A list never grows
+//! past `PER_PEER`; entries past their peer's idle timeout are dropped as the list is used,
+//! and `sweep` (every 10 s, on the stats sampler's tick) drops expired and dead connections
+//! and forgotten peers.
 //!
 //! One pool for the process, behind a mutex held for a map lookup and a `Vec` push or pop
 //! (uncontended with `threads = 1`). Not thread-local: the runtime moves a request's task

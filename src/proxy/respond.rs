@@ -11,7 +11,8 @@ use super::Ctx;
 use crate::pipeline::outbound::hop_by_hop;
 use crate::pipeline::Refusal;
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// As static text: Pingora copies a `HeaderName` it does not know into the name's wire form.
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// Answers a request the pipeline refused.
 pub(super) async fn refuse(session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
