@@ -425,6 +425,13 @@ impl ProxyHttp for Strangle {
         if let Some(host) = ctx.http_upstream().and_then(|h| h.host_header.clone()) {
             up.insert_header(header::HOST, host)?;
         }
+        // The body's framing is this hop's: the upstream gets the body as the session decoded
+        // it, re-chunked unless its length is known (as Pingora's `HttpProxy` frames it; the
+        // fast path does not run Pingora's own removal of `Transfer-Encoding`).
+        up.remove_header(&header::TRANSFER_ENCODING);
+        if !session.as_mut().is_body_empty() && !up.headers.contains_key(header::CONTENT_LENGTH) {
+            up.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
         Ok(())
     }
 

@@ -110,11 +110,12 @@ impl HeadScan {
 }
 
 /// Whether a complete request head (at the start of `head`) is one the HTTP/1 fast path serves:
-/// an origin-form `HTTP/1.0` or `HTTP/1.1` request with no body (no `Transfer-Encoding`, no
-/// `Content-Length` but `0`), no `Upgrade` and no `Expect`, and not `CONNECT` or the HTTP/2
-/// preface. Anything else, or anything this quick look is unsure of (blank lines before the
-/// request line, folded header lines, a head not all here), is `false`: Pingora's proxy serves
-/// it. A `true` is never a verdict on validity: the session's parser still reads the head.
+/// an origin-form `HTTP/1.0` or `HTTP/1.1` request with no `Upgrade`, and not `CONNECT` or the
+/// HTTP/2 preface. A body (in any framing) and `Expect` are the fast path's too: the session's
+/// parser frames the body, as it does for Pingora's proxy. Anything else, or anything this
+/// quick look is unsure of (blank lines before the request line, folded header lines, a head
+/// not all here), is `false`: Pingora's proxy serves it. A `true` is never a verdict on
+/// validity: the session's parser still reads the head.
 pub(crate) fn plain_head(head: &[u8]) -> bool {
     let Some(line_end) = memchr::memchr(b'\n', head) else {
         return false;
@@ -151,14 +152,7 @@ pub(crate) fn plain_head(head: &[u8]) -> bool {
         let Some(colon) = memchr::memchr(b':', line) else {
             return false;
         };
-        let name = &line[..colon];
-        let value = line[colon + 1..].trim_ascii();
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        if is(b"transfer-encoding")
-            || is(b"upgrade")
-            || is(b"expect")
-            || (is(b"content-length") && value != b"0")
-        {
+        if line[..colon].eq_ignore_ascii_case(b"upgrade") {
             return false;
         }
     }
@@ -273,25 +267,26 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_path_takes_only_plain_bodyless_origin_form_heads() {
+    fn the_fast_path_takes_origin_form_heads_without_an_upgrade() {
         let plain: &[&[u8]] = &[
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /bookings/1?x=y HTTP/1.0\r\n\r\n",
             b"DELETE /a HTTP/1.1\nHost: a\nContent-Length:  0 \n\n",
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\n",
+            // A body, in any framing or spelling, and a client waiting for the go-ahead.
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
         ];
         for head in plain {
             assert!(plain_head(head), "{}", String::from_utf8_lossy(head));
         }
         let other: &[&[u8]] = &[
-            // A body, in any framing or spelling.
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            b"POST / HTTP/1.1\r\ncontent-length: 00\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\ntransfer-encoding: identity\r\n\r\n",
-            // Upgrades, interim responses, tunnels, HTTP/2.
+            // Upgrades, tunnels, HTTP/2.
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             // Targets that are not origin-form, versions that are not 1.x.

@@ -122,6 +122,20 @@ pub fn check(snap: &Snapshot, inbound: Inbound<'_>) -> Result<RequestPath, Refus
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    // This hop decodes chunked framing and frames the body again for the upstream; it undoes
+    // no other transfer coding, so one (`gzip, chunked`) would reach the upstream undeclared:
+    // not implemented (RFC 9112 section 6.1), as is a coding list spread over several lines.
+    let mut codings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(Refusal::new(501, "a transfer coding other than chunked"));
+        }
+    }
     if cl_values > 1
         || req
             .headers

@@ -1,6 +1,6 @@
-//! The HTTP/1 fast path: serves the plain requests (`http1::scan::plain_head`: origin-form,
-//! no body, no upgrade, no `Expect`) that make most of an edge's traffic, without Pingora's
-//! `HttpProxy` machinery around each one.
+//! The HTTP/1 fast path: serves the origin-form HTTP/1 requests with no upgrade
+//! (`http1::scan::plain_head`), bodies and `Expect` included, that make nearly all of an
+//! edge's traffic, without Pingora's `HttpProxy` machinery around each one.
 //!
 //! **Same pipeline, same hooks.** It drives the `Strangle` adapter's own `ProxyHttp` hooks in
 //! the order `HttpProxy` does (pingora-proxy 0.9.1 `process_request`, `proxy_to_upstream`,
@@ -12,13 +12,18 @@
 //! the pipeline is written here a second time. Parsing and writing stay Pingora's HTTP/1
 //! sessions (server and client side), with their framing checks.
 //!
-//! **What it leaves out, and why that is sound for the requests it takes.** No request body
-//! means no body pipe, no retry buffer and no `100 Continue`; no upgrade means no tunnel; an
-//! origin-form target with the client's own `Host` means no authority to reconcile (Pingora
-//! rewrites the authority only for absolute-form and HTTP/2 requests). The response is read
-//! and written in turn, one task, no channels: a slow client holds the upstream read back
-//! (back-pressure), as Pingora's bounded channel does. Pingora's cache, compression and
-//! range modules are off in strangle, so they are not run.
+//! **What it leaves out, and why that is sound for the requests it takes.** No upgrade means
+//! no tunnel; an origin-form target with the client's own `Host` means no authority to
+//! reconcile (Pingora rewrites the authority only for absolute-form and HTTP/2 requests).
+//! Body and response stream in one task, no channels: a piece of the body is read from the
+//! client only once the last one is written upstream, and the response is read and written in
+//! turn, so a slow reader on either side holds the other back (back-pressure), as Pingora's
+//! bounded pipes do. The response is read while the body is still arriving (a 413 or a
+//! redirect may come before the upload ends; what is left of the body is then drained from the
+//! client, or its connection closed, and the upstream connection, still waiting for it, is not
+//! kept). The `100 Continue` is the pipeline's (the forward stage's, once authorized), as with
+//! `HttpProxy`. Pingora's cache, compression and range modules are off in strangle, so they
+//! are not run.
 //!
 //! **What is cheaper.** One task, no channels, no `try_join!`/`select!` per request, no
 //! per-request timers of its own, and upstream connections from `pool` (no task per idle
@@ -87,7 +92,7 @@ impl Fast {
         pool::give_back(peer.reuse_hash(), peer.idle_timeout(), stream);
     }
 
-    /// `HttpProxy::process_request` for a request with no body and no upgrade.
+    /// `HttpProxy::process_request` for a request with no upgrade.
     async fn process(&self, mut session: Box<Session>) -> Option<Served> {
         let s = &self.strangle;
         let mut ctx = s.new_ctx();
@@ -245,8 +250,8 @@ fn upstream_head(client: &RequestHeader) -> RequestHeader {
         .unwrap_or_else(|_| client.clone())
 }
 
-/// `HttpProxy::proxy_to_h1_upstream` and `proxy_1to1` for a request with no body: the head
-/// out, the response back through the response hooks, in turn.
+/// `HttpProxy::proxy_to_h1_upstream` and `proxy_1to1`: the head out, then the body up and the
+/// response back through the hooks, in one task.
 async fn exchange(
     s: &Strangle,
     session: &mut Session,
@@ -262,6 +267,10 @@ async fn exchange(
     {
         return Outcome::failed(false, e);
     }
+    if !session.as_mut().is_body_empty() {
+        // What is read of the body is kept (up to 64 KB) to send again if this attempt fails.
+        session.as_mut().enable_retry_buffering();
+    }
     upstream.read_timeout = peer.options.read_timeout;
     upstream.write_timeout = peer.options.write_timeout;
     let mut req = Box::new(upstream_head(session.req_header()));
@@ -273,41 +282,40 @@ async fn exchange(
     if let Err(e) = upstream.write_request_header(req).await {
         return Outcome::failed(false, e.into_up());
     }
-    // The (empty) body is all sent.
-    let mut none = None;
-    if let Err(e) = s.request_body_filter(session, &mut none, true, ctx).await {
-        return Outcome::failed(false, e);
-    }
-    if let Err(e) = upstream.finish_body().await {
-        return Outcome::failed(false, e.into_up());
+    // The body, if any, streams up while the response streams down, in one task: each piece
+    // read from the client is written to the upstream before the next is read (back-pressure
+    // both ways, as Pingora's bounded pipes give), and a response may start (or end: a 413,
+    // a redirect) before the body is all sent. A retry sends again what the first attempt
+    // read of the body (Pingora's retry buffer, as `HttpProxy` does).
+    let mut request_done = session.as_mut().is_body_done();
+    let resent = session.as_ref().get_retry_buffer();
+    if resent.is_some() || request_done {
+        if let Err(e) = send_body(s, session, upstream, resent, request_done, ctx).await {
+            return Outcome::failed(false, e);
+        }
     }
     loop {
-        let task = match upstream.read_response_task().await {
-            Ok(task) => task,
-            Err(e) => return Outcome::failed(false, e.into_up()),
-        };
-        let done = match task {
-            HttpTask::Header(mut head, end) => {
-                if let Err(e) = response_head(s, session, &mut head, end, ctx).await {
+        let done = tokio::select! {
+            // The response first: once it has begun, the client is answered as soon as the
+            // upstream speaks, whatever the client is still sending.
+            biased;
+            task = upstream.read_response_task() => {
+                match response_task(s, session, task, ctx).await {
+                    Ok(done) => done,
+                    Err(e) => return Outcome::failed(false, e),
+                }
+            }
+            body = session.downstream_session.read_request_body(), if !request_done => {
+                let body = match body {
+                    Ok(body) => body,
+                    Err(e) => return Outcome::failed(false, e.into_down()),
+                };
+                request_done = body.is_none() || session.as_mut().is_body_done();
+                if let Err(e) = send_body(s, session, upstream, body, request_done, ctx).await {
                     return Outcome::failed(false, e);
                 }
-                if let Err(e) = session.write_response_header(head, end).await {
-                    return Outcome::failed(false, e.into_down());
-                }
-                end
+                false
             }
-            HttpTask::Body(mut data, end) => {
-                if let Err(e) = response_body(s, session, &mut data, end, ctx) {
-                    return Outcome::failed(false, e);
-                }
-                if let Err(e) = session.write_response_body(data, end).await {
-                    return Outcome::failed(false, e.into_down());
-                }
-                end
-            }
-            HttpTask::Failed(e) => return Outcome::failed(false, e),
-            // No trailers or upgraded bodies on an HTTP/1 response to a plain request.
-            HttpTask::Done | HttpTask::Trailer(_) | HttpTask::UpgradedBody(..) => true,
         };
         if done {
             break;
@@ -317,9 +325,64 @@ async fn exchange(
         return Outcome::failed(false, e.into_down());
     }
     Outcome {
+        // The rest of an unread body is drained (or the connection closed) as the client's
+        // session is finished.
         client_reusable: true,
-        upstream_reusable: true,
+        // An upstream that answered before the whole body reached it is still waiting for the
+        // rest of it: the connection cannot carry another request.
+        upstream_reusable: request_done,
         error: None,
+    }
+}
+
+/// A piece of the request body (`None`: nothing new, at its end) through the body hook and
+/// to the upstream; at the end of the body, the upstream's framing ends too.
+async fn send_body(
+    s: &Strangle,
+    session: &mut Session,
+    upstream: &mut Upstream,
+    mut data: Option<Bytes>,
+    end: bool,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    s.request_body_filter(session, &mut data, end, ctx).await?;
+    if let Some(data) = data.filter(|d| !d.is_empty()) {
+        upstream.write_body(&data).await.map_err(|e| e.into_up())?;
+    }
+    if end {
+        upstream.finish_body().await.map_err(|e| e.into_up())?;
+    }
+    Ok(())
+}
+
+/// One task read from the upstream's response, through the response hooks and to the client.
+/// Returns whether the response is complete.
+async fn response_task(
+    s: &Strangle,
+    session: &mut Session,
+    task: Result<HttpTask>,
+    ctx: &mut Ctx,
+) -> Result<bool> {
+    match task.map_err(|e| e.into_up())? {
+        HttpTask::Header(mut head, end) => {
+            response_head(s, session, &mut head, end, ctx).await?;
+            session
+                .write_response_header(head, end)
+                .await
+                .map_err(|e| e.into_down())?;
+            Ok(end)
+        }
+        HttpTask::Body(mut data, end) => {
+            response_body(s, session, &mut data, end, ctx)?;
+            session
+                .write_response_body(data, end)
+                .await
+                .map_err(|e| e.into_down())?;
+            Ok(end)
+        }
+        HttpTask::Failed(e) => Err(e),
+        // No trailers or upgraded bodies on an HTTP/1 response to a request with no upgrade.
+        HttpTask::Done | HttpTask::Trailer(_) | HttpTask::UpgradedBody(..) => Ok(true),
     }
 }
 

@@ -48,6 +48,32 @@ fn ambiguous_framing_gets_400_and_close_and_nothing_is_forwarded() {
 }
 
 #[test]
+fn transfer_codings_strangle_cannot_undo_get_501_and_close_and_nothing_is_forwarded() {
+    // strangle decodes chunked framing and frames the body again upstream; any other coding
+    // would reach the upstream as if the body were plain.
+    let (proxy, backend) = proxy_with_backend();
+    let cases: &[(&str, &[u8])] = &[
+        ("gzip, chunked", b"POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n"),
+        ("chunked twice", b"POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ("two lines", b"POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ];
+    for (what, bytes) in cases {
+        let (resp, closed) = raw(proxy.port, bytes);
+        let resp = resp.unwrap_or_else(|| panic!("{what}: no response"));
+        assert_eq!(resp.status, 501, "{what}");
+        assert!(closed, "{what}: connection left open");
+    }
+    assert_eq!(backend.count(), 0, "forwarded: {:?}", backend.seen());
+    // Plain chunked, in any case, passes.
+    let r = proxy
+        .client()
+        .send_raw(b"POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:  Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(backend.seen().pop().unwrap().body, b"ok");
+}
+
+#[test]
 fn paths_are_normalised_before_routing_and_hostile_ones_refused() {
     let (proxy, backend) = proxy_with_backend();
     for (sent, received) in [

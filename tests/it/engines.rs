@@ -1,5 +1,6 @@
-//! Which engine serves what: plain HTTP/1 requests take the fast path, everything else
-//! Pingora's proxy, and an upstream cannot tell them apart.
+//! Which engine serves what: origin-form HTTP/1 requests without an upgrade (bodies
+//! included) take the fast path, everything else Pingora's proxy, and an upstream cannot tell
+//! them apart.
 
 use std::io::Write;
 use std::time::Duration;
@@ -33,8 +34,7 @@ fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
     }
     assert_eq!(engines(&proxy), (3.0, 0.0), "three plain GETs");
 
-    // A body, then an interim response asked for: Pingora's proxy. (The second on a
-    // connection of its own: Pingora does not keep a connection alive after an `Expect`.)
+    // A body, and a client waiting for the go-ahead before sending it: the fast path too.
     let r = c.request("POST", "/upload", &[], b"hello").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(backend.seen().last().unwrap().body, b"hello");
@@ -47,7 +47,8 @@ fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
     assert_eq!(e.read_interim().unwrap(), 100);
     e.stream().write_all(b"ok").unwrap();
     assert_eq!(e.read_response().unwrap().status, 200);
-    assert_eq!(engines(&proxy), (3.0, 2.0), "a body and an Expect");
+    assert_eq!(backend.seen().last().unwrap().body, b"ok");
+    assert_eq!(engines(&proxy), (5.0, 0.0), "a body and an Expect");
 
     // A head that arrives in two pieces: the fast path only takes heads that are all here.
     c.stream().write_all(b"GET /split HTTP/1.1\r\nHo").unwrap();
@@ -55,7 +56,7 @@ fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
     c.stream().write_all(b"st: a\r\n\r\n").unwrap();
     assert_eq!(c.read_response().unwrap().status, 200);
     assert_eq!(backend.seen().last().unwrap().target, "/split");
-    assert_eq!(engines(&proxy), (3.0, 3.0), "a head in two pieces");
+    assert_eq!(engines(&proxy), (5.0, 1.0), "a head in two pieces");
 
     // Two pipelined requests in one write: the first is plain and whole (fast path), the
     // second is already read past it (Pingora's); answered in order.
@@ -66,11 +67,11 @@ fn plain_requests_take_the_fast_path_and_the_rest_go_to_pingora() {
     assert_eq!(c.read_response().unwrap().status, 200);
     let targets: Vec<String> = backend.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(targets[targets.len() - 2..], ["/one", "/two"]);
-    assert_eq!(engines(&proxy), (4.0, 4.0), "pipelined");
+    assert_eq!(engines(&proxy), (6.0, 2.0), "pipelined");
 
     // And back to the fast path on the same connection.
     assert_eq!(c.get("/again", &[]).unwrap().status, 200);
-    assert_eq!(engines(&proxy), (5.0, 4.0));
+    assert_eq!(engines(&proxy), (7.0, 2.0));
 }
 
 /// The request a client's hostile GET becomes upstream: method, target, and the headers but
@@ -291,4 +292,101 @@ fn a_body_hidden_from_the_fast_paths_look_is_refused_never_forwarded_without_it(
             );
         }
     }
+}
+
+#[test]
+fn both_engines_forward_a_body_the_same_way_in_every_framing() {
+    // The request each framing becomes upstream (method, target, headers but the request id,
+    // body) and the client's answer, with the fast path and with Pingora's proxy.
+    let requests: [&[u8]; 6] = [
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        // Chunked, with an extension and a trailer: re-chunked, the trailer not forwarded.
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        // A coding this hop cannot undo: refused by both.
+        b"PUT /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n",
+        // Both framings: refused (a smuggling attempt), forwarded by neither engine.
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+        b"DELETE /a HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ];
+    type Upstream = (String, String, Vec<(String, String)>, Vec<u8>);
+    let mut seen: [Vec<(u16, Option<Upstream>)>; 2] = Default::default();
+    for (i, off) in [false, true].into_iter().enumerate() {
+        let backend = Backend::start("monolith");
+        let proxy = start(&monolith_config(&backend, ""), off);
+        for request in requests {
+            let before = backend.count();
+            let r = proxy.client().send_raw(request).unwrap();
+            let up = (backend.count() > before).then(|| {
+                let mut up = backend.seen().pop().unwrap();
+                up.headers.retain(|(k, _)| k != "x-request-id");
+                up.headers.sort();
+                (up.method, up.target, up.headers, up.body)
+            });
+            seen[i].push((r.status, up));
+        }
+        let expected = if off { (0.0, 6.0) } else { (6.0, 0.0) };
+        assert_eq!(engines(&proxy), expected, "fast path off: {off}");
+    }
+    let [fast, pingora] = seen;
+    assert_eq!(fast, pingora, "the two engines forward different requests");
+    let statuses: Vec<u16> = fast.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 501, 400, 200, 200]);
+    let bodies: Vec<Option<&[u8]>> = fast
+        .iter()
+        .map(|(_, up)| up.as_ref().map(|up| &up.3[..]))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            Some(&b"hello"[..]),
+            Some(b"hello"),
+            None,
+            None,
+            Some(b"abc"),
+            Some(b"")
+        ]
+    );
+    for (_, headers, _) in fast
+        .iter()
+        .filter_map(|(_, up)| up.as_ref().map(|u| (&u.1, &u.2, &u.3)))
+    {
+        assert!(headers.iter().all(|(k, _)| k != "x-trailer"), "{headers:?}");
+        // Framed by this hop: a length, or chunked, never the client's codings.
+        let te: Vec<&str> = headers
+            .iter()
+            .filter(|(k, _)| k == "transfer-encoding")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert!(te.is_empty() || te == ["chunked"], "{te:?}");
+    }
+}
+
+#[test]
+fn a_large_upload_streams_through_the_fast_path_whole() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&monolith_config(&backend, ""));
+    // 16 MB, every byte position distinguishable, in a length-delimited and a chunked upload.
+    let body: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut c = proxy.client();
+    let r = c.request("PUT", "/big", &[], &body).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        backend.seen().pop().unwrap().body == body,
+        "the body arrived changed"
+    );
+    let mut head = b"PUT /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(1 << 20) {
+        head.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        head.extend_from_slice(piece);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(c.send_raw(&head).unwrap().status, 200);
+    assert!(
+        backend.seen().pop().unwrap().body == body,
+        "the chunked body arrived changed"
+    );
+    assert_eq!(engines(&proxy), (2.0, 0.0));
 }

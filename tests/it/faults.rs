@@ -736,3 +736,149 @@ fn a_response_delimited_by_the_close_goes_on_chunked_and_head_answers_carry_no_b
     assert_eq!((r.status, r.text().as_str()), (200, "BODY"));
     assert_eq!(old.heads(), 3);
 }
+
+/// The `Content-Length` of a request head (0 when it has none).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_upload_answered_early_reaches_the_client_at_once_and_its_connection_is_never_reused() {
+    // An upstream that refuses an upload from its head (413) without reading the body, and
+    // keeps the connection open. The client must get the 413 while it is still uploading, and
+    // no later request may go out on that connection (the upstream would read it as the rest
+    // of the body, or worse, the rest of the body as a request).
+    let refusing = Raw::start(|s, head| {
+        if head.starts_with(b"PUT") {
+            let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nBIG!");
+        } else if head.starts_with(b"GET") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh");
+        } else {
+            // Body bytes read as a head: the connection was reused mid-upload.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE");
+        }
+        true
+    });
+    for off in [false, true] {
+        let env: &[(&str, &str)] = if off {
+            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+        } else {
+            &[]
+        };
+        let proxy = Proxy::start_with_env(
+            &Config::new()
+                .default("up")
+                .upstream_keys("up", &format!("addresses = [\"{}\"]", refusing.addr()))
+                .build(),
+            env,
+        );
+        let mut uploader = proxy.client();
+        uploader
+            .stream()
+            .write_all(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n")
+            .unwrap();
+        uploader.stream().write_all(&[b'a'; 1000]).unwrap();
+        // 999,000 bytes of the body are never sent: the answer cannot wait for them.
+        let r = uploader.read_response().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (413, "BIG!"), "off: {off}");
+        for _ in 0..3 {
+            let r = proxy.client().get("/next", &[]).unwrap();
+            assert_eq!(r.text(), "fresh", "fast path off: {off}");
+        }
+        drop(uploader);
+    }
+}
+
+/// Requests the `recording` upstream read in full (head and body), and ones it was left
+/// waiting for.
+static COMPLETE: AtomicUsize = AtomicUsize::new(0);
+static CUT: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn a_client_that_stops_mid_body_never_completes_a_request_upstream() {
+    let recording = Raw::start(|s, head| {
+        let mut body = vec![0u8; content_length(head)];
+        if s.read_exact(&mut body).is_err() {
+            CUT.fetch_add(1, Ordering::SeqCst);
+            return false;
+        }
+        COMPLETE.fetch_add(1, Ordering::SeqCst);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        true
+    });
+    let proxy = proxy_for(&[recording.addr()], "retries = 0");
+    for (i, body) in [&b"0123456789"[..], b"", b"01234567890123456789012345678"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 30\r\n\r\n")
+            .unwrap();
+        s.write_all(body).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // The client goes away with its body short.
+        drop(s);
+        eventually(Duration::from_secs(5), "the upstream sees the cut", || {
+            CUT.load(Ordering::SeqCst) == i + 1
+        });
+    }
+    assert_eq!(COMPLETE.load(Ordering::SeqCst), 0);
+    // The proxy is unharmed: a whole upload passes.
+    let r = proxy
+        .client()
+        .request("POST", "/x", &[], &[b'z'; 30])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(COMPLETE.load(Ordering::SeqCst), 1);
+}
+
+/// Bodies the `flaky` upstream received whole, in order; its first connection fails.
+static BODIES: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+static FLAKY_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn a_failed_upload_is_retried_with_its_body_only_when_safe() {
+    // Every odd request's connection resets after reading the whole request; the next one
+    // answers. An idempotent upload is sent again, body and all; a POST is not (502), nor is
+    // a body too large to have been kept for a retry.
+    let flaky = Raw::start(|s, head| {
+        let mut body = vec![0u8; content_length(head)];
+        if s.read_exact(&mut body).is_err() {
+            return false;
+        }
+        BODIES.lock().unwrap().push(body);
+        if FLAKY_CONNECTIONS.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            reset(s);
+            return false;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        false
+    });
+    let proxy = proxy_for(&[flaky.addr()], "retries = 1");
+    let small = vec![b'p'; 1000];
+    let r = proxy.client().request("PUT", "/x", &[], &small).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(*BODIES.lock().unwrap(), [small.clone(), small.clone()]);
+
+    BODIES.lock().unwrap().clear();
+    let r = proxy.client().request("POST", "/x", &[], &small).unwrap();
+    assert_eq!(r.status, 502, "a POST is never sent twice");
+    assert_eq!(BODIES.lock().unwrap().len(), 1);
+
+    // Even count again: the next request's connection resets.
+    let r = proxy.client().get("/even", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    BODIES.lock().unwrap().clear();
+    let large = vec![b'l'; 200_000];
+    let r = proxy.client().request("PUT", "/x", &[], &large).unwrap();
+    assert_eq!(
+        r.status, 502,
+        "a body past the retry buffer cannot be sent again"
+    );
+    assert_eq!(BODIES.lock().unwrap().len(), 1);
+}
