@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-quick test-deps bench bench-load bench-profile bench-allocs deps check-configs check-deploy lint audit fuzz clean
+.PHONY: demo test test-quick test-deps bench bench-load bench-uploads bench-profile bench-allocs deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -90,8 +90,8 @@ test: test-deps lint check-configs check-deploy audit
 test-quick:
 	$(CARGO) nextest run -P quick --lib --tests
 
-# Micro-benchmarks (criterion), then the load benchmark.
-bench: deps bench-load
+# Micro-benchmarks (criterion), then the load benchmarks.
+bench: deps bench-load bench-uploads
 	$(CARGO) bench --bench core
 	$(CARGO) bench --bench fast_path
 
@@ -115,6 +115,14 @@ bench-allocs: deps
 	@python3 -c "import jwt, cryptography" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyjwt cryptography
 	$(CARGO) build --release --bin strangle
 	./benches/allocs.sh
+
+# Uploads (POST with a body) through nginx and strangle with its fast path on and off.
+bench-uploads: deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
+	$(CARGO) build --release --bin strangle
+	./benches/uploads.sh
 
 # The load benchmark against nginx and HAProxy (see BENCHMARKS.md).
 bench-load: deps

@@ -267,8 +267,10 @@ async fn exchange(
     {
         return Outcome::failed(false, e);
     }
-    if !session.as_mut().is_body_empty() {
-        // What is read of the body is kept (up to 64 KB) to send again if this attempt fails.
+    // What is read of the body is kept (up to 64 KB) to send again if this attempt fails; only
+    // an idempotent request is ever sent again (`error_while_proxy`), so only its body is kept
+    // (`HttpProxy` copies every body).
+    if session.req_header().method.is_idempotent() && !session.as_mut().is_body_empty() {
         session.as_mut().enable_retry_buffering();
     }
     upstream.read_timeout = peer.options.read_timeout;
