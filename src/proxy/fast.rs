@@ -21,7 +21,12 @@
 //! bounded pipes do. The response is read while the body is still arriving (a 413 or a
 //! redirect may come before the upload ends; what is left of the body is then drained from the
 //! client, or its connection closed, and the upstream connection, still waiting for it, is not
-//! kept). The `100 Continue` is the pipeline's (the forward stage's, once authorized), as with
+//! kept). A write the upstream refuses after answering (it closed with the body unread, or
+//! stopped reading until the write timed out) ends the upload, not the exchange: the answer is
+//! still read and passed on, as `HttpProxy` does. While one write waits on a full socket the
+//! response is not read (Pingora's client session reads and writes through one `&mut`), so an
+//! upstream that answers and stops reading with the connection open is heard after its
+//! `timeout`. The `100 Continue` is the pipeline's (the forward stage's, once authorized), as with
 //! `HttpProxy`. Pingora's cache, compression and range modules are off in strangle, so they
 //! are not run.
 //!
@@ -43,7 +48,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::{HttpPeer, Peer};
-use pingora::ErrorType;
+use pingora::{ErrorSource, ErrorType};
 
 use super::respond::no_body;
 use super::{pool, Ctx, Strangle};
@@ -289,11 +294,20 @@ async fn exchange(
     // both ways, as Pingora's bounded pipes give), and a response may start (or end: a 413,
     // a redirect) before the body is all sent. A retry sends again what the first attempt
     // read of the body (Pingora's retry buffer, as `HttpProxy` does).
-    let mut request_done = session.as_mut().is_body_done();
+    // Whether more of the body is to be read and sent, and whether all of it reached the
+    // upstream. A write the upstream refuses (it answered early and closed, or stopped reading
+    // until the write timed out) ends the sending, not the exchange: its answer, already on
+    // the way, is read as usual and reaches the client (a 401 or 413 before an upload ends
+    // is the upstream's to give), and only a failed read fails the exchange.
+    let mut sending = !session.as_mut().is_body_done();
+    let mut sent_whole = false;
     let resent = session.as_ref().get_retry_buffer();
-    if resent.is_some() || request_done {
-        if let Err(e) = send_body(s, session, upstream, resent, request_done, ctx).await {
-            return Outcome::failed(false, e);
+    if resent.is_some() || !sending {
+        let end = !sending;
+        match send_body(s, session, upstream, resent, end, ctx).await {
+            Ok(()) => sent_whole = end,
+            Err(e) if e.esource() == &ErrorSource::Upstream => sending = false,
+            Err(e) => return Outcome::failed(false, e),
         }
     }
     loop {
@@ -307,14 +321,22 @@ async fn exchange(
                     Err(e) => return Outcome::failed(false, e),
                 }
             }
-            body = session.downstream_session.read_request_body(), if !request_done => {
+            body = session.downstream_session.read_request_body(), if sending => {
                 let body = match body {
                     Ok(body) => body,
                     Err(e) => return Outcome::failed(false, e.into_down()),
                 };
-                request_done = body.is_none() || session.as_mut().is_body_done();
-                if let Err(e) = send_body(s, session, upstream, body, request_done, ctx).await {
-                    return Outcome::failed(false, e);
+                let end = body.is_none() || session.as_mut().is_body_done();
+                match send_body(s, session, upstream, body, end, ctx).await {
+                    Ok(()) => {
+                        sending = !end;
+                        sent_whole = end;
+                    }
+                    Err(e) if e.esource() == &ErrorSource::Upstream => {
+                        tracing::debug!("the upstream stopped taking the body: {e}");
+                        sending = false;
+                    }
+                    Err(e) => return Outcome::failed(false, e),
                 }
                 false
             }
@@ -331,8 +353,8 @@ async fn exchange(
         // session is finished.
         client_reusable: true,
         // An upstream that answered before the whole body reached it is still waiting for the
-        // rest of it: the connection cannot carry another request.
-        upstream_reusable: request_done,
+        // rest of it (or refused it): the connection cannot carry another request.
+        upstream_reusable: sent_whole,
         error: None,
     }
 }

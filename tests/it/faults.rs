@@ -856,7 +856,8 @@ fn a_failed_upload_is_retried_with_its_body_only_when_safe() {
             reset(s);
             return false;
         }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        // Closed after it: the proxy must not keep the connection for the next request.
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         false
     });
     let proxy = proxy_for(&[flaky.addr()], "retries = 1");
@@ -881,4 +882,87 @@ fn a_failed_upload_is_retried_with_its_body_only_when_safe() {
         "a body past the retry buffer cannot be sent again"
     );
     assert_eq!(BODIES.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn an_upstream_that_refuses_an_upload_midway_is_heard_and_not_blamed() {
+    // Found by an adversarial review: an upstream that answers an upload from its head and
+    // closes with the body unread (a reset: Python's http.server, Go's net/http past 256 KB)
+    // made the fast path's next write fail, and the answer waiting on the socket was thrown
+    // away: 502 for the client, and a failure counted against a healthy address.
+    // And one that answers and then stops reading with the connection open: the write that
+    // fills the socket buffers waits for the upstream's `timeout`, then the answer is read.
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nBIG!";
+    let closing = Raw::start(|s, _| {
+        let _ = s.write_all(ANSWER);
+        false
+    });
+    let holding = Raw::start(|s, _| {
+        let _ = s.write_all(ANSWER);
+        std::thread::sleep(Duration::from_secs(5));
+        false
+    });
+    for (refusing, off) in [
+        (&closing, false),
+        (&closing, true),
+        (&holding, false),
+        (&holding, true),
+    ] {
+        let env: &[(&str, &str)] = if off {
+            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+        } else {
+            &[]
+        };
+        let keys = format!(
+            "addresses = [\"{}\"]\nmax-fails = 2\ntimeout = \"1s\"",
+            refusing.addr()
+        );
+        let proxy = Proxy::start_with_env(
+            &Config::new()
+                .default("up")
+                .upstream_keys("up", &keys)
+                .build(),
+            env,
+        );
+        for i in 0..3 {
+            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            // 8 MB, far more than the socket buffers hold: the upload is still going when the
+            // upstream answers.
+            let writer = std::thread::spawn(move || {
+                let head = b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 8388608\r\n\r\n";
+                if w.write_all(head).is_err() {
+                    return;
+                }
+                let piece = [b'a'; 65536];
+                for _ in 0..128 {
+                    if w.write_all(&piece).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !answer.ends_with(b"BIG!") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            writer.join().unwrap();
+            assert_eq!(
+                status_of(&answer),
+                413,
+                "fast path off: {off}, upload {i}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let status = proxy.status();
+        let address = &status["upstreams"]["up"]["addresses"][0];
+        assert_eq!(address["up"], true, "fast path off: {off}: {status}");
+        assert_eq!(address["consecutive_failures"], 0, "{status}");
+    }
 }
