@@ -12,12 +12,7 @@ const PINGORA: &str = "strangle_http1_requests_total{engine=\"pingora\"}";
 
 /// Starts the proxy with the fast path, or with every request sent to Pingora's proxy.
 fn start(config: &str, fast_path_off: bool) -> Proxy {
-    let env: &[(&str, &str)] = if fast_path_off {
-        &[("STRANGLE_HTTP1_FAST_PATH", "off")]
-    } else {
-        &[]
-    };
-    Proxy::start_with_env(config, env)
+    Proxy::start_with_env(config, engine_env(fast_path_off))
 }
 
 fn engines(proxy: &Proxy) -> (f64, f64) {

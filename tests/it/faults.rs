@@ -86,6 +86,14 @@ fn proxy_for(addresses: &[String], keys: &str) -> Proxy {
     )
 }
 
+/// The one address of upstream `up` has no failure counted against it and is in rotation.
+fn assert_in_rotation(proxy: &Proxy, what: &str) {
+    let status = proxy.status();
+    let address = &status["upstreams"]["up"]["addresses"][0];
+    assert_eq!(address["consecutive_failures"], 0, "{what}: {status}");
+    assert_eq!(address["up"], true, "{what}: {status}");
+}
+
 /// Sends `request` on a fresh connection and reads until the proxy closes it (or 15 s).
 fn exchange(port: u16, request: &[u8]) -> (Vec<u8>, Duration) {
     let start = Instant::now();
@@ -650,10 +658,7 @@ fn a_slow_upload_is_not_the_upstreams_fault() {
             String::from_utf8_lossy(&answer)
         );
     }
-    let status = proxy.status();
-    let address = &status["upstreams"]["up"]["addresses"][0];
-    assert_eq!(address["consecutive_failures"], 0, "{status}");
-    assert_eq!(address["up"], true, "{status}");
+    assert_in_rotation(&proxy, "");
 }
 
 #[test]
@@ -765,17 +770,12 @@ fn an_upload_answered_early_reaches_the_client_at_once_and_its_connection_is_nev
         true
     });
     for off in [false, true] {
-        let env: &[(&str, &str)] = if off {
-            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
-        } else {
-            &[]
-        };
         let proxy = Proxy::start_with_env(
             &Config::new()
                 .default("up")
                 .upstream_keys("up", &format!("addresses = [\"{}\"]", refusing.addr()))
                 .build(),
-            env,
+            engine_env(off),
         );
         let mut uploader = proxy.client();
         uploader
@@ -909,11 +909,6 @@ fn an_upstream_that_refuses_an_upload_midway_is_heard_and_not_blamed() {
         (&holding, false),
         (&holding, true),
     ] {
-        let env: &[(&str, &str)] = if off {
-            &[("STRANGLE_HTTP1_FAST_PATH", "off")]
-        } else {
-            &[]
-        };
         let keys = format!(
             "addresses = [\"{}\"]\nmax-fails = 2\ntimeout = \"1s\"",
             refusing.addr()
@@ -923,7 +918,7 @@ fn an_upstream_that_refuses_an_upload_midway_is_heard_and_not_blamed() {
                 .default("up")
                 .upstream_keys("up", &keys)
                 .build(),
-            env,
+            engine_env(off),
         );
         for i in 0..3 {
             let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
@@ -960,9 +955,6 @@ fn an_upstream_that_refuses_an_upload_midway_is_heard_and_not_blamed() {
                 String::from_utf8_lossy(&answer)
             );
         }
-        let status = proxy.status();
-        let address = &status["upstreams"]["up"]["addresses"][0];
-        assert_eq!(address["up"], true, "fast path off: {off}: {status}");
-        assert_eq!(address["consecutive_failures"], 0, "{status}");
+        assert_in_rotation(&proxy, &format!("fast path off: {off}"));
     }
 }

@@ -241,6 +241,16 @@ pub struct Proxy {
     pub config: PathBuf,
 }
 
+/// The environment that starts the proxy with its HTTP/1 fast path (`fast_path_off` false, as
+/// it ships) or with every request through Pingora's `HttpProxy`.
+pub fn engine_env(fast_path_off: bool) -> &'static [(&'static str, &'static str)] {
+    if fast_path_off {
+        &[("STRANGLE_HTTP1_FAST_PATH", "off")]
+    } else {
+        &[]
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strangle")
 }
