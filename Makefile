@@ -17,7 +17,8 @@ deps:
 	fi
 
 # The metrics tests run a real Prometheus server and promtool (Debian's prometheus package);
-# the auth tests mint tokens with PyJWT; the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
+# the auth tests mint tokens with PyJWT; the tracing tests run an OTLP receiver (opentelemetry-proto,
+# grpcio); the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
 # here first so the tests do not wait for its compile.
 test-deps: deps
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
@@ -27,6 +28,9 @@ test-deps: deps
 	@python3 -c "import jwt, cryptography" 2>/dev/null || { \
 	  echo "installing: pyjwt cryptography"; \
 	  python3 -m pip install -q --disable-pip-version-check pyjwt cryptography; }
+	@python3 -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc" 2>/dev/null || { \
+	  echo "installing: opentelemetry-proto grpcio (the OTLP receiver)"; \
+	  python3 -m pip install -q --disable-pip-version-check opentelemetry-proto grpcio; }
 	@$(CARGO) lambda --version >/dev/null 2>&1 || { \
 	  echo "installing: cargo-lambda"; \
 	  python3 -m pip install -q --disable-pip-version-check cargo-lambda; }

@@ -98,6 +98,7 @@ fn forward_policy(c: &mut Criterion) {
         identity_headers: &ids,
         claims: &claims,
         request_id: Some(&id),
+        trace: None,
     };
     c.bench_function("forward/policy", |b| {
         b.iter_batched(

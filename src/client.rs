@@ -17,18 +17,18 @@ static CLIENT: OnceLock<Result<HttpsClient, String>> = OnceLock::new();
 
 /// The shared client, or why it could not be built (no system CA roots).
 pub fn shared() -> Result<&'static HttpsClient, String> {
-    CLIENT
-        .get_or_init(|| {
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(|e| format!("no system CA roots: {e}"))?
-                .https_or_http()
-                .enable_http1()
-                .build();
-            Ok(Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(https))
-        })
-        .as_ref()
-        .map_err(String::clone)
+    CLIENT.get_or_init(build).as_ref().map_err(String::clone)
+}
+
+/// A client of its own (its own connection pool), for work that runs on another runtime.
+pub fn build() -> Result<HttpsClient, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no system CA roots: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
 }

@@ -11,7 +11,7 @@
 //! This module holds the model and the entry points; lowering is split by job: `diag`
 //! (diagnostics and the helpers that report them), `inputs`, `interp` (`${..}` references),
 //! `pem` (certificates from bytes), and one file per section: `server` (with `[admin]` and
-//! `[log]`), `upstream`, `auth`, `route`. The model imports no runtime module: runtime types
+//! `[log]`), `upstream`, `auth`, `route`, `telemetry`. The model imports no runtime module: runtime types
 //! (verifiers, limiters, live upstreams) are built from it, never the reverse. Only the leaf
 //! vocabulary modules `routing`, `split` and `net` are shared.
 
@@ -25,6 +25,7 @@ mod interp;
 mod pem;
 mod route;
 mod server;
+mod telemetry;
 mod upstream;
 
 use diag::valid_name;
@@ -54,6 +55,7 @@ pub struct Config {
     pub admin: Admin,
     pub auth: BTreeMap<String, AuthConfig>,
     pub log: Log,
+    pub telemetry: Telemetry,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
     /// Problems that do not stop the config from loading (`strangle check` prints them; the
@@ -115,6 +117,79 @@ pub struct Log {
     pub access: AccessLog,
     pub json: bool,
     pub level: String,
+}
+
+/// `[telemetry]`: what is traced and exported, and what never appears in a log line, a span
+/// or an exported record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// `service.name` of the resource strangle reports as.
+    pub service_name: String,
+    /// Headers whose values are redacted wherever they would appear (on top of the built-in
+    /// `authorization`, cookies, `proxy-authorization`, `x-api-key` and token headers).
+    pub redact_headers: Vec<HeaderName>,
+    /// Query parameters whose values are redacted.
+    pub redact_query: Vec<String>,
+    /// Trace export; `None`: no spans, and a client's trace headers pass through untouched.
+    pub otlp: Option<Otlp>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Telemetry {
+        Telemetry {
+            service_name: "strangle".into(),
+            redact_headers: Vec::new(),
+            redact_query: Vec::new(),
+            otlp: None,
+        }
+    }
+}
+
+/// How spans are sent to a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf posted to `{endpoint}/v1/traces`.
+    HttpProtobuf,
+    Grpc,
+}
+
+/// `[telemetry.otlp]`.
+#[derive(Clone, PartialEq)]
+pub struct Otlp {
+    /// The collector's base URL (`http://` or `https://`).
+    pub endpoint: http::Uri,
+    pub protocol: OtlpProtocol,
+    /// Share of new traces sampled, 0 to 1 (parent-based: a continued trace keeps its flag).
+    pub sample_ratio: f64,
+    /// Continue a client's `traceparent`; otherwise it only becomes a link.
+    pub trust_incoming: bool,
+    /// Propagate W3C trace context (`traceparent`, `tracestate`) to upstreams.
+    pub tracecontext: bool,
+    /// Propagate X-Ray's `X-Amzn-Trace-Id` to upstreams and on Lambda Invoke calls.
+    pub xray: bool,
+    /// Headers sent to the collector (an API key for a hosted one).
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// Export access-log records as OTLP logs too.
+    pub logs: bool,
+}
+
+impl fmt::Debug for Otlp {
+    // The collector's headers are usually credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Otlp")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("trust_incoming", &self.trust_incoming)
+            .field("tracecontext", &self.tracecontext)
+            .field("xray", &self.xray)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("logs", &self.logs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -363,7 +438,15 @@ pub fn parse_with(
     Err(ConfigErrors(cx.diags))
 }
 
-const SECTIONS: &[&str] = &["server", "admin", "log", "auth", "upstreams", "routes"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "admin",
+    "log",
+    "telemetry",
+    "auth",
+    "upstreams",
+    "routes",
+];
 
 struct Cx<'a> {
     file: &'a str,
@@ -387,7 +470,7 @@ impl Cx<'_> {
         };
         self.interpolate_table(root.get_mut());
 
-        let (mut server, mut admin, mut log) = (None, None, None);
+        let (mut server, mut admin, mut log, mut telemetry) = (None, None, None, None);
         let mut upstreams: Vec<(Spanned<String>, RawUpstream)> = Vec::new();
         let mut routes: Vec<RawRoute> = Vec::new();
         let mut auths: Vec<(Spanned<String>, RawAuth)> = Vec::new();
@@ -399,6 +482,7 @@ impl Cx<'_> {
                 "server" => server = self.de::<RawServer>(value, "[server]"),
                 "admin" => admin = self.de::<RawAdmin>(value, "[admin]"),
                 "log" => log = self.de::<RawLog>(value, "[log]"),
+                "telemetry" => telemetry = self.de::<RawTelemetry>(value, "[telemetry]"),
                 "upstreams" => match value.into_inner() {
                     DeValue::Table(t) => {
                         for (name, v) in t {
@@ -453,6 +537,7 @@ impl Cx<'_> {
         let upstreams = self.upstreams(upstreams);
         let server = self.server(server, &upstreams);
         let log = self.log(log);
+        let telemetry = self.telemetry(telemetry.unwrap_or_default());
         let admin = self.admin(admin.unwrap_or_default());
         let auth = self.auths(auths);
         let (routes, id_spans) = self.routes(routes, &upstreams, &auth);
@@ -464,6 +549,7 @@ impl Cx<'_> {
             admin,
             auth,
             log,
+            telemetry,
             upstreams,
             routes,
             warnings: Vec::new(),

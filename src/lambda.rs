@@ -154,17 +154,26 @@ impl LambdaUpstream {
         self.target.payload
     }
 
-    /// Invokes the function with an event and decodes its answer.
-    pub async fn invoke(&self, event: Vec<u8>) -> Result<event::Response, InvokeError> {
+    /// Invokes the function with an event and decodes its answer. `xray` is the trace header
+    /// for the Invoke call (Lambda's active tracing continues it), when X-Ray propagation is on.
+    pub async fn invoke(
+        &self,
+        event: Vec<u8>,
+        xray: Option<&[u8]>,
+    ) -> Result<event::Response, InvokeError> {
         let aws = aws(&self.target.region).await?;
         let creds = aws.credentials().await?;
-        let request = signed_invoke(
+        let mut request = signed_invoke(
             &self.invoke_uri,
             &self.target.region,
             &creds,
             event,
             SystemTime::now(),
         )?;
+        if let Some(v) = xray.and_then(|v| http::HeaderValue::from_bytes(v).ok()) {
+            // Not signed: AWS reads it as the trace to continue, whatever the signature covers.
+            request.headers_mut().insert("x-amzn-trace-id", v);
+        }
         let call = async {
             let resp = aws
                 .client

@@ -211,11 +211,35 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         live.lifecycle.lost_streams()
     );
 
+    let spans = &live.registry.spans;
+    header(
+        &mut out,
+        "strangle_spans_exported_total",
+        "counter",
+        "Spans the OTLP collector accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_spans_exported_total {}",
+        spans.exported.load(Relaxed)
+    );
+    header(
+        &mut out,
+        "strangle_spans_dropped_total",
+        "counter",
+        "Spans dropped: the export queue was full, or the collector refused them or could not be reached in time.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_spans_dropped_total {}",
+        spans.dropped.load(Relaxed)
+    );
+
     header(
         &mut out,
         "strangle_http1_requests_total",
         "counter",
-        "HTTP/1 requests by the engine that served them: the fast path (plain requests whose head arrived whole) or Pingora's proxy (bodies, upgrades, pipelined or split heads).",
+        "HTTP/1 requests by the engine that served them: the fast path (origin-form requests without an upgrade whose head arrived whole, bodies included) or Pingora's proxy (upgrades, absolute-form targets, pipelined or split heads).",
     );
     let (fast, pingora) = live.lifecycle.engines();
     let _ = writeln!(

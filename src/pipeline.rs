@@ -30,6 +30,7 @@ use crate::lifecycle::{Counted, Lifecycle};
 use crate::split::Side;
 use crate::state::Snapshot;
 use crate::stats::RouteStats;
+use crate::telemetry::context::RequestTrace;
 use crate::upstream::Shared;
 
 pub use account::Finished;
@@ -175,6 +176,8 @@ pub struct Request {
     pub decision: Option<Decision>,
     /// When the first call to the upstream started.
     pub upstream_start: Option<Instant>,
+    /// The trace context, when tracing is on (set by the guard).
+    pub trace: Option<RequestTrace>,
     counted: Counted,
 }
 
@@ -190,6 +193,7 @@ impl Request {
             route: None,
             decision: None,
             upstream_start: None,
+            trace: None,
             counted: lifecycle.request(),
         }
     }
@@ -202,6 +206,15 @@ impl Request {
     pub fn guard(&mut self, inbound: guard::Inbound<'_>) -> Result<(), Refusal> {
         self.request_id = Some(guard::request_id(&inbound.head.headers));
         self.method = Some(inbound.head.method.clone());
+        if let Some(policy) = &self.snap.trace {
+            // More than one `traceparent` is no valid context (W3C Trace Context 3.2).
+            let mut lines = inbound.head.headers.get_all("traceparent").iter();
+            let incoming = match (lines.next(), lines.next()) {
+                (Some(v), None) => Some(v.as_bytes()),
+                _ => None,
+            };
+            self.trace = Some(RequestTrace::start(policy, incoming));
+        }
         self.client = decide::client(&self.snap, inbound.head, inbound.peer);
         self.path = Some(guard::check(&self.snap, inbound)?);
         Ok(())
@@ -274,7 +287,24 @@ impl Request {
             identity_headers: &self.snap.identity_headers,
             claims,
             request_id: self.request_id.as_ref(),
+            trace: self.propagation(),
         }
+    }
+
+    /// The trace headers for the upstream, when tracing is on.
+    fn propagation(&self) -> Option<outbound::Propagation> {
+        let (policy, trace) = (self.snap.trace.as_ref()?, self.trace.as_ref()?);
+        Some(outbound::Propagation {
+            traceparent: policy
+                .tracecontext
+                .then(|| HeaderValue::from_bytes(&trace.traceparent()).ok())
+                .flatten(),
+            xray: policy
+                .xray
+                .then(|| HeaderValue::from_bytes(&trace.xray()).ok())
+                .flatten(),
+            keep_tracestate: trace.parent.is_some(),
+        })
     }
 
     /// The path the request was routed on, for the log: the canonical one once guarded, the

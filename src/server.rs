@@ -19,6 +19,7 @@ use crate::proxy::{Fast, Strangle};
 use crate::services::{Background, ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
+use crate::telemetry::export::SpanExport;
 use crate::telemetry::AccessLogger;
 
 /// Loads the config, then runs the proxy. Returns only on a start-up error.
@@ -113,6 +114,10 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(HealthChecks { live: live_() }),
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
+                Arc::new(SpanExport {
+                    queue: Arc::clone(&live.registry.spans),
+                    live: live_(),
+                }),
                 Arc::new(AdminService {
                     live: live_(),
                     access: Arc::clone(&access),

@@ -19,6 +19,8 @@ use crate::limits::RateLimiter;
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
 use crate::stats::{Registry, RouteStats, DEFAULT_ROUTE};
+use crate::telemetry::context::TracePolicy;
+use crate::telemetry::spans::SpanQueue;
 use crate::upstream::{Shared, Upstream};
 
 /// A route ready for the request path: upstreams resolved to `Arc`s, hash seed precomputed.
@@ -54,6 +56,10 @@ pub struct Snapshot {
     pub verifiers: HashMap<String, Arc<Verifier>>,
     /// Every header a verified claim is forwarded in: client copies are always stripped.
     pub identity_headers: Vec<http::HeaderName>,
+    /// What requests do about traces (`None`: tracing off).
+    pub trace: Option<TracePolicy>,
+    /// Where sampled requests leave their spans.
+    pub spans: Arc<SpanQueue>,
     pub loaded_at: SystemTime,
 }
 
@@ -136,6 +142,9 @@ impl Snapshot {
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
         let default = get(&config.server.default);
+        let trace = config.telemetry.otlp.as_ref().map(|o| {
+            TracePolicy::propagating(o.sample_ratio, o.trust_incoming, o.tracecontext, o.xray)
+        });
         Ok(Snapshot {
             config,
             table,
@@ -145,6 +154,8 @@ impl Snapshot {
             default_stats: registry.route(DEFAULT_ROUTE),
             verifiers,
             identity_headers,
+            trace,
+            spans: Arc::clone(&registry.spans),
             loaded_at: SystemTime::now(),
         })
     }

@@ -179,6 +179,8 @@ pub struct Registry {
     routes: Mutex<HashMap<String, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamStats>>>,
     history: Mutex<VecDeque<(Instant, TotalsByRoute)>>,
+    /// Finished spans on their way to the exporter, whatever the snapshot.
+    pub spans: Arc<crate::telemetry::spans::SpanQueue>,
 }
 
 /// How far back the recent window reaches, and how often it is sampled.

@@ -9,6 +9,9 @@ use serde::Serialize;
 use crate::config::Log;
 
 mod access;
+pub mod context;
+pub mod export;
+pub mod spans;
 pub use access::AccessLogger;
 
 /// One access-log event. Borrowed fields: building it allocates nothing.

@@ -38,6 +38,44 @@ pub struct RawLog {
     pub level: Option<S<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTelemetry {
+    pub service_name: Option<S<String>>,
+    pub redact_headers: Option<Vec<S<String>>>,
+    pub redact_query: Option<Vec<S<String>>>,
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOtlp {
+    pub endpoint: Option<S<String>>,
+    pub protocol: Option<S<String>>,
+    pub sample_ratio: Option<S<RawNumber>>,
+    pub trust_incoming: Option<bool>,
+    pub propagate: Option<Vec<S<String>>>,
+    pub headers: Option<std::collections::BTreeMap<S<String>, S<String>>>,
+    pub logs: Option<bool>,
+}
+
+/// A TOML number as written: `1` and `1.0` mean the same ratio.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawNumber {
+    pub fn value(self) -> f64 {
+        match self {
+            RawNumber::Int(i) => i as f64,
+            RawNumber::Float(f) => f,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawUpstream {

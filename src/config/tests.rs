@@ -501,3 +501,60 @@ fn the_admin_api_listens_on_the_loopback_by_default() {
     let c = lower_with("", &Fixed::new()).unwrap();
     assert_eq!(c.admin.listen, "127.0.0.1:9901".parse().unwrap());
 }
+
+#[test]
+fn telemetry_lowers_with_defaults_and_every_mistake_is_reported_at_its_key() {
+    let base = "[server]\nlisten = [\"127.0.0.1:8080\"]\n";
+    let c = parse_str(base).unwrap();
+    assert_eq!(c.telemetry.otlp, None, "no tracing unless configured");
+    assert_eq!(c.telemetry.service_name, "strangle");
+
+    let c = parse_str(&format!(
+        "{base}[telemetry]\nservice-name = \"edge\"\nredact-headers = [\"x-secret\"]\n\
+         redact-query = [\"token\"]\n[telemetry.otlp]\nsample-ratio = 1\n\
+         propagate = [\"xray\"]\nheaders = {{ \"x-api-key\" = \"k\" }}\n"
+    ))
+    .unwrap();
+    let t = &c.telemetry;
+    assert_eq!(t.service_name, "edge");
+    assert_eq!(t.redact_headers, [HeaderName::from_static("x-secret")]);
+    assert_eq!(t.redact_query, ["token"]);
+    let o = t.otlp.as_ref().unwrap();
+    assert_eq!(o.endpoint, "http://127.0.0.1:4318/");
+    assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(o.sample_ratio, 1.0);
+    assert!(
+        !o.trust_incoming,
+        "a client's context is not trusted by default"
+    );
+    assert_eq!((o.tracecontext, o.xray), (false, true));
+    assert_eq!(o.headers.len(), 1);
+    assert!(
+        !format!("{o:?}").contains("\"k\""),
+        "header values never in Debug"
+    );
+    let grpc = parse_str(&format!("{base}[telemetry.otlp]\nprotocol = \"grpc\"\n")).unwrap();
+    let grpc = grpc.telemetry.otlp.unwrap();
+    assert_eq!(
+        (grpc.protocol, grpc.sample_ratio),
+        (OtlpProtocol::Grpc, 0.01)
+    );
+    assert_eq!(grpc.endpoint, "http://127.0.0.1:4317/");
+    assert!(grpc.tracecontext);
+
+    let text = format!(
+        "{base}[telemetry]\nredact-headers = [\"bad header\"]\n[telemetry.otlp]\n\
+         endpoint = \"ftp://collector\"\nprotocol = \"thrift\"\nsample-ratio = 1.5\n\
+         propagate = [\"b3\"]\n"
+    );
+    let errs = parse_str(&text).unwrap_err().0;
+    let found: Vec<(usize, &str)> = errs.iter().map(|d| (d.line, d.message.as_str())).collect();
+    assert_eq!(errs.len(), 5, "{found:#?}");
+    assert!(found[0].1.contains("not a header name") && found[0].0 == 4);
+    assert!(found[1].1.contains("not an http(s) URL") && found[1].0 == 6);
+    assert!(found[2].1.contains("unknown OTLP protocol `thrift`") && found[2].0 == 7);
+    assert!(found[3].1.contains("not between 0 and 1") && found[3].0 == 8);
+    assert!(found[4].1.contains("unknown propagator `b3`") && found[4].0 == 9);
+    let unknown = parse_str(&format!("{base}[telemetry.otlp]\nendpiont = \"x\"\n"));
+    assert!(unknown.unwrap_err().to_string().contains("endpiont"));
+}

@@ -6,8 +6,12 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Request;
+use crate::config::Target;
 use crate::split::Side;
+use crate::telemetry::context::RequestTrace;
+use crate::telemetry::spans::{CallKind, SpanRecord, UpstreamCall};
 use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
+use crate::upstream::Kind;
 
 /// How a request ended.
 pub struct Finished<'a> {
@@ -29,6 +33,9 @@ impl Request {
                 .side(side)
                 .record(done.status, now - self.start);
         }
+        if let Some(trace) = self.trace.filter(|t| t.server.sampled) {
+            self.snap.spans.push(self.span_record(trace, now, &done));
+        }
         let Some(access) = access.filter(|a| a.enabled()) else {
             return;
         };
@@ -48,6 +55,46 @@ impl Request {
             bytes_out: done.bytes.1,
             error: done.error,
         });
+    }
+}
+
+impl Request {
+    /// What a sampled request's spans are made of (strings copied only here).
+    fn span_record(&self, trace: RequestTrace, now: Instant, done: &Finished<'_>) -> SpanRecord {
+        let wall = SystemTime::now();
+        let at = |i: Instant| wall.checked_sub(now - i).unwrap_or(wall);
+        let route = self.route.map(|i| &self.snap.routes[i]);
+        let upstream = self.upstream().map(|u| {
+            let kind = match (&u.kind, &u.config.target) {
+                (_, Target::Lambda(l)) => CallKind::Lambda {
+                    function: l.function.clone(),
+                    region: l.region.clone(),
+                },
+                (Kind::Signed, _) => CallKind::Signed,
+                _ => CallKind::Http,
+            };
+            UpstreamCall {
+                name: u.config.name.clone(),
+                // A request refused before the call (a limit, a body too large) has no call.
+                start: self.upstream_start.map_or(wall, at),
+                end: wall,
+                called: self.upstream_start.is_some(),
+                kind,
+            }
+        });
+        SpanRecord {
+            trace,
+            start: at(self.start),
+            end: wall,
+            method: self.method.clone().unwrap_or_default(),
+            path: done.path.to_string(),
+            status: done.status,
+            error: done.error.clone(),
+            route: route.map(|r| r.id.clone()),
+            route_path: route.map(|r| r.path.clone()),
+            side: self.side().map(Side::as_str),
+            upstream,
+        }
     }
 }
 

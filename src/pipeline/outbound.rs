@@ -11,7 +11,10 @@
 //! `forwarded` and `x-real-ip` removed; then the headers strangle vouches for set:
 //! `x-forwarded-for` (the peer appended to a trusted proxy's list, else the peer alone),
 //! `x-forwarded-proto` (the real scheme), `x-forwarded-host`, `x-real-ip` (the client address
-//! after the trusted-proxy walk), the verified claims and `x-request-id`.
+//! after the trusted-proxy walk), the verified claims and `x-request-id`. With tracing on, the
+//! trace headers are strangle's too: a client's `traceparent` (and `x-amzn-trace-id` with X-Ray
+//! propagation) is replaced by the request's own context, and its `tracestate` passes only
+//! with a trusted `traceparent` it belongs to.
 
 use std::net::IpAddr;
 
@@ -23,6 +26,9 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 const X_REAL_IP: &str = "x-real-ip";
 const X_REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// Sent only with an `Upgrade: h2c` (RFC 7540 section 3.2.1): hop-by-hop.
@@ -114,6 +120,19 @@ pub struct Outbound<'a> {
     /// The verified claims to send, as headers.
     pub claims: &'a [(HeaderName, HeaderValue)],
     pub request_id: Option<&'a HeaderValue>,
+    /// The trace headers to send when tracing is on (`None`: a client's pass untouched).
+    pub trace: Option<Propagation>,
+}
+
+/// The trace context as headers for the upstream.
+#[derive(Debug, Clone, Default)]
+pub struct Propagation {
+    /// `traceparent`, when W3C trace context is propagated.
+    pub traceparent: Option<HeaderValue>,
+    /// `x-amzn-trace-id`, when X-Ray's is.
+    pub xray: Option<HeaderValue>,
+    /// The client's `tracestate` belongs to the trusted context this request continues.
+    pub keep_tracestate: bool,
 }
 
 /// Applies the policy to `h`.
@@ -131,6 +150,11 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             || (forwarding && !out.peer_trusted)
             // strangle sends its own `x-request-id`; another spelling of it would compete.
             || (s == X_REQUEST_ID && name.as_str() != s)
+            || out.trace.as_ref().is_some_and(|t| {
+                s == TRACEPARENT
+                    || (s == TRACESTATE && !(t.keep_tracestate && name.as_str() == s))
+                    || (s == X_AMZN_TRACE_ID && t.xray.is_some())
+            })
         {
             drop.push(name.clone());
         }
@@ -182,6 +206,14 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
     }
     if let Some(id) = out.request_id {
         h.set_static(X_REQUEST_ID, id.clone());
+    }
+    if let Some(t) = &out.trace {
+        if let Some(v) = &t.traceparent {
+            h.set_static(TRACEPARENT, v.clone());
+        }
+        if let Some(v) = &t.xray {
+            h.set_static(X_AMZN_TRACE_ID, v.clone());
+        }
     }
 }
 
@@ -284,6 +316,7 @@ mod tests {
             identity_headers: ids,
             claims,
             request_id: None,
+            trace: None,
         }
     }
 
@@ -416,5 +449,72 @@ mod tests {
         assert_eq!(h.get_all("x_user_id").iter().collect::<Vec<_>>(), ["alice"]);
         assert!(!h.contains_key("x-user-id") && !h.contains_key("x.user.id"));
         assert!(folds_to("x_user_id", "x-user-id") && !folds_to("x_user_id", "x-user-i"));
+    }
+
+    #[test]
+    fn with_tracing_on_the_trace_headers_are_strangles() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            (
+                "trace_parent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "vendor=evil"),
+            (
+                "x-amzn-trace-id",
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+            ),
+            (
+                "x.amzn.trace.id",
+                "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+            ),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        // Tracing off: a client's trace headers pass untouched (strangle vouches for none).
+        let mut off = h.clone();
+        apply(&mut off, &outbound(false, &[], &[]));
+        assert_eq!(off.get("tracestate").unwrap(), "vendor=evil");
+        assert_eq!(
+            off.get("x-amzn-trace-id").unwrap(),
+            h.get("x-amzn-trace-id").unwrap()
+        );
+
+        let ours = "00-11111111111111111111111111111111-2222222222222222-00";
+        let xray = "Root=1-11111111-111111111111111111111111;Parent=2222222222222222;Sampled=0";
+        let mut out = outbound(false, &[], &[]);
+        out.trace = Some(Propagation {
+            traceparent: Some(HeaderValue::from_static(ours)),
+            xray: Some(HeaderValue::from_static(xray)),
+            keep_tracestate: false,
+        });
+        let mut on = h.clone();
+        apply(&mut on, &out);
+        assert_eq!(on.get_all("traceparent").iter().collect::<Vec<_>>(), [ours]);
+        assert_eq!(
+            on.get_all("x-amzn-trace-id").iter().collect::<Vec<_>>(),
+            [xray]
+        );
+        for gone in ["tracestate", "x.amzn.trace.id"] {
+            assert!(!on.contains_key(gone), "{gone} passed");
+        }
+        // A trusted context keeps the state that goes with it; X-Ray off leaves its header.
+        out.trace = Some(Propagation {
+            traceparent: Some(HeaderValue::from_static(ours)),
+            xray: None,
+            keep_tracestate: true,
+        });
+        let mut kept = h.clone();
+        apply(&mut kept, &out);
+        assert_eq!(kept.get("tracestate").unwrap(), "vendor=evil");
+        assert_eq!(
+            kept.get("x-amzn-trace-id").unwrap(),
+            h.get("x-amzn-trace-id").unwrap()
+        );
+        assert_eq!(kept.get_all("traceparent").iter().count(), 1);
     }
 }

@@ -135,7 +135,12 @@ pub(super) async fn serve_lambda(
         return respond(session, ctx, 413, "event over Lambda's 6 MB limit", &[]).await;
     }
     ctx.req.upstream_start = Some(Instant::now());
-    let response = match lambda.invoke(event).await {
+    let xray = ctx
+        .req
+        .trace
+        .filter(|_| ctx.req.snap.trace.is_some_and(|p| p.xray))
+        .map(|t| t.xray());
+    let response = match lambda.invoke(event, xray.as_ref().map(|x| &x[..])).await {
         Ok(r) => r,
         Err(e) => return fail_aws(session, ctx, e).await,
     };

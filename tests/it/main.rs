@@ -21,3 +21,4 @@ mod reload;
 mod routing;
 mod split;
 mod support;
+mod tracing;

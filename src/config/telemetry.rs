@@ -1,0 +1,130 @@
+//! Lowering `[telemetry]` and `[telemetry.otlp]`.
+
+use http::header::{HeaderName, HeaderValue};
+use toml::Spanned;
+
+use super::raw::{RawOtlp, RawTelemetry};
+use super::{Cx, Otlp, OtlpProtocol, Telemetry};
+
+impl Cx<'_> {
+    pub(super) fn telemetry(&mut self, raw: RawTelemetry) -> Telemetry {
+        let mut t = Telemetry::default();
+        if let Some(name) = &raw.service_name {
+            if name.get_ref().trim().is_empty() {
+                self.err_at(name, "empty `service-name`", None);
+            } else {
+                t.service_name = name.get_ref().clone();
+            }
+        }
+        for h in raw.redact_headers.iter().flatten() {
+            match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => t.redact_headers.push(name),
+                Err(_) => self.err_at(h, format!("`{}` is not a header name", h.get_ref()), None),
+            }
+        }
+        for q in raw.redact_query.iter().flatten() {
+            if q.get_ref().is_empty() {
+                self.err_at(q, "empty query parameter name in `redact-query`", None);
+            } else {
+                t.redact_query.push(q.get_ref().clone());
+            }
+        }
+        t.otlp = raw.otlp.and_then(|o| self.otlp(o));
+        t
+    }
+
+    fn otlp(&mut self, raw: RawOtlp) -> Option<Otlp> {
+        let protocol = match raw.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "http/protobuf")) => OtlpProtocol::HttpProtobuf,
+            Some((_, "grpc")) => OtlpProtocol::Grpc,
+            Some((p, other)) => {
+                let hint = Some("use `http/protobuf` or `grpc`".into());
+                self.err_at(p, format!("unknown OTLP protocol `{other}`"), hint);
+                OtlpProtocol::HttpProtobuf
+            }
+        };
+        let endpoint = match &raw.endpoint {
+            None => {
+                let default = match protocol {
+                    OtlpProtocol::HttpProtobuf => "http://127.0.0.1:4318",
+                    OtlpProtocol::Grpc => "http://127.0.0.1:4317",
+                };
+                Some(http::Uri::from_static(default))
+            }
+            // Reported; the other keys are still checked.
+            Some(e) => self.endpoint(e),
+        };
+        let sample_ratio = match raw.sample_ratio {
+            None => 0.01,
+            Some(r) => {
+                let v = r.get_ref().value();
+                if !(0.0..=1.0).contains(&v) {
+                    let hint = Some("a share from 0 to 1: 0.01 samples one trace in 100".into());
+                    self.err_at(
+                        &r,
+                        format!("`sample-ratio` {v} is not between 0 and 1"),
+                        hint,
+                    );
+                }
+                v.clamp(0.0, 1.0)
+            }
+        };
+        let (mut tracecontext, mut xray) = (raw.propagate.is_none(), false);
+        for p in raw.propagate.iter().flatten() {
+            match p.get_ref().as_str() {
+                "tracecontext" => tracecontext = true,
+                "xray" => xray = true,
+                other => self.err_at(
+                    p,
+                    format!("unknown propagator `{other}`"),
+                    Some("use `tracecontext` and/or `xray`".into()),
+                ),
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in raw.headers.iter().flatten() {
+            let n = HeaderName::from_bytes(name.get_ref().as_bytes());
+            let v = HeaderValue::from_str(value.get_ref());
+            match (n, v) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => self.err_at(
+                    name,
+                    format!("`{}` is not a header name", name.get_ref()),
+                    None,
+                ),
+                (_, Err(_)) => self.err_at(value, "not a valid header value", None),
+            }
+        }
+        Some(Otlp {
+            endpoint: endpoint?,
+            protocol,
+            sample_ratio,
+            trust_incoming: raw.trust_incoming.unwrap_or(false),
+            tracecontext,
+            xray,
+            headers,
+            logs: raw.logs.unwrap_or(false),
+        })
+    }
+
+    /// A collector's base URL: `http://` or `https://`, a host, no query.
+    fn endpoint(&mut self, e: &Spanned<String>) -> Option<http::Uri> {
+        let hint = Some(
+            "e.g. `http://127.0.0.1:4318` (http/protobuf) or `http://127.0.0.1:4317` (grpc)".into(),
+        );
+        let Ok(uri) = e.get_ref().parse::<http::Uri>() else {
+            self.err_at(e, format!("bad OTLP endpoint `{}`", e.get_ref()), hint);
+            return None;
+        };
+        let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+        if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
+            self.err_at(
+                e,
+                format!("OTLP endpoint `{}` is not an http(s) URL", e.get_ref()),
+                hint,
+            );
+            return None;
+        }
+        Some(uri)
+    }
+}
