@@ -16,10 +16,11 @@ use crate::http1::listener::ProxyListeners;
 use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::{Fast, Strangle};
-use crate::services::{Background, ConfigWatcher, HealthChecks, JwksRefresher, StatsSampler};
+use crate::services::{
+    Background, ConfigWatcher, HealthChecks, JwksRefresher, SpanExport, StatsSampler,
+};
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
-use crate::telemetry::export::SpanExport;
 use crate::telemetry::AccessLogger;
 
 /// Loads the config, then runs the proxy. Returns only on a start-up error.
@@ -114,10 +115,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(HealthChecks { live: live_() }),
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
-                Arc::new(SpanExport {
-                    queue: Arc::clone(&live.registry.spans),
-                    live: live_(),
-                }),
+                Arc::new(SpanExport { live: live_() }),
                 Arc::new(AdminService {
                     live: live_(),
                     access: Arc::clone(&access),

@@ -343,6 +343,24 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
+/// The span exporter (`telemetry::export`), reading the collector's address from the live
+/// config for every batch.
+pub struct SpanExport {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for SpanExport {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let target = || {
+            let snap = self.live.load();
+            let t = &snap.config.telemetry;
+            t.otlp.clone().map(|o| (o, t.service_name.clone()))
+        };
+        crate::telemetry::export::run(&self.live.registry.spans, target, shutdown).await;
+    }
+}
+
 /// Every background service on one runtime: Pingora gives each service its own runtime and
 /// thread, so five services would be five threads beside the proxy's worker.
 pub struct Background {

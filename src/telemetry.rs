@@ -11,6 +11,7 @@ use crate::config::Log;
 mod access;
 pub mod context;
 pub mod export;
+pub mod redact;
 pub mod spans;
 pub use access::AccessLogger;
 
@@ -32,6 +33,27 @@ pub struct AccessEvent<'a> {
     pub bytes_out: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The trace and server span, when the request was traced (sampled), to find its spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<Hex<16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<Hex<8>>,
+}
+
+/// An id that serialises as lower-case hex, with no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl<const N: usize> serde::Serialize for Hex<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl serde::Serialize for Rfc3339 {
@@ -44,11 +66,48 @@ impl serde::Serialize for Rfc3339 {
 #[derive(Debug)]
 pub struct Rfc3339(pub SystemTime);
 
+/// Libraries whose debug and trace output prints requests whole (Pingora writes every request
+/// head it sends at `trace`, `Authorization` and cookies included; the AWS signer its canonical
+/// requests) or their connection internals. Whatever level the config or `STRANGLE_LOG` asks
+/// for, they log at `info` at most: redaction is on by default, and a header value must never
+/// reach a log line.
+const CHATTY: &[&str] = &[
+    "pingora",
+    "pingora_core",
+    "pingora_proxy",
+    "pingora_http",
+    "pingora_pool",
+    "pingora_load_balancing",
+    "pingora_cache",
+    "pingora_runtime",
+    "pingora_timeout",
+    "pingora_rustls",
+    "hyper",
+    "hyper_util",
+    "hyper_rustls",
+    "h2",
+    "tonic",
+    "tower",
+    "rustls",
+    "aws_sigv4",
+    "aws_config",
+    "aws_runtime",
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime_api",
+    "aws_credential_types",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+];
+
 /// Sets up the process log on stderr.
 pub fn init_logging(log: &Log) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRANGLE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = cap_chatty(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -59,4 +118,19 @@ pub fn init_logging(log: &Log) {
     } else {
         builder.try_init()
     };
+}
+
+/// `filter` with the `CHATTY` libraries at `info` at most (less when the filter asks for less).
+fn cap_chatty(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    let cap = filter
+        .max_level_hint()
+        .unwrap_or(LevelFilter::INFO)
+        .min(LevelFilter::INFO);
+    CHATTY.iter().fold(filter, |f, target| {
+        match format!("{target}={cap}").parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        }
+    })
 }

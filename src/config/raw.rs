@@ -56,7 +56,7 @@ pub struct RawOtlp {
     pub trust_incoming: Option<bool>,
     pub propagate: Option<Vec<S<String>>>,
     pub headers: Option<std::collections::BTreeMap<S<String>, S<String>>>,
-    pub logs: Option<bool>,
+    pub logs: Option<S<bool>>,
 }
 
 /// A TOML number as written: `1` and `1.0` mean the same ratio.

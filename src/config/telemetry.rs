@@ -81,6 +81,15 @@ impl Cx<'_> {
                 ),
             }
         }
+        if let Some(logs) = raw.logs.as_ref().filter(|l| *l.get_ref()) {
+            let hint = Some(
+                "the access log is one JSON line per request with `trace_id` and `span_id`: \
+                 a collector's filelog receiver can read it"
+                    .into(),
+            );
+            let why = "exporting logs over OTLP (`logs = true`) is not supported yet";
+            self.err_at(logs, why, hint);
+        }
         let mut headers = Vec::new();
         for (name, value) in raw.headers.iter().flatten() {
             let n = HeaderName::from_bytes(name.get_ref().as_bytes());
@@ -103,7 +112,7 @@ impl Cx<'_> {
             tracecontext,
             xray,
             headers,
-            logs: raw.logs.unwrap_or(false),
+            logs: false,
         })
     }
 

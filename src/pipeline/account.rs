@@ -9,8 +9,9 @@ use super::Request;
 use crate::config::Target;
 use crate::split::Side;
 use crate::telemetry::context::RequestTrace;
+use crate::telemetry::redact;
 use crate::telemetry::spans::{CallKind, SpanRecord, UpstreamCall};
-use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
+use crate::telemetry::{AccessEvent, AccessLogger, Hex, Rfc3339};
 use crate::upstream::Kind;
 
 /// How a request ended.
@@ -33,7 +34,8 @@ impl Request {
                 .side(side)
                 .record(done.status, now - self.start);
         }
-        if let Some(trace) = self.trace.filter(|t| t.server.sampled) {
+        let traced = self.trace.filter(|t| t.server.sampled);
+        if let Some(trace) = traced {
             self.snap.spans.push(self.span_record(trace, now, &done));
         }
         let Some(access) = access.filter(|a| a.enabled()) else {
@@ -54,6 +56,8 @@ impl Request {
             bytes_in: done.bytes.0,
             bytes_out: done.bytes.1,
             error: done.error,
+            trace_id: traced.map(|t| Hex(t.server.trace_id)),
+            span_id: traced.map(|t| Hex(t.server.span_id)),
         });
     }
 }
@@ -88,6 +92,12 @@ impl Request {
             end: wall,
             method: self.method.clone().unwrap_or_default(),
             path: done.path.to_string(),
+            query: self
+                .path
+                .as_ref()
+                .map(|p| p.query())
+                .filter(|q| q.len() > 1)
+                .map(|q| redact::query(&q[1..], &self.snap.config.telemetry.redact_query)),
             status: done.status,
             error: done.error.clone(),
             route: route.map(|r| r.id.clone()),

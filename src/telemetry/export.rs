@@ -1,4 +1,5 @@
-//! The span exporter: a background service that takes finished requests' spans off the queue
+//! The span exporter: background work (`run`, started by `services::SpanExport`) that takes
+//! finished requests' spans off the queue
 //! (`spans`), batches them (up to `MAX_BATCH`, or what arrived within `FLUSH_EVERY`), turns them
 //! into the SDK's `SpanData` and sends them with `opentelemetry-otlp` (http/protobuf through
 //! strangle's own rustls client, or gRPC through tonic), all off the request path. The
@@ -9,7 +10,6 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,12 +23,10 @@ use opentelemetry_otlp::{tonic_types, WithExportConfig, WithHttpConfig, WithToni
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use opentelemetry_sdk::Resource;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use super::context::RequestTrace;
 use super::spans::{CallKind, SpanQueue, SpanRecord};
 use crate::config::{Otlp, OtlpProtocol};
-use crate::state::Live;
 
 /// Spans sent in one request to the collector, at most.
 const MAX_BATCH: usize = 512;
@@ -39,12 +37,6 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The last export at shutdown, at most.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The exporter service.
-pub struct SpanExport {
-    pub live: Arc<Live>,
-    pub queue: Arc<SpanQueue>,
-}
-
 /// An exporter built for one `[telemetry.otlp]` and service name.
 struct Built {
     otlp: Otlp,
@@ -52,102 +44,102 @@ struct Built {
     exporter: opentelemetry_otlp::SpanExporter,
 }
 
-#[async_trait]
-impl BackgroundService for SpanExport {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(mut rx) = self.queue.take_receiver() else {
-            return;
-        };
-        let mut built: Option<Built> = None;
-        let mut batch: Vec<SpanRecord> = Vec::new();
-        let mut due = None;
-        loop {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => {
-                        batch.push(r);
-                        due.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
-                    if due.is_some() => {
-                    self.flush(&mut built, &mut batch, EXPORT_TIMEOUT).await;
-                    due = None;
+/// The collector to send to and the service name to report, as the live config says now
+/// (`None`: tracing is off).
+pub type Target = Option<(Otlp, String)>;
+
+/// Runs the exporter until `shutdown`, then sends what is queued once more. `target` is asked
+/// for every batch.
+pub async fn run(queue: &SpanQueue, target: impl Fn() -> Target, mut shutdown: ShutdownWatch) {
+    let Some(mut rx) = queue.take_receiver() else {
+        return;
+    };
+    let mut built: Option<Built> = None;
+    let mut batch: Vec<SpanRecord> = Vec::new();
+    let mut due = None;
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => {
+                    batch.push(r);
+                    due.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
                 }
-                _ = shutdown.changed() => break,
-            }
-            if batch.len() >= MAX_BATCH {
-                self.flush(&mut built, &mut batch, EXPORT_TIMEOUT).await;
+                None => break,
+            },
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                if due.is_some() => {
+                flush(queue, target(), &mut built, &mut batch, EXPORT_TIMEOUT).await;
                 due = None;
             }
+            _ = shutdown.changed() => break,
         }
-        // What the last requests left behind.
-        while let Ok(r) = rx.try_recv() {
-            batch.push(r);
+        if batch.len() >= MAX_BATCH {
+            flush(queue, target(), &mut built, &mut batch, EXPORT_TIMEOUT).await;
+            due = None;
         }
-        self.flush(&mut built, &mut batch, FLUSH_TIMEOUT).await;
     }
+    // What the last requests left behind.
+    while let Ok(r) = rx.try_recv() {
+        batch.push(r);
+    }
+    flush(queue, target(), &mut built, &mut batch, FLUSH_TIMEOUT).await;
 }
 
-impl SpanExport {
-    async fn flush(
-        &self,
-        built: &mut Option<Built>,
-        batch: &mut Vec<SpanRecord>,
-        within: Duration,
-    ) {
-        if batch.is_empty() {
-            return;
-        }
-        let records = std::mem::take(batch);
-        let spans: Vec<SpanData> = records.iter().flat_map(span_data).collect();
-        let n = spans.len() as u64;
-        let snap = self.live.load();
-        let telemetry = &snap.config.telemetry;
-        let Some(otlp) = &telemetry.otlp else {
-            // Tracing was turned off by a reload after these were queued.
-            self.queue.dropped.fetch_add(n, Ordering::Relaxed);
-            return;
+async fn flush(
+    queue: &SpanQueue,
+    target: Target,
+    built: &mut Option<Built>,
+    batch: &mut Vec<SpanRecord>,
+    within: Duration,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let records = std::mem::take(batch);
+    let spans: Vec<SpanData> = records.iter().flat_map(span_data).collect();
+    let n = spans.len() as u64;
+    let Some((otlp, service)) = target else {
+        // Tracing was turned off by a reload after these were queued.
+        queue.dropped.fetch_add(n, Ordering::Relaxed);
+        return;
+    };
+    let current = built
+        .as_ref()
+        .is_some_and(|b| b.otlp == otlp && b.service == service);
+    if !current {
+        *built = match build(&otlp, &service) {
+            Ok(exporter) => Some(Built {
+                otlp: otlp.clone(),
+                service,
+                exporter,
+            }),
+            Err(e) => {
+                tracing::warn!("cannot build the OTLP exporter: {e}");
+                None
+            }
         };
-        let current = built
-            .as_ref()
-            .is_some_and(|b| &b.otlp == otlp && b.service == telemetry.service_name);
-        if !current {
-            *built = match build(otlp, &telemetry.service_name) {
-                Ok(exporter) => Some(Built {
-                    otlp: otlp.clone(),
-                    service: telemetry.service_name.clone(),
-                    exporter,
-                }),
-                Err(e) => {
-                    tracing::warn!("cannot build the OTLP exporter: {e}");
-                    None
-                }
-            };
+    }
+    let Some(b) = built.as_ref() else {
+        queue.dropped.fetch_add(n, Ordering::Relaxed);
+        return;
+    };
+    match tokio::time::timeout(within, b.exporter.export(spans)).await {
+        Ok(Ok(())) => {
+            queue.exported.fetch_add(n, Ordering::Relaxed);
         }
-        let Some(b) = built.as_ref() else {
-            self.queue.dropped.fetch_add(n, Ordering::Relaxed);
-            return;
-        };
-        match tokio::time::timeout(within, b.exporter.export(spans)).await {
-            Ok(Ok(())) => {
-                self.queue.exported.fetch_add(n, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                self.queue.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(
-                    "{n} spans dropped: the collector at {} refused them: {e}",
-                    otlp.endpoint
-                );
-            }
-            Err(_) => {
-                self.queue.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(
-                    "{n} spans dropped: the collector at {} did not answer within {within:?}",
-                    otlp.endpoint
-                );
-            }
+        Ok(Err(e)) => {
+            queue.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(
+                "{n} spans dropped: the collector at {} refused them: {e}",
+                otlp.endpoint
+            );
+        }
+        Err(_) => {
+            queue.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(
+                "{n} spans dropped: the collector at {} did not answer within {within:?}",
+                otlp.endpoint
+            );
         }
     }
 }
@@ -237,6 +229,9 @@ fn span_data(r: &SpanRecord) -> Vec<SpanData> {
         KeyValue::new("url.path", r.path.clone()),
         KeyValue::new("http.response.status_code", i64::from(r.status)),
     ];
+    if let Some(query) = &r.query {
+        attributes.push(KeyValue::new("url.query", query.clone()));
+    }
     if let Some(route) = &r.route_path {
         attributes.push(KeyValue::new("http.route", route.clone()));
     }

@@ -22,8 +22,10 @@ pub struct SpanRecord {
     pub start: SystemTime,
     pub end: SystemTime,
     pub method: http::Method,
-    /// The canonical path (`url.path`; never the query).
+    /// The canonical path (`url.path`).
     pub path: String,
+    /// The query without its `?`, credentials redacted (`url.query`), when there is one.
+    pub query: Option<String>,
     pub status: u16,
     /// Why the request failed, when it did.
     pub error: Option<String>,

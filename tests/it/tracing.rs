@@ -103,7 +103,10 @@ fn a_traced_request_is_one_trace_from_strangle_to_the_backend() {
         receiver.http
     );
     let proxy = Proxy::start(&config(&backend, &otlp));
-    let r = proxy.client().get("/bookings/./7?secret=1", &[]).unwrap();
+    let r = proxy
+        .client()
+        .get("/bookings/./7?q=1&access_token=s3cr3t", &[])
+        .unwrap();
     assert_eq!(r.status, 200);
     let (trace_id, parent, flags) = received(&backend);
     assert_eq!(flags, "01");
@@ -134,7 +137,7 @@ fn a_traced_request_is_one_trace_from_strangle_to_the_backend() {
     assert_eq!(a["strangle.side"], "legacy");
     assert_eq!(a["strangle.upstream"], "monolith");
     assert_eq!(client["attributes"]["strangle.upstream"], "monolith");
-    assert!(!serde_json::to_string(&spans).unwrap().contains("secret"));
+    assert!(!serde_json::to_string(&spans).unwrap().contains("s3cr3t"));
     // Each span ends after it starts; the call sits inside the request.
     let n = |s: &Value, k: &str| s[k].as_u64().unwrap();
     assert!(n(server, "start") <= n(client, "start") && n(client, "end") <= n(server, "end"));
@@ -291,4 +294,139 @@ fn a_graceful_shutdown_flushes_the_spans_still_queued() {
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(proxy.child.wait().unwrap().success());
     assert_eq!(receiver.spans().len(), 10);
+}
+
+#[test]
+fn secrets_never_reach_a_log_line_or_an_exported_span() {
+    // A token, a cookie, an API key, a configured secret header and query parameter, and the
+    // built-in credential parameters, on a traced request with every log as chatty as it gets.
+    let receiver = Receiver::start();
+    let backend = Backend::start("monolith");
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let config = Config::new()
+        .default("monolith")
+        .upstream("monolith", &backend.addr())
+        .route("bookings", "/bookings", |r| r.legacy("monolith"))
+        .section(
+            "[log]",
+            &format!(
+                "access = \"{}\"\nformat = \"json\"\nlevel = \"trace,pingora_core=trace,aws_sigv4=trace\"",
+                access.display()
+            ),
+        )
+        .section(
+            "[telemetry]",
+            "redact-headers = [\"x-internal-secret\"]\nredact-query = [\"session\"]",
+        )
+        .section(
+            "[telemetry.otlp]",
+            &format!(
+                "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1",
+                receiver.http
+            ),
+        )
+        .build();
+    let proxy = Proxy::start(&config);
+    const SECRETS: [&str; 6] = [
+        "tok-9f8e7d",
+        "cookie-5a4b3c",
+        "apikey-1a2b3c",
+        "internal-7g8h9i",
+        "session-0j1k2l",
+        "access-3m4n5o",
+    ];
+    let headers = [
+        ("authorization", "Bearer tok-9f8e7d"),
+        ("cookie", "sid=cookie-5a4b3c"),
+        ("x-api-key", "apikey-1a2b3c"),
+        ("x-internal-secret", "internal-7g8h9i"),
+    ];
+    let path = "/bookings/1?session=session-0j1k2l&access_token=access-3m4n5o&page=2";
+    for _ in 0..3 {
+        assert_eq!(proxy.client().get(path, &headers).unwrap().status, 200);
+    }
+    let spans = receiver.wait_for(6);
+    let exported = serde_json::to_string(&spans).unwrap();
+    assert!(exported.contains("session=[redacted]&access_token=[redacted]&page=2"));
+    eventually(Duration::from_secs(5), "the access log lines", || {
+        std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    let access_log = std::fs::read_to_string(&access).unwrap();
+    // Every access-log line of a traced request names its trace.
+    for line in access_log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let traced = spans
+            .iter()
+            .any(|s| s["trace_id"] == v["trace_id"] && s["span_id"] == v["span_id"]);
+        assert!(traced, "{line}");
+    }
+    let process_log = proxy.stderr();
+    for secret in SECRETS {
+        for (what, text) in [
+            ("spans", &exported),
+            ("access log", &access_log),
+            ("process log", &process_log),
+        ] {
+            let leak = text.lines().find(|l| l.contains(secret));
+            assert_eq!(leak, None, "{secret} in the {what}");
+        }
+    }
+    // The upstream still gets what the client sent.
+    let seen = backend.seen().pop().unwrap();
+    assert_eq!(seen.header("authorization"), Some("Bearer tok-9f8e7d"));
+}
+
+#[test]
+fn a_lambda_function_gets_the_trace_in_its_events_headers() {
+    // A real `lambda_http` function under `cargo lambda watch`: its event's headers carry
+    // strangle's traceparent (a client's copy replaced), and the client span names the
+    // function and its region.
+    let watch = crate::lambda::LambdaWatch::start();
+    let receiver = Receiver::start();
+    let legacy = Backend::start("monolith");
+    let config = Config::new()
+        .default("monolith")
+        .upstream("monolith", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .with("timeout = \"5s\"")
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith").new("bookings-fn").shift("100%")
+        })
+        .section(
+            "[telemetry.otlp]",
+            &format!(
+                "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1",
+                receiver.http
+            ),
+        )
+        .build();
+    let proxy = Proxy::start_with_env(&config, &crate::invoke::lambda_env());
+    let spoofed = (
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    let r = proxy.client().get("/bookings/echo", &[spoofed]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo: Value = serde_json::from_slice(&r.body).unwrap();
+    let tp = echo["headers"]["traceparent"].as_str().unwrap().to_string();
+    assert!(!tp.contains("0af7651916cd43dd8448eb211c80319c"), "{tp}");
+    let spans = receiver.wait_for(2);
+    let client = kind(&spans, CLIENT)[0];
+    assert_eq!(
+        tp,
+        format!(
+            "00-{}-{}-01",
+            client["trace_id"].as_str().unwrap(),
+            client["span_id"].as_str().unwrap()
+        )
+    );
+    let a = &client["attributes"];
+    assert_eq!(a["faas.invoked_name"], "bookings");
+    assert_eq!(a["faas.invoked_region"], "eu-west-1");
+    assert_eq!(a["faas.invoked_provider"], "aws");
+    assert_eq!(
+        kind(&spans, SERVER)[0]["attributes"]["strangle.side"],
+        "new"
+    );
 }
