@@ -117,6 +117,7 @@ bench-allocs: deps
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx linux-perf >/dev/null; }
 	@python3 -c "import jwt, cryptography" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyjwt cryptography
+	@python3 -c "import grpc, opentelemetry.proto" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check opentelemetry-proto grpcio
 	$(CARGO) build --release --bin strangle
 	./benches/allocs.sh
 
@@ -134,6 +135,7 @@ bench-load: deps
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk >/dev/null; }
 	@python3 -c "import jwt, cryptography" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pyjwt cryptography
+	@python3 -c "import grpc, opentelemetry.proto" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check opentelemetry-proto grpcio
 	@# oha: fixed-rate load with latency correction; built once, then found in ~/.cargo/bin.
 	@command -v oha >/dev/null || $(CARGO) install --locked oha
 	$(CARGO) build --release --bin strangle --example bare_pingora

@@ -30,11 +30,13 @@ BACKEND=$(free_port); ROUTING=$(free_port); FULL=$(free_port); ISSUER=$(free_por
 start_backend "$BACKEND"
 start_issuer "$ISSUER"
 TOKEN=$(mint_token "$ISSUER")
+RECEIVER=$(free_port)
+start_receiver "$RECEIVER"
 # Each config in a directory of its own: the config watcher wakes for every write in the
 # config's directory, and perf writes its files in $WORK.
 mkdir -p "$WORK/routing" "$WORK/full"
 routing_config "$ROUTING" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/routing/strangle.toml"
-full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/full/strangle.toml"
+full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" "$RECEIVER" > "$WORK/full/strangle.toml"
 "$WORK/strangle" serve -c "$WORK/routing/strangle.toml" 2>"$WORK/routing.log" & PIDS+=($!)
 ROUTING_PID=$!
 "$WORK/strangle" serve -c "$WORK/full/strangle.toml" 2>"$WORK/full.log" & PIDS+=($!)

@@ -108,9 +108,17 @@ mint_token() {
   curl -s -X POST "http://127.0.0.1:$1/mint" -d "{\"claims\":{\"iss\":\"https://issuer.test/\",\"aud\":\"bookings\",\"sub\":\"user-1\",\"exp\":$((now+7200))}}"
 }
 
+# The OTLP receiver of the tests (tests/fixtures/otlp_receiver.py; opentelemetry-proto): a
+# collector for the full pipeline's spans. Usage: start_receiver PORT
+start_receiver() {
+  python3 tests/fixtures/otlp_receiver.py "$1" > "$WORK/receiver.out" & PIDS+=($!)
+  wait_port "$1"
+}
+
 # strangle with the full pipeline: JWT (the issuer's static key, token cache on), sticky split
-# by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
-# Usage: full_config PORT ADMIN_ADDR BACKEND_PORT > FILE (after start_issuer)
+# by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file, and
+# traces at 1% sampling sent to the receiver on OTLP_PORT when one is given.
+# Usage: full_config PORT ADMIN_ADDR BACKEND_PORT [OTLP_PORT] > FILE (after start_issuer)
 full_config() {
   server_config "$1" "$2" "$WORK/access.log"
   cat <<CONF
@@ -136,4 +144,11 @@ sticky = "jwt:sub"
 auth = "users"
 rate-limit = { requests = 10000000, per = "1s", burst = 10000000, key = "jwt:sub" }
 CONF
+  if [ -n "${4:-}" ]; then
+    cat <<CONF
+[telemetry.otlp]
+endpoint = "http://127.0.0.1:$4"
+sample-ratio = 0.01
+CONF
+  fi
 }

@@ -2,7 +2,8 @@
 # The load benchmark: the same tiny backend reached directly, through nginx, through HAProxy,
 # through a bare Pingora proxy (the floor strangle is built on), through strangle with routing
 # only, and through strangle with the full pipeline (JWT with the token cache, sticky split,
-# rate limit, max-in-flight, metrics, access log to a file).
+# rate limit, max-in-flight, metrics, access log to a file, traces at 1% sent to an OTLP
+# receiver).
 # Each proxy gets one worker pinned to CPU 0; the load generator and the backend share CPU 1.
 # Runs are interleaved (every target once per round), the warm-up is discarded, and the tables
 # report medians over ROUNDS rounds of:
@@ -73,10 +74,13 @@ taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/routing.toml" 2>"$WORK/routing.log"
 ROUTING_PID=$!
 
 # strangle with the full pipeline: JWT (static key from the test issuer, token cache on), sticky
-# split by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file.
+# split by claim, a rate limit far above the load, max-in-flight, metrics, access log to a file,
+# traces sampled at 1% and exported to the tests' OTLP receiver.
 start_issuer "$ISSUER"
 TOKEN=$(mint_token "$ISSUER")
-full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/full.toml"
+RECEIVER=$(free_port)
+start_receiver "$RECEIVER"
+full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" "$RECEIVER" > "$WORK/full.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
 FULL_PID=$!
 
