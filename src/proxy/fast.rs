@@ -232,8 +232,8 @@ async fn finish(
 }
 
 /// Room in the upstream head's header maps for what the outbound policy adds (the forwarding
-/// headers, the request id, `Host`, forwarded claims).
-const POLICY_ROOM: usize = 12;
+/// headers, the request id, `Host`, forwarded claims, the trace headers).
+const POLICY_ROOM: usize = 14;
 
 /// The client's request head, in its header names' case, as the start of the upstream's: a
 /// copy with room for what the policy adds. `RequestHeader::clone` (what `HttpProxy` does)
