@@ -131,9 +131,11 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
             access: Arc::clone(&access),
+            live: Arc::clone(&live),
             lifecycle: Arc::clone(&live.lifecycle),
         }),
     });
+    // A fast shutdown (SIGINT) waits for nothing more than the access log's last lines.
     access.flush();
     std::process::exit(0)
 }
@@ -142,7 +144,18 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
 struct Drain {
     grace: Duration,
     access: Arc<AccessLogger>,
+    live: Arc<Live>,
     lifecycle: Arc<Lifecycle>,
+}
+
+/// What a drained exit waits for (each bounded): the access log's last lines and, when tracing
+/// is on, the exporter's last spans.
+fn flush_telemetry(access: &AccessLogger, live: &Live) {
+    access.flush();
+    if live.load().config.telemetry.otlp.is_some() {
+        let within = crate::telemetry::export::FLUSH_TIMEOUT + Duration::from_secs(1);
+        live.registry.spans.wait_flushed(within);
+    }
 }
 
 #[async_trait]
@@ -183,6 +196,7 @@ impl Drain {
     fn drain(&self) -> ShutdownSignal {
         let grace = self.grace;
         let access = Arc::clone(&self.access);
+        let live = Arc::clone(&self.live);
         let lifecycle = Arc::clone(&self.lifecycle);
         lifecycle.start_draining();
         // Pingora stops the listeners when this returns; this task ends the process as soon as
@@ -199,7 +213,8 @@ impl Drain {
             }
             let left = lifecycle.in_flight();
             if left == 0 {
-                access.flush();
+                // Blocking waits, bounded: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || flush_telemetry(&access, &live)).await;
                 tracing::info!("drained; exiting");
                 std::process::exit(0);
             }
@@ -213,7 +228,7 @@ impl Drain {
             std::thread::spawn(move || {
                 // In case the runtime's shutdown does not return.
                 std::thread::sleep(Duration::from_secs(5));
-                access.flush();
+                flush_telemetry(&access, &live);
                 std::process::exit(0);
             });
         });

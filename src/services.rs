@@ -357,7 +357,11 @@ impl BackgroundService for SpanExport {
             let t = &snap.config.telemetry;
             t.otlp.clone().map(|o| (o, t.service_name.clone()))
         };
-        crate::telemetry::export::run(&self.live.registry.spans, target, shutdown).await;
+        let idle = || self.live.lifecycle.in_flight() == 0;
+        // The proxy's own grace period, and a moment for its last account step.
+        let grace = self.live.load().config.server.grace_period + Duration::from_secs(1);
+        let spans = &self.live.registry.spans;
+        crate::telemetry::export::run(spans, target, idle, grace, shutdown).await;
     }
 }
 

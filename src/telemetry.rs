@@ -66,71 +66,39 @@ impl serde::Serialize for Rfc3339 {
 #[derive(Debug)]
 pub struct Rfc3339(pub SystemTime);
 
-/// Libraries whose debug and trace output prints requests whole (Pingora writes every request
-/// head it sends at `trace`, `Authorization` and cookies included; the AWS signer its canonical
-/// requests) or their connection internals. Whatever level the config or `STRANGLE_LOG` asks
-/// for, they log at `info` at most: redaction is on by default, and a header value must never
-/// reach a log line.
-const CHATTY: &[&str] = &[
-    "pingora",
-    "pingora_core",
-    "pingora_proxy",
-    "pingora_http",
-    "pingora_pool",
-    "pingora_load_balancing",
-    "pingora_cache",
-    "pingora_runtime",
-    "pingora_timeout",
-    "pingora_rustls",
-    "hyper",
-    "hyper_util",
-    "hyper_rustls",
-    "h2",
-    "tonic",
-    "tower",
-    "rustls",
-    "aws_sigv4",
-    "aws_config",
-    "aws_runtime",
-    "aws_smithy_runtime",
-    "aws_smithy_http_client",
-    "aws_smithy_runtime_api",
-    "aws_credential_types",
-    "opentelemetry",
-    "opentelemetry_sdk",
-    "opentelemetry_otlp",
-    "opentelemetry_http",
-];
+/// Whether an event may be logged: every library's debug and trace output is dropped, whatever
+/// level the config or `STRANGLE_LOG` asks for (a directive naming a library module cannot
+/// bring it back). Pingora writes every request head it sends at `trace`, `Authorization` and
+/// cookies included, the AWS signer its canonical requests, the file watcher an event for
+/// every write (a log file next to the config fed itself); redaction is on by default, so only
+/// strangle's own debug output, which never prints header values, gets through.
+fn allowed(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::INFO
+        || meta.target() == "strangle"
+        || meta.target().starts_with("strangle::")
+}
 
 /// Sets up the process log on stderr.
 pub fn init_logging(log: &Log) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRANGLE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let filter = cap_chatty(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let cap = tracing_subscriber::filter::filter_fn(allowed);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     let _ = if log.json {
-        builder.json().try_init()
+        registry
+            .with(fmt.json().with_filter(filter).with_filter(cap))
+            .try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(fmt.with_filter(filter).with_filter(cap))
+            .try_init()
     };
-}
-
-/// `filter` with the `CHATTY` libraries at `info` at most (less when the filter asks for less).
-fn cap_chatty(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
-    use tracing_subscriber::filter::LevelFilter;
-    let cap = filter
-        .max_level_hint()
-        .unwrap_or(LevelFilter::INFO)
-        .min(LevelFilter::INFO);
-    CHATTY.iter().fold(filter, |f, target| {
-        match format!("{target}={cap}").parse() {
-            Ok(d) => f.add_directive(d),
-            Err(_) => f,
-        }
-    })
 }

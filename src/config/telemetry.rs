@@ -90,12 +90,27 @@ impl Cx<'_> {
             let why = "exporting logs over OTLP (`logs = true`) is not supported yet";
             self.err_at(logs, why, hint);
         }
+        if let Some(e) = &raw.endpoint {
+            let grpc_path = protocol == OtlpProtocol::Grpc
+                && e.get_ref()
+                    .parse::<http::Uri>()
+                    .is_ok_and(|u| u.path() != "/");
+            if grpc_path {
+                let hint = Some("a gRPC endpoint is `http(s)://HOST:PORT`".into());
+                self.err_at(e, "a gRPC OTLP endpoint has no path", hint);
+            }
+        }
         let mut headers = Vec::new();
         for (name, value) in raw.headers.iter().flatten() {
             let n = HeaderName::from_bytes(name.get_ref().as_bytes());
             let v = HeaderValue::from_str(value.get_ref());
             match (n, v) {
-                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Ok(n), Ok(v)) if v.to_str().is_ok() => headers.push((n, v)),
+                (Ok(_), Ok(_)) => self.err_at(
+                    value,
+                    "a collector header value must be visible ASCII",
+                    None,
+                ),
                 (Err(_), _) => self.err_at(
                     name,
                     format!("`{}` is not a header name", name.get_ref()),
@@ -126,10 +141,45 @@ impl Cx<'_> {
             return None;
         };
         let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
-        if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
+        let text = e.get_ref();
+        if !scheme_ok
+            || uri.host().is_none_or(str::is_empty)
+            || uri.query().is_some()
+            || text.contains('#')
+        {
             self.err_at(
                 e,
-                format!("OTLP endpoint `{}` is not an http(s) URL", e.get_ref()),
+                format!("OTLP endpoint `{text}` is not an http(s) URL"),
+                hint,
+            );
+            return None;
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // Never sent (and it would be logged with the address): credentials go in `headers`.
+            let hint = Some("put credentials in `headers`, e.g. `headers = { authorization = \"${env:OTLP_AUTH}\" }`".into());
+            self.err_at(
+                e,
+                "an OTLP endpoint cannot carry a user name or password",
+                hint,
+            );
+            return None;
+        }
+        // From the text: `http` takes `:99999` and gives no port for it.
+        let port = uri
+            .authority()
+            .map(|a| a.as_str())
+            .filter(|a| !a.ends_with(']'))
+            .and_then(|a| a.rsplit_once(':'))
+            .map(|(_, p)| p.parse::<u16>());
+        if port.is_some_and(|p| p.is_err() || p == Ok(0)) {
+            self.err_at(e, format!("OTLP endpoint `{text}` has no valid port"), hint);
+            return None;
+        }
+        if uri.path().trim_end_matches('/').ends_with("/v1/traces") {
+            let hint = Some("give the collector's base URL: strangle adds `/v1/traces`".into());
+            self.err_at(
+                e,
+                "an OTLP endpoint is the base URL, without `/v1/traces`",
                 hint,
             );
             return None;

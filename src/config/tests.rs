@@ -555,6 +555,26 @@ fn telemetry_lowers_with_defaults_and_every_mistake_is_reported_at_its_key() {
     assert!(found[2].1.contains("unknown OTLP protocol `thrift`") && found[2].0 == 7);
     assert!(found[3].1.contains("not between 0 and 1") && found[3].0 == 8);
     assert!(found[4].1.contains("unknown propagator `b3`") && found[4].0 == 9);
+    // Found by an adversarial review: values `check` took that could never work, or leaked.
+    for (endpoint, why) in [
+        ("http://admin:pw@127.0.0.1:4318", "user name or password"),
+        ("http://127.0.0.1:4318/v1/traces", "without `/v1/traces`"),
+        ("http://127.0.0.1:99999", "no valid port"),
+        ("http://127.0.0.1:0", "no valid port"),
+        ("http://127.0.0.1:4318#x", "not an http(s) URL"),
+    ] {
+        let e = parse_str(&format!(
+            "{base}[telemetry.otlp]\nendpoint = \"{endpoint}\"\n"
+        ));
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains(why), "{endpoint}: {e}");
+    }
+    let grpc_path = "protocol = \"grpc\"\nendpoint = \"http://127.0.0.1:4317/x\"";
+    let e = parse_str(&format!("{base}[telemetry.otlp]\n{grpc_path}\n")).unwrap_err();
+    assert!(e.to_string().contains("has no path"), "{e}");
+    let header = "headers = { \"x-k\" = \"\u{e9}\" }";
+    let e = parse_str(&format!("{base}[telemetry.otlp]\n{header}\n")).unwrap_err();
+    assert!(e.to_string().contains("visible ASCII"), "{e}");
     let unknown = parse_str(&format!("{base}[telemetry.otlp]\nendpiont = \"x\"\n"));
     assert!(unknown.unwrap_err().to_string().contains("endpiont"));
 }

@@ -91,13 +91,18 @@ impl Request {
             start: at(self.start),
             end: wall,
             method: self.method.clone().unwrap_or_default(),
-            path: done.path.to_string(),
+            path: clip(done.path),
             query: self
                 .path
                 .as_ref()
                 .map(|p| p.query())
                 .filter(|q| q.len() > 1)
-                .map(|q| redact::query(&q[1..], &self.snap.config.telemetry.redact_query)),
+                .map(|q| {
+                    clip(&redact::query(
+                        &q[1..],
+                        &self.snap.config.telemetry.redact_query,
+                    ))
+                }),
             status: done.status,
             error: done.error.clone(),
             route: route.map(|r| r.id.clone()),
@@ -106,6 +111,19 @@ impl Request {
             upstream,
         }
     }
+}
+
+/// The most of a path or query a span keeps: the queue then holds at most a few megabytes
+/// whatever clients send (a target may be 64 KB).
+const SPAN_TEXT: usize = 1024;
+
+/// `text`, cut at `SPAN_TEXT` bytes (on a character boundary).
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(SPAN_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -150,10 +150,12 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             || (forwarding && !out.peer_trusted)
             // strangle sends its own `x-request-id`; another spelling of it would compete.
             || (s == X_REQUEST_ID && name.as_str() != s)
+            // With tracing on, X-Ray's header too, propagated or not: X-Ray-instrumented
+            // upstreams obey it (sampling, the trace they join).
             || out.trace.as_ref().is_some_and(|t| {
                 s == TRACEPARENT
-                    || (s == TRACESTATE && !(t.keep_tracestate && name.as_str() == s))
-                    || (s == X_AMZN_TRACE_ID && t.xray.is_some())
+                    || (s == TRACESTATE && !(t.keep_tracestate && name.as_str() == s && tracestate_fits(h.map())))
+                    || s == X_AMZN_TRACE_ID
             })
         {
             drop.push(name.clone());
@@ -215,6 +217,13 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             h.set_static(X_AMZN_TRACE_ID, v.clone());
         }
     }
+}
+
+/// Whether a client's `tracestate` is within W3C Trace Context's limit (512 characters in all,
+/// one line): a longer one is not passed on.
+fn tracestate_fits(h: &HeaderMap) -> bool {
+    let mut lines = h.get_all(TRACESTATE).iter();
+    matches!((lines.next(), lines.next()), (Some(v), None) if v.len() <= 512)
 }
 
 /// A header name as servers that fold punctuation read it. CGI-style servers read `x_user_id`
@@ -502,7 +511,8 @@ mod tests {
         for gone in ["tracestate", "x.amzn.trace.id"] {
             assert!(!on.contains_key(gone), "{gone} passed");
         }
-        // A trusted context keeps the state that goes with it; X-Ray off leaves its header.
+        // A trusted context keeps the state that goes with it; X-Ray's header is strangle's
+        // whenever tracing is on, propagated or not.
         out.trace = Some(Propagation {
             traceparent: Some(HeaderValue::from_static(ours)),
             xray: None,
@@ -511,10 +521,13 @@ mod tests {
         let mut kept = h.clone();
         apply(&mut kept, &out);
         assert_eq!(kept.get("tracestate").unwrap(), "vendor=evil");
-        assert_eq!(
-            kept.get("x-amzn-trace-id").unwrap(),
-            h.get("x-amzn-trace-id").unwrap()
-        );
+        assert!(!kept.contains_key("x-amzn-trace-id"));
         assert_eq!(kept.get_all("traceparent").iter().count(), 1);
+        // Past W3C's 512 characters, a trusted tracestate is dropped too.
+        let mut long = h.clone();
+        let value = HeaderValue::from_str(&"a=b,".repeat(200)).unwrap();
+        long.insert(HeaderName::from_static("tracestate"), value);
+        apply(&mut long, &out);
+        assert!(!long.contains_key("tracestate"));
     }
 }

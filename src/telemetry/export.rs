@@ -34,8 +34,8 @@ const MAX_BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// One export, at most.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The last export at shutdown, at most.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The last export at shutdown, at most (the exit waits this long and a moment for it).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An exporter built for one `[telemetry.otlp]` and service name.
 struct Built {
@@ -48,9 +48,16 @@ struct Built {
 /// (`None`: tracing is off).
 pub type Target = Option<(Otlp, String)>;
 
-/// Runs the exporter until `shutdown`, then sends what is queued once more. `target` is asked
-/// for every batch.
-pub async fn run(queue: &SpanQueue, target: impl Fn() -> Target, mut shutdown: ShutdownWatch) {
+/// Runs the exporter until `shutdown`; then, while requests are still being served (`idle`
+/// says when none are, for at most `grace`), it keeps collecting their spans, and sends what
+/// is queued once more. `target` is asked for every batch.
+pub async fn run(
+    queue: &SpanQueue,
+    target: impl Fn() -> Target,
+    idle: impl Fn() -> bool,
+    grace: Duration,
+    mut shutdown: ShutdownWatch,
+) {
     let Some(mut rx) = queue.take_receiver() else {
         return;
     };
@@ -78,11 +85,22 @@ pub async fn run(queue: &SpanQueue, target: impl Fn() -> Target, mut shutdown: S
             due = None;
         }
     }
-    // What the last requests left behind.
+    // The requests still being served end within the grace period; their spans come last.
+    let until = tokio::time::Instant::now() + grace;
+    while !idle() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(r) = rx.try_recv() {
+            batch.push(r);
+        }
+        if batch.len() >= MAX_BATCH {
+            flush(queue, target(), &mut built, &mut batch, FLUSH_TIMEOUT).await;
+        }
+    }
     while let Ok(r) = rx.try_recv() {
         batch.push(r);
     }
     flush(queue, target(), &mut built, &mut batch, FLUSH_TIMEOUT).await;
+    queue.mark_flushed();
 }
 
 async fn flush(

@@ -7,63 +7,102 @@
 pub const REDACTED: &str = "[redacted]";
 
 /// Query parameters redacted whatever the config says: tokens, passwords, signatures (OAuth,
-/// OpenID Connect, AWS presigned URLs, common API keys).
+/// OpenID Connect, AWS and Google presigned URLs, common API keys and sessions), in the
+/// normalised form `normalise` gives.
 const CREDENTIAL_PARAMS: &[&str] = &[
     "access_token",
+    "accesstoken",
     "id_token",
+    "idtoken",
     "refresh_token",
+    "refreshtoken",
     "token",
+    "auth",
+    "auth_token",
+    "authtoken",
+    "api_token",
+    "apitoken",
+    "private_token",
+    "oauth_token",
+    "oauth_signature",
+    "jwt",
     "code",
     "client_secret",
+    "clientsecret",
     "password",
     "passwd",
+    "pwd",
     "secret",
     "api_key",
     "apikey",
     "key",
+    "session",
+    "sessionid",
+    "session_id",
+    "session_token",
+    "sid",
     "sig",
     "signature",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
+    "x_amz_signature",
+    "x_amz_credential",
+    "x_amz_security_token",
+    "x_goog_signature",
+    "x_goog_credential",
 ];
 
+/// A parameter name as applications read it: percent-decoded (`+` a space), leading spaces
+/// dropped (PHP), lower case, and `.`, `-` and spaces as `_` (PHP turns `api.key` into
+/// `api_key`).
+fn normalise(name: &str) -> String {
+    let decoded: String = form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default();
+    decoded
+        .trim_start()
+        .chars()
+        .map(|c| match c {
+            '.' | '-' | ' ' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether a parameter is a credential: its name, or any part of an array name
+/// (`user[password]`, `password[]`), is one of the built-in names or of `extra`.
+fn secret(name: &str, extra: &[String]) -> bool {
+    let n = normalise(name);
+    let is = |part: &str| {
+        !part.is_empty()
+            && (CREDENTIAL_PARAMS.contains(&part) || extra.iter().any(|e| normalise(e) == part))
+    };
+    n.split(['[', ']']).any(is)
+}
+
 /// `query` (without its `?`) with the values of credential parameters and of `extra` replaced
-/// by `[redacted]`. Names are compared case-insensitively and after percent-decoding, so
-/// `%74oken=` is redacted like `token=`.
+/// by `[redacted]`. Pairs are separated by `&` or `;` (some servers split on both), and names
+/// are compared as applications read them (`normalise`), so `%74oken=`, `api.key=` and
+/// `user[password]=` are redacted like `token=`.
 pub fn query(query: &str, extra: &[String]) -> String {
     let mut out = String::with_capacity(query.len());
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        let (name, value) = match pair.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (pair, None),
-        };
-        let decoded: String = form_urlencoded::parse(name.as_bytes())
-            .next()
-            .map(|(k, _)| k.into_owned())
-            .unwrap_or_default();
-        let secret = CREDENTIAL_PARAMS
-            .iter()
-            .copied()
-            .chain(extra.iter().map(String::as_str))
-            .any(|p| p.eq_ignore_ascii_case(&decoded) || p.eq_ignore_ascii_case(name));
-        out.push_str(name);
-        match value {
-            Some(_) if secret => {
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        match pair.split_once('=') {
+            Some((name, _)) if secret(name, extra) => {
+                out.push_str(name);
                 out.push('=');
                 out.push_str(REDACTED);
             }
-            Some(v) => {
-                out.push('=');
-                out.push_str(v);
-            }
-            None => {}
+            _ => out.push_str(pair),
         }
+        if end == rest.len() {
+            return out;
+        }
+        out.push_str(&rest[end..end + 1]);
+        rest = &rest[end + 1..];
     }
-    out
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! never waits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -63,6 +63,9 @@ pub struct SpanQueue {
     pub dropped: AtomicU64,
     /// Spans the collector accepted.
     pub exported: AtomicU64,
+    /// The exporter's last flush is done (set once, at shutdown).
+    flushed: Mutex<bool>,
+    flushed_cv: Condvar,
 }
 
 impl Default for SpanQueue {
@@ -73,6 +76,8 @@ impl Default for SpanQueue {
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
             exported: AtomicU64::new(0),
+            flushed: Mutex::new(false),
+            flushed_cv: Condvar::new(),
         }
     }
 }
@@ -84,6 +89,23 @@ impl SpanQueue {
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(spans, Ordering::Relaxed);
         }
+    }
+
+    /// Said by the exporter once its last flush is done.
+    pub fn mark_flushed(&self) {
+        *self.flushed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.flushed_cv.notify_all();
+    }
+
+    /// At exit: waits (at most `within`) for the exporter's last flush, when there is an
+    /// exporter with spans to send.
+    pub fn wait_flushed(&self, within: Duration) {
+        let running = self.rx.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        if !running {
+            return;
+        }
+        let done = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.flushed_cv.wait_timeout_while(done, within, |d| !*d);
     }
 
     /// The receiving end, for the one exporter.

@@ -24,3 +24,37 @@ fn credentials_in_a_query_lose_their_values_and_keep_their_names() {
     );
     assert_eq!(query("", &[]), "");
 }
+
+#[test]
+fn what_servers_read_as_a_credential_is_redacted_in_every_spelling() {
+    // Found by an adversarial review: `;` separators (Rack, old Python and Go, Perl), PHP's
+    // name mangling, array syntax, and names missing from the first list.
+    let extra = ["session".to_string()];
+    for (q, expected) in [
+        ("a=1;token=S6", "a=1;token=[redacted]"),
+        ("a=1;access_token=S7", "a=1;access_token=[redacted]"),
+        ("api.key=S", "api.key=[redacted]"),
+        ("api+key=S", "api+key=[redacted]"),
+        ("api%20key=S", "api%20key=[redacted]"),
+        ("%20token=S", "%20token=[redacted]"),
+        ("password[]=S", "password[]=[redacted]"),
+        (
+            "user[password]=S&user[name]=n",
+            "user[password]=[redacted]&user[name]=n",
+        ),
+        ("X-Goog-Signature=S", "X-Goog-Signature=[redacted]"),
+        (
+            "accessToken=S&oauth_signature=S",
+            "accessToken=[redacted]&oauth_signature=[redacted]",
+        ),
+        (
+            "client-secret=S&SESSION=S",
+            "client-secret=[redacted]&SESSION=[redacted]",
+        ),
+        ("token==x", "token=[redacted]"),
+        ("page=1;;x", "page=1;;x"),
+    ] {
+        assert_eq!(query(q, &extra), expected, "{q}");
+        assert!(!query(q, &extra).contains("=S"), "{q}");
+    }
+}
