@@ -2,7 +2,7 @@
 //! serves them as a JWKS and mints tokens with PyJWT (`make test` installs PyJWT and
 //! cryptography from PyPI).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -17,25 +17,8 @@ pub struct Issuer {
 impl Issuer {
     pub fn start() -> Issuer {
         let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks_issuer.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "the issuer did not start (is PyJWT installed? run `make test`)"
-        );
+        let missing = "is PyJWT installed? run `make test`";
+        let child = start_fixture("jwks_issuer.py", &[port.to_string()], missing);
         Issuer { child, port }
     }
 

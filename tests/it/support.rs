@@ -251,6 +251,27 @@ pub fn engine_env(fast_path_off: bool) -> &'static [(&'static str, &'static str)
     }
 }
 
+/// Starts `python3 tests/fixtures/SCRIPT ARGS...` and waits for its "ready" line; `missing`
+/// says what to install when it never comes.
+pub fn start_fixture(script: &str, args: &[String], missing: &str) -> std::process::Child {
+    let path = format!("{}/tests/fixtures/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "{script} did not start ({missing})");
+    child
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strangle")
 }

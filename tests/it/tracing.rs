@@ -3,7 +3,7 @@
 //! strangle to the backend, the client's context continued only when trusted, requests
 //! unaffected when the collector is down, and spans flushed on a graceful shutdown.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,27 +20,9 @@ struct Receiver {
 impl Receiver {
     fn start() -> Receiver {
         let (http, grpc) = (free_port(), free_port());
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/otlp_receiver.py"
-        );
-        let mut child = Command::new("python3")
-            .args([script, &http.to_string(), &grpc.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "the OTLP receiver did not start (opentelemetry-proto and grpcio installed? run `make test`)"
-        );
+        let missing = "opentelemetry-proto and grpcio installed? run `make test`";
+        let args = [http.to_string(), grpc.to_string()];
+        let child = start_fixture("otlp_receiver.py", &args, missing);
         Receiver { child, http, grpc }
     }
 
