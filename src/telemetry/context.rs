@@ -260,14 +260,5 @@ fn trace_id(rng: &mut impl Rng, xray: bool) -> TraceId {
     }
 }
 
-/// Lower-case hex of an id, for logs and tests.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests;

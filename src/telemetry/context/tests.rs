@@ -1,5 +1,10 @@
 use super::*;
 
+/// Lower-case hex, as the access log writes ids (`telemetry::Hex`).
+fn hex<const N: usize>(id: &[u8; N]) -> String {
+    crate::telemetry::Hex(*id).to_string()
+}
+
 const VALID: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[test]
