@@ -132,6 +132,17 @@ pub struct Telemetry {
     pub redact_query: Vec<String>,
     /// Trace export; `None`: no spans, and a client's trace headers pass through untouched.
     pub otlp: Option<Otlp>,
+    /// CloudWatch Embedded Metric Format lines; `None`: none written.
+    pub emf: Option<Emf>,
+}
+
+/// `[telemetry.emf]`: per route and side, one CloudWatch EMF line per interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emf {
+    /// `Stdout` or `File` (never `Off`: leaving the table out turns EMF off).
+    pub output: AccessLog,
+    pub namespace: String,
+    pub interval: Duration,
 }
 
 impl Default for Telemetry {
@@ -141,6 +152,7 @@ impl Default for Telemetry {
             redact_headers: Vec::new(),
             redact_query: Vec::new(),
             otlp: None,
+            emf: None,
         }
     }
 }

@@ -324,5 +324,27 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         out,
         "strangle_access_log_dropped_total {access_log_dropped}"
     );
+    header(
+        &mut out,
+        "strangle_emf_lines_total",
+        "counter",
+        "CloudWatch EMF lines made ([telemetry.emf]); written through the access log's writer when both go to the same place.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_emf_lines_total {}",
+        live.emf_lines.load(Relaxed)
+    );
+    header(
+        &mut out,
+        "strangle_emf_dropped_total",
+        "counter",
+        "EMF lines dropped by EMF's own writer (those sharing the access log's count there).",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_emf_dropped_total {}",
+        live.emf_out.get().map_or(0, |w| w.dropped())
+    );
     out
 }

@@ -17,7 +17,8 @@ use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::{Fast, Strangle};
 use crate::services::{
-    Background, ConfigWatcher, HealthChecks, JwksRefresher, SpanExport, StatsSampler,
+    Background, ConfigWatcher, EmfReporter, EmfService, HealthChecks, JwksRefresher, SpanExport,
+    StatsSampler,
 };
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
@@ -107,6 +108,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     };
     server.add_service(proxy);
     let live_ = || Arc::clone(&live);
+    let emf = Arc::new(EmfReporter::new(live_(), Arc::clone(&access)));
     server.add_service(background_service(
         "background",
         Background {
@@ -116,6 +118,9 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
                 Arc::new(SpanExport { live: live_() }),
+                Arc::new(EmfService {
+                    reporter: Arc::clone(&emf),
+                }),
                 Arc::new(AdminService {
                     live: live_(),
                     access: Arc::clone(&access),
@@ -130,28 +135,29 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
-            access: Arc::clone(&access),
+            emf: Arc::clone(&emf),
             live: Arc::clone(&live),
             lifecycle: Arc::clone(&live.lifecycle),
         }),
     });
-    // A fast shutdown (SIGINT) waits for nothing more than the access log's last lines.
-    access.flush();
+    // A fast shutdown (SIGINT) waits for nothing more than the last lines (EMF's, the access
+    // log's).
+    emf.flush();
     std::process::exit(0)
 }
 
 /// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0.
 struct Drain {
     grace: Duration,
-    access: Arc<AccessLogger>,
+    emf: Arc<EmfReporter>,
     live: Arc<Live>,
     lifecycle: Arc<Lifecycle>,
 }
 
-/// What a drained exit waits for (each bounded): the access log's last lines and, when tracing
-/// is on, the exporter's last spans.
-fn flush_telemetry(access: &AccessLogger, live: &Live) {
-    access.flush();
+/// What a drained exit waits for (each bounded): the last EMF interval and the access log's last
+/// lines and, when tracing is on, the exporter's last spans.
+fn flush_telemetry(emf: &EmfReporter, live: &Live) {
+    emf.flush();
     if live.load().config.telemetry.otlp.is_some() {
         let within = crate::telemetry::export::FLUSH_TIMEOUT + Duration::from_secs(1);
         live.registry.spans.wait_flushed(within);
@@ -195,7 +201,7 @@ impl Drain {
     /// period, when what is left is logged and counted as cut off.
     fn drain(&self) -> ShutdownSignal {
         let grace = self.grace;
-        let access = Arc::clone(&self.access);
+        let emf = Arc::clone(&self.emf);
         let live = Arc::clone(&self.live);
         let lifecycle = Arc::clone(&self.lifecycle);
         lifecycle.start_draining();
@@ -214,7 +220,7 @@ impl Drain {
             let left = lifecycle.in_flight();
             if left == 0 {
                 // Blocking waits, bounded: off the runtime's workers.
-                let _ = tokio::task::spawn_blocking(move || flush_telemetry(&access, &live)).await;
+                let _ = tokio::task::spawn_blocking(move || flush_telemetry(&emf, &live)).await;
                 tracing::info!("drained; exiting");
                 std::process::exit(0);
             }
@@ -228,7 +234,7 @@ impl Drain {
             std::thread::spawn(move || {
                 // In case the runtime's shutdown does not return.
                 std::thread::sleep(Duration::from_secs(5));
-                flush_telemetry(&access, &live);
+                flush_telemetry(&emf, &live);
                 std::process::exit(0);
             });
         });

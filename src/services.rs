@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::state::{watch_target, Live};
 
+mod emf;
+pub use emf::{EmfReporter, EmfService};
+
 /// How long to wait for a burst of file events to settle before reloading: editors and
 /// Kubernetes write a config in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(100);

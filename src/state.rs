@@ -231,6 +231,10 @@ pub struct Live {
     pub abandoned_reads: Arc<AtomicU64>,
     /// Told the new `[log] access` on every reload that installs a snapshot (set at start-up).
     pub access_log: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
+    /// EMF's own writer, made when EMF lines first go somewhere the access log does not.
+    pub emf_out: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
+    /// EMF lines made so far.
+    pub emf_lines: AtomicU64,
     /// Requests in flight, connections open, draining.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// What the transport reads from the config, sent again when a reload changes it.
@@ -286,6 +290,8 @@ impl Live {
             reload_since: Mutex::new(None),
             abandoned_reads: Arc::new(AtomicU64::new(0)),
             access_log: std::sync::OnceLock::new(),
+            emf_out: std::sync::OnceLock::new(),
+            emf_lines: AtomicU64::new(0),
             lifecycle: Arc::default(),
             transport,
             installed: tokio::sync::watch::channel(0).0,

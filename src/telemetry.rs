@@ -10,6 +10,7 @@ use crate::config::Log;
 
 mod access;
 pub mod context;
+pub mod emf;
 pub mod export;
 pub mod redact;
 pub mod spans;

@@ -45,6 +45,15 @@ pub struct RawTelemetry {
     pub redact_headers: Option<Vec<S<String>>>,
     pub redact_query: Option<Vec<S<String>>>,
     pub otlp: Option<RawOtlp>,
+    pub emf: Option<RawEmf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawEmf {
+    pub output: Option<S<String>>,
+    pub namespace: Option<S<String>>,
+    pub interval: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

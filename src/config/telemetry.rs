@@ -3,8 +3,10 @@
 use http::header::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{RawOtlp, RawTelemetry};
-use super::{Cx, Otlp, OtlpProtocol, Telemetry};
+use std::time::Duration;
+
+use super::raw::{RawEmf, RawOtlp, RawTelemetry};
+use super::{AccessLog, Cx, Emf, Otlp, OtlpProtocol, Telemetry};
 
 impl Cx<'_> {
     pub(super) fn telemetry(&mut self, raw: RawTelemetry) -> Telemetry {
@@ -30,7 +32,55 @@ impl Cx<'_> {
             }
         }
         t.otlp = raw.otlp.and_then(|o| self.otlp(o));
+        t.emf = raw.emf.map(|e| self.emf(e));
         t
+    }
+
+    fn emf(&mut self, raw: RawEmf) -> Emf {
+        let output = match &raw.output {
+            None => AccessLog::Stdout,
+            Some(o) => {
+                match o.get_ref().as_str() {
+                    "stdout" => AccessLog::Stdout,
+                    "" | "off" => {
+                        let hint = Some("use `stdout` or a file path; leave `[telemetry.emf]` out to write none".into());
+                        self.err_at(o, format!("`{}` is not an EMF output", o.get_ref()), hint);
+                        AccessLog::Stdout
+                    }
+                    path => AccessLog::File(self.base.join(path)),
+                }
+            }
+        };
+        let namespace = match &raw.namespace {
+            None => "strangle".to_string(),
+            Some(n) => {
+                if let Err(why) = cloudwatch_namespace(n.get_ref()) {
+                    let hint = Some(
+                        "1 to 255 letters, digits and `. - _ / # :` or spaces, not starting with `AWS/`"
+                            .into(),
+                    );
+                    self.err_at(n, format!("namespace `{}` {why}", n.get_ref()), hint);
+                }
+                n.get_ref().clone()
+            }
+        };
+        let interval = self.duration(&raw.interval, "interval", Duration::from_secs(60));
+        if let Some(i) = &raw.interval {
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&interval) {
+                let hint =
+                    Some("CloudWatch keeps points per second or per minute: `60s` is usual".into());
+                self.err_at(
+                    i,
+                    format!("EMF `interval` {} is not between 1s and 1h", i.get_ref()),
+                    hint,
+                );
+            }
+        }
+        Emf {
+            output,
+            namespace,
+            interval: interval.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+        }
     }
 
     fn otlp(&mut self, raw: RawOtlp) -> Option<Otlp> {
@@ -185,5 +235,21 @@ impl Cx<'_> {
             return None;
         }
         Some(uri)
+    }
+}
+
+/// CloudWatch's rule for a namespace (PutMetricData would refuse the metrics otherwise).
+fn cloudwatch_namespace(n: &str) -> Result<(), &'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-_/#: ".contains(c);
+    if n.trim().is_empty() {
+        Err("is empty")
+    } else if n.len() > 255 {
+        Err("is longer than 255 characters")
+    } else if !n.chars().all(allowed) {
+        Err("has a character CloudWatch refuses")
+    } else if n.starts_with("AWS/") {
+        Err("is reserved for AWS services")
+    } else {
+        Ok(())
     }
 }

@@ -578,3 +578,54 @@ fn telemetry_lowers_with_defaults_and_every_mistake_is_reported_at_its_key() {
     let unknown = parse_str(&format!("{base}[telemetry.otlp]\nendpiont = \"x\"\n"));
     assert!(unknown.unwrap_err().to_string().contains("endpiont"));
 }
+
+#[test]
+fn emf_lowers_with_defaults_and_refuses_what_cloudwatch_would() {
+    let base = "[server]\nlisten = [\"127.0.0.1:8080\"]\n";
+    assert_eq!(
+        parse_str(base).unwrap().telemetry.emf,
+        None,
+        "no EMF unless configured"
+    );
+    let c = parse_str(&format!("{base}[telemetry.emf]\n")).unwrap();
+    let e = c.telemetry.emf.unwrap();
+    assert_eq!(e.output, AccessLog::Stdout);
+    assert_eq!(e.namespace, "strangle");
+    assert_eq!(e.interval, Duration::from_secs(60));
+    let c = parse_str(&format!(
+        "{base}[telemetry.emf]\noutput = \"emf.log\"\nnamespace = \"Shop/Edge-1\"\ninterval = \"10s\"\n"
+    ))
+    .unwrap();
+    let e = c.telemetry.emf.unwrap();
+    assert!(matches!(&e.output, AccessLog::File(p) if p.ends_with("emf.log")));
+    assert_eq!(
+        (e.namespace.as_str(), e.interval),
+        ("Shop/Edge-1", Duration::from_secs(10))
+    );
+
+    for (keys, why, line) in [
+        ("output = \"off\"", "is not an EMF output", 4),
+        ("output = \"\"", "is not an EMF output", 4),
+        ("namespace = \"AWS/Lambda\"", "reserved for AWS", 4),
+        ("namespace = \"\"", "is empty", 4),
+        ("namespace = \"a\\nb\"", "a character CloudWatch refuses", 4),
+        (
+            "namespace = \"caf\u{e9}\"",
+            "a character CloudWatch refuses",
+            4,
+        ),
+        ("interval = \"0s\"", "not between 1s and 1h", 4),
+        ("interval = \"500ms\"", "not between 1s and 1h", 4),
+        ("interval = \"2h\"", "not between 1s and 1h", 4),
+        ("interval = \"soon\"", "bad duration", 4),
+        ("intervall = \"1m\"", "intervall", 4),
+    ] {
+        let errs = parse_str(&format!("{base}[telemetry.emf]\n{keys}\n")).unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains(why), "{keys}: {text}");
+        assert_eq!(errs.0[0].line, line, "{keys}: {text}");
+    }
+    let long = "n".repeat(256);
+    let e = parse_str(&format!("{base}[telemetry.emf]\nnamespace = \"{long}\"\n")).unwrap_err();
+    assert!(e.to_string().contains("longer than 255"), "{e}");
+}

@@ -68,6 +68,8 @@ impl std::fmt::Debug for AccessLogger {
 }
 
 struct Shared {
+    /// What the writer's messages call it: "access log", or "EMF output".
+    label: &'static str,
     enabled: AtomicBool,
     dropped: AtomicU64,
     queue: Mutex<Queue>,
@@ -105,7 +107,14 @@ impl AccessLogger {
     /// Opens `target` now (start-up) and starts the writer thread. The process does not
     /// daemonise (Pingora forks only with `daemon`), so the thread survives into serving.
     pub fn new(target: AccessLog) -> AccessLogger {
+        Self::labelled("access log", target)
+    }
+
+    /// A writer of other whole lines (EMF's) to a target of their own, with the same
+    /// guarantees; `label` names it in the process log.
+    pub fn labelled(label: &'static str, target: AccessLog) -> AccessLogger {
         let shared = Arc::new(Shared {
+            label,
             enabled: AtomicBool::new(target != AccessLog::Off),
             dropped: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
@@ -124,11 +133,11 @@ impl AccessLogger {
         };
         writer.reopen(target);
         if let Err(e) = std::thread::Builder::new()
-            .name("access-log".into())
+            .name(label.replace(' ', "-"))
             .spawn(move || writer.run())
         {
             // Lines then pile up to `MAX_PENDING` and are counted as dropped.
-            tracing::error!("cannot start the access-log writer: {e}");
+            tracing::error!("cannot start the {label} writer: {e}");
         }
         AccessLogger { shared }
     }
@@ -152,19 +161,28 @@ impl AccessLogger {
                 return;
             }
             line.push(b'\n');
-            let mut queue = self.shared.lock();
-            if queue.lines.len() + line.len() > MAX_PENDING {
-                drop(queue);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let first = queue.lines.is_empty();
-            queue.lines.extend_from_slice(line);
-            drop(queue);
-            if first {
-                self.shared.wake.notify_one();
-            }
+            self.push_lines(line);
         });
+    }
+
+    /// Queues whole lines (each ending in `\n`) written elsewhere, whether or not requests are
+    /// logged: EMF lines bound for this writer's target go through it, so that they never
+    /// interleave with its lines. Dropped (and counted) when the queue is full.
+    pub fn push_lines(&self, lines: &[u8]) {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
+        let mut queue = self.shared.lock();
+        if queue.lines.len() + lines.len() > MAX_PENDING {
+            drop(queue);
+            let n = count_lines(lines) as u64;
+            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        let first = queue.lines.is_empty();
+        queue.lines.extend_from_slice(lines);
+        drop(queue);
+        if first {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// After a reload: the writer opens `target` if it is not what it has open (another
@@ -195,9 +213,10 @@ impl AccessLogger {
             let queued = count_lines(&queue.lines);
             drop(queue);
             self.shared.stuck.store(true, Ordering::Release);
+            let label = self.shared.label;
             tracing::error!(
                 queued,
-                "the access log did not take the last lines within {FLUSH_WITHIN:?}; exiting without them"
+                "the {label} did not take the last lines within {FLUSH_WITHIN:?}; exiting without them"
             );
         }
     }
@@ -302,7 +321,7 @@ impl Writer {
                     Ok(fd) => self.out = Some(File::from(fd)),
                     Err(e) => {
                         self.reporter.problem(format!("cannot use stdout: {e}"));
-                        tracing::error!("access log: cannot use stdout: {e}");
+                        tracing::error!("{}: cannot use stdout: {e}", self.shared.label);
                     }
                 }
                 return;
@@ -314,7 +333,7 @@ impl Writer {
                 self.out = Some(file);
                 self.newline_first = newline_first;
                 if self.reporter.failing_open {
-                    tracing::info!(path = %path.display(), "access log opened");
+                    tracing::info!(path = %path.display(), "{} opened", self.shared.label);
                 }
                 self.reporter.failing_open = false;
             }
@@ -327,7 +346,7 @@ impl Writer {
                     format!("cannot open it: {e}")
                 };
                 if !self.reporter.failing_open {
-                    tracing::error!(path = %path.display(), "access log: {why}; trying again every {RETRY:?}");
+                    tracing::error!(path = %path.display(), "{}: {why}; trying again every {RETRY:?}", self.shared.label);
                 }
                 self.reporter.failing_open = true;
                 self.reporter.problem(format!("{}: {why}", path.display()));
@@ -491,7 +510,12 @@ impl Reporter {
             (_, 0) => self.why.clone(),
             _ => format!("{} ({full} of them because the queue was full)", self.why),
         };
-        tracing::error!(lines, total, "access log: {lines} line(s) dropped: {why}");
+        tracing::error!(
+            lines,
+            total,
+            "{}: {lines} line(s) dropped: {why}",
+            shared.label
+        );
         self.reported = total;
         self.mine = 0;
         self.last = Some(Instant::now());

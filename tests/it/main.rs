@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod bypass;
 mod drain;
+mod emf;
 mod engines;
 mod faults;
 mod invoke;

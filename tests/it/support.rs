@@ -152,6 +152,12 @@ impl Backend {
                                     .headers
                                     .get("x-delay-ms")
                                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                                // A test asks for the status it wants the backend to answer.
+                                let status = parts
+                                    .headers
+                                    .get("x-status")
+                                    .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+                                    .unwrap_or(200);
                                 let seen = Seen {
                                     method: parts.method.to_string(),
                                     target: parts.uri.to_string(),
@@ -174,6 +180,7 @@ impl Backend {
                                 current.fetch_sub(1, SeqCst);
                                 Ok::<_, Infallible>(
                                     Response::builder()
+                                        .status(status)
                                         .header("x-backend", name)
                                         .header("content-type", "text/plain")
                                         .body(Full::new(Bytes::from(name)))
@@ -340,16 +347,21 @@ impl Proxy {
         env: &[(&str, &str)],
     ) -> Result<Proxy, String> {
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
-        let child = Command::new(bin())
+        let mut child = Command::new(bin())
             .args(["serve", "-c"])
             .arg(&config)
             .envs(env.iter().copied())
             // Never let the AWS credential chain look beyond this machine.
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .unwrap();
+        // Copied through a pipe, as a container runtime reads it: two writers that interleave
+        // their lines on stdout would show here (a file's shared offset would hide it).
+        let mut out = child.stdout.take().unwrap();
+        let mut copy = File::create(dir.path().join("stdout.log")).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut copy));
         let mut proxy = Proxy {
             child,
             port,
@@ -394,6 +406,11 @@ impl Proxy {
             .env_remove("STRANGLE_ADMIN_TOKEN")
             .output()
             .unwrap()
+    }
+
+    /// What strangle wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     pub fn stderr(&self) -> String {

@@ -298,7 +298,7 @@ fn a_graceful_shutdown_flushes_the_spans_still_queued() {
 }
 
 #[test]
-fn secrets_never_reach_a_log_line_or_an_exported_span() {
+fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span() {
     // A token, a cookie, an API key, a configured secret header and query parameter, and the
     // built-in credential parameters, on a traced request with every log as chatty as it gets.
     let receiver = Receiver::start();
@@ -327,6 +327,7 @@ fn secrets_never_reach_a_log_line_or_an_exported_span() {
                 receiver.http
             ),
         )
+        .section("[telemetry.emf]", "output = \"emf.log\"\ninterval = \"1s\"")
         .build();
     let proxy = Proxy::start(&config);
     const SECRETS: [&str; 6] = [
@@ -362,12 +363,26 @@ fn secrets_never_reach_a_log_line_or_an_exported_span() {
             .any(|s| s["trace_id"] == v["trace_id"] && s["span_id"] == v["span_id"]);
         assert!(traced, "{line}");
     }
+    let emf_file = proxy.dir.path().join("emf.log");
+    let mut emf = String::new();
+    eventually(
+        Duration::from_secs(5),
+        "the EMF interval with the requests",
+        || {
+            emf = std::fs::read_to_string(&emf_file).unwrap_or_default();
+            let lines = emf
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap());
+            lines.map(|l| l["Requests"].as_u64().unwrap()).sum::<u64>() == 3
+        },
+    );
     let process_log = proxy.stderr();
     for secret in SECRETS {
         for (what, text) in [
             ("spans", &exported),
             ("access log", &access_log),
             ("process log", &process_log),
+            ("EMF lines", &emf),
         ] {
             let leak = text.lines().find(|l| l.contains(secret));
             assert_eq!(leak, None, "{secret} in the {what}");
