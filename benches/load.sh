@@ -3,7 +3,7 @@
 # through a bare Pingora proxy (the floor strangle is built on), through strangle with routing
 # only, and through strangle with the full pipeline (JWT with the token cache, sticky split,
 # rate limit, max-in-flight, metrics, access log to a file, traces at 1% sent to an OTLP
-# receiver).
+# receiver), and the same without tracing (`strangle-full-untraced`: what tracing costs).
 # Each proxy gets one worker pinned to CPU 0; the load generator and the backend share CPU 1.
 # Runs are interleaved (every target once per round), the warm-up is discarded, and the tables
 # report medians over ROUNDS rounds of:
@@ -83,8 +83,15 @@ start_receiver "$RECEIVER"
 full_config "$FULL" "127.0.0.1:$(free_port)" "$BACKEND" "$RECEIVER" > "$WORK/full.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/full.toml" 2>"$WORK/full.log" & PIDS+=($!)
 FULL_PID=$!
+# The same full pipeline without tracing, for what tracing at 1% costs (measured in the same
+# rounds, interleaved like the others).
+UNTRACED=$(free_port)
+full_config "$UNTRACED" "127.0.0.1:$(free_port)" "$BACKEND" > "$WORK/untraced.toml"
+sed -i "s#$WORK/access.log#$WORK/access-untraced.log#" "$WORK/untraced.toml"
+taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/untraced.toml" 2>"$WORK/untraced.log" & PIDS+=($!)
+UNTRACED_PID=$!
 
-for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL; do wait_port "$p"; done
+for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL $UNTRACED; do wait_port "$p"; done
 
 # CPU ticks (user + system) of a process and its children (nginx's worker does nginx's work).
 cpu_ticks() {
@@ -96,13 +103,13 @@ cpu_ticks() {
 }
 TICK=$(getconf CLK_TCK)
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL)
-declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID)
-ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL [strangle-full-untraced]=$UNTRACED)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID [strangle-full-untraced]=$UNTRACED_PID)
+ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full strangle-full-untraced)
 PROXIES=(nginx haproxy pingora-bare strangle-routing strangle-full)
 headers_for() { # the request headers every tool sends to a target
   echo "x-user-id: user-1"
-  [ "$1" = strangle-full ] && echo "Authorization: Bearer $TOKEN"
+  case "$1" in strangle-full*) echo "Authorization: Bearer $TOKEN" ;; esac
   return 0
 }
 
