@@ -211,29 +211,25 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         live.lifecycle.lost_streams()
     );
 
-    let spans = &live.registry.spans;
-    header(
-        &mut out,
-        "strangle_spans_exported_total",
-        "counter",
-        "Spans the OTLP collector accepted.",
-    );
-    let _ = writeln!(
-        out,
-        "strangle_spans_exported_total {}",
-        spans.exported.load(Relaxed)
-    );
-    header(
-        &mut out,
-        "strangle_spans_dropped_total",
-        "counter",
-        "Spans dropped: the export queue was full, or the collector refused them or could not be reached in time.",
-    );
-    let _ = writeln!(
-        out,
-        "strangle_spans_dropped_total {}",
-        spans.dropped.load(Relaxed)
-    );
+    let (spans, logs) = (&live.registry.spans, &live.registry.logs);
+    for (name, what, exported, dropped) in [
+        ("spans", "Spans", &spans.exported, &spans.dropped),
+        (
+            "logs",
+            "Access-log records (exported as OTLP logs with `logs = true`)",
+            &logs.exported,
+            &logs.dropped,
+        ),
+    ] {
+        let exported_name = format!("strangle_{name}_exported_total");
+        let help = format!("{what} the OTLP collector accepted.");
+        header(&mut out, &exported_name, "counter", &help);
+        let _ = writeln!(out, "{exported_name} {}", exported.load(Relaxed));
+        let dropped_name = format!("strangle_{name}_dropped_total");
+        let help = format!("{what} dropped: the export queue was full, or the collector refused them or could not be reached in time.");
+        header(&mut out, &dropped_name, "counter", &help);
+        let _ = writeln!(out, "{dropped_name} {}", dropped.load(Relaxed));
+    }
 
     header(
         &mut out,

@@ -308,9 +308,13 @@ impl Request {
     }
 
     /// The path the request was routed on, for the log: the canonical one once guarded, the
-    /// raw target's path before.
-    pub fn logged_path<'a>(&'a self, fallback: &'a str) -> &'a str {
-        self.path.as_ref().map_or(fallback, RequestPath::routed)
+    /// raw target's path before (its path parameters redacted: a request refused for them
+    /// would otherwise log a session id).
+    pub fn logged_path<'a>(&'a self, fallback: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.path {
+            Some(p) => p.routed().into(),
+            None => crate::telemetry::redact::raw_path(fallback),
+        }
     }
 
     /// The raw target, for requests that never reached the guard's path step.

@@ -87,12 +87,13 @@ impl Drop for Ctx {
             let target = String::from_utf8_lossy(&target);
             let fallback = target.split('?').next().unwrap_or("");
             let method = self.req.method.as_ref().map_or("", http::Method::as_str);
+            let path = self.req.logged_path(fallback);
             self.req.account(
                 self.req.lifecycle().cut_off_log(),
                 Finished {
                     status: self.status,
                     method,
-                    path: self.req.logged_path(fallback),
+                    path: &path,
                     client: self.req.client.addr,
                     bytes: (0, 0),
                     error: Some("cut off: the grace period ended before the response did".into()),
@@ -572,12 +573,13 @@ impl ProxyHttp for Strangle {
         };
         let req = session.req_header();
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
+        let path = ctx.req.logged_path(req.uri.path());
         ctx.req.account(
             Some(&self.access),
             Finished {
                 status,
                 method: req.method.as_str(),
-                path: ctx.req.logged_path(req.uri.path()),
+                path: &path,
                 client: ctx.req.client.addr.or_else(|| client_ip(session)),
                 bytes: (session.body_bytes_read(), session.body_bytes_sent()),
                 error,

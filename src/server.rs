@@ -17,7 +17,7 @@ use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::{Fast, Strangle};
 use crate::services::{
-    Background, ConfigWatcher, EmfReporter, EmfService, HealthChecks, JwksRefresher, SpanExport,
+    Background, ConfigWatcher, EmfReporter, EmfService, HealthChecks, JwksRefresher, OtlpExport,
     StatsSampler,
 };
 use crate::state::{Live, Snapshot};
@@ -117,7 +117,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(HealthChecks { live: live_() }),
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
-                Arc::new(SpanExport { live: live_() }),
+                Arc::new(OtlpExport { live: live_() }),
                 Arc::new(EmfService {
                     reporter: Arc::clone(&emf),
                 }),
@@ -155,12 +155,22 @@ struct Drain {
 }
 
 /// What a drained exit waits for (each bounded): the last EMF interval and the access log's last
-/// lines and, when tracing is on, the exporter's last spans.
+/// lines and, when tracing is on, the exporters' last spans and log records.
 fn flush_telemetry(emf: &EmfReporter, live: &Live) {
     emf.flush();
-    if live.load().config.telemetry.otlp.is_some() {
-        let within = crate::telemetry::export::FLUSH_TIMEOUT + Duration::from_secs(1);
-        live.registry.spans.wait_flushed(within);
+    if let Some(otlp) = &live.load().config.telemetry.otlp {
+        // The two exporters flush at the same time: the second wait is what is left of it.
+        let until = std::time::Instant::now()
+            + crate::telemetry::export::FLUSH_TIMEOUT
+            + Duration::from_secs(1);
+        live.registry
+            .spans
+            .wait_flushed(until.saturating_duration_since(std::time::Instant::now()));
+        if otlp.logs {
+            live.registry
+                .logs
+                .wait_flushed(until.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 }
 

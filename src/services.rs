@@ -346,25 +346,32 @@ impl BackgroundService for JwksRefresher {
     }
 }
 
-/// The span exporter (`telemetry::export`), reading the collector's address from the live
-/// config for every batch.
-pub struct SpanExport {
+/// The OTLP exporters (`telemetry::export`): spans, and access-log records when the config
+/// says `logs = true`, each reading the collector's address from the live config for every
+/// batch.
+pub struct OtlpExport {
     pub live: Arc<Live>,
 }
 
 #[async_trait]
-impl BackgroundService for SpanExport {
+impl BackgroundService for OtlpExport {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let target = || {
+        use crate::telemetry::export::{logs::Logs, run, Spans, Target};
+        let target = |logs: bool| {
             let snap = self.live.load();
             let t = &snap.config.telemetry;
-            t.otlp.clone().map(|o| (o, t.service_name.clone()))
+            let otlp = t.otlp.clone().filter(|o| o.logs || !logs);
+            otlp.map(|o| (o, t.service_name.clone())) as Target
         };
         let idle = || self.live.lifecycle.in_flight() == 0;
         // The proxy's own grace period, and a moment for its last account step.
         let grace = self.live.load().config.server.grace_period + Duration::from_secs(1);
-        let spans = &self.live.registry.spans;
-        crate::telemetry::export::run(spans, target, idle, grace, shutdown).await;
+        let registry = &self.live.registry;
+        let (mut spans, mut logs) = (Spans::new(|| target(false)), Logs::new(|| target(true)));
+        tokio::join!(
+            run(&registry.spans, &mut spans, idle, grace, shutdown.clone()),
+            run(&registry.logs, &mut logs, idle, grace, shutdown),
+        );
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub trace: Option<TracePolicy>,
     /// Where sampled requests leave their spans.
     pub spans: Arc<SpanQueue>,
+    /// Where requests leave their access-log records for the OTLP log exporter, when the
+    /// config exports logs (`[telemetry.otlp] logs = true`).
+    pub logs: Option<Arc<crate::telemetry::export::logs::LogQueue>>,
     pub loaded_at: SystemTime,
 }
 
@@ -145,6 +148,8 @@ impl Snapshot {
         let trace = config.telemetry.otlp.as_ref().map(|o| {
             TracePolicy::propagating(o.sample_ratio, o.trust_incoming, o.tracecontext, o.xray)
         });
+        let export_logs = config.telemetry.otlp.as_ref().is_some_and(|o| o.logs);
+        let logs = export_logs.then(|| Arc::clone(&registry.logs));
         Ok(Snapshot {
             config,
             table,
@@ -156,6 +161,7 @@ impl Snapshot {
             identity_headers,
             trace,
             spans: Arc::clone(&registry.spans),
+            logs,
             loaded_at: SystemTime::now(),
         })
     }

@@ -181,6 +181,8 @@ pub struct Registry {
     history: Mutex<VecDeque<(Instant, TotalsByRoute)>>,
     /// Finished spans on their way to the exporter, whatever the snapshot.
     pub spans: Arc<crate::telemetry::spans::SpanQueue>,
+    /// Access-log records on their way to the OTLP log exporter (`logs = true`).
+    pub logs: Arc<crate::telemetry::export::logs::LogQueue>,
 }
 
 /// How far back the recent window reaches, and how often it is sampled.

@@ -12,6 +12,7 @@ mod access;
 pub mod context;
 pub mod emf;
 pub mod export;
+pub mod queue;
 pub mod redact;
 pub mod spans;
 pub use access::AccessLogger;

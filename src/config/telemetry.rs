@@ -131,15 +131,6 @@ impl Cx<'_> {
                 ),
             }
         }
-        if let Some(logs) = raw.logs.as_ref().filter(|l| *l.get_ref()) {
-            let hint = Some(
-                "the access log is one JSON line per request with `trace_id` and `span_id`: \
-                 a collector's filelog receiver can read it"
-                    .into(),
-            );
-            let why = "exporting logs over OTLP (`logs = true`) is not supported yet";
-            self.err_at(logs, why, hint);
-        }
         if let Some(e) = &raw.endpoint {
             let grpc_path = protocol == OtlpProtocol::Grpc
                 && e.get_ref()
@@ -177,7 +168,7 @@ impl Cx<'_> {
             tracecontext,
             xray,
             headers,
-            logs: false,
+            logs: raw.logs.is_some_and(Spanned::into_inner),
         })
     }
 

@@ -38,10 +38,11 @@ impl Request {
         if let Some(trace) = traced {
             self.snap.spans.push(self.span_record(trace, now, &done));
         }
-        let Some(access) = access.filter(|a| a.enabled()) else {
+        let otlp = self.snap.logs.as_deref();
+        let Some(access) = access.filter(|a| a.enabled() || otlp.is_some()) else {
             return;
         };
-        access.log(&AccessEvent {
+        let event = AccessEvent {
             time: Rfc3339(SystemTime::now()),
             request_id: self.request_id_str(),
             client: done.client,
@@ -58,7 +59,8 @@ impl Request {
             error: done.error,
             trace_id: traced.map(|t| Hex(t.server.trace_id)),
             span_id: traced.map(|t| Hex(t.server.span_id)),
-        });
+        };
+        access.log(&event, otlp);
     }
 }
 

@@ -77,8 +77,10 @@ impl EmfReporter {
         let Some(emf) = &snap.config.telemetry.emf else {
             return;
         };
-        let totals = self.live.registry.totals();
+        // Totals taken under the lock: two reports at once (the last interval at exit) count
+        // each request once.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let totals = self.live.registry.totals();
         let Some(start) = state.start.replace(totals.clone()) else {
             state.since = Instant::now();
             return;

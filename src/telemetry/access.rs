@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::export::logs::LogQueue;
 use super::AccessEvent;
 use crate::config::AccessLog;
 
@@ -151,8 +152,11 @@ impl AccessLogger {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    pub fn log(&self, event: &AccessEvent<'_>) {
-        if !self.enabled() {
+    /// Writes `event`'s line, when there is a log, and hands a copy to `otlp`, the OTLP log
+    /// exporter's queue, when logs are exported.
+    pub fn log(&self, event: &AccessEvent<'_>, otlp: Option<&LogQueue>) {
+        let enabled = self.enabled();
+        if !enabled && otlp.is_none() {
             return;
         }
         LINE.with_borrow_mut(|line| {
@@ -160,8 +164,13 @@ impl AccessLogger {
             if serde_json::to_writer(&mut *line, event).is_err() {
                 return;
             }
-            line.push(b'\n');
-            self.push_lines(line);
+            if let Some(queue) = otlp {
+                queue.push(bytes::Bytes::copy_from_slice(line));
+            }
+            if enabled {
+                line.push(b'\n');
+                self.push_lines(line);
+            }
         });
     }
 

@@ -1,16 +1,17 @@
-//! The span exporter: background work (`run`, started by `services::SpanExport`) that takes
-//! finished requests' spans off the queue
-//! (`spans`), batches them (up to `MAX_BATCH`, or what arrived within `FLUSH_EVERY`), turns them
-//! into the SDK's `SpanData` and sends them with `opentelemetry-otlp` (http/protobuf through
-//! strangle's own rustls client, or gRPC through tonic), all off the request path. The
-//! collector's address and headers are read from the live config for every batch, so a reload
-//! that changes them takes effect with the next batch. A batch the collector refuses or cannot
-//! take in time is dropped and counted; nothing is retried (the queue behind it keeps moving).
-//! On shutdown what is queued is sent once more, within `FLUSH_TIMEOUT`.
+//! The OTLP exporters: background work (`run`, started by `services::SpanExport` and
+//! `services::LogExport`) that takes finished requests' records off their queue (`queue`),
+//! batches them (up to `MAX_BATCH`, or what arrived within `FLUSH_EVERY`) and hands each batch
+//! to a `Sink`: spans (`Spans`, turned into the SDK's `SpanData`) or access-log records
+//! (`logs::Logs`), sent with `opentelemetry-otlp` (http/protobuf through strangle's own rustls
+//! client, or gRPC through tonic), all off the request path. The collector's address and
+//! headers are read from the live config for every batch, so a reload that changes them takes
+//! effect with the next batch. A batch the collector refuses or cannot take in time is dropped
+//! and counted; nothing is retried (the queue behind it keeps moving). On shutdown what is
+//! queued is sent once more, within `FLUSH_TIMEOUT`.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,41 +20,93 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{tonic_types, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use opentelemetry_sdk::Resource;
 use pingora::server::ShutdownWatch;
 
 use super::context::RequestTrace;
-use super::spans::{CallKind, SpanQueue, SpanRecord};
-use crate::config::{Otlp, OtlpProtocol};
+use super::queue::{ExportQueue, Exported};
+use super::spans::{CallKind, SpanRecord};
+use crate::config::Otlp;
 
-/// Spans sent in one request to the collector, at most.
-const MAX_BATCH: usize = 512;
-/// How long a span waits for its batch to fill.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// One export, at most.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The last export at shutdown, at most (the exit waits this long and a moment for it).
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An exporter built for one `[telemetry.otlp]` and service name.
-struct Built {
-    otlp: Otlp,
-    service: String,
-    exporter: opentelemetry_otlp::SpanExporter,
+/// An OTLP exporter (`opentelemetry_otlp::SpanExporter` or `LogExporter`) for `otlp`:
+/// http/protobuf posted to `{endpoint}$path` through strangle's own client, or gRPC. A macro
+/// because the two builders share their methods but no trait.
+macro_rules! otlp_exporter {
+    ($exporter:ty, $path:literal, $otlp:expr) => {{
+        use opentelemetry_otlp::{tonic_types, WithExportConfig, WithHttpConfig, WithTonicConfig};
+        use $crate::config::{Otlp, OtlpProtocol};
+        use $crate::telemetry::export::{Client, EXPORT_TIMEOUT};
+        let otlp: &Otlp = $otlp;
+        let base = otlp.endpoint.to_string();
+        let base = base.trim_end_matches('/');
+        match otlp.protocol {
+            OtlpProtocol::HttpProtobuf => {
+                let headers = otlp
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                    .collect();
+                <$exporter>::builder()
+                    .with_http()
+                    .with_http_client(Client::new()?)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(format!("{base}{}", $path))
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_headers(headers)
+                    .build()
+            }
+            OtlpProtocol::Grpc => {
+                let headers: http::HeaderMap = otlp.headers.iter().cloned().collect();
+                let metadata = tonic_types::metadata::MetadataMap::from_headers(headers);
+                let mut builder = <$exporter>::builder()
+                    .with_tonic()
+                    .with_endpoint(base.to_string())
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_metadata(metadata);
+                if otlp.endpoint.scheme_str() == Some("https") {
+                    builder = builder.with_tls_config(
+                        tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
+                    );
+                }
+                builder.build()
+            }
+        }
+        .map_err(|e| e.to_string())
+    }};
 }
 
+pub mod logs;
+
+/// Records sent in one request to the collector, at most.
+const MAX_BATCH: usize = 512;
+/// How long a record waits for its batch to fill.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// One export, at most.
+pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The last export at shutdown, at most (the exit waits this long and a moment for it).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most one warning about failed exports per this long, per exporter.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// The collector to send to and the service name to report, as the live config says now
-/// (`None`: tracing is off).
+/// (`None`: this export is off).
 pub type Target = Option<(Otlp, String)>;
 
-/// Runs the exporter until `shutdown`; then, while requests are still being served (`idle`
-/// says when none are, for at most `grace`), it keeps collecting their spans, and sends what
-/// is queued once more. `target` is asked for every batch.
-pub async fn run(
-    queue: &SpanQueue,
-    target: impl Fn() -> Target,
+/// What an exporter does with a batch.
+#[async_trait]
+pub trait Sink<T>: Send {
+    /// Sends `batch`, counting in `queue` what was exported or dropped.
+    async fn send(&mut self, queue: &ExportQueue<T>, batch: Vec<T>, within: Duration);
+}
+
+/// Runs an exporter until `shutdown`; then, while requests are still being served (`idle`
+/// says when none are, for at most `grace`), it keeps collecting their records, and sends what
+/// is queued once more.
+pub async fn run<T: Exported>(
+    queue: &ExportQueue<T>,
+    sink: &mut impl Sink<T>,
     idle: impl Fn() -> bool,
     grace: Duration,
     mut shutdown: ShutdownWatch,
@@ -61,8 +114,7 @@ pub async fn run(
     let Some(mut rx) = queue.take_receiver() else {
         return;
     };
-    let mut built: Option<Built> = None;
-    let mut batch: Vec<SpanRecord> = Vec::new();
+    let mut batch: Vec<T> = Vec::new();
     let mut due = None;
     loop {
         tokio::select! {
@@ -75,17 +127,18 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
                 if due.is_some() => {
-                flush(queue, target(), &mut built, &mut batch, EXPORT_TIMEOUT).await;
+                sink.send(queue, std::mem::take(&mut batch), EXPORT_TIMEOUT).await;
                 due = None;
             }
             _ = shutdown.changed() => break,
         }
         if batch.len() >= MAX_BATCH {
-            flush(queue, target(), &mut built, &mut batch, EXPORT_TIMEOUT).await;
+            sink.send(queue, std::mem::take(&mut batch), EXPORT_TIMEOUT)
+                .await;
             due = None;
         }
     }
-    // The requests still being served end within the grace period; their spans come last.
+    // The requests still being served end within the grace period; their records come last.
     let until = tokio::time::Instant::now() + grace;
     while !idle() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -93,41 +146,40 @@ pub async fn run(
             batch.push(r);
         }
         if batch.len() >= MAX_BATCH {
-            flush(queue, target(), &mut built, &mut batch, FLUSH_TIMEOUT).await;
+            sink.send(queue, std::mem::take(&mut batch), FLUSH_TIMEOUT)
+                .await;
         }
     }
     while let Ok(r) = rx.try_recv() {
         batch.push(r);
     }
-    flush(queue, target(), &mut built, &mut batch, FLUSH_TIMEOUT).await;
+    if !batch.is_empty() {
+        sink.send(queue, batch, FLUSH_TIMEOUT).await;
+    }
     queue.mark_flushed();
 }
 
-async fn flush(
-    queue: &SpanQueue,
-    target: Target,
-    built: &mut Option<Built>,
-    batch: &mut Vec<SpanRecord>,
-    within: Duration,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    let records = std::mem::take(batch);
-    let spans: Vec<SpanData> = records.iter().flat_map(span_data).collect();
-    let n = spans.len() as u64;
-    let Some((otlp, service)) = target else {
-        // Tracing was turned off by a reload after these were queued.
-        queue.dropped.fetch_add(n, Ordering::Relaxed);
-        return;
-    };
-    let current = built
+/// An exporter built for one `[telemetry.otlp]` and service name.
+struct Built<E> {
+    otlp: Otlp,
+    service: String,
+    exporter: E,
+}
+
+/// The exporter for `target`: the one built before while the config is the same, else a new
+/// one (`None`, warned about, when it cannot be built).
+fn current<E>(
+    built: &mut Option<Built<E>>,
+    (otlp, service): (Otlp, String),
+    build: impl FnOnce(&Otlp, &str) -> Result<E, String>,
+) -> Option<&E> {
+    let same = built
         .as_ref()
         .is_some_and(|b| b.otlp == otlp && b.service == service);
-    if !current {
+    if !same {
         *built = match build(&otlp, &service) {
             Ok(exporter) => Some(Built {
-                otlp: otlp.clone(),
+                otlp,
                 service,
                 exporter,
             }),
@@ -137,68 +189,102 @@ async fn flush(
             }
         };
     }
-    let Some(b) = built.as_ref() else {
+    built.as_ref().map(|b| &b.exporter)
+}
+
+/// Failed exports, reported at most once per `WARN_EVERY` with what was dropped meanwhile (a
+/// collector that is down would otherwise write a warning a second).
+#[derive(Default)]
+struct Warnings {
+    last: Option<Instant>,
+    dropped: u64,
+}
+
+impl Warnings {
+    /// Counts the outcome of exporting `n` items (`what`: "spans", "log records") in `queue`.
+    fn count<T>(
+        &mut self,
+        queue: &ExportQueue<T>,
+        n: u64,
+        what: &str,
+        endpoint: &http::Uri,
+        outcome: Result<OTelSdkResult, tokio::time::error::Elapsed>,
+        within: Duration,
+    ) {
+        let why = match outcome {
+            Ok(Ok(())) => {
+                queue.exported.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => format!("the collector at {endpoint} refused them: {e}"),
+            Err(_) => format!("the collector at {endpoint} did not answer within {within:?}"),
+        };
         queue.dropped.fetch_add(n, Ordering::Relaxed);
-        return;
-    };
-    match tokio::time::timeout(within, b.exporter.export(spans)).await {
-        Ok(Ok(())) => {
-            queue.exported.fetch_add(n, Ordering::Relaxed);
+        self.dropped += n;
+        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            return;
         }
-        Ok(Err(e)) => {
-            queue.dropped.fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(
-                "{n} spans dropped: the collector at {} refused them: {e}",
-                otlp.endpoint
-            );
-        }
-        Err(_) => {
-            queue.dropped.fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(
-                "{n} spans dropped: the collector at {} did not answer within {within:?}",
-                otlp.endpoint
-            );
+        let dropped = std::mem::take(&mut self.dropped);
+        tracing::warn!(
+            dropped,
+            "{dropped} {what} dropped: {why} (at most one such warning every {WARN_EVERY:?})"
+        );
+        self.last = Some(Instant::now());
+    }
+}
+
+/// The span sink: the exporter for the config's `[telemetry.otlp]`.
+pub struct Spans<F> {
+    /// What the live config says now.
+    pub target: F,
+    built: Option<Built<opentelemetry_otlp::SpanExporter>>,
+    warnings: Warnings,
+    scope: InstrumentationScope,
+}
+
+impl<F: Fn() -> Target + Send> Spans<F> {
+    pub fn new(target: F) -> Spans<F> {
+        Spans {
+            target,
+            built: None,
+            warnings: Warnings::default(),
+            scope: scope(),
         }
     }
 }
 
-/// The OTLP exporter for `otlp`, reporting as `service`.
-fn build(otlp: &Otlp, service: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let base = otlp.endpoint.to_string();
-    let base = base.trim_end_matches('/');
-    let mut exporter = match otlp.protocol {
-        OtlpProtocol::HttpProtobuf => {
-            let headers = otlp
-                .headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-                .collect();
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(Client::new()?)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(format!("{base}/v1/traces"))
-                .with_timeout(EXPORT_TIMEOUT)
-                .with_headers(headers)
-                .build()
-        }
-        OtlpProtocol::Grpc => {
-            let headers: http::HeaderMap = otlp.headers.iter().cloned().collect();
-            let metadata = tonic_types::metadata::MetadataMap::from_headers(headers);
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(base.to_string())
-                .with_timeout(EXPORT_TIMEOUT)
-                .with_metadata(metadata);
-            if otlp.endpoint.scheme_str() == Some("https") {
-                builder = builder.with_tls_config(
-                    tonic_types::transport::ClientTlsConfig::new().with_native_roots(),
-                );
-            }
-            builder.build()
-        }
+#[async_trait]
+impl<F: Fn() -> Target + Send> Sink<SpanRecord> for Spans<F> {
+    async fn send(
+        &mut self,
+        queue: &ExportQueue<SpanRecord>,
+        batch: Vec<SpanRecord>,
+        within: Duration,
+    ) {
+        let spans: Vec<SpanData> = batch
+            .iter()
+            .flat_map(|r| span_data(r, &self.scope))
+            .collect();
+        let n = spans.len() as u64;
+        let target = (self.target)();
+        let endpoint = target.as_ref().map(|(o, _)| o.endpoint.clone());
+        let (Some(exporter), Some(endpoint)) = (
+            target.and_then(|t| current(&mut self.built, t, build_spans)),
+            endpoint,
+        ) else {
+            // Tracing was turned off by a reload after these were queued, or no exporter.
+            queue.dropped.fetch_add(n, Ordering::Relaxed);
+            return;
+        };
+        let outcome = tokio::time::timeout(within, exporter.export(spans)).await;
+        self.warnings
+            .count(queue, n, "spans", &endpoint, outcome, within);
     }
-    .map_err(|e| e.to_string())?;
+}
+
+/// The span exporter for `otlp`, reporting as `service`.
+fn build_spans(otlp: &Otlp, service: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let mut exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter, "/v1/traces", otlp)?;
     exporter.set_resource(&resource(service));
     Ok(exporter)
 }
@@ -239,7 +325,7 @@ fn context(trace: &RequestTrace, span: [u8; 8], remote: bool) -> SpanContext {
 }
 
 /// A request's spans: the server span, and the client span of its upstream call.
-fn span_data(r: &SpanRecord) -> Vec<SpanData> {
+fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> Vec<SpanData> {
     let t = &r.trace;
     let failed = r.status >= 500 || r.error.is_some();
     let mut attributes = vec![
@@ -311,7 +397,7 @@ fn span_data(r: &SpanRecord) -> Vec<SpanData> {
         events: SpanEvents::default(),
         links: span_links,
         status: status.clone(),
-        instrumentation_scope: scope(),
+        instrumentation_scope: scope.clone(),
     };
     let Some(call) = r.upstream.as_ref().filter(|c| c.called) else {
         return vec![server];
@@ -349,7 +435,7 @@ fn span_data(r: &SpanRecord) -> Vec<SpanData> {
         events: SpanEvents::default(),
         links: SpanLinks::default(),
         status,
-        instrumentation_scope: scope(),
+        instrumentation_scope: scope.clone(),
     };
     vec![server, client]
 }
@@ -357,7 +443,7 @@ fn span_data(r: &SpanRecord) -> Vec<SpanData> {
 /// strangle's HTTP client for the collector: hyper with rustls on ring (the one crypto stack),
 /// pooled, answers read up to 4 MB.
 #[derive(Debug, Clone)]
-struct Client(crate::client::HttpsClient);
+pub(crate) struct Client(crate::client::HttpsClient);
 
 impl Client {
     fn new() -> Result<Client, String> {

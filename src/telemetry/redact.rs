@@ -6,6 +6,16 @@
 /// The text that replaces a redacted value.
 pub const REDACTED: &str = "[redacted]";
 
+/// A path as a client sent it, for the log of a request refused before its path was made
+/// canonical: its path parameters (`;jsessionid=...`, which Java servers read as the session)
+/// are cut, from the first `;` on. A canonical path never has any (the guard refuses them).
+pub fn raw_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.find(';') {
+        None => path.into(),
+        Some(i) => format!("{};{REDACTED}", &path[..i]).into(),
+    }
+}
+
 /// Query parameters redacted whatever the config says: tokens, passwords, signatures (OAuth,
 /// OpenID Connect, AWS and Google presigned URLs, common API keys and sessions), in the
 /// normalised form `normalise` gives.

@@ -18,6 +18,7 @@ mod layout;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod otlp_logs;
 mod reload;
 mod routing;
 mod split;

@@ -11,14 +11,14 @@ use serde_json::Value;
 use crate::support::*;
 
 /// The OTLP receiver, stopped when dropped.
-struct Receiver {
+pub struct Receiver {
     child: Child,
-    http: u16,
-    grpc: u16,
+    pub http: u16,
+    pub grpc: u16,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let (http, grpc) = (free_port(), free_port());
         let missing = "opentelemetry-proto and grpcio installed? run `make test`";
         let args = [http.to_string(), grpc.to_string()];
@@ -26,20 +26,32 @@ impl Receiver {
         Receiver { child, http, grpc }
     }
 
-    fn spans(&self) -> Vec<Value> {
+    pub fn spans(&self) -> Vec<Value> {
         let r = get(self.http, "/spans", &[]);
         serde_json::from_str::<Vec<Value>>(&r.text()).unwrap()
     }
 
     /// Waits until `n` spans have arrived.
-    fn wait_for(&self, n: usize) -> Vec<Value> {
+    pub fn wait_for(&self, n: usize) -> Vec<Value> {
         wait_for(Duration::from_secs(10), &format!("{n} spans"), || {
             let spans = self.spans();
             (spans.len() >= n).then_some(spans)
         })
     }
 
-    fn headers(&self) -> Vec<Value> {
+    pub fn logs(&self) -> Vec<Value> {
+        serde_json::from_str(&get(self.http, "/logs", &[]).text()).unwrap()
+    }
+
+    /// Waits until `n` log records have arrived.
+    pub fn wait_for_logs(&self, n: usize) -> Vec<Value> {
+        wait_for(Duration::from_secs(10), &format!("{n} log records"), || {
+            let logs = self.logs();
+            (logs.len() >= n).then_some(logs)
+        })
+    }
+
+    pub fn headers(&self) -> Vec<Value> {
         serde_json::from_str(&get(self.http, "/headers", &[]).text()).unwrap()
     }
 }
@@ -225,7 +237,7 @@ fn with_the_collector_down_every_request_succeeds_and_the_spans_are_counted_drop
     let backend = Backend::start("monolith");
     // Nothing listens there.
     let otlp = format!(
-        "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1",
+        "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1\nlogs = true",
         free_port()
     );
     let proxy = Proxy::start(&config(&backend, &otlp));
@@ -237,6 +249,19 @@ fn with_the_collector_down_every_request_succeeds_and_the_spans_are_counted_drop
         proxy.metric("strangle_spans_dropped_total") >= 40.0
     });
     assert_eq!(proxy.metric("strangle_spans_exported_total"), 0.0);
+    eventually(
+        Duration::from_secs(10),
+        "20 log records counted dropped",
+        || proxy.metric("strangle_logs_dropped_total") >= 20.0,
+    );
+    assert_eq!(proxy.metric("strangle_logs_exported_total"), 0.0);
+    // One warning for the failed batches, not one a batch.
+    let warnings = proxy.stderr().matches("dropped: the collector").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} warnings:\n{}",
+        proxy.stderr()
+    );
 }
 
 #[test]
@@ -259,11 +284,11 @@ fn spans_go_over_grpc_with_the_configured_headers() {
 }
 
 #[test]
-fn a_graceful_shutdown_flushes_the_spans_still_queued() {
+fn a_graceful_shutdown_flushes_the_spans_and_log_records_still_queued() {
     let receiver = Receiver::start();
     let backend = Backend::start("monolith");
     let otlp = format!(
-        "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1",
+        "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1\nlogs = true",
         receiver.http
     );
     let mut proxy = Proxy::start(&config(&backend, &otlp));
@@ -295,10 +320,15 @@ fn a_graceful_shutdown_flushes_the_spans_still_queued() {
     assert!(spans
         .iter()
         .any(|s| s["attributes"]["url.path"] == "/bookings/slow"));
+    let logs = receiver.logs();
+    assert_eq!(logs.len(), 6, "{logs:#?}");
+    assert!(logs
+        .iter()
+        .any(|l| l["attributes"]["path"] == "/bookings/slow"));
 }
 
 #[test]
-fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span() {
+fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span_or_record() {
     // A token, a cookie, an API key, a configured secret header and query parameter, and the
     // built-in credential parameters, on a traced request with every log as chatty as it gets.
     let receiver = Receiver::start();
@@ -323,14 +353,15 @@ fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span() {
         .section(
             "[telemetry.otlp]",
             &format!(
-                "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1",
+                "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1\nlogs = true",
                 receiver.http
             ),
         )
         .section("[telemetry.emf]", "output = \"emf.log\"\ninterval = \"1s\"")
         .build();
     let proxy = Proxy::start(&config);
-    const SECRETS: [&str; 6] = [
+    const SECRETS: [&str; 7] = [
+        "jsess-4p5q6r",
         "tok-9f8e7d",
         "cookie-5a4b3c",
         "apikey-1a2b3c",
@@ -348,16 +379,27 @@ fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span() {
     for _ in 0..3 {
         assert_eq!(proxy.client().get(path, &headers).unwrap().status, 200);
     }
+    // A path refused for its path parameter is logged without it (a Java session id).
+    let refused = proxy
+        .client()
+        .get("/bookings;jsessionid=jsess-4p5q6r", &headers);
+    assert_eq!(refused.unwrap().status, 400);
     let spans = receiver.wait_for(6);
     let exported = serde_json::to_string(&spans).unwrap();
+    let exported_logs = serde_json::to_string(&receiver.wait_for_logs(4)).unwrap();
+    assert!(exported_logs.contains("/bookings/1"));
     assert!(exported.contains("session=[redacted]&access_token=[redacted]&page=2"));
     eventually(Duration::from_secs(5), "the access log lines", || {
-        std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 3)
+        std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 4)
     });
     let access_log = std::fs::read_to_string(&access).unwrap();
     // Every access-log line of a traced request names its trace.
     for line in access_log.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
+        if v["status"] == 400 {
+            assert_eq!(v["path"], "/bookings;[redacted]");
+            continue;
+        }
         let traced = spans
             .iter()
             .any(|s| s["trace_id"] == v["trace_id"] && s["span_id"] == v["span_id"]);
@@ -383,6 +425,7 @@ fn secrets_never_reach_a_log_line_an_emf_line_or_an_exported_span() {
             ("access log", &access_log),
             ("process log", &process_log),
             ("EMF lines", &emf),
+            ("exported log records", &exported_logs),
         ] {
             let leak = text.lines().find(|l| l.contains(secret));
             assert_eq!(leak, None, "{secret} in the {what}");

@@ -58,3 +58,12 @@ fn what_servers_read_as_a_credential_is_redacted_in_every_spelling() {
         assert!(!query(q, &extra).contains("=S"), "{q}");
     }
 }
+
+#[test]
+fn a_raw_paths_parameters_are_cut() {
+    assert_eq!(raw_path("/bookings/1"), "/bookings/1");
+    assert_eq!(raw_path("/s;jsessionid=abc"), "/s;[redacted]");
+    assert_eq!(raw_path("/a;x=1/b;y=2"), "/a;[redacted]");
+    assert_eq!(raw_path(";"), ";[redacted]");
+    assert!(matches!(raw_path("/plain"), std::borrow::Cow::Borrowed(_)));
+}
