@@ -167,12 +167,19 @@ struct Built<E> {
 }
 
 /// The exporter for `target`: the one built before while the config is the same, else a new
-/// one (`None`, warned about, when it cannot be built).
-fn current<E>(
-    built: &mut Option<Built<E>>,
-    (otlp, service): (Otlp, String),
+/// one. `None` when this export is off (a reload turned it off after the batch was queued) or
+/// the exporter cannot be built (warned about): the batch's `n` items are then counted dropped.
+fn current<'a, T, E>(
+    built: &'a mut Option<Built<E>>,
+    target: Target,
     build: impl FnOnce(&Otlp, &str) -> Result<E, String>,
-) -> Option<&E> {
+    queue: &ExportQueue<T>,
+    n: u64,
+) -> Option<&'a Built<E>> {
+    let Some((otlp, service)) = target else {
+        queue.dropped.fetch_add(n, Ordering::Relaxed);
+        return None;
+    };
     let same = built
         .as_ref()
         .is_some_and(|b| b.otlp == otlp && b.service == service);
@@ -189,7 +196,10 @@ fn current<E>(
             }
         };
     }
-    built.as_ref().map(|b| &b.exporter)
+    if built.is_none() {
+        queue.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+    built.as_ref()
 }
 
 /// Failed exports, reported at most once per `WARN_EVERY` with what was dropped meanwhile (a
@@ -266,19 +276,12 @@ impl<F: Fn() -> Target + Send> Sink<SpanRecord> for Spans<F> {
             .flat_map(|r| span_data(r, &self.scope))
             .collect();
         let n = spans.len() as u64;
-        let target = (self.target)();
-        let endpoint = target.as_ref().map(|(o, _)| o.endpoint.clone());
-        let (Some(exporter), Some(endpoint)) = (
-            target.and_then(|t| current(&mut self.built, t, build_spans)),
-            endpoint,
-        ) else {
-            // Tracing was turned off by a reload after these were queued, or no exporter.
-            queue.dropped.fetch_add(n, Ordering::Relaxed);
+        let Some(b) = current(&mut self.built, (self.target)(), build_spans, queue, n) else {
             return;
         };
-        let outcome = tokio::time::timeout(within, exporter.export(spans)).await;
+        let outcome = tokio::time::timeout(within, b.exporter.export(spans)).await;
         self.warnings
-            .count(queue, n, "spans", &endpoint, outcome, within);
+            .count(queue, n, "spans", &b.otlp.endpoint, outcome, within);
     }
 }
 

@@ -70,23 +70,25 @@ fn build(otlp: &Otlp, service: &str) -> Result<LogsExporter, String> {
 impl<F: Fn() -> Target + Send> Sink<Bytes> for Logs<F> {
     async fn send(&mut self, queue: &LogQueue, batch: Vec<Bytes>, within: Duration) {
         let n = batch.len() as u64;
-        let target = (self.target)();
-        let endpoint = target.as_ref().map(|(o, _)| o.endpoint.clone());
-        let (Some(b), Some(endpoint)) = (
-            target.and_then(|t| current(&mut self.built, t, build)),
-            endpoint,
-        ) else {
-            queue
-                .dropped
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let Some(b) = current(&mut self.built, (self.target)(), build, queue, n) else {
             return;
         };
-        let records: Vec<SdkLogRecord> = batch.iter().map(|l| record(&b.logger, l)).collect();
+        let records: Vec<SdkLogRecord> = batch
+            .iter()
+            .map(|l| record(&b.exporter.logger, l))
+            .collect();
         let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
             records.iter().map(|r| (r, &self.scope)).collect();
-        let outcome = tokio::time::timeout(within, b.exporter.export(LogBatch::new(&refs))).await;
-        self.warnings
-            .count(queue, n, "access-log records", &endpoint, outcome, within);
+        let outcome =
+            tokio::time::timeout(within, b.exporter.exporter.export(LogBatch::new(&refs))).await;
+        self.warnings.count(
+            queue,
+            n,
+            "access-log records",
+            &b.otlp.endpoint,
+            outcome,
+            within,
+        );
     }
 }
 
