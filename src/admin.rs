@@ -412,6 +412,43 @@ const ENDPOINTS: &str =
     "GET /status, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
+/// `?series=RANGE` of `GET /status`: how far back the time series reach (`None`: no series).
+fn series_range(query: Option<&str>) -> Result<Option<std::time::Duration>, String> {
+    let longest = crate::stats::series::TIERS
+        .iter()
+        .map(|t| t.keep)
+        .max()
+        .unwrap_or_default();
+    let mut range = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "series" {
+            return Err(format!(
+                "unknown parameter `{}`; `GET /status` takes `series=RANGE` (e.g. `1h`)",
+                clip(key)
+            ));
+        }
+        if range.is_some() {
+            return Err("`series` given twice".into());
+        }
+        let d = humantime::parse_duration(value).map_err(|e| {
+            format!(
+                "bad `series` range `{}`: {e}; e.g. `15m`, `1h`, `7d`",
+                clip(value)
+            )
+        })?;
+        if d.is_zero() || d > longest {
+            return Err(format!(
+                "`series` range `{}` is not between 1s and {}",
+                clip(value),
+                humantime::format_duration(longest)
+            ));
+        }
+        range = Some(d);
+    }
+    Ok(range)
+}
+
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -464,11 +501,19 @@ where
     let who = peer.to_string();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => {
-            let status = crate::status::build(live);
-            json_reply(
-                StatusCode::OK,
-                &serde_json::to_value(status).unwrap_or_default(),
-            )
+            let range = match series_range(req.uri().query()) {
+                Ok(r) => r,
+                Err(why) => return error(StatusCode::BAD_REQUEST, why),
+            };
+            let mut status = serde_json::to_value(crate::status::build(live)).unwrap_or_default();
+            if let (Some(range), Some(obj)) = (range, status.as_object_mut()) {
+                let series = live.registry.series(range);
+                obj.insert(
+                    "series".into(),
+                    serde_json::to_value(series).unwrap_or_default(),
+                );
+            }
+            json_reply(StatusCode::OK, &status)
         }
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,

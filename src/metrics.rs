@@ -322,6 +322,17 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     );
     header(
         &mut out,
+        "strangle_series_sides_left_out_total",
+        "counter",
+        "Route-side intervals that got no time-series point because the series already hold the most route sides they keep.",
+    );
+    let _ = writeln!(
+        out,
+        "strangle_series_sides_left_out_total {}",
+        live.registry.series_left_out()
+    );
+    header(
+        &mut out,
         "strangle_emf_lines_total",
         "counter",
         "CloudWatch EMF lines made ([telemetry.emf]); written through the access log's writer when both go to the same place.",

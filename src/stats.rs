@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::split::Side;
 
+pub mod series;
+
 /// Upper bounds of the latency buckets, in milliseconds; one more bucket holds the rest.
 pub const BUCKETS_MS: [f64; 26] = [
     0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
@@ -179,6 +181,8 @@ pub struct Registry {
     routes: Mutex<HashMap<String, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<String, Arc<UpstreamStats>>>,
     history: Mutex<VecDeque<(Instant, TotalsByRoute)>>,
+    /// Per route side, the points of recent intervals (`GET /status?series=`).
+    series: Mutex<series::Series>,
     /// Finished spans on their way to the exporter, whatever the snapshot.
     pub spans: Arc<crate::telemetry::spans::SpanQueue>,
     /// Access-log records on their way to the OTLP log exporter (`logs = true`).
@@ -223,6 +227,10 @@ impl Registry {
     pub fn sample(&self) {
         let now = Instant::now();
         let totals = self.totals();
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(std::time::SystemTime::now(), &totals);
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         history.push_back((now, totals));
         while history
@@ -231,6 +239,21 @@ impl Registry {
         {
             history.pop_front();
         }
+    }
+
+    /// The points of the last `range` (`None` past what is kept).
+    pub fn series(&self, range: Duration) -> Option<series::Reply> {
+        let totals = self.totals();
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.range(range, std::time::SystemTime::now(), &totals)
+    }
+
+    /// Route sides left without a series (more than `series::MAX_SIDES` had traffic).
+    pub fn series_left_out(&self) -> u64 {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .left_out
     }
 
     /// The oldest sample no older than the window, and how long ago it was taken.

@@ -21,6 +21,7 @@ mod metrics;
 mod otlp_logs;
 mod reload;
 mod routing;
+mod series;
 mod split;
 mod support;
 mod tracing;
