@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::history::Cause;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -98,8 +100,9 @@ impl AdminError {
 pub async fn apply(
     live: &Arc<Live>,
     command: Command,
-    who: &str,
+    cause: &Cause,
 ) -> Result<serde_json::Value, AdminError> {
+    let who = cause.client.as_deref().unwrap_or("-");
     match command {
         Command::SetShift { route, shift } => {
             let _one_edit_at_a_time = live.edit_lock.lock().await;
@@ -121,11 +124,13 @@ pub async fn apply(
                 tokio::task::spawn_blocking(move || edit::set_shift_in_file(&path, &id, shift))
                     .await
                     .map_err(|e| AdminError::Reload(ReloadError::Stalled(e.to_string())))??;
-                live.reload().await.map_err(AdminError::Reload)?;
+                live.reload(cause).await.map_err(AdminError::Reload)?;
                 // An editor that read the file before this save and writes its copy now would
                 // drop the shift a moment after we answered: watch the file for that moment.
                 tokio::time::sleep(SETTLE).await;
-                live.reload_if_changed().await.map_err(AdminError::Reload)?;
+                live.reload_if_changed(cause)
+                    .await
+                    .map_err(AdminError::Reload)?;
                 now = live
                     .load()
                     .config
@@ -149,7 +154,7 @@ pub async fn apply(
             )
         }
         Command::Reload => {
-            live.reload().await.map_err(AdminError::Reload)?;
+            live.reload(cause).await.map_err(AdminError::Reload)?;
             tracing::info!(client = %who, "config reloaded on request");
             Ok(json!({ "reloaded": live.path.display().to_string() }))
         }
@@ -409,9 +414,35 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET /status, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET /status, GET /history, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
+/// `?route=ID&limit=N` of `GET /history` (every route, the newest 100 entries by default).
+fn history_query(query: Option<&str>) -> Result<(Option<String>, usize), String> {
+    let (mut route, mut limit) = (None, 100);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "route" => route = Some(value.into_owned()),
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=crate::history::KEEP).contains(n))
+                    .ok_or_else(|| {
+                        format!("`limit` is a number from 1 to {}", crate::history::KEEP)
+                    })?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter `{}`; `GET /history` takes `route=ID` and `limit=N`",
+                    clip(other)
+                ))
+            }
+        }
+    }
+    Ok((route, limit))
+}
+
 /// `?series=RANGE` of `GET /status`: how far back the time series reach (`None`: no series).
 fn series_range(query: Option<&str>) -> Result<Option<std::time::Duration>, String> {
     let longest = crate::stats::series::TIERS
@@ -420,27 +451,26 @@ fn series_range(query: Option<&str>) -> Result<Option<std::time::Duration>, Stri
         .max()
         .unwrap_or_default();
     let mut range = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if key != "series" {
             return Err(format!(
                 "unknown parameter `{}`; `GET /status` takes `series=RANGE` (e.g. `1h`)",
-                clip(key)
+                clip(&key)
             ));
         }
         if range.is_some() {
             return Err("`series` given twice".into());
         }
-        let d = humantime::parse_duration(value).map_err(|e| {
+        let d = humantime::parse_duration(&value).map_err(|e| {
             format!(
                 "bad `series` range `{}`: {e}; e.g. `15m`, `1h`, `7d`",
-                clip(value)
+                clip(&value)
             )
         })?;
         if d.is_zero() || d > longest {
             return Err(format!(
                 "`series` range `{}` is not between 1s and {}",
-                clip(value),
+                clip(&value),
                 humantime::format_duration(longest)
             ));
         }
@@ -499,6 +529,11 @@ where
         }
     }
     let who = peer.to_string();
+    let cli = req
+        .headers()
+        .get(header::USER_AGENT)
+        .is_some_and(|ua| ua.as_bytes().starts_with(b"strangle/"));
+    let cause = Cause::admin(who.clone(), cli);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => {
             let range = match series_range(req.uri().query()) {
@@ -515,6 +550,16 @@ where
             }
             json_reply(StatusCode::OK, &status)
         }
+        (&Method::GET, ["history"]) => match history_query(req.uri().query()) {
+            Ok((route, limit)) => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "file": live.history.path().display().to_string(),
+                    "entries": live.history.entries(route.as_deref(), limit),
+                }),
+            ),
+            Err(why) => error(StatusCode::BAD_REQUEST, why),
+        },
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -534,7 +579,7 @@ where
                 Ok(s) => s,
                 Err(refused) => return refused,
             };
-            match apply(live, Command::SetShift { route: id, shift }, &who).await {
+            match apply(live, Command::SetShift { route: id, shift }, &cause).await {
                 Ok(v) => json_reply(StatusCode::OK, &v),
                 Err(e) => {
                     tracing::warn!(client = %who, "shift refused: {e}");
@@ -542,11 +587,11 @@ where
                 }
             }
         }
-        (&Method::POST, ["reload"]) => match apply(live, Command::Reload, &who).await {
+        (&Method::POST, ["reload"]) => match apply(live, Command::Reload, &cause).await {
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
         },
-        (_, ["status" | "metrics" | "live" | "ready"])
+        (_, ["status" | "metrics" | "live" | "ready" | "history"])
         | (_, ["reload"])
         | (_, ["routes", _, "shift"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -50,7 +50,12 @@ pub async fn call(
     let mut req = Request::builder()
         .method(method)
         .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(header::HOST, format!("{host}:{port}"));
+        .header(header::HOST, format!("{host}:{port}"))
+        // The history records a change as made by the CLI.
+        .header(
+            header::USER_AGENT,
+            concat!("strangle/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(token) = &target.token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -213,4 +218,80 @@ pub async fn status(
             }
         }
     }
+}
+
+/// `strangle history [ROUTE]`: the shifts and reloads the proxy recorded, one per line.
+pub async fn history(
+    target: &AdminTarget,
+    route: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = match route {
+        Some(r) => Some(resolve_route(&fetch_status(target).await?, r)?),
+        None => None,
+    };
+    let mut query: form_urlencoded::Serializer<'_, String> =
+        form_urlencoded::Serializer::new(String::new());
+    query.append_pair("limit", &limit.clamp(1, crate::history::KEEP).to_string());
+    if let Some(id) = &id {
+        query.append_pair("route", id);
+    }
+    let (code, body) = call(
+        target,
+        Method::GET,
+        &format!("/history?{}", query.finish()),
+        None,
+    )
+    .await?;
+    if !code.is_success() {
+        return Err(api_error(code, &body));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let entries: Vec<crate::history::Entry> =
+        serde_json::from_value(body["entries"].clone()).context("unexpected /history document")?;
+    if entries.is_empty() {
+        println!("no history yet ({})", body["file"].as_str().unwrap_or("?"));
+    }
+    for e in &entries {
+        println!("{}", history_line(e));
+    }
+    Ok(())
+}
+
+/// One history entry as a line: when, what, how.
+pub fn history_line(e: &crate::history::Entry) -> String {
+    use crate::history::{How, What};
+    let what = match &e.what {
+        What::Shift { route, from, to } => match from {
+            Some(from) => format!("shift  {route}: {from} -> {to}"),
+            None => format!("shift  {route}: {to}"),
+        },
+        What::Reload { ok: true, .. } => "reload applied".to_string(),
+        What::Reload { error, .. } => format!(
+            "reload refused: {}",
+            error
+                .as_deref()
+                .unwrap_or("?")
+                .lines()
+                .next()
+                .unwrap_or("?")
+        ),
+    };
+    let how = match e.how {
+        How::File => "file edit",
+        How::Signal => "SIGHUP",
+        How::Admin => "admin API",
+        How::Cli => "strangle CLI",
+        How::Start => "found at start",
+    };
+    let client = e
+        .client
+        .as_deref()
+        .map(|c| format!(" from {c}"))
+        .unwrap_or_default();
+    format!("{}  {what}  ({how}{client})", e.at)
 }

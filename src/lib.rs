@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod edit;
 pub mod exchange;
+pub mod history;
 pub mod http1;
 pub mod lambda;
 pub mod lifecycle;

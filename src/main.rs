@@ -83,6 +83,19 @@ enum Command {
         #[arg(long = "for", value_name = "SECONDS")]
         run_for: Option<u64>,
     },
+    /// Shifts and reloads, newest last: every route's, or ROUTE's (its shifts, and reloads).
+    History {
+        /// A route's path (`/bookings`) or id.
+        route: Option<String>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// How many entries, at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// The migration at a glance: per route its shift, traffic per side, errors and latency.
     Status {
         /// Print JSON instead of a table.
@@ -132,6 +145,14 @@ fn main() -> ExitCode {
                 || async move { strangle::demo::run(run_for.map(Duration::from_secs)).await },
             )
         }
+        Command::History {
+            route,
+            json,
+            limit,
+            admin,
+        } => run_client(|| async move {
+            cli::history(&admin.into(), route.as_deref(), limit, json).await
+        }),
         Command::Status { json, watch, admin } => run_client(|| async move {
             cli::status(
                 &admin.into(),

@@ -124,7 +124,10 @@ impl BackgroundService for ConfigWatcher {
         };
         // A change made between loading the config and watching it would otherwise go unseen
         // until the next one: compare once now (a no-op when the bytes are the same).
-        let _ = self.live.reload_if_changed().await;
+        let _ = self
+            .live
+            .reload_if_changed(&crate::history::Cause::FILE)
+            .await;
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -153,7 +156,7 @@ impl BackgroundService for ConfigWatcher {
                         // Re-arm now rather than at the next tick.
                         check.reset_immediately();
                     }
-                    let _ = self.live.reload_if_changed().await;
+                    let _ = self.live.reload_if_changed(&crate::history::Cause::FILE).await;
                 }
                 _ = check.tick() => {
                     let now = dir_identity(&dir);
@@ -179,7 +182,7 @@ impl BackgroundService for ConfigWatcher {
                             armed = Some((w, now));
                             arm_failing = false;
                             // Whatever changed while nothing watched is loaded now.
-                            let _ = self.live.reload_if_changed().await;
+                            let _ = self.live.reload_if_changed(&crate::history::Cause::FILE).await;
                         }
                         Err(e) if !arm_failing => {
                             arm_failing = true;
@@ -190,7 +193,7 @@ impl BackgroundService for ConfigWatcher {
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading the config");
-                    let _ = self.live.reload().await;
+                    let _ = self.live.reload(&crate::history::Cause::SIGNAL).await;
                 }
             }
         }

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
+use crate::history::Cause;
 use crate::limits::RateLimiter;
 use crate::routing::RouteTable;
 use crate::split::{route_seed, Shift, StickyKey};
@@ -218,6 +219,8 @@ impl ReloadError {
 #[derive(Debug)]
 pub struct Live {
     pub path: PathBuf,
+    /// Shifts and reloads, kept next to the config file.
+    pub history: crate::history::History,
     pub registry: Arc<Registry>,
     pub started_at: SystemTime,
     snapshot: ArcSwap<Snapshot>,
@@ -282,7 +285,16 @@ impl Live {
         let digest =
             config::read::read_text(&path).map_or(0, |t| xxhash_rust::xxh3::xxh3_64(t.as_bytes()));
         let (transport, _) = tokio::sync::watch::channel(transport_settings(&snapshot.config));
+        // Shifts made while the process was not running (`strangle shift --file`, an edit)
+        // are recorded as found at start.
+        let history = crate::history::History::open(&path);
+        let start = crate::history::Cause {
+            how: crate::history::How::Start,
+            client: None,
+        };
+        history.record_shifts(&history.last_shifts(), &shifts(&snapshot.config), &start);
         Live {
+            history,
             path,
             registry,
             started_at: SystemTime::now(),
@@ -331,22 +343,31 @@ impl Live {
     }
 
     /// Reads the config file again and swaps in the new snapshot if it is valid.
-    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
-        self.reload_when(true).await.map(|_| ())
+    pub async fn reload(self: &Arc<Self>, cause: &Cause) -> Result<(), ReloadError> {
+        self.reload_when(true, cause).await.map(|_| ())
     }
 
     /// Reloads only if the file's bytes changed since the last load (or the last failure):
     /// a file event that rewrote the same text, such as our own `shift` edit already applied,
     /// is not a reload. Returns whether a new snapshot was installed.
-    pub async fn reload_if_changed(self: &Arc<Self>) -> Result<bool, ReloadError> {
-        self.reload_when(false).await
+    pub async fn reload_if_changed(self: &Arc<Self>, cause: &Cause) -> Result<bool, ReloadError> {
+        self.reload_when(false, cause).await
     }
 
-    async fn reload_when(self: &Arc<Self>, force: bool) -> Result<bool, ReloadError> {
+    async fn reload_when(
+        self: &Arc<Self>,
+        force: bool,
+        cause: &Cause,
+    ) -> Result<bool, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let _running = Running::start(&self.reload_since);
-        let result = self.read_and_install(force).await;
+        let result = self.read_and_install(force, cause).await;
         if let Err(error) = &result {
+            let what = crate::history::What::Reload {
+                ok: false,
+                error: Some(error.to_string()),
+            };
+            self.history.record(what, cause);
             let failures = self.reload_failures.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
                 failures,
@@ -363,7 +384,11 @@ impl Live {
         result
     }
 
-    async fn read_and_install(self: &Arc<Self>, force: bool) -> Result<bool, ReloadError> {
+    async fn read_and_install(
+        self: &Arc<Self>,
+        force: bool,
+        cause: &Cause,
+    ) -> Result<bool, ReloadError> {
         let live = Arc::clone(self);
         let what = format!("reading `{}`", self.path.display());
         // Reading and parsing block (file reads, `${file:..}`): off the proxy's worker threads,
@@ -441,8 +466,25 @@ impl Live {
             *f = None;
         }
         tracing::info!(path = %self.path.display(), "config reloaded");
+        let what = crate::history::What::Reload {
+            ok: true,
+            error: None,
+        };
+        self.history.record(what, cause);
+        let new = self.load();
+        self.history
+            .record_shifts(&shifts(&old.config), &shifts(&new.config), cause);
         Ok(true)
     }
+}
+
+/// Each route's id and shift, for the history.
+fn shifts(config: &Config) -> Vec<(String, String)> {
+    config
+        .routes
+        .iter()
+        .map(|r| (r.id.clone(), r.shift.to_string()))
+        .collect()
 }
 
 /// Marks a reload as running while it lives.

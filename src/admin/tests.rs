@@ -159,7 +159,11 @@ async fn a_reload_of_a_broken_file_is_a_typed_422_and_keeps_serving() {
     assert!(body.contains("still serving the previous config"), "{body}");
     assert_eq!(a.live.load().routes[0].id, "bookings");
     assert!(a.live.last_failure().is_some());
-    let err = a.live.reload().await.unwrap_err();
+    let err = a
+        .live
+        .reload(&crate::history::Cause::FILE)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "invalid");
 }
 

@@ -12,6 +12,7 @@ mod drain;
 mod emf;
 mod engines;
 mod faults;
+mod history;
 mod invoke;
 mod lambda;
 mod layout;
