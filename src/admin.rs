@@ -414,7 +414,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET /status, GET /history, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET /status, GET /history, GET /inventory, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 /// `?route=ID&limit=N` of `GET /history` (every route, the newest 100 entries by default).
@@ -423,15 +423,7 @@ fn history_query(query: Option<&str>) -> Result<(Option<String>, usize), String>
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {
             "route" => route = Some(value.into_owned()),
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=crate::history::KEEP).contains(n))
-                    .ok_or_else(|| {
-                        format!("`limit` is a number from 1 to {}", crate::history::KEEP)
-                    })?;
-            }
+            "limit" => limit = parse_limit(&value, crate::history::KEEP)?,
             other => {
                 return Err(format!(
                     "unknown parameter `{}`; `GET /history` takes `route=ID` and `limit=N`",
@@ -441,6 +433,30 @@ fn history_query(query: Option<&str>) -> Result<(Option<String>, usize), String>
         }
     }
     Ok((route, limit))
+}
+
+/// `?limit=N` of `GET /inventory` (1 to `MAX_TEMPLATES` rows).
+fn limit_query(query: Option<&str>, default: usize) -> Result<usize, String> {
+    let mut limit = default;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key != "limit" {
+            return Err(format!(
+                "unknown parameter `{}`; `GET /inventory` takes `limit=N`",
+                clip(&key)
+            ));
+        }
+        limit = parse_limit(&value, crate::inventory::MAX_TEMPLATES)?;
+    }
+    Ok(limit)
+}
+
+/// A `limit=N` value: 1 to `max`.
+fn parse_limit(value: &str, max: usize) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("`limit` is a number from 1 to {max}"))
 }
 
 /// `?series=RANGE` of `GET /status`: how far back the time series reach (`None`: no series).
@@ -550,6 +566,17 @@ where
             }
             json_reply(StatusCode::OK, &status)
         }
+        (&Method::GET, ["inventory"]) => match limit_query(req.uri().query(), 100) {
+            Ok(limit) => {
+                let snap = live.load();
+                let report = crate::inventory::report::report(&snap.inventory, &snap.config, limit);
+                json_reply(
+                    StatusCode::OK,
+                    &serde_json::to_value(report).unwrap_or_default(),
+                )
+            }
+            Err(why) => error(StatusCode::BAD_REQUEST, why),
+        },
         (&Method::GET, ["history"]) => match history_query(req.uri().query()) {
             Ok((route, limit)) => json_reply(
                 StatusCode::OK,
@@ -591,7 +618,7 @@ where
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
         },
-        (_, ["status" | "metrics" | "live" | "ready" | "history"])
+        (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
         | (_, ["routes", _, "shift"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,

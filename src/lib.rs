@@ -15,6 +15,7 @@ pub mod edit;
 pub mod exchange;
 pub mod history;
 pub mod http1;
+pub mod inventory;
 pub mod lambda;
 pub mod lifecycle;
 pub mod limits;

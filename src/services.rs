@@ -378,6 +378,39 @@ impl BackgroundService for OtlpExport {
     }
 }
 
+/// Saves the inventory next to the config every `SAVE_INVENTORY_EVERY` (and the exit saves it
+/// once more: `save_inventory`), so it covers more than one process lifetime.
+pub struct InventorySaver {
+    pub live: Arc<Live>,
+}
+
+pub const SAVE_INVENTORY_EVERY: Duration = Duration::from_secs(60);
+
+/// Writes the inventory to its file, off the runtime's workers; a failure is logged.
+pub fn save_inventory(live: &Live) {
+    let path = crate::inventory::report::path_for(&live.path);
+    if let Err(e) = crate::inventory::report::save(&live.load().inventory, &path) {
+        tracing::warn!(path = %path.display(), "cannot save the inventory: {e}");
+    }
+}
+
+#[async_trait]
+impl BackgroundService for InventorySaver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(SAVE_INVENTORY_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let live = Arc::clone(&self.live);
+                    let _ = tokio::task::spawn_blocking(move || save_inventory(&live)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Every background service on one runtime: Pingora gives each service its own runtime and
 /// thread, so five services would be five threads beside the proxy's worker.
 pub struct Background {

@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub trace: Option<TracePolicy>,
     /// Where sampled requests leave their spans.
     pub spans: Arc<SpanQueue>,
+    /// What the legacy sides and the default upstream serve, by path template (kept across
+    /// reloads: each snapshot takes the previous one's).
+    pub inventory: Arc<crate::inventory::Inventory>,
     /// Where requests leave their access-log records for the OTLP log exporter, when the
     /// config exports logs (`[telemetry.otlp] logs = true`).
     pub logs: Option<Arc<crate::telemetry::export::logs::LogQueue>>,
@@ -162,6 +165,7 @@ impl Snapshot {
             identity_headers,
             trace,
             spans: Arc::clone(&registry.spans),
+            inventory: previous.map_or_else(Arc::default, |p| Arc::clone(&p.inventory)),
             logs,
             loaded_at: SystemTime::now(),
         })

@@ -33,6 +33,17 @@ impl Request {
             self.route_stats()
                 .side(side)
                 .record(done.status, now - self.start);
+            // What the monolith still serves, by path template: legacy sides and unmatched.
+            if side != Side::New {
+                let source = self.route_id().unwrap_or(crate::stats::DEFAULT_ROUTE);
+                self.snap.inventory.record(
+                    source,
+                    done.method,
+                    done.path,
+                    done.status,
+                    now - self.start,
+                );
+            }
         }
         let traced = self.trace.filter(|t| t.server.sampled);
         if let Some(trace) = traced {
