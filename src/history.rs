@@ -170,7 +170,9 @@ impl History {
         while recent.len() > KEEP {
             recent.pop_front();
         }
-        self.writer.push_lines(&line);
+        if !self.writer.push_lines(&line) {
+            tracing::warn!(path = %self.path.display(), "the history writer is behind: an entry is kept in memory only");
+        }
         let bytes = self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed) + line.len() as u64;
         if bytes > MAX_BYTES {
             self.compact(&recent);

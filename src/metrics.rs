@@ -346,12 +346,12 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         &mut out,
         "strangle_emf_dropped_total",
         "counter",
-        "EMF lines dropped by EMF's own writer (those sharing the access log's count there).",
+        "EMF lines dropped: a writer's queue was full, or EMF's own file refused them (lines written through the access log's writer that its target refuses count in strangle_access_log_dropped_total).",
     );
     let _ = writeln!(
         out,
         "strangle_emf_dropped_total {}",
-        live.emf_out.get().map_or(0, |w| w.dropped())
+        live.emf_dropped.load(Relaxed) + live.emf_out.get().map_or(0, |w| w.dropped())
     );
     out
 }

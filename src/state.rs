@@ -248,6 +248,8 @@ pub struct Live {
     pub emf_out: std::sync::OnceLock<Arc<crate::telemetry::AccessLogger>>,
     /// EMF lines made so far.
     pub emf_lines: AtomicU64,
+    /// EMF lines dropped before a writer took them (its queue was full).
+    pub emf_dropped: AtomicU64,
     /// Requests in flight, connections open, draining.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// What the transport reads from the config, sent again when a reload changes it.
@@ -314,6 +316,7 @@ impl Live {
             access_log: std::sync::OnceLock::new(),
             emf_out: std::sync::OnceLock::new(),
             emf_lines: AtomicU64::new(0),
+            emf_dropped: AtomicU64::new(0),
             lifecycle: Arc::default(),
             transport,
             installed: tokio::sync::watch::channel(0).0,

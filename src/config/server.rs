@@ -128,11 +128,20 @@ impl Cx<'_> {
         Admin { listen, token }
     }
 
+    /// Where lines go (`[log] access`, `[telemetry.emf] output`): stdout however it is spelled
+    /// (two writers on one stdout would split each other's lines), or a file, its path made
+    /// absolute and plain (`./a.log` and `a.log` are one file, and compare equal).
+    pub(super) fn output(&self, path: &str) -> AccessLog {
+        match path {
+            "stdout" | "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => AccessLog::Stdout,
+            path => AccessLog::File(self.base.join(path).components().collect()),
+        }
+    }
+
     pub(super) fn log(&mut self, raw: RawLog) -> Log {
         let access = match &raw.access {
             None => AccessLog::Stdout,
             Some(a) => match a.get_ref().as_str() {
-                "stdout" => AccessLog::Stdout,
                 "off" => AccessLog::Off,
                 "" => {
                     self.err_at(
@@ -142,7 +151,7 @@ impl Cx<'_> {
                     );
                     AccessLog::Off
                 }
-                path => AccessLog::File(self.base.join(path)),
+                path => self.output(path),
             },
         };
         let json = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {

@@ -41,13 +41,12 @@ impl Cx<'_> {
             None => AccessLog::Stdout,
             Some(o) => {
                 match o.get_ref().as_str() {
-                    "stdout" => AccessLog::Stdout,
                     "" | "off" => {
                         let hint = Some("use `stdout` or a file path; leave `[telemetry.emf]` out to write none".into());
                         self.err_at(o, format!("`{}` is not an EMF output", o.get_ref()), hint);
                         AccessLog::Stdout
                     }
-                    path => AccessLog::File(self.base.join(path)),
+                    path => self.output(path),
                 }
             }
         };

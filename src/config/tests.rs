@@ -625,6 +625,21 @@ fn emf_lowers_with_defaults_and_refuses_what_cloudwatch_would() {
         assert!(text.contains(why), "{keys}: {text}");
         assert_eq!(errs.0[0].line, line, "{keys}: {text}");
     }
+    // Stdout however it is spelled, and one file however its path is spelled: the EMF
+    // reporter shares the access log's writer when the two are the same.
+    for spelling in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+        let c = parse_str(&format!(
+            "{base}[log]\naccess = \"{spelling}\"\n[telemetry.emf]\noutput = \"{spelling}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.log.access, AccessLog::Stdout, "{spelling}");
+        assert_eq!(c.telemetry.emf.unwrap().output, AccessLog::Stdout);
+    }
+    let c = parse_str(&format!(
+        "{base}[log]\naccess = \"./logs/../a.log\"\n[telemetry.emf]\noutput = \"logs/../a.log\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.log.access, c.telemetry.emf.unwrap().output);
     let long = "n".repeat(256);
     let e = parse_str(&format!("{base}[telemetry.emf]\nnamespace = \"{long}\"\n")).unwrap_err();
     assert!(e.to_string().contains("longer than 255"), "{e}");

@@ -110,6 +110,21 @@ impl EmfReporter {
                 }
             }
         }
+        // A route a reload removed (or renamed) still reports what it served this interval.
+        let mut gone: Vec<&str> = totals
+            .keys()
+            .map(String::as_str)
+            .filter(|id| *id != DEFAULT_ROUTE && !snap.config.routes.iter().any(|r| r.id == *id))
+            .collect();
+        gone.sort_unstable();
+        for id in gone {
+            let [legacy, new] = delta(id);
+            for (name, t) in [("legacy", legacy), ("new", new)] {
+                if t.requests() > 0 {
+                    sides.push((id, name, t));
+                }
+            }
+        }
         let [default, _] = delta(DEFAULT_ROUTE);
         if snap.config.server.default.is_some() || default.requests() > 0 {
             sides.push((DEFAULT_ROUTE, "default", default));
@@ -127,7 +142,11 @@ impl EmfReporter {
             &mut out,
         );
         self.live.emf_lines.fetch_add(points.len() as u64, Relaxed);
-        self.writer(emf).push_lines(&out);
+        if !self.writer(emf).push_lines(&out) {
+            self.live
+                .emf_dropped
+                .fetch_add(points.len() as u64, Relaxed);
+        }
     }
 
     /// The access log's writer when EMF goes where it goes, EMF's own otherwise.

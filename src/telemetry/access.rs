@@ -169,22 +169,22 @@ impl AccessLogger {
             }
             if enabled {
                 line.push(b'\n');
-                self.push_lines(line);
+                if !self.push_lines(line) {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
     }
 
     /// Queues whole lines (each ending in `\n`) written elsewhere, whether or not requests are
     /// logged: EMF lines bound for this writer's target go through it, so that they never
-    /// interleave with its lines. Dropped (and counted) when the queue is full.
-    pub fn push_lines(&self, lines: &[u8]) {
+    /// interleave with its lines. `false` when the queue is full: the lines are dropped, and
+    /// the caller counts them (as its own).
+    pub fn push_lines(&self, lines: &[u8]) -> bool {
         debug_assert!(lines.is_empty() || lines.ends_with(b"\n"));
         let mut queue = self.shared.lock();
         if queue.lines.len() + lines.len() > MAX_PENDING {
-            drop(queue);
-            let n = count_lines(lines) as u64;
-            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
-            return;
+            return false;
         }
         let first = queue.lines.is_empty();
         queue.lines.extend_from_slice(lines);
@@ -192,6 +192,7 @@ impl AccessLogger {
         if first {
             self.shared.wake.notify_one();
         }
+        true
     }
 
     /// After a reload: the writer opens `target` if it is not what it has open (another

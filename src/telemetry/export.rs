@@ -99,6 +99,10 @@ pub type Target = Option<(Otlp, String)>;
 pub trait Sink<T>: Send {
     /// Sends `batch`, counting in `queue` what was exported or dropped.
     async fn send(&mut self, queue: &ExportQueue<T>, batch: Vec<T>, within: Duration);
+
+    /// Before the last batch, at exit: its failure is always said (the warnings' limit is for
+    /// a collector that stays down while the proxy runs).
+    fn last_batch(&mut self);
 }
 
 /// Runs an exporter until `shutdown`; then, while requests are still being served (`idle`
@@ -120,6 +124,7 @@ pub async fn run<T: Exported>(
         tokio::select! {
             r = rx.recv() => match r {
                 Some(r) => {
+                    queue.taken(&r);
                     batch.push(r);
                     due.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
                 }
@@ -143,6 +148,7 @@ pub async fn run<T: Exported>(
     while !idle() && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
         while let Ok(r) = rx.try_recv() {
+            queue.taken(&r);
             batch.push(r);
         }
         if batch.len() >= MAX_BATCH {
@@ -151,9 +157,11 @@ pub async fn run<T: Exported>(
         }
     }
     while let Ok(r) = rx.try_recv() {
+        queue.taken(&r);
         batch.push(r);
     }
     if !batch.is_empty() {
+        sink.last_batch();
         sink.send(queue, batch, FLUSH_TIMEOUT).await;
     }
     queue.mark_flushed();
@@ -282,6 +290,10 @@ impl<F: Fn() -> Target + Send> Sink<SpanRecord> for Spans<F> {
         let outcome = tokio::time::timeout(within, b.exporter.export(spans)).await;
         self.warnings
             .count(queue, n, "spans", &b.otlp.endpoint, outcome, within);
+    }
+
+    fn last_batch(&mut self) {
+        self.warnings.last = None;
     }
 }
 

@@ -2,7 +2,7 @@
 //! The request path only ever `try_send`s: when the queue is full (a collector that is down or
 //! slow), the record is dropped and counted, and the request never waits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -10,12 +10,18 @@ use tokio::sync::mpsc;
 
 /// How many finished requests' records may wait for an exporter.
 pub const QUEUE: usize = 4096;
+/// And how many bytes they may hold, at most: records carry paths, which clients size (a
+/// collector that hangs would otherwise cost `QUEUE` times the largest request head).
+pub const QUEUE_BYTES: usize = 16 << 20;
 
-/// A queued record, and how many exported items (spans, log records) it makes.
+/// A queued record, how many exported items (spans, log records) it makes, and about how many
+/// bytes it holds.
 pub trait Exported: Send + 'static {
     fn items(&self) -> u64 {
         1
     }
+
+    fn bytes(&self) -> usize;
 }
 
 /// The queue between requests and one exporter, with its counters (in `/metrics`).
@@ -27,6 +33,8 @@ pub struct ExportQueue<T> {
     pub dropped: AtomicU64,
     /// Items the collector accepted.
     pub exported: AtomicU64,
+    /// Bytes held by records queued and not yet taken by the exporter.
+    pending: AtomicUsize,
     /// The exporter's last flush is done (set once, at shutdown).
     flushed: Mutex<bool>,
     flushed_cv: Condvar,
@@ -40,6 +48,7 @@ impl<T> Default for ExportQueue<T> {
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
             exported: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
             flushed: Mutex::new(false),
             flushed_cv: Condvar::new(),
         }
@@ -49,12 +58,21 @@ impl<T> Default for ExportQueue<T> {
 impl<T: Exported> ExportQueue<T> {
     /// Hands a finished request's record to the exporter, or drops it when it is behind.
     pub fn push(&self, record: T) {
-        if let Err(e) = self.tx.try_send(record) {
-            let record = match e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-            };
-            self.dropped.fetch_add(record.items(), Ordering::Relaxed);
+        let (items, bytes) = (record.items(), record.bytes());
+        if self.pending.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.pending.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped.fetch_add(items, Ordering::Relaxed);
+            return;
         }
+        if self.tx.try_send(record).is_err() {
+            self.pending.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped.fetch_add(items, Ordering::Relaxed);
+        }
+    }
+
+    /// Said by the exporter for each record it takes off the queue.
+    pub fn taken(&self, record: &T) {
+        self.pending.fetch_sub(record.bytes(), Ordering::Relaxed);
     }
 }
 
@@ -81,3 +99,6 @@ impl<T> ExportQueue<T> {
         self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,12 +7,14 @@
 pub const REDACTED: &str = "[redacted]";
 
 /// A path as a client sent it, for the log of a request refused before its path was made
-/// canonical: its path parameters (`;jsessionid=...`, which Java servers read as the session)
-/// are cut, from the first `;` on. A canonical path never has any (the guard refuses them).
+/// canonical: from its first `;` or `%` on it is cut. A path parameter (`;jsessionid=...`,
+/// which Java servers read as the session) may be spelled `%3B`, or hidden behind any other
+/// escape the guard refused, so nothing after an escape is kept. A canonical path never has
+/// either in a form that hides a parameter (the guard refuses them).
 pub fn raw_path(path: &str) -> std::borrow::Cow<'_, str> {
-    match path.find(';') {
+    match path.find([';', '%']) {
         None => path.into(),
-        Some(i) => format!("{};{REDACTED}", &path[..i]).into(),
+        Some(i) => format!("{}{REDACTED}", &path[..=i]).into(),
     }
 }
 

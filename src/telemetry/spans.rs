@@ -52,4 +52,11 @@ impl Exported for SpanRecord {
     fn items(&self) -> u64 {
         1 + u64::from(self.upstream.as_ref().is_some_and(|u| u.called))
     }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<SpanRecord>()
+            + self.path.len()
+            + self.query.as_ref().map_or(0, String::len)
+            + self.error.as_ref().map_or(0, String::len)
+    }
 }

@@ -26,7 +26,11 @@ use crate::telemetry::queue::{ExportQueue, Exported};
 /// Access-log lines (without their newline) on their way to the log exporter.
 pub type LogQueue = ExportQueue<Bytes>;
 
-impl Exported for Bytes {}
+impl Exported for Bytes {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
 
 /// The exporter, and the logger that makes its records (a provider with no processor: it is
 /// only a record factory, the batching is `export::run`'s).
@@ -89,6 +93,10 @@ impl<F: Fn() -> Target + Send> Sink<Bytes> for Logs<F> {
             outcome,
             within,
         );
+    }
+
+    fn last_batch(&mut self) {
+        self.warnings.last = None;
     }
 }
 

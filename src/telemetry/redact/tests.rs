@@ -60,10 +60,17 @@ fn what_servers_read_as_a_credential_is_redacted_in_every_spelling() {
 }
 
 #[test]
-fn a_raw_paths_parameters_are_cut() {
+fn a_raw_paths_parameters_are_cut_however_they_are_spelled() {
     assert_eq!(raw_path("/bookings/1"), "/bookings/1");
     assert_eq!(raw_path("/s;jsessionid=abc"), "/s;[redacted]");
     assert_eq!(raw_path("/a;x=1/b;y=2"), "/a;[redacted]");
     assert_eq!(raw_path(";"), ";[redacted]");
+    // Found by an adversarial review: an escaped `;` was logged whole.
+    assert_eq!(
+        raw_path("/bookings%3Bjsessionid=abc"),
+        "/bookings%[redacted]"
+    );
+    assert_eq!(raw_path("/b/..%3b/abc"), "/b/..%[redacted]");
+    assert_eq!(raw_path("/b%253Bjsessionid=abc"), "/b%[redacted]");
     assert!(matches!(raw_path("/plain"), std::borrow::Cow::Borrowed(_)));
 }
