@@ -295,3 +295,70 @@ pub fn history_line(e: &crate::history::Entry) -> String {
         .unwrap_or_default();
     format!("{}  {what}  ({how}{client})", e.at)
 }
+
+/// `strangle inventory`: the templates the monolith still serves, largest first.
+pub async fn inventory(target: &AdminTarget, limit: usize, json: bool) -> anyhow::Result<()> {
+    let limit = limit.clamp(1, crate::inventory::MAX_TEMPLATES);
+    let (code, body) = call(
+        target,
+        Method::GET,
+        &format!("/inventory?limit={limit}"),
+        None,
+    )
+    .await?;
+    if !code.is_success() {
+        return Err(api_error(code, &body));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let report: crate::inventory::report::Report =
+        serde_json::from_value(body).context("unexpected /inventory document")?;
+    print!("{}", render_inventory(&report));
+    Ok(())
+}
+
+/// The inventory as text: a line per template, its route entry below it.
+pub fn render_inventory(r: &crate::inventory::report::Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{} requests the monolith served, in {} templates{}\n",
+        r.requests,
+        r.templates,
+        if r.templates >= r.max_templates {
+            " (the most kept: newer ones count as `other`)"
+        } else {
+            ""
+        }
+    );
+    for row in &r.rows {
+        let source = if row.source == crate::stats::DEFAULT_ROUTE {
+            "unmatched".to_string()
+        } else {
+            format!("route {}", row.source)
+        };
+        let p99 = row.p99_ms.map_or("-".to_string(), |p| format!("{p:.1} ms"));
+        let _ = writeln!(
+            out,
+            "\n{:>5.1}%  {} requests  {}  errors {:.1}%  p99 {p99}  {}  ({source})",
+            row.share * 100.0,
+            row.requests,
+            row.methods.join(","),
+            row.error_rate * 100.0,
+            row.template,
+        );
+        match &row.route {
+            Some(entry) => {
+                for line in entry.lines() {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
+            None if row.template == crate::inventory::OTHER => {
+                out.push_str("    (templates past the most the inventory keeps)\n")
+            }
+            None => out.push_str("    (no route more specific than the one it takes)\n"),
+        }
+    }
+    out
+}

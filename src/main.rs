@@ -83,6 +83,18 @@ enum Command {
         #[arg(long = "for", value_name = "SECONDS")]
         run_for: Option<u64>,
     },
+    /// What the monolith still serves, by path template, largest first, each with a route entry
+    /// to paste into the config.
+    Inventory {
+        /// Print JSON instead of a list.
+        #[arg(long)]
+        json: bool,
+        /// How many templates, at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Shifts and reloads, newest last: every route's, or ROUTE's (its shifts, and reloads).
     History {
         /// A route's path (`/bookings`) or id.
@@ -144,6 +156,9 @@ fn main() -> ExitCode {
             run_client(
                 || async move { strangle::demo::run(run_for.map(Duration::from_secs)).await },
             )
+        }
+        Command::Inventory { json, limit, admin } => {
+            run_client(|| async move { cli::inventory(&admin.into(), limit, json).await })
         }
         Command::History {
             route,

@@ -13,6 +13,7 @@ mod emf;
 mod engines;
 mod faults;
 mod history;
+mod inventory;
 mod invoke;
 mod lambda;
 mod layout;
