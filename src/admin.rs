@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::history::Cause;
+
+mod query;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -115,6 +117,14 @@ pub async fn apply(
                 });
             };
             let from = r.shift;
+            let _editing = Editing::start(
+                live,
+                crate::history::Edit {
+                    cause: cause.clone(),
+                    route: route.clone(),
+                    to: shift.to_string(),
+                },
+            );
             // The file is the truth: answer 200 only when the config read back from it after
             // the edit has the shift. A writer that saved a stale copy in between dropped it;
             // apply it again on top of theirs, a few times, then say so.
@@ -158,6 +168,22 @@ pub async fn apply(
             tracing::info!(client = %who, "config reloaded on request");
             Ok(json!({ "reloaded": live.path.display().to_string() }))
         }
+    }
+}
+
+/// Marks a shift as being written by an admin call while it lives (see `Live::editing`).
+struct Editing<'a>(&'a Live);
+
+impl<'a> Editing<'a> {
+    fn start(live: &'a Live, edit: crate::history::Edit) -> Editing<'a> {
+        *live.editing.lock().unwrap_or_else(|e| e.into_inner()) = Some(edit);
+        Editing(live)
+    }
+}
+
+impl Drop for Editing<'_> {
+    fn drop(&mut self) {
+        *self.0.editing.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -417,84 +443,6 @@ const ENDPOINTS: &str =
     "GET /status, GET /history, GET /inventory, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
-/// `?route=ID&limit=N` of `GET /history` (every route, the newest 100 entries by default).
-fn history_query(query: Option<&str>) -> Result<(Option<String>, usize), String> {
-    let (mut route, mut limit) = (None, 100);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*key {
-            "route" => route = Some(value.into_owned()),
-            "limit" => limit = parse_limit(&value, crate::history::KEEP)?,
-            other => {
-                return Err(format!(
-                    "unknown parameter `{}`; `GET /history` takes `route=ID` and `limit=N`",
-                    clip(other)
-                ))
-            }
-        }
-    }
-    Ok((route, limit))
-}
-
-/// `?limit=N` of `GET /inventory` (1 to `MAX_TEMPLATES` rows).
-fn limit_query(query: Option<&str>, default: usize) -> Result<usize, String> {
-    let mut limit = default;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if key != "limit" {
-            return Err(format!(
-                "unknown parameter `{}`; `GET /inventory` takes `limit=N`",
-                clip(&key)
-            ));
-        }
-        limit = parse_limit(&value, crate::inventory::MAX_TEMPLATES)?;
-    }
-    Ok(limit)
-}
-
-/// A `limit=N` value: 1 to `max`.
-fn parse_limit(value: &str, max: usize) -> Result<usize, String> {
-    value
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| format!("`limit` is a number from 1 to {max}"))
-}
-
-/// `?series=RANGE` of `GET /status`: how far back the time series reach (`None`: no series).
-fn series_range(query: Option<&str>) -> Result<Option<std::time::Duration>, String> {
-    let longest = crate::stats::series::TIERS
-        .iter()
-        .map(|t| t.keep)
-        .max()
-        .unwrap_or_default();
-    let mut range = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if key != "series" {
-            return Err(format!(
-                "unknown parameter `{}`; `GET /status` takes `series=RANGE` (e.g. `1h`)",
-                clip(&key)
-            ));
-        }
-        if range.is_some() {
-            return Err("`series` given twice".into());
-        }
-        let d = humantime::parse_duration(&value).map_err(|e| {
-            format!(
-                "bad `series` range `{}`: {e}; e.g. `15m`, `1h`, `7d`",
-                clip(&value)
-            )
-        })?;
-        if d.is_zero() || d > longest {
-            return Err(format!(
-                "`series` range `{}` is not between 1s and {}",
-                clip(&value),
-                humantime::format_duration(longest)
-            ));
-        }
-        range = Some(d);
-    }
-    Ok(range)
-}
-
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -552,7 +500,7 @@ where
     let cause = Cause::admin(who.clone(), cli);
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => {
-            let range = match series_range(req.uri().query()) {
+            let range = match query::series_range(req.uri().query()) {
                 Ok(r) => r,
                 Err(why) => return error(StatusCode::BAD_REQUEST, why),
             };
@@ -566,7 +514,7 @@ where
             }
             json_reply(StatusCode::OK, &status)
         }
-        (&Method::GET, ["inventory"]) => match limit_query(req.uri().query(), 100) {
+        (&Method::GET, ["inventory"]) => match query::limit_query(req.uri().query(), 100) {
             Ok(limit) => {
                 let snap = live.load();
                 let report = crate::inventory::report::report(&snap.inventory, &snap.config, limit);
@@ -577,7 +525,7 @@ where
             }
             Err(why) => error(StatusCode::BAD_REQUEST, why),
         },
-        (&Method::GET, ["history"]) => match history_query(req.uri().query()) {
+        (&Method::GET, ["history"]) => match query::history_query(req.uri().query()) {
             Ok((route, limit)) => json_reply(
                 StatusCode::OK,
                 &json!({

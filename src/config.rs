@@ -571,3 +571,12 @@ impl Cx<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// A file kept beside the config file: `strangle.toml` → `strangle.{what}` (the history, the
+/// inventory, the burn-down).
+pub fn beside(config: &Path, what: &str) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map_or_else(|| "strangle".into(), |s| s.to_string_lossy().into_owned());
+    config.with_file_name(format!("{stem}.{what}"))
+}

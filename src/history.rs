@@ -70,6 +70,14 @@ impl Cause {
     }
 }
 
+/// A shift an admin call is writing to the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub cause: Cause,
+    pub route: String,
+    pub to: String,
+}
+
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -117,10 +125,7 @@ impl std::fmt::Debug for History {
 
 /// Where the history of the config at `config` is kept.
 pub fn path_for(config: &Path) -> PathBuf {
-    let stem = config
-        .file_stem()
-        .map_or_else(|| "strangle".into(), |s| s.to_string_lossy().into_owned());
-    config.with_file_name(format!("{stem}.history.jsonl"))
+    crate::config::beside(config, "history.jsonl")
 }
 
 impl History {
@@ -232,17 +237,28 @@ impl History {
     }
 
     /// Records the shifts that differ between `old` and `new` (`(route id, shift)` pairs): a
-    /// route that is new, or whose shift changed.
-    pub fn record_shifts(&self, old: &[(String, String)], new: &[(String, String)], cause: &Cause) {
+    /// route that is new, or whose shift changed. A change that is the one an admin call is
+    /// making (`editing`: its cause, route and shift) is that call's, whichever reload saw it
+    /// first (the file watcher often does).
+    pub fn record_shifts(
+        &self,
+        old: &[(String, String)],
+        new: &[(String, String)],
+        cause: &Cause,
+        editing: Option<&Edit>,
+    ) {
         for (route, to) in new {
             let from = old.iter().find(|(r, _)| r == route).map(|(_, s)| s.clone());
             if from.as_ref() != Some(to) {
+                let by = editing
+                    .filter(|e| e.route == *route && e.to == *to)
+                    .map_or(cause, |e| &e.cause);
                 let what = What::Shift {
                     route: route.clone(),
                     from,
                     to: to.clone(),
                 };
-                self.record(what, cause);
+                self.record(what, by);
             }
         }
     }

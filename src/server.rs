@@ -17,8 +17,8 @@ use crate::http1::Http1;
 use crate::lifecycle::Lifecycle;
 use crate::proxy::{Fast, Strangle};
 use crate::services::{
-    Background, ConfigWatcher, EmfReporter, EmfService, HealthChecks, InventorySaver,
-    JwksRefresher, OtlpExport, StatsSampler,
+    Background, ConfigWatcher, EmfReporter, EmfService, HealthChecks, JwksRefresher, OtlpExport,
+    StateSaver, StatsSampler,
 };
 use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
@@ -47,11 +47,13 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(config, None, &registry)?;
     let live = Arc::new(Live::new(path, snapshot, registry));
     let _ = live.access_log.set(Arc::clone(&access));
-    // What earlier processes counted of what the monolith serves.
+    // What earlier processes counted: what the monolith serves, and the burn-down's days.
     crate::inventory::report::load(
         &live.load().inventory,
         &crate::inventory::report::path_for(&live.path),
     );
+    live.registry
+        .load_burn_down(&crate::stats::burndown::path_for(&live.path));
 
     let conf = ServerConf {
         threads: server_cfg.threads,
@@ -122,7 +124,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(HealthChecks { live: live_() }),
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
-                Arc::new(InventorySaver { live: live_() }),
+                Arc::new(StateSaver { live: live_() }),
                 Arc::new(OtlpExport { live: live_() }),
                 Arc::new(EmfService {
                     reporter: Arc::clone(&emf),
@@ -149,7 +151,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     // A fast shutdown (SIGINT) waits for nothing more than the last lines (EMF's, the access
     // log's, the history's) and the inventory's save.
     emf.flush();
-    crate::services::save_inventory(&live);
+    crate::services::save_state(&live);
     live.history.flush();
     std::process::exit(0)
 }
@@ -166,7 +168,7 @@ struct Drain {
 /// lines and, when tracing is on, the exporters' last spans and log records.
 fn flush_telemetry(emf: &EmfReporter, live: &Live) {
     emf.flush();
-    crate::services::save_inventory(live);
+    crate::services::save_state(live);
     live.history.flush();
     if let Some(otlp) = &live.load().config.telemetry.otlp {
         // The two exporters flush at the same time: the second wait is what is left of it.

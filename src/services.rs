@@ -378,33 +378,38 @@ impl BackgroundService for OtlpExport {
     }
 }
 
-/// Saves the inventory next to the config every `SAVE_INVENTORY_EVERY` (and the exit saves it
-/// once more: `save_inventory`), so it covers more than one process lifetime.
-pub struct InventorySaver {
+/// Saves what outlives the process next to the config (the inventory, the burn-down's days)
+/// every `SAVE_STATE_EVERY`; the exit saves them once more (`save_state`).
+pub struct StateSaver {
     pub live: Arc<Live>,
 }
 
-pub const SAVE_INVENTORY_EVERY: Duration = Duration::from_secs(60);
+pub const SAVE_STATE_EVERY: Duration = Duration::from_secs(60);
 
-/// Writes the inventory to its file, off the runtime's workers; a failure is logged.
-pub fn save_inventory(live: &Live) {
+/// Writes the inventory and the burn-down to their files (blocking: call it off the runtime's
+/// workers); a failure is logged.
+pub fn save_state(live: &Live) {
     let path = crate::inventory::report::path_for(&live.path);
     if let Err(e) = crate::inventory::report::save(&live.load().inventory, &path) {
         tracing::warn!(path = %path.display(), "cannot save the inventory: {e}");
     }
+    let path = crate::stats::burndown::path_for(&live.path);
+    if let Err(e) = live.registry.save_burn_down(&path) {
+        tracing::warn!(path = %path.display(), "cannot save the burn-down: {e}");
+    }
 }
 
 #[async_trait]
-impl BackgroundService for InventorySaver {
+impl BackgroundService for StateSaver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(SAVE_INVENTORY_EVERY);
+        let mut tick = tokio::time::interval(SAVE_STATE_EVERY);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     let live = Arc::clone(&self.live);
-                    let _ = tokio::task::spawn_blocking(move || save_inventory(&live)).await;
+                    let _ = tokio::task::spawn_blocking(move || save_state(&live)).await;
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::split::Side;
 
+pub mod burndown;
 pub mod series;
 
 /// Upper bounds of the latency buckets, in milliseconds; one more bucket holds the rest.
@@ -183,6 +184,8 @@ pub struct Registry {
     history: Mutex<VecDeque<(Instant, TotalsByRoute)>>,
     /// Per route side, the points of recent intervals (`GET /status?series=`).
     series: Mutex<series::Series>,
+    /// Per day, the share new sides served.
+    burn_down: Mutex<burndown::BurnDown>,
     /// Finished spans on their way to the exporter, whatever the snapshot.
     pub spans: Arc<crate::telemetry::spans::SpanQueue>,
     /// Access-log records on their way to the OTLP log exporter (`logs = true`).
@@ -231,6 +234,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(std::time::SystemTime::now(), &totals);
+        self.record_burn_down(&totals);
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         history.push_back((now, totals));
         while history
@@ -238,6 +242,58 @@ impl Registry {
             .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW + SAMPLE_EVERY)
         {
             history.pop_front();
+        }
+    }
+
+    /// Adds the traffic since the last record to today's burn-down point.
+    fn record_burn_down(&self, totals: &TotalsByRoute) {
+        let (all, new) = totals.values().fold((0, 0), |(all, new), [l, n]| {
+            (all + l.requests() + n.requests(), new + n.requests())
+        });
+        self.burn_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(std::time::SystemTime::now(), all, new);
+    }
+
+    /// The burn-down's line and days (`None` before any traffic).
+    pub fn burn_down(&self) -> Option<burndown::Summary> {
+        self.record_burn_down(&self.totals());
+        let b = self.burn_down.lock().unwrap_or_else(|e| e.into_inner());
+        b.summary(std::time::SystemTime::now())
+    }
+
+    /// Saves the burn-down's days to `path` (a temporary file renamed over it).
+    pub fn save_burn_down(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.record_burn_down(&self.totals());
+        let text = {
+            let b = self.burn_down.lock().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_vec(&*b)?
+        };
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
+    }
+
+    /// Adds the days a previous process saved at `path` (nothing when there is no file; a file
+    /// that does not parse is said and ignored).
+    pub fn load_burn_down(&self, path: &std::path::Path) {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read the saved burn-down: {e}");
+                return;
+            }
+        };
+        match serde_json::from_slice::<burndown::BurnDown>(&text) {
+            Ok(saved) => self
+                .burn_down
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .merge(saved),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "the saved burn-down does not parse: {e}")
+            }
         }
     }
 

@@ -24,6 +24,9 @@ pub struct Status {
     /// Each upstream's addresses and their health (HTTP upstreams).
     #[serde(default)]
     pub upstreams: std::collections::BTreeMap<String, UpstreamStatus>,
+    /// Per day, the share of requests new sides served (kept across restarts).
+    #[serde(default)]
+    pub burn_down: Option<crate::stats::burndown::Summary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -199,6 +202,7 @@ pub fn build(live: &Live) -> Status {
         });
     let failure = live.last_failure();
     Status {
+        burn_down: live.registry.burn_down(),
         config: ConfigStatus {
             path: live.path.display().to_string(),
             loaded_at: rfc3339(snap.loaded_at),
@@ -304,6 +308,26 @@ fn duration(secs: u64) -> String {
 }
 
 /// Renders the status as a table.
+/// "62% of requests no longer reach the monolith (2026-12-02), up from 40% on 2026-11-02."
+pub fn burn_down_line(b: &crate::stats::burndown::Summary) -> String {
+    let now = format!(
+        "{} of requests no longer reach the monolith ({})",
+        pct(b.new_share),
+        b.date
+    );
+    match &b.before {
+        None => format!("{now}; no earlier day on record."),
+        Some(then) => {
+            let how = match b.new_share.partial_cmp(&then.new_share) {
+                Some(std::cmp::Ordering::Greater) => "up from",
+                Some(std::cmp::Ordering::Less) => "down from",
+                _ => "as on",
+            };
+            format!("{now}, {how} {} on {}.", pct(then.new_share), then.date)
+        }
+    }
+}
+
 pub fn render(s: &Status, paint: &Paint) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -327,6 +351,9 @@ pub fn render(s: &Status, paint: &Paint) -> String {
             pct(s.recent.new_share)
         ))
     );
+    if let Some(b) = &s.burn_down {
+        let _ = writeln!(out, "{}", burn_down_line(b));
+    }
     let _ = writeln!(out);
     let header = [
         "ROUTE",

@@ -88,7 +88,7 @@ fn only_changed_or_new_shifts_are_recorded_with_where_they_came_from() {
         ("b".into(), "0%".into()),
         ("c".into(), "100%".into()),
     ];
-    h.record_shifts(&old, &new, &Cause::FILE);
+    h.record_shifts(&old, &new, &Cause::FILE, None);
     let got = h.entries(None, 10);
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(
@@ -173,5 +173,33 @@ fn a_long_reload_error_is_cut() {
         kept.len() <= MAX_ERROR + 10 && kept.ends_with(" [...]"),
         "{}",
         kept.len()
+    );
+}
+
+#[test]
+fn the_shift_an_admin_call_is_writing_is_that_calls_whichever_reload_sees_it() {
+    // Found by a fresh-clone run: the file watcher's reload saw the admin's edit first and the
+    // shift was recorded as a file edit.
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(&dir.path().join("s.toml"));
+    let editing = Edit {
+        cause: admin(),
+        route: "a".into(),
+        to: "30%".into(),
+    };
+    let old = [
+        ("a".to_string(), "25%".to_string()),
+        ("b".into(), "1%".into()),
+    ];
+    let new = [
+        ("a".to_string(), "30%".to_string()),
+        ("b".into(), "2%".into()),
+    ];
+    h.record_shifts(&old, &new, &Cause::FILE, Some(&editing));
+    let hows: Vec<How> = h.entries(None, 10).into_iter().map(|e| e.how).collect();
+    assert_eq!(
+        hows,
+        [How::Admin, How::File],
+        "only the admin's own change is the admin's"
     );
 }

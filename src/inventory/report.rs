@@ -167,10 +167,7 @@ const MAX_FILE: usize = 64 << 20;
 
 /// Where the inventory of the config at `config` is kept.
 pub fn path_for(config: &Path) -> PathBuf {
-    let stem = config
-        .file_stem()
-        .map_or_else(|| "strangle".into(), |s| s.to_string_lossy().into_owned());
-    config.with_file_name(format!("{stem}.inventory.json"))
+    crate::config::beside(config, "inventory.json")
 }
 
 #[derive(Serialize, Deserialize)]

@@ -59,7 +59,7 @@ fn promtool_accepts_the_exposition() {
 }
 
 #[test]
-fn a_real_prometheus_scrapes_and_queries_the_counts() {
+fn a_real_prometheus_scrapes_the_counts_and_runs_every_grafana_query() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     let proxy = Proxy::start(&split_config(&legacy, &new, "100%", "none"));
     let mut c = proxy.client();
@@ -102,9 +102,80 @@ fn a_real_prometheus_scrapes_and_queries_the_counts() {
                 .map(str::to_string)
         },
     );
+    // Every query of the Grafana dashboard names metrics `/metrics` has, and Prometheus runs
+    // it (the dashboard's variables filled in as Grafana would).
+    let exposition = proxy.admin("GET", "/metrics", b"").text();
+    let failures: Vec<String> = grafana_queries()
+        .into_iter()
+        .filter_map(|expr| {
+            for name in metric_names(&expr) {
+                let present = exposition.lines().any(|l| {
+                    l.strip_prefix(&name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                });
+                if !present {
+                    return Some(format!("{expr}: no {name} in /metrics"));
+                }
+            }
+            let promql = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$route", ".*");
+            let q: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("query", &promql)
+                .finish();
+            let r = Client::try_connect(web)
+                .and_then(|mut c| c.get(&format!("/api/v1/query?{q}"), &[]))
+                .map(|r| r.text())
+                .unwrap_or_default();
+            (!r.contains("\"status\":\"success\"")).then(|| format!("{promql}: {r}"))
+        })
+        .collect();
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(value, "37");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Every `expr` in deploy/grafana/strangle.json (panels and variables).
+fn grafana_queries() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/strangle.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            // `label_values(METRIC, LABEL)` is Grafana's, not PromQL: its metric is checked.
+            let metric = q
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .unwrap();
+            exprs.push(metric.to_string());
+        }
+    }
+    exprs
+}
+
+/// The `strangle_` metric names in a query (a histogram's `_bucket` series included as named).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("strangle_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
 }
 
 #[test]

@@ -101,3 +101,64 @@ fn a_bad_series_range_is_a_400_that_says_what_is_accepted() {
         "the error does not echo the whole value"
     );
 }
+
+#[test]
+fn the_burn_down_counts_todays_share_says_it_in_one_line_and_survives_a_restart() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let mut proxy = Proxy::start(&split_config(&legacy, &new, "50%", "none"));
+    let mut on_new = 0;
+    for _ in 0..40 {
+        let r = get(proxy.port, "/bookings/1", &[]);
+        on_new += u64::from(r.header("x-backend") == Some("new"));
+    }
+    get(proxy.port, "/other", &[]);
+    let today = |status: &Value| -> (u64, f64) {
+        let days = status["burn_down"]["days"].as_array().unwrap();
+        let d = days.last().unwrap();
+        (
+            d["requests"].as_u64().unwrap(),
+            d["new_share"].as_f64().unwrap(),
+        )
+    };
+    let mut status = Value::Null;
+    eventually(
+        std::time::Duration::from_secs(5),
+        "41 requests today",
+        || {
+            status = proxy.status();
+            status["burn_down"]["days"].is_array() && today(&status).0 == 41
+        },
+    );
+    let (n, share) = today(&status);
+    assert!((share - on_new as f64 / n as f64).abs() < 1e-9, "{share}");
+    assert_eq!(
+        status["burn_down"]["before"],
+        Value::Null,
+        "no earlier day yet"
+    );
+    let out = proxy.cli(&["status"]);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        printed.contains("of requests no longer reach the monolith (")
+            && printed.contains("no earlier day on record"),
+        "{printed}"
+    );
+
+    // Saved at exit, read back at start, and added to.
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.child.wait().unwrap();
+    assert!(proxy.dir.path().join("strangle.burndown.json").exists());
+    let restarted = Proxy::start_at(
+        std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap()),
+        proxy.config.clone(),
+        proxy.port,
+        proxy.admin_port,
+    );
+    assert_eq!(today(&restarted.status()).0, 41);
+    get(restarted.port, "/other", &[]);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "42 after the restart",
+        || today(&restarted.status()).0 == 42,
+    );
+}
