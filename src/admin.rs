@@ -35,6 +35,7 @@ use async_trait::async_trait;
 
 use crate::history::Cause;
 
+mod dashboard;
 mod query;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -440,7 +441,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET /status, GET /history, GET /inventory, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET / (the dashboard), GET /status, GET /history, GET /inventory, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -514,6 +515,7 @@ where
             }
             json_reply(StatusCode::OK, &status)
         }
+        (&Method::GET, [file @ ("" | "dashboard.js" | "dashboard.css")]) => dashboard::asset(file),
         (&Method::GET, ["inventory"]) => match query::limit_query(req.uri().query(), 100) {
             Ok(limit) => {
                 let snap = live.load();
@@ -566,7 +568,8 @@ where
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
         },
-        (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
+        (_, ["" | "dashboard.js" | "dashboard.css"])
+        | (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
         | (_, ["routes", _, "shift"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -293,7 +293,7 @@ pub fn history_line(e: &crate::history::Entry) -> String {
         .as_deref()
         .map(|c| format!(" from {c}"))
         .unwrap_or_default();
-    format!("{}  {what}  ({how}{client})", e.at)
+    printable(&format!("{}  {what}  ({how}{client})", e.at))
 }
 
 /// `strangle inventory`: the templates the monolith still serves, largest first.
@@ -319,6 +319,14 @@ pub async fn inventory(target: &AdminTarget, limit: usize, json: bool) -> anyhow
     Ok(())
 }
 
+/// `text` with control characters (a terminal's escape sequences) shown as `?`: what the
+/// inventory and the history print can come from files on disk.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The inventory as text: a line per template, its route entry below it.
 pub fn render_inventory(r: &crate::inventory::report::Report) -> String {
     use std::fmt::Write as _;
@@ -336,7 +344,7 @@ pub fn render_inventory(r: &crate::inventory::report::Report) -> String {
         let source = if row.source == crate::stats::DEFAULT_ROUTE {
             "unmatched".to_string()
         } else {
-            format!("route {}", row.source)
+            format!("route {}", printable(&row.source))
         };
         let p99 = row.p99_ms.map_or("-".to_string(), |p| format!("{p:.1} ms"));
         let _ = writeln!(
@@ -346,12 +354,12 @@ pub fn render_inventory(r: &crate::inventory::report::Report) -> String {
             row.requests,
             row.methods.join(","),
             row.error_rate * 100.0,
-            row.template,
+            printable(&row.template),
         );
         match &row.route {
             Some(entry) => {
                 for line in entry.lines() {
-                    let _ = writeln!(out, "    {line}");
+                    let _ = writeln!(out, "    {}", printable(line));
                 }
             }
             None if row.template == crate::inventory::OTHER => {

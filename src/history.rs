@@ -250,9 +250,13 @@ impl History {
         for (route, to) in new {
             let from = old.iter().find(|(r, _)| r == route).map(|(_, s)| s.clone());
             if from.as_ref() != Some(to) {
-                let by = editing
-                    .filter(|e| e.route == *route && e.to == *to)
-                    .map_or(cause, |e| &e.cause);
+                // While a call edits one route, any other change was made by someone else's
+                // edit of the file, whichever reload sees it.
+                let by = match editing {
+                    Some(e) if e.route == *route && e.to == *to => &e.cause,
+                    Some(_) => &Cause::FILE,
+                    None => cause,
+                };
                 let what = What::Shift {
                     route: route.clone(),
                     from,
@@ -287,18 +291,7 @@ impl History {
 /// The newest `KEEP` entries of the file at `path`, and its size. Lines that do not parse (a
 /// line cut by a crash, a hand edit) are skipped.
 fn read_tail(path: &Path) -> (VecDeque<Entry>, u64) {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return (VecDeque::new(), 0);
-    };
-    let size = file.metadata().map_or(0, |m| m.len());
-    let skip = size.saturating_sub(READ_AT_MOST);
-    let mut text = Vec::new();
-    if file.seek(SeekFrom::Start(skip)).is_err()
-        || file.take(READ_AT_MOST).read_to_end(&mut text).is_err()
-    {
-        return (VecDeque::new(), size);
-    }
+    let (text, size) = crate::config::read::read_state_tail(path, READ_AT_MOST);
     let mut recent = VecDeque::new();
     // A read that started mid-file starts mid-line: its first line is skipped (it fails to
     // parse, or it is whole only by chance, which is fine either way).

@@ -65,24 +65,24 @@ impl Counts {
     fn add(&mut self, method: &str, status: u16, elapsed: Duration) {
         let bit = METHODS.iter().position(|m| *m == method).unwrap_or(7);
         self.methods |= 1 << bit;
-        self.requests += 1;
-        self.errors += u64::from(status >= 500);
+        self.requests = self.requests.saturating_add(1);
+        self.errors = self.errors.saturating_add(u64::from(status >= 500));
         let ms = elapsed.as_secs_f64() * 1000.0;
         let b = BUCKETS_MS
             .iter()
             .position(|&b| ms <= b)
             .unwrap_or(BUCKETS_MS.len());
         if let Some(slot) = self.buckets.get_mut(b) {
-            *slot += 1;
+            *slot = slot.saturating_add(1);
         }
     }
 
     fn merge(&mut self, other: &Counts) {
         self.methods |= other.methods;
-        self.requests += other.requests;
-        self.errors += other.errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -176,10 +176,62 @@ impl Inventory {
         all
     }
 
+    /// Makes room when the cap is near: past three quarters of `MAX_TEMPLATES`, the smallest
+    /// templates are folded into their source's `other` until half the cap is left, so that a
+    /// scan of random paths, once saved, cannot keep real templates out for good. Returns how
+    /// many were folded. Called every minute, before the inventory is saved.
+    pub fn prune(&self) -> usize {
+        if self.templates.load(Ordering::Relaxed) <= MAX_TEMPLATES * 3 / 4 {
+            return 0;
+        }
+        let is_other = |k: &str| k.rsplit('\0').next() == Some(OTHER);
+        let mut counts: Vec<u64> = Vec::new();
+        for shard in &self.shards {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            counts.extend(
+                map.iter()
+                    .filter(|(k, _)| !is_other(k))
+                    .map(|(_, c)| c.requests),
+            );
+        }
+        let keep = MAX_TEMPLATES / 2;
+        if counts.len() <= keep {
+            return 0;
+        }
+        counts.sort_unstable();
+        let threshold = counts[counts.len() - keep - 1];
+        let mut folded: Vec<(String, Counts)> = Vec::new();
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let small: Vec<String> = map
+                .iter()
+                .filter(|(k, c)| !is_other(k) && c.requests <= threshold)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in small {
+                if let Some(c) = map.remove(&key) {
+                    let source = key.split('\0').next().unwrap_or_default();
+                    folded.push((format!("{source}\0{OTHER}"), c));
+                }
+            }
+        }
+        let n = folded.len();
+        self.templates.fetch_sub(n, Ordering::Relaxed);
+        for (key, c) in folded {
+            self.shard(&key).entry(key).or_default().merge(&c);
+        }
+        n
+    }
+
     /// Adds counts read back from a file (a previous process's), under the same cap.
     pub fn merge(&self, saved: Vec<(Key, Counts)>) {
         for ((source, template), counts) in saved {
-            if source.contains('\0') || template.contains('\0') {
+            // What no process of ours writes: not taken in.
+            let foreign = source.contains('\0')
+                || template.contains('\0')
+                || source.chars().chain(template.chars()).any(char::is_control)
+                || counts.buckets.len() != BUCKETS_MS.len() + 1;
+            if foreign {
                 continue;
             }
             let mut key = format!("{source}\0{template}");

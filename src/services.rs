@@ -389,6 +389,13 @@ pub const SAVE_STATE_EVERY: Duration = Duration::from_secs(60);
 /// Writes the inventory and the burn-down to their files (blocking: call it off the runtime's
 /// workers); a failure is logged.
 pub fn save_state(live: &Live) {
+    let folded = live.load().inventory.prune();
+    if folded > 0 {
+        tracing::info!(
+            folded,
+            "inventory near its cap: the smallest templates were folded into `other`"
+        );
+    }
     let path = crate::inventory::report::path_for(&live.path);
     if let Err(e) = crate::inventory::report::save(&live.load().inventory, &path) {
         tracing::warn!(path = %path.display(), "cannot save the inventory: {e}");

@@ -277,11 +277,11 @@ impl Registry {
     /// Adds the days a previous process saved at `path` (nothing when there is no file; a file
     /// that does not parse is said and ignored).
     pub fn load_burn_down(&self, path: &std::path::Path) {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        let text = match crate::config::read::read_state(path, 16 << 20) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(path = %path.display(), "cannot read the saved burn-down: {e}");
+                tracing::warn!("the saved burn-down is not read: {e}");
                 return;
             }
         };
@@ -290,7 +290,7 @@ impl Registry {
                 .burn_down
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .merge(saved),
+                .merge(saved, std::time::SystemTime::now()),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "the saved burn-down does not parse: {e}")
             }

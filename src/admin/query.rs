@@ -69,7 +69,7 @@ pub(super) fn series_range(query: Option<&str>) -> Result<Option<std::time::Dura
                 clip(&value)
             )
         })?;
-        if d.is_zero() || d > longest {
+        if d < std::time::Duration::from_secs(1) || d > longest {
             return Err(format!(
                 "`series` range `{}` is not between 1s and {}",
                 clip(&value),

@@ -178,6 +178,45 @@ pub fn wait_for_writers(path: &Path, limit: std::time::Duration) -> Result<(), u
     }
 }
 
+/// Reads a state file strangle keeps beside the config (history, inventory, burn-down): `None`
+/// when there is none; an error, said by the caller, when it is not a regular file or is over
+/// `cap` (a FIFO or a symlink to `/dev/zero` must never hang or fill the process).
+pub fn read_state(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    match read_bytes(path, cap) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ReadError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The last `at_most` bytes of a regular state file (nothing when there is none or it is not a
+/// regular file), and its size.
+pub fn read_state_tail(path: &Path, at_most: u64) -> (Vec<u8>, u64) {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = open_nonblocking(path) else {
+        return (Vec::new(), 0);
+    };
+    let Ok(meta) = file.metadata() else {
+        return (Vec::new(), 0);
+    };
+    if !meta.file_type().is_file() {
+        tracing::warn!(path = %path.display(), "not a regular file: not read");
+        return (Vec::new(), 0);
+    }
+    let size = meta.len();
+    let mut text = Vec::new();
+    if file
+        .seek(SeekFrom::Start(size.saturating_sub(at_most)))
+        .is_err()
+        || file.take(at_most).read_to_end(&mut text).is_err()
+    {
+        return (Vec::new(), size);
+    }
+    (text, size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

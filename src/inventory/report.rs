@@ -43,7 +43,9 @@ pub struct Report {
 pub fn report(inventory: &Inventory, config: &Config, limit: usize) -> Report {
     let mut all = inventory.all();
     all.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
-    let requests: u64 = all.iter().map(|(_, c)| c.requests).sum();
+    let requests = all
+        .iter()
+        .fold(0u64, |n, (_, c)| n.saturating_add(c.requests));
     let templates = all.len();
     let mut taken: Vec<String> = config.routes.iter().map(|r| r.id.clone()).collect();
     let rows = all
@@ -82,8 +84,9 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 /// A route entry for `template` seen on `source`: the template's path up to its first id,
 /// as a prefix route (or the template itself, exact, when it has no id), on the upstream that
-/// serves it now, with the source route's `auth` (splitting a path out of an authorised route
-/// must never leave it open). `None` when no path more specific than the source's exists.
+/// serves it now, with the `auth` of the most specific authorised route it lies in (splitting
+/// a path out of an authorised route must never leave it open). `None` when no path more
+/// specific than the source's exists.
 fn suggest(
     config: &Config,
     source: &str,
@@ -93,11 +96,11 @@ fn suggest(
     if template == OTHER {
         return None;
     }
-    let (legacy, auth, current) = if source == DEFAULT_ROUTE {
-        (config.server.default.clone()?, None, None)
+    let (legacy, current) = if source == DEFAULT_ROUTE {
+        (config.server.default.clone()?, None)
     } else {
         let r = config.routes.iter().find(|r| r.id == source)?;
-        (r.legacy.clone()?, r.auth.clone(), Some(r))
+        (r.legacy.clone()?, Some(r))
     };
     let (path, exact) = match template.find("/{id}") {
         None if !template.contains("...") => (template.to_string(), true),
@@ -107,12 +110,29 @@ fn suggest(
     if path.is_empty() || path == "/" || path.contains('{') {
         return None;
     }
-    // Not what routes it already, nor another route's path.
-    if current.is_some_and(|r| r.path == path && (r.kind == PathMatch::Prefix || exact))
-        || config.routes.iter().any(|r| r.path == path)
-    {
+    // Strictly inside what routes it now (a template that folded one of the route's own
+    // segments would give a broader path), and not another route's path.
+    if let Some(r) = current {
+        let inside = path.len() > r.path.len()
+            && path.starts_with(r.path.as_str())
+            && (r.path.ends_with('/') || path.as_bytes()[r.path.len()] == b'/');
+        if !inside {
+            return None;
+        }
+    }
+    if config.routes.iter().any(|r| r.path == path) {
         return None;
     }
+    // The auth of every route whose paths the entry would take over, for any method (a route
+    // limited to GET sends a POST to the default, so the source can be unauthorised while the
+    // path sits inside an authorised route): the most specific one's. Never a route opened up.
+    let auth = config
+        .routes
+        .iter()
+        .filter(|r| covers(r, &path))
+        .filter(|r| r.auth.is_some())
+        .max_by_key(|r| r.path.len())
+        .and_then(|r| r.auth.clone());
     let base: String = template
         .split('/')
         .filter(|s| !s.is_empty() && *s != "{id}")
@@ -165,6 +185,18 @@ fn suggest(
 /// one.
 const MAX_FILE: usize = 64 << 20;
 
+/// Whether route `r` matches `path` and what lies under it.
+fn covers(r: &crate::config::Route, path: &str) -> bool {
+    match r.kind {
+        PathMatch::Exact => r.path == path,
+        PathMatch::Prefix => {
+            path == r.path
+                || (path.starts_with(r.path.as_str())
+                    && (r.path.ends_with('/') || path.as_bytes()[r.path.len()] == b'/'))
+        }
+    }
+}
+
 /// Where the inventory of the config at `config` is kept.
 pub fn path_for(config: &Path) -> PathBuf {
     crate::config::beside(config, "inventory.json")
@@ -186,15 +218,11 @@ pub fn save(inventory: &Inventory, path: &Path) -> std::io::Result<()> {
 
 /// Adds what `path` holds (nothing when it is missing or unreadable: said, not fatal).
 pub fn load(inventory: &Inventory, path: &Path) {
-    let text = match std::fs::read(path) {
-        Ok(t) if t.len() > MAX_FILE => {
-            tracing::warn!(path = %path.display(), "the saved inventory is over {MAX_FILE} bytes, starting afresh");
-            return;
-        }
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+    let text = match crate::config::read::read_state(path, MAX_FILE as u64) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
         Err(e) => {
-            tracing::warn!(path = %path.display(), "cannot read the saved inventory: {e}");
+            tracing::warn!("the saved inventory is not read, starting afresh: {e}");
             return;
         }
     };

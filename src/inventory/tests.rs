@@ -43,6 +43,16 @@ id = "api"
 path = "/api"
 legacy = "monolith"
 auth = "users"
+[[routes]]
+id = "admin"
+path = "/admin"
+methods = ["GET"]
+legacy = "monolith"
+auth = "users"
+[[routes]]
+id = "reports"
+path = "/reports/2024"
+legacy = "monolith"
 "#,
         std::path::Path::new("."),
     )
@@ -129,6 +139,17 @@ fn cardinality_stays_bounded_under_a_hundred_thousand_random_paths() {
     assert_eq!(r.rows.len(), 5);
     assert_eq!(r.rows[0].template, OTHER);
     assert_eq!(r.rows[0].route, None);
+    // Found by an adversarial review: once full (and saved), real templates were kept out for
+    // good. Pruning folds the smallest into `other` and makes room.
+    for _ in 0..5 {
+        serve(&inv, "_default", "GET", "/reports/summary", 200);
+    }
+    assert!(!inv.all().iter().any(|((_, t), _)| t == "/reports/summary"));
+    assert!(inv.prune() >= MAX_TEMPLATES / 2);
+    serve(&inv, "_default", "GET", "/reports/summary", 200);
+    assert!(inv.all().iter().any(|((_, t), _)| t == "/reports/summary"));
+    let total: u64 = inv.all().iter().map(|(_, c)| c.requests).sum();
+    assert_eq!(total, 100_006, "folding loses no request");
 }
 
 #[test]
@@ -151,4 +172,23 @@ fn a_saved_inventory_is_read_back_and_added_to() {
     let fresh = Inventory::default();
     report::load(&fresh, &path);
     assert!(fresh.all().is_empty());
+}
+
+#[test]
+fn a_suggestion_never_opens_up_an_authorised_route_nor_widens_its_source() {
+    // Found by an adversarial review: a POST under a GET-only authorised route reaches the
+    // default upstream, and the entry suggested for it had no `auth`: pasted, it served
+    // `GET /admin/users` without a token.
+    let inv = Inventory::default();
+    serve(&inv, "_default", "POST", "/admin/users/12345", 200);
+    serve(&inv, "_default", "DELETE", "/admin/settings", 200);
+    // A route's own segment folded (`2024`): the suggestion would be broader than the route.
+    serve(&inv, "reports", "GET", "/reports/2024/summary", 200);
+    let r = report(&inv, &config(), 10);
+    let row = |t: &str| r.rows.iter().find(|r| r.template == t).unwrap();
+    for t in ["/admin/users/{id}", "/admin/settings"] {
+        let snippet = row(t).route.as_deref().unwrap();
+        assert!(snippet.contains("auth = \"users\""), "{t}: {snippet}");
+    }
+    assert_eq!(row("/reports/{id}/summary").route, None);
 }

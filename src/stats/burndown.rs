@@ -73,8 +73,8 @@ impl BurnDown {
             return;
         }
         let day = self.days.entry(date(now)).or_default();
-        day.requests += d_all;
-        day.new += d_new.min(d_all);
+        day.requests = day.requests.saturating_add(d_all);
+        day.new = day.new.saturating_add(d_new.min(d_all));
         while self.days.len() > KEEP_DAYS {
             self.days.pop_first();
         }
@@ -108,12 +108,20 @@ impl BurnDown {
         })
     }
 
-    /// Adds the days read back from a file (a previous process's).
-    pub fn merge(&mut self, saved: BurnDown) {
+    /// Adds the days read back from a file (a previous process's). Days after `now`'s (a
+    /// clock that was wrong once) and malformed dates are left out: they would be "today" for
+    /// good.
+    pub fn merge(&mut self, saved: BurnDown, now: SystemTime) {
+        let today = date(now);
         for (date, d) in saved.days {
+            let well_formed =
+                date.len() == 10 && humantime::parse_rfc3339(&format!("{date}T00:00:00Z")).is_ok();
+            if !well_formed || date > today {
+                continue;
+            }
             let day = self.days.entry(date).or_default();
-            day.requests += d.requests;
-            day.new += d.new;
+            day.requests = day.requests.saturating_add(d.requests);
+            day.new = day.new.saturating_add(d.new).min(day.requests);
         }
         while self.days.len() > KEEP_DAYS {
             self.days.pop_first();

@@ -46,8 +46,32 @@ fn days_are_kept_for_a_bounded_time_and_a_saved_burn_down_merges() {
     assert!(text.contains(&date(day(KEEP_DAYS as u64 + 9))));
     // A restarted process adds to what it reads back (its own counters start at zero).
     let mut again = BurnDown::default();
-    again.merge(serde_json::from_str(&text).unwrap());
+    again.merge(
+        serde_json::from_str(&text).unwrap(),
+        day(KEEP_DAYS as u64 + 9),
+    );
     again.record(day(KEEP_DAYS as u64 + 9), 5, 5);
     let last = again.summary(day(1000)).unwrap();
     assert_eq!(last.days.last().unwrap().requests, 6);
+}
+
+#[test]
+fn saved_days_from_the_future_or_malformed_are_left_out_and_counts_saturate() {
+    let saved: BurnDown = serde_json::from_str(
+        r#"{"days":{"2099-01-01":{"requests":10,"new":10},"garbage":{"requests":1,"new":1},
+        "2025-12-01":{"requests":18446744073709551615,"new":5}}}"#,
+    )
+    .unwrap();
+    let mut b = BurnDown::default();
+    b.merge(saved, day(0));
+    b.record(day(0), 4, 1);
+    b.merge(
+        serde_json::from_str(r#"{"days":{"2025-12-01":{"requests":7,"new":1}}}"#).unwrap(),
+        day(0),
+    );
+    let s = b.summary(day(0)).unwrap();
+    assert_eq!(s.date, date(day(0)), "today, not a future day");
+    let dates: Vec<&str> = s.days.iter().map(|d| d.date.as_str()).collect();
+    assert_eq!(dates, ["2025-12-01", "2025-12-02"]);
+    assert_eq!(s.days[0].requests, u64::MAX);
 }

@@ -1,0 +1,49 @@
+//! The dashboard at `GET /`: a page that reads this API and draws it (`dashboard.html`, `.js`,
+//! `.css`, embedded in the binary; no CDN, no build step).
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+use super::reply;
+
+/// The dashboard (`GET /`): one page, its script and its style, embedded in the binary.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+const DASHBOARD_JS: &str = include_str!("dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard.css");
+
+/// A dashboard file, with a policy that lets it load only itself and read only this API (a
+/// template from a client path can never run as script), and never be framed.
+pub(super) fn asset(file: &str) -> Response<Full<Bytes>> {
+    let (content_type, body) = match file {
+        "dashboard.js" => ("text/javascript; charset=utf-8", DASHBOARD_JS),
+        "dashboard.css" => ("text/css; charset=utf-8", DASHBOARD_CSS),
+        _ => ("text/html; charset=utf-8", DASHBOARD_HTML),
+    };
+    let mut r = reply(StatusCode::OK, content_type, body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
