@@ -16,7 +16,8 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The metrics tests run a real Prometheus server and promtool (Debian's prometheus package);
+# The metrics tests run a real Prometheus server and promtool (Debian's prometheus package); the
+# dashboard test renders the page in headless Chromium (Debian's chromium);
 # the auth tests mint tokens with PyJWT; the tracing tests run an OTLP receiver (opentelemetry-proto,
 # grpcio); the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
 # here first so the tests do not wait for its compile.
@@ -25,6 +26,10 @@ test-deps: deps
 	  echo "installing: prometheus"; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing: chromium (the dashboard test)"; \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@python3 -c "import jwt, cryptography" 2>/dev/null || { \
 	  echo "installing: pyjwt cryptography"; \
 	  python3 -m pip install -q --disable-pip-version-check pyjwt cryptography; }
