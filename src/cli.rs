@@ -220,6 +220,23 @@ pub async fn status(
     }
 }
 
+/// `GET path` of the admin API: printed as JSON when `json` (then `None`), else returned.
+async fn read_or_print(
+    target: &AdminTarget,
+    path: &str,
+    json: bool,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let (code, body) = call(target, Method::GET, path, None).await?;
+    if !code.is_success() {
+        return Err(api_error(code, &body));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
 /// `strangle history [ROUTE]`: the shifts and reloads the proxy recorded, one per line.
 pub async fn history(
     target: &AdminTarget,
@@ -237,20 +254,10 @@ pub async fn history(
     if let Some(id) = &id {
         query.append_pair("route", id);
     }
-    let (code, body) = call(
-        target,
-        Method::GET,
-        &format!("/history?{}", query.finish()),
-        None,
-    )
-    .await?;
-    if !code.is_success() {
-        return Err(api_error(code, &body));
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+    let Some(body) = read_or_print(target, &format!("/history?{}", query.finish()), json).await?
+    else {
         return Ok(());
-    }
+    };
     let entries: Vec<crate::history::Entry> =
         serde_json::from_value(body["entries"].clone()).context("unexpected /history document")?;
     if entries.is_empty() {
@@ -299,20 +306,10 @@ pub fn history_line(e: &crate::history::Entry) -> String {
 /// `strangle inventory`: the templates the monolith still serves, largest first.
 pub async fn inventory(target: &AdminTarget, limit: usize, json: bool) -> anyhow::Result<()> {
     let limit = limit.clamp(1, crate::inventory::MAX_TEMPLATES);
-    let (code, body) = call(
-        target,
-        Method::GET,
-        &format!("/inventory?limit={limit}"),
-        None,
-    )
-    .await?;
-    if !code.is_success() {
-        return Err(api_error(code, &body));
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+    let Some(body) = read_or_print(target, &format!("/inventory?limit={limit}"), json).await?
+    else {
         return Ok(());
-    }
+    };
     let report: crate::inventory::report::Report =
         serde_json::from_value(body).context("unexpected /inventory document")?;
     print!("{}", render_inventory(&report));

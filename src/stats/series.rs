@@ -103,6 +103,20 @@ pub fn epoch(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Each route side's traffic between `then` and `now` (by route id), when it had any:
+/// `(route id, 0 for legacy or 1 for new, the difference)`.
+fn deltas<'a>(
+    now: &'a TotalsByRoute,
+    then: &'a TotalsByRoute,
+) -> impl Iterator<Item = (&'a String, usize, Totals)> + 'a {
+    now.iter().flat_map(move |(id, now)| {
+        let then = then.get(id).copied().unwrap_or_default();
+        (0..2)
+            .map(move |side| (id, side, now[side].since(&then[side])))
+            .filter(|(_, _, d)| d.requests() > 0)
+    })
+}
+
 /// What `GET /status?series=RANGE` returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reply {
@@ -141,26 +155,19 @@ impl Series {
                 continue;
             }
             let start = *start;
-            for (id, now) in totals {
-                let then = then.get(id).copied().unwrap_or_default();
-                for side in 0..2 {
-                    let d = now[side].since(&then[side]);
-                    if d.requests() == 0 {
+            for (id, side, d) in deltas(totals, then) {
+                let ring = match rings.points.get_mut(id) {
+                    Some(r) => r,
+                    None if sides < MAX_SIDES => {
+                        sides += 2;
+                        rings.points.entry(id.clone()).or_default()
+                    }
+                    None => {
+                        self.left_out += 1;
                         continue;
                     }
-                    let ring = match rings.points.get_mut(id) {
-                        Some(r) => r,
-                        None if sides < MAX_SIDES => {
-                            sides += 2;
-                            rings.points.entry(id.clone()).or_default()
-                        }
-                        None => {
-                            self.left_out += 1;
-                            continue;
-                        }
-                    };
-                    ring[side].push_back(Point::of(start, &d));
-                }
+                };
+                ring[side].push_back(Point::of(start, &d));
             }
             let oldest = secs.saturating_sub(rings.tier.keep.as_secs());
             rings.points.retain(|_, sides| {
@@ -193,21 +200,14 @@ impl Series {
             Some((start, then)) => (*start, then),
             None => (to - to % rings.tier.every.as_secs(), &empty),
         };
-        for (id, now) in totals {
-            let then = then.get(id).copied().unwrap_or_default();
-            for side in 0..2 {
-                let d = now[side].since(&then[side]);
-                if d.requests() == 0 {
-                    continue;
-                }
-                let entry = routes.entry(id.clone()).or_default();
-                let out = if side == 0 {
-                    &mut entry.legacy
-                } else {
-                    &mut entry.new
-                };
-                out.push(Point::of(start, &d));
-            }
+        for (id, side, d) in deltas(totals, then) {
+            let entry = routes.entry(id.clone()).or_default();
+            let out = if side == 0 {
+                &mut entry.legacy
+            } else {
+                &mut entry.new
+            };
+            out.push(Point::of(start, &d));
         }
         routes.retain(|_, s| !s.legacy.is_empty() || !s.new.is_empty());
         Some(Reply {
