@@ -21,29 +21,20 @@ pub(super) fn asset(file: &str) -> Response<Full<Bytes>> {
         _ => ("text/html; charset=utf-8", DASHBOARD_HTML),
     };
     let mut r = reply(StatusCode::OK, content_type, body);
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        http::HeaderValue::from_static(
+    let headers = [
+        (
+            header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
              img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        http::HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::X_FRAME_OPTIONS,
-        http::HeaderValue::from_static("DENY"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        http::HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-cache"),
-    );
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    for (name, value) in headers {
+        r.headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
     r
 }

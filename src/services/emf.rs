@@ -142,7 +142,7 @@ impl EmfReporter {
             &mut out,
         );
         self.live.emf_lines.fetch_add(points.len() as u64, Relaxed);
-        if !self.writer(emf).push_lines(&out) {
+        if !self.writer(emf, &snap.config.log.access).push_lines(&out) {
             self.live
                 .emf_dropped
                 .fetch_add(points.len() as u64, Relaxed);
@@ -150,10 +150,10 @@ impl EmfReporter {
     }
 
     /// The access log's writer when EMF goes where it goes, EMF's own otherwise.
-    fn writer(&self, emf: &Emf) -> &AccessLogger {
+    /// `access`: the access log's target in the same snapshot as `emf`.
+    fn writer(&self, emf: &Emf, access: &AccessLog) -> &AccessLogger {
         if let Some(log) = self.live.access_log.get() {
-            let access = self.live.load().config.log.access.clone();
-            if access == emf.output && access != AccessLog::Off {
+            if *access == emf.output && *access != AccessLog::Off {
                 return log;
             }
         }

@@ -60,14 +60,7 @@ fn shift_through_the_cli_applies_at_once_is_saved_with_comments_and_survives_a_r
         .contains("shift = \"12.5%\""));
 
     // A restart reads the file: the shift stays.
-    proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    proxy.child.wait().unwrap();
-    let restarted = Proxy::start_at(
-        std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap()),
-        proxy.config.clone(),
-        proxy.port,
-        proxy.admin_port,
-    );
+    let restarted = proxy.restart();
     assert_eq!(restarted.status()["routes"][0]["shift"], "12.5%");
     let on_new = served_by_new(&restarted, 0..1000);
     assert!(

@@ -106,15 +106,12 @@ fn the_inventory_groups_ids_into_templates_suggests_routes_and_survives_a_restar
     );
 
     // Saved at exit, read back at start, and added to.
-    proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    proxy.child.wait().unwrap();
-    assert!(proxy.dir.path().join("strangle.inventory.json").exists());
-    let restarted = Proxy::start_at(
-        std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap()),
-        proxy.config.clone(),
-        proxy.port,
-        proxy.admin_port,
-    );
+    let restarted = proxy.restart();
+    assert!(restarted
+        .dir
+        .path()
+        .join("strangle.inventory.json")
+        .exists());
     assert_eq!(inventory(&restarted)["requests"], 29);
     get(restarted.port, "/flights/99999/seats", &[]);
     eventually(

@@ -147,15 +147,8 @@ fn the_burn_down_counts_todays_share_says_it_in_one_line_and_survives_a_restart(
     );
 
     // Saved at exit, read back at start, and added to.
-    proxy.signal(nix::sys::signal::Signal::SIGTERM);
-    proxy.child.wait().unwrap();
-    assert!(proxy.dir.path().join("strangle.burndown.json").exists());
-    let restarted = Proxy::start_at(
-        std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap()),
-        proxy.config.clone(),
-        proxy.port,
-        proxy.admin_port,
-    );
+    let restarted = proxy.restart();
+    assert!(restarted.dir.path().join("strangle.burndown.json").exists());
     assert_eq!(today(&restarted.status()).0, 41);
     get(restarted.port, "/other", &[]);
     eventually(

@@ -387,6 +387,19 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// Stops the proxy with SIGTERM (a drained exit) and starts it again on the same config,
+    /// directory and ports: what it kept beside the config is read back.
+    pub fn restart(&mut self) -> Proxy {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap();
+        Proxy::start_at(
+            std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()),
+            self.config.clone(),
+            self.port,
+            self.admin_port,
+        )
+    }
+
     pub fn rewrite(&self, text: &str) {
         write_atomically(
             &self.config,
