@@ -390,8 +390,15 @@ impl Proxy {
     /// Stops the proxy with SIGTERM (a drained exit) and starts it again on the same config,
     /// directory and ports: what it kept beside the config is read back.
     pub fn restart(&mut self) -> Proxy {
+        self.restart_after(|_| {})
+    }
+
+    /// `restart`, with `edit` run on the directory between the exit and the start (to change
+    /// what the proxy kept there, as an operator or an older version could have).
+    pub fn restart_after(&mut self, edit: impl FnOnce(&std::path::Path)) -> Proxy {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         self.child.wait().unwrap();
+        edit(self.dir.path());
         Proxy::start_at(
             std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()),
             self.config.clone(),
