@@ -6,9 +6,11 @@
 //! bounded, whole lines, reopened when renamed away), so a slow or read-only disk costs the
 //! history file, never a reload or a request; the newest `KEEP` entries are also kept in memory
 //! for `GET /history`. The file is bounded: past `MAX_BYTES` it is rewritten with the newest
-//! entries that fill half of it.
+//! entries that fill half of it, and each route's last shift however old (up to `MAX_ROUTES`
+//! of them), so that a restart after many reloads still knows every route's shift and does not
+//! record it again as found at start.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,6 +29,9 @@ pub const MAX_BYTES: u64 = 1 << 20;
 const MAX_ERROR: usize = 4096;
 /// At most this much of an existing file is read at start-up (its end).
 const READ_AT_MOST: u64 = 4 << 20;
+/// Routes whose last shift is kept past `KEEP` entries (routes long gone from the config fall
+/// out first).
+pub const MAX_ROUTES: usize = 4096;
 
 /// What made a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,9 +117,36 @@ pub enum What {
 pub struct History {
     path: PathBuf,
     writer: AccessLogger,
-    recent: Mutex<VecDeque<Entry>>,
+    kept: Mutex<Kept>,
     /// The file's size as far as this process knows.
     bytes: AtomicU64,
+}
+
+/// What is kept in memory: the newest entries, and each route's last shift.
+#[derive(Default)]
+struct Kept {
+    recent: VecDeque<Entry>,
+    /// By route: its last shift entry.
+    last: BTreeMap<String, Entry>,
+}
+
+impl Kept {
+    fn push(&mut self, entry: Entry) {
+        if let What::Shift { route, .. } = &entry.what {
+            self.last.insert(route.clone(), entry.clone());
+            if self.last.len() > MAX_ROUTES {
+                // The route shifted longest ago goes.
+                let oldest = self.last.iter().min_by(|a, b| a.1.at.cmp(&b.1.at));
+                if let Some(route) = oldest.map(|(r, _)| r.clone()) {
+                    self.last.remove(&route);
+                }
+            }
+        }
+        self.recent.push_back(entry);
+        while self.recent.len() > KEEP {
+            self.recent.pop_front();
+        }
+    }
 }
 
 impl std::fmt::Debug for History {
@@ -132,11 +164,11 @@ impl History {
     /// Reads what the file holds (its newest `KEEP` entries) and opens it for appending.
     pub fn open(config: &Path) -> History {
         let path = path_for(config);
-        let (recent, bytes) = read_tail(&path);
+        let (kept, bytes) = read_tail(&path);
         History {
             writer: AccessLogger::labelled("history", AccessLog::File(path.clone())),
             path,
-            recent: Mutex::new(recent),
+            kept: Mutex::new(kept),
             bytes: AtomicU64::new(bytes),
         }
     }
@@ -170,39 +202,53 @@ impl History {
             return;
         };
         line.push(b'\n');
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent.push_back(entry);
-        while recent.len() > KEEP {
-            recent.pop_front();
-        }
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.push(entry);
         if !self.writer.push_lines(&line) {
             tracing::warn!(path = %self.path.display(), "the history writer is behind: an entry is kept in memory only");
         }
         let bytes = self.bytes.fetch_add(line.len() as u64, Ordering::Relaxed) + line.len() as u64;
         if bytes > MAX_BYTES {
-            self.compact(&recent);
+            self.compact(&kept);
         }
     }
 
-    /// Rewrites the file with the newest entries (rare: once per several thousand).
-    fn compact(&self, recent: &VecDeque<Entry>) {
+    /// Rewrites the file with each route's last shift and the newest entries, half the limit in
+    /// all so that compactions stay rare (once per several thousand entries).
+    fn compact(&self, kept: &Kept) {
         // What is queued goes to the old file first, so nothing is written twice.
         self.writer.flush();
-        // The newest entries that fill half the limit, so that compactions stay rare.
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        let mut total = 0;
-        for e in recent.iter().rev() {
-            let Ok(mut line) = serde_json::to_vec(e) else {
-                continue;
-            };
+        let line = |e: &Entry| {
+            let mut line = serde_json::to_vec(e).ok()?;
             line.push(b'\n');
-            total += line.len() as u64;
-            if total > MAX_BYTES / 2 {
-                break;
+            Some(line)
+        };
+        // The routes' last shifts first (the newest of them, up to a quarter of the limit),
+        // then the newest entries up to half; written in time order.
+        let mut chosen: Vec<(&Entry, Vec<u8>)> = Vec::new();
+        let mut total = 0;
+        let mut last: Vec<&Entry> = kept.last.values().collect();
+        last.sort_by(|a, b| b.at.cmp(&a.at));
+        // A recent entry that is its route's last shift is among those already.
+        let pinned = |e: &Entry| match &e.what {
+            What::Shift { route, .. } => kept.last.get(route) == Some(e),
+            What::Reload { .. } => false,
+        };
+        let recent = kept.recent.iter().rev().filter(|e| !pinned(e));
+        for (e, budget) in last
+            .into_iter()
+            .map(|e| (e, MAX_BYTES / 4))
+            .chain(recent.map(|e| (e, MAX_BYTES / 2)))
+        {
+            let Some(bytes) = line(e) else { continue };
+            if total + bytes.len() as u64 > budget {
+                continue;
             }
-            lines.push(line);
+            total += bytes.len() as u64;
+            chosen.push((e, bytes));
         }
-        let text: Vec<u8> = lines.into_iter().rev().flatten().collect();
+        chosen.sort_by(|a, b| a.0.at.cmp(&b.0.at));
+        let text: Vec<u8> = chosen.into_iter().flat_map(|(_, l)| l).collect();
         let tmp = self.path.with_extension("jsonl.tmp");
         let done = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &self.path));
         match done {
@@ -221,8 +267,9 @@ impl History {
     /// The newest entries, oldest first: at most `limit`, of `route` when given (its shifts,
     /// and every reload).
     pub fn entries(&self, route: Option<&str>, limit: usize) -> Vec<Entry> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut picked: Vec<Entry> = recent
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut picked: Vec<Entry> = kept
+            .recent
             .iter()
             .rev()
             .filter(|e| match (&e.what, route) {
@@ -269,17 +316,12 @@ impl History {
 
     /// Each route's shift as the history last recorded it.
     pub fn last_shifts(&self) -> Vec<(String, String)> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last: Vec<(String, String)> = Vec::new();
-        for e in recent.iter() {
-            if let What::Shift { route, to, .. } = &e.what {
-                match last.iter_mut().find(|(r, _)| r == route) {
-                    Some(slot) => slot.1 = to.clone(),
-                    None => last.push((route.clone(), to.clone())),
-                }
-            }
-        }
-        last
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let shift = |(route, e): (&String, &Entry)| match &e.what {
+            What::Shift { to, .. } => Some((route.clone(), to.clone())),
+            What::Reload { .. } => None,
+        };
+        kept.last.iter().filter_map(shift).collect()
     }
 
     /// At exit: the last entries written (bounded, like the access log's).
@@ -288,22 +330,19 @@ impl History {
     }
 }
 
-/// The newest `KEEP` entries of the file at `path`, and its size. Lines that do not parse (a
-/// line cut by a crash, a hand edit) are skipped.
-fn read_tail(path: &Path) -> (VecDeque<Entry>, u64) {
+/// The newest `KEEP` entries of the file at `path` and its routes' last shifts, and its size.
+/// Lines that do not parse (a line cut by a crash, a hand edit) are skipped.
+fn read_tail(path: &Path) -> (Kept, u64) {
     let (text, size) = crate::config::read::read_state_tail(path, READ_AT_MOST);
-    let mut recent = VecDeque::new();
+    let mut kept = Kept::default();
     // A read that started mid-file starts mid-line: its first line is skipped (it fails to
     // parse, or it is whole only by chance, which is fine either way).
     for line in text.split(|&b| b == b'\n') {
         if let Ok(e) = serde_json::from_slice::<Entry>(line) {
-            recent.push_back(e);
-            if recent.len() > KEEP {
-                recent.pop_front();
-            }
+            kept.push(e);
         }
     }
-    (recent, size)
+    (kept, size)
 }
 
 #[cfg(test)]

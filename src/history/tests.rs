@@ -203,3 +203,77 @@ fn the_shift_an_admin_call_is_writing_is_that_calls_whichever_reload_sees_it() {
         "only the admin's own change is the admin's"
     );
 }
+
+#[test]
+fn each_routes_last_shift_outlives_the_entries_kept_and_the_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("s.toml");
+    let h = History::open(&config);
+    h.record(shift("a", "10%"), &admin());
+    h.record(shift("b", "20%"), &admin());
+    h.record(shift("a", "30%"), &admin());
+    // More reloads than are kept, and enough bytes to compact the file twice.
+    let long = "y".repeat(900);
+    for i in 0..(2 * MAX_BYTES as usize / 900) {
+        let what = What::Reload {
+            ok: false,
+            error: Some(format!("{i} {long}")),
+        };
+        h.record(what, &Cause::FILE);
+    }
+    h.flush();
+    assert!(h
+        .entries(Some("a"), KEEP)
+        .iter()
+        .all(|e| matches!(e.what, What::Reload { .. })));
+    let mut last = h.last_shifts();
+    last.sort();
+    let want = vec![
+        ("a".to_string(), "30%".to_string()),
+        ("b".into(), "20%".into()),
+    ];
+    assert_eq!(last, want);
+    let size = std::fs::metadata(h.path()).unwrap().len();
+    assert!(size < MAX_BYTES, "{size}");
+    drop(h);
+
+    // After a restart: the same shifts, so the start records nothing for them.
+    let h = History::open(&config);
+    let mut last = h.last_shifts();
+    last.sort();
+    assert_eq!(last, want);
+    let before = h.entries(None, KEEP).len();
+    h.record_shifts(
+        &h.last_shifts(),
+        &want,
+        &Cause {
+            how: How::Start,
+            client: None,
+        },
+        None,
+    );
+    assert_eq!(h.entries(None, KEEP).len(), before, "nothing new at start");
+    // The file holds them in time order: the routes' shifts come first.
+    let text = std::fs::read_to_string(h.path()).unwrap();
+    let mut first: Vec<What> = text
+        .lines()
+        .take(2)
+        .map(|l| serde_json::from_str::<Entry>(l).unwrap().what)
+        .collect();
+    first.sort_by_key(|w| format!("{w:?}"));
+    assert_eq!(first, [shift("a", "30%"), shift("b", "20%")]);
+}
+
+#[test]
+fn the_routes_kept_past_the_entries_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(&dir.path().join("s.toml"));
+    for i in 0..MAX_ROUTES + 10 {
+        h.record(shift(&format!("r{i}"), "5%"), &Cause::FILE);
+    }
+    let last = h.last_shifts();
+    assert_eq!(last.len(), MAX_ROUTES);
+    assert!(last
+        .iter()
+        .any(|(r, _)| r == &format!("r{}", MAX_ROUTES + 9)));
+}
