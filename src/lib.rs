@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod services;
+pub mod shadow;
 pub mod split;
 pub mod state;
 pub mod stats;

@@ -1,0 +1,425 @@
+//! Comparing two answers to the same request: the status, the listed headers, and the body
+//! (JSON structurally, by JSON path, leaving out the ignored paths; other bodies by hash; a body
+//! over the capture cap by the hash of the prefix both sides captured, and said so). Also what
+//! calibration learns: the paths where two answers of the *same* side differ are noise.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// At most this many differences are kept per comparison (the count says how many there were).
+pub const MAX_DIFFERENCES: usize = 20;
+/// A value shown in a difference is cut to this many bytes.
+const MAX_SHOWN: usize = 200;
+/// JSON nested deeper than this is compared by hash below that depth (no stack to exhaust).
+const MAX_DEPTH: usize = 64;
+
+/// One side's answer as captured for comparison.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    /// The listed headers, by lower-case name; `None` where the answer had none.
+    pub headers: Vec<(String, Option<String>)>,
+    pub content_type: Option<String>,
+    /// The body's first bytes, up to the cap.
+    pub body: bytes::Bytes,
+    /// The body was longer than the cap (`body` is its prefix).
+    pub truncated: bool,
+}
+
+/// A JSON path pattern from `ignore`: `$.a.b`, `$.items[*].id`, `$..requestId` (any depth),
+/// `$.headers.*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pattern(Vec<Step>);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Key(String),
+    Index(usize),
+    /// `*` or `[*]`: any one key or index.
+    Any,
+    /// `..`: any number of levels, then the next step.
+    Descend,
+}
+
+/// A pattern that does not parse, with why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{pattern}` is not a JSON path this compares: {why} (write `$.field`, `$.list[*].id` or `$..field`)")]
+pub struct BadPattern {
+    pub pattern: String,
+    pub why: &'static str,
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = BadPattern;
+
+    fn from_str(s: &str) -> Result<Pattern, BadPattern> {
+        let bad = |why| BadPattern {
+            pattern: s.to_string(),
+            why,
+        };
+        let rest = s
+            .strip_prefix('$')
+            .ok_or_else(|| bad("it must start with `$`"))?;
+        let b = rest.as_bytes();
+        let mut steps = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'.' if b.get(i + 1) == Some(&b'.') => {
+                    steps.push(Step::Descend);
+                    i += 2;
+                    i = key(rest, i, &mut steps)
+                        .ok_or_else(|| bad("`..` needs a name after it"))?;
+                }
+                b'.' => {
+                    i = key(rest, i + 1, &mut steps)
+                        .ok_or_else(|| bad("`.` needs a name after it"))?;
+                }
+                b'[' => {
+                    let end = rest[i..]
+                        .find(']')
+                        .ok_or_else(|| bad("a `[` is not closed"))?
+                        + i;
+                    let inner = &rest[i + 1..end];
+                    let step = if inner == "*" {
+                        Step::Any
+                    } else if let Some(name) = inner
+                        .strip_prefix('\'')
+                        .and_then(|n| n.strip_suffix('\''))
+                        .or_else(|| inner.strip_prefix('"').and_then(|n| n.strip_suffix('"')))
+                    {
+                        Step::Key(name.to_string())
+                    } else {
+                        Step::Index(
+                            inner
+                                .parse()
+                                .map_err(|_| bad("`[...]` holds an index, `*` or a quoted name"))?,
+                        )
+                    };
+                    steps.push(step);
+                    i = end + 1;
+                }
+                _ => return Err(bad("steps are `.name`, `[n]`, `[*]` or `..name`")),
+            }
+        }
+        if steps.last() == Some(&Step::Descend) {
+            return Err(bad("`..` needs a name after it"));
+        }
+        Ok(Pattern(steps))
+    }
+}
+
+/// Reads a `.name` step's name (up to the next `.` or `[`) from `i`; `*` is any key.
+fn key(s: &str, i: usize, steps: &mut Vec<Step>) -> Option<usize> {
+    let end = s[i..].find(['.', '[']).map_or(s.len(), |e| e + i);
+    let name = &s[i..end];
+    if name.is_empty() {
+        return None;
+    }
+    steps.push(if name == "*" {
+        Step::Any
+    } else {
+        Step::Key(name.to_string())
+    });
+    Some(end)
+}
+
+/// A step of a concrete path in a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum At<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Pattern {
+    fn matches(&self, path: &[At<'_>]) -> bool {
+        fn go(p: &[Step], path: &[At<'_>]) -> bool {
+            match (p.first(), path.first()) {
+                (None, _) => path.is_empty(),
+                (Some(Step::Descend), _) => (0..=path.len()).any(|skip| go(&p[1..], &path[skip..])),
+                (Some(_), None) => false,
+                (Some(step), Some(at)) => {
+                    let ok = match (step, at) {
+                        (Step::Any, _) => true,
+                        (Step::Key(k), At::Key(a)) => k == a,
+                        (Step::Index(n), At::Index(a)) => n == a,
+                        _ => false,
+                    };
+                    ok && go(&p[1..], &path[1..])
+                }
+            }
+        }
+        go(&self.0, path)
+    }
+}
+
+/// One difference, for the diff samples.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// `status`, `header:NAME`, `body` (by hash) or a JSON path (`$.a[2].b`).
+    pub path: String,
+    pub legacy: String,
+    pub new: String,
+}
+
+/// How the bodies were compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyCompared {
+    Json,
+    Hash,
+    /// Over the cap: the hash of the prefix both captured.
+    PrefixHash,
+}
+
+/// The outcome of one comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub body: BodyCompared,
+    /// The differences left after the ignored paths and the learned noise, the first
+    /// `MAX_DIFFERENCES`.
+    pub differences: Vec<Difference>,
+    /// How many there were in all.
+    pub count: usize,
+    /// Differences left out because the route ignores them or calibration learned them.
+    pub ignored: usize,
+}
+
+impl Outcome {
+    pub fn matched(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// What to leave out of a comparison: the route's `ignore` paths and the noise calibration
+/// learned (concrete paths: `status`, `header:NAME`, `body`, `$.a.b`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ignore<'a> {
+    pub paths: &'a [Pattern],
+    pub learned: &'a BTreeSet<String>,
+}
+
+/// Compares `legacy` with `new`.
+pub fn compare(legacy: &Answer, new: &Answer, ignore: Ignore<'_>) -> Outcome {
+    let mut out = Collect::new(ignore);
+    if legacy.status != new.status {
+        out.add_plain("status", legacy.status.to_string(), new.status.to_string());
+    }
+    for ((name, a), (_, b)) in legacy.headers.iter().zip(&new.headers) {
+        if a != b {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+            out.add_plain(&format!("header:{name}"), show(a), show(b));
+        }
+    }
+    let body = if legacy.truncated || new.truncated {
+        let n = legacy.body.len().min(new.body.len());
+        if hash(&legacy.body[..n]) != hash(&new.body[..n]) {
+            out.add_plain("body", describe(&legacy.body), describe(&new.body));
+        }
+        BodyCompared::PrefixHash
+    } else {
+        match (json(legacy), json(new)) {
+            (Some(a), Some(b)) => {
+                let mut path = Vec::new();
+                out.values(&mut path, &a, &b, 0);
+                BodyCompared::Json
+            }
+            _ => {
+                if hash(&legacy.body) != hash(&new.body) {
+                    out.add_plain("body", describe(&legacy.body), describe(&new.body));
+                }
+                BodyCompared::Hash
+            }
+        }
+    };
+    Outcome {
+        body,
+        differences: out.kept,
+        count: out.count,
+        ignored: out.ignored,
+    }
+}
+
+/// Calibration: the concrete paths where two answers of the same side differ (to be learned
+/// as noise), with nothing ignored.
+pub fn noise(first: &Answer, second: &Answer) -> Vec<String> {
+    let none = BTreeSet::new();
+    let mut out = Collect::new(Ignore {
+        paths: &[],
+        learned: &none,
+    });
+    out.keep_all = true;
+    if first.status != second.status {
+        out.add_plain("status", String::new(), String::new());
+    }
+    for ((name, a), (_, b)) in first.headers.iter().zip(&second.headers) {
+        if a != b {
+            out.add_plain(&format!("header:{name}"), String::new(), String::new());
+        }
+    }
+    match (
+        first.truncated || second.truncated,
+        json(first),
+        json(second),
+    ) {
+        (false, Some(a), Some(b)) => out.values(&mut Vec::new(), &a, &b, 0),
+        _ if hash(&first.body) != hash(&second.body) => {
+            out.add_plain("body", String::new(), String::new())
+        }
+        _ => {}
+    }
+    out.kept.into_iter().map(|d| d.path).collect()
+}
+
+/// The body as JSON, when the answer says it is JSON and it parses.
+fn json(a: &Answer) -> Option<Value> {
+    let ct = a.content_type.as_deref()?.to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    if !is_json {
+        return None;
+    }
+    serde_json::from_slice(&a.body).ok()
+}
+
+fn hash(b: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(b)
+}
+
+fn describe(body: &[u8]) -> String {
+    format!("{} bytes, xxh3 {:016x}", body.len(), hash(body))
+}
+
+/// A value as shown in a difference: its JSON, cut.
+fn show(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > MAX_SHOWN {
+        let mut cut = MAX_SHOWN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+fn render(path: &[At<'_>]) -> String {
+    let mut s = String::from("$");
+    for at in path {
+        match at {
+            At::Key(k)
+                if !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
+                let _ = write!(s, ".{k}");
+            }
+            At::Key(k) => {
+                let _ = write!(s, "[{}]", Value::from(*k));
+            }
+            At::Index(i) => {
+                let _ = write!(s, "[{i}]");
+            }
+        }
+    }
+    s
+}
+
+struct Collect<'a> {
+    ignore: Ignore<'a>,
+    kept: Vec<Difference>,
+    count: usize,
+    ignored: usize,
+    /// Calibration keeps every path (not only the first `MAX_DIFFERENCES`).
+    keep_all: bool,
+}
+
+impl<'a> Collect<'a> {
+    fn new(ignore: Ignore<'a>) -> Collect<'a> {
+        Collect {
+            ignore,
+            kept: Vec::new(),
+            count: 0,
+            ignored: 0,
+            keep_all: false,
+        }
+    }
+
+    fn add_plain(&mut self, path: &str, legacy: String, new: String) {
+        if self.ignore.learned.contains(path) {
+            self.ignored += 1;
+            return;
+        }
+        self.push(path.to_string(), legacy, new);
+    }
+
+    fn push(&mut self, path: String, legacy: String, new: String) {
+        self.count += 1;
+        if self.keep_all || self.kept.len() < MAX_DIFFERENCES {
+            self.kept.push(Difference { path, legacy, new });
+        }
+    }
+
+    fn add(&mut self, path: &[At<'_>], legacy: String, new: String) {
+        let rendered = render(path);
+        if self.ignore.paths.iter().any(|p| p.matches(path))
+            || self.ignore.learned.contains(&rendered)
+        {
+            self.ignored += 1;
+            return;
+        }
+        self.push(rendered, legacy, new);
+    }
+
+    /// Walks two JSON values together; a subtree that is ignored as a whole is not walked.
+    fn values<'v>(&mut self, path: &mut Vec<At<'v>>, a: &'v Value, b: &'v Value, depth: usize) {
+        if self.ignore.paths.iter().any(|p| p.matches(path)) {
+            if a != b {
+                self.ignored += 1;
+            }
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) if depth < MAX_DEPTH => {
+                for (k, va) in x {
+                    path.push(At::Key(k));
+                    match y.get(k) {
+                        Some(vb) => self.values(path, va, vb, depth + 1),
+                        None => self.add(path, show(va), "(absent)".into()),
+                    }
+                    path.pop();
+                }
+                for (k, vb) in y {
+                    if !x.contains_key(k) {
+                        path.push(At::Key(k));
+                        self.add(path, "(absent)".into(), show(vb));
+                        path.pop();
+                    }
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if depth < MAX_DEPTH => {
+                for i in 0..x.len().max(y.len()) {
+                    path.push(At::Index(i));
+                    match (x.get(i), y.get(i)) {
+                        (Some(va), Some(vb)) => self.values(path, va, vb, depth + 1),
+                        (Some(va), None) => self.add(path, show(va), "(absent)".into()),
+                        (None, Some(vb)) => self.add(path, "(absent)".into(), show(vb)),
+                        (None, None) => {}
+                    }
+                    path.pop();
+                }
+            }
+            // 1 and 1.0 are the same number to a JSON reader.
+            (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
+            _ if a == b => {}
+            _ => self.add(path, show(a), show(b)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
