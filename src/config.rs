@@ -25,6 +25,7 @@ mod interp;
 mod pem;
 mod route;
 mod server;
+pub mod shadow;
 mod telemetry;
 mod upstream;
 
@@ -336,6 +337,7 @@ pub struct Route {
     pub override_when: Option<ClaimRule>,
     pub case_insensitive: bool,
     pub trailing_slash: bool,
+    pub shadow: Option<std::sync::Arc<shadow::Shadow>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

@@ -160,6 +160,19 @@ pub struct RawRoute {
     pub override_when: Option<S<RawClaimRule>>,
     pub case_insensitive: Option<S<bool>>,
     pub trailing_slash: Option<S<bool>>,
+    pub shadow: Option<S<RawShadow>>,
+    pub shadow_writes: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawShadow {
+    pub percent: Option<S<ShiftValue>>,
+    pub methods: Option<S<Vec<S<String>>>>,
+    pub ignore: Option<Vec<S<String>>>,
+    pub headers: Option<Vec<S<String>>>,
+    pub calibrate: Option<S<bool>>,
+    pub max_body: Option<S<ShiftValue>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -238,7 +238,9 @@ impl Cx<'_> {
                     );
                 }
             }
+            let shadow = self.shadow(&r).map(std::sync::Arc::new);
             let route = Route {
+                shadow,
                 case_insensitive,
                 trailing_slash,
                 new_when,

@@ -644,3 +644,75 @@ fn emf_lowers_with_defaults_and_refuses_what_cloudwatch_would() {
     let e = parse_str(&format!("{base}[telemetry.emf]\nnamespace = \"{long}\"\n")).unwrap_err();
     assert!(e.to_string().contains("longer than 255"), "{e}");
 }
+
+#[test]
+fn a_shadow_is_lowered_with_its_defaults_and_its_mistakes_reported() {
+    let with = |shadow: &str| {
+        GOOD.replacen(
+            "sticky = \"cookie:sid\"",
+            &format!("sticky = \"cookie:sid\"\n{shadow}"),
+            1,
+        )
+    };
+    let c = parse_str(&with(r#"shadow = { percent = "10%", ignore = ["$.timestamp", "$..requestId"], headers = ["Content-Type"], calibrate = true, max-body = "64KB" }"#)).unwrap();
+    let s = c.routes[0].shadow.as_ref().unwrap();
+    assert_eq!(s.percent.bp(), 1000);
+    assert_eq!(s.methods, [Method::GET, Method::HEAD]);
+    assert_eq!(s.ignore.len(), 2);
+    assert_eq!(s.headers, [http::header::CONTENT_TYPE]);
+    assert!(s.calibrate);
+    assert_eq!(s.max_body, 64 << 10);
+    let c = parse_str(&with("shadow = {}")).unwrap();
+    let s = c.routes[0].shadow.as_ref().unwrap();
+    assert_eq!(
+        (s.percent, s.max_body, s.calibrate),
+        (Shift::ALL, shadow::DEFAULT_MAX_BODY, false)
+    );
+    assert!(c.routes[1].shadow.is_none());
+
+    // A write is shadowed only when the route says its writes may happen twice.
+    let e = parse_str(&with(r#"shadow = { methods = ["GET", "post"] }"#))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test.toml:") && e.contains("`POST` is a write and is not shadowed by default"),
+        "{e}"
+    );
+    assert!(e.contains("shadow-writes = true"), "{e}");
+    let c = parse_str(&with(
+        "shadow = { methods = [\"GET\", \"POST\"] }\nshadow-writes = true",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.routes[0].shadow.as_ref().unwrap().methods,
+        [Method::GET, Method::POST]
+    );
+
+    let e = parse_str(&with(r#"shadow = { percent = "120%", ignore = ["timestamp"], headers = ["bad header"], max-body = "1GB", methods = [], colour = 1 }"#)).unwrap_err().to_string();
+    assert!(e.contains("unknown field `colour`"), "{e}");
+    let e = parse_str(&with(r#"shadow = { percent = "120%", ignore = ["timestamp"], headers = ["bad header"], max-body = "1GB", methods = [] }"#)).unwrap_err().to_string();
+    for want in [
+        "shadow `percent`",
+        "`timestamp` is not a JSON path",
+        "bad header name `bad header`",
+        "bad shadow `max-body` `1GB`",
+        "shadow `methods` is empty",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // One side only: nothing to shadow to.
+    let e = parse_str(&GOOD.replacen("path = \"/health\"", "path = \"/health\"\nshadow = {}", 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("route `health` shadows with only one side"),
+        "{e}"
+    );
+    let e = parse_str(&with("shadow-writes = true"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`shadow-writes` has no effect without `shadow`"),
+        "{e}"
+    );
+}

@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::config::shadow::{BadPattern, PathStep as At, Pattern};
+
 /// At most this many differences are kept per comparison (the count says how many there were).
 pub const MAX_DIFFERENCES: usize = 20;
 /// A value shown in a difference is cut to this many bytes.
@@ -27,133 +29,6 @@ pub struct Answer {
     pub body: bytes::Bytes,
     /// The body was longer than the cap (`body` is its prefix).
     pub truncated: bool,
-}
-
-/// A JSON path pattern from `ignore`: `$.a.b`, `$.items[*].id`, `$..requestId` (any depth),
-/// `$.headers.*`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Pattern(Vec<Step>);
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Step {
-    Key(String),
-    Index(usize),
-    /// `*` or `[*]`: any one key or index.
-    Any,
-    /// `..`: any number of levels, then the next step.
-    Descend,
-}
-
-/// A pattern that does not parse, with why.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{pattern}` is not a JSON path this compares: {why} (write `$.field`, `$.list[*].id` or `$..field`)")]
-pub struct BadPattern {
-    pub pattern: String,
-    pub why: &'static str,
-}
-
-impl std::str::FromStr for Pattern {
-    type Err = BadPattern;
-
-    fn from_str(s: &str) -> Result<Pattern, BadPattern> {
-        let bad = |why| BadPattern {
-            pattern: s.to_string(),
-            why,
-        };
-        let rest = s
-            .strip_prefix('$')
-            .ok_or_else(|| bad("it must start with `$`"))?;
-        let b = rest.as_bytes();
-        let mut steps = Vec::new();
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'.' if b.get(i + 1) == Some(&b'.') => {
-                    steps.push(Step::Descend);
-                    i += 2;
-                    i = key(rest, i, &mut steps)
-                        .ok_or_else(|| bad("`..` needs a name after it"))?;
-                }
-                b'.' => {
-                    i = key(rest, i + 1, &mut steps)
-                        .ok_or_else(|| bad("`.` needs a name after it"))?;
-                }
-                b'[' => {
-                    let end = rest[i..]
-                        .find(']')
-                        .ok_or_else(|| bad("a `[` is not closed"))?
-                        + i;
-                    let inner = &rest[i + 1..end];
-                    let step = if inner == "*" {
-                        Step::Any
-                    } else if let Some(name) = inner
-                        .strip_prefix('\'')
-                        .and_then(|n| n.strip_suffix('\''))
-                        .or_else(|| inner.strip_prefix('"').and_then(|n| n.strip_suffix('"')))
-                    {
-                        Step::Key(name.to_string())
-                    } else {
-                        Step::Index(
-                            inner
-                                .parse()
-                                .map_err(|_| bad("`[...]` holds an index, `*` or a quoted name"))?,
-                        )
-                    };
-                    steps.push(step);
-                    i = end + 1;
-                }
-                _ => return Err(bad("steps are `.name`, `[n]`, `[*]` or `..name`")),
-            }
-        }
-        if steps.last() == Some(&Step::Descend) {
-            return Err(bad("`..` needs a name after it"));
-        }
-        Ok(Pattern(steps))
-    }
-}
-
-/// Reads a `.name` step's name (up to the next `.` or `[`) from `i`; `*` is any key.
-fn key(s: &str, i: usize, steps: &mut Vec<Step>) -> Option<usize> {
-    let end = s[i..].find(['.', '[']).map_or(s.len(), |e| e + i);
-    let name = &s[i..end];
-    if name.is_empty() {
-        return None;
-    }
-    steps.push(if name == "*" {
-        Step::Any
-    } else {
-        Step::Key(name.to_string())
-    });
-    Some(end)
-}
-
-/// A step of a concrete path in a document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum At<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-impl Pattern {
-    fn matches(&self, path: &[At<'_>]) -> bool {
-        fn go(p: &[Step], path: &[At<'_>]) -> bool {
-            match (p.first(), path.first()) {
-                (None, _) => path.is_empty(),
-                (Some(Step::Descend), _) => (0..=path.len()).any(|skip| go(&p[1..], &path[skip..])),
-                (Some(_), None) => false,
-                (Some(step), Some(at)) => {
-                    let ok = match (step, at) {
-                        (Step::Any, _) => true,
-                        (Step::Key(k), At::Key(a)) => k == a,
-                        (Step::Index(n), At::Index(a)) => n == a,
-                        _ => false,
-                    };
-                    ok && go(&p[1..], &path[1..])
-                }
-            }
-        }
-        go(&self.0, path)
-    }
 }
 
 /// One difference, for the diff samples.
