@@ -37,9 +37,10 @@ use crate::history::Cause;
 
 mod dashboard;
 mod query;
+mod shift;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -59,7 +60,12 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A change to live state.
 #[derive(Debug)]
 pub enum Command {
-    SetShift { route: String, shift: Shift },
+    /// `expect`: the shift the change was decided on, if the caller said.
+    SetShift {
+        route: String,
+        shift: Shift,
+        expect: Option<Shift>,
+    },
     Reload,
 }
 
@@ -77,6 +83,16 @@ pub enum AdminError {
          right after and it now says {now}; look at the file and run the shift again"
     )]
     Overwritten { route: String, now: String },
+    #[error(
+        "the shift of `{}` is {now} now, not {expected} as when this change was decided (someone \
+         changed it meanwhile); nothing changed: look again and decide on {now}",
+        clip(route)
+    )]
+    Stale {
+        route: String,
+        now: Shift,
+        expected: Shift,
+    },
 }
 
 impl AdminError {
@@ -89,7 +105,8 @@ impl AdminError {
                 | edit::EditError::BeingWritten { .. }
                 | edit::EditError::Lock { .. },
             )
-            | AdminError::Overwritten { .. } => StatusCode::CONFLICT,
+            | AdminError::Overwritten { .. }
+            | AdminError::Stale { .. } => StatusCode::CONFLICT,
             AdminError::Edit(edit::EditError::NoSuchRoute { .. }) => StatusCode::NOT_FOUND,
             AdminError::Edit(edit::EditError::Invalid(_)) | AdminError::Reload(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -107,7 +124,11 @@ pub async fn apply(
 ) -> Result<serde_json::Value, AdminError> {
     let who = cause.client.as_deref().unwrap_or("-");
     match command {
-        Command::SetShift { route, shift } => {
+        Command::SetShift {
+            route,
+            shift,
+            expect,
+        } => {
             let _one_edit_at_a_time = live.edit_lock.lock().await;
             let snap = live.load();
             let Some(r) = snap.config.routes.iter().find(|r| r.id == route) else {
@@ -118,6 +139,13 @@ pub async fn apply(
                 });
             };
             let from = r.shift;
+            if let Some(expected) = expect.filter(|e| *e != from) {
+                return Err(AdminError::Stale {
+                    route,
+                    now: from,
+                    expected,
+                });
+            }
             let _editing = Editing::start(
                 live,
                 crate::history::Edit {
@@ -378,49 +406,6 @@ fn own_host(host: &str, at: Addresses) -> bool {
     })
 }
 
-/// Reads `{"percent": 25}` (or `"0.5%"`) within `BODY_TIMEOUT` and `MAX_BODY`.
-async fn read_shift<B: Body>(body: B) -> Result<Shift, Response<Full<Bytes>>>
-where
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let hint = "send a JSON body like {\"percent\": 25} or {\"percent\": \"0.5%\"}";
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Err(_) => {
-                return Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the body did not arrive within {BODY_TIMEOUT:?}"),
-                ))
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over {MAX_BODY} bytes; {hint}"),
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the body: {e}"),
-                ))
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-        };
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not JSON ({e}); {hint}"),
-        )
-    })?;
-    let percent = match value.get("percent") {
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(serde_json::Value::String(s)) => s.clone(),
-        _ => return Err(error(StatusCode::BAD_REQUEST, hint)),
-    };
-    // The CLI's parser: what `strangle shift` refuses, the API refuses.
-    Shift::parse(&percent).map_err(|e| error(StatusCode::BAD_REQUEST, e))
-}
-
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -515,7 +500,9 @@ where
             }
             json_reply(StatusCode::OK, &status)
         }
-        (&Method::GET, [file @ ("" | "dashboard.js" | "dashboard.css")]) => dashboard::asset(file),
+        (&Method::GET, [file @ ("" | "dashboard.js" | "dashboard.css" | "favicon.svg")]) => {
+            dashboard::asset(file)
+        }
         (&Method::GET, ["inventory"]) => match query::limit_query(req.uri().query(), 100) {
             Ok(limit) => {
                 let snap = live.load();
@@ -552,11 +539,16 @@ where
         }
         (&Method::PUT, ["routes", id, "shift"]) => {
             let id = id.to_string();
-            let shift = match read_shift(req.into_body()).await {
+            let asked = match shift::read_shift(req.into_body()).await {
                 Ok(s) => s,
                 Err(refused) => return refused,
             };
-            match apply(live, Command::SetShift { route: id, shift }, &cause).await {
+            let command = Command::SetShift {
+                route: id,
+                shift: asked.to,
+                expect: asked.from,
+            };
+            match apply(live, command, &cause).await {
                 Ok(v) => json_reply(StatusCode::OK, &v),
                 Err(e) => {
                     tracing::warn!(client = %who, "shift refused: {e}");
@@ -568,7 +560,7 @@ where
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
         },
-        (_, ["" | "dashboard.js" | "dashboard.css"])
+        (_, ["" | "dashboard.js" | "dashboard.css" | "favicon.svg"])
         | (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
         | (_, ["routes", _, "shift"]) => error(

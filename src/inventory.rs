@@ -226,11 +226,20 @@ impl Inventory {
     /// Adds counts read back from a file (a previous process's), under the same cap.
     pub fn merge(&self, saved: Vec<(Key, Counts)>) {
         for ((source, template), counts) in saved {
-            // What no process of ours writes: not taken in.
-            let foreign = source.contains('\0')
-                || template.contains('\0')
-                || source.chars().chain(template.chars()).any(char::is_control)
-                || counts.buckets.len() != BUCKETS_MS.len() + 1;
+            // What no process of ours writes: not taken in. Templates come from canonical
+            // paths (printable ASCII, non-ASCII percent-encoded) and sources are route ids, so
+            // a longer one, or one with controls or bidi marks, was written by hand.
+            let route_id = |s: &str| {
+                s.len() <= 1024
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            };
+            let foreign = !route_id(&source)
+                || template.is_empty()
+                || template.len() > MAX_TEMPLATE
+                || !template.bytes().all(|b| b.is_ascii_graphic())
+                || counts.buckets.len() != BUCKETS_MS.len() + 1
+                || counts.errors > counts.requests;
             if foreign {
                 continue;
             }

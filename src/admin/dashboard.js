@@ -49,6 +49,11 @@ function num(x) {
   return String(+(a >= 100 ? x.toFixed(0) : a >= 10 ? x.toFixed(1) : x.toFixed(2)));
 }
 
+// An axis's milliseconds: short enough for the axis ("2500 ms", "7.5 ms").
+function msTick(x) {
+  return (x >= 10 ? x.toFixed(0) : String(+x.toFixed(1))) + " ms";
+}
+
 function clock(t) {
   return new Date(t * 1000).toISOString().slice(11, 16);
 }
@@ -70,7 +75,7 @@ async function getJson(path) {
 // The frame every chart shares: an SVG of `w` x `h` with a y axis (0, half, top, as `fmt`
 // writes them) and a text alternative; returns the SVG and the plot's scales.
 function frame(w, h, yTop, fmt, label) {
-  const m = { left: 44, right: 8, top: 8, bottom: 20 };
+  const m = { left: 58, right: 8, top: 8, bottom: 20 };
   const svg = svgEl("svg", { viewBox: `0 0 ${w} ${h}`, width: w, height: h, role: "img", "aria-label": label, class: "chart-svg" });
   svg.append(svgEl("title", {}, label));
   const plot = { x0: m.left, x1: w - m.right, y0: h - m.bottom, y1: m.top };
@@ -88,7 +93,7 @@ function lineChart(sides, opts) {
   const all = sides.flatMap((s) => s.points);
   const top = opts.yMax ?? niceCeil(Math.max(0, ...all.map((p) => p[1])));
   const summary = sides.map((s) => `${s.side.name} ${s.points.length ? opts.fmt(s.points[s.points.length - 1][1]) : "no data"}`).join(", ");
-  const { svg, plot, sy } = frame(opts.width, opts.height, top, opts.fmt, `${opts.label}, latest: ${summary}`);
+  const { svg, plot, sy } = frame(opts.width, opts.height, top, opts.tick || opts.fmt, `${opts.label}, latest: ${summary}`);
   const sx = (t) => plot.x0 + ((t - opts.from) / Math.max(opts.to - opts.from, 1)) * (plot.x1 - plot.x0);
   for (const [t, anchor] of [[opts.from, "start"], [(opts.from + opts.to) / 2, "middle"], [opts.to, "end"]]) {
     svg.append(svgEl("text", { x: sx(t), y: opts.height - 5, "text-anchor": anchor, class: "tick" }, clock(t)));
@@ -134,21 +139,28 @@ function burnDownChart(days) {
   }
   svg.append(bars);
   // Dates under the bars, left to right, as many as fit without touching; the latest always.
+  // A date is about 62 px wide at the axis's size; the first is left-aligned, the last
+  // right-aligned, the others centred on their bar.
   const at = (i) => plot.x0 + (dayNo(days[i].date) - first + 0.5) * slot;
-  const room = 80;
+  const width = 62, gap = 10;
+  const extent = (i) => {
+    const cx = at(i);
+    if (cx - width / 2 < plot.x0) return ["start", Math.max(plot.x0, cx - slot / 2), width];
+    if (cx + width / 2 > plot.x1) return ["end", Math.min(plot.x1, cx + slot / 2), width];
+    return ["middle", cx, width];
+  };
+  const left = ([anchor, x, w]) => (anchor === "start" ? x : anchor === "end" ? x - w : x - w / 2);
   const shown = [];
   for (let i = 0; i < days.length; i++) {
-    const last = i === days.length - 1;
-    if (shown.length && at(i) - at(shown[shown.length - 1]) < room) {
-      if (!last) continue;
+    while (shown.length && left(extent(i)) < left(extent(shown[shown.length - 1])) + width + gap) {
+      if (i !== days.length - 1) break;
       shown.pop();
     }
+    if (shown.length && left(extent(i)) < left(extent(shown[shown.length - 1])) + width + gap) continue;
     shown.push(i);
   }
   for (const i of shown) {
-    const cx = at(i);
-    const anchor = cx - plot.x0 < room / 2 ? "start" : plot.x1 - cx < room / 2 ? "end" : "middle";
-    const x = anchor === "start" ? Math.max(plot.x0, cx - slot / 2) : anchor === "end" ? Math.min(plot.x1, cx + slot / 2) : cx;
+    const [anchor, x] = extent(i);
     svg.append(svgEl("text", { x: x.toFixed(1), y: h - 5, "text-anchor": anchor, class: "tick" }, days[i].date));
   }
   return svg;
@@ -162,94 +174,190 @@ function legend() {
   }));
 }
 
-function routeCard(r, series) {
+// Route cards by route id, built once and updated in place: a value being typed, the focus and
+// an open or closed chart section stay as the user left them across refreshes.
+const cards = new Map();
+// Charts are drawn for this many routes at first (the busiest first); the others on demand.
+const CHARTS_OPEN = 8;
+
+function makeCard(r, index) {
+  const card = el("article", { class: "route", "data-route": r.id });
+  const heading = el("h3", {}, el("bdi", {}, r.id), " ", el("code", {}, el("bdi", {}, r.path)));
+  card.setAttribute("aria-label", `route ${r.id}`);
+  const dl = el("dl", {});
+  const fields = {};
+  const row = (key, label) => {
+    fields[key] = el("dd", { class: key }, "–");
+    dl.append(el("div", {}, el("dt", {}, label), fields[key]));
+  };
+  row("shift", "shift");
+  row("new-share", "on the new side");
+  row("requests", "requests");
+  row("legacy", "legacy");
+  row("new", "new");
+  const charts = el("div", { class: "small-charts" });
+  const details = el("details", {}, el("summary", {}, "Charts"), charts);
+  details.open = index < CHARTS_OPEN;
+  const c = { r, card, fields, charts, details, series: null, shown: r.shift };
+  details.addEventListener("toggle", () => details.open && drawCharts(c));
+  card.append(heading, dl, details);
+  if (r.new) card.append(shiftForm(c));
+  return c;
+}
+
+function updateCard(c, r, series) {
+  c.r = r;
+  c.series = series;
+  c.fields.shift.textContent = r.shift;
+  c.fields["new-share"].textContent = r.requests ? pct(r.new_share) : "–";
+  c.fields.requests.textContent = r.requests;
+  for (const side of ["legacy", "new"]) {
+    const d = r.sides[side];
+    c.fields[side].replaceChildren(el("bdi", {}, r[side] || "none"), ` · errors ${pct(d.error_rate)} · p99 ${ms(d.p99_ms)}`);
+  }
+  // The field follows the route's shift until the user types in it (a draft is kept).
+  if (c.input && c.input.value === c.shown) c.input.value = r.shift;
+  c.shown = r.shift;
+  if (c.details.open) drawCharts(c);
+}
+
+function drawCharts(c) {
+  const { r, series } = c;
   const s = (series && series.routes && series.routes[r.id]) || { legacy: [], new: [] };
   const every = (series && series.resolution_s) || 10;
   const to = (series && series.to) || Date.now() / 1000;
   const firstT = Math.min(...[...s.legacy, ...s.new].map((p) => p.t), to);
   const from = Math.max((series && series.from) || 0, Math.min(firstT, to - MIN_SPAN_S));
-  const card = el("article", { class: "route", "data-route": r.id, "aria-labelledby": "route-" + r.id });
-  card.append(el("h3", { id: "route-" + r.id }, r.id + " ", el("code", {}, r.path)));
-  const dl = el("dl", {});
-  const row = (k, v, cls) => dl.append(el("div", {}, el("dt", {}, k), el("dd", cls ? { class: cls } : {}, v)));
-  row("shift", r.shift, "shift");
-  row("on the new side", r.requests ? pct(r.new_share) : "–", "new-share");
-  row("requests", r.requests, "requests");
-  for (const side of ["legacy", "new"]) {
-    const d = r.sides[side];
-    row(side, `${r[side] || "none"} · errors ${pct(d.error_rate)} · p99 ${ms(d.p99_ms)}`, side);
-  }
-  card.append(dl);
   // Requests per second: the interval still running is divided by the seconds it has had.
   const rate = (p) => p.requests / Math.max(1, Math.min(every, to - p.t));
   const charts = [
     ["requests/s", rate, num],
-    ["5xx share", (p) => (p.requests ? p["5xx"] / p.requests : 0), pct, 1],
-    ["p99 latency", (p) => p.p99_ms, ms, undefined, (p) => p.requests > 0],
+    ["5xx share", (p) => (p.requests ? p["5xx"] / p.requests : 0), pct, undefined, 1],
+    ["p99 latency", (p) => p.p99_ms, ms, msTick, undefined, (p) => p.requests > 0],
   ];
-  const grid = el("div", { class: "small-charts" });
-  for (const [title, f, fmt, yMax, keep] of charts) {
+  c.charts.replaceChildren(...charts.map(([title, f, fmt, tick, yMax, keep]) => {
     const sides = ["legacy", "new"].map((side) => ({
       side: SIDES[side],
       points: (s[side] || []).filter(keep || (() => true)).map((p) => [p.t, f(p)]),
     }));
-    const svg = lineChart(sides, { label: `${r.id}: ${title}`, fmt, yMax, from, to, width: 340, height: 120 });
-    grid.append(el("figure", {}, el("figcaption", {}, title), svg));
-  }
-  card.append(grid);
-  if (r.new) card.append(shiftForm(r));
-  return card;
+    const svg = lineChart(sides, { label: `${r.id}: ${title}`, fmt, tick, yMax, from, to, width: 340, height: 120 });
+    return el("figure", {}, el("figcaption", {}, title), svg);
+  }));
 }
 
-function shiftForm(r) {
-  const id = "shift-" + r.id;
-  const input = el("input", { id, type: "text", inputmode: "decimal", value: r.shift, size: "6", autocomplete: "off" });
+function renderRoutes(status) {
+  const routes = document.getElementById("routes");
+  if (status.routes.length === 0) {
+    routes.replaceChildren(el("p", {}, "No routes configured."));
+    cards.clear();
+    return;
+  }
+  if (!routes.querySelector(".legend")) routes.replaceChildren(legend());
+  const seen = new Set();
+  let before = routes.querySelector(".legend");
+  status.routes.forEach((r, i) => {
+    let c = cards.get(r.id);
+    if (!c) {
+      c = makeCard(r, i);
+      cards.set(r.id, c);
+    }
+    updateCard(c, r, status.series);
+    seen.add(r.id);
+    // Moved only when out of place (moving a node takes the focus out of it).
+    if (before.nextElementSibling !== c.card) before.after(c.card);
+    before = c.card;
+  });
+  for (const [id, c] of cards) {
+    if (!seen.has(id)) {
+      c.card.remove();
+      cards.delete(id);
+    }
+  }
+}
+
+// A percent as the API takes it: "25%", "0.5%", or a bare number read as percent.
+function percentOf(text) {
+  const m = /^\s*(\d{1,3}(?:\.\d{1,2})?)\s*%?\s*$/.exec(text);
+  if (!m || Number(m[1]) > 100) return null;
+  return m[1] + "%";
+}
+
+function shiftForm(c) {
+  const id = "shift-" + c.r.id;
+  const input = el("input", { id, type: "text", inputmode: "decimal", value: c.r.shift, size: "6", autocomplete: "off", "aria-describedby": id + "-error" });
   const button = el("button", { type: "submit" }, "Set shift…");
-  const form = el("form", { class: "shift-form" }, el("label", { for: id }, `New shift for ${r.id}`), input, button);
+  const problem = el("span", { id: id + "-error", class: "field-error", role: "alert" });
+  const form = el("form", { class: "shift-form" }, el("label", { for: id }, `New shift for ${c.r.id}`), input, button, problem);
+  c.input = input;
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    confirmShift(r, input.value.trim());
+    const percent = percentOf(input.value);
+    if (!percent) {
+      problem.textContent = "Write a share from 0% to 100%, like 25% or 0.5%.";
+      input.focus();
+      return;
+    }
+    problem.textContent = "";
+    input.value = percent;
+    confirmShift(c, percent);
   });
   return form;
 }
 
 // Asks before changing a shift; the PUT goes only when "Change it" is chosen (Escape, Cancel
-// or closing the dialog otherwise changes nothing), and a refusal is shown in the dialog.
-function confirmShift(r, percent) {
+// or closing the dialog otherwise changes nothing), and a refusal is shown in the dialog. The
+// PUT says which shift the change was decided on: if someone changed it meanwhile, the proxy
+// refuses (409) and the dialog shows the shift it has now.
+function confirmShift(c, percent) {
   const dialog = document.getElementById("confirm");
   const error = document.getElementById("confirm-error");
   const token = document.getElementById("confirm-token");
-  document.getElementById("confirm-text").textContent =
-    `Route ${r.id} (${r.path}): from ${r.shift} to ${percent}. The config file is changed, so it stays after a restart.`;
+  let from = c.r.shift;
+  const describe = () => {
+    document.getElementById("confirm-text").textContent =
+      `Route ${c.r.id} (${c.r.path}): from ${from} to ${percent}. The config file is changed, so it stays after a restart.`;
+  };
+  describe();
   error.textContent = "";
   const ask = () => {
-    // A value left from the last answer must not count as this one's (Escape keeps it).
+    // A value left from the last answer must not count as this one's.
     dialog.returnValue = "";
     dialog.showModal();
     token.focus();
   };
+  const done = () => {
+    // The token is not kept for the next change: each one is typed again.
+    token.value = "";
+    c.input.focus();
+  };
   dialog.onclose = async () => {
-    if (dialog.returnValue !== "ok") {
-      document.getElementById("shift-" + r.id)?.focus();
-      return;
-    }
+    if (dialog.returnValue !== "ok") return done();
     const headers = { "content-type": "application/json" };
     if (token.value) headers.authorization = "Bearer " + token.value;
     try {
-      const resp = await fetch(`/routes/${encodeURIComponent(r.id)}/shift`, {
+      const resp = await fetch(`/routes/${encodeURIComponent(c.r.id)}/shift`, {
         method: "PUT",
         headers,
-        body: JSON.stringify({ percent }),
+        body: JSON.stringify({ percent, from }),
       });
       if (!resp.ok) {
         const body = await resp.json().catch(() => ({}));
         error.textContent = `Not changed: ${body.error || resp.status}`;
+        if (resp.status === 409) {
+          const now = await getJson("/status").catch(() => null);
+          const r = now && now.routes.find((x) => x.id === c.r.id);
+          if (r) {
+            from = r.shift;
+            describe();
+          }
+        }
         ask();
         return;
       }
-      setStatus(`Route ${r.id}: shift set to ${percent}.`);
+      const answer = await resp.json().catch(() => ({}));
+      notice(`Route ${c.r.id}: shift set from ${answer.from || from} to ${answer.to || percent}.`, false);
       await refresh();
-      document.getElementById("shift-" + r.id)?.focus();
+      done();
     } catch (err) {
       error.textContent = "Not changed: " + err;
       ask();
@@ -258,8 +366,13 @@ function confirmShift(r, percent) {
   ask();
 }
 
-function setStatus(text) {
-  document.getElementById("notice").textContent = text;
+// The notice line: a problem stays until a refresh succeeds; news for a while.
+let noticeUntil = 0;
+function notice(text, problem) {
+  const n = document.getElementById("notice");
+  n.textContent = text;
+  n.classList.toggle("problem", problem);
+  noticeUntil = problem ? Infinity : Date.now() + 15000;
 }
 
 function fill(tbody, rows) {
@@ -289,15 +402,7 @@ function render(status, history, inventory) {
   document.getElementById("recent-share").textContent = pct(status.recent.new_share) + " on new sides";
   renderBurnDown(status.burn_down);
 
-  // A shift being typed is not redrawn under the user.
-  const editing = document.activeElement && document.activeElement.closest("#routes .shift-form input");
-  if (!editing) {
-    const routes = document.getElementById("routes");
-    const cards = status.routes.map((r) => routeCard(r, status.series));
-    const focused = document.activeElement && document.activeElement.id;
-    routes.replaceChildren(...(cards.length ? [legend(), ...cards] : [el("p", {}, "No routes configured.")]));
-    if (focused && focused.startsWith("shift-")) document.getElementById(focused)?.focus();
-  }
+  renderRoutes(status);
 
   const ups = [];
   for (const [name, u] of Object.entries(status.upstreams || {})) {
@@ -311,16 +416,19 @@ function render(status, history, inventory) {
   fill(document.querySelector("#upstreams tbody"), ups);
 
   fill(document.querySelector("#inventory tbody"), inventory.rows.map((r) => [
-    pct(r.share), r.requests, el("td", {}, el("code", {}, r.template)),
-    r.source === "_default" ? "unmatched" : r.source, r.methods.join(", "), pct(r.error_rate), ms(r.p99_ms),
+    pct(r.share), r.requests, el("td", {}, el("code", {}, el("bdi", {}, r.template))),
+    el("td", {}, el("bdi", {}, r.source === "_default" ? "unmatched" : r.source)), r.methods.join(", "), pct(r.error_rate), ms(r.p99_ms),
   ]));
 
   const items = history.entries.slice().reverse().map((e) => {
+    // Each value from the API in an isolate of its own: a right-to-left mark in one cannot turn
+    // the rest of the line around.
+    const b = (v) => el("bdi", {}, v);
     const what = e.kind === "shift"
-      ? `shift ${e.route}: ${e.from ? e.from + " → " : ""}${e.to}`
-      : e.ok ? "reload applied" : `reload refused: ${(e.error || "").split("\n")[0]}`;
-    const who = e.how + (e.client ? " from " + e.client : "");
-    return el("li", {}, el("time", { datetime: e.at }, e.at.replace("T", " ").slice(0, 19)), ` ${what} (${who})`);
+      ? ["shift ", b(e.route), ": ", ...(e.from ? [b(e.from), " → "] : []), b(e.to)]
+      : e.ok ? ["reload applied"] : ["reload refused: ", b((e.error || "").split("\n")[0])];
+    const who = [" (", b(e.how), ...(e.client ? [" from ", b(e.client)] : []), ")"];
+    return el("li", {}, el("time", { datetime: e.at }, b(e.at.replace("T", " ").slice(0, 19))), " ", ...what, ...who);
   });
   document.getElementById("history").replaceChildren(...items);
   document.getElementById("updated").textContent = "Updated " + new Date().toISOString().slice(11, 19) + " UTC";
@@ -334,8 +442,9 @@ async function refresh() {
     ]);
     // A dialog being answered is not redrawn under the user.
     if (!document.getElementById("confirm").open) render(status, history, inventory);
+    if (Date.now() > noticeUntil) notice("", false);
   } catch (err) {
-    setStatus("Cannot reach the admin API: " + err.message);
+    notice("Cannot reach the admin API: " + err.message, true);
   }
 }
 

@@ -11,6 +11,10 @@ use super::reply;
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 const DASHBOARD_JS: &str = include_str!("dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("dashboard.css");
+/// A small icon, so the browser's own request for one is answered.
+const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+<rect width=\"16\" height=\"16\" rx=\"3\" fill=\"#1f4e9c\"/><rect x=\"8\" width=\"8\" height=\"16\" \
+rx=\"3\" fill=\"#a34f00\"/></svg>";
 
 /// A dashboard file, with a policy that lets it load only itself and read only this API (a
 /// template from a client path can never run as script), and never be framed.
@@ -18,6 +22,7 @@ pub(super) fn asset(file: &str) -> Response<Full<Bytes>> {
     let (content_type, body) = match file {
         "dashboard.js" => ("text/javascript; charset=utf-8", DASHBOARD_JS),
         "dashboard.css" => ("text/css; charset=utf-8", DASHBOARD_CSS),
+        "favicon.svg" => ("image/svg+xml", FAVICON),
         _ => ("text/html; charset=utf-8", DASHBOARD_HTML),
     };
     let mut r = reply(StatusCode::OK, content_type, body);

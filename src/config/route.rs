@@ -27,11 +27,11 @@ impl Cx<'_> {
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for r in raw {
             let id = r.id.get_ref().clone();
-            if !valid_name(&id) {
+            if !valid_name(&id) || id.bytes().all(|b| b == b'.') {
                 self.err_at(
                     &r.id,
                     format!("bad route id `{id}`"),
-                    Some("use letters, digits, `-` and `_`".into()),
+                    Some("use letters, digits, `-`, `_` and `.` (not dots alone: the id is a URL path segment in the admin API)".into()),
                 );
             }
             if ids.insert(id.clone(), out.len()).is_some() {

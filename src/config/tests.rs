@@ -716,3 +716,13 @@ fn a_shadow_is_lowered_with_its_defaults_and_its_mistakes_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn a_route_id_of_dots_alone_is_refused() {
+    for id in [".", ".."] {
+        let text = GOOD.replacen("id = \"health\"", &format!("id = \"{id}\""), 1);
+        let e = parse_str(&text).unwrap_err().to_string();
+        assert!(e.contains(&format!("bad route id `{id}`")), "{e}");
+    }
+    assert!(parse_str(&GOOD.replacen("id = \"health\"", "id = \"health.v2\"", 1)).is_ok());
+}

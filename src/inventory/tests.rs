@@ -167,6 +167,26 @@ fn a_saved_inventory_is_read_back_and_added_to() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].1.requests, 2);
     assert_eq!(all[0].1.methods(), ["GET", "DELETE"]);
+    // Rows no process of ours writes are left out: a template too long or with a bidi mark,
+    // a source that is no route id, more errors than requests.
+    let row = |source: &str, template: &str, requests: u64, errors: u64| {
+        let c = Counts {
+            requests,
+            errors,
+            ..Counts::default()
+        };
+        ((source.to_string(), template.to_string()), c)
+    };
+    let hand_edited = Inventory::default();
+    hand_edited.merge(vec![
+        row("_default", &format!("/{}", "a".repeat(300)), 1, 0),
+        row("_default", "/\u{202e}gpj.exe", 1, 0),
+        row("<img src=x>", "/x", 1, 0),
+        row("bookings", "/x", 1, 5),
+        row("bookings", "/kept/{id}", 3, 1),
+    ]);
+    let kept: Vec<String> = hand_edited.all().into_iter().map(|((_, t), _)| t).collect();
+    assert_eq!(kept, ["/kept/{id}"]);
     // A file that is not an inventory is said and ignored.
     std::fs::write(&path, "{not json").unwrap();
     let fresh = Inventory::default();

@@ -892,3 +892,39 @@ fn a_shift_racing_an_editors_save_loses_neither_change() {
         "{late} shifts reverted by saves after the answer"
     );
 }
+
+#[test]
+fn a_shift_decided_on_a_stale_view_is_refused_and_changes_nothing() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&split_config(&legacy, &new, "10%", "none"));
+    let put = |body: &str| {
+        Client::connect(proxy.admin_port)
+            .request("PUT", "/routes/bookings/shift", &[], body.as_bytes())
+            .unwrap()
+    };
+    // Someone else moved it to 40% after this caller saw 10%.
+    assert_eq!(put(r#"{"percent": "40%"}"#).status, 200);
+    let r = put(r#"{"percent": "20%", "from": "10%"}"#);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let e = json_error(&r);
+    assert!(
+        e.contains("is 40% now, not 10%") && e.contains("nothing changed"),
+        "{e}"
+    );
+    assert_eq!(shift_now(&proxy), "40%");
+    assert!(std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .contains("shift = \"40%\""));
+    // On the current view (any spelling of it) it goes through; `from` is optional.
+    let r = put(r#"{"percent": "20%", "from": 40}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(shift_now(&proxy), "20%");
+    for bad in [
+        r#"{"percent": 5, "from": "abc"}"#,
+        r#"{"percent": 5, "from": [1]}"#,
+    ] {
+        let r = put(bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    assert_eq!(shift_now(&proxy), "20%");
+}

@@ -53,6 +53,9 @@ fn the_dashboard_is_served_whole_from_the_binary_with_a_policy_that_loads_nothin
         assert_eq!(proxy.admin("GET", &path, b"").status, 200, "{endpoint}");
     }
     assert_eq!(proxy.admin("GET", "/dashboard.css", b"").status, 200);
+    let icon = proxy.admin("GET", "/favicon.svg", b"");
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+    assert!(html.contains("href=\"/favicon.svg\""));
     assert_eq!(proxy.admin("POST", "/", b"").status, 405);
     // A page elsewhere that resolves a name to 127.0.0.1 (DNS rebinding) gets nothing.
     let r = send_once(
@@ -387,6 +390,17 @@ fn a_shift_is_changed_from_the_dashboard_by_keyboard_and_only_after_confirmation
     browser.type_text("75%");
     browser.press("Tab", false);
     assert_eq!(browser.eval(FOCUSED)["text"], "Set shift…");
+    // A refresh (every 5 s) keeps what was typed and where the focus is.
+    let updated = browser.eval("document.getElementById('updated').textContent");
+    browser.wait_until(
+        &format!("document.getElementById('updated').textContent !== {updated}"),
+        Duration::from_secs(12),
+    );
+    assert_eq!(browser.eval(FOCUSED)["text"], "Set shift…");
+    assert_eq!(
+        browser.eval("document.getElementById('shift-bookings').value"),
+        "75%"
+    );
 
     // Enter asks first; the token field has the focus; Escape changes nothing.
     browser.press("Enter", false);
@@ -441,6 +455,12 @@ fn a_shift_is_changed_from_the_dashboard_by_keyboard_and_only_after_confirmation
     browser.press("Tab", false);
     browser.press("Enter", false);
     assert_eq!(browser.eval(FOCUSED)["id"], "confirm-token");
+    // The token typed for an earlier answer is not kept for this one.
+    assert_eq!(
+        browser.eval("document.getElementById('confirm-token').value"),
+        ""
+    );
+    browser.type_text(token);
     browser.press("Enter", false);
     eventually(Duration::from_secs(10), "the shift changed", || {
         shift(&proxy) == "75%"
@@ -450,7 +470,7 @@ fn a_shift_is_changed_from_the_dashboard_by_keyboard_and_only_after_confirmation
         .contains("shift = \"75%\""));
     browser.wait_until(
         "document.querySelector('[data-route=\"bookings\"] dd.shift').textContent === '75%' && \
-         document.getElementById('notice').textContent === 'Route bookings: shift set to 75%.'",
+         document.getElementById('notice').textContent === 'Route bookings: shift set from 50% to 75%.'",
         Duration::from_secs(10),
     );
     // The focus is back where the user was.
@@ -458,14 +478,119 @@ fn a_shift_is_changed_from_the_dashboard_by_keyboard_and_only_after_confirmation
         "document.activeElement.id === 'shift-bookings'",
         Duration::from_secs(5),
     );
+    // Decided on a stale view: while the dialog is open another operator shifts to 80%. The
+    // change is refused (it would undo theirs) and the dialog shows the shift as it is now.
+    browser.eval("document.getElementById('shift-bookings').select()");
+    browser.type_text("30");
+    browser.press("Tab", false);
+    browser.press("Enter", false);
+    let asked = browser.eval("document.getElementById('confirm-text').textContent");
+    assert!(
+        asked.as_str().unwrap().contains("from 75% to 30%"),
+        "{asked}"
+    );
+    let bearer = format!("Bearer {token}");
+    let other = Client::connect(proxy.admin_port)
+        .request(
+            "PUT",
+            "/routes/bookings/shift",
+            &[("Authorization", &bearer)],
+            br#"{"percent": "80%"}"#,
+        )
+        .unwrap();
+    assert_eq!(other.status, 200);
+    browser.type_text(token);
+    browser.press("Enter", false);
+    browser.wait_until(
+        "document.getElementById('confirm').open && \
+         document.getElementById('confirm-text').textContent.includes('from 80% to 30%') && \
+         document.getElementById('confirm-error').textContent.includes('is 80% now, not 75%')",
+        Duration::from_secs(10),
+    );
+    assert_eq!(shift(&proxy), "80%");
+    // Confirmed again, on what it is now.
+    browser.press("Enter", false);
+    eventually(Duration::from_secs(10), "the shift changed", || {
+        shift(&proxy) == "30%"
+    });
+
     let history = proxy.admin("GET", "/history?route=bookings", b"");
     let entries: Value = serde_json::from_str(&history.text()).unwrap();
-    let last = entries["entries"]
+    let shifts: Vec<(String, String)> = entries["entries"]
         .as_array()
         .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(last["to"], "75%");
-    assert_eq!(last["how"], "admin");
+        .iter()
+        .filter(|e| e["kind"] == "shift")
+        .map(|e| {
+            (
+                e["to"].as_str().unwrap().into(),
+                e["how"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let admin = |to: &str| (to.to_string(), "admin".to_string());
+    assert_eq!(shifts[1..], [admin("75%"), admin("80%"), admin("30%")]);
+}
+
+#[test]
+fn long_names_and_errors_wrap_and_only_the_first_routes_draw_charts_at_once() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let long_id = format!("r{}", "x".repeat(300));
+    let long_upstream = format!("u{}", "y".repeat(200));
+    let mut config = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream(&long_upstream, &new.addr())
+        .upstream("new-side", &new.addr());
+    config = config.route(&long_id, "/long", |r| {
+        r.legacy("legacy").new(&long_upstream).shift("10%")
+    });
+    for i in 0..11 {
+        config = config.route(&format!("r{i}"), &format!("/r{i}"), |r| {
+            r.legacy("legacy").new("new-side").shift("5%")
+        });
+    }
+    let text = config.build();
+    let proxy = Proxy::start(&text);
+    // Latency over 10 ms, so the p99 axis has its widest labels.
+    let mut c = proxy.client();
+    for _ in 0..3 {
+        c.get("/long/1", &[("x-delay-ms", "15")]).unwrap();
+    }
+    // A reload refused with a long error that has no place to break.
+    let bogus = format!("[server]\nbogus-{} = 1", "z".repeat(600));
+    proxy.rewrite(&text.replacen("[server]", &bogus, 1));
+    assert_eq!(proxy.admin("POST", "/reload", b"").status, 422);
+
+    let mut browser = Browser::start(LAPTOP.0, LAPTOP.1);
+    browser.open(&proxy.admin_url());
+    browser.wait_until(
+        "document.body.dataset.loaded === '1' && \
+         [...document.querySelectorAll('#history li')].some((l) => l.textContent.includes('reload refused'))",
+        Duration::from_secs(20),
+    );
+    let page = browser.eval(
+        r##"(() => ({
+          scroll: document.documentElement.scrollWidth, inner: window.innerWidth,
+          // What sticks out, if anything does.
+          wide: [...document.querySelectorAll("body *")].filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1)
+            .slice(0, 6).map((e) => `${e.tagName}.${e.className}#${e.id} ${Math.round(e.getBoundingClientRect().width)}`),
+          cards: document.querySelectorAll("article.route").length,
+          drawn: [...document.querySelectorAll("article.route")].filter((a) => a.querySelector("svg")).length,
+          // Every axis label inside its chart (none cut at the left edge).
+          clipped: [...document.querySelectorAll("svg.chart-svg text.tick")].filter((t) => t.getBBox().x < 0).map((t) => t.textContent),
+          p99: document.querySelector("article.route").querySelectorAll("figure")[2].querySelectorAll("text.tick")[2].textContent,
+        }))()"##,
+    );
+    assert!(page["scroll"].as_f64() <= page["inner"].as_f64(), "{page}");
+    assert_eq!(page["cards"], 12);
+    assert_eq!(page["drawn"], 8, "charts for the first routes only: {page}");
+    assert_eq!(page["clipped"], serde_json::json!([]), "{page}");
+    assert!(page["p99"].as_str().unwrap().ends_with(" ms"), "{page}");
+    // The others draw when opened.
+    browser.eval("document.querySelectorAll('article.route details')[10].open = true");
+    browser.wait_until(
+        "!!document.querySelectorAll('article.route')[10].querySelector('svg')",
+        Duration::from_secs(5),
+    );
 }
