@@ -491,14 +491,19 @@ where
                 Err(why) => return error(StatusCode::BAD_REQUEST, why),
             };
             let mut status = serde_json::to_value(crate::status::build(live)).unwrap_or_default();
-            if let (Some(range), Some(obj)) = (range, status.as_object_mut()) {
+            let Some(range) = range else {
+                return json_reply(StatusCode::OK, &status);
+            };
+            if let Some(obj) = status.as_object_mut() {
                 let series = live.registry.series(range);
                 obj.insert(
                     "series".into(),
                     serde_json::to_value(series).unwrap_or_default(),
                 );
             }
-            json_reply(StatusCode::OK, &status)
+            // Series are for programs (the dashboard reads them every few seconds): compact.
+            let body = serde_json::to_vec(&status).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body)
         }
         (&Method::GET, [file @ ("" | "dashboard.js" | "dashboard.css" | "favicon.svg")]) => {
             dashboard::asset(file)
