@@ -37,6 +37,7 @@ use crate::history::Cause;
 
 mod dashboard;
 mod query;
+mod reads;
 mod shift;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -426,7 +427,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET / (the dashboard), GET /status, GET /history, GET /inventory, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET / (the dashboard), GET /status, GET /history, GET /inventory, GET /routes/{id}/diffs, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -485,50 +486,13 @@ where
         .is_some_and(|ua| ua.as_bytes().starts_with(b"strangle/"));
     let cause = Cause::admin(who.clone(), cli);
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["status"]) => {
-            let range = match query::series_range(req.uri().query()) {
-                Ok(r) => r,
-                Err(why) => return error(StatusCode::BAD_REQUEST, why),
-            };
-            let mut status = serde_json::to_value(crate::status::build(live)).unwrap_or_default();
-            let Some(range) = range else {
-                return json_reply(StatusCode::OK, &status);
-            };
-            if let Some(obj) = status.as_object_mut() {
-                let series = live.registry.series(range);
-                obj.insert(
-                    "series".into(),
-                    serde_json::to_value(series).unwrap_or_default(),
-                );
-            }
-            // Series are for programs (the dashboard reads them every few seconds): compact.
-            let body = serde_json::to_vec(&status).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body)
-        }
+        (&Method::GET, ["status"]) => reads::status(live, req.uri().query()),
         (&Method::GET, [file @ ("" | "dashboard.js" | "dashboard.css" | "favicon.svg")]) => {
             dashboard::asset(file)
         }
-        (&Method::GET, ["inventory"]) => match query::limit_query(req.uri().query(), 100) {
-            Ok(limit) => {
-                let snap = live.load();
-                let report = crate::inventory::report::report(&snap.inventory, &snap.config, limit);
-                json_reply(
-                    StatusCode::OK,
-                    &serde_json::to_value(report).unwrap_or_default(),
-                )
-            }
-            Err(why) => error(StatusCode::BAD_REQUEST, why),
-        },
-        (&Method::GET, ["history"]) => match query::history_query(req.uri().query()) {
-            Ok((route, limit)) => json_reply(
-                StatusCode::OK,
-                &json!({
-                    "file": live.history.path().display().to_string(),
-                    "entries": live.history.entries(route.as_deref(), limit),
-                }),
-            ),
-            Err(why) => error(StatusCode::BAD_REQUEST, why),
-        },
+        (&Method::GET, ["inventory"]) => reads::inventory(live, req.uri().query()),
+        (&Method::GET, ["history"]) => reads::history(live, req.uri().query()),
+        (&Method::GET, ["routes", id, "diffs"]) => reads::diffs(live, id),
         (&Method::GET, ["metrics"]) => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -568,7 +532,7 @@ where
         (_, ["" | "dashboard.js" | "dashboard.css" | "favicon.svg"])
         | (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
-        | (_, ["routes", _, "shift"]) => error(
+        | (_, ["routes", _, "shift" | "diffs"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "{method} is not allowed on {}; endpoints: {ENDPOINTS}",

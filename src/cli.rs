@@ -316,6 +316,71 @@ pub async fn inventory(target: &AdminTarget, limit: usize, json: bool) -> anyhow
     Ok(())
 }
 
+/// `strangle diffs ROUTE`: the route's shadow results and its last mismatches, each with the
+/// paths that differed.
+pub async fn diffs(target: &AdminTarget, route: &str, json: bool) -> anyhow::Result<()> {
+    let id = resolve_route(&fetch_status(target).await?, route)?;
+    let path = format!(
+        "/routes/{}/diffs",
+        form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+    );
+    let Some(body) = read_or_print(target, &path, json).await? else {
+        return Ok(());
+    };
+    let shadow: crate::shadow::ShadowStatus =
+        serde_json::from_value(body["shadow"].clone()).context("unexpected diffs document")?;
+    println!(
+        "route {}: {} of requests shadowed; {} compared, {} mismatched ({:.1}%), {} dropped, {} failed",
+        printable(&id),
+        shadow.percent,
+        shadow.matched + shadow.mismatched,
+        shadow.mismatched,
+        shadow.mismatch_rate * 100.0,
+        shadow.dropped,
+        shadow.errors
+    );
+    if !shadow.learned.is_empty() {
+        println!(
+            "noise learned by calibration: {}",
+            printable(&shadow.learned.join(", "))
+        );
+    }
+    let samples = body["samples"].as_array().cloned().unwrap_or_default();
+    if samples.is_empty() {
+        println!("no mismatch seen");
+    }
+    for s in &samples {
+        let text = |k: &str| printable(s[k].as_str().unwrap_or("?"));
+        println!(
+            "\n{}  {} {}  (client got {}; legacy {}, new {}; body by {})",
+            text("at"),
+            text("method"),
+            text("path"),
+            text("answered_by"),
+            s["legacy"]["status"],
+            s["new"]["status"],
+            text("body")
+        );
+        for d in s["differences"].as_array().into_iter().flatten() {
+            let v = |k: &str| printable(d[k].as_str().unwrap_or("?"));
+            println!(
+                "    {}: legacy {}  new {}",
+                v("path"),
+                v("legacy"),
+                v("new")
+            );
+        }
+        let (count, shown) = (
+            s["count"].as_u64().unwrap_or(0),
+            s["differences"].as_array().map_or(0, Vec::len),
+        );
+        if count > shown as u64 {
+            println!("    ... {} more", count - shown as u64);
+        }
+    }
+    Ok(())
+}
+
 /// `text` with control characters (a terminal's escape sequences) shown as `?`: what the
 /// inventory and the history print can come from files on disk.
 fn printable(text: &str) -> String {

@@ -108,6 +108,17 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// A shadowing route's results: how many copies matched, and its last mismatches with the
+    /// JSON paths that differed.
+    Diffs {
+        /// The route's path (`/bookings`) or id.
+        route: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// The migration at a glance: per route its shift, traffic per side, errors and latency.
     Status {
         /// Print JSON instead of a table.
@@ -168,6 +179,9 @@ fn main() -> ExitCode {
         } => run_client(|| async move {
             cli::history(&admin.into(), route.as_deref(), limit, json).await
         }),
+        Command::Diffs { route, json, admin } => {
+            run_client(|| async move { cli::diffs(&admin.into(), &route, json).await })
+        }
         Command::Status { json, watch, admin } => run_client(|| async move {
             cli::status(
                 &admin.into(),

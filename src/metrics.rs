@@ -333,6 +333,26 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     );
     header(
         &mut out,
+        "strangle_shadow_requests_total",
+        "counter",
+        "Shadow copies by route and outcome: matched or mismatched (compared with the client's answer), error (the copy failed), dropped (the queue was full).",
+    );
+    for (route, r) in snap.shadows.all() {
+        for (outcome, n) in [
+            ("matched", &r.matched),
+            ("mismatched", &r.mismatched),
+            ("error", &r.errors),
+            ("dropped", &r.dropped),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "strangle_shadow_requests_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
         "strangle_emf_lines_total",
         "counter",
         "CloudWatch EMF lines made ([telemetry.emf]); written through the access log's writer when both go to the same place.",

@@ -7,12 +7,14 @@
 //! error hooks run the exchange deadlines, retries and passive health; `response_filter`
 //! repairs framing (`respond::frame_response`); `logging` is the pipeline's account step.
 
+mod attempt;
 mod aws;
 mod fast;
 mod pool;
 mod respond;
+mod shadow;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,16 +27,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::exchange::{ExchangeDeadline, Late};
+use crate::exchange::ExchangeDeadline;
 use crate::lambda::PAYLOAD_LIMIT;
 use crate::pipeline::guard::Inbound;
 use crate::pipeline::{outbound, Finished, Request};
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
-use crate::upstream::{HttpUpstream, Kind};
+use crate::upstream::Kind;
 pub use fast::Fast;
 pub use pool::sweep as sweep_idle_upstreams;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
+pub use shadow::Worker as ShadowWorker;
 
 /// The strangle proxy.
 #[derive(Clone)]
@@ -47,7 +50,7 @@ pub struct Strangle {
 /// response went.
 pub struct Ctx {
     req: Request,
-    attempt: Attempt,
+    attempt: attempt::Attempt,
     /// The status the client got (or gets, should the grace period cut the response off).
     status: u16,
     error: Option<String>,
@@ -56,109 +59,8 @@ pub struct Ctx {
     replaced: bool,
     /// `logging` ran for this request.
     logged: bool,
-}
-
-/// The exchange with an HTTP upstream, across retries.
-#[derive(Default)]
-struct Attempt {
-    /// The path to send upstream when it differs from the client's (normalised or prefixed).
-    upstream_path: Option<String>,
-    peer_addr: Option<SocketAddr>,
-    avoid: Option<SocketAddr>,
-    /// Attempts after the first (a refused connect, or a sent idempotent request that got no
-    /// response), at most the upstream's `retries`.
-    retried: usize,
-    /// The upstream's response head arrived (a retry after that would repeat a response).
-    head_received: bool,
-    /// `response-timeout` / `request-timeout` on the current upstream connection.
-    deadline: Option<ExchangeDeadline>,
-    /// A deadline passed on an earlier attempt or this one.
-    late: Option<Late>,
-    /// The whole request (head and body) has been sent upstream (for the head's deadline and
-    /// passive health: a slow client's upload is never the upstream's fault).
-    request_sent: bool,
-}
-
-impl Drop for Ctx {
-    fn drop(&mut self) {
-        if !self.logged && self.req.lifecycle().cut_off() {
-            // The end of the grace period dropped this request: it is logged and counted.
-            let target = self.req.raw_target();
-            let target = String::from_utf8_lossy(&target);
-            let fallback = target.split('?').next().unwrap_or("");
-            let method = self.req.method.as_ref().map_or("", http::Method::as_str);
-            let path = self.req.logged_path(fallback);
-            self.req.account(
-                self.req.lifecycle().cut_off_log(),
-                Finished {
-                    status: self.status,
-                    method,
-                    path: &path,
-                    client: self.req.client.addr,
-                    bytes: (0, 0),
-                    error: Some("cut off: the grace period ended before the response did".into()),
-                },
-            );
-        }
-    }
-}
-
-impl Ctx {
-    /// Response body passed (upstream side or client side). At its end the deadline is over;
-    /// if it had passed, the end is the socket shutdown that ended a late exchange, read as
-    /// the end of a body delimited by the close, and the client's response must not end as if
-    /// complete: an error instead.
-    fn body_passed(&mut self, end_of_stream: bool) -> Result<Option<std::time::Duration>> {
-        if end_of_stream {
-            self.disarm();
-            let late = self.attempt.late.or_else(|| {
-                let d = self.attempt.deadline.as_ref();
-                d.and_then(ExchangeDeadline::fired)
-            });
-            if let Some(late) = late {
-                self.attempt.late = Some(late);
-                let e = Error::explain(ErrorType::ReadTimedout, late.to_string());
-                return Err(e.into_up());
-            }
-        }
-        Ok(None)
-    }
-
-    /// Ends the deadline on the current upstream connection, noting whether it had passed.
-    fn disarm(&mut self) {
-        if let Some(d) = self.attempt.deadline.take() {
-            d.disarm();
-            self.attempt.late = self.attempt.late.or(d.fired());
-        }
-    }
-
-    /// The HTTP upstream serving this request, if it is one.
-    fn http_upstream(&self) -> Option<&HttpUpstream> {
-        match &self.req.upstream()?.kind {
-            Kind::Http(h) => Some(h),
-            _ => None,
-        }
-    }
-
-    /// Passive health: tells the upstream how the current address did.
-    fn report(&self, ok: bool) {
-        if let (Some(up), Some(addr)) = (self.http_upstream(), self.attempt.peer_addr) {
-            up.report(addr, ok);
-        }
-    }
-
-    /// After a failed attempt: the next one avoids this address, and happens when `allowed`
-    /// and the upstream's `retries` are not used up.
-    fn next_attempt(&mut self, allowed: bool) -> bool {
-        let retries = self.req.upstream().map_or(0, |u| u.config.retries);
-        let a = &mut self.attempt;
-        a.avoid = a.peer_addr;
-        let retry = allowed && a.retried < retries;
-        if retry {
-            a.retried += 1;
-        }
-        retry
-    }
+    /// The capture of a shadowed request (`None` for nearly all).
+    shadow: Option<Box<shadow::Tap>>,
 }
 
 /// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
@@ -240,6 +142,10 @@ impl Strangle {
                 return refuse(session, ctx, r).await;
             }
         }
+        ctx.shadow = shadow::Tap::start(ctx, session);
+        if let (Some(tap), Some(body)) = (ctx.shadow.as_mut(), &body) {
+            tap.request_body(body);
+        }
         match (&upstream.kind, body) {
             (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, &upstream, body).await,
             (Kind::Signed, Some(body)) => aws::serve_signed(session, ctx, &upstream, body).await,
@@ -264,11 +170,12 @@ impl ProxyHttp for Strangle {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             req: Request::new(self.live.load(), &self.live.lifecycle),
-            attempt: Attempt::default(),
+            attempt: attempt::Attempt::default(),
             status: 0,
             error: None,
             replaced: false,
             logged: false,
+            shadow: None,
         }
     }
 
@@ -362,10 +269,13 @@ impl ProxyHttp for Strangle {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            tap.request_body(data);
+        }
         if end_of_stream && !ctx.attempt.request_sent {
             ctx.attempt.request_sent = true;
             let head = ctx.req.upstream().and_then(|u| u.config.response_timeout);
@@ -507,10 +417,13 @@ impl ProxyHttp for Strangle {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
+            tap.body(data);
+        }
         ctx.body_passed(end_of_stream)
     }
 
@@ -571,8 +484,11 @@ impl ProxyHttp for Strangle {
             Some(r) if !ctx.replaced => r.status.as_u16(),
             _ => ctx.status,
         };
-        let req = session.req_header();
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
+        if ctx.shadow.is_some() {
+            shadow::submit(session, ctx, status, error.is_some() || ctx.replaced);
+        }
+        let req = session.req_header();
         let path = ctx.req.logged_path(req.uri.path());
         ctx.req.account(
             Some(&self.access),

@@ -1,5 +1,388 @@
 //! Shadow traffic: a copy of a request sent to the side the split did not choose, in the
 //! background, and the two answers compared (`compare`), so a new side is proven on real
 //! traffic before it answers anyone.
+//!
+//! The request path only decides whether a request is shadowed and captures what it needs (the
+//! request as forwarded, the answer the client got, each body up to the route's cap). When the
+//! client has its answer, the account step hands a `Job` to `Shadows::submit`: a bounded queue
+//! (by jobs and by bytes) that never waits; a full queue drops the job and counts it. A worker
+//! (`Shadows::run`) sends each copy through an engine (`Sender`, the proxy's, with the same
+//! outbound header policy and Lambda signing as the request path) and compares the answers.
+//! Per route: how many were shadowed, matched, mismatched, dropped and failed, the noise
+//! calibration learned, and the last mismatches as redacted samples (`GET /routes/{id}/diffs`).
 
 pub mod compare;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::config::shadow::Shadow;
+use crate::split::Side;
+use crate::upstream::Shared;
+use compare::{Answer, BodyCompared, Difference, Ignore};
+
+/// Jobs waiting at most.
+pub const QUEUE_JOBS: usize = 1024;
+/// Bytes (bodies) waiting at most.
+pub const QUEUE_BYTES: usize = 64 << 20;
+/// Bytes held by the captures of requests still being answered, at most: past it a request is
+/// not shadowed (counted as dropped), so many large shadowed answers at once cannot exhaust
+/// memory before the queue's own bound applies.
+pub const CAPTURE_BYTES: usize = 64 << 20;
+/// Copies in flight at once.
+pub const CONCURRENCY: usize = 16;
+/// Mismatch samples kept per route.
+pub const SAMPLES: usize = 50;
+/// Noise paths learned per route at most.
+pub const MAX_LEARNED: usize = 256;
+/// The first this many shadowed requests of a route calibrate, then one in `CALIBRATE_EVERY`.
+const CALIBRATE_FIRST: u64 = 20;
+const CALIBRATE_EVERY: u64 = 10;
+
+/// The request as it is copied: what every upstream kind needs to send it again.
+#[derive(Debug, Clone)]
+pub struct Copy {
+    pub method: http::Method,
+    /// The routed (canonical) path, before any upstream base path.
+    pub path: String,
+    /// `?...` or empty.
+    pub query: String,
+    pub version: http::Version,
+    /// The client's headers after the outbound policy, plus `x-strangle-shadow: 1`.
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// For a Lambda event.
+    pub source_ip: Option<std::net::IpAddr>,
+    pub request_id: Option<String>,
+    pub route_path: String,
+    pub claims: Option<Arc<crate::auth::Claims>>,
+}
+
+/// One shadowed request, once its client has the answer.
+pub struct Job {
+    pub route: String,
+    pub config: Arc<Shadow>,
+    /// The side that answered the client.
+    pub answered_by: Side,
+    /// Where the copy goes (the other side), and the legacy side (calibration asks it twice).
+    pub other: Shared,
+    pub legacy: Shared,
+    pub copy: Copy,
+    pub answer: Answer,
+    /// The path as the access log writes it (query redacted), for the samples.
+    pub logged_path: String,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.copy.body.len() + self.answer.body.len()
+    }
+}
+
+/// Sends a copy to an upstream and captures its answer as `config` says (the listed headers,
+/// the body up to `max-body`).
+#[async_trait]
+pub trait Sender: Send + Sync {
+    async fn send(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String>;
+}
+
+/// A mismatch, as `GET /routes/{id}/diffs` shows it: no request headers, no bodies, the query
+/// redacted; the differing values (cut) are the point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub at: String,
+    pub method: String,
+    pub path: String,
+    /// The side the client got.
+    pub answered_by: &'static str,
+    pub legacy: Summary,
+    pub new: Summary,
+    pub body: BodyCompared,
+    /// The first differences (`compare::MAX_DIFFERENCES`), and how many there were.
+    pub differences: Vec<Difference>,
+    pub count: usize,
+}
+
+/// One answer in a sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub status: u16,
+    pub bytes: usize,
+    pub truncated: bool,
+}
+
+impl From<&Answer> for Summary {
+    fn from(a: &Answer) -> Summary {
+        Summary {
+            status: a.status,
+            bytes: a.body.len(),
+            truncated: a.truncated,
+        }
+    }
+}
+
+/// A route's shadow counters, samples and learned noise (kept by route id across reloads).
+#[derive(Debug, Default)]
+pub struct RouteShadow {
+    pub shadowed: AtomicU64,
+    pub matched: AtomicU64,
+    pub mismatched: AtomicU64,
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+    pub calibrated: AtomicU64,
+    learned: Mutex<BTreeSet<String>>,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// A route's shadow in `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ShadowStatus {
+    /// The share of eligible requests copied.
+    pub percent: String,
+    pub shadowed: u64,
+    pub matched: u64,
+    pub mismatched: u64,
+    /// Mismatched over compared (matched + mismatched).
+    pub mismatch_rate: f64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub calibrated: u64,
+    /// The noise calibration learned (JSON paths, `status`, `header:NAME`, `body`).
+    pub learned: Vec<String>,
+}
+
+impl RouteShadow {
+    pub fn status(&self, config: &Shadow) -> ShadowStatus {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (matched, mismatched) = (n(&self.matched), n(&self.mismatched));
+        let compared = matched + mismatched;
+        ShadowStatus {
+            percent: config.percent.to_string(),
+            shadowed: n(&self.shadowed),
+            matched,
+            mismatched,
+            mismatch_rate: if compared == 0 {
+                0.0
+            } else {
+                mismatched as f64 / compared as f64
+            },
+            dropped: n(&self.dropped),
+            errors: n(&self.errors),
+            calibrated: n(&self.calibrated),
+            learned: self.learned(),
+        }
+    }
+
+    pub fn learned(&self) -> Vec<String> {
+        lock(&self.learned).iter().cloned().collect()
+    }
+
+    /// The newest mismatches, newest first.
+    pub fn samples(&self) -> Vec<Sample> {
+        lock(&self.samples).iter().rev().cloned().collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every route's shadow state and the queue of copies to send.
+pub struct Shadows {
+    routes: Mutex<HashMap<String, Arc<RouteShadow>>>,
+    /// Bytes the request path's captures hold now (`Capture`).
+    capturing: Arc<AtomicUsize>,
+    queue: tokio::sync::mpsc::Sender<Job>,
+    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Job>>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl Default for Shadows {
+    fn default() -> Shadows {
+        let (queue, receiver) = tokio::sync::mpsc::channel(QUEUE_JOBS);
+        Shadows {
+            routes: Mutex::default(),
+            capturing: Arc::default(),
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            queued_bytes: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shadows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadows").finish_non_exhaustive()
+    }
+}
+
+/// The bytes one request's capture holds, taken from the process's `CAPTURE_BYTES` and given
+/// back when it drops.
+#[derive(Debug)]
+pub struct Capture {
+    budget: Arc<AtomicUsize>,
+    held: usize,
+}
+
+impl Capture {
+    /// Takes `n` more bytes; false (and nothing taken) when the budget is spent.
+    pub fn grow(&mut self, n: usize) -> bool {
+        let now = self.budget.fetch_add(n, Ordering::Relaxed) + n;
+        if now > CAPTURE_BYTES {
+            self.budget.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        self.held += n;
+        true
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
+impl Shadows {
+    /// A capture for one shadowed request, holding nothing yet.
+    pub fn capture(&self) -> Capture {
+        Capture {
+            budget: Arc::clone(&self.capturing),
+            held: 0,
+        }
+    }
+
+    /// The state of route `id` (made on first use).
+    pub fn route(&self, id: &str) -> Arc<RouteShadow> {
+        let mut routes = lock(&self.routes);
+        if let Some(r) = routes.get(id) {
+            return r.clone();
+        }
+        let r = Arc::new(RouteShadow::default());
+        routes.insert(id.to_string(), r.clone());
+        r
+    }
+
+    /// The routes that have shadow state, by id.
+    pub fn all(&self) -> Vec<(String, Arc<RouteShadow>)> {
+        let mut all: Vec<_> = lock(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Queues a job; never waits. A full queue (by jobs or bytes) drops it, counted.
+    pub fn submit(&self, job: Job) {
+        let state = self.route(&job.route);
+        let bytes = job.bytes();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if queued > QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.queue.try_send(job).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker: sends each queued copy (at most `CONCURRENCY` at once) and compares. Runs
+    /// for the process's life; a second call returns at once.
+    pub async fn run(self: Arc<Self>, sender: Arc<dyn Sender>) {
+        let Some(mut jobs) = lock(&self.receiver).take() else {
+            return;
+        };
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        while let Some(job) = jobs.recv().await {
+            self.queued_bytes.fetch_sub(job.bytes(), Ordering::Relaxed);
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (me, sender) = (self.clone(), sender.clone());
+            tokio::spawn(async move {
+                me.process(job, &*sender).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Sends one copy and compares its answer with the client's.
+    pub async fn process(&self, job: Job, sender: &dyn Sender) {
+        let state = self.route(&job.route);
+        let n = state.shadowed.fetch_add(1, Ordering::Relaxed);
+        let other = match sender.send(&job.copy, &job.other, &job.config).await {
+            Ok(a) => a,
+            Err(e) => {
+                state.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(route = %job.route, "shadow copy failed: {e}");
+                return;
+            }
+        };
+        let (legacy, new) = match job.answered_by {
+            Side::Legacy | Side::Default => (&job.answer, &other),
+            Side::New => (&other, &job.answer),
+        };
+        // Calibration: the legacy side asked again; where its two answers differ is noise.
+        // Only for safe methods: a write is never made a third time.
+        let calibrate = job.config.calibrate
+            && job.copy.method.is_safe()
+            && (n < CALIBRATE_FIRST || n % CALIBRATE_EVERY == 0);
+        if calibrate {
+            if let Ok(again) = sender.send(&job.copy, &job.legacy, &job.config).await {
+                state.calibrated.fetch_add(1, Ordering::Relaxed);
+                let mut learned = lock(&state.learned);
+                for path in compare::noise(legacy, &again) {
+                    if learned.len() >= MAX_LEARNED {
+                        break;
+                    }
+                    learned.insert(path);
+                }
+            }
+        }
+        let learned = lock(&state.learned).clone();
+        let outcome = compare::compare(
+            legacy,
+            new,
+            Ignore {
+                paths: &job.config.ignore,
+                learned: &learned,
+            },
+        );
+        if outcome.matched() {
+            state.matched.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        state.mismatched.fetch_add(1, Ordering::Relaxed);
+        let sample = Sample {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            method: job.copy.method.to_string(),
+            path: job.logged_path.clone(),
+            answered_by: match job.answered_by {
+                Side::New => "new",
+                _ => "legacy",
+            },
+            legacy: legacy.into(),
+            new: new.into(),
+            body: outcome.body,
+            differences: outcome.differences,
+            count: outcome.count,
+        };
+        let mut samples = lock(&state.samples);
+        samples.push_back(sample);
+        while samples.len() > SAMPLES {
+            samples.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

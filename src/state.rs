@@ -67,6 +67,8 @@ pub struct Snapshot {
     /// What the legacy sides and the default upstream serve, by path template (kept across
     /// reloads: each snapshot takes the previous one's).
     pub inventory: Arc<crate::inventory::Inventory>,
+    /// Shadow traffic's queue and per-route results (the same across reloads).
+    pub shadows: Arc<crate::shadow::Shadows>,
     /// Where requests leave their access-log records for the OTLP log exporter, when the
     /// config exports logs (`[telemetry.otlp] logs = true`).
     pub logs: Option<Arc<crate::telemetry::export::logs::LogQueue>>,
@@ -169,6 +171,7 @@ impl Snapshot {
             trace,
             spans: Arc::clone(&registry.spans),
             inventory: previous.map_or_else(Arc::default, |p| Arc::clone(&p.inventory)),
+            shadows: previous.map_or_else(Arc::default, |p| Arc::clone(&p.shadows)),
             logs,
             loaded_at: SystemTime::now(),
         })

@@ -80,6 +80,9 @@ pub struct RouteStatus {
     pub new_share: f64,
     pub sides: Sides,
     pub recent: Sides,
+    /// Shadow traffic's results, on a route that shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,6 +190,10 @@ pub fn build(live: &Live) -> Status {
                     legacy: SideStatus::of(&rl),
                     new: SideStatus::of(&rn),
                 },
+                shadow: r
+                    .shadow
+                    .as_ref()
+                    .map(|s| snap.shadows.route(&r.id).status(s)),
             }
         })
         .collect();
@@ -436,6 +443,21 @@ pub fn render(s: &Status, paint: &Paint) -> String {
     let _ = writeln!(out, "{}", paint.bold(&line(&head, &head)));
     for (plain, coloured) in rows.iter().zip(&colour_rows) {
         let _ = writeln!(out, "{}", line(coloured, plain));
+    }
+    for (id, sh) in s
+        .routes
+        .iter()
+        .filter_map(|r| Some((&r.id, r.shadow.as_ref()?)))
+    {
+        let compared = sh.matched + sh.mismatched;
+        let _ = writeln!(
+            out,
+            "shadow {id}: {compared} compared, {} mismatched ({}), {} dropped, {} failed; `strangle diffs {id}` shows them",
+            sh.mismatched,
+            pct(sh.mismatch_rate),
+            sh.dropped,
+            sh.errors
+        );
     }
     let _ = writeln!(out);
     let _ = write!(

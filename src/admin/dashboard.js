@@ -195,6 +195,7 @@ function makeCard(r, index) {
   row("requests", "requests");
   row("legacy", "legacy");
   row("new", "new");
+  fields.dl = dl;
   const charts = el("div", { class: "small-charts" });
   const details = el("details", {}, el("summary", {}, "Charts"), charts);
   details.open = index < CHARTS_OPEN;
@@ -214,6 +215,21 @@ function updateCard(c, r, series) {
   for (const side of ["legacy", "new"]) {
     const d = r.sides[side];
     c.fields[side].replaceChildren(el("bdi", {}, r[side] || "none"), ` · errors ${pct(d.error_rate)} · p99 ${ms(d.p99_ms)}`);
+  }
+  // Shadow traffic's results, on a route that shadows (a reload may turn it on or off).
+  if (r.shadow) {
+    if (!c.fields.shadow) {
+      c.fields.shadow = el("dd", { class: "shadow" }, "–");
+      c.fields.dl.append(el("div", {}, el("dt", {}, "shadow"), c.fields.shadow));
+    }
+    const sh = r.shadow;
+    const compared = sh.matched + sh.mismatched;
+    c.fields.shadow.textContent = `${sh.percent} copied · ${compared} compared · ${sh.mismatched} mismatched (${pct(compared ? sh.mismatch_rate : null)})`
+      + (sh.dropped ? ` · ${sh.dropped} dropped` : "") + (sh.errors ? ` · ${sh.errors} failed` : "");
+    c.fields.shadow.classList.toggle("down", sh.mismatched > 0);
+  } else if (c.fields.shadow) {
+    c.fields.shadow.parentElement.remove();
+    delete c.fields.shadow;
   }
   // The field follows the route's shift until the user types in it (a draft is kept).
   if (c.input && c.input.value === c.shown) c.input.value = r.shift;

@@ -66,6 +66,42 @@ async fn read_body_within(session: &mut Session, limit: usize) -> Result<Option<
     Ok(Some(body.freeze()))
 }
 
+/// The protocol as a Lambda event names it.
+pub(super) fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The URL a signed upstream is called at for `path` and `query` (`None`: not a signed URL
+/// upstream).
+pub(super) fn signed_uri(upstream: &Shared, path: &str, query: &str) -> Option<String> {
+    let Target::Url { tls, .. } = &upstream.config.target else {
+        return None;
+    };
+    upstream.config.sigv4.as_ref()?;
+    let scheme = if *tls { "https" } else { "http" };
+    let authority = upstream.config.target.socket_authority()?;
+    Some(format!(
+        "{scheme}://{authority}{}{path}{query}",
+        upstream.base_path()
+    ))
+}
+
+/// The headers a signed request carries: the policed ones less those the signature sets (a
+/// client's copies would be signed as if strangle sent them).
+pub(super) fn signable(headers: &http::HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            **k != header::HOST && **k != header::AUTHORIZATION && !event::is_reserved(k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Answers a failed call to an AWS endpoint with the status that failure maps to; the failure's
 /// own text goes to the log, never to the client.
 async fn fail_aws(session: &mut Session, ctx: &mut Ctx, e: InvokeError) -> Result<bool> {
@@ -106,11 +142,7 @@ pub(super) async fn serve_lambda(
         .req
         .route
         .map_or("/", |i| ctx.req.snap.routes[i].path.as_str());
-    let protocol = match req.version {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
-    };
+    let protocol = protocol(req.version);
     let (path, query) = match &ctx.req.path {
         Some(p) => (p.routed(), p.query()),
         None => return respond(session, ctx, 500, "no path", &[]).await,
@@ -155,6 +187,9 @@ pub(super) async fn serve_lambda(
     finish_response(session, ctx, &mut resp)?;
     ctx.status = response.status;
     let empty = response.body.is_empty();
+    if let Some(tap) = ctx.shadow.as_mut() {
+        tap.body(&response.body);
+    }
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
         session
@@ -172,33 +207,16 @@ pub(super) async fn serve_signed(
     upstream: &Shared,
     body: Bytes,
 ) -> Result<bool> {
-    let (Some(sig), Target::Url { tls, .. }) = (&upstream.config.sigv4, &upstream.config.target)
-    else {
-        return respond(session, ctx, 500, "not a signed url upstream", &[]).await;
-    };
     let Some(path) = &ctx.req.path else {
         return respond(session, ctx, 500, "no path", &[]).await;
     };
-    let scheme = if *tls { "https" } else { "http" };
-    let authority = upstream
-        .config
-        .target
-        .socket_authority()
-        .unwrap_or_default();
-    let uri = format!(
-        "{scheme}://{authority}{}{}{}",
-        upstream.base_path(),
-        path.routed(),
-        path.query()
-    );
-    // The signature sets these; a client's copies would be signed as if strangle sent them.
-    let headers: Vec<(HeaderName, HeaderValue)> = policed_headers(session, ctx)
-        .iter()
-        .filter(|(k, _)| {
-            **k != header::HOST && **k != header::AUTHORIZATION && !event::is_reserved(k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let (Some(sig), Some(uri)) = (
+        &upstream.config.sigv4,
+        signed_uri(upstream, path.routed(), &path.query()),
+    ) else {
+        return respond(session, ctx, 500, "not a signed url upstream", &[]).await;
+    };
+    let headers = signable(&policed_headers(session, ctx));
     let method = session.req_header().method.as_str().to_string();
     let started = Instant::now();
     ctx.req.upstream_start = Some(started);
@@ -236,6 +254,9 @@ pub(super) async fn serve_signed(
         match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut incoming)).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    if let Some(tap) = ctx.shadow.as_mut() {
+                        tap.body(&data);
+                    }
                     session.write_response_body(Some(data), false).await?;
                 }
             }

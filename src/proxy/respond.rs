@@ -51,9 +51,12 @@ pub(super) async fn respond(
 /// must not send another request on it only to find it closed.
 pub(super) fn finish_response(
     session: &mut Session,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     resp: &mut ResponseHeader,
 ) -> Result<()> {
+    if let Some(tap) = ctx.shadow.as_mut() {
+        tap.head(resp);
+    }
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS && session.is_upgrade_req();
     for name in hop_by_hop(&resp.headers, upgrade) {
         resp.remove_header(&name);

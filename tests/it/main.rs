@@ -25,6 +25,7 @@ mod otlp_logs;
 mod reload;
 mod routing;
 mod series;
+mod shadow;
 mod split;
 mod support;
 mod tracing;

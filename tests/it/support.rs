@@ -88,6 +88,10 @@ impl Seen {
     }
 }
 
+/// How `Backend::answering` answers: status, content type and body, from the request and the
+/// number of requests before it.
+type Answerer = Arc<dyn Fn(&Seen, usize) -> (u16, &'static str, String) + Send + Sync>;
+
 /// A real HTTP/1.1 server (hyper) that answers `200 {name}` and records every request.
 /// A request with `x-delay-ms: N` is answered after N ms.
 pub struct Backend {
@@ -107,6 +111,19 @@ impl Backend {
     }
 
     pub fn start_on(name: &'static str, port: u16) -> Backend {
+        Self::serve(name, port, None)
+    }
+
+    /// A backend whose answers `answer` makes from each request (and how many came before it):
+    /// status, content type, body.
+    pub fn answering(
+        name: &'static str,
+        answer: impl Fn(&Seen, usize) -> (u16, &'static str, String) + Send + Sync + 'static,
+    ) -> Backend {
+        Self::serve(name, free_port(), Some(Arc::new(answer)))
+    }
+
+    fn serve(name: &'static str, port: u16, answer: Option<Answerer>) -> Backend {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -134,10 +151,12 @@ impl Backend {
                     accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let record = Arc::clone(&record);
                     let (peak, current) = (Arc::clone(&peak), Arc::clone(&current));
+                    let answer = answer.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                             let record = Arc::clone(&record);
                             let (peak, current) = (Arc::clone(&peak), Arc::clone(&current));
+                            let answer = answer.clone();
                             async move {
                                 use std::sync::atomic::Ordering::SeqCst;
                                 let now = current.fetch_add(1, SeqCst) + 1;
@@ -173,7 +192,12 @@ impl Backend {
                                         .collect(),
                                     body,
                                 };
-                                record.lock().unwrap().push(seen);
+                                let (status, content_type, body) = {
+                                    let mut record = record.lock().unwrap();
+                                    let made = answer.as_ref().map(|f| f(&seen, record.len()));
+                                    record.push(seen);
+                                    made.unwrap_or((status, "text/plain", name.to_string()))
+                                };
                                 if let Some(ms) = delay {
                                     tokio::time::sleep(Duration::from_millis(ms)).await;
                                 }
@@ -182,8 +206,8 @@ impl Backend {
                                     Response::builder()
                                         .status(status)
                                         .header("x-backend", name)
-                                        .header("content-type", "text/plain")
-                                        .body(Full::new(Bytes::from(name)))
+                                        .header("content-type", content_type)
+                                        .body(Full::new(Bytes::from(body)))
                                         .unwrap(),
                                 )
                             }

@@ -1,0 +1,119 @@
+//! A request's exchange with its HTTP upstream across retries (`Attempt`), and what the
+//! adapter's hooks do with it: deadlines, passive health, the next attempt; and the account of
+//! a request the end of the grace period cut off.
+
+use std::net::SocketAddr;
+
+use pingora::prelude::*;
+use pingora::ErrorType;
+
+use super::Ctx;
+use crate::exchange::{ExchangeDeadline, Late};
+use crate::pipeline::Finished;
+use crate::upstream::{HttpUpstream, Kind};
+
+/// The exchange with an HTTP upstream, across retries.
+#[derive(Default)]
+pub(super) struct Attempt {
+    /// The path to send upstream when it differs from the client's (normalised or prefixed).
+    pub(super) upstream_path: Option<String>,
+    pub(super) peer_addr: Option<SocketAddr>,
+    pub(super) avoid: Option<SocketAddr>,
+    /// Attempts after the first (a refused connect, or a sent idempotent request that got no
+    /// response), at most the upstream's `retries`.
+    pub(super) retried: usize,
+    /// The upstream's response head arrived (a retry after that would repeat a response).
+    pub(super) head_received: bool,
+    /// `response-timeout` / `request-timeout` on the current upstream connection.
+    pub(super) deadline: Option<ExchangeDeadline>,
+    /// A deadline passed on an earlier attempt or this one.
+    pub(super) late: Option<Late>,
+    /// The whole request (head and body) has been sent upstream (for the head's deadline and
+    /// passive health: a slow client's upload is never the upstream's fault).
+    pub(super) request_sent: bool,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if !self.logged && self.req.lifecycle().cut_off() {
+            // The end of the grace period dropped this request: it is logged and counted.
+            let target = self.req.raw_target();
+            let target = String::from_utf8_lossy(&target);
+            let fallback = target.split('?').next().unwrap_or("");
+            let method = self.req.method.as_ref().map_or("", http::Method::as_str);
+            let path = self.req.logged_path(fallback);
+            self.req.account(
+                self.req.lifecycle().cut_off_log(),
+                Finished {
+                    status: self.status,
+                    method,
+                    path: &path,
+                    client: self.req.client.addr,
+                    bytes: (0, 0),
+                    error: Some("cut off: the grace period ended before the response did".into()),
+                },
+            );
+        }
+    }
+}
+
+impl Ctx {
+    /// Response body passed (upstream side or client side). At its end the deadline is over;
+    /// if it had passed, the end is the socket shutdown that ended a late exchange, read as
+    /// the end of a body delimited by the close, and the client's response must not end as if
+    /// complete: an error instead.
+    pub(super) fn body_passed(
+        &mut self,
+        end_of_stream: bool,
+    ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            self.disarm();
+            let late = self.attempt.late.or_else(|| {
+                let d = self.attempt.deadline.as_ref();
+                d.and_then(ExchangeDeadline::fired)
+            });
+            if let Some(late) = late {
+                self.attempt.late = Some(late);
+                let e = Error::explain(ErrorType::ReadTimedout, late.to_string());
+                return Err(e.into_up());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the deadline on the current upstream connection, noting whether it had passed.
+    pub(super) fn disarm(&mut self) {
+        if let Some(d) = self.attempt.deadline.take() {
+            d.disarm();
+            self.attempt.late = self.attempt.late.or(d.fired());
+        }
+    }
+
+    /// The HTTP upstream serving this request, if it is one.
+    pub(super) fn http_upstream(&self) -> Option<&HttpUpstream> {
+        match &self.req.upstream()?.kind {
+            Kind::Http(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Passive health: tells the upstream how the current address did.
+    pub(super) fn report(&self, ok: bool) {
+        if let (Some(up), Some(addr)) = (self.http_upstream(), self.attempt.peer_addr) {
+            up.report(addr, ok);
+        }
+    }
+
+    /// After a failed attempt: the next one avoids this address, and happens when `allowed`
+    /// and the upstream's `retries` are not used up.
+    pub(super) fn next_attempt(&mut self, allowed: bool) -> bool {
+        let retries = self.req.upstream().map_or(0, |u| u.config.retries);
+        let a = &mut self.attempt;
+        a.avoid = a.peer_addr;
+        let retry = allowed && a.retried < retries;
+        if retry {
+            a.retried += 1;
+        }
+        retry
+    }
+}

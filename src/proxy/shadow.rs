@@ -1,0 +1,408 @@
+//! The shadow engine: the request path's side of shadow traffic (`Tap`: whether a request is
+//! copied, and the capture of its body and of the answer the client got, each up to the
+//! route's cap) and the sender that carries a copy to the other side (`Engine`), through the
+//! same parts as the request path: the outbound header policy was applied to the copy's
+//! headers as for the client's request; HTTP upstreams are reached with Pingora's transport
+//! connector and the fast path's connection pool, Lambda functions with the signed Invoke call,
+//! signed endpoints with SigV4. A copy never reports to passive health: a shadow cannot take an
+//! address out of the rotation real traffic uses.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::connectors::TransportConnector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::client::HttpSession as Upstream;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::Peer;
+
+use super::{aws, https, pool, Ctx};
+use crate::config::shadow::Shadow;
+use crate::lambda::event;
+use crate::shadow::compare::Answer;
+use crate::shadow::{Copy, Job, Sender};
+use crate::split::Side;
+use crate::upstream::{Kind, Shared};
+
+/// The header every copy carries, so an upstream (and its logs) can tell a shadow request.
+pub(super) const SHADOW_HEADER: &str = "x-strangle-shadow";
+/// A copy's exchange ends by this, whatever the upstream's own deadlines.
+const COPY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A shadowed request's capture, held by its `Ctx`.
+pub(super) struct Tap {
+    config: Arc<Shadow>,
+    /// The request body read so far (for a method with a body).
+    request: BytesMut,
+    answer: Answer,
+    body: BytesMut,
+    /// The request body was over the cap: the request is not shadowed after all.
+    over: bool,
+    /// The bytes captured, from the process's budget; spent: not shadowed, counted as dropped.
+    capture: crate::shadow::Capture,
+    spent: bool,
+}
+
+impl Tap {
+    /// Whether this request is shadowed: its route shadows, the method is listed, it was not
+    /// an upgrade, and it falls in the route's share.
+    pub(super) fn start(ctx: &Ctx, session: &Session) -> Option<Box<Tap>> {
+        let route = ctx.req.route?;
+        let config = ctx.req.snap.config.routes.get(route)?.shadow.as_ref()?;
+        let method = &session.req_header().method;
+        if !config.methods.contains(method) || session.is_upgrade_req() {
+            return None;
+        }
+        let side = ctx.req.side()?;
+        if side == Side::Default {
+            return None;
+        }
+        let bp = config.percent.bp();
+        if bp < 10_000 && rand::random_range(0..10_000) >= bp {
+            return None;
+        }
+        Some(Box::new(Tap {
+            config: Arc::clone(config),
+            request: BytesMut::new(),
+            answer: Answer::default(),
+            body: BytesMut::new(),
+            over: false,
+            capture: ctx.req.snap.shadows.capture(),
+            spent: false,
+        }))
+    }
+
+    /// A piece of the request body, as it passes to the upstream.
+    pub(super) fn request_body(&mut self, data: &[u8]) {
+        if self.over || self.spent {
+            return;
+        }
+        if self.request.len() + data.len() > self.config.max_body {
+            self.over = true;
+            self.request = BytesMut::new();
+        } else if self.capture.grow(data.len()) {
+            self.request.extend_from_slice(data);
+        } else {
+            self.spent = true;
+        }
+    }
+
+    /// The answer's head, as it goes to the client.
+    pub(super) fn head(&mut self, resp: &ResponseHeader) {
+        self.answer = answer_head(&resp.headers, resp.status.as_u16(), &self.config);
+        self.body.clear();
+    }
+
+    /// A piece of the answer's body, as it goes to the client.
+    pub(super) fn body(&mut self, data: &[u8]) {
+        if self.spent {
+            return;
+        }
+        let room = self.config.max_body.saturating_sub(self.body.len());
+        if data.len() > room {
+            self.answer.truncated = true;
+        }
+        let take = &data[..data.len().min(room)];
+        if self.capture.grow(take.len()) {
+            self.body.extend_from_slice(take);
+        } else {
+            self.spent = true;
+        }
+    }
+}
+
+/// At the account step: the copy of a shadowed request whose client got a whole answer goes
+/// to the queue.
+pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool) {
+    let Some(mut tap) = ctx.shadow.take() else {
+        return;
+    };
+    if failed || tap.over || status == 0 || tap.answer.status != status {
+        return;
+    }
+    if tap.spent {
+        if let Some(route) = ctx.req.route_id() {
+            let state = ctx.req.snap.shadows.route(route);
+            state
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return;
+    }
+    let (Some(route), Some(side), Some(path)) = (ctx.req.route, ctx.req.side(), &ctx.req.path)
+    else {
+        return;
+    };
+    let snap = &ctx.req.snap;
+    let live = &snap.routes[route];
+    let (other, legacy) = match (side, &live.legacy, &live.new) {
+        (Side::Legacy, Some(l), Some(n)) => (n.clone(), l.clone()),
+        (Side::New, Some(l), Some(_)) => (l.clone(), l.clone()),
+        _ => return,
+    };
+    let req = session.req_header();
+    let mut headers = req.headers.clone();
+    let out = ctx
+        .req
+        .outbound(req, https(session), session.is_upgrade_req());
+    crate::pipeline::outbound::apply(&mut headers, &out);
+    headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    let mut answer = std::mem::take(&mut tap.answer);
+    answer.body = tap.body.split().freeze();
+    let copy = Copy {
+        method: req.method.clone(),
+        path: path.routed().to_string(),
+        query: path.query().to_string(),
+        version: req.version,
+        headers,
+        body: tap.request.split().freeze(),
+        source_ip: ctx.req.client.addr,
+        request_id: Some(ctx.req.request_id_str().to_string()),
+        route_path: live.path.clone(),
+        claims: ctx.req.decision.as_ref().and_then(|d| d.claims.clone()),
+    };
+    let logged_path = ctx.req.logged_path(req.uri.path());
+    snap.shadows.submit(Job {
+        route: live.id.clone(),
+        config: tap.config,
+        answered_by: side,
+        other,
+        legacy,
+        copy,
+        answer,
+        logged_path: logged_path.into_owned(),
+    });
+}
+
+/// Sends copies for the shadow worker.
+pub(super) struct Engine {
+    connector: TransportConnector,
+}
+
+impl Default for Engine {
+    fn default() -> Engine {
+        Engine {
+            connector: TransportConnector::new(None),
+        }
+    }
+}
+
+/// The shadow worker, a background service: sends the queued copies until shutdown.
+pub struct Worker {
+    pub live: Arc<crate::state::Live>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for Worker {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let shadows = Arc::clone(&self.live.load().shadows);
+        tokio::select! {
+            () = shadows.run(Arc::new(Engine::default())) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+impl Engine {
+    async fn http(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+        let Kind::Http(h) = &to.kind else {
+            return Err("not an HTTP upstream".into());
+        };
+        let backend = h.select(None).ok_or("no address in rotation")?;
+        let peer = h.peer(&backend);
+        let key = peer.reuse_hash();
+        let stream = match pool::take(key) {
+            Some(s) => s,
+            None => self
+                .connector
+                .new_stream(&*peer)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        };
+        let mut up = Upstream::new_with_options(stream, &*peer);
+        up.read_timeout = peer.options.read_timeout;
+        up.write_timeout = peer.options.write_timeout;
+        let target = format!("{}{}{}", to.base_path(), copy.path, copy.query);
+        let mut req = RequestHeader::build(copy.method.clone(), target.as_bytes(), None)
+            .map_err(|e| e.to_string())?;
+        for (name, value) in &copy.headers {
+            req.append_header(name.clone(), value.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(host) = &h.host_header {
+            req.insert_header(header::HOST, host.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        req.remove_header(&header::TRANSFER_ENCODING);
+        if !copy.body.is_empty() || !copy.method.is_safe() {
+            req.insert_header(header::CONTENT_LENGTH, copy.body.len().to_string())
+                .map_err(|e| e.to_string())?;
+        }
+        up.write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !copy.body.is_empty() {
+            up.write_body(&copy.body).await.map_err(|e| e.to_string())?;
+        }
+        up.finish_body().await.map_err(|e| e.to_string())?;
+        let mut answer = Answer::default();
+        let mut body = BytesMut::new();
+        let mut whole = false;
+        loop {
+            match up.read_response_task().await.map_err(|e| e.to_string())? {
+                HttpTask::Header(head, end) => {
+                    if head.status.is_informational() {
+                        continue;
+                    }
+                    answer = answer_head(&head.headers, head.status.as_u16(), config);
+                    if end {
+                        whole = true;
+                        break;
+                    }
+                }
+                HttpTask::Body(data, end) => {
+                    if let Some(data) = data {
+                        if !capture(&mut body, &data, config.max_body) {
+                            // Past the cap: compared by the prefix; the rest is not read (the
+                            // connection is not kept).
+                            answer.truncated = true;
+                            break;
+                        }
+                    }
+                    if end {
+                        whole = true;
+                        break;
+                    }
+                }
+                HttpTask::Failed(e) => return Err(e.to_string()),
+                HttpTask::Done | HttpTask::Trailer(_) | HttpTask::UpgradedBody(..) => {
+                    whole = true;
+                    break;
+                }
+            }
+        }
+        answer.body = body.freeze();
+        if whole {
+            up.respect_keepalive();
+            if let Some(stream) = up.reuse().await {
+                pool::give_back(key, peer.idle_timeout(), stream);
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn lambda(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+        let Kind::Lambda(lambda) = &to.kind else {
+            return Err("not a Lambda upstream".into());
+        };
+        let event = event::encode(
+            lambda.payload(),
+            &event::Request {
+                method: copy.method.as_str(),
+                path: &copy.path,
+                query: copy.query.strip_prefix('?').unwrap_or(&copy.query),
+                headers: &copy.headers,
+                body: &copy.body,
+                source_ip: copy.source_ip,
+                request_id: copy.request_id.as_deref().unwrap_or(""),
+                protocol: aws::protocol(copy.version),
+                route_path: &copy.route_path,
+                now: SystemTime::now(),
+                claims: copy.claims.as_deref(),
+            },
+        );
+        let r = lambda
+            .invoke(event, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let headers: http::HeaderMap = r.headers.into_iter().collect();
+        let mut answer = answer_head(&headers, r.status, config);
+        let mut body = BytesMut::new();
+        answer.truncated = !capture(&mut body, &r.body, config.max_body);
+        answer.body = body.freeze();
+        Ok(answer)
+    }
+
+    async fn signed(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+        let (Some(sig), Some(uri)) = (
+            &to.config.sigv4,
+            aws::signed_uri(to, &copy.path, &copy.query),
+        ) else {
+            return Err("not a signed upstream".into());
+        };
+        let response = crate::lambda::send_signed(
+            &sig.region,
+            &sig.service,
+            copy.method.as_str(),
+            &uri,
+            aws::signable(&copy.headers),
+            copy.body.clone(),
+            to.config.head_deadline(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let (parts, mut incoming) = response.into_parts();
+        let mut answer = answer_head(&parts.headers, parts.status.as_u16(), config);
+        let mut body = BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                if !capture(&mut body, &data, config.max_body) {
+                    answer.truncated = true;
+                    break;
+                }
+            }
+        }
+        answer.body = body.freeze();
+        Ok(answer)
+    }
+}
+
+#[async_trait]
+impl Sender for Engine {
+    async fn send(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+        let started = Instant::now();
+        let sent = async {
+            match &to.kind {
+                Kind::Http(_) => self.http(copy, to, config).await,
+                Kind::Lambda(_) => self.lambda(copy, to, config).await,
+                Kind::Signed => self.signed(copy, to, config).await,
+            }
+        };
+        match tokio::time::timeout(COPY_DEADLINE, sent).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", started.elapsed())),
+        }
+    }
+}
+
+/// The head of an answer: its status, content type and the headers the route compares.
+fn answer_head(headers: &http::HeaderMap, status: u16, config: &Shadow) -> Answer {
+    let get = |name: &HeaderName| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    Answer {
+        status,
+        headers: config
+            .headers
+            .iter()
+            .map(|h| (h.as_str().to_string(), get(h)))
+            .collect(),
+        content_type: get(&header::CONTENT_TYPE),
+        body: Bytes::new(),
+        truncated: false,
+    }
+}
+
+/// Appends what fits under `cap`; false when something did not.
+fn capture(body: &mut BytesMut, data: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(body.len());
+    body.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() <= room
+}

@@ -1,0 +1,253 @@
+//! Shadow traffic against real upstreams: a deliberately wrong new side, noise configured and
+//! calibrated, writes never copied by default, the copy's path and headers as the pipeline
+//! makes them, a Lambda function as the other side.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A flight as the monolith answers it: `served_at` and `requestId` differ on every answer.
+fn flight(seen: &Seen, n: usize, price: u32) -> (u16, &'static str, String) {
+    let id: u32 = seen
+        .target
+        .trim_start_matches("/flights/")
+        .split(['?', '/'])
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = json!({
+        "flight": id,
+        "seats": [{"no": "1A", "free": true}, {"no": "1B", "free": id % 2 == 0}],
+        "price": price,
+        "served_at": format!("10:00:{n:02}"),
+        "requestId": format!("req-{n}-{}", seen.target.len()),
+    });
+    (200, "application/json", body.to_string())
+}
+
+fn config(legacy: &Backend, new: &Backend, shift: &str, shadow: &str) -> String {
+    Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("flights", "/flights", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift(shift)
+                .toml("shadow", shadow)
+        })
+        .build()
+}
+
+fn shadow_status(proxy: &Proxy) -> Value {
+    proxy.status()["routes"][0]["shadow"].clone()
+}
+
+/// Waits until `n` copies of the route were compared or failed.
+fn settled(proxy: &Proxy, n: u64) -> Value {
+    wait_for(Duration::from_secs(15), "the copies compared", || {
+        let s = shadow_status(proxy);
+        let done = s["matched"].as_u64()? + s["mismatched"].as_u64()? + s["errors"].as_u64()?;
+        (done >= n).then_some(s)
+    })
+}
+
+#[test]
+fn a_wrong_new_side_is_found_at_the_exact_json_path_and_noise_is_left_out() {
+    let legacy = Backend::answering("legacy", |seen, n| flight(seen, n, 100));
+    // The new side prices flight 7 wrong.
+    let new = Backend::answering("new", |seen, n| {
+        let wrong = seen.target.starts_with("/flights/7");
+        flight(seen, n, if wrong { 125 } else { 100 })
+    });
+    let shadow = r#"{ percent = "100%", ignore = ["$.requestId"], calibrate = true }"#;
+    let proxy = Proxy::start(&config(&legacy, &new, "0%", shadow));
+    let mut c = proxy.client();
+    let spoof = [("x-strangle-shadow", "0"), ("x-strangle-side", "new")];
+    for i in 1..=12 {
+        let r = c.get(&format!("/flights/{i}"), &spoof).unwrap();
+        // The client is answered by the side the split chose, at once.
+        assert_eq!(r.header("x-backend"), Some("legacy"));
+    }
+    // A spelling the pipeline canonicalises: the copy gets the canonical path too.
+    let r = c.get("/flights//7/../7", &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let s = settled(&proxy, 13);
+    assert_eq!(s["shadowed"], 13, "{s}");
+    assert_eq!(s["mismatched"], 2, "flight 7, twice: {s}");
+    assert_eq!(s["matched"], 11, "{s}");
+    assert_eq!(
+        (s["dropped"].as_u64(), s["errors"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Calibration asked the monolith twice and learned what differs between its own answers.
+    let learned: Vec<&str> = s["learned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(learned.contains(&"$.served_at"), "{s}");
+    assert!(s["calibrated"].as_u64().unwrap() >= 1);
+
+    // The samples name the path, the values, and nothing of the noise.
+    let diffs = proxy.admin("GET", "/routes/flights/diffs", b"");
+    assert_eq!(diffs.status, 200, "{}", diffs.text());
+    let diffs: Value = serde_json::from_str(&diffs.text()).unwrap();
+    let samples = diffs["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2);
+    for sample in samples {
+        assert_eq!(sample["path"], "/flights/7");
+        assert_eq!(sample["answered_by"], "legacy");
+        assert_eq!(sample["body"], "json");
+        assert_eq!(
+            sample["differences"],
+            json!([{"path": "$.price", "legacy": "100", "new": "125"}]),
+            "{sample}"
+        );
+    }
+    // The copies went through the same pipeline: the canonical path, strangle's own shadow
+    // mark (the client's `x-strangle-*` removed), the forwarding headers built by strangle.
+    let copies: Vec<Seen> = new.seen();
+    assert_eq!(copies.len(), 13);
+    assert!(copies
+        .iter()
+        .all(|s| s.header("x-strangle-shadow") == Some("1")));
+    assert!(copies.iter().all(|s| s.header("x-strangle-side").is_none()));
+    assert!(copies
+        .iter()
+        .all(|s| s.header("x-forwarded-for") == Some("127.0.0.1")));
+    assert_eq!(
+        copies.iter().filter(|s| s.target == "/flights/7").count(),
+        2
+    );
+    assert!(legacy
+        .seen()
+        .iter()
+        .all(|s| s.header("x-strangle-shadow").is_none()
+            || s.header("x-strangle-shadow") == Some("1")));
+
+    // A write is never copied by default.
+    let r = c.request("POST", "/flights/3", &[], b"{}").unwrap();
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(new.seen().iter().all(|s| s.method == "GET"));
+    assert_eq!(shadow_status(&proxy)["shadowed"], 13);
+
+    // Metrics and the CLI say the same.
+    let metrics = proxy.admin("GET", "/metrics", b"").text();
+    assert!(
+        metrics
+            .contains("strangle_shadow_requests_total{route=\"flights\",outcome=\"mismatched\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .contains("strangle_shadow_requests_total{route=\"flights\",outcome=\"matched\"} 11"));
+    let out = proxy.cli(&["diffs", "/flights"]);
+    let text = stdout_of(&out);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(text.contains("2 mismatched"), "{text}");
+    assert!(text.contains("$.price: legacy 100  new 125"), "{text}");
+}
+
+#[test]
+fn without_calibration_the_noise_mismatches_and_ignore_paths_take_it_out() {
+    let legacy = Backend::answering("legacy", |seen, n| flight(seen, n, 100));
+    let new = Backend::answering("new", |seen, n| flight(seen, n + 1000, 100));
+    let proxy = Proxy::start(&config(&legacy, &new, "0%", "{}"));
+    let mut c = proxy.client();
+    for i in 1..=3 {
+        c.get(&format!("/flights/{i}"), &[]).unwrap();
+    }
+    let s = settled(&proxy, 3);
+    assert_eq!(s["mismatched"], 3, "{s}");
+    let diffs: Value =
+        serde_json::from_str(&proxy.admin("GET", "/routes/flights/diffs", b"").text()).unwrap();
+    let mut paths: Vec<&str> = diffs["samples"][0]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["$.requestId", "$.served_at"]);
+    // Configured away: a reload keeps the counts (by route id) and the next copies match.
+    let ignoring = r#"{ ignore = ["$.served_at", "$.requestId"] }"#;
+    proxy.rewrite(&config(&legacy, &new, "0%", ignoring));
+    assert_eq!(proxy.admin("POST", "/reload", b"").status, 200);
+    for i in 1..=3 {
+        c.get(&format!("/flights/{i}"), &[]).unwrap();
+    }
+    let s = settled(&proxy, 6);
+    assert_eq!(
+        (s["matched"].as_u64(), s["mismatched"].as_u64()),
+        (Some(3), Some(3))
+    );
+    // Unknown routes and routes that do not shadow say so.
+    let r = proxy.admin("GET", "/routes/nope/diffs", b"");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("known routes: flights"));
+}
+
+#[test]
+fn when_the_new_side_answers_the_copy_goes_to_the_monolith() {
+    let legacy = Backend::answering("legacy", |seen, _| flight(seen, 0, 100));
+    let new = Backend::answering("new", |seen, _| flight(seen, 0, 100));
+    let proxy = Proxy::start(&config(&legacy, &new, "100%", "{}"));
+    let mut c = proxy.client();
+    for i in 1..=4 {
+        let r = c.get(&format!("/flights/{i}"), &[]).unwrap();
+        assert_eq!(r.header("x-backend"), Some("new"));
+    }
+    let s = settled(&proxy, 4);
+    assert_eq!(s["matched"], 4, "{s}");
+    let copies = legacy.seen();
+    assert_eq!(copies.len(), 4);
+    assert!(copies
+        .iter()
+        .all(|s| s.header("x-strangle-shadow") == Some("1")));
+    // A copy that cannot be sent (the monolith is gone) is an error, never the client's.
+    legacy.stop();
+    let r = c.get("/flights/9", &[]).unwrap();
+    assert_eq!(r.header("x-backend"), Some("new"));
+    let s = settled(&proxy, 5);
+    assert_eq!(s["errors"], 1, "{s}");
+}
+
+#[test]
+fn a_lambda_function_is_shadowed_through_the_same_event_and_signing() {
+    let watch = crate::lambda::LambdaWatch::start();
+    let legacy = Backend::answering("monolith", |seen, _| {
+        let booking = seen.target.trim_start_matches("/bookings/").to_string();
+        let body = json!({"served_by": "monolith", "method": seen.method, "booking": booking});
+        (200, "application/json", body.to_string())
+    });
+    let text = Config::new()
+        .default("monolith")
+        .upstream("monolith", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .route("bookings", "/bookings", |r| {
+            r.legacy("monolith")
+                .new("bookings-fn")
+                .shift("0%")
+                .toml("shadow", r#"{ ignore = ["$.served_by"] }"#)
+        })
+        .build();
+    let proxy = Proxy::start_with_env(&text, &crate::invoke::lambda_env());
+    let mut c = proxy.client();
+    for i in 1..=3 {
+        let r = c.get(&format!("/bookings/{i}"), &[]).unwrap();
+        assert_eq!(r.header("x-backend"), Some("monolith"));
+    }
+    let s = wait_for(Duration::from_secs(30), "the copies compared", || {
+        let s = proxy.status()["routes"][0]["shadow"].clone();
+        (s["matched"].as_u64()? + s["mismatched"].as_u64()? + s["errors"].as_u64()? >= 3)
+            .then_some(s)
+    });
+    assert_eq!(
+        s["matched"], 3,
+        "the function answers as the monolith, less served_by: {s}"
+    );
+}
