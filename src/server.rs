@@ -126,7 +126,10 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(StatsSampler { live: live_() }),
                 Arc::new(StateSaver { live: live_() }),
                 Arc::new(OtlpExport { live: live_() }),
-                Arc::new(crate::proxy::ShadowWorker { live: live_() }),
+                Arc::new(crate::proxy::ShadowWorker {
+                    live: live_(),
+                    access: Arc::clone(&access),
+                }),
                 Arc::new(EmfService {
                     reporter: Arc::clone(&emf),
                 }),

@@ -24,6 +24,9 @@ use serde::Serialize;
 
 use crate::config::shadow::Shadow;
 use crate::split::Side;
+use crate::telemetry::context::RequestTrace;
+use crate::telemetry::spans::{CallKind, SpanQueue, SpanRecord, UpstreamCall};
+use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
 use crate::upstream::Shared;
 use compare::{Answer, BodyCompared, Difference, Ignore};
 
@@ -62,6 +65,9 @@ pub struct Copy {
     pub request_id: Option<String>,
     pub route_path: String,
     pub claims: Option<Arc<crate::auth::Claims>>,
+    /// The copy's own trace context (a span under the request's), when the request was traced;
+    /// the copy's trace headers name its client span.
+    pub trace: Option<RequestTrace>,
 }
 
 /// One shadowed request, once its client has the answer.
@@ -77,6 +83,8 @@ pub struct Job {
     pub answer: Answer,
     /// The path as the access log writes it (query redacted), for the samples.
     pub logged_path: String,
+    /// Where a traced copy's spans go.
+    pub spans: Option<Arc<SpanQueue>>,
 }
 
 impl Job {
@@ -295,9 +303,10 @@ impl Shadows {
         }
     }
 
-    /// The worker: sends each queued copy (at most `CONCURRENCY` at once) and compares. Runs
-    /// for the process's life; a second call returns at once.
-    pub async fn run(self: Arc<Self>, sender: Arc<dyn Sender>) {
+    /// The worker: sends each queued copy (at most `CONCURRENCY` at once), compares, and
+    /// writes an access-log line for it (`"shadow": OUTCOME`). Runs for the process's life; a
+    /// second call returns at once.
+    pub async fn run(self: Arc<Self>, sender: Arc<dyn Sender>, access: Arc<AccessLogger>) {
         let Some(mut jobs) = lock(&self.receiver).take() else {
             return;
         };
@@ -307,16 +316,19 @@ impl Shadows {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (me, sender) = (self.clone(), sender.clone());
+            let (me, sender, access) = (self.clone(), sender.clone(), access.clone());
             tokio::spawn(async move {
-                me.process(job, &*sender).await;
+                let (started, wall) = (std::time::Instant::now(), SystemTime::now());
+                let copied = me.process(&job, &*sender).await;
+                log(&access, &job, &copied, started.elapsed());
+                trace(&job, &copied, wall);
                 drop(slot);
             });
         }
     }
 
     /// Sends one copy and compares its answer with the client's.
-    pub async fn process(&self, job: Job, sender: &dyn Sender) {
+    pub async fn process(&self, job: &Job, sender: &dyn Sender) -> Copied {
         let state = self.route(&job.route);
         let n = state.shadowed.fetch_add(1, Ordering::Relaxed);
         let other = match sender.send(&job.copy, &job.other, &job.config).await {
@@ -324,9 +336,14 @@ impl Shadows {
             Err(e) => {
                 state.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(route = %job.route, "shadow copy failed: {e}");
-                return;
+                return Copied {
+                    outcome: "error",
+                    status: 0,
+                    error: Some(e),
+                };
             }
         };
+        let status = other.status;
         let (legacy, new) = match job.answered_by {
             Side::Legacy | Side::Default => (&job.answer, &other),
             Side::New => (&other, &job.answer),
@@ -359,7 +376,11 @@ impl Shadows {
         );
         if outcome.matched() {
             state.matched.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Copied {
+                outcome: "matched",
+                status,
+                error: None,
+            };
         }
         state.mismatched.fetch_add(1, Ordering::Relaxed);
         let sample = Sample {
@@ -381,7 +402,86 @@ impl Shadows {
         while samples.len() > SAMPLES {
             samples.pop_front();
         }
+        Copied {
+            outcome: "mismatched",
+            status,
+            error: None,
+        }
     }
+}
+
+/// How a copy went, for its access-log line.
+#[derive(Debug)]
+pub struct Copied {
+    pub outcome: &'static str,
+    /// The copy's answer's status (0: none).
+    pub status: u16,
+    pub error: Option<String>,
+}
+
+/// A traced copy's spans: a span under the request's (`shadow GET /route`, with how it
+/// compared) and its call to the upstream.
+fn trace(job: &Job, copied: &Copied, start: SystemTime) {
+    let (Some(trace), Some(spans)) = (job.copy.trace, &job.spans) else {
+        return;
+    };
+    let end = SystemTime::now();
+    spans.push(SpanRecord {
+        trace,
+        start,
+        end,
+        method: job.copy.method.clone(),
+        path: job.copy.path.clone(),
+        query: None,
+        status: copied.status,
+        error: copied.error.clone(),
+        route: Some(job.route.clone()),
+        route_path: Some(job.copy.route_path.clone()),
+        side: Some(other_side(job).as_str()),
+        upstream: Some(UpstreamCall {
+            name: job.other.config.name.clone(),
+            start,
+            end,
+            called: true,
+            kind: CallKind::of(&job.other.config),
+        }),
+        shadow: Some(copied.outcome),
+    });
+}
+
+/// The side a copy goes to.
+fn other_side(job: &Job) -> Side {
+    match job.answered_by {
+        Side::New => Side::Legacy,
+        _ => Side::New,
+    }
+}
+
+/// A copy's access-log line: the request it copies (its id, method, path), the side and
+/// upstream the copy went to, its status and time, and `"shadow"`: how it compared.
+fn log(access: &AccessLogger, job: &Job, copied: &Copied, took: std::time::Duration) {
+    let side = other_side(job);
+    let ms = took.as_secs_f64() * 1000.0;
+    let event = AccessEvent {
+        time: Rfc3339(SystemTime::now()),
+        request_id: job.copy.request_id.as_deref().unwrap_or(""),
+        client: job.copy.source_ip,
+        method: job.copy.method.as_str(),
+        path: &job.logged_path,
+        route: Some(&job.route),
+        side: Some(side.as_str()),
+        upstream: Some(job.other.config.name.as_str()),
+        status: copied.status,
+        duration_ms: ms,
+        upstream_ms: Some(ms),
+        bytes_in: job.copy.body.len(),
+        bytes_out: 0,
+        error: copied.error.clone(),
+        trace_id: None,
+        span_id: None,
+        shadow: Some(copied.outcome),
+    };
+    access.log(&event, None);
 }
 
 #[cfg(test)]

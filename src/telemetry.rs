@@ -40,6 +40,9 @@ pub struct AccessEvent<'a> {
     pub trace_id: Option<Hex<16>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<Hex<8>>,
+    /// A shadow copy's line: how its answer compared (`matched`, `mismatched`, `error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<&'a str>,
 }
 
 /// An id that serialises as lower-case hex, with no allocation.

@@ -6,13 +6,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Request;
-use crate::config::Target;
 use crate::split::Side;
 use crate::telemetry::context::RequestTrace;
 use crate::telemetry::redact;
 use crate::telemetry::spans::{CallKind, SpanRecord, UpstreamCall};
 use crate::telemetry::{AccessEvent, AccessLogger, Hex, Rfc3339};
-use crate::upstream::Kind;
 
 /// How a request ended.
 pub struct Finished<'a> {
@@ -70,6 +68,7 @@ impl Request {
             error: done.error,
             trace_id: traced.map(|t| Hex(t.server.trace_id)),
             span_id: traced.map(|t| Hex(t.server.span_id)),
+            shadow: None,
         };
         access.log(&event, otlp);
     }
@@ -82,14 +81,7 @@ impl Request {
         let at = |i: Instant| wall.checked_sub(now - i).unwrap_or(wall);
         let route = self.route.map(|i| &self.snap.routes[i]);
         let upstream = self.upstream().map(|u| {
-            let kind = match (&u.kind, &u.config.target) {
-                (_, Target::Lambda(l)) => CallKind::Lambda {
-                    function: l.function.clone(),
-                    region: l.region.clone(),
-                },
-                (Kind::Signed, _) => CallKind::Signed,
-                _ => CallKind::Http,
-            };
+            let kind = CallKind::of(&u.config);
             UpstreamCall {
                 name: u.config.name.clone(),
                 // A request refused before the call (a limit, a body too large) has no call.
@@ -122,6 +114,7 @@ impl Request {
             route_path: route.map(|r| r.path.clone()),
             side: self.side().map(Side::as_str),
             upstream,
+            shadow: None,
         }
     }
 }

@@ -30,6 +30,8 @@ use crate::upstream::{Kind, Shared};
 
 /// The header every copy carries, so an upstream (and its logs) can tell a shadow request.
 pub(super) const SHADOW_HEADER: &str = "x-strangle-shadow";
+const TRACEPARENT: &str = "traceparent";
+const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 /// A copy's exchange ends by this, whatever the upstream's own deadlines.
 const COPY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -151,6 +153,25 @@ pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool
         .outbound(req, https(session), session.is_upgrade_req());
     crate::pipeline::outbound::apply(&mut headers, &out);
     headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    // A traced request's copy has spans of its own: the trace headers the policy set name the
+    // copy's client span instead of the request's.
+    let trace = ctx
+        .req
+        .trace
+        .filter(|t| t.server.sampled)
+        .map(|t| t.shadow());
+    if let Some(t) = &trace {
+        if headers.contains_key(TRACEPARENT) {
+            if let Ok(v) = HeaderValue::from_bytes(&t.traceparent()) {
+                headers.insert(TRACEPARENT, v);
+            }
+        }
+        if headers.contains_key(X_AMZN_TRACE_ID) {
+            if let Ok(v) = HeaderValue::from_bytes(&t.xray()) {
+                headers.insert(X_AMZN_TRACE_ID, v);
+            }
+        }
+    }
     let mut answer = std::mem::take(&mut tap.answer);
     answer.body = tap.body.split().freeze();
     let copy = Copy {
@@ -164,6 +185,7 @@ pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool
         request_id: Some(ctx.req.request_id_str().to_string()),
         route_path: live.path.clone(),
         claims: ctx.req.decision.as_ref().and_then(|d| d.claims.clone()),
+        trace,
     };
     let logged_path = ctx.req.logged_path(req.uri.path());
     snap.shadows.submit(Job {
@@ -175,6 +197,7 @@ pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool
         copy,
         answer,
         logged_path: logged_path.into_owned(),
+        spans: trace.map(|_| Arc::clone(&snap.spans)),
     });
 }
 
@@ -191,9 +214,11 @@ impl Default for Engine {
     }
 }
 
-/// The shadow worker, a background service: sends the queued copies until shutdown.
+/// The shadow worker, a background service: sends the queued copies until shutdown, and logs
+/// each to the access log.
 pub struct Worker {
     pub live: Arc<crate::state::Live>,
+    pub access: Arc<crate::telemetry::AccessLogger>,
 }
 
 #[async_trait]
@@ -201,7 +226,7 @@ impl pingora::services::background::BackgroundService for Worker {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let shadows = Arc::clone(&self.live.load().shadows);
         tokio::select! {
-            () = shadows.run(Arc::new(Engine::default())) => {}
+            () = shadows.run(Arc::new(Engine::default()), Arc::clone(&self.access)) => {}
             _ = shutdown.changed() => {}
         }
     }

@@ -96,9 +96,11 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
             request_id: None,
             route_path: "/r".into(),
             claims: None,
+            trace: None,
         },
         answer: json(answer),
         logged_path: "/r/1".into(),
+        spans: None,
     }
 }
 
@@ -106,9 +108,9 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
 async fn matches_mismatches_and_failures_are_counted_and_mismatches_sampled() {
     let shadows = Shadows::default();
     let new = Scripted::new(&[r#"{"a": 1}"#, r#"{"a": 2}"#, ""]);
-    shadows.process(job(r#"{"a": 1}"#, false, &[]), &new).await;
-    shadows.process(job(r#"{"a": 1}"#, false, &[]), &new).await;
-    shadows.process(job(r#"{"a": 1}"#, false, &[]), &new).await;
+    shadows.process(&job(r#"{"a": 1}"#, false, &[]), &new).await;
+    shadows.process(&job(r#"{"a": 1}"#, false, &[]), &new).await;
+    shadows.process(&job(r#"{"a": 1}"#, false, &[]), &new).await;
     let r = shadows.route("r");
     let counts = |r: &RouteShadow| {
         [&r.shadowed, &r.matched, &r.mismatched, &r.errors].map(|c| c.load(Ordering::Relaxed))
@@ -124,7 +126,7 @@ async fn matches_mismatches_and_failures_are_counted_and_mismatches_sampled() {
     let always_wrong = Scripted::new(&[r#"{"a": 9}"#]);
     for _ in 0..SAMPLES + 5 {
         shadows
-            .process(job(r#"{"a": 1}"#, false, &[]), &always_wrong)
+            .process(&job(r#"{"a": 1}"#, false, &[]), &always_wrong)
             .await;
     }
     assert_eq!(r.samples().len(), SAMPLES);
@@ -140,7 +142,7 @@ async fn calibration_learns_what_differs_between_two_legacy_answers() {
     ]);
     shadows
         .process(
-            job(r#"{"id": 1, "now": "10:00:00", "req": "a"}"#, true, &[]),
+            &job(r#"{"id": 1, "now": "10:00:00", "req": "a"}"#, true, &[]),
             &sender,
         )
         .await;
@@ -153,14 +155,14 @@ async fn calibration_learns_what_differs_between_two_legacy_answers() {
     let plain = Shadows::default();
     let sender = Scripted::new(&[r#"{"id": 1, "now": "10:00:01", "req": "b"}"#]);
     let j = job(r#"{"id": 1, "now": "10:00:00", "req": "a"}"#, false, &[]);
-    plain.process(j, &sender).await;
+    plain.process(&j, &sender).await;
     assert_eq!(plain.route("r").mismatched.load(Ordering::Relaxed), 1);
     let j = job(
         r#"{"id": 1, "now": "10:00:00", "req": "a"}"#,
         false,
         &["$.now", "$.req"],
     );
-    plain.process(j, &sender).await;
+    plain.process(&j, &sender).await;
     assert_eq!(plain.route("r").matched.load(Ordering::Relaxed), 1);
 }
 

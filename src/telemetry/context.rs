@@ -121,6 +121,21 @@ impl RequestTrace {
         }
     }
 
+    /// The context of a shadow copy of this (sampled) request: the same trace, a server span
+    /// of its own under this request's, and its own client span.
+    pub fn shadow(&self) -> RequestTrace {
+        let mut rng = rand::rng();
+        RequestTrace {
+            server: SpanContext {
+                span_id: span_id(&mut rng),
+                ..self.server
+            },
+            upstream_span: span_id(&mut rng),
+            parent: Some(self.server.span_id),
+            link: None,
+        }
+    }
+
     /// The context the upstream continues: this trace, the client span as its parent.
     pub fn upstream(&self) -> SpanContext {
         SpanContext {

@@ -395,15 +395,24 @@ fn span_data(r: &SpanRecord, scope: &InstrumentationScope) -> Vec<SpanData> {
     // `SpanLinks` cannot be built with a literal (it is `non_exhaustive`), only filled.
     let mut span_links = SpanLinks::default();
     span_links.links = links;
-    let name = match &r.route_path {
+    let mut name = match &r.route_path {
         Some(route) => format!("{} {route}", r.method),
         None => r.method.to_string(),
     };
+    // A shadow copy's span sits under the request it copies, in this process.
+    if let Some(outcome) = r.shadow {
+        name = format!("shadow {name}");
+        attributes.push(KeyValue::new("strangle.shadow", outcome));
+    }
     let server = SpanData {
         span_context: context(t, t.server.span_id, false),
         parent_span_id: t.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
-        parent_span_is_remote: t.parent.is_some(),
-        span_kind: SpanKind::Server,
+        parent_span_is_remote: t.parent.is_some() && r.shadow.is_none(),
+        span_kind: if r.shadow.is_some() {
+            SpanKind::Internal
+        } else {
+            SpanKind::Server
+        },
         name: Cow::Owned(name),
         start_time: r.start,
         end_time: r.end,

@@ -25,6 +25,8 @@ pub struct SpanRecord {
     pub route_path: Option<String>,
     pub side: Option<&'static str>,
     pub upstream: Option<UpstreamCall>,
+    /// A shadow copy's spans: how its answer compared (`matched`, `mismatched`, `error`).
+    pub shadow: Option<&'static str>,
 }
 
 /// The call to the upstream: the client span.
@@ -43,6 +45,20 @@ pub enum CallKind {
     Http,
     Signed,
     Lambda { function: String, region: String },
+}
+
+impl CallKind {
+    /// How an upstream of this config is called.
+    pub fn of(upstream: &crate::config::Upstream) -> CallKind {
+        match &upstream.target {
+            crate::config::Target::Lambda(l) => CallKind::Lambda {
+                function: l.function.clone(),
+                region: l.region.clone(),
+            },
+            _ if upstream.sigv4.is_some() => CallKind::Signed,
+            _ => CallKind::Http,
+        }
+    }
 }
 
 /// The queue between requests and the span exporter.

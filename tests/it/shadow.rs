@@ -129,6 +129,32 @@ fn a_wrong_new_side_is_found_at_the_exact_json_path_and_noise_is_left_out() {
         .all(|s| s.header("x-strangle-shadow").is_none()
             || s.header("x-strangle-shadow") == Some("1")));
 
+    // Each copy has its access-log line, marked with how it compared, beside the client's.
+    let copy_lines = || -> Vec<Value> {
+        proxy
+            .access_log()
+            .into_iter()
+            .filter(|l| l.get("shadow").is_some())
+            .collect()
+    };
+    eventually(Duration::from_secs(5), "13 shadow lines", || {
+        copy_lines().len() == 13
+    });
+    let lines = copy_lines();
+    assert!(lines
+        .iter()
+        .all(|l| l["side"] == "new" && l["upstream"] == "new" && l["route"] == "flights"));
+    assert_eq!(
+        lines.iter().filter(|l| l["shadow"] == "mismatched").count(),
+        2
+    );
+    assert!(lines
+        .iter()
+        .filter(|l| l["shadow"] == "mismatched")
+        .all(|l| l["path"] == "/flights/7"));
+    let client_lines = proxy.access_log().len() - 13;
+    assert_eq!(client_lines, 13, "the clients' own lines are unchanged");
+
     // A write is never copied by default.
     let r = c.request("POST", "/flights/3", &[], b"{}").unwrap();
     assert_eq!(r.status, 200);

@@ -498,3 +498,52 @@ fn a_lambda_function_gets_the_trace_in_its_events_headers() {
         "new"
     );
 }
+
+#[test]
+fn a_shadow_copy_has_its_own_spans_under_the_request_it_copies() {
+    let receiver = Receiver::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let otlp = format!(
+        "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1.0",
+        receiver.http
+    );
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .toml("shadow", "{}")
+        })
+        .section("[telemetry.otlp]", &otlp)
+        .build();
+    let proxy = Proxy::start(&text);
+    assert_eq!(proxy.client().get("/bookings/1", &[]).unwrap().status, 200);
+    // The request's two spans, and the copy's two.
+    let spans = receiver.wait_for(4);
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let server = kind(&spans, SERVER)[0];
+    let copy = spans
+        .iter()
+        .find(|s| s["name"] == "shadow GET /bookings")
+        .expect("the copy's span");
+    assert_eq!(copy["trace_id"], server["trace_id"]);
+    assert_eq!(copy["parent_span_id"], server["span_id"]);
+    let a = &copy["attributes"];
+    // The backends answer differently ("legacy" / "new"): a mismatch.
+    assert_eq!(a["strangle.shadow"], "mismatched");
+    assert_eq!(a["strangle.side"], "new");
+    assert_eq!(a["strangle.upstream"], "new");
+    let call = spans
+        .iter()
+        .find(|s| s["kind"] == CLIENT && s["parent_span_id"] == copy["span_id"])
+        .expect("the copy's call");
+    // The new side continued the copy's call, not the request's.
+    let (trace_id, parent, _) = received(&new);
+    assert_eq!(trace_id, server["trace_id"].as_str().unwrap());
+    assert_eq!(parent, call["span_id"].as_str().unwrap());
+    let (_, legacy_parent, _) = received(&legacy);
+    assert_ne!(legacy_parent, parent);
+}
