@@ -3,7 +3,9 @@
 # through a bare Pingora proxy (the floor strangle is built on), through strangle with routing
 # only, and through strangle with the full pipeline (JWT with the token cache, sticky split,
 # rate limit, max-in-flight, metrics, access log to a file, traces at 1% sent to an OTLP
-# receiver), and the same without tracing (`strangle-full-untraced`: what tracing costs).
+# receiver), and the same without tracing (`strangle-full-untraced`: what tracing costs), and
+# strangle with routing only plus shadow traffic at 10% (`strangle-shadow`: what copying a
+# tenth of the requests to the other side and comparing the answers costs the clients).
 # Each proxy gets one worker pinned to CPU 0; the load generator and the backend share CPU 1.
 # Runs are interleaved (every target once per round), the warm-up is discarded, and the tables
 # report medians over ROUNDS rounds of:
@@ -91,7 +93,15 @@ sed -i "s#$WORK/access.log#$WORK/access-untraced.log#" "$WORK/untraced.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/untraced.toml" 2>"$WORK/untraced.log" & PIDS+=($!)
 UNTRACED_PID=$!
 
-for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL $UNTRACED; do wait_port "$p"; done
+# Routing only, with a tenth of the requests copied to the other side and compared.
+SHADOW=$(free_port)
+routing_config "$SHADOW" "127.0.0.1:$(free_port)" "$BACKEND" \
+  | sed 's/^sticky = "header:x-user-id"$/&\nshadow = { percent = "10%" }/' > "$WORK/shadow.toml"
+grep -q '^shadow = ' "$WORK/shadow.toml"
+taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/shadow.toml" 2>"$WORK/shadow.log" & PIDS+=($!)
+SHADOW_PID=$!
+
+for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL $UNTRACED $SHADOW; do wait_port "$p"; done
 
 # CPU ticks (user + system) of a process and its children (nginx's worker does nginx's work).
 cpu_ticks() {
@@ -103,9 +113,9 @@ cpu_ticks() {
 }
 TICK=$(getconf CLK_TCK)
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL [strangle-full-untraced]=$UNTRACED)
-declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID [strangle-full-untraced]=$UNTRACED_PID)
-ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full strangle-full-untraced)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL [strangle-full-untraced]=$UNTRACED [strangle-shadow]=$SHADOW)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID [strangle-full-untraced]=$UNTRACED_PID [strangle-shadow]=$SHADOW_PID)
+ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full strangle-full-untraced strangle-shadow)
 PROXIES=(nginx haproxy pingora-bare strangle-routing strangle-full)
 headers_for() { # the request headers every tool sends to a target
   echo "x-user-id: user-1"
@@ -201,6 +211,11 @@ latency=$(
   done
 )
 echo "$latency" >&2
+r99=$(echo "${P99[strangle-routing]}" | median); s99=$(echo "${P99[strangle-shadow]}" | median)
+shadowed=$(curl -s "http://$(awk -F'"' '/^listen = "127/ {print $2; exit}' "$WORK/shadow.toml")/metrics" \
+  | awk '/^strangle_shadow_requests_total/ {s += $2} END {print s + 0}')
+shadow_line="Shadow traffic at 10%: client p99 $s99 µs against $r99 µs without it (strangle-routing), ratio $(ratio "$s99" "$r99"); $shadowed copies compared in the run."
+echo "$shadow_line" >&2
 
 # 3. Resident memory with $IDLE idle keep-alive connections (each has had one answer).
 rss_kb() { # a process and its children
@@ -277,6 +292,7 @@ report=$(
   echo; echo "$throughput"; echo
   echo "### Latency at $RATE requests/s (half the slowest proxy; oha -c$CONNECTIONS --latency-correction, medians of $ROUNDS x ${LATENCY_DURATION}s)"
   echo; echo "$latency"; echo
+  echo "$shadow_line"; echo
   echo "### Memory with $IDLE idle keep-alive connections"
   echo; echo "$memory"; echo
   echo "### Reloading every second at $RATE requests/s (medians of $ROUNDS x ${LATENCY_DURATION}s; strangle applied $(reloads_done) reloads)"

@@ -32,6 +32,8 @@ use crate::upstream::{Kind, Shared};
 pub(super) const SHADOW_HEADER: &str = "x-strangle-shadow";
 const TRACEPARENT: &str = "traceparent";
 const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
+/// Mixed into a peer's pool key for the copies' connections.
+const SHADOW_POOL: u64 = 0x5348_4144_4f57_0001;
 /// A copy's exchange ends by this, whatever the upstream's own deadlines.
 const COPY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -239,7 +241,9 @@ impl Engine {
         };
         let backend = h.select(None).ok_or("no address in rotation")?;
         let peer = h.peer(&backend);
-        let key = peer.reuse_hash();
+        // Copies keep connections of their own (this runtime's, in the same pool under their
+        // own key): a copy never takes or leaves a connection real traffic then uses.
+        let key = peer.reuse_hash() ^ SHADOW_POOL;
         let stream = match pool::take(key) {
             Some(s) => s,
             None => self
