@@ -37,7 +37,7 @@ use crate::upstream::Kind;
 pub use fast::Fast;
 pub use pool::sweep as sweep_idle_upstreams;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
-pub use shadow::Worker as ShadowWorker;
+pub use shadow::start as start_shadows;
 
 /// The strangle proxy.
 #[derive(Clone)]
@@ -145,6 +145,7 @@ impl Strangle {
         ctx.shadow = shadow::Tap::start(ctx, session);
         if let (Some(tap), Some(body)) = (ctx.shadow.as_mut(), &body) {
             tap.request_body(body);
+            tap.request_done = true;
         }
         match (&upstream.kind, body) {
             (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, &upstream, body).await,
@@ -273,8 +274,11 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
-            tap.request_body(data);
+        if let Some(tap) = ctx.shadow.as_mut() {
+            if let Some(data) = body.as_ref() {
+                tap.request_body(data);
+            }
+            tap.request_done |= end_of_stream;
         }
         if end_of_stream && !ctx.attempt.request_sent {
             ctx.attempt.request_sent = true;

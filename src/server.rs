@@ -114,6 +114,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         lifecycle: Arc::clone(&live.lifecycle),
     };
     server.add_service(proxy);
+    crate::proxy::start_shadows(&live, &access);
     let live_ = || Arc::clone(&live);
     let emf = Arc::new(EmfReporter::new(live_(), Arc::clone(&access)));
     server.add_service(background_service(
@@ -126,10 +127,6 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(StatsSampler { live: live_() }),
                 Arc::new(StateSaver { live: live_() }),
                 Arc::new(OtlpExport { live: live_() }),
-                Arc::new(crate::proxy::ShadowWorker {
-                    live: live_(),
-                    access: Arc::clone(&access),
-                }),
                 Arc::new(EmfService {
                     reporter: Arc::clone(&emf),
                 }),

@@ -8,10 +8,18 @@
 //! (by jobs and by bytes) that never waits; a full queue drops the job and counts it. A worker
 //! (`Shadows::run`) sends each copy through an engine (`Sender`, the proxy's, with the same
 //! outbound header policy and Lambda signing as the request path) and compares the answers.
+//! The worker runs on the request path's own runtime (started by the first copy), as tasks
+//! among the requests': on a proxy given one CPU, a thread of its own would be preempted in and
+//! out of the requests' thread by the OS, adding milliseconds to their tail latency; a task
+//! yields at every wait instead, and a comparison of large bodies goes to a blocking thread.
 //! Per route: how many were shadowed, matched, mismatched, dropped and failed, the noise
 //! calibration learned, and the last mismatches as redacted samples (`GET /routes/{id}/diffs`).
 
 pub mod compare;
+mod report;
+
+use report::{log, redact, trace};
+pub use report::{Sample, ShadowStatus, Summary};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,15 +28,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Serialize;
 
 use crate::config::shadow::Shadow;
 use crate::split::Side;
 use crate::telemetry::context::RequestTrace;
-use crate::telemetry::spans::{CallKind, SpanQueue, SpanRecord, UpstreamCall};
-use crate::telemetry::{AccessEvent, AccessLogger, Rfc3339};
+use crate::telemetry::spans::SpanQueue;
+use crate::telemetry::AccessLogger;
 use crate::upstream::Shared;
-use compare::{Answer, BodyCompared, Difference, Ignore};
+use compare::{Answer, Ignore};
 
 /// Jobs waiting at most.
 pub const QUEUE_JOBS: usize = 1024;
@@ -39,7 +46,10 @@ pub const QUEUE_BYTES: usize = 64 << 20;
 /// memory before the queue's own bound applies.
 pub const CAPTURE_BYTES: usize = 64 << 20;
 /// Copies in flight at once.
-pub const CONCURRENCY: usize = 16;
+pub const CONCURRENCY: usize = 8;
+/// A copy still queued after this long is not sent (counted as dropped): a write copied long
+/// after its request is a surprise, and the config may have changed meanwhile.
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Mismatch samples kept per route.
 pub const SAMPLES: usize = 50;
 /// Noise paths learned per route at most.
@@ -85,6 +95,9 @@ pub struct Job {
     pub logged_path: String,
     /// Where a traced copy's spans go.
     pub spans: Option<Arc<SpanQueue>>,
+    /// Response headers whose values the samples never show (`[telemetry] redact-headers`).
+    pub redact_headers: Arc<[String]>,
+    pub queued_at: std::time::Instant,
 }
 
 impl Job {
@@ -94,46 +107,21 @@ impl Job {
 }
 
 /// Sends a copy to an upstream and captures its answer as `config` says (the listed headers,
-/// the body up to `max-body`).
+/// the body up to `max-body`, its bytes taken from `capture`).
 #[async_trait]
 pub trait Sender: Send + Sync {
-    async fn send(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String>;
+    async fn send(
+        &self,
+        copy: &Copy,
+        to: &Shared,
+        config: &Shadow,
+        capture: &mut Capture,
+    ) -> Result<Answer, String>;
 }
 
-/// A mismatch, as `GET /routes/{id}/diffs` shows it: no request headers, no bodies, the query
-/// redacted; the differing values (cut) are the point.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    pub at: String,
-    pub method: String,
-    pub path: String,
-    /// The side the client got.
-    pub answered_by: &'static str,
-    pub legacy: Summary,
-    pub new: Summary,
-    pub body: BodyCompared,
-    /// The first differences (`compare::MAX_DIFFERENCES`), and how many there were.
-    pub differences: Vec<Difference>,
-    pub count: usize,
-}
-
-/// One answer in a sample.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub status: u16,
-    pub bytes: usize,
-    pub truncated: bool,
-}
-
-impl From<&Answer> for Summary {
-    fn from(a: &Answer) -> Summary {
-        Summary {
-            status: a.status,
-            bytes: a.body.len(),
-            truncated: a.truncated,
-        }
-    }
-}
+/// Whether a queued job is still to be sent under the config now in force (its route still
+/// shadows its method to the same upstream).
+pub type Still = Box<dyn Fn(&Job) -> bool + Send + Sync>;
 
 /// A route's shadow counters, samples and learned noise (kept by route id across reloads).
 #[derive(Debug, Default)]
@@ -146,23 +134,6 @@ pub struct RouteShadow {
     pub calibrated: AtomicU64,
     learned: Mutex<BTreeSet<String>>,
     samples: Mutex<VecDeque<Sample>>,
-}
-
-/// A route's shadow in `GET /status`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct ShadowStatus {
-    /// The share of eligible requests copied.
-    pub percent: String,
-    pub shadowed: u64,
-    pub matched: u64,
-    pub mismatched: u64,
-    /// Mismatched over compared (matched + mismatched).
-    pub mismatch_rate: f64,
-    pub dropped: u64,
-    pub errors: u64,
-    pub calibrated: u64,
-    /// The noise calibration learned (JSON paths, `status`, `header:NAME`, `body`).
-    pub learned: Vec<String>,
 }
 
 impl RouteShadow {
@@ -209,6 +180,17 @@ pub struct Shadows {
     queue: tokio::sync::mpsc::Sender<Job>,
     receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Job>>>,
     queued_bytes: Arc<AtomicUsize>,
+    /// What the worker needs, given once at start-up (`start_with`); the worker itself starts
+    /// with the first copy, on the runtime that submits it.
+    runner: std::sync::OnceLock<Runner>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+/// The worker's engine, access log and check of the config now in force.
+struct Runner {
+    sender: Arc<dyn Sender>,
+    access: Arc<AccessLogger>,
+    still: Arc<dyn Fn(&Job) -> bool + Send + Sync>,
 }
 
 impl Default for Shadows {
@@ -220,6 +202,8 @@ impl Default for Shadows {
             queue,
             receiver: Mutex::new(Some(receiver)),
             queued_bytes: Arc::default(),
+            runner: std::sync::OnceLock::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -287,8 +271,39 @@ impl Shadows {
         all
     }
 
-    /// Queues a job; never waits. A full queue (by jobs or bytes) drops it, counted.
-    pub fn submit(&self, job: Job) {
+    /// Gives the worker what it needs (once; later calls change nothing).
+    pub fn start_with(&self, sender: Arc<dyn Sender>, access: Arc<AccessLogger>, still: Still) {
+        let _ = self.runner.set(Runner {
+            sender,
+            access,
+            still: Arc::from(still),
+        });
+    }
+
+    /// Queues a job; never waits. A full queue (by jobs or bytes) drops it, counted. The first
+    /// job starts the worker on this runtime.
+    pub fn submit(self: &Arc<Self>, job: Job) {
+        self.enqueue(job);
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let (Some(runner), Ok(runtime)) =
+            (self.runner.get(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if !self.started.swap(true, Ordering::Relaxed) {
+            let me = Arc::clone(self);
+            let (sender, access, still) = (
+                Arc::clone(&runner.sender),
+                Arc::clone(&runner.access),
+                Arc::clone(&runner.still),
+            );
+            runtime.spawn(me.run(sender, access, Box::new(move |j: &Job| still(j))));
+        }
+    }
+
+    fn enqueue(&self, job: Job) {
         let state = self.route(&job.route);
         let bytes = job.bytes();
         let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -306,22 +321,36 @@ impl Shadows {
     /// The worker: sends each queued copy (at most `CONCURRENCY` at once), compares, and
     /// writes an access-log line for it (`"shadow": OUTCOME`). Runs for the process's life; a
     /// second call returns at once.
-    pub async fn run(self: Arc<Self>, sender: Arc<dyn Sender>, access: Arc<AccessLogger>) {
+    pub async fn run(
+        self: Arc<Self>,
+        sender: Arc<dyn Sender>,
+        access: Arc<AccessLogger>,
+        still: Still,
+    ) {
         let Some(mut jobs) = lock(&self.receiver).take() else {
             return;
         };
         let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         while let Some(job) = jobs.recv().await {
-            self.queued_bytes.fetch_sub(job.bytes(), Ordering::Relaxed);
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
+            // Too old, or its route no longer shadows it (a reload): not sent.
+            if job.queued_at.elapsed() > MAX_AGE || !still(&job) {
+                self.queued_bytes.fetch_sub(job.bytes(), Ordering::Relaxed);
+                self.route(&job.route)
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let (me, sender, access) = (self.clone(), sender.clone(), access.clone());
             tokio::spawn(async move {
                 let (started, wall) = (std::time::Instant::now(), SystemTime::now());
                 let copied = me.process(&job, &*sender).await;
                 log(&access, &job, &copied, started.elapsed());
                 trace(&job, &copied, wall);
+                // Its bytes count against the queue's bound until it is done.
+                me.queued_bytes.fetch_sub(job.bytes(), Ordering::Relaxed);
                 drop(slot);
             });
         }
@@ -331,7 +360,11 @@ impl Shadows {
     pub async fn process(&self, job: &Job, sender: &dyn Sender) -> Copied {
         let state = self.route(&job.route);
         let n = state.shadowed.fetch_add(1, Ordering::Relaxed);
-        let other = match sender.send(&job.copy, &job.other, &job.config).await {
+        let mut capture = self.capture();
+        let other = match sender
+            .send(&job.copy, &job.other, &job.config, &mut capture)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 state.errors.fetch_add(1, Ordering::Relaxed);
@@ -353,11 +386,23 @@ impl Shadows {
         let calibrate = job.config.calibrate
             && job.copy.method.is_safe()
             && (n < CALIBRATE_FIRST || n % CALIBRATE_EVERY == 0);
+        if !job.config.calibrate {
+            // What calibration learned applies only while it is on.
+            lock(&state.learned).clear();
+        }
         if calibrate {
-            if let Ok(again) = sender.send(&job.copy, &job.legacy, &job.config).await {
+            let again = sender
+                .send(&job.copy, &job.legacy, &job.config, &mut capture)
+                .await;
+            if let Ok(again) = again {
                 state.calibrated.fetch_add(1, Ordering::Relaxed);
+                let first = legacy.clone();
+                let big = first.body.len().max(again.body.len()) > INLINE;
+                let noise = off_thread(big, move || compare::noise(&first, &again))
+                    .await
+                    .unwrap_or_default();
                 let mut learned = lock(&state.learned);
-                for path in compare::noise(legacy, &again) {
+                for path in noise {
                     if learned.len() >= MAX_LEARNED {
                         break;
                     }
@@ -366,14 +411,24 @@ impl Shadows {
             }
         }
         let learned = lock(&state.learned).clone();
-        let outcome = compare::compare(
-            legacy,
-            new,
-            Ignore {
-                paths: &job.config.ignore,
+        let big = legacy.body.len().max(new.body.len()) > INLINE;
+        let (l, n, config) = (legacy.clone(), new.clone(), Arc::clone(&job.config));
+        let outcome = off_thread(big, move || {
+            let ignore = Ignore {
+                paths: &config.ignore,
                 learned: &learned,
-            },
-        );
+            };
+            compare::compare(&l, &n, ignore)
+        })
+        .await;
+        let Some(outcome) = outcome else {
+            state.errors.fetch_add(1, Ordering::Relaxed);
+            return Copied {
+                outcome: "error",
+                status,
+                error: Some("the comparison did not finish".into()),
+            };
+        };
         if outcome.matched() {
             state.matched.fetch_add(1, Ordering::Relaxed);
             return Copied {
@@ -394,7 +449,7 @@ impl Shadows {
             legacy: legacy.into(),
             new: new.into(),
             body: outcome.body,
-            differences: outcome.differences,
+            differences: redact(outcome.differences, &job.redact_headers),
             count: outcome.count,
         };
         let mut samples = lock(&state.samples);
@@ -410,6 +465,22 @@ impl Shadows {
     }
 }
 
+/// Bodies up to this are compared on the worker's task; larger ones on a blocking thread, so a
+/// large document never holds up the requests sharing the runtime.
+const INLINE: usize = 64 << 10;
+
+/// Runs `f` here, or on a blocking thread when `big` (`None`: that thread never answered, as
+/// when the runtime is shutting down).
+async fn off_thread<T: Send + 'static>(
+    big: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if !big {
+        return Some(f());
+    }
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 /// How a copy went, for its access-log line.
 #[derive(Debug)]
 pub struct Copied {
@@ -417,71 +488,6 @@ pub struct Copied {
     /// The copy's answer's status (0: none).
     pub status: u16,
     pub error: Option<String>,
-}
-
-/// A traced copy's spans: a span under the request's (`shadow GET /route`, with how it
-/// compared) and its call to the upstream.
-fn trace(job: &Job, copied: &Copied, start: SystemTime) {
-    let (Some(trace), Some(spans)) = (job.copy.trace, &job.spans) else {
-        return;
-    };
-    let end = SystemTime::now();
-    spans.push(SpanRecord {
-        trace,
-        start,
-        end,
-        method: job.copy.method.clone(),
-        path: job.copy.path.clone(),
-        query: None,
-        status: copied.status,
-        error: copied.error.clone(),
-        route: Some(job.route.clone()),
-        route_path: Some(job.copy.route_path.clone()),
-        side: Some(other_side(job).as_str()),
-        upstream: Some(UpstreamCall {
-            name: job.other.config.name.clone(),
-            start,
-            end,
-            called: true,
-            kind: CallKind::of(&job.other.config),
-        }),
-        shadow: Some(copied.outcome),
-    });
-}
-
-/// The side a copy goes to.
-fn other_side(job: &Job) -> Side {
-    match job.answered_by {
-        Side::New => Side::Legacy,
-        _ => Side::New,
-    }
-}
-
-/// A copy's access-log line: the request it copies (its id, method, path), the side and
-/// upstream the copy went to, its status and time, and `"shadow"`: how it compared.
-fn log(access: &AccessLogger, job: &Job, copied: &Copied, took: std::time::Duration) {
-    let side = other_side(job);
-    let ms = took.as_secs_f64() * 1000.0;
-    let event = AccessEvent {
-        time: Rfc3339(SystemTime::now()),
-        request_id: job.copy.request_id.as_deref().unwrap_or(""),
-        client: job.copy.source_ip,
-        method: job.copy.method.as_str(),
-        path: &job.logged_path,
-        route: Some(&job.route),
-        side: Some(side.as_str()),
-        upstream: Some(job.other.config.name.as_str()),
-        status: copied.status,
-        duration_ms: ms,
-        upstream_ms: Some(ms),
-        bytes_in: job.copy.body.len(),
-        bytes_out: 0,
-        error: copied.error.clone(),
-        trace_id: None,
-        span_id: None,
-        shadow: Some(copied.outcome),
-    };
-    access.log(&event, None);
 }
 
 #[cfg(test)]

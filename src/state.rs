@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub inventory: Arc<crate::inventory::Inventory>,
     /// Shadow traffic's queue and per-route results (the same across reloads).
     pub shadows: Arc<crate::shadow::Shadows>,
+    /// `[telemetry] redact-headers`, for what shadow samples show.
+    pub redact_headers: Arc<[String]>,
     /// Where requests leave their access-log records for the OTLP log exporter, when the
     /// config exports logs (`[telemetry.otlp] logs = true`).
     pub logs: Option<Arc<crate::telemetry::export::logs::LogQueue>>,
@@ -159,6 +161,12 @@ impl Snapshot {
         });
         let export_logs = config.telemetry.otlp.as_ref().is_some_and(|o| o.logs);
         let logs = export_logs.then(|| Arc::clone(&registry.logs));
+        let redact_headers = config
+            .telemetry
+            .redact_headers
+            .iter()
+            .map(|h| h.as_str().to_string())
+            .collect();
         Ok(Snapshot {
             config,
             table,
@@ -172,6 +180,7 @@ impl Snapshot {
             spans: Arc::clone(&registry.spans),
             inventory: previous.map_or_else(Arc::default, |p| Arc::clone(&p.inventory)),
             shadows: previous.map_or_else(Arc::default, |p| Arc::clone(&p.shadows)),
+            redact_headers,
             logs,
             loaded_at: SystemTime::now(),
         })

@@ -133,6 +133,10 @@ impl Cx<'_> {
             self.err_at(m, format!("bad method `{}`", m.get_ref()), None);
             return None;
         };
+        if method == Method::CONNECT {
+            self.err_at(m, "`CONNECT` opens a tunnel and is never shadowed", None);
+            return None;
+        }
         if !method.is_safe() && !writes {
             let hint = Some("a shadow copy of a write makes it happen twice; set `shadow-writes = true` on the route only if the two sides write to different places".into());
             self.err_at(

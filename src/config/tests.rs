@@ -708,6 +708,9 @@ fn a_shadow_is_lowered_with_its_defaults_and_its_mistakes_reported() {
         e.contains("route `health` shadows with only one side"),
         "{e}"
     );
+    let connect = "shadow = { methods = [\"CONNECT\"] }\nshadow-writes = true";
+    let e = parse_str(&with(connect)).unwrap_err().to_string();
+    assert!(e.contains("`CONNECT` opens a tunnel"), "{e}");
     let e = parse_str(&with("shadow-writes = true"))
         .unwrap_err()
         .to_string();

@@ -24,7 +24,7 @@ use super::{aws, https, pool, Ctx};
 use crate::config::shadow::Shadow;
 use crate::lambda::event;
 use crate::shadow::compare::Answer;
-use crate::shadow::{Copy, Job, Sender};
+use crate::shadow::{Capture, Copy, Job, Sender};
 use crate::split::Side;
 use crate::upstream::{Kind, Shared};
 
@@ -46,6 +46,8 @@ pub(super) struct Tap {
     body: BytesMut,
     /// The request body was over the cap: the request is not shadowed after all.
     over: bool,
+    /// The whole request body passed (a copy of a part of one is never sent).
+    pub(super) request_done: bool,
     /// The bytes captured, from the process's budget; spent: not shadowed, counted as dropped.
     capture: crate::shadow::Capture,
     spent: bool,
@@ -75,6 +77,7 @@ impl Tap {
             answer: Answer::default(),
             body: BytesMut::new(),
             over: false,
+            request_done: false,
             capture: ctx.req.snap.shadows.capture(),
             spent: false,
         }))
@@ -121,14 +124,17 @@ impl Tap {
 
 /// At the account step: the copy of a shadowed request whose client got a whole answer goes
 /// to the queue.
-pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool) {
+pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: bool) {
     let Some(mut tap) = ctx.shadow.take() else {
         return;
     };
-    if failed || tap.over || status == 0 || tap.answer.status != status {
+    if failed || status == 0 || tap.answer.status != status {
         return;
     }
-    if tap.spent {
+    // Not copied, and counted: a body over the cap, the capture budget spent, or a body the
+    // client had not sent whole when its answer came (a copy must never carry part of one).
+    let whole = tap.request_done || session.as_mut().is_body_empty();
+    if tap.spent || tap.over || !whole {
         if let Some(route) = ctx.req.route_id() {
             let state = ctx.req.snap.shadows.route(route);
             state
@@ -190,6 +196,7 @@ pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool
         trace,
     };
     let logged_path = ctx.req.logged_path(req.uri.path());
+    let redact_headers = Arc::clone(&snap.redact_headers);
     snap.shadows.submit(Job {
         route: live.id.clone(),
         config: tap.config,
@@ -200,6 +207,8 @@ pub(super) fn submit(session: &Session, ctx: &mut Ctx, status: u16, failed: bool
         answer,
         logged_path: logged_path.into_owned(),
         spans: trace.map(|_| Arc::clone(&snap.spans)),
+        redact_headers,
+        queued_at: Instant::now(),
     });
 }
 
@@ -216,26 +225,39 @@ impl Default for Engine {
     }
 }
 
-/// The shadow worker, a background service: sends the queued copies until shutdown, and logs
-/// each to the access log.
-pub struct Worker {
-    pub live: Arc<crate::state::Live>,
-    pub access: Arc<crate::telemetry::AccessLogger>,
-}
-
-#[async_trait]
-impl pingora::services::background::BackgroundService for Worker {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let shadows = Arc::clone(&self.live.load().shadows);
-        tokio::select! {
-            () = shadows.run(Arc::new(Engine::default()), Arc::clone(&self.access)) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
+/// Gives the live config's shadows their engine, the access log and the check of the config
+/// in force (once, at start-up); the worker starts with the first copy.
+pub fn start(live: &Arc<crate::state::Live>, access: &Arc<crate::telemetry::AccessLogger>) {
+    let shadows = Arc::clone(&live.load().shadows);
+    let live = Arc::clone(live);
+    // A queued copy is sent only if the config now in force still shadows it: its route, its
+    // method, the same upstream on the other side.
+    let still: crate::shadow::Still = Box::new(move |job: &Job| {
+        let snap = live.load();
+        let Some(i) = snap.routes.iter().position(|r| r.id == job.route) else {
+            return false;
+        };
+        let shadows_it = snap.config.routes[i]
+            .shadow
+            .as_ref()
+            .is_some_and(|s| s.methods.contains(&job.copy.method));
+        let other = match job.answered_by {
+            Side::New => &snap.routes[i].legacy,
+            _ => &snap.routes[i].new,
+        };
+        shadows_it && other.as_ref().is_some_and(|o| o.name() == job.other.name())
+    });
+    shadows.start_with(Arc::new(Engine::default()), Arc::clone(access), still);
 }
 
 impl Engine {
-    async fn http(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+    async fn http(
+        &self,
+        copy: &Copy,
+        to: &Shared,
+        config: &Shadow,
+        budget: &mut Capture,
+    ) -> Result<Answer, String> {
         let Kind::Http(h) = &to.kind else {
             return Err("not an HTTP upstream".into());
         };
@@ -295,7 +317,7 @@ impl Engine {
                 }
                 HttpTask::Body(data, end) => {
                     if let Some(data) = data {
-                        if !capture(&mut body, &data, config.max_body) {
+                        if !capture(&mut body, &data, config.max_body, budget)? {
                             // Past the cap: compared by the prefix; the rest is not read (the
                             // connection is not kept).
                             answer.truncated = true;
@@ -324,7 +346,13 @@ impl Engine {
         Ok(answer)
     }
 
-    async fn lambda(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+    async fn lambda(
+        &self,
+        copy: &Copy,
+        to: &Shared,
+        config: &Shadow,
+        budget: &mut Capture,
+    ) -> Result<Answer, String> {
         let Kind::Lambda(lambda) = &to.kind else {
             return Err("not a Lambda upstream".into());
         };
@@ -351,12 +379,18 @@ impl Engine {
         let headers: http::HeaderMap = r.headers.into_iter().collect();
         let mut answer = answer_head(&headers, r.status, config);
         let mut body = BytesMut::new();
-        answer.truncated = !capture(&mut body, &r.body, config.max_body);
+        answer.truncated = !capture(&mut body, &r.body, config.max_body, budget)?;
         answer.body = body.freeze();
         Ok(answer)
     }
 
-    async fn signed(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+    async fn signed(
+        &self,
+        copy: &Copy,
+        to: &Shared,
+        config: &Shadow,
+        budget: &mut Capture,
+    ) -> Result<Answer, String> {
         let (Some(sig), Some(uri)) = (
             &to.config.sigv4,
             aws::signed_uri(to, &copy.path, &copy.query),
@@ -380,7 +414,7 @@ impl Engine {
         while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
             let frame = frame.map_err(|e| e.to_string())?;
             if let Ok(data) = frame.into_data() {
-                if !capture(&mut body, &data, config.max_body) {
+                if !capture(&mut body, &data, config.max_body, budget)? {
                     answer.truncated = true;
                     break;
                 }
@@ -393,13 +427,28 @@ impl Engine {
 
 #[async_trait]
 impl Sender for Engine {
-    async fn send(&self, copy: &Copy, to: &Shared, config: &Shadow) -> Result<Answer, String> {
+    async fn send(
+        &self,
+        copy: &Copy,
+        to: &Shared,
+        config: &Shadow,
+        budget: &mut Capture,
+    ) -> Result<Answer, String> {
+        // A copy takes a `max-in-flight` slot like any request, but never waits for one.
+        let _slot = match &to.limiter {
+            Some(limiter) => Some(
+                Arc::clone(limiter)
+                    .try_acquire_owned()
+                    .map_err(|_| format!("upstream `{}` at max-in-flight", to.name()))?,
+            ),
+            None => None,
+        };
         let started = Instant::now();
         let sent = async {
             match &to.kind {
-                Kind::Http(_) => self.http(copy, to, config).await,
-                Kind::Lambda(_) => self.lambda(copy, to, config).await,
-                Kind::Signed => self.signed(copy, to, config).await,
+                Kind::Http(_) => self.http(copy, to, config, budget).await,
+                Kind::Lambda(_) => self.lambda(copy, to, config, budget).await,
+                Kind::Signed => self.signed(copy, to, config, budget).await,
             }
         };
         match tokio::time::timeout(COPY_DEADLINE, sent).await {
@@ -429,9 +478,19 @@ fn answer_head(headers: &http::HeaderMap, status: u16, config: &Shadow) -> Answe
     }
 }
 
-/// Appends what fits under `cap`; false when something did not.
-fn capture(body: &mut BytesMut, data: &[u8], cap: usize) -> bool {
+/// Appends what fits under `cap`; false when something did not. The bytes come out of the
+/// shadow capture budget; an error when it is spent.
+fn capture(
+    body: &mut BytesMut,
+    data: &[u8],
+    cap: usize,
+    budget: &mut Capture,
+) -> Result<bool, String> {
     let room = cap.saturating_sub(body.len());
-    body.extend_from_slice(&data[..data.len().min(room)]);
-    data.len() <= room
+    let take = &data[..data.len().min(room)];
+    if !budget.grow(take.len()) {
+        return Err("over the shadow capture budget".into());
+    }
+    body.extend_from_slice(take);
+    Ok(data.len() <= room)
 }

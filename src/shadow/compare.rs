@@ -17,6 +17,9 @@ pub const MAX_DIFFERENCES: usize = 20;
 const MAX_SHOWN: usize = 200;
 /// JSON nested deeper than this is compared by hash below that depth (no stack to exhaust).
 const MAX_DEPTH: usize = 64;
+/// Bodies larger than this are compared by hash, not parsed: a parsed document takes many
+/// times its size in memory (a 16 MB array of zeros takes hundreds of megabytes).
+pub const MAX_JSON: usize = 1 << 20;
 
 /// One side's answer as captured for comparison.
 #[derive(Debug, Clone, Default)]
@@ -90,9 +93,11 @@ pub fn compare(legacy: &Answer, new: &Answer, ignore: Ignore<'_>) -> Outcome {
         }
     }
     let body = if legacy.truncated || new.truncated {
-        let n = legacy.body.len().min(new.body.len());
-        if hash(&legacy.body[..n]) != hash(&new.body[..n]) {
-            out.add_plain("body", describe(&legacy.body), describe(&new.body));
+        // Both over the cap: the prefixes both captured (the same length). One over it and
+        // the other not: they differ (one is longer), whatever their first bytes.
+        let same = legacy.truncated == new.truncated && hash(&legacy.body) == hash(&new.body);
+        if !same {
+            out.add_plain("body", describe(legacy), describe(new));
         }
         BodyCompared::PrefixHash
     } else {
@@ -104,7 +109,7 @@ pub fn compare(legacy: &Answer, new: &Answer, ignore: Ignore<'_>) -> Outcome {
             }
             _ => {
                 if hash(&legacy.body) != hash(&new.body) {
-                    out.add_plain("body", describe(&legacy.body), describe(&new.body));
+                    out.add_plain("body", describe(legacy), describe(new));
                 }
                 BodyCompared::Hash
             }
@@ -118,39 +123,46 @@ pub fn compare(legacy: &Answer, new: &Answer, ignore: Ignore<'_>) -> Outcome {
     }
 }
 
-/// Calibration: the concrete paths where two answers of the same side differ (to be learned
-/// as noise), with nothing ignored.
+/// At most this many paths are learned from one calibration: two answers that differ in more
+/// places are two different documents, not one with noise in it.
+pub const MAX_NOISE: usize = 32;
+
+/// Calibration: the concrete paths where two answers of the same side differ, to be learned as
+/// noise: listed headers and JSON paths below the root, never the status or a whole body. Two
+/// answers with different statuses, or bodies that differ and are not both JSON, or that
+/// differ in more than `MAX_NOISE` places, teach nothing (an empty list).
 pub fn noise(first: &Answer, second: &Answer) -> Vec<String> {
+    if first.status != second.status || first.truncated || second.truncated {
+        return Vec::new();
+    }
     let none = BTreeSet::new();
     let mut out = Collect::new(Ignore {
         paths: &[],
         learned: &none,
     });
     out.keep_all = true;
-    if first.status != second.status {
-        out.add_plain("status", String::new(), String::new());
-    }
     for ((name, a), (_, b)) in first.headers.iter().zip(&second.headers) {
         if a != b {
             out.add_plain(&format!("header:{name}"), String::new(), String::new());
         }
     }
-    match (
-        first.truncated || second.truncated,
-        json(first),
-        json(second),
-    ) {
-        (false, Some(a), Some(b)) => out.values(&mut Vec::new(), &a, &b, 0),
-        _ if hash(&first.body) != hash(&second.body) => {
-            out.add_plain("body", String::new(), String::new())
-        }
+    match (json(first), json(second)) {
+        (Some(a), Some(b)) => out.values(&mut Vec::new(), &a, &b, 0),
+        _ if hash(&first.body) != hash(&second.body) => return Vec::new(),
         _ => {}
     }
-    out.kept.into_iter().map(|d| d.path).collect()
+    let paths: Vec<String> = out.kept.into_iter().map(|d| d.path).collect();
+    if paths.len() > MAX_NOISE || paths.iter().any(|p| p == "$") {
+        return Vec::new();
+    }
+    paths
 }
 
-/// The body as JSON, when the answer says it is JSON and it parses.
+/// The body as JSON, when the answer says it is JSON, is not too large to parse, and parses.
 fn json(a: &Answer) -> Option<Value> {
+    if a.body.len() > MAX_JSON {
+        return None;
+    }
     let ct = a.content_type.as_deref()?.to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim();
     let is_json = essence == "application/json" || essence.ends_with("+json");
@@ -164,8 +176,23 @@ fn hash(b: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
 }
 
-fn describe(body: &[u8]) -> String {
-    format!("{} bytes, xxh3 {:016x}", body.len(), hash(body))
+fn describe(a: &Answer) -> String {
+    let over = if a.truncated { " (over the cap)" } else { "" };
+    format!("{} bytes{over}, xxh3 {:016x}", a.body.len(), hash(&a.body))
+}
+
+/// Whether two JSON numbers are the same number: integers exactly (above 2^53 a float would
+/// take two ids as one), others as floats (1 and 1.0 are the same to a JSON reader).
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (int(x), int(y)) {
+        (Some(a), Some(b)) => a == b,
+        _ => x.as_f64() == y.as_f64(),
+    }
 }
 
 /// A value as shown in a difference: its JSON, cut.
@@ -289,7 +316,7 @@ impl<'a> Collect<'a> {
                 }
             }
             // 1 and 1.0 are the same number to a JSON reader.
-            (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
+            (Value::Number(x), Value::Number(y)) if same_number(x, y) => {}
             _ if a == b => {}
             _ => self.add(path, show(a), show(b)),
         }

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::compare::Difference;
 use super::*;
 use crate::config::shadow::DEFAULT_MAX_BODY;
 use crate::split::Shift;
@@ -27,7 +28,13 @@ impl Scripted {
 
 #[async_trait]
 impl Sender for Scripted {
-    async fn send(&self, _copy: &Copy, _to: &Shared, _config: &Shadow) -> Result<Answer, String> {
+    async fn send(
+        &self,
+        _copy: &Copy,
+        _to: &Shared,
+        _config: &Shadow,
+        _capture: &mut Capture,
+    ) -> Result<Answer, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let next = lock(&self.bodies).pop_front();
         let body = match next {
@@ -101,6 +108,8 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
         answer: json(answer),
         logged_path: "/r/1".into(),
         spans: None,
+        redact_headers: Arc::from(Vec::new()),
+        queued_at: std::time::Instant::now(),
     }
 }
 
@@ -168,13 +177,13 @@ async fn calibration_learns_what_differs_between_two_legacy_answers() {
 
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_and_never_waits() {
-    let shadows = Shadows::default();
+    let shadows = Arc::new(Shadows::default());
     for _ in 0..QUEUE_JOBS + 7 {
         shadows.submit(job("{}", false, &[]));
     }
     assert_eq!(shadows.route("r").dropped.load(Ordering::Relaxed), 7);
     // By bytes too: a job as large as the whole queue's room does not fit.
-    let fresh = Shadows::default();
+    let fresh = Arc::new(Shadows::default());
     let mut big = job("{}", false, &[]);
     big.copy.body = Bytes::from(vec![b'x'; QUEUE_BYTES + 1]);
     fresh.submit(big);
@@ -196,4 +205,104 @@ fn captures_share_one_budget_and_give_it_back_when_they_drop() {
     assert!(c.grow(CAPTURE_BYTES - 10));
     drop((b, c));
     assert!(shadows.capture().grow(CAPTURE_BYTES));
+}
+
+#[tokio::test]
+async fn calibration_never_learns_an_outcome_and_forgets_when_turned_off() {
+    let shadows = Shadows::default();
+    // The monolith's second answer is another document: nothing to learn from it.
+    let sender = Scripted::new(&[r#"{"a": 2}"#, r#"[1, 2, 3]"#]);
+    shadows
+        .process(&job(r#"{"a": 1}"#, true, &[]), &sender)
+        .await;
+    let r = shadows.route("r");
+    assert!(r.learned().is_empty());
+    assert_eq!(r.mismatched.load(Ordering::Relaxed), 1);
+    // Learned noise applies only while calibration is on.
+    let sender = Scripted::new(&[r#"{"a": 1, "t": 2}"#, r#"{"a": 1, "t": 3}"#]);
+    shadows
+        .process(&job(r#"{"a": 1, "t": 1}"#, true, &[]), &sender)
+        .await;
+    assert_eq!(r.learned(), ["$.t"]);
+    let sender = Scripted::new(&[r#"{"a": 1, "t": 9}"#]);
+    shadows
+        .process(&job(r#"{"a": 1, "t": 1}"#, false, &[]), &sender)
+        .await;
+    assert!(r.learned().is_empty());
+    assert_eq!(r.mismatched.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn samples_never_show_secret_values() {
+    let shadows = Shadows::default();
+    let sender = Scripted::new(&[
+        r#"{"token": "new-secret", "user": {"api-key": "k2", "card": "4111"}, "n": 2}"#,
+    ]);
+    let mut j = job(
+        r#"{"token": "old-secret", "user": {"api-key": "k1", "card": "4000"}, "n": 1}"#,
+        false,
+        &[],
+    );
+    j.redact_headers = Arc::from(vec!["x-session".to_string()]);
+    shadows.process(&j, &sender).await;
+    let sample = &shadows.route("r").samples()[0];
+    let shown = serde_json::to_string(sample).unwrap();
+    for secret in ["secret", "k1", "k2", "4111", "4000"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    let paths: Vec<&str> = sample.differences.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["$.n", "$.token", "$.user.api-key", "$.user.card"]);
+    assert_eq!(sample.differences[0].new, "2", "other values show");
+    let headers = redact(
+        vec![
+            Difference {
+                path: "header:set-cookie".into(),
+                legacy: "sid=1".into(),
+                new: "sid=2".into(),
+            },
+            Difference {
+                path: "header:x-session".into(),
+                legacy: "a".into(),
+                new: "b".into(),
+            },
+            Difference {
+                path: "header:etag".into(),
+                legacy: "1".into(),
+                new: "2".into(),
+            },
+        ],
+        &["x-session".to_string()],
+    );
+    let values: Vec<&str> = headers.iter().map(|d| d.legacy.as_str()).collect();
+    assert_eq!(values, ["[redacted]", "[redacted]", "1"]);
+}
+
+#[tokio::test]
+async fn queued_copies_the_config_no_longer_wants_or_too_old_are_dropped() {
+    let shadows = Arc::new(Shadows::default());
+    shadows.submit(job("{}", false, &[]));
+    let mut old = job("{}", false, &[]);
+    old.queued_at = std::time::Instant::now() - MAX_AGE - std::time::Duration::from_secs(1);
+    old.route = "old".into();
+    shadows.submit(old);
+    let sender = Arc::new(Scripted::new(&["{}"]));
+    let access = Arc::new(AccessLogger::new(crate::config::AccessLog::Off));
+    let worker = tokio::spawn(Arc::clone(&shadows).run(
+        sender.clone(),
+        access,
+        Box::new(|j: &Job| j.route != "r"),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    worker.abort();
+    assert_eq!(
+        shadows.route("r").dropped.load(Ordering::Relaxed),
+        1,
+        "no longer shadowed"
+    );
+    assert_eq!(
+        shadows.route("old").dropped.load(Ordering::Relaxed),
+        1,
+        "too old"
+    );
+    assert_eq!(sender.calls.load(Ordering::Relaxed), 0);
 }

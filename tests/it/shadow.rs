@@ -277,3 +277,116 @@ fn a_lambda_function_is_shadowed_through_the_same_event_and_signing() {
         "the function answers as the monolith, less served_by: {s}"
     );
 }
+
+/// A monolith that answers a request from its head alone, without reading its body, and
+/// closes the connection.
+fn early_answering_monolith() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_write_is_copied_only_whole() {
+    let monolith = early_answering_monolith();
+    let new = Backend::answering("new", |_, _| (200, "application/json", "{}".into()));
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &format!("127.0.0.1:{monolith}"))
+        .upstream_keys(
+            "new",
+            &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
+        )
+        .route("orders", "/orders", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .toml("shadow", r#"{ methods = ["GET", "POST"] }"#)
+                .toml("shadow-writes", "true")
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    // The monolith answers before the 2 MB upload is through: the client gets that answer,
+    // and no copy is made of the part of the body that had passed.
+    let body = vec![b'x'; 2 << 20];
+    let mut c = proxy.client();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    let r = c.send_early_answered(&bytes).unwrap();
+    assert_eq!(r.status, 200);
+    let s = wait_for(Duration::from_secs(10), "the copy counted", || {
+        let s = proxy.status()["routes"][0]["shadow"].clone();
+        (s["dropped"].as_u64()? >= 1).then_some(s)
+    });
+    assert_eq!(s["shadowed"], 0, "{s}");
+    assert!(new.seen().iter().all(|s| s.method != "POST"));
+    // A whole small write is copied, body and all.
+    let r = proxy
+        .client()
+        .request("POST", "/orders/2", &[], br#"{"n": 2}"#)
+        .unwrap();
+    assert_eq!(r.status, 200);
+    eventually(Duration::from_secs(10), "the write copied", || {
+        new.seen()
+            .iter()
+            .any(|s| s.method == "POST" && s.body == br#"{"n": 2}"#)
+    });
+}
+
+#[test]
+fn copies_take_the_upstreams_max_in_flight_slots_and_never_wait_for_one() {
+    let legacy = Backend::start("legacy");
+    let new = Backend::start("new");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream_keys(
+            "new",
+            &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
+        )
+        .route("orders", "/orders", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .toml("shadow", "{}")
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    // Six requests at once, each answered by the monolith after 300 ms; their copies reach the
+    // new side together, and it is slow too.
+    let port = proxy.port;
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = get(port, &format!("/orders/{i}"), &[("x-delay-ms", "300")]);
+                assert_eq!(r.status, 200);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let s = settled(&proxy, 6);
+    assert!(s["errors"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(
+        new.max_concurrent.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never more copies at once than max-in-flight"
+    );
+}

@@ -54,6 +54,12 @@ fn json_is_compared_by_structure_and_names_the_exact_path_that_differs() {
         r#"{"id": 7, "seats": [{"no": "1A", "price": 100}, {"no": "1B", "price": 125}], "ok": true, "extra": 1}"#,
     );
     let o = run(&a, &wrong, &[], &[]);
+    // Integers past 2^53 are compared exactly.
+    let ids = (
+        json(r#"{"id": 9007199254740993}"#),
+        json(r#"{"id": 9007199254740992}"#),
+    );
+    assert_eq!(paths(&run(&ids.0, &ids.1, &[], &[])), ["$.id"]);
     assert_eq!(paths(&o), ["$.seats[1].price", "$.extra"]);
     assert_eq!(o.differences[0].legacy, "120");
     assert_eq!(o.differences[0].new, "125");
@@ -133,6 +139,18 @@ fn a_body_over_the_cap_is_compared_by_the_prefix_both_captured_and_said_so() {
     assert_eq!(o.body, BodyCompared::PrefixHash);
     b.body = bytes::Bytes::from_static(br#"{"big": "aaab"#);
     assert_eq!(paths(&run(&a, &b, &[], &[])), ["body"]);
+    // Over the cap on one side only: they differ, whatever the first bytes say.
+    let short = json(r#"{"x":1}"#);
+    let mut long = json(r#"{"x":1}"#);
+    long.truncated = true;
+    let o = run(&short, &long, &[], &[]);
+    assert_eq!(paths(&o), ["body"]);
+    assert!(o.differences[0].new.contains("over the cap"));
+    // A JSON body past MAX_JSON is compared by hash, not parsed.
+    let big = format!("[{}0]", "0,".repeat(MAX_JSON / 2));
+    let o = run(&json(&big), &json(&big), &[], &[]);
+    assert!(o.matched());
+    assert_eq!(o.body, BodyCompared::Hash);
 }
 
 #[test]
@@ -141,11 +159,29 @@ fn calibration_learns_the_paths_where_one_side_differs_from_itself() {
     let b = json(r#"{"now": 2, "id": 5, "trace": {"span": "y"}, "list": [1, 2]}"#);
     assert_eq!(noise(&a, &b), ["$.now", "$.trace.span"]);
     assert!(noise(&a, &a).is_empty());
+    // Never the status or a whole body: two answers that differ there are two outcomes or two
+    // documents, and learning them would make every mismatch noise.
     let (x, y) = (
         answer(200, "text/plain", "a"),
         answer(200, "text/plain", "b"),
     );
-    assert_eq!(noise(&x, &y), ["body"]);
+    assert!(noise(&x, &y).is_empty());
+    let failed = answer(503, "application/json", r#"{"now": 3, "id": 5}"#);
+    assert!(noise(&a, &failed).is_empty());
+    assert!(
+        noise(&json("[1]"), &json(r#"{"a": 1}"#)).is_empty(),
+        "the root"
+    );
+    let doc = |sign: i64| {
+        let m: serde_json::Map<String, Value> = (0..40)
+            .map(|i| (format!("k{i}"), Value::from(sign * (i + 1))))
+            .collect();
+        json(&Value::Object(m).to_string())
+    };
+    assert!(
+        noise(&doc(1), &doc(-1)).is_empty(),
+        "another document, not noise"
+    );
 }
 
 #[test]
