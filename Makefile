@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_UPDATED := /tmp/.strangle-apt-updated
 
-.PHONY: demo test test-quick test-deps bench bench-load bench-uploads bench-profile bench-allocs deps check-configs check-deploy lint audit fuzz clean
+.PHONY: demo test test-quick test-deps bench bench-load bench-uploads bench-shadow bench-profile bench-allocs deps check-configs check-deploy lint audit fuzz clean
 
 # Pingora builds zlib-ng with cmake; curl drives the demo.
 deps:
@@ -100,7 +100,7 @@ test-quick:
 	$(CARGO) nextest run -P quick --lib --tests
 
 # Micro-benchmarks (criterion), then the load benchmarks.
-bench: deps bench-load bench-uploads
+bench: deps bench-load bench-uploads bench-shadow
 	$(CARGO) bench --bench core
 	$(CARGO) bench --bench fast_path
 
@@ -133,6 +133,15 @@ bench-uploads: deps
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
 	$(CARGO) build --release --bin strangle
 	./benches/uploads.sh
+
+# What shadow traffic at 10% costs the clients' latency (see BENCHMARKS.md).
+bench-shadow: deps
+	@command -v nginx >/dev/null || { \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+	@command -v oha >/dev/null || $(CARGO) install --locked oha
+	$(CARGO) build --release --bin strangle
+	PATH="$$HOME/.cargo/bin:$$PATH" ./benches/shadow.sh
 
 # The load benchmark against nginx and HAProxy (see BENCHMARKS.md).
 bench-load: deps
