@@ -278,6 +278,19 @@ fn a_lambda_function_is_shadowed_through_the_same_event_and_signing() {
     );
 }
 
+/// A route `orders` on `legacy` (at `legacy`) with the new side's upstream keys, shift 0%, and
+/// `shadow` keys.
+fn orders(legacy: &str, new_keys: &str, shadow: impl FnOnce(Route) -> Route) -> String {
+    Config::new()
+        .default("legacy")
+        .upstream("legacy", legacy)
+        .upstream_keys("new", new_keys)
+        .route("orders", "/orders", |r| {
+            shadow(r.legacy("legacy").new("new").shift("0%"))
+        })
+        .build()
+}
+
 /// A monolith that answers a request from its head alone, without reading its body, and
 /// closes the connection.
 fn early_answering_monolith() -> u16 {
@@ -302,21 +315,14 @@ fn early_answering_monolith() -> u16 {
 fn a_write_is_copied_only_whole() {
     let monolith = early_answering_monolith();
     let new = Backend::answering("new", |_, _| (200, "application/json", "{}".into()));
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &format!("127.0.0.1:{monolith}"))
-        .upstream_keys(
-            "new",
-            &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
-        )
-        .route("orders", "/orders", |r| {
-            r.legacy("legacy")
-                .new("new")
-                .shift("0%")
-                .toml("shadow", r#"{ methods = ["GET", "POST"] }"#)
+    let text = orders(
+        &format!("127.0.0.1:{monolith}"),
+        &format!("addresses = [\"{}\"]", new.addr()),
+        |r| {
+            r.toml("shadow", r#"{ methods = ["GET", "POST"] }"#)
                 .toml("shadow-writes", "true")
-        })
-        .build();
+        },
+    );
     let proxy = Proxy::start(&text);
     // The monolith answers before the 2 MB upload is through: the client gets that answer,
     // and no copy is made of the part of the body that had passed.
@@ -353,20 +359,11 @@ fn a_write_is_copied_only_whole() {
 fn copies_take_the_upstreams_max_in_flight_slots_and_never_wait_for_one() {
     let legacy = Backend::start("legacy");
     let new = Backend::start("new");
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream_keys(
-            "new",
-            &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
-        )
-        .route("orders", "/orders", |r| {
-            r.legacy("legacy")
-                .new("new")
-                .shift("0%")
-                .toml("shadow", "{}")
-        })
-        .build();
+    let text = orders(
+        &legacy.addr(),
+        &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
+        |r| r.toml("shadow", "{}"),
+    );
     let proxy = Proxy::start(&text);
     // Six requests at once, each answered by the monolith after 300 ms; their copies reach the
     // new side together, and it is slow too.
