@@ -142,7 +142,27 @@ fn run_client<F, T>(f: impl FnOnce() -> F) -> anyhow::Result<T>
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
+    quiet_on_closed_stdout();
     runtime()?.block_on(f())
+}
+
+/// A client command whose reader went away (`strangle diffs ROUTE | head`) ends as a program
+/// killed by SIGPIPE would (exit 141), not with a panic and a backtrace: Rust ignores SIGPIPE,
+/// so `println!` finds the pipe closed and panics.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn main() -> ExitCode {

@@ -928,3 +928,21 @@ fn a_shift_decided_on_a_stale_view_is_refused_and_changes_nothing() {
     }
     assert_eq!(shift_now(&proxy), "20%");
 }
+
+#[test]
+fn a_client_command_whose_reader_went_away_ends_quietly() {
+    let backend = Backend::start("monolith");
+    let proxy = Proxy::start(&monolith_config(&backend, ""));
+    let mut child = Command::new(bin())
+        .args(["status", "--admin", &proxy.admin_url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader (`| head` that has what it wanted) closes before anything is printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

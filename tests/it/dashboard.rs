@@ -594,3 +594,40 @@ fn long_names_and_errors_wrap_and_only_the_first_routes_draw_charts_at_once() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn a_shadowing_route_shows_its_comparisons_on_its_card() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .toml("shadow", "{}")
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    for i in 0..3 {
+        proxy.client().get(&format!("/bookings/{i}"), &[]).unwrap();
+    }
+    // The two backends answer "legacy" and "new": every copy mismatches.
+    eventually(Duration::from_secs(10), "the copies compared", || {
+        proxy.status()["routes"][0]["shadow"]["mismatched"] == 3
+    });
+    let mut browser = Browser::start(LAPTOP.0, LAPTOP.1);
+    browser.open(&proxy.admin_url());
+    browser.wait_until(
+        "!!document.querySelector('[data-route=\"bookings\"] dd.shadow')",
+        Duration::from_secs(20),
+    );
+    let row =
+        browser.eval("document.querySelector('[data-route=\"bookings\"] dd.shadow').textContent");
+    assert_eq!(
+        row, "100% copied · 3 compared · 3 mismatched (100%)",
+        "{row}"
+    );
+    audit_contrast(&mut browser);
+}
