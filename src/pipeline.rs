@@ -293,7 +293,12 @@ impl Request {
 
     /// The trace headers for the upstream, when tracing is on.
     fn propagation(&self) -> Option<outbound::Propagation> {
-        let (policy, trace) = (self.snap.trace.as_ref()?, self.trace.as_ref()?);
+        self.propagation_of(self.trace.as_ref()?)
+    }
+
+    /// The trace headers that continue `trace` (this request's, or its shadow copy's).
+    pub fn propagation_of(&self, trace: &RequestTrace) -> Option<outbound::Propagation> {
+        let policy = self.snap.trace.as_ref()?;
         Some(outbound::Propagation {
             traceparent: policy
                 .tracecontext

@@ -132,7 +132,8 @@ pub struct RouteShadow {
     pub dropped: AtomicU64,
     pub errors: AtomicU64,
     pub calibrated: AtomicU64,
-    learned: Mutex<BTreeSet<String>>,
+    /// Shared with the comparisons in progress (a copy per comparison would be 256 strings).
+    learned: Mutex<Arc<BTreeSet<String>>>,
     samples: Mutex<VecDeque<Sample>>,
 }
 
@@ -388,7 +389,7 @@ impl Shadows {
             && (n < CALIBRATE_FIRST || n % CALIBRATE_EVERY == 0);
         if !job.config.calibrate {
             // What calibration learned applies only while it is on.
-            lock(&state.learned).clear();
+            *lock(&state.learned) = Arc::default();
         }
         if calibrate {
             let again = sender
@@ -401,16 +402,21 @@ impl Shadows {
                 let noise = off_thread(big, move || compare::noise(&first, &again))
                     .await
                     .unwrap_or_default();
-                let mut learned = lock(&state.learned);
-                for path in noise {
-                    if learned.len() >= MAX_LEARNED {
-                        break;
+                let mut guard = lock(&state.learned);
+                let new_noise = noise.iter().any(|p| !guard.contains(p));
+                if new_noise && guard.len() < MAX_LEARNED {
+                    // Copied only when it changes and a comparison still holds the old set.
+                    let learned = Arc::make_mut(&mut guard);
+                    for path in noise {
+                        if learned.len() >= MAX_LEARNED {
+                            break;
+                        }
+                        learned.insert(path);
                     }
-                    learned.insert(path);
                 }
             }
         }
-        let learned = lock(&state.learned).clone();
+        let learned = Arc::clone(&lock(&state.learned));
         let big = legacy.body.len().max(new.body.len()) > INLINE;
         let (l, n, config) = (legacy.clone(), new.clone(), Arc::clone(&job.config));
         let outcome = off_thread(big, move || {

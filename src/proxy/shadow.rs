@@ -30,8 +30,6 @@ use crate::upstream::{Kind, Shared};
 
 /// The header every copy carries, so an upstream (and its logs) can tell a shadow request.
 pub(super) const SHADOW_HEADER: &str = "x-strangle-shadow";
-const TRACEPARENT: &str = "traceparent";
-const X_AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 /// Mixed into a peer's pool key for the copies' connections.
 const SHADOW_POOL: u64 = 0x5348_4144_4f57_0001;
 /// A copy's exchange ends by this, whatever the upstream's own deadlines.
@@ -109,15 +107,14 @@ impl Tap {
         if self.spent {
             return;
         }
-        let room = self.config.max_body.saturating_sub(self.body.len());
-        if data.len() > room {
-            self.answer.truncated = true;
-        }
-        let take = &data[..data.len().min(room)];
-        if self.capture.grow(take.len()) {
-            self.body.extend_from_slice(take);
-        } else {
-            self.spent = true;
+        match capture(
+            &mut self.body,
+            data,
+            self.config.max_body,
+            &mut self.capture,
+        ) {
+            Ok(whole) => self.answer.truncated |= !whole,
+            Err(_) => self.spent = true,
         }
     }
 }
@@ -154,32 +151,23 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
         (Side::New, Some(l), Some(_)) => (l.clone(), l.clone()),
         _ => return,
     };
-    let req = session.req_header();
-    let mut headers = req.headers.clone();
-    let out = ctx
-        .req
-        .outbound(req, https(session), session.is_upgrade_req());
-    crate::pipeline::outbound::apply(&mut headers, &out);
-    headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
-    // A traced request's copy has spans of its own: the trace headers the policy set name the
+    // A traced request's copy has spans of its own: the policy's trace headers continue the
     // copy's client span instead of the request's.
     let trace = ctx
         .req
         .trace
         .filter(|t| t.server.sampled)
         .map(|t| t.shadow());
+    let req = session.req_header();
+    let mut headers = req.headers.clone();
+    let mut out = ctx
+        .req
+        .outbound(req, https(session), session.is_upgrade_req());
     if let Some(t) = &trace {
-        if headers.contains_key(TRACEPARENT) {
-            if let Ok(v) = HeaderValue::from_bytes(&t.traceparent()) {
-                headers.insert(TRACEPARENT, v);
-            }
-        }
-        if headers.contains_key(X_AMZN_TRACE_ID) {
-            if let Ok(v) = HeaderValue::from_bytes(&t.xray()) {
-                headers.insert(X_AMZN_TRACE_ID, v);
-            }
-        }
+        out.trace = ctx.req.propagation_of(t);
     }
+    crate::pipeline::outbound::apply(&mut headers, &out);
+    headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
     let mut answer = std::mem::take(&mut tap.answer);
     answer.body = tap.body.split().freeze();
     let copy = Copy {

@@ -59,7 +59,7 @@ pub struct ShadowStatus {
     pub dropped: u64,
     pub errors: u64,
     pub calibrated: u64,
-    /// The noise calibration learned (JSON paths, `status`, `header:NAME`, `body`).
+    /// The noise calibration learned (JSON paths and `header:NAME`).
     pub learned: Vec<String>,
 }
 

@@ -598,17 +598,7 @@ fn long_names_and_errors_wrap_and_only_the_first_routes_draw_charts_at_once() {
 #[test]
 fn a_shadowing_route_shows_its_comparisons_on_its_card() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/bookings", |r| {
-            r.legacy("legacy")
-                .new("new")
-                .shift("0%")
-                .toml("shadow", "{}")
-        })
-        .build();
+    let text = shadowing(&legacy, &new, "{}").build();
     let proxy = Proxy::start(&text);
     for i in 0..3 {
         proxy.client().get(&format!("/bookings/{i}"), &[]).unwrap();

@@ -247,7 +247,13 @@ fn a_lambda_function_is_shadowed_through_the_same_event_and_signing() {
     let watch = crate::lambda::LambdaWatch::start();
     let legacy = Backend::answering("monolith", |seen, _| {
         let booking = seen.target.trim_start_matches("/bookings/").to_string();
-        let body = json!({"served_by": "monolith", "method": seen.method, "booking": booking});
+        let body = if booking == "echo" {
+            // The function's echo as it would read if the client's headers reached it.
+            json!({"method": "GET", "path": "/bookings/echo", "query": {}, "body": "",
+                   "headers": {"x-strangle-shadow": "spoof", "x-forwarded-for": "6.6.6.6"}})
+        } else {
+            json!({"served_by": "monolith", "method": seen.method, "booking": booking})
+        };
         (200, "application/json", body.to_string())
     });
     let text = Config::new()
@@ -276,6 +282,30 @@ fn a_lambda_function_is_shadowed_through_the_same_event_and_signing() {
         s["matched"], 3,
         "the function answers as the monolith, less served_by: {s}"
     );
+    // The copy's Lambda event carries the headers strangle vouches for, never the client's:
+    // the function's echo names them, against what the client tried to send.
+    let spoof = [
+        ("x-strangle-shadow", "spoof"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    c.get("/bookings/echo", &spoof).unwrap();
+    let sample = wait_for(Duration::from_secs(30), "the echo's sample", || {
+        let d: Value =
+            serde_json::from_str(&proxy.admin("GET", "/routes/bookings/diffs", b"").text()).ok()?;
+        d["samples"].as_array()?.first().cloned()
+    });
+    let new_value = |path: &str| {
+        sample["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["path"] == path)
+            .map(|d| d["new"].as_str().unwrap().to_string())
+    };
+    let shadow_mark = new_value("$.headers.x-strangle-shadow");
+    assert_eq!(shadow_mark.as_deref(), Some("\"1\""), "{sample}");
+    let forwarded = new_value("$.headers.x-forwarded-for");
+    assert_eq!(forwarded.as_deref(), Some("\"127.0.0.1\""), "{sample}");
 }
 
 /// A route `orders` on `legacy` (at `legacy`) with the new side's upstream keys, shift 0%, and

@@ -908,6 +908,21 @@ pub fn monolith_config(backend: &Backend, rest: &str) -> String {
         .build()
 }
 
+/// `/bookings` split between `legacy` and `new` at 0%, shadowing with `shadow` (the inline
+/// table), legacy the default: more sections may be added before `build`.
+pub fn shadowing(legacy: &Backend, new: &Backend, shadow: &str) -> Config {
+    Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .toml("shadow", shadow)
+        })
+}
+
 /// The two-backend config most tests use: `/bookings` split between `legacy` (also the
 /// default) and `new`, testers allowed to force a side. Its line numbers are relied on: line 17
 /// is `new = "new"`.

@@ -507,16 +507,7 @@ fn a_shadow_copy_has_its_own_spans_under_the_request_it_copies() {
         "endpoint = \"http://127.0.0.1:{}\"\nsample-ratio = 1.0",
         receiver.http
     );
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/bookings", |r| {
-            r.legacy("legacy")
-                .new("new")
-                .shift("0%")
-                .toml("shadow", "{}")
-        })
+    let text = shadowing(&legacy, &new, "{}")
         .section("[telemetry.otlp]", &otlp)
         .build();
     let proxy = Proxy::start(&text);
