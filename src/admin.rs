@@ -38,6 +38,8 @@ use crate::history::Cause;
 mod dashboard;
 mod query;
 mod reads;
+mod rollout;
+pub use rollout::RolloutDriver;
 mod shift;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -427,7 +429,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET / (the dashboard), GET /status, GET /history, GET /inventory, GET /routes/{id}/diffs, PUT /routes/{id}/shift, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET / (the dashboard), GET /status, GET /history, GET /inventory, GET /routes/{id}/diffs, PUT /routes/{id}/shift, POST /routes/{id}/rollout/{pause,resume,promote,abort}, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -455,7 +457,9 @@ where
     let method = req.method().clone();
     let mutating = matches!(
         (&method, segments.as_slice()),
-        (&Method::PUT, ["routes", _, "shift"]) | (&Method::POST, ["reload"])
+        (&Method::PUT, ["routes", _, "shift"])
+            | (&Method::POST, ["reload"])
+            | (&Method::POST, ["routes", _, "rollout", _])
     );
     if mutating {
         if let Some(token) = live.load().config.admin.token.as_deref() {
@@ -525,6 +529,9 @@ where
                 }
             }
         }
+        (&Method::POST, ["routes", id, "rollout", action]) => {
+            rollout::act(live, id, action, &cause).await
+        }
         (&Method::POST, ["reload"]) => match apply(live, Command::Reload, &cause).await {
             Ok(v) => json_reply(StatusCode::OK, &v),
             Err(e) => error(e.status(), e),
@@ -532,7 +539,8 @@ where
         (_, ["" | "dashboard.js" | "dashboard.css" | "favicon.svg"])
         | (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
-        | (_, ["routes", _, "shift" | "diffs"]) => error(
+        | (_, ["routes", _, "shift" | "diffs"])
+        | (_, ["routes", _, "rollout", _]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "{method} is not allowed on {}; endpoints: {ENDPOINTS}",

@@ -277,6 +277,11 @@ pub fn history_line(e: &crate::history::Entry) -> String {
             Some(from) => format!("shift  {route}: {from} -> {to}"),
             None => format!("shift  {route}: {to}"),
         },
+        What::Rollout {
+            route,
+            event,
+            reason,
+        } => format!("rollout {route}: {event}: {reason}"),
         What::Reload { ok: true, .. } => "reload applied".to_string(),
         What::Reload { error, .. } => format!(
             "reload refused: {}",
@@ -294,6 +299,7 @@ pub fn history_line(e: &crate::history::Entry) -> String {
         How::Admin => "admin API",
         How::Cli => "strangle CLI",
         How::Start => "found at start",
+        How::Rollout => "rollout",
     };
     let client = e
         .client
@@ -379,6 +385,84 @@ pub async fn diffs(target: &AdminTarget, route: &str, json: bool) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// `strangle rollout ROUTE status|pause|resume|promote|abort`: prints the rollout's state
+/// (after the action, for the others).
+pub async fn rollout(
+    target: &AdminTarget,
+    route: &str,
+    action: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let status = fetch_status(target).await?;
+    let id = resolve_route(&status, route)?;
+    let state = if action == "status" {
+        let r = status.routes.iter().find(|r| r.id == id);
+        r.and_then(|r| r.rollout.clone()).ok_or_else(|| {
+            anyhow!("route `{id}` has no rollout; add a [routes.rollout] table to its config")
+        })?
+    } else {
+        if crate::rollout::Action::parse(action).is_none() {
+            bail!("unknown rollout action `{action}`; use status, pause, resume, promote or abort");
+        }
+        let path = format!(
+            "/routes/{}/rollout/{action}",
+            form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+        );
+        let (code, body) = call(target, Method::POST, &path, None).await?;
+        if !code.is_success() {
+            return Err(api_error(code, &body));
+        }
+        serde_json::from_value(body["rollout"].clone()).context("unexpected rollout document")?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        print!("{}", render_rollout(&id, &state));
+    }
+    Ok(())
+}
+
+/// A rollout's state as text: where it is, the gates, and why it last moved.
+pub fn render_rollout(id: &str, r: &crate::rollout::RolloutStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "rollout {}: {} at {} (step {} of {}: {})\n",
+        printable(id),
+        r.phase,
+        r.shift,
+        r.step,
+        r.steps.len(),
+        r.steps.join(" -> ")
+    );
+    let _ = writeln!(
+        out,
+        "step began {} ({} s ago; each step lasts at least {} s and needs {} new-side requests){}",
+        r.step_started,
+        r.in_step_seconds,
+        r.interval_seconds,
+        r.min_requests,
+        r.next
+            .as_ref()
+            .map_or(String::new(), |n| format!("; next {n}"))
+    );
+    for g in &r.gates {
+        let verdict = match g.verdict {
+            crate::rollout::Verdict::Hold => "holds",
+            crate::rollout::Verdict::Fail => "FAILS",
+            crate::rollout::Verdict::Pending => "pending",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<32} {verdict:<8} {} (limit {}, on {})",
+            g.gate, g.value, g.limit, g.over
+        );
+    }
+    if let Some(reason) = &r.reason {
+        let _ = writeln!(out, "last: {}", printable(reason));
+    }
+    out
 }
 
 /// `text` with control characters (a terminal's escape sequences) shown as `?`: what the

@@ -23,6 +23,7 @@ mod diag;
 mod inputs;
 mod interp;
 mod pem;
+pub mod rollout;
 mod route;
 mod server;
 pub mod shadow;
@@ -338,6 +339,8 @@ pub struct Route {
     pub case_insensitive: bool,
     pub trailing_slash: bool,
     pub shadow: Option<std::sync::Arc<shadow::Shadow>>,
+    /// A metric-gated progressive shift (`[routes.rollout]`).
+    pub rollout: Option<std::sync::Arc<rollout::Rollout>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

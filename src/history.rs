@@ -47,6 +47,8 @@ pub enum How {
     Cli,
     /// The config the process started with.
     Start,
+    /// A progressive rollout (`[routes.rollout]`) moved the shift.
+    Rollout,
 }
 
 /// Who or what asked for a reload.
@@ -111,6 +113,12 @@ pub enum What {
         ok: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// A rollout's event (advance, rollback, pause, resume, promote, abort, done) and why.
+    Rollout {
+        route: String,
+        event: String,
+        reason: String,
     },
 }
 
@@ -232,7 +240,7 @@ impl History {
         // A recent entry that is its route's last shift is among those already.
         let pinned = |e: &Entry| match &e.what {
             What::Shift { route, .. } => kept.last.get(route) == Some(e),
-            What::Reload { .. } => false,
+            What::Reload { .. } | What::Rollout { .. } => false,
         };
         let recent = kept.recent.iter().rev().filter(|e| !pinned(e));
         for (e, budget) in last
@@ -274,7 +282,9 @@ impl History {
             .rev()
             .filter(|e| match (&e.what, route) {
                 (_, None) | (What::Reload { .. }, _) => true,
-                (What::Shift { route: r, .. }, Some(want)) => r == want,
+                (What::Shift { route: r, .. } | What::Rollout { route: r, .. }, Some(want)) => {
+                    r == want
+                }
             })
             .take(limit)
             .cloned()
@@ -319,7 +329,7 @@ impl History {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let shift = |(route, e): (&String, &Entry)| match &e.what {
             What::Shift { to, .. } => Some((route.clone(), to.clone())),
-            What::Reload { .. } => None,
+            What::Reload { .. } | What::Rollout { .. } => None,
         };
         kept.last.iter().filter_map(shift).collect()
     }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod proxy;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod services;

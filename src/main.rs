@@ -119,6 +119,20 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// A route's progressive rollout: `status` (where it is, its gates, why it last moved), or
+    /// `pause` (stop advancing; a failing gate still rolls back), `resume`, `promote` (to the
+    /// last step at once) and `abort` (back to 0%).
+    Rollout {
+        /// The route's path (`/bookings`) or id.
+        route: String,
+        #[arg(value_parser = ["status", "pause", "resume", "promote", "abort"])]
+        action: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// The migration at a glance: per route its shift, traffic per side, errors and latency.
     Status {
         /// Print JSON instead of a table.
@@ -199,6 +213,12 @@ fn main() -> ExitCode {
         } => run_client(|| async move {
             cli::history(&admin.into(), route.as_deref(), limit, json).await
         }),
+        Command::Rollout {
+            route,
+            action,
+            json,
+            admin,
+        } => run_client(|| async move { cli::rollout(&admin.into(), &route, &action, json).await }),
         Command::Diffs { route, json, admin } => {
             run_client(|| async move { cli::diffs(&admin.into(), &route, json).await })
         }

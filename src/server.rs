@@ -126,6 +126,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
                 Arc::new(StateSaver { live: live_() }),
+                Arc::new(crate::admin::RolloutDriver { live: live_() }),
                 Arc::new(OtlpExport { live: live_() }),
                 Arc::new(EmfService {
                     reporter: Arc::clone(&emf),

@@ -240,6 +240,8 @@ pub struct Live {
     pub path: PathBuf,
     /// Shifts and reloads, kept next to the config file.
     pub history: crate::history::History,
+    /// Progressive rollouts' state, kept next to the config file.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
     /// The shift an admin call is writing, so the reload that sees it records it as that
     /// call's.
     pub editing: Mutex<Option<crate::history::Edit>>,
@@ -323,6 +325,7 @@ impl Live {
             None,
         );
         Live {
+            rollouts: Arc::new(crate::rollout::Rollouts::open(&path)),
             history,
             editing: Mutex::new(None),
             path,

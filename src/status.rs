@@ -83,6 +83,9 @@ pub struct RouteStatus {
     /// Shadow traffic's results, on a route that shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowStatus>,
+    /// A progressive rollout's state, on a route that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -194,6 +197,10 @@ pub fn build(live: &Live) -> Status {
                     .shadow
                     .as_ref()
                     .map(|s| snap.shadows.route(&r.id).status(s)),
+                rollout: r
+                    .rollout
+                    .as_ref()
+                    .map(|ro| live.rollouts.status(&r.id, ro, r.shift)),
             }
         })
         .collect();
@@ -457,6 +464,28 @@ pub fn render(s: &Status, paint: &Paint) -> String {
             pct(sh.mismatch_rate),
             sh.dropped,
             sh.errors
+        );
+    }
+    for (id, ro) in s
+        .routes
+        .iter()
+        .filter_map(|r| Some((&r.id, r.rollout.as_ref()?)))
+    {
+        let gates: Vec<String> = ro
+            .gates
+            .iter()
+            .map(|g| format!("{} {} ({:?})", g.gate, g.value, g.verdict).to_lowercase())
+            .collect();
+        let _ =
+            writeln!(
+            out,
+            "rollout {id}: {} at {} (step {} of {}){}{}; `strangle rollout {id} status` shows why",
+            ro.phase,
+            ro.shift,
+            ro.step,
+            ro.steps.len(),
+            ro.next.as_ref().map_or(String::new(), |n| format!(", next {n}")),
+            if gates.is_empty() { String::new() } else { format!("; {}", gates.join(", ")) },
         );
     }
     let _ = writeln!(out);

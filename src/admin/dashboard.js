@@ -442,6 +442,7 @@ function render(status, history, inventory) {
     const b = (v) => el("bdi", {}, v);
     const what = e.kind === "shift"
       ? ["shift ", b(e.route), ": ", ...(e.from ? [b(e.from), " → "] : []), b(e.to)]
+      : e.kind === "rollout" ? ["rollout ", b(e.route), ": ", b(e.event), " (", b(e.reason), ")"]
       : e.ok ? ["reload applied"] : ["reload refused: ", b((e.error || "").split("\n")[0])];
     const who = [" (", b(e.how), ...(e.client ? [" from ", b(e.client)] : []), ")"];
     return el("li", {}, el("time", { datetime: e.at }, b(e.at.replace("T", " ").slice(0, 19))), " ", ...what, ...who);

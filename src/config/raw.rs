@@ -162,6 +162,20 @@ pub struct RawRoute {
     pub trailing_slash: Option<S<bool>>,
     pub shadow: Option<S<RawShadow>>,
     pub shadow_writes: Option<S<bool>>,
+    pub rollout: Option<S<RawRollout>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRollout {
+    pub steps: S<Vec<S<ShiftValue>>>,
+    pub interval: Option<S<String>>,
+    pub min_requests: Option<S<i64>>,
+    pub max_error_rate: Option<S<ShiftValue>>,
+    pub max_error_rate_increase: Option<S<ShiftValue>>,
+    pub max_p99_ratio: Option<S<f64>>,
+    pub max_mismatch_rate: Option<S<ShiftValue>>,
+    pub on_failure: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

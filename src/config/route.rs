@@ -239,8 +239,10 @@ impl Cx<'_> {
                 }
             }
             let shadow = self.shadow(&r).map(std::sync::Arc::new);
+            let rollout = self.rollout(&r).map(std::sync::Arc::new);
             let route = Route {
                 shadow,
+                rollout,
                 case_insensitive,
                 trailing_slash,
                 new_when,

@@ -729,3 +729,81 @@ fn a_route_id_of_dots_alone_is_refused() {
     }
     assert!(parse_str(&GOOD.replacen("id = \"health\"", "id = \"health.v2\"", 1)).is_ok());
 }
+
+#[test]
+fn a_rollout_is_lowered_with_its_defaults_and_its_mistakes_reported() {
+    let with = |keys: &str| {
+        GOOD.replacen(
+            "sticky = \"cookie:sid\"",
+            &format!("sticky = \"cookie:sid\"\n{keys}"),
+            1,
+        )
+    };
+    let c = parse_str(&with(r#"rollout = { steps = ["1%", "5%", "25%", "50%", "100%"], interval = "10m", min-requests = 500, max-error-rate = "1%", max-error-rate-increase = "0.5%", max-p99-ratio = 1.5, on-failure = "zero" }"#)).unwrap();
+    let r = c.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(r.steps.len(), 5);
+    assert_eq!(r.interval, Duration::from_secs(600));
+    assert_eq!(
+        (
+            r.min_requests,
+            r.max_error_rate,
+            r.max_error_rate_increase,
+            r.max_p99_ratio
+        ),
+        (500, Some(100), Some(50), Some(1.5))
+    );
+    assert_eq!(r.on_failure, rollout::OnFailure::Zero);
+    assert_eq!(r.step_of(Shift::parse("30%").unwrap()), Some(2));
+    assert_eq!(r.step_of(Shift::ZERO), None);
+    assert_eq!(
+        r.next_after(Shift::parse("30%").unwrap()),
+        Shift::parse("50%").ok()
+    );
+    let c = parse_str(&with(
+        r#"rollout = { steps = ["10%", "100%"], max-error-rate = "1%" }"#,
+    ))
+    .unwrap();
+    let r = c.routes[0].rollout.as_ref().unwrap();
+    assert_eq!(
+        (r.interval, r.min_requests, r.on_failure),
+        (
+            rollout::DEFAULT_INTERVAL,
+            rollout::DEFAULT_MIN_REQUESTS,
+            rollout::OnFailure::Previous
+        )
+    );
+    assert_eq!(r.back_from(Shift::ALL), Shift::parse("10%").unwrap());
+    assert_eq!(r.back_from(Shift::parse("10%").unwrap()), Shift::ZERO);
+
+    let e = parse_str(&with(r#"rollout = { steps = ["0%", "50%", "20%", "120%"], interval = "100ms", min-requests = 0, max-p99-ratio = 0.5, max-mismatch-rate = "2%", on-failure = "later" }"#)).unwrap_err().to_string();
+    for want in [
+        "a rollout step of 0% shifts nothing",
+        "rollout step 20% does not rise",
+        "rollout step:",
+        "rollout `interval` must be at least 1s",
+        "`min-requests` must be 1 to 1000000000",
+        "`max-p99-ratio` must be a number of at least 1",
+        "`max-mismatch-rate` without `shadow` on the route",
+        "unknown on-failure `later`",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // No gate at all would advance whatever the new side does.
+    let e = parse_str(&with(r#"rollout = { steps = ["50%"] }"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the rollout has no gate"), "{e}");
+    let e = parse_str(&with(
+        r#"rollout = { steps = [], max-error-rate = "1%", wait = 1 }"#,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown field `wait`"), "{e}");
+    // The table form, on a route with one side.
+    let text = format!("{GOOD}\n[routes.rollout]\nsteps = [\"50%\"]\nmax-error-rate = \"1%\"\n");
+    let e = parse_str(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("route `health` has a rollout but not two sides"),
+        "{e}"
+    );
+}

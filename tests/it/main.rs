@@ -23,6 +23,7 @@ mod limits;
 mod metrics;
 mod otlp_logs;
 mod reload;
+mod rollout;
 mod routing;
 mod series;
 mod shadow;

@@ -1,0 +1,196 @@
+//! Driving progressive rollouts: every `rollout::TICK` each route's counters are sampled and
+//! judged (`rollout::Rollouts::tick`), and a step or a rollback is applied the way an admin
+//! shift is (the config file edited, then reloaded), recorded in the history as the rollout's.
+//! Also `POST /routes/{id}/rollout/{action}` (pause, resume, promote, abort).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+
+use super::{apply, error, json_reply, Command};
+use crate::history::{Cause, How, What};
+use crate::rollout::{Action, Change, Counters, Tick};
+use crate::state::Live;
+
+/// What a rollout's own changes are recorded as.
+const ROLLOUT: Cause = Cause {
+    how: How::Rollout,
+    client: None,
+};
+
+/// Samples, judges and applies every route's rollout.
+pub struct RolloutDriver {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for RolloutDriver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut every = tokio::time::interval(crate::rollout::TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => tick(&self.live).await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// One round over every route with a rollout.
+async fn tick(live: &Arc<Live>) {
+    let snap = live.load();
+    let rollouts = Arc::clone(&live.rollouts);
+    let mut save = rollouts.retain(|id| {
+        snap.config
+            .routes
+            .iter()
+            .any(|r| r.id == id && r.rollout.is_some())
+    });
+    let now = Instant::now();
+    for (route, live_route) in snap.config.routes.iter().zip(&snap.routes) {
+        let Some(rollout) = &route.rollout else {
+            continue;
+        };
+        let shadow = snap.shadows.route(&route.id);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let counters = Counters {
+            legacy: live_route.stats.legacy.totals(),
+            new: live_route.stats.new.totals(),
+            compared: load(&shadow.matched) + load(&shadow.mismatched),
+            mismatched: load(&shadow.mismatched),
+        };
+        let Tick {
+            change,
+            note,
+            save: changed,
+        } = rollouts.tick(&route.id, rollout, route.shift, counters, now);
+        save |= changed;
+        if let Some((event, reason)) = note {
+            tracing::warn!(route = %route.id, event, "rollout: {reason}");
+            record(live, &ROLLOUT, &route.id, event, &reason);
+        }
+        if let Some(change) = change {
+            carry_out(live, &change, &ROLLOUT).await;
+            save = true;
+        }
+    }
+    if save {
+        save_state(live).await;
+    }
+}
+
+/// Applies a change the rollout decided: recorded first (the decision and why), then written
+/// and reloaded as an admin shift is; a failure is recorded and tells the rollout.
+async fn carry_out(live: &Arc<Live>, change: &Change, cause: &Cause) -> Option<String> {
+    let text = format!("{} -> {}: {}", change.from, change.to, change.reason);
+    if change.event == "rollback" {
+        tracing::warn!(route = %change.route, event = change.event, "rollout: {text}");
+    } else {
+        tracing::info!(route = %change.route, event = change.event, "rollout: {text}");
+    }
+    record(live, cause, &change.route, change.event, &text);
+    let command = Command::SetShift {
+        route: change.route.clone(),
+        shift: change.to,
+        expect: Some(change.from),
+    };
+    match apply(live, command, cause).await {
+        Ok(_) => {
+            live.rollouts.applied(change);
+            None
+        }
+        Err(e) => {
+            let e = e.to_string();
+            tracing::error!(route = %change.route, event = change.event, to = %change.to, "rollout could not change the shift: {e}");
+            live.rollouts.failed(change, &e);
+            let why = format!("could not {} to {}: {e}", change.event, change.to);
+            record(live, cause, &change.route, "failed", &why);
+            Some(e)
+        }
+    }
+}
+
+fn record(live: &Live, cause: &Cause, route: &str, event: &str, reason: &str) {
+    let what = What::Rollout {
+        route: route.to_string(),
+        event: event.to_string(),
+        reason: reason.to_string(),
+    };
+    live.history.record(what, cause);
+}
+
+async fn save_state(live: &Arc<Live>) {
+    let rollouts = Arc::clone(&live.rollouts);
+    let saved = tokio::task::spawn_blocking(move || rollouts.save()).await;
+    if let Ok(Err(e)) = saved {
+        tracing::warn!(path = %live.rollouts.path().display(), "the rollouts' state is not saved: {e}");
+    }
+}
+
+/// `POST /routes/{id}/rollout/{action}`.
+pub(super) async fn act(
+    live: &Arc<Live>,
+    id: &str,
+    action: &str,
+    cause: &Cause,
+) -> Response<http_body_util::Full<bytes::Bytes>> {
+    let Some(action) = Action::parse(action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such rollout action; use pause, resume, promote or abort",
+        );
+    };
+    let snap = live.load();
+    let Some(route) = snap.config.routes.iter().find(|r| r.id == id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no route `{}`", super::clip(id)),
+        );
+    };
+    let Some(rollout) = &route.rollout else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("route `{id}` has no rollout; add a [routes.rollout] table to its config"),
+        );
+    };
+    let who = match (&cause.how, &cause.client) {
+        (How::Cli, Some(c)) => format!("the CLI from {c}"),
+        (_, Some(c)) => format!("the admin API from {c}"),
+        _ => "the admin API".to_string(),
+    };
+    let change = match live.rollouts.act(id, rollout, route.shift, action, &who) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::CONFLICT, e),
+    };
+    tracing::info!(route = %id, action = action.as_str(), client = ?cause.client, "rollout {}", action.as_str());
+    let mut failed = None;
+    match &change {
+        Some(change) => failed = carry_out(live, change, cause).await,
+        None => record(
+            live,
+            cause,
+            id,
+            action.as_str(),
+            &format!("{} by {who}", action.as_str()),
+        ),
+    }
+    save_state(live).await;
+    let snap = live.load();
+    let shift = snap
+        .config
+        .routes
+        .iter()
+        .find(|r| r.id == id)
+        .map_or(route.shift, |r| r.shift);
+    let status = live.rollouts.status(id, rollout, shift);
+    match failed {
+        Some(e) => error(StatusCode::CONFLICT, e),
+        None => json_reply(StatusCode::OK, &json!({ "route": id, "rollout": status })),
+    }
+}
