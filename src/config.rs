@@ -20,6 +20,7 @@ pub mod read;
 
 mod auth;
 mod diag;
+pub mod fallback;
 mod inputs;
 mod interp;
 mod pem;
@@ -341,6 +342,8 @@ pub struct Route {
     pub shadow: Option<std::sync::Arc<shadow::Shadow>>,
     /// A metric-gated progressive shift (`[routes.rollout]`).
     pub rollout: Option<std::sync::Arc<rollout::Rollout>>,
+    /// Requests the new side failed before answering are served by legacy (`fallback = true`).
+    pub fallback: Option<std::sync::Arc<fallback::Fallback>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

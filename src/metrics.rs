@@ -353,6 +353,38 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     }
     header(
         &mut out,
+        "strangle_fallbacks_total",
+        "counter",
+        "Requests the new side failed before answering (connect error, no response, a Lambda or signed-endpoint failure, a listed 5xx) that the legacy side then served, by route (`fallback = true`).",
+    );
+    for (route, live_route) in snap.config.routes.iter().zip(&snap.routes) {
+        if route.fallback.is_some() {
+            let n = live_route.stats.fallbacks.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "strangle_fallbacks_total{{route=\"{}\"}} {n}",
+                route.id
+            );
+        }
+    }
+    header(
+        &mut out,
+        "strangle_rollout_step",
+        "gauge",
+        "A progressive rollout's step (1-based; 0 below the first), by route and phase (running, paused, done, rolled-back, aborted).",
+    );
+    for route in &snap.config.routes {
+        if let Some(rollout) = &route.rollout {
+            let st = live.rollouts.status(&route.id, rollout, route.shift);
+            let _ = writeln!(
+                out,
+                "strangle_rollout_step{{route=\"{}\",phase=\"{}\"}} {}",
+                route.id, st.phase, st.step
+            );
+        }
+    }
+    header(
+        &mut out,
         "strangle_emf_lines_total",
         "counter",
         "CloudWatch EMF lines made ([telemetry.emf]); written through the access log's writer when both go to the same place.",

@@ -147,6 +147,34 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// Moves the request to `to` on `side`: its in-flight counts go with it, and the
+    /// `max-in-flight` slot it holds becomes `permit` (the new upstream's, if it has a limit).
+    fn switch(
+        &mut self,
+        side: Side,
+        to: Shared,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        self.stats
+            .side(self.side)
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.upstream
+            .stats
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .side(side)
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        to.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.side = side;
+        self.upstream = to;
+        self.permit = permit;
+    }
+}
+
 impl Drop for Decision {
     fn drop(&mut self) {
         self.stats
@@ -178,6 +206,8 @@ pub struct Request {
     pub upstream_start: Option<Instant>,
     /// The trace context, when tracing is on (set by the guard).
     pub trace: Option<RequestTrace>,
+    /// Why the new side's failure sent this request to legacy (`fallback`), if it did.
+    pub fallback: Option<&'static str>,
     counted: Counted,
 }
 
@@ -194,6 +224,7 @@ impl Request {
             decision: None,
             upstream_start: None,
             trace: None,
+            fallback: None,
             counted: lifecycle.request(),
         }
     }
@@ -238,6 +269,62 @@ impl Request {
                 Err(r)
             }
         }
+    }
+
+    /// Whether the new side's failure may still send this request to legacy: it is on the
+    /// new side of a route with `fallback`, its method is one the route lists, and it has not
+    /// fallen back already.
+    pub fn may_fall_back(&self) -> bool {
+        let (Some(i), Some(Side::New), None) = (self.route, self.side(), self.fallback) else {
+            return false;
+        };
+        let route = &self.snap.config.routes[i];
+        let method = self.method.as_ref();
+        route
+            .fallback
+            .as_ref()
+            .is_some_and(|f| method.is_some_and(|m| f.methods.contains(m)))
+            && self.snap.routes[i].legacy.is_some()
+    }
+
+    /// Whether a new-side answer with `status` is one the route falls back from.
+    pub fn falls_back_on(&self, status: u16) -> bool {
+        self.may_fall_back()
+            && self.route.is_some_and(|i| {
+                let f = self.snap.config.routes[i].fallback.as_ref();
+                f.is_some_and(|f| f.statuses.contains(&status))
+            })
+    }
+
+    /// Sends the request to the legacy side after the new side failed (`why`) before any of
+    /// an answer went out, when the route allows it. The failure is counted on the new side
+    /// (as `status`, what the client would have got: the rollout's gates see it) and as a
+    /// fallback; legacy then serves the request within its own `max-in-flight` (a legacy side
+    /// at its limit takes no fallback: the new side's failure is answered instead).
+    pub fn fall_back(&mut self, why: &'static str, status: u16) -> bool {
+        if !self.may_fall_back() {
+            return false;
+        }
+        let Some(i) = self.route else { return false };
+        let Some(legacy) = self.snap.routes[i].legacy.clone() else {
+            return false;
+        };
+        let permit = match &legacy.limiter {
+            None => None,
+            Some(limiter) => match Arc::clone(limiter).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return false,
+            },
+        };
+        let stats = &self.snap.routes[i].stats;
+        stats.new.record(status, self.start.elapsed());
+        stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = self.decision.as_mut() {
+            d.switch(Side::Legacy, legacy, permit);
+        }
+        self.fallback = Some(why);
+        self.upstream_start = None;
+        true
     }
 
     pub fn upstream(&self) -> Option<&Shared> {

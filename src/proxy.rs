@@ -33,7 +33,7 @@ use crate::pipeline::guard::Inbound;
 use crate::pipeline::{outbound, Finished, Request};
 use crate::state::Live;
 use crate::telemetry::AccessLogger;
-use crate::upstream::Kind;
+use crate::upstream::{Kind, Shared};
 pub use fast::Fast;
 pub use pool::sweep as sweep_idle_upstreams;
 use respond::{final_response_written, frame_response, no_body, refuse, respond};
@@ -120,6 +120,11 @@ impl Strangle {
         if expects_continue && session.req_header().version == http::Version::HTTP_11 {
             session.write_continue_response().await?;
         }
+        // What is read of the body is kept (Pingora's retry buffer, up to 64 KB), so that a
+        // request the new side fails can be sent to legacy (`fallback`).
+        if ctx.req.may_fall_back() {
+            session.as_mut().enable_retry_buffering();
+        }
         let body = match buffered_limit {
             Some((limit, too_large)) => match aws::read_body(session, limit, body_timeout).await? {
                 Ok(b) => Some(b),
@@ -147,18 +152,35 @@ impl Strangle {
             tap.request_body(body);
             tap.request_done = true;
         }
-        match (&upstream.kind, body) {
-            (Kind::Lambda(_), Some(body)) => aws::serve_lambda(session, ctx, &upstream, body).await,
-            (Kind::Signed, Some(body)) => aws::serve_signed(session, ctx, &upstream, body).await,
-            _ => {
-                let base = upstream.base_path();
-                if let Some(path) = ctx.req.path.as_ref() {
-                    if !base.is_empty() || path.rewritten() {
-                        let query = path.query();
-                        ctx.attempt.upstream_path = Some(format!("{base}{}{query}", path.routed()));
-                    }
+        self.serve(session, ctx, upstream, body).await
+    }
+
+    /// Serves the decided request from `upstream`, and from the legacy side after it when the
+    /// new side fails first and the route falls back (`Ctx::fall_back`).
+    async fn serve(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        mut upstream: Shared,
+        body: Option<Bytes>,
+    ) -> Result<bool> {
+        loop {
+            let served = match (&upstream.kind, &body) {
+                (Kind::Lambda(_), Some(body)) => {
+                    aws::serve_lambda(session, ctx, &upstream, body.clone()).await?
                 }
-                Ok(false)
+                (Kind::Signed, Some(body)) => {
+                    aws::serve_signed(session, ctx, &upstream, body.clone()).await?
+                }
+                (Kind::Http(_), _) => {
+                    ctx.set_upstream_path();
+                    return Ok(false);
+                }
+                _ => return respond(session, ctx, 500, "the body was not read", &[]).await,
+            };
+            match (served, ctx.req.upstream()) {
+                (aws::Served::FellBack, Some(legacy)) => upstream = Arc::clone(legacy),
+                _ => return Ok(true),
             }
         }
     }
@@ -221,14 +243,16 @@ impl ProxyHttp for Strangle {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing was sent on a connection that never opened: any method may try another address.
+        // Nothing was sent on a connection that never opened: any method may try another address,
+        // and then the legacy side when the route falls back.
         ctx.report(false);
-        e.set_retry(ctx.next_attempt(true));
+        let retry = ctx.next_attempt(true) || ctx.fall_back(session, "connect-error", 502);
+        e.set_retry(retry);
         e
     }
 
@@ -312,13 +336,21 @@ impl ProxyHttp for Strangle {
         // address when there is one) only when repeating it is safe: an idempotent method,
         // a body still held whole, nothing of a response received or passed on, no deadline
         // passed, and retries left.
-        let retry = upstream_fault
+        let unanswered = upstream_fault
             && a.late.is_none()
             && !a.head_received
-            && final_response_written(session).is_none()
+            && final_response_written(session).is_none();
+        let retry = unanswered
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        e.set_retry(ctx.next_attempt(retry));
+        // A new side's answer the route falls back from (`upstream_response_filter`), or no
+        // answer at all with the retries used up: the legacy side, when the route allows.
+        let fell_back = match ctx.attempt.fallback_status.take() {
+            Some(status) => ctx.fall_back(session, "status", status),
+            None => !retry && unanswered && ctx.fall_back(session, "no-response", 502),
+        };
+        let retry = fell_back || ctx.next_attempt(retry);
+        e.set_retry(retry);
         e
     }
 
@@ -352,12 +384,19 @@ impl ProxyHttp for Strangle {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
+        }
+        let status = resp.status.as_u16();
+        if ctx.req.falls_back_on(status) && !session.as_ref().retry_buffer_truncated() {
+            // Nothing of it goes out: the request is sent to legacy (`error_while_proxy`).
+            ctx.attempt.fallback_status = Some(status);
+            let why = format!("the new side answered {status}");
+            return Error::e_explain(ErrorType::HTTPStatus(status), why);
         }
         ctx.attempt.head_received = true;
         if let Some(d) = &ctx.attempt.deadline {

@@ -152,6 +152,8 @@ pub fn ratio(part: u64, whole: u64) -> f64 {
 pub struct RouteStats {
     pub legacy: SideStats,
     pub new: SideStats,
+    /// Requests the new side failed before answering that legacy then served (`fallback`).
+    pub fallbacks: AtomicU64,
 }
 
 impl RouteStats {

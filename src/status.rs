@@ -83,6 +83,9 @@ pub struct RouteStatus {
     /// Shadow traffic's results, on a route that shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowStatus>,
+    /// Requests the new side failed that legacy then served, on a route with `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<u64>,
     /// A progressive rollout's state, on a route that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
@@ -160,7 +163,8 @@ pub fn build(live: &Live) -> Status {
         .config
         .routes
         .iter()
-        .map(|r| {
+        .zip(&snap.routes)
+        .map(|(r, live_route)| {
             let [l, n] = pair(&r.id);
             let [rl, rn] = recent_pair(&r.id);
             all += l.requests() + n.requests();
@@ -197,6 +201,10 @@ pub fn build(live: &Live) -> Status {
                     .shadow
                     .as_ref()
                     .map(|s| snap.shadows.route(&r.id).status(s)),
+                fallbacks: r.fallback.as_ref().map(|_| {
+                    let n = &live_route.stats.fallbacks;
+                    n.load(std::sync::atomic::Ordering::Relaxed)
+                }),
                 rollout: r
                     .rollout
                     .as_ref()

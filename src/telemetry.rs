@@ -43,6 +43,9 @@ pub struct AccessEvent<'a> {
     /// A shadow copy's line: how its answer compared (`matched`, `mismatched`, `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<&'a str>,
+    /// Why the new side's failure sent the request to legacy (`fallback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<&'a str>,
 }
 
 /// An id that serialises as lower-case hex, with no allocation.

@@ -163,6 +163,9 @@ pub struct RawRoute {
     pub shadow: Option<S<RawShadow>>,
     pub shadow_writes: Option<S<bool>>,
     pub rollout: Option<S<RawRollout>>,
+    pub fallback: Option<S<bool>>,
+    pub fallback_methods: Option<S<Vec<S<String>>>>,
+    pub fallback_statuses: Option<S<Vec<S<i64>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,6 +69,7 @@ impl Request {
             trace_id: traced.map(|t| Hex(t.server.trace_id)),
             span_id: traced.map(|t| Hex(t.server.span_id)),
             shadow: None,
+            fallback: self.fallback,
         };
         access.log(&event, otlp);
     }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use pingora::prelude::*;
+use pingora::proxy::Session;
 use pingora::ErrorType;
 
 use super::Ctx;
@@ -31,6 +32,8 @@ pub(super) struct Attempt {
     /// The whole request (head and body) has been sent upstream (for the head's deadline and
     /// passive health: a slow client's upload is never the upstream's fault).
     pub(super) request_sent: bool,
+    /// The new side answered with a status the route falls back from.
+    pub(super) fallback_status: Option<u16>,
 }
 
 impl Drop for Ctx {
@@ -95,6 +98,47 @@ impl Ctx {
             Kind::Http(h) => Some(h),
             _ => None,
         }
+    }
+
+    /// The path to send the HTTP upstream when it differs from the routed one: its base path
+    /// in front, or the canonical path when the client's spelling was another.
+    pub(super) fn set_upstream_path(&mut self) {
+        let (Some(upstream), Some(path)) = (self.req.upstream(), self.req.path.as_ref()) else {
+            return;
+        };
+        let base = upstream.base_path();
+        self.attempt.upstream_path = (!base.is_empty() || path.rewritten())
+            .then(|| format!("{base}{}{}", path.routed(), path.query()));
+    }
+
+    /// After the new side failed (`why`; `status` is what the client would have got) before
+    /// anything of an answer went out: the legacy side serves the request instead, when the
+    /// route falls back for its method and what was read of its body can be sent again (all
+    /// of it is in the retry buffer, or none was read yet). The next attempt starts afresh on
+    /// legacy; a shadow copy is not made (the answer is legacy's either way).
+    pub(super) fn fall_back(
+        &mut self,
+        session: &mut Session,
+        why: &'static str,
+        status: u16,
+    ) -> bool {
+        if !self.req.may_fall_back() || session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+        if !self.req.fall_back(why, status) {
+            return false;
+        }
+        tracing::warn!(
+            route = self.req.route_id().unwrap_or("-"),
+            request_id = %self.req.request_id_str(),
+            why,
+            "the new side failed before answering; legacy serves the request"
+        );
+        self.disarm();
+        self.attempt = Attempt::default();
+        self.shadow = None;
+        self.set_upstream_path();
+        true
     }
 
     /// Passive health: tells the upstream how the current address did.

@@ -125,6 +125,29 @@ fn policed_headers(session: &Session, ctx: &Ctx) -> http::HeaderMap {
     headers
 }
 
+/// How a Lambda or signed upstream's part ended.
+pub(super) enum Served {
+    /// The client has its answer (the upstream's, or the failure's).
+    Answered,
+    /// The new side failed first and the request now goes to the legacy side (`fallback`).
+    FellBack,
+}
+
+/// Answers a failure, unless the route falls back from it.
+async fn failed(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    why: &'static str,
+    e: InvokeError,
+) -> Result<Served> {
+    if ctx.fall_back(session, why, e.status()) {
+        tracing::warn!(request_id = %ctx.req.request_id_str(), "the new side failed: {e}");
+        return Ok(Served::FellBack);
+    }
+    fail_aws(session, ctx, e).await?;
+    Ok(Served::Answered)
+}
+
 /// Serves a request from a Lambda function: the event built from the request and its body,
 /// the function invoked, its answer written back.
 pub(super) async fn serve_lambda(
@@ -132,9 +155,10 @@ pub(super) async fn serve_lambda(
     ctx: &mut Ctx,
     upstream: &Shared,
     body: Bytes,
-) -> Result<bool> {
+) -> Result<Served> {
     let Kind::Lambda(lambda) = &upstream.kind else {
-        return respond(session, ctx, 500, "not a lambda upstream", &[]).await;
+        respond(session, ctx, 500, "not a lambda upstream", &[]).await?;
+        return Ok(Served::Answered);
     };
     let headers = policed_headers(session, ctx);
     let req = session.req_header();
@@ -145,7 +169,10 @@ pub(super) async fn serve_lambda(
     let protocol = protocol(req.version);
     let (path, query) = match &ctx.req.path {
         Some(p) => (p.routed(), p.query()),
-        None => return respond(session, ctx, 500, "no path", &[]).await,
+        None => {
+            respond(session, ctx, 500, "no path", &[]).await?;
+            return Ok(Served::Answered);
+        }
     };
     let event = event::encode(
         lambda.payload(),
@@ -164,7 +191,8 @@ pub(super) async fn serve_lambda(
         },
     );
     if event.len() > PAYLOAD_LIMIT {
-        return respond(session, ctx, 413, "event over Lambda's 6 MB limit", &[]).await;
+        respond(session, ctx, 413, "event over Lambda's 6 MB limit", &[]).await?;
+        return Ok(Served::Answered);
     }
     ctx.req.upstream_start = Some(Instant::now());
     let xray = ctx
@@ -174,8 +202,11 @@ pub(super) async fn serve_lambda(
         .map(|t| t.xray());
     let response = match lambda.invoke(event, xray.as_ref().map(|x| &x[..])).await {
         Ok(r) => r,
-        Err(e) => return fail_aws(session, ctx, e).await,
+        Err(e) => return failed(session, ctx, "invoke-error", e).await,
     };
+    if ctx.req.falls_back_on(response.status) && ctx.fall_back(session, "status", response.status) {
+        return Ok(Served::FellBack);
+    }
     let mut resp = ResponseHeader::build(response.status, Some(response.headers.len() + 2))?;
     for (name, value) in response.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -196,7 +227,7 @@ pub(super) async fn serve_lambda(
             .write_response_body(Some(response.body), true)
             .await?;
     }
-    Ok(true)
+    Ok(Served::Answered)
 }
 
 /// Forwards a request to an AWS HTTP endpoint with a SigV4 signature, which needs the whole
@@ -206,15 +237,17 @@ pub(super) async fn serve_signed(
     ctx: &mut Ctx,
     upstream: &Shared,
     body: Bytes,
-) -> Result<bool> {
+) -> Result<Served> {
     let Some(path) = &ctx.req.path else {
-        return respond(session, ctx, 500, "no path", &[]).await;
+        respond(session, ctx, 500, "no path", &[]).await?;
+        return Ok(Served::Answered);
     };
     let (Some(sig), Some(uri)) = (
         &upstream.config.sigv4,
         signed_uri(upstream, path.routed(), &path.query()),
     ) else {
-        return respond(session, ctx, 500, "not a signed url upstream", &[]).await;
+        respond(session, ctx, 500, "not a signed url upstream", &[]).await?;
+        return Ok(Served::Answered);
     };
     let headers = signable(&policed_headers(session, ctx));
     let method = session.req_header().method.as_str().to_string();
@@ -234,8 +267,12 @@ pub(super) async fn serve_signed(
     .await
     {
         Ok(r) => r,
-        Err(e) => return fail_aws(session, ctx, e).await,
+        Err(e) => return failed(session, ctx, "signed-error", e).await,
     };
+    let status = response.status().as_u16();
+    if ctx.req.falls_back_on(status) && ctx.fall_back(session, "status", status) {
+        return Ok(Served::FellBack);
+    }
     let (parts, mut incoming) = response.into_parts();
     let mut resp = ResponseHeader::build(parts.status.as_u16(), Some(parts.headers.len() + 1))?;
     for (k, v) in &parts.headers {
@@ -277,5 +314,5 @@ pub(super) async fn serve_signed(
         }
     }
     session.write_response_body(None, true).await?;
-    Ok(true)
+    Ok(Served::Answered)
 }

@@ -170,6 +170,7 @@ pub(super) fn log(access: &AccessLogger, job: &Job, copied: &Copied, took: std::
         trace_id: None,
         span_id: None,
         shadow: Some(copied.outcome),
+        fallback: None,
     };
     access.log(&event, None);
 }

@@ -12,6 +12,7 @@ mod dashboard;
 mod drain;
 mod emf;
 mod engines;
+mod fallback;
 mod faults;
 mod history;
 mod inventory;

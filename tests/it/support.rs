@@ -875,6 +875,12 @@ impl Route {
         self
     }
 
+    /// Keys written as they are (one or several lines).
+    pub fn raw(mut self, lines: &str) -> Route {
+        self.0.push(lines.to_string());
+        self
+    }
+
     pub fn legacy(self, upstream: &str) -> Route {
         self.set("legacy", upstream)
     }
