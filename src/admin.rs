@@ -38,6 +38,7 @@ use crate::history::Cause;
 mod dashboard;
 mod query;
 mod reads;
+mod replay;
 mod rollout;
 pub use rollout::RolloutDriver;
 mod shift;
@@ -429,7 +430,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<B
 }
 
 const ENDPOINTS: &str =
-    "GET / (the dashboard), GET /status, GET /history, GET /inventory, GET /routes/{id}/diffs, PUT /routes/{id}/shift, POST /routes/{id}/rollout/{pause,resume,promote,abort}, POST /reload, GET /metrics, GET /ready, GET /live";
+    "GET / (the dashboard), GET /status, GET /history, GET /inventory, GET /routes/{id}/diffs, PUT /routes/{id}/shift, POST /routes/{id}/rollout/{pause,resume,promote,abort}, POST /routes/{id}/replay?to=legacy|new, POST /reload, GET /metrics, GET /ready, GET /live";
 
 /// Compares without leaking the position of the first difference through timing.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -460,6 +461,7 @@ where
         (&Method::PUT, ["routes", _, "shift"])
             | (&Method::POST, ["reload"])
             | (&Method::POST, ["routes", _, "rollout", _])
+            | (&Method::POST, ["routes", _, "replay"])
     );
     if mutating {
         if let Some(token) = live.load().config.admin.token.as_deref() {
@@ -529,6 +531,10 @@ where
                 }
             }
         }
+        (&Method::POST, ["routes", id, "replay"]) => {
+            let (id, query) = (id.to_string(), req.uri().query().map(str::to_string));
+            replay::replay(live, &id, query.as_deref(), req.into_body()).await
+        }
         (&Method::POST, ["routes", id, "rollout", action]) => {
             rollout::act(live, id, action, &cause).await
         }
@@ -539,7 +545,7 @@ where
         (_, ["" | "dashboard.js" | "dashboard.css" | "favicon.svg"])
         | (_, ["status" | "metrics" | "live" | "ready" | "history" | "inventory"])
         | (_, ["reload"])
-        | (_, ["routes", _, "shift" | "diffs"])
+        | (_, ["routes", _, "shift" | "diffs" | "replay"])
         | (_, ["routes", _, "rollout", _]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(

@@ -424,6 +424,101 @@ pub async fn rollout(
     Ok(())
 }
 
+/// `strangle replay FILE --to legacy|new [--rate N] [--header "NAME: VALUE"]...`: sends every
+/// request kept in a capture spool again, through the proxy's admin API, at most `rate` a
+/// second, and prints how each went. Headers given replace the record's (a kept `authorization`
+/// is redacted: give a fresh one). Fails (exit 1) when any request could not be sent or got a
+/// 5xx.
+pub async fn replay(
+    target: &AdminTarget,
+    file: &Path,
+    to: &str,
+    rate: Option<f64>,
+    extra: &[String],
+) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    if to != "legacy" && to != "new" {
+        bail!("--to is `legacy` or `new`, not `{to}`");
+    }
+    let mut added = Vec::new();
+    for h in extra {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--header is `NAME: VALUE`, not `{h}`"))?;
+        added.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let every = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+    );
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut record: crate::capture::Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{:>4}  not a capture record: {e}", n + 1);
+                failed += 1;
+                continue;
+            }
+        };
+        let headers = &mut record.request.headers;
+        headers.retain(|(name, _)| !added.iter().any(|(a, _)| name.eq_ignore_ascii_case(a)));
+        headers.extend(added.iter().cloned());
+        if sent > 0 {
+            if let Some(every) = every {
+                tokio::time::sleep(every).await;
+            }
+        }
+        sent += 1;
+        let path = format!(
+            "/routes/{}/replay?to={to}",
+            form_urlencoded::byte_serialize(record.route.as_bytes()).collect::<String>()
+        );
+        let was = record.response.as_ref().map_or_else(
+            || record.error.clone().unwrap_or_else(|| "-".into()),
+            |r| r.status.to_string(),
+        );
+        let what = format!(
+            "{:>4}  {} {}{}",
+            n + 1,
+            printable(&record.request.method),
+            printable(&record.request.path),
+            printable(&record.request.query)
+        );
+        let body = serde_json::to_value(&record)?;
+        let (code, answer) = call(target, Method::POST, &path, Some(body)).await?;
+        let outcome = if !code.is_success() {
+            failed += 1;
+            format!("refused: {}", api_error(code, &answer))
+        } else if let Some(e) = answer["error"].as_str() {
+            failed += 1;
+            format!("failed: {}", printable(e))
+        } else {
+            let status = answer["status"].as_u64().unwrap_or(0);
+            if status >= 500 {
+                failed += 1;
+            }
+            format!("{status}")
+        };
+        println!(
+            "{what}  -> {to}: {outcome}  (was {}: {})",
+            printable(&record.event),
+            printable(&was)
+        );
+    }
+    println!("{sent} replayed to {to}, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} of the replayed requests failed");
+    }
+    Ok(())
+}
+
 /// A rollout's state as text: where it is, the gates, and why it last moved.
 pub fn render_rollout(id: &str, r: &crate::rollout::RolloutStatus) -> String {
     use std::fmt::Write as _;

@@ -19,6 +19,7 @@ pub mod raw;
 pub mod read;
 
 mod auth;
+pub mod capture;
 mod diag;
 pub mod fallback;
 mod inputs;
@@ -344,6 +345,8 @@ pub struct Route {
     pub rollout: Option<std::sync::Arc<rollout::Rollout>>,
     /// Requests the new side failed before answering are served by legacy (`fallback = true`).
     pub fallback: Option<std::sync::Arc<fallback::Fallback>>,
+    /// Requests kept in a spool to look at and replay (`capture = { ... }`).
+    pub capture: Option<std::sync::Arc<capture::Capture>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

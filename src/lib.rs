@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -133,6 +133,24 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Sends the requests a capture spool kept (`capture = { ... }`, one JSON record a line)
+    /// again to one side of their routes, through the proxy, and prints how each went.
+    Replay {
+        /// The spool file (`capture.jsonl`, or a copy).
+        file: PathBuf,
+        /// The side to send them to.
+        #[arg(long, value_parser = ["legacy", "new"])]
+        to: String,
+        /// At most this many requests a second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// A header to send instead of the record's (`--header "authorization: Bearer ..."`:
+        /// kept credentials are redacted); may be repeated.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// The migration at a glance: per route its shift, traffic per side, errors and latency.
     Status {
         /// Print JSON instead of a table.
@@ -219,6 +237,15 @@ fn main() -> ExitCode {
             json,
             admin,
         } => run_client(|| async move { cli::rollout(&admin.into(), &route, &action, json).await }),
+        Command::Replay {
+            file,
+            to,
+            rate,
+            headers,
+            admin,
+        } => run_client(
+            || async move { cli::replay(&admin.into(), &file, &to, rate, &headers).await },
+        ),
         Command::Diffs { route, json, admin } => {
             run_client(|| async move { cli::diffs(&admin.into(), &route, json).await })
         }

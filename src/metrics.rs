@@ -369,6 +369,28 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     }
     header(
         &mut out,
+        "strangle_capture_records_total",
+        "counter",
+        "Requests kept in capture spools (capture = { ... }) by outcome: written, dropped (the writer's queue was full) or failed (the spool could not be written).",
+    );
+    let (mut written, mut dropped, mut failed) = (0, 0, 0);
+    for spool in snap.captures.all() {
+        written += spool.written.load(Relaxed);
+        dropped += spool.dropped.load(Relaxed);
+        failed += spool.failed.load(Relaxed);
+    }
+    for (outcome, n) in [
+        ("written", written),
+        ("dropped", dropped),
+        ("failed", failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "strangle_capture_records_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
         "strangle_rollout_step",
         "gauge",
         "A progressive rollout's step (1-based; 0 below the first), by route and phase (running, paused, done, rolled-back, aborted).",

@@ -9,6 +9,7 @@
 
 mod attempt;
 mod aws;
+mod capture;
 mod fast;
 mod pool;
 mod respond;
@@ -529,6 +530,7 @@ impl ProxyHttp for Strangle {
         };
         let error = ctx.error.take().or_else(|| e.map(|e| e.to_string()));
         if ctx.shadow.is_some() {
+            capture::keep(session, ctx, status, error.as_deref());
             shadow::submit(session, ctx, status, error.is_some() || ctx.replaced);
         }
         let req = session.req_header();

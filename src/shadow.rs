@@ -97,6 +97,8 @@ pub struct Job {
     pub spans: Option<Arc<SpanQueue>>,
     /// Response headers whose values the samples never show (`[telemetry] redact-headers`).
     pub redact_headers: Arc<[String]>,
+    /// The capture spool a mismatch is kept in (`capture = { on = ["mismatch"] }`).
+    pub keep: Option<Arc<crate::capture::Spool>>,
     pub queued_at: std::time::Instant,
 }
 
@@ -281,6 +283,12 @@ impl Shadows {
         });
     }
 
+    /// The sender copies go out through (once started): what `POST /routes/{id}/replay` sends
+    /// a kept request with.
+    pub fn sender(&self) -> Option<Arc<dyn Sender>> {
+        self.runner.get().map(|r| Arc::clone(&r.sender))
+    }
+
     /// Queues a job; never waits. A full queue (by jobs or bytes) drops it, counted. The first
     /// job starts the worker on this runtime.
     pub fn submit(self: &Arc<Self>, job: Job) {
@@ -458,6 +466,9 @@ impl Shadows {
             differences: redact(outcome.differences, &job.redact_headers),
             count: outcome.count,
         };
+        if let Some(spool) = &job.keep {
+            spool.keep(&report::kept(job, &other, &sample.differences));
+        }
         let mut samples = lock(&state.samples);
         samples.push_back(sample);
         while samples.len() > SAMPLES {

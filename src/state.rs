@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub inventory: Arc<crate::inventory::Inventory>,
     /// Shadow traffic's queue and per-route results (the same across reloads).
     pub shadows: Arc<crate::shadow::Shadows>,
+    /// Capture spools by directory (the same across reloads).
+    pub captures: Arc<crate::capture::Spools>,
     /// `[telemetry] redact-headers`, for what shadow samples show.
     pub redact_headers: Arc<[String]>,
     /// Where requests leave their access-log records for the OTLP log exporter, when the
@@ -180,6 +182,7 @@ impl Snapshot {
             spans: Arc::clone(&registry.spans),
             inventory: previous.map_or_else(Arc::default, |p| Arc::clone(&p.inventory)),
             shadows: previous.map_or_else(Arc::default, |p| Arc::clone(&p.shadows)),
+            captures: previous.map_or_else(Arc::default, |p| Arc::clone(&p.captures)),
             redact_headers,
             logs,
             loaded_at: SystemTime::now(),

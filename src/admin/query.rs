@@ -1,5 +1,5 @@
 //! The query strings of the admin API's reads: `GET /status?series=`, `GET /history?route=&limit=`,
-//! `GET /inventory?limit=`. Anything else is a 400 that says what is accepted.
+//! `GET /inventory?limit=`, `POST /routes/{id}/replay?to=`. Anything else is a 400 that says what is accepted.
 
 use super::clip;
 
@@ -34,6 +34,25 @@ pub(super) fn limit_query(query: Option<&str>, default: usize) -> Result<usize, 
         limit = parse_limit(&value, crate::inventory::MAX_TEMPLATES)?;
     }
     Ok(limit)
+}
+
+/// `?to=legacy|new` of `POST /routes/{id}/replay`.
+pub(super) fn replay_to(query: Option<&str>) -> Result<crate::split::Side, String> {
+    let mut to = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        to = match (&*key, &*value) {
+            ("to", "new") => Some(crate::split::Side::New),
+            ("to", "legacy") => Some(crate::split::Side::Legacy),
+            _ => {
+                return Err(format!(
+                    "`{}={}` is not `to=legacy` or `to=new`",
+                    clip(&key),
+                    clip(&value)
+                ))
+            }
+        };
+    }
+    to.ok_or_else(|| "say which side: `?to=legacy` or `?to=new`".to_string())
 }
 
 /// A `limit=N` value: 1 to `max`.

@@ -166,6 +166,16 @@ pub struct RawRoute {
     pub fallback: Option<S<bool>>,
     pub fallback_methods: Option<S<Vec<S<String>>>>,
     pub fallback_statuses: Option<S<Vec<S<i64>>>>,
+    pub capture: Option<S<RawCapture>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCapture {
+    pub on: S<Vec<S<String>>>,
+    pub dir: S<String>,
+    pub max_size: Option<S<String>>,
+    pub max_body: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -241,7 +241,9 @@ impl Cx<'_> {
             let shadow = self.shadow(&r).map(std::sync::Arc::new);
             let rollout = self.rollout(&r).map(std::sync::Arc::new);
             let fallback = self.fallback(&r).map(std::sync::Arc::new);
+            let capture = self.capture(&r).map(std::sync::Arc::new);
             let route = Route {
+                capture,
                 fallback,
                 shadow,
                 rollout,

@@ -151,7 +151,7 @@ impl Cx<'_> {
 }
 
 /// `1048576`, `64KB`, `1MB` (powers of 1024; `KiB`/`MiB` too).
-fn size(s: &str) -> Option<usize> {
+pub(super) fn size(s: &str) -> Option<usize> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let n: usize = s[..digits].parse().ok()?;

@@ -807,3 +807,53 @@ fn a_rollout_is_lowered_with_its_defaults_and_its_mistakes_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn a_capture_is_lowered_with_its_defaults_and_its_mistakes_reported() {
+    let with = |keys: &str| {
+        GOOD.replacen(
+            "sticky = \"cookie:sid\"",
+            &format!("sticky = \"cookie:sid\"\n{keys}"),
+            1,
+        )
+    };
+    let c = parse_str(&with(
+        r#"capture = { on = ["new-5xx", "new-error", "new-5xx"], dir = "spool" }"#,
+    ))
+    .unwrap();
+    let k = c.routes[0].capture.as_ref().unwrap();
+    assert_eq!(k.on, [capture::Event::New5xx, capture::Event::NewError]);
+    // Relative to the config file's directory (the test parses with `.` as that).
+    assert_eq!(k.dir, std::path::Path::new("./spool"));
+    assert_eq!(
+        (k.max_size, k.max_body),
+        (capture::DEFAULT_MAX_SIZE, capture::DEFAULT_MAX_BODY)
+    );
+    let c = parse_str(&with(r#"capture = { on = ["new-5xx"], dir = "/var/spool/strangle", max-size = "2GB", max-body = "64KB" }"#)).unwrap();
+    let k = c.routes[0].capture.as_ref().unwrap();
+    assert_eq!((k.max_size, k.max_body), (2 << 30, 64 << 10));
+    let e = parse_str(&with(r#"capture = { on = ["mismatch", "oops"], dir = "", max-size = "10KB", max-body = "20MB" }"#)).unwrap_err().to_string();
+    for want in [
+        "capture `mismatch` without `shadow` on the route",
+        "unknown capture event `oops`",
+        "capture `dir` is empty",
+        "bad capture `max-size` `10KB`",
+        "bad capture `max-body` `20MB`",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = parse_str(&with(r#"capture = { on = [], dir = "x" }"#))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("capture `on` is empty"), "{e}");
+    let one_side = GOOD.replacen(
+        "match = \"exact\"",
+        "match = \"exact\"\ncapture = { on = [\"new-5xx\"], dir = \"x\" }",
+        1,
+    );
+    let e = parse_str(&one_side).unwrap_err().to_string();
+    assert!(
+        e.contains("route `health` captures with no new side"),
+        "{e}"
+    );
+}

@@ -115,7 +115,7 @@ impl Ctx {
     /// anything of an answer went out: the legacy side serves the request instead, when the
     /// route falls back for its method and what was read of its body can be sent again (all
     /// of it is in the retry buffer, or none was read yet). The next attempt starts afresh on
-    /// legacy; a shadow copy is not made (the answer is legacy's either way).
+    /// legacy.
     pub(super) fn fall_back(
         &mut self,
         session: &mut Session,
@@ -136,7 +136,10 @@ impl Ctx {
         );
         self.disarm();
         self.attempt = Attempt::default();
-        self.shadow = None;
+        // No shadow copy (the answer is legacy's either way); a capture goes on.
+        if let Some(tap) = self.shadow.as_mut() {
+            tap.shadow = None;
+        }
         self.set_upstream_path();
         true
     }

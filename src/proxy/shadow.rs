@@ -35,42 +35,56 @@ const SHADOW_POOL: u64 = 0x5348_4144_4f57_0001;
 /// A copy's exchange ends by this, whatever the upstream's own deadlines.
 const COPY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A shadowed request's capture, held by its `Ctx`.
+/// The capture of a request that is shadowed, or kept in a capture spool should it fail,
+/// held by its `Ctx`.
 pub(super) struct Tap {
-    config: Arc<Shadow>,
+    /// The route's shadow, when this request is copied.
+    pub(super) shadow: Option<Arc<Shadow>>,
+    /// The route's capture, when this request is kept should the new side fail it.
+    pub(super) keep: Option<Arc<crate::config::capture::Capture>>,
+    /// Bodies are captured up to this.
+    cap: usize,
     /// The request body read so far (for a method with a body).
-    request: BytesMut,
-    answer: Answer,
-    body: BytesMut,
+    pub(super) request: BytesMut,
+    pub(super) answer: Answer,
+    pub(super) body: BytesMut,
     /// The request body was over the cap: the request is not shadowed after all.
-    over: bool,
+    pub(super) over: bool,
     /// The whole request body passed (a copy of a part of one is never sent).
     pub(super) request_done: bool,
     /// The bytes captured, from the process's budget; spent: not shadowed, counted as dropped.
     capture: crate::shadow::Capture,
-    spent: bool,
+    pub(super) spent: bool,
+    /// The answer's body is not wanted: only a capture, and no 5xx to keep.
+    skip_body: bool,
 }
 
 impl Tap {
-    /// Whether this request is shadowed: its route shadows, the method is listed, it was not
-    /// an upgrade, and it falls in the route's share.
+    /// Whether this request is captured: shadowed (its route shadows, the method is listed,
+    /// and it falls in the route's share), or on the new side of a route that keeps what the
+    /// new side fails (`capture`); never an upgrade.
     pub(super) fn start(ctx: &Ctx, session: &Session) -> Option<Box<Tap>> {
-        let route = ctx.req.route?;
-        let config = ctx.req.snap.config.routes.get(route)?.shadow.as_ref()?;
-        let method = &session.req_header().method;
-        if !config.methods.contains(method) || session.is_upgrade_req() {
-            return None;
-        }
+        let route = ctx.req.snap.config.routes.get(ctx.req.route?)?;
         let side = ctx.req.side()?;
-        if side == Side::Default {
+        if side == Side::Default || session.is_upgrade_req() {
             return None;
         }
-        let bp = config.percent.bp();
-        if bp < 10_000 && rand::random_range(0..10_000) >= bp {
+        let method = &session.req_header().method;
+        let shadow = route.shadow.as_ref().filter(|config| {
+            let bp = config.percent.bp();
+            config.methods.contains(method) && (bp >= 10_000 || rand::random_range(0..10_000) < bp)
+        });
+        let keep = route.capture.as_ref().filter(|_| side == Side::New);
+        if shadow.is_none() && keep.is_none() {
             return None;
         }
+        let cap = shadow
+            .map_or(0, |s| s.max_body)
+            .max(keep.map_or(0, |k| k.max_body));
         Some(Box::new(Tap {
-            config: Arc::clone(config),
+            shadow: shadow.cloned(),
+            keep: keep.cloned(),
+            cap,
             request: BytesMut::new(),
             answer: Answer::default(),
             body: BytesMut::new(),
@@ -78,6 +92,7 @@ impl Tap {
             request_done: false,
             capture: ctx.req.snap.shadows.capture(),
             spent: false,
+            skip_body: false,
         }))
     }
 
@@ -86,7 +101,7 @@ impl Tap {
         if self.over || self.spent {
             return;
         }
-        if self.request.len() + data.len() > self.config.max_body {
+        if self.request.len() + data.len() > self.cap {
             self.over = true;
             self.request = BytesMut::new();
         } else if self.capture.grow(data.len()) {
@@ -98,21 +113,18 @@ impl Tap {
 
     /// The answer's head, as it goes to the client.
     pub(super) fn head(&mut self, resp: &ResponseHeader) {
-        self.answer = answer_head(&resp.headers, resp.status.as_u16(), &self.config);
+        let compared = self.shadow.as_ref().map_or(&[][..], |s| &s.headers[..]);
+        self.answer = answer_head(&resp.headers, resp.status.as_u16(), compared);
         self.body.clear();
+        self.skip_body = self.shadow.is_none() && resp.status.as_u16() < 500;
     }
 
     /// A piece of the answer's body, as it goes to the client.
     pub(super) fn body(&mut self, data: &[u8]) {
-        if self.spent {
+        if self.spent || self.skip_body {
             return;
         }
-        match capture(
-            &mut self.body,
-            data,
-            self.config.max_body,
-            &mut self.capture,
-        ) {
+        match capture(&mut self.body, data, self.cap, &mut self.capture) {
             Ok(whole) => self.answer.truncated |= !whole,
             Err(_) => self.spent = true,
         }
@@ -123,6 +135,9 @@ impl Tap {
 /// to the queue.
 pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: bool) {
     let Some(mut tap) = ctx.shadow.take() else {
+        return;
+    };
+    let Some(config) = tap.shadow.take() else {
         return;
     };
     if failed || status == 0 || tap.answer.status != status {
@@ -187,7 +202,12 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     let redact_headers = Arc::clone(&snap.redact_headers);
     snap.shadows.submit(Job {
         route: live.id.clone(),
-        config: tap.config,
+        keep: snap.config.routes[route]
+            .capture
+            .as_ref()
+            .filter(|k| k.on.contains(&crate::config::capture::Event::Mismatch))
+            .map(|k| snap.captures.spool(&k.dir, k.max_size)),
+        config,
         answered_by: side,
         other,
         legacy,
@@ -297,7 +317,7 @@ impl Engine {
                     if head.status.is_informational() {
                         continue;
                     }
-                    answer = answer_head(&head.headers, head.status.as_u16(), config);
+                    answer = answer_head(&head.headers, head.status.as_u16(), &config.headers);
                     if end {
                         whole = true;
                         break;
@@ -365,7 +385,7 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         let headers: http::HeaderMap = r.headers.into_iter().collect();
-        let mut answer = answer_head(&headers, r.status, config);
+        let mut answer = answer_head(&headers, r.status, &config.headers);
         let mut body = BytesMut::new();
         answer.truncated = !capture(&mut body, &r.body, config.max_body, budget)?;
         answer.body = body.freeze();
@@ -397,7 +417,7 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())?;
         let (parts, mut incoming) = response.into_parts();
-        let mut answer = answer_head(&parts.headers, parts.status.as_u16(), config);
+        let mut answer = answer_head(&parts.headers, parts.status.as_u16(), &config.headers);
         let mut body = BytesMut::new();
         while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
             let frame = frame.map_err(|e| e.to_string())?;
@@ -447,7 +467,7 @@ impl Sender for Engine {
 }
 
 /// The head of an answer: its status, content type and the headers the route compares.
-fn answer_head(headers: &http::HeaderMap, status: u16, config: &Shadow) -> Answer {
+fn answer_head(headers: &http::HeaderMap, status: u16, compared: &[HeaderName]) -> Answer {
     let get = |name: &HeaderName| {
         headers
             .get(name)
@@ -455,8 +475,7 @@ fn answer_head(headers: &http::HeaderMap, status: u16, config: &Shadow) -> Answe
     };
     Answer {
         status,
-        headers: config
-            .headers
+        headers: compared
             .iter()
             .map(|h| (h.as_str().to_string(), get(h)))
             .collect(),

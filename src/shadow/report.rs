@@ -67,46 +67,64 @@ pub struct ShadowStatus {
 /// redact-headers`, and always cookies and credentials) and of JSON fields whose names say
 /// they hold secrets are replaced; that they differed still shows.
 pub(super) fn redact(mut differences: Vec<Difference>, headers: &[String]) -> Vec<Difference> {
-    const HEADERS: [&str; 4] = [
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-    ];
-    const FIELDS: [&str; 11] = [
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "authorization",
-        "cookie",
-        "card",
-        "cvv",
-        "ssn",
-        "apikey",
-        "api_key",
-    ];
+    use crate::telemetry::redact::{secret_field, secret_header, REDACTED};
     for d in &mut differences {
         let secret = match d.path.strip_prefix("header:") {
-            Some(name) => {
-                HEADERS.contains(&name) || headers.iter().any(|h| h.eq_ignore_ascii_case(name))
-            }
+            Some(name) => secret_header(name, headers),
             None => {
                 let last = d.path.rsplit(['.', '[']).next().unwrap_or("");
-                let last = last
-                    .trim_end_matches(']')
-                    .trim_matches('"')
-                    .to_ascii_lowercase();
-                let last = last.replace('-', "_");
-                FIELDS.iter().any(|f| last.contains(f))
+                secret_field(last.trim_end_matches(']').trim_matches('"'))
             }
         };
         if secret {
-            d.legacy = "[redacted]".into();
-            d.new = "[redacted]".into();
+            d.legacy = REDACTED.into();
+            d.new = REDACTED.into();
         }
     }
     differences
+}
+
+/// A mismatch as the capture spool keeps it: the request (its headers and body redacted),
+/// the answer the client got, the other side's, and the differences.
+pub(super) fn kept(
+    job: &Job,
+    other: &Answer,
+    differences: &[Difference],
+) -> crate::capture::Record {
+    use crate::capture::{kept_headers, Body, Record, Request, Response};
+    let response = |a: &Answer| Response {
+        status: a.status,
+        content_type: a.content_type.clone(),
+        body: Body::of(&a.body, a.truncated, a.content_type.as_deref()),
+    };
+    let content_type = job.copy.headers.get(http::header::CONTENT_TYPE);
+    let content_type = content_type.and_then(|v| v.to_str().ok());
+    Record {
+        at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        route: job.route.clone(),
+        event: "mismatch".into(),
+        request_id: job.copy.request_id.clone(),
+        request: Request {
+            method: job.copy.method.to_string(),
+            path: job.copy.path.clone(),
+            query: job.copy.query.clone(),
+            headers: kept_headers(&job.copy.headers, &job.redact_headers),
+            body: Body::of(&job.copy.body, false, content_type),
+        },
+        side: job.answered_by.as_str().to_string(),
+        upstream: match job.answered_by {
+            Side::New => String::new(),
+            _ => job.legacy.name().to_string(),
+        },
+        response: Some(response(&job.answer)),
+        other: Some(response(other)),
+        differences: differences
+            .iter()
+            .map(|d| format!("{}: legacy {} new {}", d.path, d.legacy, d.new))
+            .collect(),
+        error: None,
+        fallback: None,
+    }
 }
 
 /// A traced copy's spans: a span under the request's (`shadow GET /route`, with how it

@@ -109,6 +109,7 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
         logged_path: "/r/1".into(),
         spans: None,
         redact_headers: Arc::from(Vec::new()),
+        keep: None,
         queued_at: std::time::Instant::now(),
     }
 }

@@ -117,5 +117,60 @@ pub fn query(query: &str, extra: &[String]) -> String {
     }
 }
 
+/// Headers whose values are never shown or kept: credentials and cookies.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Whether a header's value is a secret: credentials, cookies, any header whose name says it
+/// holds a token, key, secret or password, and `extra` (`[telemetry] redact-headers`).
+pub fn secret_header(name: &str, extra: &[String]) -> bool {
+    let n = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&n.as_str())
+        || ["token", "secret", "password", "api-key", "apikey"]
+            .iter()
+            .any(|w| n.contains(w))
+        || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether a JSON field's name says it holds a secret (`password`, `apiToken`, `card_number`).
+pub fn secret_field(name: &str) -> bool {
+    const FIELDS: [&str; 11] = [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "cookie",
+        "card",
+        "cvv",
+        "ssn",
+        "apikey",
+        "api_key",
+    ];
+    let n = name.to_ascii_lowercase().replace('-', "_");
+    FIELDS.iter().any(|f| n.contains(f))
+}
+
+/// Replaces the values of secret-named fields (`secret_field`), at any depth.
+pub fn json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if secret_field(k) {
+                    *v = serde_json::Value::String(REDACTED.into());
+                } else {
+                    json(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(json),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod bypass;
+mod capture;
 mod dashboard;
 mod drain;
 mod emf;

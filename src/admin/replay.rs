@@ -1,0 +1,193 @@
+//! `POST /routes/{id}/replay?to=legacy|new`: sends a request kept in a capture spool (one
+//! `capture::Record`, the body of the call) to one side of its route again, through the same
+//! sender shadow copies use (the Lambda event and signing for a function, SigV4 for a signed
+//! endpoint), and answers how it went. Mutating: it needs the admin token when one is set.
+//!
+//! A record is replayed only on the route that would route it: its path must be canonical and
+//! match the route for its method (an edited spool cannot send a path to an upstream its route
+//! was never chosen for); a body kept cut is refused; headers kept redacted are left out;
+//! `x-strangle-*` and hop-by-hop headers are dropped, and the copy carries
+//! `x-strangle-replay: 1`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use serde_json::json;
+
+use super::{error, json_reply};
+use crate::capture::Record;
+use crate::config::shadow::Shadow;
+use crate::shadow::Copy;
+use crate::split::{Shift, Side};
+use crate::state::Live;
+
+/// A record's largest JSON (a 16 MB body in base64, and its headers).
+const MAX_RECORD: usize = 24 << 20;
+/// What of the answer's body is returned.
+const SHOWN: usize = 4096;
+
+pub(super) async fn replay<B: Body>(
+    live: &Arc<Live>,
+    id: &str,
+    query: Option<&str>,
+    body: B,
+) -> Response<Full<Bytes>>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let to = match super::query::replay_to(query) {
+        Ok(side) => side,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let read = tokio::time::timeout(
+        super::BODY_TIMEOUT,
+        Limited::new(body, MAX_RECORD).collect(),
+    );
+    let bytes = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the record is too large"),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the record did not arrive in time",
+            )
+        }
+    };
+    let record: Record = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a capture record: {e}"),
+            )
+        }
+    };
+    let snap = live.load();
+    let Some(i) = snap.routes.iter().position(|r| r.id == id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no route `{}`", super::clip(id)),
+        );
+    };
+    let copy = match copy_of(&record, &snap, i) {
+        Ok(c) => c,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
+    };
+    let route = &snap.routes[i];
+    let side = match to {
+        Side::New => &route.new,
+        _ => &route.legacy,
+    };
+    let Some(upstream) = side.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("route `{id}` has no {} side", to.as_str()),
+        );
+    };
+    let Some(sender) = snap.shadows.sender() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sender is not running yet",
+        );
+    };
+    let config = Shadow {
+        percent: Shift::ALL,
+        methods: Vec::new(),
+        ignore: Vec::new(),
+        headers: Vec::new(),
+        calibrate: false,
+        max_body: SHOWN,
+    };
+    let mut budget = snap.shadows.capture();
+    let started = Instant::now();
+    let sent = sender.send(&copy, &upstream, &config, &mut budget).await;
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(route = %id, to = to.as_str(), method = %copy.method, path = %copy.path, "replayed a captured request");
+    match sent {
+        Ok(answer) => json_reply(
+            StatusCode::OK,
+            &json!({
+                "to": to.as_str(),
+                "upstream": upstream.name(),
+                "status": answer.status,
+                "content_type": answer.content_type,
+                "body": String::from_utf8_lossy(&answer.body),
+                "took_ms": took_ms,
+            }),
+        ),
+        Err(e) => json_reply(
+            StatusCode::OK,
+            &json!({ "to": to.as_str(), "upstream": upstream.name(), "error": e, "took_ms": took_ms }),
+        ),
+    }
+}
+
+/// The request a record describes, checked against the route it is replayed on.
+fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Result<Copy, String> {
+    let r = &record.request;
+    let method = http::Method::from_bytes(r.method.as_bytes())
+        .map_err(|_| format!("bad method `{}`", r.method))?;
+    if method == http::Method::CONNECT {
+        return Err("a CONNECT is never replayed".into());
+    }
+    let canonical = crate::routing::canonicalize(&r.path, crate::routing::PathParams::Reject)
+        .map_err(|e| format!("the path is refused: {e}"))?;
+    if canonical != r.path {
+        return Err("the path is not in its canonical form".into());
+    }
+    if snap.table.lookup(&r.path, &method) != Some(route) {
+        return Err(format!(
+            "`{} {}` is not routed to `{}`",
+            method, r.path, snap.routes[route].id
+        ));
+    }
+    if !(r.query.is_empty() || r.query.starts_with('?')) || r.query.contains(['#', ' ']) {
+        return Err("the query is malformed".into());
+    }
+    if r.body.truncated {
+        return Err(
+            "the body was kept cut (over the capture's max-body): it cannot be sent again whole"
+                .into(),
+        );
+    }
+    let body = Bytes::from(r.body.bytes()?);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &r.headers {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            return Err(format!("bad header name `{name}`"));
+        };
+        let dropped = value == crate::telemetry::redact::REDACTED
+            || name.as_str().starts_with("x-strangle-")
+            || name == http::header::CONTENT_LENGTH
+            || name == http::header::TRANSFER_ENCODING
+            || name == http::header::UPGRADE
+            || name == http::header::HOST;
+        if dropped {
+            continue;
+        }
+        let value = HeaderValue::from_str(value).map_err(|_| format!("bad value for `{name}`"))?;
+        headers.append(name, value);
+    }
+    for name in crate::pipeline::outbound::hop_by_hop(&headers, false) {
+        headers.remove(name);
+    }
+    headers.remove(http::header::CONNECTION);
+    headers.insert("x-strangle-replay", HeaderValue::from_static("1"));
+    Ok(Copy {
+        method,
+        path: r.path.clone(),
+        query: r.query.clone(),
+        version: http::Version::HTTP_11,
+        headers,
+        body,
+        source_ip: None,
+        request_id: record.request_id.clone(),
+        route_path: snap.routes[route].path.clone(),
+        claims: None,
+        trace: None,
+    })
+}

@@ -1,0 +1,114 @@
+use super::*;
+
+fn record(n: usize, body: &str) -> Record {
+    Record {
+        at: "2026-12-02T10:00:00.000Z".into(),
+        route: "orders".into(),
+        event: "new-5xx".into(),
+        request_id: Some(format!("r{n}")),
+        request: Request {
+            method: "GET".into(),
+            path: format!("/orders/{n}"),
+            query: String::new(),
+            headers: vec![("accept".into(), "*/*".into())],
+            body: Body::of(body.as_bytes(), false, None),
+        },
+        side: "new".into(),
+        upstream: "new".into(),
+        response: None,
+        other: None,
+        differences: Vec::new(),
+        error: None,
+        fallback: None,
+    }
+}
+
+fn lines(path: &Path) -> Vec<Record> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn bodies_keep_text_or_base64_and_json_loses_its_secrets() {
+    let b = Body::of(
+        br#"{"seat":"1A","password":"hunter2","card":{"number":"4111"}}"#,
+        false,
+        Some("application/json"),
+    );
+    assert_eq!(
+        b.text,
+        r#"{"card":"[redacted]","password":"[redacted]","seat":"1A"}"#
+    );
+    let b = Body::of(&[0xff, 0x00, 0x01], false, None);
+    assert!(b.base64);
+    assert_eq!(b.bytes().unwrap(), [0xff, 0x00, 0x01]);
+    let b = Body::of(b"plain", true, Some("application/json"));
+    assert_eq!((b.text.as_str(), b.truncated), ("plain", true));
+}
+
+#[test]
+fn secret_headers_are_redacted() {
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", "Bearer abc".parse().unwrap());
+    h.insert("x-api-key", "k".parse().unwrap());
+    h.insert("x-session-token", "t".parse().unwrap());
+    h.insert("x-tenant", "acme".parse().unwrap());
+    h.insert("x-custom-secret-ish", "s".parse().unwrap());
+    let kept = kept_headers(&h, &["x-tenant".to_string()]);
+    assert!(kept.iter().all(|(_, v)| v == redact::REDACTED), "{kept:?}");
+    h.insert("accept", "*/*".parse().unwrap());
+    let kept = kept_headers(&h, &[]);
+    assert!(kept.contains(&("accept".into(), "*/*".into())));
+}
+
+#[test]
+fn the_spool_appends_lines_and_rotates_in_two_halves_under_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let spools = Spools::default();
+    let at = dir.path().join("spool");
+    let spool = spools.spool(&at, 1 << 20);
+    // The same directory is the same writer.
+    assert!(Arc::ptr_eq(&spool, &spools.spool(&at, 1 << 30)));
+    let body = "x".repeat(10_000);
+    for n in 0..120 {
+        spool.keep(&record(n, &body));
+        if n % 50 == 49 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let done = std::time::Instant::now();
+    while spool.written.load(Relaxed) + spool.dropped.load(Relaxed) < 120 {
+        assert!(done.elapsed().as_secs() < 10, "the writer is stuck");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let size = |f: &str| std::fs::metadata(at.join(f)).map_or(0, |m| m.len());
+    // Each half stops at half of max-size (the line that crosses it is the last).
+    assert!(size(FILE) < 512 << 10, "{}", size(FILE));
+    assert!(size(OLDER) <= (512 << 10) + 11_000, "{}", size(OLDER));
+    let (now, older) = (lines(&at.join(FILE)), lines(&at.join(OLDER)));
+    assert!(!older.is_empty());
+    // The newest record is the last line, whole.
+    let last = now.last().or(older.last()).unwrap();
+    assert_eq!(last.request.path, "/orders/119");
+    assert_eq!(last.request.body.text.len(), 10_000);
+}
+
+#[test]
+fn a_spool_that_cannot_be_written_counts_and_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let spool = Spools::default().spool(&file.join("spool"), 1 << 20);
+    for n in 0..5 {
+        spool.keep(&record(n, "x"));
+    }
+    let done = std::time::Instant::now();
+    while spool.failed.load(Relaxed) < 5 {
+        assert!(done.elapsed().as_secs() < 10);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(spool.written.load(Relaxed), 0);
+}
