@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use crate::history::Cause;
 
 mod dashboard;
+mod fleet;
 mod query;
 mod reads;
 mod replay;

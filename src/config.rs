@@ -22,6 +22,7 @@ mod auth;
 pub mod capture;
 mod diag;
 pub mod fallback;
+pub mod fleet;
 mod inputs;
 mod interp;
 mod pem;
@@ -91,6 +92,8 @@ pub struct Server {
 pub struct Admin {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Several replicas, one rollout decision (`[admin.fleet]`).
+    pub fleet: Option<fleet::Fleet>,
 }
 
 impl fmt::Debug for Admin {
@@ -99,6 +102,7 @@ impl fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("fleet", &self.fleet)
             .finish()
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod edit;
 pub mod exchange;
+pub mod fleet;
 pub mod history;
 pub mod http1;
 pub mod inventory;

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::rollout::Rollout;
 use crate::split::Shift;
 
+mod act;
 mod gates;
+pub use act::{Action, ActionError};
 pub use gates::{judge, Counters, Gate, Verdict};
 
 /// How often the driver samples the counters and judges the gates.
@@ -92,6 +94,8 @@ struct RouteRollout {
     samples: VecDeque<(Instant, Counters)>,
     /// A change handed to the driver and not yet seen in the config.
     pending: Option<Change>,
+    /// Why the step does not advance though it could (a fleet replica not heard from).
+    waiting: Option<String>,
 }
 
 impl RouteRollout {
@@ -104,6 +108,7 @@ impl RouteRollout {
             gates: Vec::new(),
             samples: VecDeque::new(),
             pending: None,
+            waiting: None,
         }
     }
 
@@ -147,49 +152,8 @@ pub struct RolloutStatus {
     pub min_requests: u64,
     pub gates: Vec<Gate>,
     pub reason: Option<String>,
-}
-
-/// An operator's command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Pause,
-    Resume,
-    Promote,
-    Abort,
-}
-
-impl Action {
-    pub fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "pause" => Action::Pause,
-            "resume" => Action::Resume,
-            "promote" => Action::Promote,
-            "abort" => Action::Abort,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Promote => "promote",
-            Action::Abort => "abort",
-        }
-    }
-}
-
-/// Why an action was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActionError {
-    #[error("route `{0}` has no rollout")]
-    NoRollout(String),
-    #[error("the rollout of `{route}` is {phase}: {action} does nothing now")]
-    Pointless {
-        route: String,
-        phase: &'static str,
-        action: &'static str,
-    },
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// Every route's rollout, kept across reloads.
@@ -197,6 +161,20 @@ pub enum ActionError {
 pub struct Rollouts {
     path: PathBuf,
     routes: Mutex<BTreeMap<String, RouteRollout>>,
+    /// With `[admin.fleet]`: who leads the fleet's rollouts.
+    fleet: Mutex<Option<FleetView>>,
+}
+
+/// A replica's view of its fleet (`/status` `fleet`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetView {
+    pub identity: String,
+    /// The Lease's holder (empty while unknown).
+    pub leader: String,
+    pub leading: bool,
+    /// The last failure to reach the API server or the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The saved form of one route's rollout.
@@ -253,11 +231,52 @@ impl Rollouts {
         Rollouts {
             path,
             routes: Mutex::new(routes),
+            fleet: Mutex::new(None),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn fleet(&self) -> Option<FleetView> {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_fleet(&self, view: FleetView) {
+        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
+    }
+
+    /// Takes the state another replica kept (`to_json`'s form): the fleet leader's, seen by a
+    /// follower, or the one a replica taking over the lead goes on from. A text that does not
+    /// parse changes nothing.
+    pub fn adopt(&self, text: &str) -> bool {
+        let Ok(saved) = serde_json::from_str::<BTreeMap<String, Saved>>(text) else {
+            return false;
+        };
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for (id, s) in saved.into_iter().take(MAX_SAVED) {
+            let Ok(shift) = Shift::parse(&s.shift) else {
+                continue;
+            };
+            let started = SystemTime::UNIX_EPOCH + Duration::from_millis(s.step_started);
+            let ago = wall.duration_since(started).unwrap_or_default();
+            let began = now.checked_sub(ago).unwrap_or(now);
+            let r = routes
+                .entry(id)
+                .or_insert_with(|| RouteRollout::new(shift, s.phase, None, began));
+            if r.shift != shift {
+                r.samples.clear();
+                r.gates.clear();
+            }
+            r.pending = None;
+            r.shift = shift;
+            r.phase = s.phase;
+            r.reason = s.reason;
+            r.began = began;
+        }
+        true
     }
 
     /// Samples one route's counters and says what to do. `shift` is the route's shift in the
@@ -269,6 +288,21 @@ impl Rollouts {
         shift: Shift,
         counters: Counters,
         now: Instant,
+    ) -> Tick {
+        self.tick_unless(route, rollout, shift, counters, now, None)
+    }
+
+    /// `tick`, where `hold` (why not) keeps the step from advancing: a fleet's leader holds
+    /// while a replica's counters are missing. The gates are judged all the same, and a failure
+    /// still rolls back.
+    pub fn tick_unless(
+        &self,
+        route: &str,
+        rollout: &Rollout,
+        shift: Shift,
+        counters: Counters,
+        now: Instant,
+        hold: Option<&str>,
     ) -> Tick {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let mut saved = false;
@@ -337,8 +371,10 @@ impl Rollouts {
             r.phase = Phase::RolledBack;
             return r.hand_over(route, shift, to, "rollback", reason, true);
         }
+        r.waiting = hold.map(|h| format!("not advancing: {h}"));
         let held = r.gates.iter().all(|g| g.verdict == Verdict::Hold);
-        if r.phase != Phase::Running || !held || r.in_step(now) < rollout.interval {
+        if r.phase != Phase::Running || !held || r.in_step(now) < rollout.interval || hold.is_some()
+        {
             return Tick::nothing(saved);
         }
         let why = format!(
@@ -395,54 +431,6 @@ impl Rollouts {
         }
     }
 
-    /// Applies an operator's action; returns the shift change it needs, if any.
-    pub fn act(
-        &self,
-        route: &str,
-        rollout: &Rollout,
-        shift: Shift,
-        action: Action,
-        who: &str,
-    ) -> Result<Option<Change>, ActionError> {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let r = routes
-            .entry(route.to_string())
-            .or_insert_with(|| RouteRollout::new(shift, Phase::Running, None, now));
-        let pointless = |phase: Phase| ActionError::Pointless {
-            route: route.to_string(),
-            phase: phase.as_str(),
-            action: action.as_str(),
-        };
-        let last = rollout.steps.last().copied().unwrap_or(Shift::ALL);
-        let change = match action {
-            Action::Pause if r.phase == Phase::Running => {
-                r.phase = Phase::Paused;
-                r.reason = Some(format!("paused by {who}"));
-                None
-            }
-            Action::Resume if r.phase != Phase::Running && r.phase != Phase::Done => {
-                r.phase = Phase::Running;
-                r.reason = Some(format!("resumed by {who}"));
-                r.restart_step(shift, now);
-                None
-            }
-            Action::Promote if shift != last || r.phase != Phase::Done => {
-                r.phase = Phase::Done;
-                let reason = format!("promoted to {last} by {who}");
-                (shift != last).then(|| r.change(route, shift, last, "promote", reason.clone()))
-            }
-            Action::Abort if r.phase != Phase::Aborted || shift != Shift::ZERO => {
-                r.phase = Phase::Aborted;
-                let reason = format!("aborted by {who}");
-                (shift != Shift::ZERO)
-                    .then(|| r.change(route, shift, Shift::ZERO, "abort", reason.clone()))
-            }
-            _ => return Err(pointless(r.phase)),
-        };
-        Ok(change)
-    }
-
     /// One route's rollout for `status` (`None` when it has not been looked at yet).
     pub fn status(&self, route: &str, rollout: &Rollout, shift: Shift) -> RolloutStatus {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
@@ -463,6 +451,7 @@ impl Rollouts {
             min_requests: rollout.min_requests,
             gates: r.map(|r| r.gates.clone()).unwrap_or_default(),
             reason: r.and_then(|r| r.reason.clone()),
+            waiting: r.and_then(|r| r.waiting.clone()),
         }
     }
 

@@ -61,7 +61,7 @@ impl SideStats {
 }
 
 /// A side's counters at one moment; subtracting two gives the traffic in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub by_class: [u64; 6],
     pub buckets: [u64; N_BUCKETS],

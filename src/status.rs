@@ -27,6 +27,9 @@ pub struct Status {
     /// Per day, the share of requests new sides served (kept across restarts).
     #[serde(default)]
     pub burn_down: Option<crate::stats::burndown::Summary>,
+    /// With `[admin.fleet]`: who leads the fleet's rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::rollout::FleetView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,6 +89,10 @@ pub struct RouteStatus {
     /// Requests the new side failed that legacy then served, on a route with `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<u64>,
+    /// The raw counters a rollout is judged on, on a route that has one (what a fleet's leader
+    /// sums over the replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<crate::rollout::Counters>,
     /// A progressive rollout's state, on a route that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
@@ -205,6 +212,9 @@ pub fn build(live: &Live) -> Status {
                     let n = &live_route.stats.fallbacks;
                     n.load(std::sync::atomic::Ordering::Relaxed)
                 }),
+                counters: r.rollout.as_ref().map(|_| {
+                    crate::rollout::Counters::of(&live_route.stats, &snap.shadows.route(&r.id))
+                }),
                 rollout: r
                     .rollout
                     .as_ref()
@@ -224,6 +234,7 @@ pub fn build(live: &Live) -> Status {
         });
     let failure = live.last_failure();
     Status {
+        fleet: live.rollouts.fleet(),
         burn_down: live.registry.burn_down(),
         config: ConfigStatus {
             path: live.path.display().to_string(),

@@ -12,13 +12,15 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
+use super::fleet::Member;
 use super::{apply, error, json_reply, Command};
+use crate::config::fleet::Fleet;
 use crate::history::{Cause, How, What};
 use crate::rollout::{Action, Change, Counters, Tick};
 use crate::state::Live;
 
 /// What a rollout's own changes are recorded as.
-const ROLLOUT: Cause = Cause {
+pub(super) const ROLLOUT: Cause = Cause {
     how: How::Rollout,
     client: None,
 };
@@ -33,10 +35,36 @@ impl BackgroundService for RolloutDriver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut every = tokio::time::interval(crate::rollout::TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With `[admin.fleet]`: the fleet's client, made again when that table changes.
+        let mut member: Option<(Fleet, Member)> = None;
+        let mut n = 0u64;
         loop {
             tokio::select! {
-                _ = every.tick() => tick(&self.live).await,
+                _ = every.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            n += 1;
+            let snap = self.live.load();
+            let Some(fleet) = &snap.config.admin.fleet else {
+                member = None;
+                tick(&self.live).await;
+                continue;
+            };
+            // A fleet's round calls the API server and every replica: every other tick.
+            if n % 2 == 1 {
+                continue;
+            }
+            if member.as_ref().is_none_or(|(was, _)| was != fleet) {
+                member = match Member::new(fleet) {
+                    Ok(m) => Some((fleet.clone(), m)),
+                    Err(e) => {
+                        tracing::error!("fleet: no client for the Kubernetes API: {e}");
+                        None
+                    }
+                };
+            }
+            if let Some((fleet, member)) = &member {
+                member.tick(&self.live, fleet).await;
             }
         }
     }
@@ -57,14 +85,7 @@ async fn tick(live: &Arc<Live>) {
         let Some(rollout) = &route.rollout else {
             continue;
         };
-        let shadow = snap.shadows.route(&route.id);
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let counters = Counters {
-            legacy: live_route.stats.legacy.totals(),
-            new: live_route.stats.new.totals(),
-            compared: load(&shadow.matched) + load(&shadow.mismatched),
-            mismatched: load(&shadow.mismatched),
-        };
+        let counters = Counters::of(&live_route.stats, &snap.shadows.route(&route.id));
         let Tick {
             change,
             note,
@@ -116,7 +137,7 @@ async fn carry_out(live: &Arc<Live>, change: &Change, cause: &Cause) -> Option<S
     }
 }
 
-fn record(live: &Live, cause: &Cause, route: &str, event: &str, reason: &str) {
+pub(super) fn record(live: &Live, cause: &Cause, route: &str, event: &str, reason: &str) {
     let what = What::Rollout {
         route: route.to_string(),
         event: event.to_string(),
@@ -164,6 +185,18 @@ pub(super) async fn act(
         (_, Some(c)) => format!("the admin API from {c}"),
         _ => "the admin API".to_string(),
     };
+    if let Some(fleet) = &snap.config.admin.fleet {
+        let view = live.rollouts.fleet();
+        if !view.as_ref().is_some_and(|v| v.leading) {
+            let leader = view.map(|v| v.leader).filter(|l| !l.is_empty());
+            let leader = leader.unwrap_or_else(|| "not known yet".into());
+            return error(
+                StatusCode::CONFLICT,
+                format!("this replica does not lead the fleet's rollouts (the leader is {leader}): send the action to the leader's admin API"),
+            );
+        }
+        return act_in_fleet(live, fleet, id, rollout, route.shift, action, &who, cause).await;
+    }
     let change = match live.rollouts.act(id, rollout, route.shift, action, &who) {
         Ok(change) => change,
         Err(e) => return error(StatusCode::CONFLICT, e),
@@ -193,4 +226,42 @@ pub(super) async fn act(
         Some(e) => error(StatusCode::CONFLICT, e),
         None => json_reply(StatusCode::OK, &json!({ "route": id, "rollout": status })),
     }
+}
+
+/// An action on the fleet's leader: its change is written into the ConfigMap; the new state
+/// reaches the other replicas through the Lease.
+#[allow(clippy::too_many_arguments)]
+async fn act_in_fleet(
+    live: &Arc<Live>,
+    fleet: &Fleet,
+    id: &str,
+    rollout: &crate::config::rollout::Rollout,
+    shift: crate::split::Shift,
+    action: Action,
+    who: &str,
+    cause: &Cause,
+) -> Response<http_body_util::Full<bytes::Bytes>> {
+    let member = match Member::new(fleet) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let change = match live.rollouts.act(id, rollout, shift, action, who) {
+        Ok(change) => change,
+        Err(e) => return error(StatusCode::CONFLICT, e),
+    };
+    record(
+        live,
+        cause,
+        id,
+        action.as_str(),
+        &format!("{} by {who}", action.as_str()),
+    );
+    if let Some(change) = &change {
+        if let Err(e) = member.write_step(live, fleet, change).await {
+            return error(StatusCode::CONFLICT, e);
+        }
+    }
+    let shift = change.map_or(shift, |c| c.to);
+    let status = live.rollouts.status(id, rollout, shift);
+    json_reply(StatusCode::OK, &json!({ "route": id, "rollout": status }))
 }

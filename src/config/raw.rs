@@ -28,6 +28,21 @@ pub struct RawServer {
 pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token: Option<S<String>>,
+    pub fleet: Option<S<RawFleet>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawFleet {
+    pub configmap: S<String>,
+    pub key: Option<S<String>>,
+    pub lease: S<String>,
+    pub peers: S<Vec<S<String>>>,
+    pub identity: Option<S<String>>,
+    pub api: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
+    pub lease_duration: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

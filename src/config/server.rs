@@ -125,7 +125,12 @@ impl Cx<'_> {
                 hint,
             );
         }
-        Admin { listen, token }
+        let fleet = raw.fleet.as_ref().map(|f| self.fleet(f));
+        Admin {
+            listen,
+            token,
+            fleet,
+        }
     }
 
     /// Where lines go (`[log] access`, `[telemetry.emf] output`): stdout however it is spelled

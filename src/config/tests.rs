@@ -857,3 +857,38 @@ fn a_capture_is_lowered_with_its_defaults_and_its_mistakes_reported() {
         "{e}"
     );
 }
+
+#[test]
+fn a_fleet_is_lowered_with_its_defaults_and_its_mistakes_reported() {
+    let fleet = |keys: &str| format!("{GOOD}\n[admin.fleet]\n{keys}\n");
+    let c = parse_str(&fleet(
+        "configmap = \"shop/strangle\"\nlease = \"shop/strangle-rollout\"\npeers = [\"strangle-admin.shop.svc.cluster.local:9901\"]",
+    ))
+    .unwrap();
+    let f = c.admin.fleet.unwrap();
+    assert_eq!(f.configmap, ("shop".to_string(), "strangle".to_string()));
+    assert_eq!(f.lease.1, "strangle-rollout");
+    assert_eq!((f.api, f.key, f.identity), (None, None, None));
+    assert_eq!(f.lease_duration, fleet::DEFAULT_LEASE_DURATION);
+    assert!(f.token_file.starts_with(fleet::SERVICE_ACCOUNT));
+    let e = parse_str(&fleet(
+        "configmap = \"strangle\"\nlease = \"Shop/x\"\npeers = [\"nohost\", \"h:0\"]\napi = \"ftp://x\"\nlease-duration = \"1s\"\nkey = \"a/b\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "bad ConfigMap `strangle`",
+        "bad Lease `Shop/x`",
+        "bad fleet peer `nohost`",
+        "bad fleet peer `h:0`",
+        "bad fleet `api` `ftp://x`",
+        "`lease-duration` must be at least 3s",
+        "bad ConfigMap key `a/b`",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let e = parse_str(&fleet("configmap = \"a/b\"\nlease = \"a/c\"\npeers = []"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fleet `peers` is empty"), "{e}");
+}

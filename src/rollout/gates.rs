@@ -37,8 +37,9 @@ impl Gate {
     }
 }
 
-/// A route's counters at one moment: both sides and its shadow results.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// A route's counters at one moment: both sides and its shadow results (in `/status` on a
+/// route with a rollout, for a fleet's leader to sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub legacy: Totals,
     pub new: Totals,
@@ -47,6 +48,31 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// A route's counters now.
+    pub fn of(stats: &crate::stats::RouteStats, shadow: &crate::shadow::RouteShadow) -> Counters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (matched, mismatched) = (
+            shadow.matched.load(Relaxed),
+            shadow.mismatched.load(Relaxed),
+        );
+        Counters {
+            legacy: stats.legacy.totals(),
+            new: stats.new.totals(),
+            compared: matched + mismatched,
+            mismatched,
+        }
+    }
+
+    /// The sum of two replicas' counters.
+    pub fn add(&self, other: &Counters) -> Counters {
+        Counters {
+            legacy: self.legacy.add(&other.legacy),
+            new: self.new.add(&other.new),
+            compared: self.compared + other.compared,
+            mismatched: self.mismatched + other.mismatched,
+        }
+    }
+
     pub(super) fn since(&self, earlier: &Counters) -> Counters {
         Counters {
             legacy: self.legacy.since(&earlier.legacy),

@@ -15,6 +15,7 @@ mod emf;
 mod engines;
 mod fallback;
 mod faults;
+mod fleet;
 mod history;
 mod inventory;
 mod invoke;

@@ -34,44 +34,6 @@ fn rollout(proxy: &Proxy) -> Value {
     proxy.status()["routes"][0]["rollout"].clone()
 }
 
-/// Sends requests to the route from a thread of its own until dropped.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(port: u16) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut c = Client::connect(port);
-            let mut n = 0u64;
-            while !stopped.load(Ordering::Relaxed) {
-                n += 1;
-                if c.get(&format!("/flights/{n}"), &[]).is_err() {
-                    std::thread::sleep(Duration::from_millis(50));
-                    c = Client::connect(port);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn history(proxy: &Proxy) -> Vec<Value> {
     let r = proxy.admin("GET", "/history?limit=200", b"");
     serde_json::from_slice::<Value>(&r.body).unwrap()["entries"]

@@ -351,6 +351,17 @@ impl Proxy {
         Self::spawn(dir, config, port, admin_port, &[])
     }
 
+    /// `start_at` with environment variables (the config may read them: `${env:NAME}`).
+    pub fn start_at_with_env(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        Self::spawn(dir, config, port, admin_port, env)
+    }
+
     fn spawn(
         dir: tempfile::TempDir,
         config: PathBuf,
@@ -1029,6 +1040,44 @@ impl TlsBackend {
             port,
             ca_pem: ca.pem(),
             seen,
+        }
+    }
+}
+
+/// Sends `GET /flights/N` to a proxy from a thread of its own until dropped.
+pub struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(port: u16) -> Traffic {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let mut n = 0u64;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                if c.get(&format!("/flights/{n}"), &[]).is_err() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    c = Client::connect(port);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -1,0 +1,379 @@
+//! A fleet's rollout: two strangle instances share one config from a ConfigMap and run one
+//! rollout. There is no Kubernetes cluster on this machine, so the API server is a stand-in
+//! that serves the two kinds of objects the fleet uses, a `coordination.k8s.io/v1` Lease and a
+//! `v1` ConfigMap, as the API server does: a bearer token, `resourceVersion` on every object and
+//! 409 Conflict for a write based on an older one, 404 for a Lease not made yet. A kubelet
+//! stand-in copies the ConfigMap's data into each instance's mounted file when it changes.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const SA_TOKEN: &str = "fleet-service-account-token";
+const ADMIN_TOKEN: &str = "fleet-admin-token";
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/strangle-rollout";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/shop/leases";
+const CONFIGMAP: &str = "/api/v1/namespaces/shop/configmaps/strangle";
+
+#[derive(Default)]
+struct Store {
+    version: u64,
+    lease: Option<Value>,
+    configmap: Value,
+    /// Where the kubelet stand-in puts the ConfigMap's `strangle.toml`.
+    mounts: Vec<PathBuf>,
+    /// Each shift the ConfigMap was written with, in order.
+    shifts: Vec<String>,
+    conflicts: u64,
+}
+
+struct ApiServer {
+    port: u16,
+    store: Arc<Mutex<Store>>,
+}
+
+impl ApiServer {
+    fn start(config: &str, mounts: Vec<PathBuf>) -> ApiServer {
+        let store = Arc::new(Mutex::new(Store {
+            version: 1,
+            configmap: json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "strangle", "namespace": "shop", "resourceVersion": "1"},
+                "data": {"strangle.toml": config},
+            }),
+            mounts,
+            ..Store::default()
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let store = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let store = Arc::clone(&store);
+                            async move { Ok::<_, Infallible>(answer(req, &store).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        ApiServer { port, store }
+    }
+
+    fn lease(&self) -> Option<Value> {
+        self.store.lock().unwrap().lease.clone()
+    }
+
+    fn config(&self) -> String {
+        let store = self.store.lock().unwrap();
+        store.configmap["data"]["strangle.toml"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "message": message, "code": code}),
+    )
+}
+
+/// Stores `object` if it carries the current `resourceVersion`, with a new one.
+fn write(store: &mut Store, current: &mut Value, mut object: Value) -> Response<Full<Bytes>> {
+    let have = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    if object["metadata"]["resourceVersion"].as_str() != Some(have.as_str()) {
+        store.conflicts += 1;
+        return status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again");
+    }
+    store.version += 1;
+    object["metadata"]["resourceVersion"] = json!(store.version.to_string());
+    *current = object.clone();
+    reply(200, object)
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    store: &Mutex<Store>,
+) -> Response<Full<Bytes>> {
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {SA_TOKEN}").as_bytes());
+    if !authorized {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut s = store.lock().unwrap();
+    let s = &mut *s;
+    match (method.as_str(), path.as_str()) {
+        ("GET", LEASE) => match &s.lease {
+            Some(l) => reply(200, l.clone()),
+            None => status(
+                404,
+                "NotFound",
+                "leases.coordination.k8s.io \"strangle-rollout\" not found",
+            ),
+        },
+        ("POST", LEASES) => {
+            if s.lease.is_some() {
+                return status(409, "AlreadyExists", "already exists");
+            }
+            s.version += 1;
+            let mut lease = body;
+            lease["metadata"]["resourceVersion"] = json!(s.version.to_string());
+            s.lease = Some(lease.clone());
+            reply(201, lease)
+        }
+        ("PUT", LEASE) => {
+            let mut current = s.lease.clone().unwrap_or(Value::Null);
+            let r = write(s, &mut current, body);
+            s.lease = Some(current);
+            r
+        }
+        ("GET", CONFIGMAP) => reply(200, s.configmap.clone()),
+        ("PUT", CONFIGMAP) => {
+            let mut current = s.configmap.clone();
+            let r = write(s, &mut current, body);
+            if r.status() == 200 {
+                s.configmap = current;
+                let text = s.configmap["data"]["strangle.toml"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let parsed: toml::Value = toml::from_str(&text).unwrap();
+                s.shifts
+                    .push(parsed["routes"][0]["shift"].as_str().unwrap().to_string());
+                // The kubelet stand-in: every replica's mounted file gets the new data.
+                for mount in &s.mounts {
+                    write_atomically(mount, &text);
+                }
+            }
+            r
+        }
+        _ => status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    }
+}
+
+struct Replica {
+    proxy: Proxy,
+}
+
+fn replica(name: &str, text: &str, dir: tempfile::TempDir, port: u16, admin: u16) -> Replica {
+    let config = dir.path().join("strangle.toml");
+    std::fs::write(&config, text).unwrap();
+    let (port_s, admin_s) = (port.to_string(), admin.to_string());
+    let env = [
+        ("PORT", port_s.as_str()),
+        ("ADMIN_PORT", admin_s.as_str()),
+        ("POD_NAME", name),
+    ];
+    Replica {
+        proxy: Proxy::start_at_with_env(dir, config, port, admin, &env),
+    }
+}
+
+fn status_of(r: &Replica) -> Value {
+    let resp = Client::connect(r.proxy.admin_port)
+        .request(
+            "GET",
+            "/status",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            b"",
+        )
+        .unwrap();
+    serde_json::from_slice(&resp.body).unwrap()
+}
+
+#[test]
+fn two_replicas_follow_one_leader_through_every_step_and_the_other_takes_over() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let (p1, a1, p2, a2) = (free_port(), free_port(), free_port(), free_port());
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mounts = vec![
+        d1.path().join("strangle.toml"),
+        d2.path().join("strangle.toml"),
+    ];
+    let text = |api: u16| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:${{env:PORT}}"]
+
+[admin]
+listen = "127.0.0.1:${{env:ADMIN_PORT}}"
+token = "{ADMIN_TOKEN}"
+
+[admin.fleet]
+configmap = "shop/strangle"
+key = "strangle.toml"
+lease = "shop/strangle-rollout"
+peers = ["127.0.0.1:{a1}", "127.0.0.1:{a2}"]
+identity = "${{env:POD_NAME}}"
+api = "http://127.0.0.1:{api}"
+token-file = "{token}"
+lease-duration = "3s"
+
+[log]
+access = "access.log"
+
+[upstreams.legacy]
+addresses = ["{legacy}"]
+
+[upstreams.new]
+addresses = ["{new}"]
+
+[[routes]]
+id = "flights"
+path = "/flights"
+legacy = "legacy"
+new = "new"
+shift = "0%"   # moved by the fleet's rollout
+sticky = "none"
+rollout = {{ steps = ["10%", "50%", "100%"], interval = "2s", min-requests = 30, max-error-rate = "5%" }}
+"#,
+            token = token_file.display(),
+            legacy = legacy.addr(),
+            new = new.addr(),
+        )
+    };
+    // The stand-in is started first on its own port; the config names it.
+    let api = ApiServer::start("", mounts.clone());
+    let config = text(api.port);
+    api.store.lock().unwrap().configmap["data"]["strangle.toml"] = json!(config);
+    let a = replica("strangle-a", &config, d1, p1, a1);
+    let b = replica("strangle-b", &config, d2, p2, a2);
+    let (_ta, _tb) = (Traffic::start(p1), Traffic::start(p2));
+    let done = |r: &Replica| {
+        let s = status_of(r);
+        let ro = &s["routes"][0]["rollout"];
+        ro["phase"] == "done" && s["routes"][0]["shift"] == "100%"
+    };
+    eventually(
+        Duration::from_secs(60),
+        "both replicas done at 100%",
+        || done(&a) && done(&b),
+    );
+    // One leader, and both replicas say who it is.
+    let lease = api.lease().unwrap();
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (sa, sb) = (status_of(&a), status_of(&b));
+    assert_eq!(sa["fleet"]["leader"], holder.as_str(), "{}", sa["fleet"]);
+    assert_eq!(sb["fleet"]["leader"], holder.as_str(), "{}", sb["fleet"]);
+    assert_ne!(
+        sa["fleet"]["leading"], sb["fleet"]["leading"],
+        "exactly one leads"
+    );
+    // Every step was written once, in order, into the ConfigMap, its comment kept.
+    assert_eq!(api.store.lock().unwrap().shifts, ["10%", "50%", "100%"]);
+    assert!(api
+        .config()
+        .contains(r#"shift = "100%"   # moved by the fleet's rollout"#));
+    // The gates were judged on both replicas' traffic: each served the new side.
+    for s in [&sa, &sb] {
+        assert!(
+            s["routes"][0]["sides"]["new"]["requests"].as_u64().unwrap() > 0,
+            "{s}"
+        );
+    }
+    // Each replica followed the steps by reloading the file the kubelet stand-in wrote.
+    for r in [&a, &b] {
+        let h: Value = serde_json::from_slice(
+            &Client::connect(r.proxy.admin_port)
+                .request("GET", "/history?route=flights", &[], b"")
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        let shifts: Vec<&str> = h["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "shift")
+            .map(|e| e["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(shifts, ["0%", "10%", "50%", "100%"], "{h}");
+    }
+    // A follower refuses actions and names the leader.
+    let follower = if holder == "strangle-a" { &b } else { &a };
+    let refused = Client::connect(follower.proxy.admin_port)
+        .request(
+            "POST",
+            "/routes/flights/rollout/pause",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(refused.status, 409);
+    assert!(
+        refused.text().contains(&format!("the leader is {holder}")),
+        "{}",
+        refused.text()
+    );
+    // The leader dies: the other takes the Lease once it expires, and goes on from the state
+    // the Lease kept (done, at 100%).
+    let (mut leader, other) = if holder == "strangle-a" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    leader.proxy.child.kill().unwrap();
+    leader.proxy.child.wait().unwrap();
+    eventually(Duration::from_secs(15), "the other replica leads", || {
+        status_of(&other)["fleet"]["leading"] == true
+    });
+    let s = status_of(&other);
+    assert_eq!(s["routes"][0]["rollout"]["phase"], "done", "{s}");
+    let lease = api.lease().unwrap();
+    assert_ne!(lease["spec"]["holderIdentity"], holder.as_str());
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
