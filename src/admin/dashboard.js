@@ -216,25 +216,36 @@ function updateCard(c, r, series) {
     const d = r.sides[side];
     c.fields[side].replaceChildren(el("bdi", {}, r[side] || "none"), ` · errors ${pct(d.error_rate)} · p99 ${ms(d.p99_ms)}`);
   }
-  // Shadow traffic's results, on a route that shadows (a reload may turn it on or off).
-  if (r.shadow) {
-    if (!c.fields.shadow) {
-      c.fields.shadow = el("dd", { class: "shadow" }, "–");
-      c.fields.dl.append(el("div", {}, el("dt", {}, "shadow"), c.fields.shadow));
-    }
-    const sh = r.shadow;
-    const compared = sh.matched + sh.mismatched;
-    c.fields.shadow.textContent = `${sh.percent} copied · ${compared} compared · ${sh.mismatched} mismatched (${pct(compared ? sh.mismatch_rate : null)})`
-      + (sh.dropped ? ` · ${sh.dropped} dropped` : "") + (sh.errors ? ` · ${sh.errors} failed` : "");
-    c.fields.shadow.classList.toggle("down", sh.mismatched > 0);
-  } else if (c.fields.shadow) {
-    c.fields.shadow.parentElement.remove();
-    delete c.fields.shadow;
-  }
+  // Rows a route has only with a feature on (a reload may turn it on or off).
+  const sh = r.shadow;
+  const compared = sh ? sh.matched + sh.mismatched : 0;
+  optionalRow(c, "shadow", sh && (`${sh.percent} copied · ${compared} compared · ${sh.mismatched} mismatched (${pct(compared ? sh.mismatch_rate : null)})`
+    + (sh.dropped ? ` · ${sh.dropped} dropped` : "") + (sh.errors ? ` · ${sh.errors} failed` : "")), sh && sh.mismatched > 0);
+  const ro = r.rollout;
+  optionalRow(c, "rollout", ro && (`${ro.phase} at ${ro.shift} (step ${ro.step} of ${ro.steps.length}${ro.next ? ", next " + ro.next : ""})`
+    + (ro.reason ? ` · ${ro.reason}` : "")), ro && (ro.phase === "rolled-back" || ro.phase === "aborted"));
+  optionalRow(c, "fallbacks", r.fallbacks === undefined ? null : `${r.fallbacks} served by legacy after the new side failed`, r.fallbacks > 0);
   // The field follows the route's shift until the user types in it (a draft is kept).
   if (c.input && c.input.value === c.shown) c.input.value = r.shift;
   c.shown = r.shift;
   if (c.details.open) drawCharts(c);
+}
+
+// A card's row for a feature: shown with `text`, removed when the feature is off (`text` null).
+function optionalRow(c, key, text, down) {
+  if (text == null) {
+    if (c.fields[key]) {
+      c.fields[key].parentElement.remove();
+      delete c.fields[key];
+    }
+    return;
+  }
+  if (!c.fields[key]) {
+    c.fields[key] = el("dd", { class: key }, "–");
+    c.fields.dl.append(el("div", {}, el("dt", {}, key), c.fields[key]));
+  }
+  c.fields[key].textContent = text;
+  c.fields[key].classList.toggle("down", !!down);
 }
 
 function drawCharts(c) {

@@ -621,3 +621,52 @@ fn a_shadowing_route_shows_its_comparisons_on_its_card() {
     );
     audit_contrast(&mut browser);
 }
+
+#[test]
+fn a_rolled_back_rollout_and_fallbacks_show_on_the_card_with_why() {
+    let legacy = Backend::start("legacy");
+    let new = Backend::answering("new", |_, _| (503, "text/plain", "down".into()));
+    let text = Config::new()
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("0%")
+                .sticky("none")
+                .toml("fallback", "true")
+                .toml("fallback-statuses", "[503]")
+                .toml("rollout", r#"{ steps = ["50%", "100%"], interval = "1h", min-requests = 5, max-error-rate = "1%" }"#)
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let mut c = proxy.client();
+    // Every new-side answer falls back to legacy, and fails the rollout's gate.
+    eventually(Duration::from_secs(20), "the rollback", || {
+        let _ = c.get("/bookings/1", &[]);
+        proxy.status()["routes"][0]["rollout"]["phase"] == "rolled-back"
+    });
+    let mut browser = Browser::start(LAPTOP.0, LAPTOP.1);
+    browser.open(&proxy.admin_url());
+    browser.wait_until(
+        "!!document.querySelector('[data-route=\"bookings\"] dd.rollout')",
+        Duration::from_secs(20),
+    );
+    let row =
+        browser.eval("document.querySelector('[data-route=\"bookings\"] dd.rollout').textContent");
+    let row = row.as_str().unwrap_or_default().to_string();
+    assert!(
+        row.starts_with("rolled-back at 0% (step 0 of 2, next 50%) · error rate"),
+        "{row}"
+    );
+    let fallbacks = browser
+        .eval("document.querySelector('[data-route=\"bookings\"] dd.fallbacks').textContent");
+    assert!(
+        fallbacks
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("served by legacy after the new side failed"),
+        "{fallbacks}"
+    );
+    audit_contrast(&mut browser);
+}
