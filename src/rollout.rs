@@ -32,6 +32,9 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// Legacy requests a comparative gate (error-rate increase, p99 ratio) needs in the window to
 /// compare with; with fewer (legacy nearly gone), the gate is judged on the new side alone.
 pub const MIN_BASELINE: u64 = 20;
+/// How long after a change that could not be applied (a read-only config, a conflict) the
+/// rollout tries again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Compared shadow copies the mismatch gate needs (or `min-requests`, if lower).
 pub const MIN_COMPARED: u64 = 100;
 /// A legacy p99 below this is taken as this: on loopback a sub-millisecond p99 would make any
@@ -96,6 +99,8 @@ struct RouteRollout {
     pending: Option<Change>,
     /// Why the step does not advance though it could (a fleet replica not heard from).
     waiting: Option<String>,
+    /// A change that could not be applied is not tried again before this.
+    retry_at: Option<Instant>,
 }
 
 impl RouteRollout {
@@ -109,6 +114,7 @@ impl RouteRollout {
             samples: VecDeque::new(),
             pending: None,
             waiting: None,
+            retry_at: None,
         }
     }
 
@@ -365,6 +371,9 @@ impl Rollouts {
             );
         }
         r.gates = judge(rollout, &r.window());
+        if r.retry_at.is_some_and(|at| now < at) {
+            return Tick::nothing(saved);
+        }
         if let Some(failed) = r.gates.iter().find(|g| g.verdict == Verdict::Fail) {
             let reason = failed.reason();
             let to = rollout.back_from(shift);
@@ -422,8 +431,9 @@ impl Rollouts {
         if let Some(r) = routes.get_mut(&change.route) {
             r.pending = None;
             // Paused, a failing gate is still judged: a rollback that could not be written is
-            // tried again at the next tick.
+            // tried again, once `RETRY_AFTER` has passed (a read-only file fails every time).
             r.phase = Phase::Paused;
+            r.retry_at = Some(Instant::now() + RETRY_AFTER);
             r.reason = Some(format!(
                 "could not {} to {}: {error}",
                 change.event, change.to

@@ -330,3 +330,27 @@ fn the_state_saved_beside_the_config_resumes_the_step_and_its_phase() {
     let future = Rollouts::open(&dir.path().join("strangle.toml"));
     assert_eq!(future.status("b", &r, pct("25%")).in_step_seconds, 0);
 }
+
+#[test]
+fn a_change_that_could_not_be_applied_is_tried_again_only_after_a_while() {
+    let (_dir, ro) = store();
+    let r = rollout();
+    let (shift, at) = (pct("25%"), Instant::now());
+    ro.tick("b", &r, shift, counters(0, 0, 0, 1), at);
+    let failing = counters(20, 10, 20, 1);
+    let change = ro.tick("b", &r, shift, failing, at).change.unwrap();
+    ro.failed(&change, "the file is read-only");
+    let status = ro.status("b", &r, shift);
+    assert_eq!(status.phase, "paused");
+    assert!(status
+        .reason
+        .unwrap()
+        .contains("could not rollback to 5%: the file is read-only"));
+    // Every tick would fail the same way: none is tried for a while...
+    let soon = Instant::now() + Duration::from_secs(1);
+    assert_eq!(ro.tick("b", &r, shift, failing, soon).change, None);
+    // ...then the rollback is tried again (a failing gate still rolls a paused rollout back).
+    let later = Instant::now() + RETRY_AFTER + Duration::from_secs(1);
+    let again = ro.tick("b", &r, shift, failing, later).change.unwrap();
+    assert_eq!((again.event, again.to), ("rollback", pct("5%")));
+}
