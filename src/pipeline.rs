@@ -133,9 +133,7 @@ impl Decision {
         claims: Option<Arc<Claims>>,
         claim_headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Decision {
-        stats.side(side).in_flight.fetch_add(1, Ordering::Relaxed);
-        upstream.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        Decision {
+        let d = Decision {
             route,
             side,
             upstream,
@@ -143,11 +141,21 @@ impl Decision {
             claim_headers,
             stats,
             permit: None,
-        }
+        };
+        d.count(1);
+        d
     }
-}
 
-impl Decision {
+    /// Adds `n` to the in-flight gauges of its route side and upstream.
+    fn count(&self, n: i64) {
+        let side = &self.stats.side(self.side).in_flight;
+        side.fetch_add(n, Ordering::Relaxed);
+        self.upstream
+            .stats
+            .in_flight
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Moves the request to `to` on `side`: its in-flight counts go with it, and the
     /// `max-in-flight` slot it holds becomes `permit` (the new upstream's, if it has a limit).
     fn switch(
@@ -156,35 +164,17 @@ impl Decision {
         to: Shared,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        self.stats
-            .side(self.side)
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        self.upstream
-            .stats
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        self.stats
-            .side(side)
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        to.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.count(-1);
         self.side = side;
         self.upstream = to;
         self.permit = permit;
+        self.count(1);
     }
 }
 
 impl Drop for Decision {
     fn drop(&mut self) {
-        self.stats
-            .side(self.side)
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        self.upstream
-            .stats
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.count(-1);
     }
 }
 

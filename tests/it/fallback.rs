@@ -178,14 +178,8 @@ fn a_fallback_config_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strangle.toml");
     std::fs::write(&path, Proxy::render(&bad, 1, 2)).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    let (ok, text) = check(&path);
+    assert!(!ok);
     assert!(
         text.contains("`fallback-methods` has no effect without `fallback = true`"),
         "{text}"
@@ -196,13 +190,7 @@ fn a_fallback_config_is_checked() {
         "fallback = true\nfallback-methods = [\"CONNECT\"]\nfallback-statuses = [404]",
     );
     std::fs::write(&path, Proxy::render(&bad, 1, 2)).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let (_, text) = check(&path);
     assert!(text.contains("`CONNECT` opens a tunnel"), "{text}");
     assert!(text.contains("fallback status 404 is not a 5xx"), "{text}");
 }

@@ -307,6 +307,14 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strangle")
 }
 
+/// `strangle check PATH`: whether it passed, and what it printed (stderr, then stdout).
+pub fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
 impl Proxy {
     /// Starts the proxy. `{listen}` in the text becomes its address; unless the text has a
     /// `[log]` section, the access log goes to `access.log` in the temp dir.
