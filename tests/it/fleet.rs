@@ -5,16 +5,13 @@
 //! 409 Conflict for a write based on an older one, 404 for a Lease not made yet. A kubelet
 //! stand-in copies the ConfigMap's data into each instance's mounted file when it changes.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -54,33 +51,10 @@ impl ApiServer {
             mounts,
             ..Store::default()
         }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let shared = Arc::clone(&store);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let store = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let store = Arc::clone(&store);
-                            async move { Ok::<_, Infallible>(answer(req, &store).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
+        let port = serve_http(move |req| {
+            let store = Arc::clone(&shared);
+            async move { answer(req, &store).await }
         });
         ApiServer { port, store }
     }

@@ -3,7 +3,6 @@
 //! Lambda does for each scenario: a normal answer, a function error, throttling, a slow
 //! function, an oversized response.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -12,9 +11,7 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 
 use crate::support::*;
 
@@ -135,34 +132,11 @@ impl InvokeEndpoint {
     /// A stand-in for `service`: `lambda` (the Invoke API) or `execute-api` (an IAM-authorized
     /// API Gateway API, which answers with plain HTTP).
     pub fn start_for(service: &'static str) -> InvokeEndpoint {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Invocation>>> = Arc::default();
         let record = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let record = Arc::clone(&record);
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let record = Arc::clone(&record);
-                            async move { Ok::<_, Infallible>(answer(service, req, &record).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
+        let port = serve_http(move |req| {
+            let record = Arc::clone(&record);
+            async move { answer(service, req, &record).await }
         });
         InvokeEndpoint { port, seen }
     }

@@ -307,6 +307,44 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_strangle")
 }
 
+/// Serves HTTP/1 on a free loopback port from a thread of its own, each request answered by
+/// `handle` (a stand-in for a service strangle calls); returns the port.
+pub fn serve_http<F>(
+    handle: impl Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+) -> u16
+where
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let answer = handle(req);
+                        async move { Ok::<_, Infallible>(answer.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
 /// `strangle check PATH`: whether it passed, and what it printed (stderr, then stdout).
 pub fn check(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
