@@ -346,11 +346,13 @@ impl ProxyHttp for Strangle {
             && !session.as_ref().retry_buffer_truncated();
         // A new side's answer the route falls back from (`upstream_response_filter`), or no
         // answer at all with the retries used up: the legacy side, when the route allows.
-        let fell_back = match ctx.attempt.fallback_status.take() {
+        let retry = match ctx.attempt.fallback_status.take() {
             Some(status) => ctx.fall_back(session, "status", status),
-            None => !retry && unanswered && ctx.fall_back(session, "no-response", 502),
+            None => {
+                ctx.next_attempt(retry)
+                    || (unanswered && ctx.fall_back(session, "no-response", 502))
+            }
         };
-        let retry = fell_back || ctx.next_attempt(retry);
         e.set_retry(retry);
         e
     }

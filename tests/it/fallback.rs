@@ -194,3 +194,44 @@ fn a_fallback_config_is_checked() {
     assert!(text.contains("`CONNECT` opens a tunnel"), "{text}");
     assert!(text.contains("fallback status 404 is not a 5xx"), "{text}");
 }
+
+/// A new side that reads each request and closes the connection without a word.
+fn mute_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_new_side_that_closes_without_an_answer_falls_back_after_its_retries() {
+    for fast_path_off in [false, true] {
+        let legacy = Backend::start("legacy");
+        let mute = format!("127.0.0.1:{}", mute_upstream());
+        let proxy = Proxy::start_with_env(
+            &config(&legacy, &mute, "fallback = true"),
+            engine_env(fast_path_off),
+        );
+        let mut c = proxy.client();
+        let r = c.get("/orders/1", &[]).unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("legacy")), "{}", proxy.stderr());
+        let r = c.request("DELETE", "/orders/1", &[], b"").unwrap();
+        assert_eq!((r.status, r.header("x-backend")), (200, Some("legacy")));
+        // A POST that may have reached the new side is never sent again.
+        let before = legacy.count();
+        let r = proxy.client().request("POST", "/orders", &[], b"buy").unwrap();
+        assert_eq!(r.status, 502);
+        assert_eq!(legacy.count(), before);
+        let log = proxy.log_when(3);
+        let fell: Vec<&str> = log.iter().filter_map(|l| l["fallback"].as_str()).collect();
+        assert_eq!(fell, ["no-response", "no-response"], "{log:#?}");
+    }
+}
