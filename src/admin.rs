@@ -65,11 +65,14 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A change to live state.
 #[derive(Debug)]
 pub enum Command {
-    /// `expect`: the shift the change was decided on, if the caller said.
+    /// `expect`: the shift the change was decided on, if the caller said. `insist`: apply it
+    /// again over a writer that saved a stale copy right after (a person's shift); without it
+    /// (a rollout's step) another writer's change stands and the step is refused.
     SetShift {
         route: String,
         shift: Shift,
         expect: Option<Shift>,
+        insist: bool,
     },
     Reload,
 }
@@ -133,6 +136,7 @@ pub async fn apply(
             route,
             shift,
             expect,
+            insist,
         } => {
             let _one_edit_at_a_time = live.edit_lock.lock().await;
             let snap = live.load();
@@ -163,7 +167,7 @@ pub async fn apply(
             // the edit has the shift. A writer that saved a stale copy in between dropped it;
             // apply it again on top of theirs, a few times, then say so.
             let mut now = from;
-            for _ in 0..3 {
+            for _ in 0..if insist { 3 } else { 1 } {
                 let (path, id) = (live.path.clone(), route.clone());
                 tokio::task::spawn_blocking(move || edit::set_shift_in_file(&path, &id, shift))
                     .await
@@ -523,6 +527,7 @@ where
                 route: id,
                 shift: asked.to,
                 expect: asked.from,
+                insist: true,
             };
             match apply(live, command, &cause).await {
                 Ok(v) => json_reply(StatusCode::OK, &v),

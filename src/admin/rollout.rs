@@ -120,6 +120,8 @@ async fn carry_out(live: &Arc<Live>, change: &Change, cause: &Cause) -> Option<S
         route: change.route.clone(),
         shift: change.to,
         expect: Some(change.from),
+        // A person's edit that lands meanwhile wins: the rollout then pauses on it.
+        insist: false,
     };
     match apply(live, command, cause).await {
         Ok(_) => {
