@@ -39,11 +39,30 @@ pub struct Body {
 }
 
 impl Body {
-    /// `bytes` as kept; JSON has its secret-named fields redacted.
+    /// `bytes` as kept, its secrets redacted: a JSON document (whatever its content type says)
+    /// loses its secret-named fields, a form body its secret parameters. A body in a
+    /// content coding (`gzip`) is not kept: it cannot be looked into.
     pub fn of(bytes: &[u8], truncated: bool, content_type: Option<&str>) -> Body {
-        let json = content_type.is_some_and(|c| c.contains("json"));
-        if json && !truncated {
-            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        Body::redacted(bytes, truncated, content_type, None, &[])
+    }
+
+    /// `of`, for a body with its `content-encoding` and the extra names to redact.
+    pub fn redacted(
+        bytes: &[u8],
+        truncated: bool,
+        content_type: Option<&str>,
+        encoding: Option<&str>,
+        extra: &[String],
+    ) -> Body {
+        if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+            return Body {
+                text: String::new(),
+                base64: false,
+                truncated: true,
+            };
+        }
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if v.is_object() || v.is_array() {
                 redact::json(&mut v);
                 return Body {
                     text: v.to_string(),
@@ -52,7 +71,13 @@ impl Body {
                 };
             }
         }
+        let form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
         match std::str::from_utf8(bytes) {
+            Ok(text) if form || looks_like_form(text) => Body {
+                text: redact::form(text, extra),
+                base64: false,
+                truncated,
+            },
             Ok(text) => Body {
                 text: text.to_string(),
                 base64: false,
@@ -127,6 +152,44 @@ pub struct Record {
     /// Why legacy served it instead (`fallback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+}
+
+/// Text that reads as `name=value&...` (a form sent as `text/plain`, say).
+fn looks_like_form(text: &str) -> bool {
+    !text.is_empty()
+        && !text.contains([' ', '\n', '{', '<'])
+        && text
+            .split('&')
+            .all(|p| p.split_once('=').is_some_and(|(n, _)| !n.is_empty()))
+}
+
+/// A query (with its `?`) as kept: credential parameters' values replaced.
+pub fn kept_query(query: &str, extra: &[String]) -> String {
+    match query.strip_prefix('?') {
+        Some(q) if !q.is_empty() => format!("?{}", redact::query(q, extra)),
+        _ => String::new(),
+    }
+}
+
+/// A request's body as kept, from its headers (content type and coding).
+pub fn kept_body(
+    bytes: &[u8],
+    truncated: bool,
+    headers: &http::HeaderMap,
+    extra: &[String],
+) -> Body {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    Body::redacted(
+        bytes,
+        truncated,
+        get(http::header::CONTENT_TYPE),
+        get(http::header::CONTENT_ENCODING),
+        extra,
+    )
 }
 
 /// Headers as kept: the values of secret ones replaced.

@@ -97,6 +97,8 @@ pub struct Job {
     pub spans: Option<Arc<SpanQueue>>,
     /// Response headers whose values the samples never show (`[telemetry] redact-headers`).
     pub redact_headers: Arc<[String]>,
+    /// `[telemetry] redact-query`, for what the capture spool keeps of the query and body.
+    pub redact_query: Arc<[String]>,
     /// The capture spool a mismatch is kept in (`capture = { on = ["mismatch"] }`).
     pub keep: Option<Arc<crate::capture::Spool>>,
     pub queued_at: std::time::Instant,

@@ -73,6 +73,8 @@ pub struct Snapshot {
     pub captures: Arc<crate::capture::Spools>,
     /// `[telemetry] redact-headers`, for what shadow samples show.
     pub redact_headers: Arc<[String]>,
+    /// `[telemetry] redact-query`, for what the capture spool keeps.
+    pub redact_query: Arc<[String]>,
     /// Where requests leave their access-log records for the OTLP log exporter, when the
     /// config exports logs (`[telemetry.otlp] logs = true`).
     pub logs: Option<Arc<crate::telemetry::export::logs::LogQueue>>,
@@ -169,7 +171,9 @@ impl Snapshot {
             .iter()
             .map(|h| h.as_str().to_string())
             .collect();
+        let redact_query = config.telemetry.redact_query.clone().into();
         Ok(Snapshot {
+            redact_query,
             config,
             table,
             routes,

@@ -112,3 +112,46 @@ fn a_spool_that_cannot_be_written_counts_and_never_blocks() {
     }
     assert_eq!(spool.written.load(Relaxed), 0);
 }
+
+#[test]
+fn queries_forms_and_json_of_any_content_type_lose_their_secrets() {
+    let extra = vec!["tenant".to_string()];
+    assert_eq!(
+        kept_query("?access_token=q1&page=2&api_key=k&tenant=t", &extra),
+        "?access_token=[redacted]&page=2&api_key=[redacted]&tenant=[redacted]"
+    );
+    assert_eq!(kept_query("?", &extra), "");
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let b = kept_body(b"user=ann&password=hunter2&pin=1234", false, &h, &extra);
+    assert_eq!(b.text, "user=ann&password=[redacted]&pin=[redacted]");
+    // JSON sent as text/plain, and fields named in other ways.
+    h.insert("content-type", "text/plain".parse().unwrap());
+    let b = kept_body(
+        br#"{"private_key":"k","credentials":{"a":1},"pass":"p","pwd":"w","sessionId":"s","auth":"x","seat":"1A"}"#,
+        false,
+        &h,
+        &extra,
+    );
+    assert_eq!(
+        b.text,
+        r#"{"auth":"[redacted]","credentials":"[redacted]","pass":"[redacted]","private_key":"[redacted]","pwd":"[redacted]","seat":"1A","sessionId":"[redacted]"}"#
+    );
+    // A form sent as text/plain is a form all the same.
+    let b = kept_body(b"token=abc&x=1", false, &h, &extra);
+    assert_eq!(b.text, "token=[redacted]&x=1");
+    // A body in a content coding cannot be looked into: it is not kept.
+    h.insert("content-encoding", "gzip".parse().unwrap());
+    let b = kept_body(&[0x1f, 0x8b, 0x08, 0x00], false, &h, &extra);
+    assert_eq!((b.text.as_str(), b.truncated), ("", true));
+    let mut sessions = http::HeaderMap::new();
+    for name in ["x-credentials", "x-session-id", "x-passwd", "x-auth"] {
+        sessions.insert(http::HeaderName::from_static(name), "v".parse().unwrap());
+    }
+    assert!(kept_headers(&sessions, &[])
+        .iter()
+        .all(|(_, v)| v == redact::REDACTED));
+}

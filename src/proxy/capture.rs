@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use pingora::proxy::Session;
 
 use super::{https, Ctx};
-use crate::capture::{kept_headers, Body, Record, Request, Response};
+use crate::capture::{kept_body, kept_headers, kept_query, Body, Record, Request, Response};
 use crate::config::capture::Event;
 
 /// Keeps the request in its route's spool when the new side failed it and the route keeps
@@ -46,12 +46,6 @@ pub(super) fn keep(session: &mut Session, ctx: &Ctx, status: u16, error: Option<
     let mut headers = req.headers.clone();
     let out = ctx.req.outbound(req, https(session), false);
     crate::pipeline::outbound::apply(&mut headers, &out);
-    let content_type = |h: &http::HeaderMap| {
-        h.get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let request_type = content_type(&headers);
     let answer = &tap.answer;
     let record = Record {
         at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -61,9 +55,9 @@ pub(super) fn keep(session: &mut Session, ctx: &Ctx, status: u16, error: Option<
         request: Request {
             method: req.method.to_string(),
             path: path.routed().to_string(),
-            query: path.query().to_string(),
+            query: kept_query(&path.query(), &snap.redact_query),
             headers: kept_headers(&headers, &snap.redact_headers),
-            body: Body::of(&tap.request, !whole, request_type.as_deref()),
+            body: kept_body(&tap.request, !whole, &headers, &snap.redact_query),
         },
         side: side.as_str().to_string(),
         upstream: ctx.req.upstream().map_or("", |u| u.name()).to_string(),

@@ -202,6 +202,7 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     let redact_headers = Arc::clone(&snap.redact_headers);
     snap.shadows.submit(Job {
         route: live.id.clone(),
+        redact_query: Arc::clone(&snap.redact_query),
         keep: snap.config.routes[route]
             .capture
             .as_ref()

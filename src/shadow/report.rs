@@ -91,14 +91,12 @@ pub(super) fn kept(
     other: &Answer,
     differences: &[Difference],
 ) -> crate::capture::Record {
-    use crate::capture::{kept_headers, Body, Record, Request, Response};
+    use crate::capture::{kept_body, kept_headers, kept_query, Body, Record, Request, Response};
     let response = |a: &Answer| Response {
         status: a.status,
         content_type: a.content_type.clone(),
         body: Body::of(&a.body, a.truncated, a.content_type.as_deref()),
     };
-    let content_type = job.copy.headers.get(http::header::CONTENT_TYPE);
-    let content_type = content_type.and_then(|v| v.to_str().ok());
     Record {
         at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         route: job.route.clone(),
@@ -107,9 +105,9 @@ pub(super) fn kept(
         request: Request {
             method: job.copy.method.to_string(),
             path: job.copy.path.clone(),
-            query: job.copy.query.clone(),
+            query: kept_query(&job.copy.query, &job.redact_query),
             headers: kept_headers(&job.copy.headers, &job.redact_headers),
-            body: Body::of(&job.copy.body, false, content_type),
+            body: kept_body(&job.copy.body, false, &job.copy.headers, &job.redact_query),
         },
         side: job.answered_by.as_str().to_string(),
         upstream: match job.answered_by {

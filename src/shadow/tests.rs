@@ -110,6 +110,7 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
         spans: None,
         redact_headers: Arc::from(Vec::new()),
         keep: None,
+        redact_query: Arc::from(Vec::new()),
         queued_at: std::time::Instant::now(),
     }
 }

@@ -130,29 +130,51 @@ const SECRET_HEADERS: [&str; 4] = [
 pub fn secret_header(name: &str, extra: &[String]) -> bool {
     let n = name.to_ascii_lowercase();
     SECRET_HEADERS.contains(&n.as_str())
-        || ["token", "secret", "password", "api-key", "apikey"]
-            .iter()
-            .any(|w| n.contains(w))
+        || secret_field(&n)
         || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Whether a JSON field's name says it holds a secret (`password`, `apiToken`, `card_number`).
+/// Whether a field's (or header's) name says it holds a secret: it contains one of the words
+/// below (`password`, `apiToken`, `card_number`, `x-session-id`, `private_key`), or is one of
+/// the short names (`pin`, `sid`) whole. Better a harmless field redacted than a secret kept.
 pub fn secret_field(name: &str) -> bool {
-    const FIELDS: [&str; 11] = [
+    const WORDS: [&str; 14] = [
         "token",
         "secret",
-        "password",
-        "passwd",
-        "authorization",
+        "pass",
+        "pwd",
+        "auth",
         "cookie",
         "card",
         "cvv",
         "ssn",
         "apikey",
         "api_key",
+        "credential",
+        "private",
+        "session",
     ];
-    let n = name.to_ascii_lowercase().replace('-', "_");
-    FIELDS.iter().any(|f| n.contains(f))
+    const WHOLE: [&str; 5] = ["pin", "sid", "otp", "key", "code"];
+    let n = name.to_ascii_lowercase().replace(['-', '.', ' '], "_");
+    WORDS.iter().any(|w| n.contains(w)) || WHOLE.contains(&n.as_str())
+}
+
+/// A form body (`a=1&password=x`) with the values of secret parameters (`query`'s credential
+/// names, and names `secret_field` takes) replaced.
+pub fn form(body: &str, extra: &[String]) -> String {
+    let mut out = query(body, extra);
+    // `query` keeps its own list; names only `secret_field` knows are redacted here.
+    let parts: Vec<String> = out
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if value != REDACTED && secret_field(&normalise(name)) => {
+                format!("{name}={REDACTED}")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    out = parts.join("&");
+    out
 }
 
 /// Replaces the values of secret-named fields (`secret_field`), at any depth.

@@ -222,12 +222,20 @@ fn a_new_side_that_closes_without_an_answer_falls_back_after_its_retries() {
         );
         let mut c = proxy.client();
         let r = c.get("/orders/1", &[]).unwrap();
-        assert_eq!((r.status, r.header("x-backend")), (200, Some("legacy")), "{}", proxy.stderr());
+        assert_eq!(
+            (r.status, r.header("x-backend")),
+            (200, Some("legacy")),
+            "{}",
+            proxy.stderr()
+        );
         let r = c.request("DELETE", "/orders/1", &[], b"").unwrap();
         assert_eq!((r.status, r.header("x-backend")), (200, Some("legacy")));
         // A POST that may have reached the new side is never sent again.
         let before = legacy.count();
-        let r = proxy.client().request("POST", "/orders", &[], b"buy").unwrap();
+        let r = proxy
+            .client()
+            .request("POST", "/orders", &[], b"buy")
+            .unwrap();
         assert_eq!(r.status, 502);
         assert_eq!(legacy.count(), before);
         let log = proxy.log_when(3);
