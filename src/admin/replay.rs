@@ -6,8 +6,8 @@
 //! A record is replayed only on the route that would route it: its path must be canonical and
 //! match the route for its method (an edited spool cannot send a path to an upstream its route
 //! was never chosen for); a body kept cut is refused; headers kept redacted are left out;
-//! `x-strangle-*` and hop-by-hop headers are dropped, and the copy carries
-//! `x-strangle-replay: 1`.
+//! `x-strangle-*`, forwarding and hop-by-hop headers are dropped (a replay has no client to
+//! vouch for), the record's `host` is kept, and the copy carries `x-strangle-replay: 1`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +27,9 @@ use crate::state::Live;
 
 /// A record's largest JSON (a 16 MB body in base64, and its headers).
 const MAX_RECORD: usize = 24 << 20;
+/// A client's head caps: a record is no way around them.
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 64 << 10;
 /// What of the answer's body is returned.
 const SHOWN: usize = 4096;
 
@@ -155,17 +158,26 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         );
     }
     let body = Bytes::from(r.body.bytes()?);
+    let size: usize = r.headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    if r.headers.len() > MAX_HEADERS || size > MAX_HEADER_BYTES {
+        return Err(format!(
+            "the record has more headers than a client may send ({MAX_HEADERS}, {MAX_HEADER_BYTES} bytes)"
+        ));
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in &r.headers {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             return Err(format!("bad header name `{name}`"));
         };
+        // Forwarding headers are the proxy's to vouch for: a replay has no client to name.
         let dropped = value == crate::telemetry::redact::REDACTED
             || name.as_str().starts_with("x-strangle-")
+            || name.as_str().starts_with("x-forwarded-")
+            || name == http::header::FORWARDED
+            || name.as_str() == "x-real-ip"
             || name == http::header::CONTENT_LENGTH
             || name == http::header::TRANSFER_ENCODING
-            || name == http::header::UPGRADE
-            || name == http::header::HOST;
+            || name == http::header::UPGRADE;
         if dropped {
             continue;
         }
@@ -176,6 +188,9 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         headers.remove(name);
     }
     headers.remove(http::header::CONNECTION);
+    if !headers.contains_key(http::header::HOST) {
+        return Err("the record has no `host` header".into());
+    }
     headers.insert("x-strangle-replay", HeaderValue::from_static("1"));
     Ok(Copy {
         method,

@@ -232,10 +232,15 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
     assert!(send(&cut, Some(TOKEN)).text().contains("kept cut"));
     let mut spoofed = record.clone();
     spoofed["request"]["headers"] = json!([
+        ["host", "shop.test"],
         ["x-strangle-side", "new"],
         ["connection", "x-keep"],
         ["x-keep", "1"],
-        ["x-ok", "1"]
+        ["x-ok", "1"],
+        ["x-forwarded-for", "6.6.6.6"],
+        ["x-forwarded-host", "evil.test"],
+        ["forwarded", "for=6.6.6.6"],
+        ["x-real-ip", "6.6.6.6"]
     ]);
     let r = send(&spoofed, Some(TOKEN));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -244,6 +249,16 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
     assert_eq!(seen.header("x-ok"), Some("1"));
     assert_eq!(seen.header("x-strangle-side"), None);
     assert_eq!(seen.header("x-keep"), None, "hop-by-hop by `Connection`");
+    assert_eq!(seen.header("host"), Some("shop.test"));
+    for name in ["x-forwarded-for", "x-forwarded-host", "forwarded", "x-real-ip"] {
+        assert_eq!(seen.header(name), None, "{name}");
+    }
+    let mut many = record.clone();
+    let headers: Vec<Value> = (0..200).map(|i| json!([format!("x-h{i}"), "v"])).collect();
+    many["request"]["headers"] = json!(headers);
+    let r = send(&many, Some(TOKEN));
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("more headers than a client may send"), "{}", r.text());
     for bad in ["to=both", "", "to=new&to=sideways"] {
         let r = Client::connect(proxy.admin_port)
             .request(
