@@ -266,14 +266,13 @@ fn write_loop(
     let path = dir.join(FILE);
     let mut file: Option<(std::fs::File, u64)> = None;
     for line in rx {
+        // A spool file removed or renamed away (by hand, or logrotate) is not written into
+        // unseen: the file at the path is what is written.
+        if file.as_ref().is_some_and(|(f, _)| !same_file(f, &path)) {
+            file = None;
+        }
         if file.is_none() {
-            let opened = std::fs::create_dir_all(dir).and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            });
-            match opened {
+            match open(dir, &path) {
                 Ok(f) => {
                     let size = f.metadata().map_or(0, |m| m.len());
                     file = Some((f, size));
@@ -302,6 +301,31 @@ fn write_loop(
             }
             file = None;
         }
+    }
+}
+
+/// Opens the spool file for appending: never blocking (a FIFO put there would hold the writer
+/// in `open` until a reader came), and only a regular file.
+fn open(dir: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Whether `file` is still the file at `path`.
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

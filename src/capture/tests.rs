@@ -155,3 +155,32 @@ fn queries_forms_and_json_of_any_content_type_lose_their_secrets() {
         .iter()
         .all(|(_, v)| v == redact::REDACTED));
 }
+
+#[test]
+fn a_spool_removed_or_replaced_by_a_fifo_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("spool");
+    let spool = Spools::default().spool(&at, 1 << 20);
+    let settled = |n: u64| {
+        let done = std::time::Instant::now();
+        while spool.written.load(Relaxed) + spool.failed.load(Relaxed) < n {
+            assert!(done.elapsed().as_secs() < 10, "the writer is stuck");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    spool.keep(&record(0, "a"));
+    settled(1);
+    // Removed by hand: the next record makes the file again.
+    std::fs::remove_file(at.join(FILE)).unwrap();
+    spool.keep(&record(1, "b"));
+    settled(2);
+    let kept = lines(&at.join(FILE));
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].request.path, "/orders/1");
+    // A FIFO there is refused without blocking the writer.
+    std::fs::remove_file(at.join(FILE)).unwrap();
+    nix::unistd::mkfifo(&at.join(FILE), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    spool.keep(&record(2, "c"));
+    settled(3);
+    assert_eq!(spool.failed.load(Relaxed), 1);
+}
