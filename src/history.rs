@@ -334,6 +334,25 @@ impl History {
         kept.last.iter().filter_map(shift).collect()
     }
 
+    /// The routes whose last rollout event kept in the history stopped the rollout (a
+    /// rollback, an abort, a pause), with that event.
+    pub fn stopped_rollouts(&self) -> BTreeMap<String, String> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = BTreeMap::new();
+        for e in &kept.recent {
+            if let What::Rollout { route, event, .. } = &e.what {
+                last.insert(route.clone(), event.clone());
+            }
+        }
+        last.retain(|_, event| {
+            matches!(
+                event.as_str(),
+                "rollback" | "abort" | "pause" | "paused" | "failed"
+            )
+        });
+        last
+    }
+
     /// At exit: the last entries written (bounded, like the access log's).
     pub fn flush(&self) {
         self.writer.flush();

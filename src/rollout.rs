@@ -169,6 +169,10 @@ pub struct Rollouts {
     routes: Mutex<BTreeMap<String, RouteRollout>>,
     /// With `[admin.fleet]`: who leads the fleet's rollouts.
     fleet: Mutex<Option<FleetView>>,
+    /// Why the saved state could not be read, if it could not.
+    unreadable: Option<String>,
+    /// Routes the history says were stopped, with the event (see `open`).
+    stopped: BTreeMap<String, String>,
 }
 
 /// A replica's view of its fleet (`/status` `fleet`).
@@ -198,6 +202,18 @@ struct Saved {
 const MAX_SAVED: usize = 4096;
 const MAX_FILE: u64 = 4 << 20;
 
+/// A saved rollout's shift and when its step began (a clock that went back, or a file from
+/// the future, begins it now).
+fn restored(s: &Saved) -> Option<(Shift, Instant)> {
+    let shift = Shift::parse(&s.shift).ok()?;
+    let started = SystemTime::UNIX_EPOCH + Duration::from_millis(s.step_started);
+    let ago = SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_default();
+    let now = Instant::now();
+    Some((shift, now.checked_sub(ago).unwrap_or(now)))
+}
+
 pub fn path_for(config: &Path) -> PathBuf {
     crate::config::beside(config, "rollout.json")
 }
@@ -210,34 +226,63 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl Rollouts {
     /// Reads what a previous process saved next to the config (nothing when there is none; a
     /// file that does not parse is said and ignored: every rollout then starts its step again).
-    pub fn open(config: &Path) -> Rollouts {
+    /// Reads what a previous process saved next to the config. `stopped` names the routes
+    /// whose last rollout event in the history stopped them (a rollback, an abort, a pause),
+    /// with that event. A rollout nothing saved speaks for starts running, except that it
+    /// starts paused, never moving traffic by itself, when the saved file could not be read, or
+    /// is missing while the history says the rollout was stopped.
+    pub fn open(config: &Path, stopped: BTreeMap<String, String>) -> Rollouts {
         let path = path_for(config);
-        let mut routes = BTreeMap::new();
+        let mut unreadable = None;
         let saved = match crate::config::read::read_state(&path, MAX_FILE) {
             Ok(Some(bytes)) => serde_json::from_slice::<BTreeMap<String, Saved>>(&bytes)
-                .map_err(|e| tracing::warn!(path = %path.display(), "the saved rollouts do not parse, every rollout starts its step again: {e}"))
-                .unwrap_or_default(),
+                .unwrap_or_else(|e| {
+                    unreadable = Some(format!("the saved rollout state does not parse ({e})"));
+                    BTreeMap::new()
+                }),
             Ok(None) => BTreeMap::new(),
             Err(e) => {
-                tracing::warn!("the saved rollouts are not read: {e}");
+                unreadable = Some(format!("the saved rollout state is not read ({e})"));
                 BTreeMap::new()
             }
         };
-        let now = SystemTime::now();
+        if let Some(why) = &unreadable {
+            tracing::warn!(path = %path.display(), "{why}: every rollout starts paused");
+        }
+        let mut routes = BTreeMap::new();
         for (id, s) in saved.into_iter().take(MAX_SAVED) {
-            let Ok(shift) = Shift::parse(&s.shift) else {
-                continue;
-            };
-            let started = SystemTime::UNIX_EPOCH + Duration::from_millis(s.step_started);
-            // A clock that went back, or a file from the future, starts the step now.
-            let ago = now.duration_since(started).unwrap_or_default();
-            let began = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
-            routes.insert(id, RouteRollout::new(shift, s.phase, s.reason, began));
+            if let Some((shift, began)) = restored(&s) {
+                routes.insert(id, RouteRollout::new(shift, s.phase, s.reason, began));
+            }
         }
         Rollouts {
             path,
             routes: Mutex::new(routes),
             fleet: Mutex::new(None),
+            unreadable,
+            stopped,
+        }
+    }
+
+    /// How a rollout nothing saved speaks for starts (see `open`).
+    fn first(&self, route: &str, shift: Shift, now: Instant) -> RouteRollout {
+        let paused = match (&self.unreadable, self.stopped.get(route)) {
+            (Some(why), _) => Some(why.clone()),
+            (None, Some(event)) => Some(format!(
+                "no saved state, and the history's last rollout event was `{event}`"
+            )),
+            (None, None) => None,
+        };
+        match paused {
+            Some(why) => RouteRollout::new(
+                shift,
+                Phase::Paused,
+                Some(format!(
+                    "{why}: paused until `strangle rollout {route} resume`"
+                )),
+                now,
+            ),
+            None => RouteRollout::new(shift, Phase::Running, None, now),
         }
     }
 
@@ -261,14 +306,10 @@ impl Rollouts {
             return false;
         };
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let (now, wall) = (Instant::now(), SystemTime::now());
         for (id, s) in saved.into_iter().take(MAX_SAVED) {
-            let Ok(shift) = Shift::parse(&s.shift) else {
+            let Some((shift, began)) = restored(&s) else {
                 continue;
             };
-            let started = SystemTime::UNIX_EPOCH + Duration::from_millis(s.step_started);
-            let ago = wall.duration_since(started).unwrap_or_default();
-            let began = now.checked_sub(ago).unwrap_or(now);
             let r = routes
                 .entry(id)
                 .or_insert_with(|| RouteRollout::new(shift, s.phase, None, began));
@@ -314,7 +355,7 @@ impl Rollouts {
         let mut saved = false;
         let r = routes.entry(route.to_string()).or_insert_with(|| {
             saved = true;
-            RouteRollout::new(shift, Phase::Running, None, now)
+            self.first(route, shift, now)
         });
         if r.shift != shift {
             match r.pending.take() {

@@ -332,7 +332,10 @@ impl Live {
             None,
         );
         Live {
-            rollouts: Arc::new(crate::rollout::Rollouts::open(&path)),
+            rollouts: Arc::new(crate::rollout::Rollouts::open(
+                &path,
+                history.stopped_rollouts(),
+            )),
             history,
             editing: Mutex::new(None),
             path,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Change, Phase, Rollouts, RouteRollout};
+use super::{Change, Phase, Rollouts};
 use crate::config::rollout::Rollout;
 use crate::split::Shift;
 
@@ -63,7 +63,7 @@ impl Rollouts {
         let now = Instant::now();
         let r = routes
             .entry(route.to_string())
-            .or_insert_with(|| RouteRollout::new(shift, Phase::Running, None, now));
+            .or_insert_with(|| self.first(route, shift, now));
         let pointless = |phase: Phase| ActionError::Pointless {
             route: route.to_string(),
             phase: phase.as_str(),

@@ -1,5 +1,7 @@
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::config::rollout::{OnFailure, Rollout};
 use crate::stats::SideStats;
@@ -102,7 +104,7 @@ fn the_mismatch_gate_counts_compared_copies() {
 /// A rollout store in a directory of its own.
 fn store() -> (tempfile::TempDir, Rollouts) {
     let dir = tempfile::tempdir().unwrap();
-    let rollouts = Rollouts::open(&dir.path().join("strangle.toml"));
+    let rollouts = Rollouts::open(&dir.path().join("strangle.toml"), BTreeMap::new());
     (dir, rollouts)
 }
 
@@ -316,18 +318,19 @@ fn the_state_saved_beside_the_config_resumes_the_step_and_its_phase() {
     ro.act("b", &r, pct("25%"), Action::Pause, "ann").unwrap();
     ro.save().unwrap();
     assert!(dir.path().join("strangle.rollout.json").exists());
-    let again = Rollouts::open(&dir.path().join("strangle.toml"));
+    let again = Rollouts::open(&dir.path().join("strangle.toml"), BTreeMap::new());
     let status = again.status("b", &r, pct("25%"));
     assert_eq!(status.phase, "paused");
     assert!((39..=42).contains(&status.in_step_seconds), "{status:?}");
     assert_eq!((status.step, status.next.as_deref()), (2, Some("100%")));
-    // A file that does not parse, or from the future, is no harm.
+    // A file that does not parse: nothing moves by itself until told (it might have said
+    // aborted); a file from the future is no harm.
     std::fs::write(dir.path().join("strangle.rollout.json"), "{not json").unwrap();
-    let broken = Rollouts::open(&dir.path().join("strangle.toml"));
-    assert_eq!(broken.status("b", &r, pct("25%")).phase, "running");
+    let broken = Rollouts::open(&dir.path().join("strangle.toml"), BTreeMap::new());
+    ro_paused(&broken, &r);
     let future = r#"{"b": {"phase": "running", "shift": "25%", "step_started": 99999999999999}}"#;
     std::fs::write(dir.path().join("strangle.rollout.json"), future).unwrap();
-    let future = Rollouts::open(&dir.path().join("strangle.toml"));
+    let future = Rollouts::open(&dir.path().join("strangle.toml"), BTreeMap::new());
     assert_eq!(future.status("b", &r, pct("25%")).in_step_seconds, 0);
 }
 
@@ -353,4 +356,30 @@ fn a_change_that_could_not_be_applied_is_tried_again_only_after_a_while() {
     let later = Instant::now() + RETRY_AFTER + Duration::from_secs(1);
     let again = ro.tick("b", &r, shift, failing, later).change.unwrap();
     assert_eq!((again.event, again.to), ("rollback", pct("5%")));
+}
+
+/// A rollout that starts paused: no change, whatever its gates say.
+fn ro_paused(ro: &Rollouts, r: &Rollout) {
+    let t = ro.tick("b", r, Shift::ZERO, counters(0, 0, 0, 1), Instant::now());
+    assert_eq!(t.change, None);
+    let status = ro.status("b", r, Shift::ZERO);
+    assert_eq!(status.phase, "paused");
+    assert!(status.reason.unwrap().contains("strangle rollout b resume"));
+}
+
+#[test]
+fn a_rollout_the_history_says_was_stopped_starts_paused_without_its_saved_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rollout();
+    let stopped = BTreeMap::from([("b".to_string(), "abort".to_string())]);
+    let ro = Rollouts::open(&dir.path().join("strangle.toml"), stopped);
+    ro_paused(&ro, &r);
+    assert!(ro
+        .status("b", &r, Shift::ZERO)
+        .reason
+        .unwrap()
+        .contains("`abort`"));
+    // Another route starts as usual.
+    let t = ro.tick("c", &r, Shift::ZERO, counters(0, 0, 0, 1), Instant::now());
+    assert_eq!(t.change.unwrap().to, pct("5%"));
 }

@@ -250,7 +250,12 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
     assert_eq!(seen.header("x-strangle-side"), None);
     assert_eq!(seen.header("x-keep"), None, "hop-by-hop by `Connection`");
     assert_eq!(seen.header("host"), Some("shop.test"));
-    for name in ["x-forwarded-for", "x-forwarded-host", "forwarded", "x-real-ip"] {
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
         assert_eq!(seen.header(name), None, "{name}");
     }
     let mut many = record.clone();
@@ -258,7 +263,11 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
     many["request"]["headers"] = json!(headers);
     let r = send(&many, Some(TOKEN));
     assert_eq!(r.status, 422);
-    assert!(r.text().contains("more headers than a client may send"), "{}", r.text());
+    assert!(
+        r.text().contains("more headers than a client may send"),
+        "{}",
+        r.text()
+    );
     for bad in ["to=both", "", "to=new&to=sideways"] {
         let r = Client::connect(proxy.admin_port)
             .request(

@@ -214,7 +214,7 @@ fn a_restart_resumes_the_step_and_the_operator_pauses_promotes_and_aborts() {
     assert!(aborted.status.success(), "{aborted:?}");
     assert_eq!(shift_in_file(&proxy), "0%");
     // Aborted stays at 0% (the rollout does not start again by itself) across a restart.
-    let proxy = proxy.restart();
+    let mut proxy = proxy.restart();
     std::thread::sleep(Duration::from_secs(1));
     let r = rollout(&proxy);
     assert_eq!(
@@ -244,6 +244,17 @@ fn a_restart_resumes_the_step_and_the_operator_pauses_promotes_and_aborts() {
             "abort cli"
         ],
     );
+    // Even with its saved state gone: the history's last word was an abort.
+    let proxy =
+        proxy.restart_after(|dir| std::fs::remove_file(dir.join("strangle.rollout.json")).unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+    let r = rollout(&proxy);
+    assert_eq!(
+        (r["phase"].as_str(), r["shift"].as_str()),
+        (Some("paused"), Some("0%")),
+        "{r}"
+    );
+    assert!(r["reason"].as_str().unwrap().contains("`abort`"), "{r}");
     // Unknown actions and routes without a rollout get clear refusals.
     let bad = proxy.admin("POST", "/routes/flights/rollout/skip", b"");
     assert_eq!(bad.status, 401, "mutating calls need the token first");
