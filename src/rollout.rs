@@ -100,7 +100,8 @@ struct RouteRollout {
     /// Why the step does not advance though it could (a fleet replica not heard from).
     waiting: Option<String>,
     /// A change that could not be applied is not tried again before this.
-    retry_at: Option<Instant>,
+    /// (the failed change's event: a rollback is never held back by a failed advance).
+    retry_at: Option<(Instant, &'static str)>,
 }
 
 impl RouteRollout {
@@ -412,10 +413,11 @@ impl Rollouts {
             );
         }
         r.gates = judge(rollout, &r.window());
-        if r.retry_at.is_some_and(|at| now < at) {
-            return Tick::nothing(saved);
-        }
+        let held_back = |event| r.retry_at.is_some_and(|(at, e)| now < at && e == event);
         if let Some(failed) = r.gates.iter().find(|g| g.verdict == Verdict::Fail) {
+            if held_back("rollback") {
+                return Tick::nothing(saved);
+            }
             let reason = failed.reason();
             let to = rollout.back_from(shift);
             r.phase = Phase::RolledBack;
@@ -474,7 +476,7 @@ impl Rollouts {
             // Paused, a failing gate is still judged: a rollback that could not be written is
             // tried again, once `RETRY_AFTER` has passed (a read-only file fails every time).
             r.phase = Phase::Paused;
-            r.retry_at = Some(Instant::now() + RETRY_AFTER);
+            r.retry_at = Some((Instant::now() + RETRY_AFTER, change.event));
             r.reason = Some(format!(
                 "could not {} to {}: {error}",
                 change.event, change.to

@@ -14,7 +14,12 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 mod bounded;
+mod overrides;
+mod restart;
 pub use bounded::run_bounded;
+pub use overrides::Overrides;
+pub use restart::restart_only_changes;
+use restart::warn_on_restart_only_changes;
 
 use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
@@ -249,6 +254,8 @@ pub struct Live {
     pub history: crate::history::History,
     /// Progressive rollouts' state, kept next to the config file.
     pub rollouts: Arc<crate::rollout::Rollouts>,
+    /// Shifts in force that the file could not take (a rollback against a read-only file).
+    pub overrides: Overrides,
     /// The shift an admin call is writing, so the reload that sees it records it as that
     /// call's.
     pub editing: Mutex<Option<crate::history::Edit>>,
@@ -332,6 +339,7 @@ impl Live {
             None,
         );
         Live {
+            overrides: Overrides::default(),
             rollouts: Arc::new(crate::rollout::Rollouts::open(
                 &path,
                 history.stopped_rollouts(),
@@ -475,7 +483,14 @@ impl Live {
             Ok(ReadOutcome::Parsed { digest, config }) => {
                 // A file that failed to parse is not read again until its bytes change.
                 self.loaded_digest.store(digest, Ordering::Release);
-                config?
+                let mut config = config?;
+                for route in self.overrides.apply(&mut config) {
+                    tracing::warn!(
+                        route,
+                        "a shift the config file could not take stays in force"
+                    );
+                }
+                config
             }
             Err(e) => {
                 // Whatever is there next is read in full, even bytes that match the config
@@ -557,38 +572,6 @@ impl Drop for Running<'_> {
         if let Ok(mut s) = self.0.lock() {
             *s = None;
         }
-    }
-}
-
-/// The keys a reload cannot apply to a running process, named when they changed: they take
-/// effect at the next restart.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (o, n) = (&old.server, &new.server);
-    let checks = [
-        ("[server] listen", o.listen != n.listen),
-        ("[server] threads", o.threads != n.threads),
-        (
-            "[server] header-timeout",
-            o.header_timeout != n.header_timeout,
-        ),
-        ("[server] grace-period", o.grace_period != n.grace_period),
-        ("[admin] listen", old.admin.listen != new.admin.listen),
-        ("[log] level", old.log.level != new.log.level),
-        ("[log] format", old.log.json != new.log.json),
-    ];
-    checks
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
-}
-
-fn warn_on_restart_only_changes(old: &Config, new: &Config) {
-    let changed = restart_only_changes(old, new);
-    if !changed.is_empty() {
-        tracing::warn!(
-            "changed in the config but applied only at the next restart: {}",
-            changed.join(", ")
-        );
     }
 }
 

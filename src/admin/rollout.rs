@@ -104,6 +104,27 @@ async fn tick(live: &Arc<Live>) {
     if save {
         save_state(live).await;
     }
+    write_overrides(live).await;
+}
+
+/// Tries again to write into the file the shifts in force by override (`state::Overrides`).
+async fn write_overrides(live: &Arc<Live>) {
+    for (route, shift) in live.overrides.due(Instant::now()) {
+        let (path, id) = (live.path.clone(), route.clone());
+        let written =
+            tokio::task::spawn_blocking(move || crate::edit::set_shift_in_file(&path, &id, shift))
+                .await;
+        match written {
+            Ok(Ok(_)) => {
+                tracing::info!(route = %route, %shift, "the config file now holds the shift that was in force in memory");
+                let _ = live.reload(&ROLLOUT).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route, "the config file still cannot take the shift in force: {e}")
+            }
+            Err(e) => tracing::warn!(route = %route, "{e}"),
+        }
+    }
 }
 
 /// Applies a change the rollout decided: recorded first (the decision and why), then written
@@ -127,6 +148,29 @@ async fn carry_out(live: &Arc<Live>, change: &Change, cause: &Cause) -> Option<S
         Ok(_) => {
             live.rollouts.applied(change);
             None
+        }
+        // A rollback or an abort the file cannot take is put in force all the same: never
+        // leave traffic on a failing new side for want of a writable file.
+        Err(e) if matches!(change.event, "rollback" | "abort") => {
+            let e = e.to_string();
+            match live.override_shift(&change.route, change.to, cause).await {
+                Ok(()) => {
+                    live.rollouts.applied(change);
+                    let why = format!(
+                        "{} to {} is in force, but the config file could not take it ({e}); it is written as soon as it can be",
+                        change.event, change.to
+                    );
+                    tracing::error!(route = %change.route, "rollout: {why}");
+                    record(live, cause, &change.route, "in-memory", &why);
+                    None
+                }
+                Err(e2) => {
+                    let e = format!("{e}; and in memory: {e2}");
+                    live.rollouts.failed(change, &e);
+                    record(live, cause, &change.route, "failed", &e);
+                    Some(e)
+                }
+            }
         }
         Err(e) => {
             let e = e.to_string();

@@ -383,3 +383,23 @@ fn a_rollout_the_history_says_was_stopped_starts_paused_without_its_saved_state(
     let t = ro.tick("c", &r, Shift::ZERO, counters(0, 0, 0, 1), Instant::now());
     assert_eq!(t.change.unwrap().to, pct("5%"));
 }
+
+#[test]
+fn a_failed_advance_never_holds_back_a_rollback() {
+    let (_dir, ro) = store();
+    let r = Rollout {
+        interval: Duration::from_secs(1),
+        ..rollout()
+    };
+    let (shift, at) = (pct("25%"), Instant::now());
+    ro.tick("b", &r, shift, counters(0, 0, 0, 1), at);
+    let healthy = counters(600, 0, 600, 1);
+    let later = at + Duration::from_secs(2);
+    let advance = ro.tick("b", &r, shift, healthy, later).change.unwrap();
+    ro.failed(&advance, "another writer changed the file");
+    // The new side then fails: the rollback goes at once.
+    let mut failing = healthy;
+    failing.new = failing.new.add(&counters(100, 100, 0, 1).new);
+    let change = ro.tick("b", &r, shift, failing, later).change.unwrap();
+    assert_eq!((change.event, change.to), ("rollback", pct("5%")));
+}

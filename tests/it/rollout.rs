@@ -268,3 +268,71 @@ fn a_restart_resumes_the_step_and_the_operator_pauses_promotes_and_aborts() {
         .unwrap();
     assert_eq!(bad.status, 404, "{}", bad.text());
 }
+
+#[test]
+fn a_rollback_the_config_file_cannot_take_is_in_force_all_the_same() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let fails = Arc::clone(&failing);
+    let legacy = Backend::start("legacy");
+    let new = Backend::answering("new", move |_, _| {
+        let status = if fails.load(Ordering::Relaxed) {
+            503
+        } else {
+            200
+        };
+        (status, "text/plain", "new".into())
+    });
+    let steps = r#"{ steps = ["20%", "50%", "100%"], interval = "2s", min-requests = 20, max-error-rate = "2%" }"#;
+    let proxy = Proxy::start(&config(&legacy, &new, "0%", steps));
+    let _traffic = Traffic::start(proxy.port);
+    wait_for(Duration::from_secs(30), "the second step", || {
+        (rollout(&proxy)["shift"] == "50%").then_some(())
+    });
+    // (The step's own write has settled.)
+    std::thread::sleep(Duration::from_millis(500));
+    // The file breaks (a bad edit, say): the proxy keeps serving its last good config, and
+    // the file can take no shift.
+    let good = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(&proxy.config, format!("{good}\n[[[ not toml\n")).unwrap();
+    wait_for(Duration::from_secs(5), "the reload refused", || {
+        (!proxy.status()["config"]["last_reload_error"].is_null()).then_some(())
+    });
+    failing.store(true, Ordering::Relaxed);
+    let back = wait_for(
+        Duration::from_secs(10),
+        &format!("the rollback in force: {}", proxy.stderr()),
+        || {
+            let s = proxy.status();
+            let r = &s["routes"][0];
+            (r["shift"] == "20%" && r["rollout"]["phase"] == "rolled-back").then(|| s.clone())
+        },
+    );
+    assert!(
+        shift_in_file_text(&proxy).contains(r#"shift = "50%""#),
+        "the file could not take it"
+    );
+    let kept = history(&proxy)
+        .into_iter()
+        .find(|e| e["kind"] == "rollout" && e["event"] == "in-memory")
+        .unwrap_or_else(|| panic!("{back}"));
+    assert!(
+        kept["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rollback to 20% is in force"),
+        "{kept}"
+    );
+    // The file fixed (still saying 50%): the rollback stays in force over the reload.
+    std::fs::write(&proxy.config, &good).unwrap();
+    wait_for(Duration::from_secs(5), "the reload", || {
+        proxy.status()["config"]["last_reload_error"]
+            .is_null()
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.status()["routes"][0]["shift"], "20%");
+}
+
+fn shift_in_file_text(proxy: &Proxy) -> String {
+    std::fs::read_to_string(&proxy.config).unwrap()
+}
