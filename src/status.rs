@@ -86,6 +86,10 @@ pub struct RouteStatus {
     /// Shadow traffic's results, on a route that shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::shadow::ShadowStatus>,
+    /// What the config file says, when the shift in force is another (a rollback the file
+    /// could not take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_in_file: Option<String>,
     /// Requests the new side failed that legacy then served, on a route with `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<u64>,
@@ -166,6 +170,7 @@ pub fn build(live: &Live) -> Status {
         }
     };
     let (mut all, mut all_new, mut recent_all, mut recent_new) = (0u64, 0u64, 0u64, 0u64);
+    let overrides = live.overrides.list();
     let routes = snap
         .config
         .routes
@@ -208,6 +213,10 @@ pub fn build(live: &Live) -> Status {
                     .shadow
                     .as_ref()
                     .map(|s| snap.shadows.route(&r.id).status(s)),
+                shift_in_file: overrides
+                    .iter()
+                    .find(|(id, _, _)| *id == r.id)
+                    .map(|(_, file, _)| file.to_string()),
                 fallbacks: r.fallback.as_ref().map(|_| {
                     let n = &live_route.stats.fallbacks;
                     n.load(std::sync::atomic::Ordering::Relaxed)

@@ -311,6 +311,7 @@ fn a_rollback_the_config_file_cannot_take_is_in_force_all_the_same() {
         shift_in_file_text(&proxy).contains(r#"shift = "50%""#),
         "the file could not take it"
     );
+    assert_eq!(back["routes"][0]["shift_in_file"], "50%", "{back}");
     let kept = history(&proxy)
         .into_iter()
         .find(|e| e["kind"] == "rollout" && e["event"] == "in-memory")
