@@ -6,8 +6,9 @@
 //! A record is replayed only on the route that would route it: its path must be canonical and
 //! match the route for its method (an edited spool cannot send a path to an upstream its route
 //! was never chosen for); a body kept cut is refused; headers kept redacted are left out;
-//! `x-strangle-*`, forwarding and hop-by-hop headers are dropped (a replay has no client to
-//! vouch for), the record's `host` is kept, and the copy carries `x-strangle-replay: 1`.
+//! the rest go through the outbound header policy with no client to vouch for (no forwarding,
+//! client-address, claim, `x-strangle-*` or hop-by-hop header passes), the record's `host` is
+//! kept, and the copy carries `x-strangle-replay: 1`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,12 +170,7 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             return Err(format!("bad header name `{name}`"));
         };
-        // Forwarding headers are the proxy's to vouch for: a replay has no client to name.
         let dropped = value == crate::telemetry::redact::REDACTED
-            || name.as_str().starts_with("x-strangle-")
-            || name.as_str().starts_with("x-forwarded-")
-            || name == http::header::FORWARDED
-            || name.as_str() == "x-real-ip"
             || name == http::header::CONTENT_LENGTH
             || name == http::header::TRANSFER_ENCODING
             || name == http::header::UPGRADE;
@@ -184,13 +180,30 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         let value = HeaderValue::from_str(value).map_err(|_| format!("bad value for `{name}`"))?;
         headers.append(name, value);
     }
-    for name in crate::pipeline::outbound::hop_by_hop(&headers, false) {
-        headers.remove(name);
-    }
-    headers.remove(http::header::CONNECTION);
-    if !headers.contains_key(http::header::HOST) {
+    let Some(host) = headers.get(http::header::HOST).cloned() else {
         return Err("the record has no `host` header".into());
-    }
+    };
+    // The outbound header policy, as for any request, with no client to vouch for: what names
+    // a client's address, what strangle owns or vouches for (claims), hop-by-hop headers,
+    // rewrites and method overrides do not pass.
+    let request_id = record
+        .request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok());
+    let out = crate::pipeline::outbound::Outbound {
+        peer: None,
+        peer_trusted: false,
+        client: None,
+        https: false,
+        host: Some(host),
+        keep_upgrade: false,
+        identity_headers: &snap.identity_headers,
+        claims: &[],
+        request_id: request_id.as_ref(),
+        trace: None,
+    };
+    crate::pipeline::outbound::apply(&mut headers, &out);
+    headers.remove(http::header::CONNECTION);
     headers.insert("x-strangle-replay", HeaderValue::from_static("1"));
     Ok(Copy {
         method,

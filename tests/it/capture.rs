@@ -240,7 +240,11 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
         ["x-forwarded-for", "6.6.6.6"],
         ["x-forwarded-host", "evil.test"],
         ["forwarded", "for=6.6.6.6"],
-        ["x-real-ip", "6.6.6.6"]
+        ["x-real-ip", "6.6.6.6"],
+        ["true-client-ip", "6.6.6.6"],
+        ["cf-connecting-ip", "6.6.6.6"],
+        ["x-http-method-override", "DELETE"],
+        ["x-original-url", "/admin"]
     ]);
     let r = send(&spoofed, Some(TOKEN));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -250,11 +254,16 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
     assert_eq!(seen.header("x-strangle-side"), None);
     assert_eq!(seen.header("x-keep"), None, "hop-by-hop by `Connection`");
     assert_eq!(seen.header("host"), Some("shop.test"));
+    // The record's own forwarding headers never pass: the policy's are the record's host.
+    assert_eq!(seen.header("x-forwarded-host"), Some("shop.test"));
     for name in [
         "x-forwarded-for",
-        "x-forwarded-host",
         "forwarded",
         "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-http-method-override",
+        "x-original-url",
     ] {
         assert_eq!(seen.header(name), None, "{name}");
     }
