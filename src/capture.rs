@@ -36,6 +36,10 @@ pub struct Body {
     /// Longer than the cap: `text` is its prefix (such a request is not replayed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Not kept: not a JSON document or a form, so its secrets could not be found (XML,
+    /// multipart, malformed JSON...), or in a content coding. Never replayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
 }
 
 impl Body {
@@ -46,7 +50,9 @@ impl Body {
         Body::redacted(bytes, truncated, content_type, None, &[])
     }
 
-    /// `of`, for a body with its `content-encoding` and the extra names to redact.
+    /// `of`, for a body with its `content-encoding` and the extra names to redact. Only what
+    /// can be redacted is kept: a JSON document or a form; any other body is withheld (better
+    /// a record that cannot be replayed than a password on disk).
     pub fn redacted(
         bytes: &[u8],
         truncated: bool,
@@ -54,40 +60,35 @@ impl Body {
         encoding: Option<&str>,
         extra: &[String],
     ) -> Body {
-        if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
-            return Body {
-                text: String::new(),
-                base64: false,
-                truncated: true,
-            };
+        let kept = |text: String| Body {
+            text,
+            base64: false,
+            truncated,
+            withheld: false,
+        };
+        if bytes.is_empty() {
+            return kept(String::new());
         }
-        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            if v.is_object() || v.is_array() {
-                redact::json(&mut v);
-                return Body {
-                    text: v.to_string(),
-                    base64: false,
-                    truncated,
-                };
+        let coded = encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        if !coded && !truncated {
+            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                if v.is_object() || v.is_array() {
+                    redact::json(&mut v);
+                    return kept(v.to_string());
+                }
+            }
+            let form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                if form || looks_like_form(text) {
+                    return kept(redact::form(text, extra));
+                }
             }
         }
-        let form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
-        match std::str::from_utf8(bytes) {
-            Ok(text) if form || looks_like_form(text) => Body {
-                text: redact::form(text, extra),
-                base64: false,
-                truncated,
-            },
-            Ok(text) => Body {
-                text: text.to_string(),
-                base64: false,
-                truncated,
-            },
-            Err(_) => Body {
-                text: base64::engine::general_purpose::STANDARD.encode(bytes),
-                base64: true,
-                truncated,
-            },
+        Body {
+            text: String::new(),
+            base64: false,
+            truncated: true,
+            withheld: true,
         }
     }
 
@@ -200,7 +201,7 @@ pub fn kept_headers(headers: &http::HeaderMap, extra: &[String]) -> Vec<(String,
             let value = if redact::secret_header(name.as_str(), extra) {
                 redact::REDACTED.to_string()
             } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
+                redact::url(&String::from_utf8_lossy(value.as_bytes()), extra).into_owned()
             };
             (name.as_str().to_string(), value)
         })

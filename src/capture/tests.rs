@@ -1,3 +1,5 @@
+use serde_json::json;
+
 use super::*;
 
 fn record(n: usize, body: &str) -> Record {
@@ -11,7 +13,7 @@ fn record(n: usize, body: &str) -> Record {
             path: format!("/orders/{n}"),
             query: String::new(),
             headers: vec![("accept".into(), "*/*".into())],
-            body: Body::of(body.as_bytes(), false, None),
+            body: Body::of(json!({ "b": body }).to_string().as_bytes(), false, None),
         },
         side: "new".into(),
         upstream: "new".into(),
@@ -42,11 +44,36 @@ fn bodies_keep_text_or_base64_and_json_loses_its_secrets() {
         b.text,
         r#"{"card":"[redacted]","password":"[redacted]","seat":"1A"}"#
     );
-    let b = Body::of(&[0xff, 0x00, 0x01], false, None);
-    assert!(b.base64);
-    assert_eq!(b.bytes().unwrap(), [0xff, 0x00, 0x01]);
-    let b = Body::of(b"plain", true, Some("application/json"));
-    assert_eq!((b.text.as_str(), b.truncated), ("plain", true));
+    // What cannot be looked into is not kept: binary, cut, plain text, malformed JSON.
+    for (bytes, cut) in [
+        (&[0xff, 0x00, 0x01][..], false),
+        (br#"{"password":"S","seat":"1A""#, true),
+        (b"password: S", false),
+        (br#"{"password":"S",}"#, false),
+        (br#"{"password":"S","n":1e999}"#, false),
+        (b"\xef\xbb\xbf{\"password\":\"S\"}", false),
+        (b"<login><password>S</password></login>", false),
+        (
+            b"--b\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nS\r\n--b--",
+            false,
+        ),
+        (b"{\"a\":1}\n{\"password\":\"S\"}\n", false),
+    ] {
+        let b = Body::of(bytes, cut, Some("application/json"));
+        assert!(b.withheld && b.truncated && b.text.is_empty(), "{b:?}");
+    }
+    // A URL echoed in a field, and JSON inside a string, lose their secrets too.
+    let b = Body::of(
+        br#"{"path":"/api/q?access_token=S&page=2","inner":"{\"password\":\"S\"}"}"#,
+        false,
+        None,
+    );
+    assert!(
+        !b.text.contains("\"S") && !b.text.contains("=S"),
+        "{}",
+        b.text
+    );
+    assert!(b.text.contains("page=2"), "{}", b.text);
 }
 
 #[test]
@@ -93,7 +120,7 @@ fn the_spool_appends_lines_and_rotates_in_two_halves_under_max_size() {
     // The newest record is the last line, whole.
     let last = now.last().or(older.last()).unwrap();
     assert_eq!(last.request.path, "/orders/119");
-    assert_eq!(last.request.body.text.len(), 10_000);
+    assert_eq!(last.request.body.text.len(), 10_000 + 8);
 }
 
 #[test]
@@ -183,4 +210,37 @@ fn a_spool_removed_or_replaced_by_a_fifo_is_noticed() {
     spool.keep(&record(2, "c"));
     settled(3);
     assert_eq!(spool.failed.load(Relaxed), 1);
+}
+
+#[test]
+fn signature_jwt_and_short_secret_headers_and_urls_in_values_are_redacted() {
+    let mut h = http::HeaderMap::new();
+    for name in [
+        "x-signature",
+        "x-hub-signature-256",
+        "x-jwt",
+        "x-pin",
+        "x-otp",
+        "x-sid",
+    ] {
+        h.insert(http::HeaderName::from_static(name), "S".parse().unwrap());
+    }
+    h.insert(
+        "referer",
+        "https://shop.test/a?access_token=S&page=2".parse().unwrap(),
+    );
+    let kept = kept_headers(&h, &[]);
+    assert!(
+        kept.iter().all(|(_, v)| !v.contains("=S") && v != "S"),
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter()
+            .any(|(n, v)| n == "referer" && v.ends_with("page=2")),
+        "{kept:?}"
+    );
+    assert_eq!(
+        kept_query("?pin=1234&private_key=k&q=shoes", &[]),
+        "?pin=[redacted]&private_key=[redacted]&q=shoes"
+    );
 }

@@ -88,7 +88,7 @@ fn secret(name: &str, extra: &[String]) -> bool {
         !part.is_empty()
             && (CREDENTIAL_PARAMS.contains(&part) || extra.iter().any(|e| normalise(e) == part))
     };
-    n.split(['[', ']']).any(is)
+    n.split(['[', ']']).any(is) || secret_field(&n)
 }
 
 /// `query` (without its `?`) with the values of credential parameters and of `extra` replaced
@@ -131,14 +131,24 @@ pub fn secret_header(name: &str, extra: &[String]) -> bool {
     let n = name.to_ascii_lowercase();
     SECRET_HEADERS.contains(&n.as_str())
         || secret_field(&n)
+        || secret_field(n.strip_prefix("x-").unwrap_or(&n))
         || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// A URL (or any text with a `?`) with its query's credential parameters redacted: what a
+/// `Referer`, a `Location` or an error page's JSON echoes of a request.
+pub fn url<'a>(text: &'a str, extra: &[String]) -> std::borrow::Cow<'a, str> {
+    match text.split_once('?') {
+        Some((before, q)) if q.contains('=') => format!("{before}?{}", query(q, extra)).into(),
+        _ => text.into(),
+    }
 }
 
 /// Whether a field's (or header's) name says it holds a secret: it contains one of the words
 /// below (`password`, `apiToken`, `card_number`, `x-session-id`, `private_key`), or is one of
 /// the short names (`pin`, `sid`) whole. Better a harmless field redacted than a secret kept.
 pub fn secret_field(name: &str) -> bool {
-    const WORDS: [&str; 14] = [
+    const WORDS: [&str; 16] = [
         "token",
         "secret",
         "pass",
@@ -153,6 +163,8 @@ pub fn secret_field(name: &str) -> bool {
         "credential",
         "private",
         "session",
+        "signature",
+        "jwt",
     ];
     const WHOLE: [&str; 5] = ["pin", "sid", "otp", "key", "code"];
     let n = name.to_ascii_lowercase().replace(['-', '.', ' '], "_");
@@ -177,7 +189,9 @@ pub fn form(body: &str, extra: &[String]) -> String {
     out
 }
 
-/// Replaces the values of secret-named fields (`secret_field`), at any depth.
+/// Replaces the values of secret-named fields (`secret_field`), at any depth; a string that
+/// holds a JSON document is redacted inside, and one that holds a URL loses its query's
+/// credentials.
 pub fn json(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
@@ -190,6 +204,19 @@ pub fn json(value: &mut serde_json::Value) {
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(json),
+        serde_json::Value::String(s) => {
+            let inner = s.trim_start();
+            if inner.starts_with(['{', '[']) {
+                if let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(inner) {
+                    json(&mut doc);
+                    *s = doc.to_string();
+                    return;
+                }
+            }
+            if let std::borrow::Cow::Owned(redacted) = url(s, &[]) {
+                *s = redacted;
+            }
+        }
         _ => {}
     }
 }
