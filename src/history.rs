@@ -336,18 +336,19 @@ impl History {
 
     /// The routes whose last rollout event kept in the history stopped the rollout (a
     /// rollback, an abort, a pause), with that event.
-    pub fn stopped_rollouts(&self) -> BTreeMap<String, String> {
+    pub fn stopped_rollouts(&self) -> BTreeMap<String, (String, SystemTime)> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let mut last = BTreeMap::new();
         for e in &kept.recent {
             if let What::Rollout { route, event, .. } = &e.what {
-                last.insert(route.clone(), event.clone());
+                let at = humantime::parse_rfc3339(&e.at).unwrap_or(SystemTime::UNIX_EPOCH);
+                last.insert(route.clone(), (event.clone(), at));
             }
         }
-        last.retain(|_, event| {
+        last.retain(|_, (event, _)| {
             matches!(
                 event.as_str(),
-                "rollback" | "abort" | "pause" | "paused" | "failed"
+                "rollback" | "abort" | "pause" | "paused" | "failed" | "in-memory"
             )
         });
         last

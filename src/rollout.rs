@@ -175,8 +175,8 @@ pub struct Rollouts {
     fleet: Mutex<Option<FleetView>>,
     /// Why the saved state could not be read, if it could not.
     unreadable: Option<String>,
-    /// Routes the history says were stopped, with the event (see `open`).
-    stopped: BTreeMap<String, String>,
+    /// Routes the history says were stopped, with the event and when (see `open`).
+    stopped: BTreeMap<String, (String, SystemTime)>,
 }
 
 /// A replica's view of its fleet (`/status` `fleet`).
@@ -198,8 +198,10 @@ impl Rollouts {
     /// whose last rollout event in the history stopped them (a rollback, an abort, a pause),
     /// with that event. A rollout nothing saved speaks for starts running, except that it
     /// starts paused, never moving traffic by itself, when the saved file could not be read, or
-    /// is missing while the history says the rollout was stopped.
-    pub fn open(config: &Path, stopped: BTreeMap<String, String>) -> Rollouts {
+    /// is missing while the history says the rollout was stopped. A saved rollout that was
+    /// running starts paused too when the history stopped it after the state was saved (the
+    /// state could not be written then: a read-only directory).
+    pub fn open(config: &Path, stopped: BTreeMap<String, (String, SystemTime)>) -> Rollouts {
         let path = path_for(config);
         let mut unreadable = None;
         let saved = match crate::config::read::read_state(&path, MAX_FILE) {
@@ -219,9 +221,20 @@ impl Rollouts {
         }
         let mut routes = BTreeMap::new();
         for (id, s) in saved.into_iter().take(MAX_SAVED) {
-            if let Some((shift, began)) = restored(&s) {
-                routes.insert(id, RouteRollout::new(shift, s.phase, s.reason, began));
+            let Some((shift, began)) = restored(&s) else {
+                continue;
+            };
+            let mut r = RouteRollout::new(shift, s.phase, s.reason, began);
+            let saved_at = SystemTime::UNIX_EPOCH + Duration::from_millis(s.step_started);
+            if let Some((event, _)) = stopped.get(&id).filter(|(_, at)| *at > saved_at) {
+                if matches!(r.phase, Phase::Running | Phase::Done) {
+                    r.phase = Phase::Paused;
+                    r.reason = Some(format!(
+                        "the history's last rollout event (`{event}`) is newer than the saved state: paused until `strangle rollout {id} resume`"
+                    ));
+                }
             }
+            routes.insert(id, r);
         }
         Rollouts {
             path,
@@ -236,7 +249,7 @@ impl Rollouts {
     fn first(&self, route: &str, shift: Shift, now: Instant) -> RouteRollout {
         let paused = match (&self.unreadable, self.stopped.get(route)) {
             (Some(why), _) => Some(why.clone()),
-            (None, Some(event)) => Some(format!(
+            (None, Some((event, _))) => Some(format!(
                 "no saved state, and the history's last rollout event was `{event}`"
             )),
             (None, None) => None,

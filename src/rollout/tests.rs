@@ -371,7 +371,10 @@ fn ro_paused(ro: &Rollouts, r: &Rollout) {
 fn a_rollout_the_history_says_was_stopped_starts_paused_without_its_saved_state() {
     let dir = tempfile::tempdir().unwrap();
     let r = rollout();
-    let stopped = BTreeMap::from([("b".to_string(), "abort".to_string())]);
+    let stopped = BTreeMap::from([(
+        "b".to_string(),
+        ("abort".to_string(), std::time::SystemTime::now()),
+    )]);
     let ro = Rollouts::open(&dir.path().join("strangle.toml"), stopped);
     ro_paused(&ro, &r);
     assert!(ro
@@ -402,4 +405,27 @@ fn a_failed_advance_never_holds_back_a_rollback() {
     failing.new = failing.new.add(&counters(100, 100, 0, 1).new);
     let change = ro.tick("b", &r, shift, failing, later).change.unwrap();
     assert_eq!((change.event, change.to), ("rollback", pct("5%")));
+}
+
+#[test]
+fn a_running_state_older_than_a_stop_in_the_history_starts_paused() {
+    let (dir, ro) = store();
+    let r = rollout();
+    ro.tick("b", &r, pct("25%"), counters(0, 0, 0, 1), Instant::now());
+    ro.save().unwrap();
+    // The rollback after it could be recorded, but not saved (a read-only directory).
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    let stopped = BTreeMap::from([("b".to_string(), ("in-memory".to_string(), later))]);
+    let again = Rollouts::open(&dir.path().join("strangle.toml"), stopped);
+    let status = again.status("b", &r, pct("25%"));
+    assert_eq!(status.phase, "paused");
+    assert!(status
+        .reason
+        .unwrap()
+        .contains("`in-memory`) is newer than the saved state"));
+    // An older stop says nothing about the saved state.
+    let earlier = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let stopped = BTreeMap::from([("b".to_string(), ("rollback".to_string(), earlier))]);
+    let again = Rollouts::open(&dir.path().join("strangle.toml"), stopped);
+    assert_eq!(again.status("b", &r, pct("25%")).phase, "running");
 }
