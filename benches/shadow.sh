@@ -8,6 +8,9 @@
 #   closed    the same, with the other side on a closed port: the copies cost the proxy (capture,
 #             queue, a connect attempt, the failure counted) but never the backend, which shares
 #             a CPU with the load generator.
+#   apart     the same as shadow, with the copies going to a second backend run at the lowest
+#             CPU priority: as when the new side is another machine, the copies' own answers do
+#             not take the load generator's CPU, and what is measured is strangle's cost.
 # Each proxy is pinned to CPU 0, the backend and the load generator to CPU 1. Loopback only.
 #
 # Usage: benches/shadow.sh [OUT.md]; ROUNDS=8 SECS=10 RATE=4800 by default.
@@ -23,7 +26,13 @@ OUT=${1:-}
 
 BACKEND=$(free_port)
 start_backend "$BACKEND"
-VARIANTS=(routing shadow closed)
+# The copies' backend for `apart`: nginx as the first, niced to the lowest priority on CPU 1.
+APART=$(free_port)
+mkdir -p "$WORK/apart"
+sed -e "s|$WORK/backend|$WORK/apart|g" -e "s|127.0.0.1:$BACKEND|127.0.0.1:$APART|" "$WORK/backend/nginx.conf" > "$WORK/apart/nginx.conf"
+taskset -c 1 nice -n 19 nginx -c "$WORK/apart/nginx.conf" -p "$WORK/apart" & PIDS+=($!)
+wait_port "$APART"
+VARIANTS=(routing shadow closed apart)
 declare -A PORT ADMIN
 for v in "${VARIANTS[@]}"; do
   PORT[$v]=$(free_port)
@@ -33,8 +42,9 @@ for v in "${VARIANTS[@]}"; do
   if [ "$v" != routing ]; then
     sed -i 's/^sticky = "header:x-user-id"$/&\nshadow = { percent = "10%" }/' "$WORK/$v.toml"
   fi
-  if [ "$v" = closed ]; then
-    python3 - "$WORK/$v.toml" "$(free_port)" "$BACKEND" <<'PY'
+  if [ "$v" = closed ] || [ "$v" = apart ]; then
+    other=$([ "$v" = closed ] && free_port || echo "$APART")
+    python3 - "$WORK/$v.toml" "$other" "$BACKEND" <<'PY'
 import sys
 path, dead, backend = sys.argv[1:]
 text = open(path).read()

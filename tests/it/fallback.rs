@@ -3,6 +3,8 @@
 //! engines; a POST never is unless the route lists it, and what legacy gets is the request as
 //! the client sent it (path, body, the headers strangle vouches for).
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::invoke::{lambda_env, InvokeEndpoint};
@@ -56,7 +58,11 @@ fn new_side_connect_errors_become_legacy_answers_and_a_post_is_never_retried_by_
         let r = c.request("POST", "/orders", &[], b"buy").unwrap();
         assert_eq!(r.status, 502);
         assert_eq!(legacy.count(), before);
-        let s = route_status(&proxy);
+        // (A request is counted at its account step, just after its answer went out.)
+        let s = wait_for(Duration::from_secs(5), "the POST counted", || {
+            let s = route_status(&proxy);
+            (s["sides"]["new"]["in_flight"] == 0).then_some(s)
+        });
         assert_eq!(s["fallbacks"], 2, "{s}");
         // The new side's failures count against it (a rollout's gates see them).
         assert_eq!(s["sides"]["new"]["requests"], 3, "{s}");
