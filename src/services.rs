@@ -116,7 +116,10 @@ impl BackgroundService for ConfigWatcher {
             file_name.clone(),
             tx.clone(),
         ) {
-            Ok(w) => Some((w, dir_identity(&dir))),
+            Ok(w) => {
+                tracing::info!(dir = %dir.display(), "watching the config directory");
+                Some((w, dir_identity(&dir)))
+            }
             Err(e) => {
                 tracing::error!(dir = %dir.display(), "cannot watch the config directory, retrying every second (SIGHUP reloads meanwhile): {e}");
                 None

@@ -405,11 +405,15 @@ fn start_in_subdir(
         Proxy::render(&text, port, admin_port)
     };
     std::fs::write(&config, render(shift)).unwrap();
-    (
-        Proxy::start_at(root, config, port, admin_port),
-        conf,
-        render,
-    )
+    let proxy = Proxy::start_at(root, config, port, admin_port);
+    // The watcher is a background service: serving does not mean it watches yet, and a test
+    // that moves the directory before it does tests another thing.
+    assert!(
+        proxy.wait_for_log("watching the config directory", Duration::from_secs(10)),
+        "{}",
+        proxy.stderr()
+    );
+    (proxy, conf, render)
 }
 
 #[test]
