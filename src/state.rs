@@ -97,6 +97,18 @@ pub enum BuildError {
 }
 
 impl Snapshot {
+    /// Route `i`'s counters as a rollout judges them. Shadow results are read only on a route
+    /// that shadows: asking for them makes a route's shadow state, which `/metrics` then lists.
+    pub fn rollout_counters(&self, i: usize) -> crate::rollout::Counters {
+        let shadow = self.config.routes[i]
+            .shadow
+            .is_some()
+            .then(|| self.shadows.route(&self.routes[i].id));
+        crate::rollout::Counters::of(&self.routes[i].stats, shadow.as_deref())
+    }
+}
+
+impl Snapshot {
     /// Builds a snapshot, reusing the upstreams of `previous` whose config is unchanged.
     pub fn build(
         config: Config,

@@ -176,7 +176,8 @@ pub fn build(live: &Live) -> Status {
         .routes
         .iter()
         .zip(&snap.routes)
-        .map(|(r, live_route)| {
+        .enumerate()
+        .map(|(i, (r, live_route))| {
             let [l, n] = pair(&r.id);
             let [rl, rn] = recent_pair(&r.id);
             all += l.requests() + n.requests();
@@ -221,9 +222,7 @@ pub fn build(live: &Live) -> Status {
                     let n = &live_route.stats.fallbacks;
                     n.load(std::sync::atomic::Ordering::Relaxed)
                 }),
-                counters: r.rollout.as_ref().map(|_| {
-                    crate::rollout::Counters::of(&live_route.stats, &snap.shadows.route(&r.id))
-                }),
+                counters: r.rollout.as_ref().map(|_| snap.rollout_counters(i)),
                 rollout: r
                     .rollout
                     .as_ref()

@@ -16,7 +16,7 @@ use super::fleet::Member;
 use super::{apply, error, json_reply, Command};
 use crate::config::fleet::Fleet;
 use crate::history::{Cause, How, What};
-use crate::rollout::{Action, Change, Counters, Tick};
+use crate::rollout::{Action, Change, Tick};
 use crate::state::Live;
 
 /// What a rollout's own changes are recorded as.
@@ -81,11 +81,11 @@ async fn tick(live: &Arc<Live>) {
             .any(|r| r.id == id && r.rollout.is_some())
     });
     let now = Instant::now();
-    for (route, live_route) in snap.config.routes.iter().zip(&snap.routes) {
+    for (i, route) in snap.config.routes.iter().enumerate() {
         let Some(rollout) = &route.rollout else {
             continue;
         };
-        let counters = Counters::of(&live_route.stats, &snap.shadows.route(&route.id));
+        let counters = snap.rollout_counters(i);
         let Tick {
             change,
             note,

@@ -48,13 +48,15 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// A route's counters now.
-    pub fn of(stats: &crate::stats::RouteStats, shadow: &crate::shadow::RouteShadow) -> Counters {
+    /// A route's counters now (`shadow`: its shadow results, when it shadows).
+    pub fn of(
+        stats: &crate::stats::RouteStats,
+        shadow: Option<&crate::shadow::RouteShadow>,
+    ) -> Counters {
         use std::sync::atomic::Ordering::Relaxed;
-        let (matched, mismatched) = (
-            shadow.matched.load(Relaxed),
-            shadow.mismatched.load(Relaxed),
-        );
+        let (matched, mismatched) = shadow.map_or((0, 0), |s| {
+            (s.matched.load(Relaxed), s.mismatched.load(Relaxed))
+        });
         Counters {
             legacy: stats.legacy.totals(),
             new: stats.new.totals(),

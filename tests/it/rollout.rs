@@ -66,6 +66,13 @@ fn a_healthy_new_side_advances_through_every_step_and_the_history_says_so() {
     );
     // The file is the truth for the step.
     assert_eq!(shift_in_file(&proxy), "100%");
+    // Judging a route that does not shadow makes no shadow series for it.
+    let metrics = proxy.admin("GET", "/metrics", b"").text();
+    assert!(metrics.contains("strangle_rollout_step{route=\"flights\",phase=\"done\"} 3"));
+    assert!(
+        !metrics.contains("strangle_shadow_requests_total{route=\"flights\""),
+        "{metrics}"
+    );
     // Every step is in the history: the shifts made by the rollout, and its events.
     let entries = history(&proxy);
     let shifts: Vec<(&str, &str)> = entries
