@@ -149,7 +149,10 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
             method, r.path, snap.routes[route].id
         ));
     }
-    if !(r.query.is_empty() || r.query.starts_with('?')) || r.query.contains(['#', ' ']) {
+    // A query as a request line carries it: visible ASCII after its `?`, nothing a target or
+    // a head could be split on.
+    let visible = r.query.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+    if !(r.query.is_empty() || r.query.starts_with('?')) || !visible {
         return Err("the query is malformed".into());
     }
     if r.body.truncated {

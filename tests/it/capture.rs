@@ -227,6 +227,19 @@ fn an_edited_record_cannot_reach_another_route_or_side_or_skip_the_token() {
         assert_eq!(r.status, 422, "{path}: {}", r.text());
         assert!(r.text().contains(why), "{path}: {}", r.text());
     }
+    for query in [
+        "?a=1\r\nx-injected: 1",
+        "?a=1 HTTP/1.1",
+        "?a#b",
+        "a=1",
+        "?\u{7f}",
+    ] {
+        let mut bad = record.clone();
+        bad["request"]["query"] = json!(query);
+        let r = send(&bad, Some(TOKEN));
+        assert_eq!(r.status, 422, "{query:?}: {}", r.text());
+        assert!(r.text().contains("the query is malformed"), "{}", r.text());
+    }
     let mut cut = record.clone();
     cut["request"]["body"]["truncated"] = json!(true);
     assert!(send(&cut, Some(TOKEN)).text().contains("kept cut"));
