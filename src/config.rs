@@ -31,11 +31,13 @@ mod route;
 mod server;
 pub mod shadow;
 mod telemetry;
+pub mod tls;
 mod upstream;
 
 use diag::valid_name;
 pub use diag::{ConfigErrors, Diagnostic};
 pub use inputs::{Fixed, Inputs, System};
+pub use telemetry::{Emf, Otlp, OtlpProtocol, Telemetry};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,6 +87,12 @@ pub struct Server {
     /// The longest a request body may take to arrive (buffered bodies: in all; streamed
     /// bodies: between two reads).
     pub body_timeout: Duration,
+    /// HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    pub h2c: bool,
+    /// The HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// `[[server.tls]]`: the TLS listeners.
+    pub tls: Vec<tls::Tls>,
 }
 
 /// The admin API's listener and the token that mutating calls need.
@@ -125,91 +133,6 @@ pub struct Log {
     pub access: AccessLog,
     pub json: bool,
     pub level: String,
-}
-
-/// `[telemetry]`: what is traced and exported, and what never appears in a log line, a span
-/// or an exported record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// `service.name` of the resource strangle reports as.
-    pub service_name: String,
-    /// Headers whose values are redacted wherever they would appear (on top of the built-in
-    /// `authorization`, cookies, `proxy-authorization`, `x-api-key` and token headers).
-    pub redact_headers: Vec<HeaderName>,
-    /// Query parameters whose values are redacted.
-    pub redact_query: Vec<String>,
-    /// Trace export; `None`: no spans, and a client's trace headers pass through untouched.
-    pub otlp: Option<Otlp>,
-    /// CloudWatch Embedded Metric Format lines; `None`: none written.
-    pub emf: Option<Emf>,
-}
-
-/// `[telemetry.emf]`: per route and side, one CloudWatch EMF line per interval.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Emf {
-    /// `Stdout` or `File` (never `Off`: leaving the table out turns EMF off).
-    pub output: AccessLog,
-    pub namespace: String,
-    pub interval: Duration,
-}
-
-impl Default for Telemetry {
-    fn default() -> Telemetry {
-        Telemetry {
-            service_name: "strangle".into(),
-            redact_headers: Vec::new(),
-            redact_query: Vec::new(),
-            otlp: None,
-            emf: None,
-        }
-    }
-}
-
-/// How spans are sent to a collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtlpProtocol {
-    /// Protobuf posted to `{endpoint}/v1/traces`.
-    HttpProtobuf,
-    Grpc,
-}
-
-/// `[telemetry.otlp]`.
-#[derive(Clone, PartialEq)]
-pub struct Otlp {
-    /// The collector's base URL (`http://` or `https://`).
-    pub endpoint: http::Uri,
-    pub protocol: OtlpProtocol,
-    /// Share of new traces sampled, 0 to 1 (parent-based: a continued trace keeps its flag).
-    pub sample_ratio: f64,
-    /// Continue a client's `traceparent`; otherwise it only becomes a link.
-    pub trust_incoming: bool,
-    /// Propagate W3C trace context (`traceparent`, `tracestate`) to upstreams.
-    pub tracecontext: bool,
-    /// Propagate X-Ray's `X-Amzn-Trace-Id` to upstreams and on Lambda Invoke calls.
-    pub xray: bool,
-    /// Headers sent to the collector (an API key for a hosted one).
-    pub headers: Vec<(HeaderName, http::HeaderValue)>,
-    /// Export access-log records as OTLP logs too.
-    pub logs: bool,
-}
-
-impl fmt::Debug for Otlp {
-    // The collector's headers are usually credentials.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Otlp")
-            .field("endpoint", &self.endpoint)
-            .field("protocol", &self.protocol)
-            .field("sample_ratio", &self.sample_ratio)
-            .field("trust_incoming", &self.trust_incoming)
-            .field("tracecontext", &self.tracecontext)
-            .field("xray", &self.xray)
-            .field(
-                "headers",
-                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .field("logs", &self.logs)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

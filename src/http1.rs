@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
 
@@ -138,6 +138,8 @@ pub struct Http1<A> {
     pub head_timeout: Duration,
     pub settings: watch::Receiver<Settings>,
     pub lifecycle: Arc<Lifecycle>,
+    /// HTTP/2 with prior knowledge on plain connections (`[server] h2c`).
+    pub h2c: bool,
 }
 
 /// Waits until the next request starts: `false` if the client closed the connection, the
@@ -186,10 +188,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if stream.selected_alpn_proto().is_some() {
-            // Negotiated by TLS (h2 or a custom protocol): Pingora's own handling.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 negotiated by TLS: Pingora's HTTP/2 server, each stream through the same
+            // proxy. TLS with `http/1.1` (or no ALPN) stays here.
             return self.inner.process_new(stream, shutdown).await;
         }
+        let h2c = self.h2c && stream.get_ssl_digest().is_none();
         // A new connection's wait is bounded by the head deadline (armed at accept), a
         // kept-alive one's by the keep-alive timeout; a shutdown closes idle connections after
         // `DRAIN_LINGER`. Pipelined requests (RFC 9112 section 9.3.2) are answered in order:
@@ -212,6 +216,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
             });
             if !pipelined && !wait_for_request(&mut stream, idle, &mut draining).await {
                 return None;
+            }
+            if h2c && persistent.is_none() && idle_limit.is_none() {
+                // A connection's first bytes: HTTP/2's preface makes it an h2c connection,
+                // served by Pingora's HTTP/2 server from here on.
+                match std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await {
+                    Ok(true) => {
+                        stream.leave_http1();
+                        return self.inner.process_new(stream, shutdown).await;
+                    }
+                    Ok(false) => {}
+                    Err(_) => return None,
+                }
             }
             // Keep-alive is the transport's: whatever Pingora carried over, a session starts
             // with the configured timeout, or none once the server is shutting down.

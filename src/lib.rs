@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod capture;
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -35,4 +36,5 @@ pub mod state;
 pub mod stats;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

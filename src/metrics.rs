@@ -211,6 +211,11 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         live.lifecycle.lost_streams()
     );
 
+    tls(
+        &mut out,
+        live.registry.tls.get().map_or(&[][..], Vec::as_slice),
+    );
+
     let (spans, logs) = (&live.registry.spans, &live.registry.logs);
     for (name, what, exported, dropped) in [
         ("spans", "Spans", &spans.exported, &spans.dropped),
@@ -428,4 +433,61 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
         live.emf_dropped.load(Relaxed) + live.emf_out.get().map_or(0, |w| w.dropped())
     );
     out
+}
+
+/// The TLS listeners': handshakes that failed or timed out, certificate reloads, and when the
+/// certificates in force expire. Nothing when there is no TLS listener.
+fn tls(out: &mut String, endpoints: &[std::sync::Arc<crate::tls::Endpoint>]) {
+    if endpoints.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "strangle_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed (`reason=\"error\"`: no common protocol, version or cipher, a bad message, a closed connection) or took longer than `handshake-timeout` (`reason=\"timeout\"`).",
+    );
+    for e in endpoints {
+        let l = &e.label;
+        let _ = writeln!(
+            out,
+            "strangle_tls_handshake_failures_total{{listener=\"{l}\",reason=\"error\"}} {}\nstrangle_tls_handshake_failures_total{{listener=\"{l}\",reason=\"timeout\"}} {}",
+            e.handshake_failures.load(Relaxed),
+            e.handshake_timeouts.load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "strangle_tls_certificate_reloads_total",
+        "counter",
+        "Certificate pairs re-read after their files changed: loaded (`result=\"ok\"`), or refused and the pair in force kept (`result=\"failed\"`: unreadable, mismatched, expired).",
+    );
+    for e in endpoints {
+        let l = &e.label;
+        let _ = writeln!(
+            out,
+            "strangle_tls_certificate_reloads_total{{listener=\"{l}\",result=\"ok\"}} {}\nstrangle_tls_certificate_reloads_total{{listener=\"{l}\",result=\"failed\"}} {}",
+            e.reloads.load(Relaxed),
+            e.reload_failures.load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "strangle_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When each certificate in force expires (Unix time), by listener and certificate file.",
+    );
+    for e in endpoints {
+        for (file, _, not_after) in e.in_force() {
+            let file = file
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "strangle_tls_certificate_expiry_timestamp_seconds{{listener=\"{}\",cert=\"{file}\"}} {not_after}",
+                e.label
+            );
+        }
+    }
 }

@@ -88,15 +88,14 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     };
     let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
     app.handle_init_modules();
-    app.server_options = Some(pingora::apps::HttpServerOptions::default());
-    let listeners = server_cfg
-        .listen
-        .iter()
-        .map(|&addr| {
-            crate::http1::listener::bind(addr)
-                .map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // Plain HTTP/1 connections never reach Pingora's server loop (`Http1` serves them); h2c
+    // ones do once `Http1` saw the preface, and need this to be taken as HTTP/2.
+    options.h2c = server_cfg.h2c;
+    options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
+    app.server_options = Some(options);
+    app.h2_options = Some(h2_options(&server_cfg));
+    let listeners = bind_listeners(&server_cfg, &live)?;
     let proxy = ProxyListeners {
         name: "strangle proxy".to_string(),
         app: Arc::new(Http1 {
@@ -108,6 +107,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
             head_timeout: server_cfg.header_timeout,
             settings: live.transport_settings(),
             lifecycle: Arc::clone(&live.lifecycle),
+            h2c: server_cfg.h2c,
         }),
         listeners,
         threads: server_cfg.threads,
@@ -125,6 +125,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
                 Arc::new(HealthChecks { live: live_() }),
                 Arc::new(JwksRefresher { live: live_() }),
                 Arc::new(StatsSampler { live: live_() }),
+                Arc::new(crate::services::CertWatcher { live: live_() }),
                 Arc::new(StateSaver { live: live_() }),
                 Arc::new(crate::admin::RolloutDriver { live: live_() }),
                 Arc::new(OtlpExport { live: live_() }),
@@ -141,7 +142,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     ));
 
     live.lifecycle.log_cut_offs_to(Arc::clone(&access));
-    tracing::info!(listen = ?server_cfg.listen, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
+    tracing::info!(listen = ?server_cfg.listen, tls = ?server_cfg.tls.iter().flat_map(|t| &t.listen).collect::<Vec<_>>(), h2c = server_cfg.h2c, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
@@ -156,6 +157,50 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     crate::services::save_state(&live);
     live.history.flush();
     std::process::exit(0)
+}
+
+/// HTTP/2's limits: as many streams at once as `max-concurrent-streams`, and a header list no
+/// larger than an HTTP/1 head may be (`max-header-bytes`).
+fn h2_options(server: &crate::config::Server) -> pingora::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(server.max_concurrent_streams);
+    h2.max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    h2
+}
+
+/// Binds every proxy listener, plain and TLS, loading each TLS listener's certificates (a
+/// pair that does not load stops the start, with the files and the reason).
+fn bind_listeners(
+    server: &crate::config::Server,
+    live: &Live,
+) -> anyhow::Result<Vec<crate::http1::listener::Bound>> {
+    use crate::http1::listener::{bind, Bound};
+    let bind = |addr| {
+        bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
+    };
+    let mut bound = Vec::new();
+    for &addr in &server.listen {
+        bound.push(Bound {
+            listener: bind(addr)?,
+            tls: None,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for tls in &server.tls {
+        let endpoint = crate::tls::Endpoint::load(tls)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("TLS listener {:?}: {e}", tls.listen))?;
+        let handshake = Arc::new(crate::tls::Handshake::new(tls, Arc::clone(&endpoint))?);
+        for &addr in &tls.listen {
+            bound.push(Bound {
+                listener: bind(addr)?,
+                tls: Some(Arc::clone(&handshake)),
+            });
+        }
+        endpoints.push(endpoint);
+    }
+    let _ = live.registry.tls.set(endpoints);
+    Ok(bound)
 }
 
 /// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0.

@@ -303,6 +303,38 @@ impl BackgroundService for StatsSampler {
     }
 }
 
+/// Looks at the TLS listeners' certificate files once a second and loads the pairs that changed
+/// (`tls::Endpoint::poll`).
+pub struct CertWatcher {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl BackgroundService for CertWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(endpoints) = self.live.registry.tls.get().filter(|e| !e.is_empty()) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let endpoints = endpoints.clone();
+                    // Metadata and reads block: off the runtime's workers.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for e in &endpoints {
+                            e.poll();
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}
+
 /// Keeps every JWKS fresh: fetched when due, failures logged (the last good keys keep serving
 /// until `jwks-max-stale`).
 pub struct JwksRefresher {

@@ -192,6 +192,8 @@ pub struct Registry {
     pub spans: Arc<crate::telemetry::spans::SpanQueue>,
     /// Access-log records on their way to the OTLP log exporter (`logs = true`).
     pub logs: Arc<crate::telemetry::export::logs::LogQueue>,
+    /// The TLS listeners' certificates and handshake counters (set at start-up).
+    pub tls: std::sync::OnceLock<Vec<Arc<crate::tls::Endpoint>>>,
 }
 
 /// How far back the recent window reaches, and how often it is sampled.

@@ -21,6 +21,29 @@ pub struct RawServer {
     pub path_parameters: Option<S<String>>,
     pub trusted_proxies: Option<S<Vec<S<String>>>>,
     pub body_timeout: Option<S<String>>,
+    pub h2c: Option<S<bool>>,
+    pub max_concurrent_streams: Option<S<i64>>,
+    pub tls: Option<Vec<S<RawTls>>>,
+}
+
+/// `[[server.tls]]`: a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTls {
+    pub listen: Option<S<Vec<S<String>>>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub certs: Option<S<Vec<S<RawCertPair>>>>,
+    pub alpn: Option<S<Vec<S<String>>>>,
+    pub min_version: Option<S<String>>,
+    pub handshake_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCertPair {
+    pub cert: S<String>,
+    pub key: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

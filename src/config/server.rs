@@ -33,6 +33,11 @@ impl Cx<'_> {
         if let Some(d) = &raw.default {
             self.check_upstream_ref(d, upstreams);
         }
+        let plain: Vec<SocketAddr> = listen
+            .iter()
+            .filter_map(|a| a.get_ref().parse().ok())
+            .collect();
+        let tls = self.tls_listeners(raw.tls.unwrap_or_default(), &plain);
         Some(Server {
             listen: listen
                 .iter()
@@ -88,6 +93,15 @@ impl Cx<'_> {
                 })
                 .collect(),
             body_timeout: self.duration(&raw.body_timeout, "body-timeout", Duration::from_secs(10)),
+            h2c: raw.h2c.as_ref().is_some_and(|b| *b.get_ref()),
+            max_concurrent_streams: self.count(
+                &raw.max_concurrent_streams,
+                "max-concurrent-streams",
+                1,
+                10_000,
+                100,
+            ) as u32,
+            tls,
         })
     }
 

@@ -6,7 +6,8 @@ use toml::Spanned;
 use std::time::Duration;
 
 use super::raw::{RawEmf, RawOtlp, RawTelemetry};
-use super::{AccessLog, Cx, Emf, Otlp, OtlpProtocol, Telemetry};
+use super::{AccessLog, Cx};
+use std::fmt;
 
 impl Cx<'_> {
     pub(super) fn telemetry(&mut self, raw: RawTelemetry) -> Telemetry {
@@ -241,5 +242,90 @@ fn cloudwatch_namespace(n: &str) -> Result<(), &'static str> {
         Err("is reserved for AWS services")
     } else {
         Ok(())
+    }
+}
+
+/// `[telemetry]`: what is traced and exported, and what never appears in a log line, a span
+/// or an exported record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// `service.name` of the resource strangle reports as.
+    pub service_name: String,
+    /// Headers whose values are redacted wherever they would appear (on top of the built-in
+    /// `authorization`, cookies, `proxy-authorization`, `x-api-key` and token headers).
+    pub redact_headers: Vec<HeaderName>,
+    /// Query parameters whose values are redacted.
+    pub redact_query: Vec<String>,
+    /// Trace export; `None`: no spans, and a client's trace headers pass through untouched.
+    pub otlp: Option<Otlp>,
+    /// CloudWatch Embedded Metric Format lines; `None`: none written.
+    pub emf: Option<Emf>,
+}
+
+/// `[telemetry.emf]`: per route and side, one CloudWatch EMF line per interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emf {
+    /// `Stdout` or `File` (never `Off`: leaving the table out turns EMF off).
+    pub output: AccessLog,
+    pub namespace: String,
+    pub interval: Duration,
+}
+
+impl Default for Telemetry {
+    fn default() -> Telemetry {
+        Telemetry {
+            service_name: "strangle".into(),
+            redact_headers: Vec::new(),
+            redact_query: Vec::new(),
+            otlp: None,
+            emf: None,
+        }
+    }
+}
+
+/// How spans are sent to a collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf posted to `{endpoint}/v1/traces`.
+    HttpProtobuf,
+    Grpc,
+}
+
+/// `[telemetry.otlp]`.
+#[derive(Clone, PartialEq)]
+pub struct Otlp {
+    /// The collector's base URL (`http://` or `https://`).
+    pub endpoint: http::Uri,
+    pub protocol: OtlpProtocol,
+    /// Share of new traces sampled, 0 to 1 (parent-based: a continued trace keeps its flag).
+    pub sample_ratio: f64,
+    /// Continue a client's `traceparent`; otherwise it only becomes a link.
+    pub trust_incoming: bool,
+    /// Propagate W3C trace context (`traceparent`, `tracestate`) to upstreams.
+    pub tracecontext: bool,
+    /// Propagate X-Ray's `X-Amzn-Trace-Id` to upstreams and on Lambda Invoke calls.
+    pub xray: bool,
+    /// Headers sent to the collector (an API key for a hosted one).
+    pub headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// Export access-log records as OTLP logs too.
+    pub logs: bool,
+}
+
+impl fmt::Debug for Otlp {
+    // The collector's headers are usually credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Otlp")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("trust_incoming", &self.trust_incoming)
+            .field("tracecontext", &self.tracecontext)
+            .field("xray", &self.xray)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("logs", &self.logs)
+            .finish()
     }
 }

@@ -34,11 +34,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A bound listening socket, and the TLS handshake its connections start with (`None`: plain).
+pub struct Bound {
+    pub listener: std::net::TcpListener,
+    pub tls: Option<Arc<crate::tls::Handshake>>,
+}
+
 /// Serves `app` on already bound listeners, with `threads` runtime threads.
 pub struct ProxyListeners<A> {
     pub name: String,
     pub app: Arc<A>,
-    pub listeners: Vec<std::net::TcpListener>,
+    pub listeners: Vec<Bound>,
     pub threads: usize,
     /// Counts open connections, for the drain.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
@@ -53,10 +59,11 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ProxyListeners<A> {
         _listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
-        for std_listener in self.listeners.drain(..) {
-            match tokio::net::TcpListener::from_std(std_listener) {
+        for Bound { listener, tls } in self.listeners.drain(..) {
+            match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => loops.push(tokio::spawn(accept_loop(
                     l,
+                    tls,
                     Arc::clone(&self.app),
                     shutdown.clone(),
                     Arc::clone(&self.lifecycle),
@@ -82,20 +89,22 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ProxyListeners<A> {
 /// A Pingora stream for an accepted connection, as Pingora's own listener makes it. Built
 /// outside the connection's future so that future stays small (it lives as long as the
 /// connection).
-fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora::protocols::Stream {
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
     let mut stream = Stream::from(tcp);
     // Small responses go out whole rather than waiting on the client's ACK.
     let _ = stream.set_nodelay();
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
-    Box::new(stream)
+    stream
 }
 
-/// Serves one accepted connection in its own task, request after request.
+/// Serves one accepted connection in its own task (after its TLS handshake, on a TLS
+/// listener), request after request.
 fn serve<A: ServerApp + Send + Sync + 'static>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    tls: Option<&Arc<crate::tls::Handshake>>,
     app: &Arc<A>,
     shutdown: &ShutdownWatch,
     lifecycle: &Arc<crate::lifecycle::Lifecycle>,
@@ -104,9 +113,19 @@ fn serve<A: ServerApp + Send + Sync + 'static>(
     let shutdown = shutdown.clone();
     // Counted from the accept to the end of the connection's task.
     let open = lifecycle.connection();
+    let tls = tls.map(Arc::clone);
     tokio::spawn(async move {
         let _open = open;
-        let mut next = app.process_new(l4_stream(tcp, peer), &shutdown).await;
+        let stream = l4_stream(tcp, peer);
+        let stream = match tls {
+            // Boxed: what the handshake holds is not kept for the connection's life.
+            Some(tls) => match Box::pin(tls.accept(stream)).await {
+                Some(s) => s,
+                None => return,
+            },
+            None => Box::new(stream),
+        };
+        let mut next = app.process_new(stream, &shutdown).await;
         while let Some(stream) = next {
             next = app.process_new(stream, &shutdown).await;
         }
@@ -115,6 +134,7 @@ fn serve<A: ServerApp + Send + Sync + 'static>(
 
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Handshake>>,
     app: Arc<A>,
     shutdown: ShutdownWatch,
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
@@ -132,7 +152,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         match accepted {
             Ok((tcp, peer)) => {
                 backoff.accepted();
-                serve(tcp, peer, &app, &shutdown, &lifecycle);
+                serve(tcp, peer, tls.as_ref(), &app, &shutdown, &lifecycle);
             }
             Err(e) => {
                 let pause = backoff.failed(&e);
@@ -157,13 +177,13 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         while let Ok(Ok((tcp, peer))) =
             tokio::time::timeout(Duration::ZERO, listener.accept()).await
         {
-            serve(tcp, peer, &app, &shutdown, &lifecycle);
+            serve(tcp, peer, tls.as_ref(), &app, &shutdown, &lifecycle);
             late += 1;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while let Ok(Ok((tcp, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        serve(tcp, peer, &app, &shutdown, &lifecycle);
+        serve(tcp, peer, tls.as_ref(), &app, &shutdown, &lifecycle);
         late += 1;
     }
     tracing::info!(addr = ?listener.local_addr().ok(), late, "stopped accepting");

@@ -231,6 +231,46 @@ impl AsyncRead for DeadlineStream {
     }
 }
 
+/// The connection preface of HTTP/2 (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl DeadlineStream {
+    /// Whether the connection starts with HTTP/2's preface (h2c with prior knowledge). Reads
+    /// on, within the head deadline, while what arrived is the preface's beginning; what was
+    /// read stays for the next read either way.
+    pub(super) fn poll_h2c_preface(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            let have = self.peeked.as_deref().unwrap_or_default();
+            let n = have.len().min(H2_PREFACE.len());
+            if have[..n] != H2_PREFACE[..n] {
+                return Poll::Ready(Ok(false));
+            }
+            if n == H2_PREFACE.len() {
+                return Poll::Ready(Ok(true));
+            }
+            self.poll_deadline(cx)?;
+            let mut chunk = [0u8; 1024];
+            let mut buf = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            let have = self.peeked.as_deref().unwrap_or_default();
+            let mut more = Vec::with_capacity(have.len() + buf.filled().len());
+            more.extend_from_slice(have);
+            more.extend_from_slice(buf.filled());
+            self.peeked = Some(Bytes::from(more));
+        }
+    }
+
+    /// The connection leaves HTTP/1 for HTTP/2 (h2c): no head deadline from here on (HTTP/2
+    /// has its own idle timeout), and reads pass straight through.
+    pub(super) fn leave_http1(&mut self) {
+        self.in_head = false;
+        self.timer = None;
+    }
+}
+
 /// Small writes are gathered up to this size and sent on flush, so a response's head and a
 /// small body leave in one segment (Pingora's default listener buffers the same way).
 const WRITE_BUFFER: usize = 1460;
@@ -388,7 +428,15 @@ impl GetSocketDigest for DeadlineStream {
 
 #[async_trait]
 impl Peek for DeadlineStream {
+    /// What was read ahead is what a peek sees (Pingora's HTTP/2 server looks for the h2c
+    /// preface this way); the stream under it is never read past those bytes.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match self.peeked.as_deref() {
+            Some(p) if p.len() >= buf.len() => {
+                buf.copy_from_slice(&p[..buf.len()]);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

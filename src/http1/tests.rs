@@ -29,6 +29,7 @@ async fn an_idle_connection_holds_little_of_the_transports_state() {
         head_timeout: Duration::from_secs(10),
         settings,
         lifecycle: Arc::new(Lifecycle::default()),
+        h2c: false,
     });
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let (stream, _client) = tokio::io::duplex(64);

@@ -68,7 +68,8 @@ pub(super) fn finish_response(
         if ctx.req.lifecycle().draining() {
             session.set_keepalive(None);
         }
-        if session.get_keepalive().is_none() {
+        // HTTP/2 has no `Connection` (a drain sends GOAWAY instead).
+        if session.get_keepalive().is_none() && !session.is_http2() {
             resp.insert_header(header::CONNECTION, "close")?;
         }
     }

@@ -14,6 +14,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             o.header_timeout != n.header_timeout,
         ),
         ("[server] grace-period", o.grace_period != n.grace_period),
+        ("[server] h2c", o.h2c != n.h2c),
+        (
+            "[server] max-concurrent-streams",
+            o.max_concurrent_streams != n.max_concurrent_streams,
+        ),
+        ("[[server.tls]]", o.tls != n.tls),
         ("[admin] listen", old.admin.listen != new.admin.listen),
         ("[log] level", old.log.level != new.log.level),
         ("[log] format", old.log.json != new.log.json),
