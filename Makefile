@@ -17,7 +17,8 @@ deps:
 	fi
 
 # The metrics tests run a real Prometheus server and promtool (Debian's prometheus package); the
-# dashboard test renders the page in headless Chromium (Debian's chromium);
+# dashboard test renders the page in headless Chromium (Debian's chromium); the TLS tests drive
+# HTTP/2 with h2load (nghttp2-client);
 # the auth tests mint tokens with PyJWT; the tracing tests run an OTLP receiver (opentelemetry-proto,
 # grpcio); the Lambda tests run the airline bookings function under `cargo lambda watch` (PyPI), built
 # here first so the tests do not wait for its compile.
@@ -30,6 +31,10 @@ test-deps: deps
 	  echo "installing: chromium (the dashboard test)"; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v h2load >/dev/null || { \
+	  echo "installing: nghttp2-client (h2load, the HTTP/2 tests)"; \
+	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
 	@python3 -c "import jwt, cryptography" 2>/dev/null || { \
 	  echo "installing: pyjwt cryptography"; \
 	  python3 -m pip install -q --disable-pip-version-check pyjwt cryptography; }

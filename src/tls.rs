@@ -258,7 +258,8 @@ impl Handshake {
             .with_cert_resolver(Arc::clone(&endpoint) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = [(tls.h2, &b"h2"[..]), (tls.http11, &b"http/1.1"[..])]
             .into_iter()
-            .filter_map(|(on, p)| on.then(|| p.to_vec()))
+            .filter(|&(on, _)| on)
+            .map(|(_, p)| p.to_vec())
             .collect();
         // Resumption across connections (TLS 1.3 tickets), keys rotated every 6 hours.
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;

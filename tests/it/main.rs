@@ -32,4 +32,5 @@ mod series;
 mod shadow;
 mod split;
 mod support;
+mod tls;
 mod tracing;
