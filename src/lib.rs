@@ -16,6 +16,7 @@ pub mod demo;
 pub mod edit;
 pub mod exchange;
 pub mod fleet;
+pub mod handover;
 pub mod history;
 pub mod http1;
 pub mod inventory;

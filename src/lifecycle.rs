@@ -16,6 +16,7 @@ pub struct Lifecycle {
     open: AtomicUsize,
     draining: AtomicBool,
     cut_off: AtomicBool,
+    handed_over: AtomicBool,
     lost_streams: AtomicU64,
     /// HTTP/1 requests served by the fast path and by Pingora's proxy.
     engines: [AtomicU64; 2],
@@ -70,6 +71,16 @@ impl Lifecycle {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// Set once the listening sockets went to a new process (`strangle serve --upgrade`): they
+    /// stay open there, so stopping must not touch them beyond closing this process's copy.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
+    }
+
+    pub fn mark_handed_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
     }
 
     /// Set when the grace period ends with requests in flight: each is logged and counted as

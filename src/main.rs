@@ -58,6 +58,14 @@ enum Command {
             default_value = "config/strangle.toml"
         )]
         config: PathBuf,
+        /// Take the listening sockets of the strangle running on this config (send it SIGQUIT
+        /// within 5 seconds): a binary upgrade or restart that refuses no connection.
+        #[arg(long)]
+        upgrade: bool,
+        /// The Unix socket the sockets are handed over on (default: in `/tmp/strangle-UID/`,
+        /// named after the config's path; the running process and the new one must agree).
+        #[arg(long, env = "STRANGLE_UPGRADE_SOCKET", value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
     },
     /// Validate config files; print every problem; exit 1 on any.
     Check {
@@ -200,7 +208,11 @@ fn quiet_on_closed_stdout() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => strangle::server::serve(config),
+        Command::Serve {
+            config,
+            upgrade,
+            upgrade_socket,
+        } => strangle::server::serve(config, upgrade, upgrade_socket),
         Command::Check { files } => return check(&files),
         Command::Shift {
             route,

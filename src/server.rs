@@ -1,6 +1,7 @@
 //! `strangle serve`: builds the Pingora server from a validated config and runs it until
 //! SIGTERM (drain, then exit 0) or SIGINT (exit at once).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +25,9 @@ use crate::state::{Live, Snapshot};
 use crate::stats::Registry;
 use crate::telemetry::AccessLogger;
 
-/// Loads the config, then runs the proxy. Returns only on a start-up error.
-pub fn serve(path: PathBuf) -> anyhow::Result<()> {
+/// Loads the config, then runs the proxy. Returns only on a start-up error. With `upgrade`,
+/// the listening sockets are taken from the process running on this config (`handover`).
+pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // No transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page is
     // resident as a whole as soon as one byte of it is touched. They made a fresh proxy 24 MB
@@ -70,14 +72,36 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
-    let admin_listener = std::net::TcpListener::bind(live.load().config.admin.listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen for the admin API on {}: {e}",
-                live.load().config.admin.listen
-            )
-        })?;
+    let handover = match crate::handover::socket_path(&live.path, upgrade_socket) {
+        Ok(p) => Some(p),
+        Err(e) if upgrade => return Err(e),
+        Err(e) => {
+            tracing::warn!("SIGQUIT cannot hand the sockets over: {e}");
+            None
+        }
+    };
+    let mut inherited = crate::handover::Inherited::default();
+    if let (true, Some(sock)) = (upgrade, &handover) {
+        match crate::handover::Inherited::receive(sock) {
+            Ok(got) => {
+                tracing::info!(
+                    sockets = got.len(),
+                    "took the listening sockets of the running process"
+                );
+                inherited = got;
+            }
+            Err(e) => tracing::warn!(
+                "{e}; binding the listeners afresh (a running process keeps them: then this fails)"
+            ),
+        }
+    }
+    let admin_addr = live.load().config.admin.listen;
+    let admin_listener = match inherited.take(admin_addr) {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(admin_addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| anyhow::anyhow!("cannot listen for the admin API on {admin_addr}: {e}"))?,
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -95,7 +119,20 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
     app.server_options = Some(options);
     app.h2_options = Some(h2_options(&server_cfg));
-    let listeners = bind_listeners(&server_cfg, &live)?;
+    let listeners = bind_listeners(&server_cfg, &live, &mut inherited)?;
+    let unused = inherited.close_rest();
+    if !unused.is_empty() {
+        tracing::info!(
+            ?unused,
+            "closed inherited sockets this config does not listen on"
+        );
+    }
+    // What SIGQUIT hands to a new process: every listening socket, by address.
+    let mut sockets: Vec<(String, std::os::fd::RawFd)> = listeners
+        .iter()
+        .map(|b| (addr_of(&b.listener), b.listener.as_raw_fd()))
+        .collect();
+    sockets.push((addr_of(&admin_listener), admin_listener.as_raw_fd()));
     let proxy = ProxyListeners {
         name: "strangle proxy".to_string(),
         app: Arc::new(Http1 {
@@ -146,6 +183,7 @@ pub fn serve(path: PathBuf) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
+            handover: handover.map(|sock| (sock, sockets)),
             emf: Arc::clone(&emf),
             live: Arc::clone(&live),
             lifecycle: Arc::clone(&live.lifecycle),
@@ -173,10 +211,14 @@ fn h2_options(server: &crate::config::Server) -> pingora::protocols::http::v2::s
 fn bind_listeners(
     server: &crate::config::Server,
     live: &Live,
+    inherited: &mut crate::handover::Inherited,
 ) -> anyhow::Result<Vec<crate::http1::listener::Bound>> {
     use crate::http1::listener::{bind, Bound};
-    let bind = |addr| {
-        bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
+    let mut bind = |addr| match inherited.take(addr) {
+        Some(l) => Ok(l),
+        None => {
+            bind(addr).map_err(|e| anyhow::anyhow!("cannot listen for the proxy on {addr}: {e}"))
+        }
     };
     let mut bound = Vec::new();
     for &addr in &server.listen {
@@ -203,9 +245,18 @@ fn bind_listeners(
     Ok(bound)
 }
 
-/// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0.
+/// A listener's address as the hand-over names it.
+fn addr_of(l: &std::net::TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|_| String::new(), |a| a.to_string())
+}
+
+/// Turns SIGTERM into: stop accepting, wait for in-flight requests (at most `grace`), exit 0;
+/// and SIGQUIT into the same once the listening sockets went to a new process.
 struct Drain {
     grace: Duration,
+    /// The upgrade socket and the listening sockets SIGQUIT hands over.
+    handover: Option<(PathBuf, Vec<(String, std::os::fd::RawFd)>)>,
     emf: Arc<EmfReporter>,
     live: Arc<Live>,
     lifecycle: Arc<Lifecycle>,
@@ -244,27 +295,58 @@ impl ShutdownSignalWatch for Drain {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = int.recv() => {
-                let left = self.lifecycle.in_flight();
-                tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
-                ShutdownSignal::FastShutdown
-            }
-            _ = quit.recv() => {
-                // Pingora's SIGQUIT hands the listening sockets to a new process; strangle's
-                // own listener cannot yet, so an upgrade would just stop, undrained.
-                tracing::warn!("SIGQUIT: handing sockets over to a new process is not supported yet; draining like SIGTERM");
-                self.drain()
-            }
-            _ = term.recv() => {
-                tracing::info!(grace = ?self.grace, "SIGTERM: draining in-flight requests");
-                self.drain()
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    let left = self.lifecycle.in_flight();
+                    tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
+                    return ShutdownSignal::FastShutdown;
+                }
+                _ = quit.recv() => {
+                    if self.hand_over().await {
+                        return self.drain();
+                    }
+                }
+                _ = term.recv() => {
+                    tracing::info!(grace = ?self.grace, "SIGTERM: draining in-flight requests");
+                    return self.drain();
+                }
             }
         }
     }
 }
 
 impl Drain {
+    /// SIGQUIT: sends the listening sockets to the process started with `--upgrade` (waiting
+    /// up to 5 seconds for one). `false` when none took them: this process goes on serving, as
+    /// if nothing happened (a new binary that failed to start must not take the old one down).
+    async fn hand_over(&self) -> bool {
+        let Some((sock, sockets)) = self.handover.clone() else {
+            tracing::error!(
+                "SIGQUIT: no upgrade socket (see the start-up warning); going on serving"
+            );
+            return false;
+        };
+        tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new process");
+        let sent =
+            tokio::task::spawn_blocking(move || crate::handover::send(&sock, &sockets)).await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.lifecycle.mark_handed_over();
+                tracing::info!(grace = ?self.grace, "listening sockets handed over; stopping accepting and draining");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!("SIGQUIT: {e}; going on serving (start `strangle serve --upgrade` first, then send SIGQUIT within 5 seconds)");
+                false
+            }
+            Err(e) => {
+                tracing::error!("SIGQUIT: the hand-over failed: {e}; going on serving");
+                false
+            }
+        }
+    }
+
     /// Starts draining: `/ready` turns 503, every response says `Connection: close`, and the
     /// process exits once nothing is in flight and no connection is open, or at the grace
     /// period, when what is left is logged and counted as cut off.

@@ -168,10 +168,13 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     // sent (or are sending) a request: closing the listener would reset them. The backlog
     // shrinks to its minimum first (new handshakes then mostly wait for a SYN retry, which
     // the closed port refuses), then what is queued is served once, with `Connection: close`.
-    let _ = nix::sys::socket::listen(
-        &listener,
-        nix::sys::socket::Backlog::new(0).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
-    );
+    // Not when the socket went to a new process: it accepts from the same queue.
+    if !lifecycle.handed_over() {
+        let _ = nix::sys::socket::listen(
+            &listener,
+            nix::sys::socket::Backlog::new(0).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+        );
+    }
     let mut late = 0usize;
     for _ in 0..3 {
         while let Ok(Ok((tcp, peer))) =

@@ -1,6 +1,7 @@
 //! The source layout issue 12 asks for, checked on every `make test`: no import circle between
-//! the top-level modules of `src/`, no source file over 600 lines, and a `config` module that
-//! leans on nothing but `routing`, `split` and `net`.
+//! the top-level modules of `src/`, no source file over 600 lines, a `config` module that
+//! leans on nothing but `routing`, `split`, `net` and `certs` (a leaf: it imports nothing), and
+//! `unsafe` allowed in one module only (`handover`, which adopts received descriptors).
 //!
 //! A top-level module is `src/X.rs` together with everything under `src/X/`. Its edges are the
 //! `crate::Y` paths (and `use crate::{Y, Z::..}` groups, and `super::Y` paths that climb to the
@@ -15,7 +16,10 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 600;
 
 /// What `config` may import: the leaves it describes, and nothing that serves requests.
-const CONFIG_MAY_IMPORT: &[&str] = &["config", "routing", "split", "net"];
+const CONFIG_MAY_IMPORT: &[&str] = &["config", "routing", "split", "net", "certs"];
+
+/// The one file that may allow `unsafe_code` (the crate denies it).
+const UNSAFE_ALLOWED_IN: &str = "src/handover.rs";
 
 #[test]
 fn the_source_layout_has_no_import_circle_no_oversized_file_and_a_leaf_config() {
@@ -46,6 +50,30 @@ fn the_source_layout_has_no_import_circle_no_oversized_file_and_a_leaf_config() 
                 use_.file.display(),
                 use_.line,
                 CONFIG_MAY_IMPORT.join(", ")
+            ));
+        }
+    }
+    for use_ in &layout.uses {
+        if use_.from == "certs" {
+            problems.push(format!(
+                "certs imports {} ({}:{}); it is a leaf that config shares",
+                use_.to,
+                use_.file.display(),
+                use_.line
+            ));
+        }
+    }
+    for file in rust_files(&src) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let rel = file.strip_prefix(src.parent().unwrap()).unwrap();
+        let allows = text.lines().any(|l| {
+            let l = l.trim_start();
+            !l.starts_with("//") && l.contains("allow(unsafe_code)")
+        });
+        if allows && rel != Path::new(UNSAFE_ALLOWED_IN) {
+            problems.push(format!(
+                "{} allows unsafe code; only {UNSAFE_ALLOWED_IN} may",
+                rel.display()
             ));
         }
     }

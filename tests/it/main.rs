@@ -34,3 +34,4 @@ mod split;
 mod support;
 mod tls;
 mod tracing;
+mod upgrade;

@@ -1,0 +1,145 @@
+//! Zero-downtime upgrade: the running process hands its listening sockets to a new one.
+//!
+//! `strangle serve --upgrade` (the new binary, on the same config) waits up to 5 seconds on the
+//! upgrade socket; SIGQUIT to the running process sends it every listening socket (proxy, TLS
+//! and admin) with Pingora's descriptor hand-over protocol (`pingora::server::Fds`: the
+//! addresses in the payload, the descriptors as `SCM_RIGHTS`). The new process adopts the
+//! sockets of the addresses its config still listens on and binds the others; the old one
+//! stops accepting, drains and exits. The listening sockets are never closed in between (both
+//! processes hold them for a moment), so the kernel queues connections that arrive during the
+//! switch instead of refusing them.
+//!
+//! The upgrade socket lives in a directory only this user can enter (`/tmp/strangle-UID/`
+//! unless `--upgrade-socket` says otherwise): Pingora makes the socket itself writable by
+//! anyone, and a process that connected to it first could hand strangle a socket of its own.
+//!
+//! This is the one module that may use `unsafe` (the crate denies it everywhere else): taking
+//! ownership of a received descriptor has no safe form.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use pingora::server::Fds;
+
+/// Where the hand-over happens for the config at `config` when `--upgrade-socket` is not
+/// given: `/tmp/strangle-UID/upgrade-HASH.sock`, HASH of the config's absolute path (so two
+/// instances on one machine do not meet). The directory is made (mode 0700) or checked.
+pub fn socket_path(config: &Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => {
+            let abs = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+            let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
+            let uid = nix::unistd::getuid();
+            std::env::temp_dir()
+                .join(format!("strangle-{uid}"))
+                .join(format!("upgrade-{hash:016x}.sock"))
+        }
+    };
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    // sockaddr_un holds 108 bytes with its terminating NUL.
+    if path.as_os_str().len() > 107 {
+        anyhow::bail!(
+            "the upgrade socket path {} is longer than a Unix socket's 107 bytes",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Makes `dir` (mode 0700) or checks that it is ours and no one else's.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!(
+            "cannot make the upgrade socket's directory {}: {e}",
+            dir.display()
+        ),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "the upgrade socket's directory {} must be a directory of this user (uid {uid}) that no one else can enter (chmod 700)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The sockets received from the process being replaced, by address.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    fds: HashMap<String, OwnedFd>,
+}
+
+impl Inherited {
+    /// Waits (up to 5 seconds, Pingora's protocol) for the running process to send its
+    /// sockets. Nothing received: the error says so and the caller binds afresh.
+    pub fn receive(path: &Path) -> anyhow::Result<Inherited> {
+        let path_str = path.to_string_lossy().into_owned();
+        let mut fds = Fds::new();
+        fds.get_from_sock(path_str.as_str())
+            .map_err(|e| anyhow::anyhow!("no sockets received on {}: {e}", path.display()))?;
+        let (binds, raw) = fds.serialize();
+        let mut out = HashMap::new();
+        for (bind, fd) in binds.into_iter().zip(raw) {
+            // SAFETY: `fd` arrived in this process by SCM_RIGHTS a moment ago
+            // (`Fds::get_from_sock` hands each descriptor over once and keeps no other
+            // reference to it); nothing else in the process knows of it, so this is its only
+            // owner, and it is closed when the `OwnedFd` drops.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            out.insert(bind, owned);
+        }
+        Ok(Inherited { fds: out })
+    }
+
+    /// The inherited listening socket for `addr`, when one came and it is a listening TCP
+    /// socket bound to exactly that address (anything else is closed).
+    pub fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let fd = self.fds.remove(&addr.to_string())?;
+        let socket = socket2::Socket::from(fd);
+        let fits = socket.r#type().ok() == Some(socket2::Type::STREAM)
+            && socket.is_listener().unwrap_or(false)
+            && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr);
+        if !fits {
+            tracing::warn!(%addr, "an inherited socket is not a TCP listener on its address; closed, binding afresh");
+            return None;
+        }
+        socket.set_nonblocking(true).ok()?;
+        Some(socket.into())
+    }
+
+    /// How many sockets were received.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+
+    /// Closes the sockets the new config does not listen on any more; returns their addresses.
+    pub fn close_rest(self) -> Vec<String> {
+        self.fds.into_keys().collect()
+    }
+}
+
+/// Sends `listeners` (address, descriptor) to the process waiting on `path`, retrying for up to
+/// 5 seconds while none waits. Blocking.
+pub fn send(path: &Path, listeners: &[(String, RawFd)]) -> anyhow::Result<usize> {
+    let mut fds = Fds::new();
+    for (addr, fd) in listeners {
+        fds.add(addr.clone(), *fd);
+    }
+    let path_str = path.to_string_lossy().into_owned();
+    fds.send_to_sock(path_str.as_str())
+        .map_err(|e| anyhow::anyhow!("no new process took the sockets on {}: {e}", path.display()))
+}
