@@ -30,6 +30,7 @@ mod rollout;
 mod routing;
 mod series;
 mod shadow;
+mod sidecar;
 mod split;
 mod support;
 mod tls;
