@@ -35,6 +35,9 @@ test-deps: deps
 	  echo "installing: nghttp2-client (h2load, the HTTP/2 tests)"; \
 	  [ -f $(APT_UPDATED) ] || { apt-get update -qq && touch $(APT_UPDATED); }; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+	@python3 -c "import yaml" 2>/dev/null || { \
+	  echo "installing: pyyaml (the sidecar test reads the rendered manifests)"; \
+	  python3 -m pip install -q --disable-pip-version-check pyyaml; }
 	@python3 -c "import jwt, cryptography" 2>/dev/null || { \
 	  echo "installing: pyjwt cryptography"; \
 	  python3 -m pip install -q --disable-pip-version-check pyjwt cryptography; }
