@@ -5,7 +5,9 @@
 # rate limit, max-in-flight, metrics, access log to a file, traces at 1% sent to an OTLP
 # receiver), and the same without tracing (`strangle-full-untraced`: what tracing costs), and
 # strangle with routing only plus shadow traffic at 10% (`strangle-shadow`: what copying a
-# tenth of the requests to the other side and comparing the answers costs the clients).
+# tenth of the requests to the other side and comparing the answers costs the clients), and
+# HTTPS: nginx and strangle (routing only) each terminating TLS 1.3 with the same ECDSA P-256
+# certificate, kept-alive connections (`nginx-tls`, `strangle-tls`).
 # Each proxy gets one worker pinned to CPU 0; the load generator and the backend share CPU 1.
 # Runs are interleaved (every target once per round), the warm-up is discarded, and the tables
 # report medians over ROUNDS rounds of:
@@ -101,7 +103,27 @@ grep -q '^shadow = ' "$WORK/shadow.toml"
 taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/shadow.toml" 2>"$WORK/shadow.log" & PIDS+=($!)
 SHADOW_PID=$!
 
-for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL $UNTRACED $SHADOW; do wait_port "$p"; done
+# HTTPS: one certificate (ECDSA P-256, localhost) for nginx and strangle, both terminating TLS
+# in front of the same backend over plain HTTP.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+NGINX_TLS=$(free_port)
+mkdir -p "$WORK/nginx-tls"
+sed -e "s|$WORK/nginx/|$WORK/nginx-tls/|g" \
+  -e "s|listen 127.0.0.1:$NGINX;|listen 127.0.0.1:$NGINX_TLS ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m;|" \
+  "$WORK/nginx/nginx.conf" > "$WORK/nginx-tls/nginx.conf"
+grep -q "listen 127.0.0.1:$NGINX_TLS ssl" "$WORK/nginx-tls/nginx.conf"
+taskset -c 0 nginx -c "$WORK/nginx-tls/nginx.conf" -p "$WORK/nginx-tls" & PIDS+=($!); NGINX_TLS_PID=$!
+STRANGLE_TLS=$(free_port)
+routing_config "$(free_port)" "127.0.0.1:$(free_port)" "$BACKEND" \
+  | sed "s|^\[admin\]$|[[server.tls]]\nlisten = [\"127.0.0.1:$STRANGLE_TLS\"]\ncert = \"$WORK/tls.crt\"\nkey = \"$WORK/tls.key\"\n&|" \
+  > "$WORK/strangle-tls.toml"
+grep -q '^\[\[server.tls\]\]' "$WORK/strangle-tls.toml"
+taskset -c 0 "$STRANGLE_BIN" serve -c "$WORK/strangle-tls.toml" 2>"$WORK/strangle-tls.log" & PIDS+=($!)
+STRANGLE_TLS_PID=$!
+
+for p in $BACKEND $NGINX $HAPROXY $BARE $ROUTING $FULL $UNTRACED $SHADOW $NGINX_TLS $STRANGLE_TLS; do wait_port "$p"; done
 
 # CPU ticks (user + system) of a process and its children (nginx's worker does nginx's work).
 cpu_ticks() {
@@ -113,9 +135,12 @@ cpu_ticks() {
 }
 TICK=$(getconf CLK_TCK)
 
-declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL [strangle-full-untraced]=$UNTRACED [strangle-shadow]=$SHADOW)
-declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID [strangle-full-untraced]=$UNTRACED_PID [strangle-shadow]=$SHADOW_PID)
-ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full strangle-full-untraced strangle-shadow)
+declare -A PORT=([direct]=$BACKEND [nginx]=$NGINX [haproxy]=$HAPROXY [pingora-bare]=$BARE [strangle-routing]=$ROUTING [strangle-full]=$FULL [strangle-full-untraced]=$UNTRACED [strangle-shadow]=$SHADOW [nginx-tls]=$NGINX_TLS [strangle-tls]=$STRANGLE_TLS)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [pingora-bare]=$BARE_PID [strangle-routing]=$ROUTING_PID [strangle-full]=$FULL_PID [strangle-full-untraced]=$UNTRACED_PID [strangle-shadow]=$SHADOW_PID [nginx-tls]=$NGINX_TLS_PID [strangle-tls]=$STRANGLE_TLS_PID)
+ORDER=(direct nginx haproxy pingora-bare strangle-routing strangle-full strangle-full-untraced strangle-shadow nginx-tls strangle-tls)
+url_for() { # target -> the URL every tool requests
+  case "$1" in *-tls) echo "https://127.0.0.1:${PORT[$1]}/bookings/42" ;; *) echo "http://127.0.0.1:${PORT[$1]}/bookings/42" ;; esac
+}
 PROXIES=(nginx haproxy pingora-bare strangle-routing strangle-full)
 headers_for() { # the request headers every tool sends to a target
   echo "x-user-id: user-1"
@@ -128,7 +153,7 @@ run() { # target seconds -> "rps cpu_us_per_request"
   local headers=()
   while read -r h; do headers+=(-H "$h"); done < <(headers_for "$target")
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${secs}s" "${headers[@]}" "http://127.0.0.1:$port/bookings/42")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${secs}s" "${headers[@]}" "$(url_for "$target")")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   if echo "$out" | grep -q "Non-2xx"; then echo "$target: non-2xx responses" >&2; echo "$out" >&2; fi
@@ -164,16 +189,18 @@ throughput=$(
   done
 )
 echo "$throughput" >&2
+https_line="HTTPS, kept-alive connections (TLS 1.3, ECDSA P-256): strangle-tls $(echo "${RPS[strangle-tls]}" | median) requests/s against nginx-tls $(echo "${RPS[nginx-tls]}" | median), ratio $(ratio "$(echo "${RPS[strangle-tls]}" | median)" "$(echo "${RPS[nginx-tls]}" | median)"); CPU per request $(echo "${CPU[strangle-tls]}" | median) µs against $(echo "${CPU[nginx-tls]}" | median) µs."
+echo "$https_line" >&2
 
 # 2. Latency at a fixed rate: half the slowest proxy's median throughput.
 slowest=$(for t in "${PROXIES[@]}"; do echo "${RPS[$t]}" | median; done | sort -g | head -1)
 RATE=$(python3 -c "print(int($slowest / 2))")
 echo "$(date +%T) fixed rate: $RATE requests/s (half of the slowest proxy's $slowest)" >&2
 oha_run() { # target seconds [url] -> the oha JSON on stdout
-  local target=$1 secs=$2 url=${3:-http://127.0.0.1:${PORT[$1]}/bookings/42} h headers=()
+  local target=$1 secs=$2 url=${3:-$(url_for "$1")} h headers=()
   while read -r h; do headers+=(-H "$h"); done < <(headers_for "$target")
   taskset -c 1 oha -z "${secs}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui \
-    -w --output-format json "${headers[@]}" "$url"
+    --insecure -w --output-format json "${headers[@]}" "$url"
 }
 # "p50 p99 p99.9 errors" in microseconds from oha's JSON (errors: failed requests and non-2xx).
 oha_summary() {
@@ -290,6 +317,7 @@ echo "$reload" >&2
 report=$(
   echo "### Throughput (closed loop, wrk -t1 -c$CONNECTIONS, medians of $ROUNDS x ${DURATION}s)"
   echo; echo "$throughput"; echo
+  echo "$https_line"; echo
   echo "### Latency at $RATE requests/s (half the slowest proxy; oha -c$CONNECTIONS --latency-correction, medians of $ROUNDS x ${LATENCY_DURATION}s)"
   echo; echo "$latency"; echo
   echo "$shadow_line"; echo
