@@ -17,6 +17,7 @@ mod fallback;
 mod faults;
 mod fleet;
 mod history;
+mod http2;
 mod inventory;
 mod invoke;
 mod lambda;

@@ -1,0 +1,127 @@
+//! HTTP/2's limits are the HTTP/1 caps: concurrent streams (`max-concurrent-streams`), the
+//! header list (`max-header-bytes`, and `max-headers` per request), and the idle timeout
+//! (`keepalive-timeout`). Over h2c here; TLS takes the same path once ALPN chose h2.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn h2c_proxy(legacy: &Backend) -> Proxy {
+    Proxy::start(
+        &Config::new()
+            .server("h2c = true\nmax-concurrent-streams = 3\nmax-header-bytes = 4096\nmax-headers = 20\nkeepalive-timeout = \"1s\"")
+            .upstream("legacy", &legacy.addr())
+            .route("bookings", "/bookings", |r| r.legacy("legacy"))
+            .build(),
+    )
+}
+
+/// curl over h2c with extra headers: (exit code, "STATUS VERSION").
+fn curl_h2c(port: u16, headers: &[String]) -> (i32, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+    ])
+    .arg("--http2-prior-knowledge");
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}/bookings/1"))
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), stdout_of(&out))
+}
+
+#[test]
+fn http2_settings_and_header_caps_are_the_http1_ones() {
+    let legacy = Backend::start("legacy");
+    let proxy = h2c_proxy(&legacy);
+    let out = Command::new("nghttp")
+        .args(["-v"])
+        .arg(format!("http://127.0.0.1:{}/bookings/1", proxy.port))
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):4096"),
+        "{text}"
+    );
+    assert!(text.contains(":status: 200"), "{text}");
+
+    // As many streams at once as allowed: every request is answered. (A client that opens
+    // more before it read the server's SETTINGS gets REFUSED_STREAM for the extra ones, which
+    // RFC 9113 section 8.7 lets it retry: h2load counts those as errors.)
+    let out = Command::new("h2load")
+        .args(["-n", "60", "-c", "1", "-m", "3"])
+        .arg(format!("http://127.0.0.1:{}/bookings/1", proxy.port))
+        .output()
+        .unwrap();
+    assert!(
+        stdout_of(&out).contains("60 succeeded, 0 failed"),
+        "{}",
+        stdout_of(&out)
+    );
+    let before = legacy.count();
+    // A header list over `max-header-bytes`, and more headers than `max-headers`: refused,
+    // nothing forwarded.
+    let (_, out) = curl_h2c(proxy.port, &[format!("x-big: {}", "a".repeat(5000))]);
+    assert!(!out.starts_with("200"), "{out}");
+    let many: Vec<String> = (0..25).map(|i| format!("x-h{i}: v")).collect();
+    let (_, out) = curl_h2c(proxy.port, &many);
+    assert_eq!(out, "431 2");
+    assert_eq!(legacy.count(), before, "a refused request was forwarded");
+    // Within the caps: served.
+    let (_, out) = curl_h2c(proxy.port, &[format!("x-ok: {}", "a".repeat(1000))]);
+    assert_eq!(out, "200 2");
+}
+
+/// Reads HTTP/2 frames until the connection ends; the frame types seen.
+fn frame_types(stream: &mut TcpStream) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut head = [0u8; 9];
+    while stream.read_exact(&mut head).is_ok() {
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        types.push(head[3]);
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).is_err() {
+            break;
+        }
+    }
+    types
+}
+
+#[test]
+fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
+    let legacy = Backend::start("legacy");
+    let proxy = h2c_proxy(&legacy);
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The preface and an empty SETTINGS frame, then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let start = Instant::now();
+    let types = frame_types(&mut s);
+    let took = start.elapsed();
+    // The server's SETTINGS (4) and its ack of ours, then the close at the idle timeout.
+    // Pingora closes an idle connection without GOAWAY, so that a dead peer cannot hold it
+    // (a drain does send GOAWAY: tls.rs).
+    assert_eq!(types.first(), Some(&4), "{types:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
