@@ -125,3 +125,72 @@ fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
         "{took:?}"
     );
 }
+
+/// curl over h2c to `path` with headers: (status, body).
+fn h2c_get(port: u16, path: &str, headers: &[&str]) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ])
+    .arg("--http2-prior-knowledge");
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = stdout_of(&out);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), body.to_string())
+}
+
+#[test]
+fn every_http2_stream_is_authorized_split_and_stripped_like_an_http1_request() {
+    let issuer = crate::auth::Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = crate::auth::config(&issuer, &legacy, &new, "").replacen(
+        "[server]\n",
+        "[server]\nh2c = true\n",
+        1,
+    );
+    let proxy = Proxy::start(&text);
+    // No token: refused, nothing forwarded.
+    let (status, _) = h2c_get(proxy.port, "/bookings/1", &[]);
+    assert_eq!(status, "401 2");
+    assert_eq!(legacy.count() + new.count(), 0);
+    // A token: the claim is forwarded by strangle, whatever the client sent in its header,
+    // and the user stays on one side.
+    let token = issuer.mint(serde_json::json!({"claims": crate::auth::good("alice")}));
+    let bearer = format!("Authorization: Bearer {token}");
+    let mut sides = std::collections::BTreeSet::new();
+    for i in 0..10 {
+        let (status, body) = h2c_get(
+            proxy.port,
+            &format!("/bookings/{i}"),
+            &[
+                &bearer,
+                "x-user-id: mallory",
+                "x-strangle-side: new",
+                "x-forwarded-for: 6.6.6.6",
+            ],
+        );
+        assert_eq!(status, "200 2");
+        sides.insert(body);
+    }
+    assert_eq!(sides.len(), 1, "one user, two sides: {sides:?}");
+    let seen: Vec<Seen> = legacy.seen().into_iter().chain(new.seen()).collect();
+    assert_eq!(seen.len(), 10);
+    for s in &seen {
+        assert_eq!(s.header("x-user-id"), Some("alice"));
+        assert_ne!(s.header("x-forwarded-for"), Some("6.6.6.6"));
+        assert!(!s.headers.iter().any(|(k, _)| k == "x-strangle-side"));
+    }
+    // Each stream is in the access log.
+    let log = proxy.log_when(11);
+    assert_eq!(log.iter().filter(|l| l["status"] == 200).count(), 10);
+}
