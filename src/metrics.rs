@@ -441,35 +441,40 @@ fn tls(out: &mut String, endpoints: &[std::sync::Arc<crate::tls::Endpoint>]) {
     if endpoints.is_empty() {
         return;
     }
-    header(
-        out,
-        "strangle_tls_handshake_failures_total",
-        "counter",
-        "TLS handshakes that failed (`reason=\"error\"`: no common protocol, version or cipher, a bad message, a closed connection) or took longer than `handshake-timeout` (`reason=\"timeout\"`).",
-    );
-    for e in endpoints {
-        let l = &e.label;
-        let _ = writeln!(
-            out,
-            "strangle_tls_handshake_failures_total{{listener=\"{l}\",reason=\"error\"}} {}\nstrangle_tls_handshake_failures_total{{listener=\"{l}\",reason=\"timeout\"}} {}",
-            e.handshake_failures.load(Relaxed),
-            e.handshake_timeouts.load(Relaxed)
-        );
-    }
-    header(
-        out,
-        "strangle_tls_certificate_reloads_total",
-        "counter",
-        "Certificate pairs re-read after their files changed: loaded (`result=\"ok\"`), or refused and the pair in force kept (`result=\"failed\"`: unreadable, mismatched, expired).",
-    );
-    for e in endpoints {
-        let l = &e.label;
-        let _ = writeln!(
-            out,
-            "strangle_tls_certificate_reloads_total{{listener=\"{l}\",result=\"ok\"}} {}\nstrangle_tls_certificate_reloads_total{{listener=\"{l}\",result=\"failed\"}} {}",
-            e.reloads.load(Relaxed),
-            e.reload_failures.load(Relaxed)
-        );
+    // (name, help, label, [(label value, count)]).
+    type Count = fn(&crate::tls::Endpoint) -> u64;
+    let families: [(&str, &str, &str, [(&str, Count); 2]); 2] = [
+        (
+            "strangle_tls_handshake_failures_total",
+            "TLS handshakes that failed (`reason=\"error\"`: no common protocol, version or cipher, a bad message, a closed connection) or took longer than `handshake-timeout` (`reason=\"timeout\"`).",
+            "reason",
+            [
+                ("error", |e| e.handshake_failures.load(Relaxed)),
+                ("timeout", |e| e.handshake_timeouts.load(Relaxed)),
+            ],
+        ),
+        (
+            "strangle_tls_certificate_reloads_total",
+            "Certificate pairs re-read after their files changed: loaded (`result=\"ok\"`), or refused and the pair in force kept (`result=\"failed\"`: unreadable, mismatched, expired).",
+            "result",
+            [
+                ("ok", |e| e.reloads.load(Relaxed)),
+                ("failed", |e| e.reload_failures.load(Relaxed)),
+            ],
+        ),
+    ];
+    for (name, help, label, values) in families {
+        header(out, name, "counter", help);
+        for e in endpoints {
+            for (value, count) in &values {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",{label}=\"{value}\"}} {}",
+                    e.label,
+                    count(e)
+                );
+            }
+        }
     }
     header(
         out,

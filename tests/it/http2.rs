@@ -19,27 +19,10 @@ fn h2c_proxy(legacy: &Backend) -> Proxy {
     )
 }
 
-/// curl over h2c with extra headers: (exit code, "STATUS VERSION").
-fn curl_h2c(port: u16, headers: &[String]) -> (i32, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{http_version}",
-    ])
-    .arg("--http2-prior-knowledge");
-    for h in headers {
-        cmd.arg("-H").arg(h);
-    }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:{port}/bookings/1"))
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), stdout_of(&out))
+/// `h2c_get` of /bookings/1 with these headers: "STATUS VERSION".
+fn curl_h2c(port: u16, headers: &[String]) -> String {
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    h2c_get(port, "/bookings/1", &headers).0
 }
 
 #[test]
@@ -78,14 +61,14 @@ fn http2_settings_and_header_caps_are_the_http1_ones() {
     let before = legacy.count();
     // A header list over `max-header-bytes`, and more headers than `max-headers`: refused,
     // nothing forwarded.
-    let (_, out) = curl_h2c(proxy.port, &[format!("x-big: {}", "a".repeat(5000))]);
+    let out = curl_h2c(proxy.port, &[format!("x-big: {}", "a".repeat(5000))]);
     assert!(!out.starts_with("200"), "{out}");
     let many: Vec<String> = (0..25).map(|i| format!("x-h{i}: v")).collect();
-    let (_, out) = curl_h2c(proxy.port, &many);
+    let out = curl_h2c(proxy.port, &many);
     assert_eq!(out, "431 2");
     assert_eq!(legacy.count(), before, "a refused request was forwarded");
     // Within the caps: served.
-    let (_, out) = curl_h2c(proxy.port, &[format!("x-ok: {}", "a".repeat(1000))]);
+    let out = curl_h2c(proxy.port, &[format!("x-ok: {}", "a".repeat(1000))]);
     assert_eq!(out, "200 2");
 }
 
@@ -126,8 +109,8 @@ fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
     );
 }
 
-/// curl over h2c to `path` with headers: (status, body).
-fn h2c_get(port: u16, path: &str, headers: &[&str]) -> (String, String) {
+/// curl over h2c (prior knowledge) to `path` with headers: ("STATUS VERSION", body).
+pub fn h2c_get(port: u16, path: &str, headers: &[&str]) -> (String, String) {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",

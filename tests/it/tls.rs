@@ -279,21 +279,8 @@ fn http1_and_http2_over_tls_and_h2c_go_through_the_same_pipeline() {
 
     // h2c with prior knowledge on the plain listener; HTTP/1 there still works, including a
     // request shorter than HTTP/2's preface.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_version}",
-        ])
-        .arg("--http2-prior-knowledge")
-        .arg(format!("http://127.0.0.1:{}/bookings/3", e.proxy.port))
-        .output()
-        .unwrap();
-    assert_eq!(stdout_of(&out), "200 2", "{}", stderr_of(&out));
+    let (status, _) = crate::http2::h2c_get(e.proxy.port, "/bookings/3", &[]);
+    assert_eq!(status, "200 2");
     assert_eq!(
         e.legacy.seen().last().unwrap().header("x-forwarded-proto"),
         Some("http")
