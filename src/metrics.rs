@@ -443,7 +443,13 @@ fn tls(out: &mut String, endpoints: &[std::sync::Arc<crate::tls::Endpoint>]) {
     }
     // (name, help, label, [(label value, count)]).
     type Count = fn(&crate::tls::Endpoint) -> u64;
-    let families: [(&str, &str, &str, [(&str, Count); 2]); 2] = [
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        [(&'static str, Count); 2],
+    );
+    let families: [Family; 2] = [
         (
             "strangle_tls_handshake_failures_total",
             "TLS handshakes that failed (`reason=\"error\"`: no common protocol, version or cipher, a bad message, a closed connection) or took longer than `handshake-timeout` (`reason=\"timeout\"`).",
