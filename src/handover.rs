@@ -22,7 +22,40 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use pingora::server::Fds;
+
+/// How long the old process waits, after handing the sockets over, for the new one to say it
+/// listens on all of them (`say_ready`); meanwhile it goes on serving.
+pub const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// The file the new process makes beside the upgrade socket once it listens on everything.
+fn ready_path(sock: &Path) -> PathBuf {
+    sock.with_extension("ready")
+}
+
+/// Called by the new process once it listens on every socket: the old one may stop accepting.
+pub fn say_ready(sock: &Path) {
+    if let Err(e) = std::fs::write(ready_path(sock), std::process::id().to_string()) {
+        tracing::error!(
+            "cannot tell the old process it may stop ({e}); it goes on serving next to this one"
+        );
+    }
+}
+
+/// Waits (blocking) for `say_ready`; `true` once it came (the file is removed).
+pub fn await_ready(sock: &Path, within: Duration) -> bool {
+    let path = ready_path(sock);
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if std::fs::remove_file(&path).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
 
 /// Where the hand-over happens for the config at `config` when `--upgrade-socket` is not
 /// given: `/tmp/strangle-UID/upgrade-HASH.sock`, HASH of the config's absolute path (so two
@@ -31,7 +64,10 @@ pub fn socket_path(config: &Path, given: Option<PathBuf>) -> anyhow::Result<Path
     let path = match given {
         Some(p) => p,
         None => {
-            let abs = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+            // One name whatever the spelling of the path (`./x.toml`, `a/../x.toml`, a symlink).
+            let abs = std::fs::canonicalize(config)
+                .or_else(|_| std::path::absolute(config))
+                .unwrap_or_else(|_| config.to_path_buf());
             let hash = xxhash_rust::xxh3::xxh3_64(abs.as_os_str().as_encoded_bytes());
             let uid = nix::unistd::getuid();
             std::env::temp_dir()
@@ -84,10 +120,33 @@ impl Inherited {
     /// Waits (up to 5 seconds, Pingora's protocol) for the running process to send its
     /// sockets. Nothing received: the error says so and the caller binds afresh.
     pub fn receive(path: &Path) -> anyhow::Result<Inherited> {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                anyhow::bail!(
+                    "{} is there and is not a socket; remove it (or pick another --upgrade-socket)",
+                    path.display()
+                );
+            }
+        }
         let path_str = path.to_string_lossy().into_owned();
         let mut fds = Fds::new();
-        fds.get_from_sock(path_str.as_str())
-            .map_err(|e| anyhow::anyhow!("no sockets received on {}: {e}", path.display()))?;
+        // Pingora's receiver panics on some failures (another process took the socket's path
+        // meanwhile): that is an error here, not a crash.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fds.get_from_sock(path_str.as_str())
+        }));
+        std::panic::set_hook(hook);
+        match got {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("no sockets received on {}: {e}", path.display()),
+            Err(_) => anyhow::bail!(
+                "no sockets received on {}: the socket went away while waiting (another `--upgrade` took its path?)",
+                path.display()
+            ),
+        }
         let (binds, raw) = fds.serialize();
         let mut out = HashMap::new();
         for (bind, fd) in binds.into_iter().zip(raw) {
@@ -135,6 +194,8 @@ impl Inherited {
 /// Sends `listeners` (address, descriptor) to the process waiting on `path`, retrying for up to
 /// 5 seconds while none waits. Blocking.
 pub fn send(path: &Path, listeners: &[(String, RawFd)]) -> anyhow::Result<usize> {
+    // A word from an earlier hand-over is no word from this one.
+    let _ = std::fs::remove_file(ready_path(path));
     let mut fds = Fds::new();
     for (addr, fd) in listeners {
         fds.add(addr.clone(), *fd);

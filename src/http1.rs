@@ -190,7 +190,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 negotiated by TLS: Pingora's HTTP/2 server, each stream through the same
-            // proxy. TLS with `http/1.1` (or no ALPN) stays here.
+            // proxy, once the client's preface arrived within the head deadline (Pingora's
+            // HTTP/2 handshake has none). TLS with `http/1.1` (or no ALPN) stays here.
+            let mut stream = Box::new(DeadlineStream::new(stream, self.head_timeout));
+            stream.rearm(true);
+            let mut draining = shutdown.clone();
+            if !wait_for_request(&mut stream, None, &mut draining).await
+                || !matches!(
+                    std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await,
+                    Ok(true)
+                )
+            {
+                return None;
+            }
+            stream.leave_http1();
             return self.inner.process_new(stream, shutdown).await;
         }
         let h2c = self.h2c && stream.get_ssl_digest().is_none();

@@ -80,7 +80,11 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
             None
         }
     };
+    // Everything that can fail is settled before the sockets are taken: a process that took
+    // them and then failed would leave nothing listening.
+    let tls = tls_handshakes(&server_cfg, &live)?;
     let mut inherited = crate::handover::Inherited::default();
+    let mut received = false;
     if let (true, Some(sock)) = (upgrade, &handover) {
         match crate::handover::Inherited::receive(sock) {
             Ok(got) => {
@@ -89,6 +93,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
                     "took the listening sockets of the running process"
                 );
                 inherited = got;
+                received = true;
             }
             Err(e) => tracing::warn!(
                 "{e}; binding the listeners afresh (a running process keeps them: then this fails)"
@@ -119,7 +124,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
     options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
     app.server_options = Some(options);
     app.h2_options = Some(h2_options(&server_cfg));
-    let listeners = bind_listeners(&server_cfg, &live, &mut inherited)?;
+    let listeners = bind_listeners(&server_cfg, tls, &mut inherited)?;
     let unused = inherited.close_rest();
     if !unused.is_empty() {
         tracing::info!(
@@ -133,6 +138,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
         .map(|b| (addr_of(&b.listener), b.listener.as_raw_fd()))
         .collect();
     sockets.push((addr_of(&admin_listener), admin_listener.as_raw_fd()));
+    let handover_sockets = handover.map(|sock| (sock, sockets));
     let proxy = ProxyListeners {
         name: "strangle proxy".to_string(),
         app: Arc::new(Http1 {
@@ -179,11 +185,15 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
     ));
 
     live.lifecycle.log_cut_offs_to(Arc::clone(&access));
+    // Listening on everything: the process that handed the sockets over may stop accepting.
+    if let (true, Some((sock, _))) = (received, &handover_sockets) {
+        crate::handover::say_ready(sock);
+    }
     tracing::info!(listen = ?server_cfg.listen, tls = ?server_cfg.tls.iter().flat_map(|t| &t.listen).collect::<Vec<_>>(), h2c = server_cfg.h2c, admin = %live.load().config.admin.listen, config = %live.path.display(), "strangle serving");
     server.run(RunArgs {
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
-            handover: handover.map(|sock| (sock, sockets)),
+            handover: handover_sockets,
             emf: Arc::clone(&emf),
             live: Arc::clone(&live),
             lifecycle: Arc::clone(&live.lifecycle),
@@ -208,9 +218,31 @@ fn h2_options(server: &crate::config::Server) -> pingora::protocols::http::v2::s
 
 /// Binds every proxy listener, plain and TLS, loading each TLS listener's certificates (a
 /// pair that does not load stops the start, with the files and the reason).
-fn bind_listeners(
+/// Each TLS listener's handshake, its certificates loaded (a pair that does not load stops the
+/// start, with the files and the reason).
+fn tls_handshakes(
     server: &crate::config::Server,
     live: &Live,
+) -> anyhow::Result<Vec<Arc<crate::tls::Handshake>>> {
+    let mut endpoints = Vec::new();
+    let mut handshakes = Vec::new();
+    for tls in &server.tls {
+        let endpoint = crate::tls::Endpoint::load(tls)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("TLS listener {:?}: {e}", tls.listen))?;
+        handshakes.push(Arc::new(crate::tls::Handshake::new(
+            tls,
+            Arc::clone(&endpoint),
+        )?));
+        endpoints.push(endpoint);
+    }
+    let _ = live.registry.tls.set(endpoints);
+    Ok(handshakes)
+}
+
+fn bind_listeners(
+    server: &crate::config::Server,
+    tls: Vec<Arc<crate::tls::Handshake>>,
     inherited: &mut crate::handover::Inherited,
 ) -> anyhow::Result<Vec<crate::http1::listener::Bound>> {
     use crate::http1::listener::{bind, Bound};
@@ -227,21 +259,14 @@ fn bind_listeners(
             tls: None,
         });
     }
-    let mut endpoints = Vec::new();
-    for tls in &server.tls {
-        let endpoint = crate::tls::Endpoint::load(tls)
-            .map(Arc::new)
-            .map_err(|e| anyhow::anyhow!("TLS listener {:?}: {e}", tls.listen))?;
-        let handshake = Arc::new(crate::tls::Handshake::new(tls, Arc::clone(&endpoint))?);
+    for (tls, handshake) in server.tls.iter().zip(tls) {
         for &addr in &tls.listen {
             bound.push(Bound {
                 listener: bind(addr)?,
                 tls: Some(Arc::clone(&handshake)),
             });
         }
-        endpoints.push(endpoint);
     }
-    let _ = live.registry.tls.set(endpoints);
     Ok(bound)
 }
 
@@ -295,19 +320,44 @@ impl ShutdownSignalWatch for Drain {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
+        // A hand-over under way (it waits for the new process); other signals still count.
+        let mut handing: Option<tokio::task::JoinHandle<bool>> = None;
+        enum Got {
+            Int,
+            Quit,
+            Handed(bool),
+            Term,
+        }
         loop {
-            tokio::select! {
-                _ = int.recv() => {
+            let busy = handing.is_some();
+            let handed = async {
+                match handing.as_mut() {
+                    Some(h) => h.await.unwrap_or(false),
+                    None => std::future::pending().await,
+                }
+            };
+            let got = tokio::select! {
+                _ = int.recv() => Got::Int,
+                _ = quit.recv(), if !busy => Got::Quit,
+                done = handed => Got::Handed(done),
+                _ = term.recv() => Got::Term,
+            };
+            match got {
+                Got::Int => {
                     let left = self.lifecycle.in_flight();
                     tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
                     return ShutdownSignal::FastShutdown;
                 }
-                _ = quit.recv() => {
-                    if self.hand_over().await {
+                Got::Quit => handing = self.hand_over(),
+                Got::Handed(done) => {
+                    handing = None;
+                    if done {
+                        self.lifecycle.mark_handed_over();
+                        tracing::info!(grace = ?self.grace, "the new process serves on the listening sockets; stopping accepting and draining");
                         return self.drain();
                     }
                 }
-                _ = term.recv() => {
+                Got::Term => {
                     tracing::info!(grace = ?self.grace, "SIGTERM: draining in-flight requests");
                     return self.drain();
                 }
@@ -318,33 +368,32 @@ impl ShutdownSignalWatch for Drain {
 
 impl Drain {
     /// SIGQUIT: sends the listening sockets to the process started with `--upgrade` (waiting
-    /// up to 5 seconds for one). `false` when none took them: this process goes on serving, as
-    /// if nothing happened (a new binary that failed to start must not take the old one down).
-    async fn hand_over(&self) -> bool {
+    /// up to 5 seconds for one), then waits for it to say it listens on all of them. The task
+    /// ends `true` once it did; `false` when no process took them or the one that did never
+    /// said so: this process goes on serving, as if nothing happened (a new binary that failed
+    /// to start must not take the old one down; it still holds every socket).
+    fn hand_over(&self) -> Option<tokio::task::JoinHandle<bool>> {
         let Some((sock, sockets)) = self.handover.clone() else {
             tracing::error!(
                 "SIGQUIT: no upgrade socket (see the start-up warning); going on serving"
             );
-            return false;
+            return None;
         };
         tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new process");
-        let sent =
-            tokio::task::spawn_blocking(move || crate::handover::send(&sock, &sockets)).await;
-        match sent {
-            Ok(Ok(_)) => {
-                self.lifecycle.mark_handed_over();
-                tracing::info!(grace = ?self.grace, "listening sockets handed over; stopping accepting and draining");
-                true
-            }
-            Ok(Err(e)) => {
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::handover::send(&sock, &sockets) {
                 tracing::error!("SIGQUIT: {e}; going on serving (start `strangle serve --upgrade` first, then send SIGQUIT within 5 seconds)");
-                false
+                return false;
             }
-            Err(e) => {
-                tracing::error!("SIGQUIT: the hand-over failed: {e}; going on serving");
-                false
+            tracing::info!(
+                "listening sockets handed over; serving on until the new process says it listens"
+            );
+            if !crate::handover::await_ready(&sock, crate::handover::READY_WITHIN) {
+                tracing::error!("the new process took the sockets but did not say it listens within {:?}; going on serving (both processes accept now; stop the new one if it failed)", crate::handover::READY_WITHIN);
+                return false;
             }
-        }
+            true
+        }))
     }
 
     /// Starts draining: `/ready` turns 503, every response says `Connection: close`, and the

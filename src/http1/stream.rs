@@ -248,13 +248,26 @@ impl DeadlineStream {
             if n == H2_PREFACE.len() {
                 return Poll::Ready(Ok(true));
             }
-            self.poll_deadline(cx)?;
+            // The preface's beginning can look like a whole HTTP/1 head (`PRI * HTTP/2.0` and a
+            // blank line), which ends the head deadline: the rest of it gets one of its own.
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.deadline)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "HTTP/2 preface deadline",
+                )));
+            }
             let mut chunk = [0u8; 1024];
             let mut buf = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
             if buf.filled().is_empty() {
                 return Poll::Ready(Ok(false));
             }
+            // Scanned as HTTP/1 bytes too: if this is no preface, the head they start is
+            // checked as one that arrived whole would be.
+            self.seen(buf.filled());
             let have = self.peeked.as_deref().unwrap_or_default();
             let mut more = Vec::with_capacity(have.len() + buf.filled().len());
             more.extend_from_slice(have);
@@ -263,8 +276,8 @@ impl DeadlineStream {
         }
     }
 
-    /// The connection leaves HTTP/1 for HTTP/2 (h2c): no head deadline from here on (HTTP/2
-    /// has its own idle timeout), and reads pass straight through.
+    /// The connection leaves HTTP/1 for HTTP/2 (its preface is here): no head deadline from
+    /// here on (HTTP/2 has its own idle timeout), and reads pass straight through.
     pub(super) fn leave_http1(&mut self) {
         self.in_head = false;
         self.timer = None;

@@ -12,7 +12,7 @@ use crate::support::*;
 fn h2c_proxy(legacy: &Backend) -> Proxy {
     Proxy::start(
         &Config::new()
-            .server("h2c = true\nmax-concurrent-streams = 3\nmax-header-bytes = 4096\nmax-headers = 20\nkeepalive-timeout = \"1s\"")
+            .server("h2c = true\nmax-concurrent-streams = 3\nmax-header-bytes = 4096\nmax-headers = 20\nkeepalive-timeout = \"1s\"\nheader-timeout = \"1s\"")
             .upstream("legacy", &legacy.addr())
             .route("bookings", "/bookings", |r| r.legacy("legacy"))
             .build(),
@@ -176,4 +176,43 @@ fn every_http2_stream_is_authorized_split_and_stripped_like_an_http1_request() {
     // Each stream is in the access log.
     let log = proxy.log_when(11);
     assert_eq!(log.iter().filter(|l| l["status"] == 200).count(), 10);
+}
+
+#[test]
+fn h2c_detection_keeps_the_head_deadline_and_the_request_line_checks() {
+    let legacy = Backend::start("legacy");
+    let proxy = h2c_proxy(&legacy);
+    // The preface's first line and a blank line look like a whole HTTP/1 head: the rest of
+    // the preface must still come within the head deadline.
+    for sent in [&b"PRI * HTTP/2.0\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n", b"PR"] {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let start = Instant::now();
+        s.write_all(sent).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "{:?}: {took:?}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+    // A request line whose first byte came alone (while h2c looked for the preface) is checked
+    // as one that came whole.
+    for line in [
+        &b"UT /bookings/a\"b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"UT /bookings/a b HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"P").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(line).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(legacy.count(), 0);
 }

@@ -568,6 +568,28 @@ fn slow_and_plaintext_clients_of_a_tls_listener_are_closed_and_counted() {
 
     // HTTP/1.1 over TLS keeps the plain listener's head deadline (10s by default; the
     // handshake's is 1s, which a head trickling in would outlive).
+    // So does HTTP/2 for its preface: a client that negotiated h2 and sends nothing, or half
+    // the preface, is closed at the same deadline (Pingora's HTTP/2 handshake has none).
+    let h2 = [&b""[..], &b"PRI * HTTP/2.0\r\n\r\n"[..]].map(|sent| {
+        let config = client_config(&e.pki, true, &[b"h2"]);
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::thread::spawn(move || {
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock).unwrap();
+            }
+            assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+            let start = Instant::now();
+            tls.write_all(sent).unwrap();
+            tls.flush().unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer);
+            start.elapsed()
+        })
+    });
     let (mut tls, _) = connect(&e.pki, tls_port, "a.test", true);
     tls.sock
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -583,6 +605,13 @@ fn slow_and_plaintext_clients_of_a_tls_listener_are_closed_and_counted() {
         took >= Duration::from_secs(9) && took < Duration::from_secs(15),
         "{took:?}"
     );
+    for h in h2 {
+        let took = h.join().unwrap();
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+            "HTTP/2 preface: {took:?}"
+        );
+    }
     assert!(e.legacy.seen().is_empty());
 }
 

@@ -203,3 +203,56 @@ fn an_upgrade_with_no_running_process_binds_afresh_and_a_port_in_use_stops_it() 
     assert!(err.contains("cannot listen"), "{err}");
     assert_eq!(get(proxy.port, "/", &[]).status, 200);
 }
+
+#[test]
+fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_one_serving() {
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .build();
+    let mut proxy = Proxy::start(&text);
+    // The config the new process reads listens on one more address, which another program
+    // holds: it takes the sockets, then cannot bind that one.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = held.local_addr().unwrap();
+    let config = std::fs::read_to_string(&proxy.config).unwrap();
+    let listen = format!("listen = [\"127.0.0.1:{}\"]", proxy.port);
+    assert!(config.contains(&listen), "{config}");
+    std::fs::write(
+        &proxy.config,
+        config.replace(
+            &listen,
+            &format!("listen = [\"127.0.0.1:{}\", \"{held_addr}\"]", proxy.port),
+        ),
+    )
+    .unwrap();
+    let mut new_process = start_upgrade(&proxy);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.signal(nix::sys::signal::Signal::SIGQUIT);
+    let status = new_process.wait().unwrap();
+    assert!(!status.success());
+    let new_stderr =
+        std::fs::read_to_string(proxy.dir.path().join("stderr-new.log")).unwrap_or_default();
+    assert!(
+        new_stderr.contains(&format!("cannot listen for the proxy on {held_addr}")),
+        "{new_stderr}"
+    );
+    // The old process never stopped accepting: served while it waits for a word from the new
+    // one, and after it gave up waiting.
+    assert_eq!(get(proxy.port, "/", &[]).status, 200);
+    assert!(
+        proxy.wait_for_log("did not say it listens", Duration::from_secs(20)),
+        "{}",
+        proxy.stderr()
+    );
+    for _ in 0..20 {
+        assert_eq!(get(proxy.port, "/", &[]).status, 200);
+    }
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "the old process exited"
+    );
+    assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
+    drop(held);
+}
