@@ -160,7 +160,7 @@ fn resolve_route(status: &Status, route: &str) -> anyhow::Result<String> {
 /// `strangle shift --file FILE ROUTE PERCENT`: edits the file without a running proxy.
 pub fn shift_file(file: &Path, route: &str, percent: &str) -> anyhow::Result<String> {
     let shift = parse_percent(percent)?;
-    let config = crate::config::load(file).map_err(|e| anyhow!("{e}"))?;
+    let config = crate::config::load_to_edit(file).map_err(|e| anyhow!("{e}"))?;
     let id = config
         .routes
         .iter()

@@ -351,6 +351,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             hint: None,
         }])
     })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    lower(&name, &text, base, &System, true)
+}
+
+/// `load` for a file that is edited, not served (`strangle shift --file`): TLS certificate
+/// files are looked at but a pair that does not load is only a warning, as on a reload.
+pub fn load_to_edit(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = inputs::text(&System, path).map_err(|e| {
+        ConfigErrors(vec![Diagnostic {
+            file: name.clone(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read config: {e}"),
+            hint: None,
+        }])
+    })?;
     parse(&name, &text, path.parent().unwrap_or(Path::new(".")))
 }
 
@@ -368,11 +385,26 @@ pub fn parse_with(
     base: &Path,
     inputs: &dyn Inputs,
 ) -> Result<Config, ConfigErrors> {
+    lower(file, text, base, inputs, false)
+}
+
+/// `tls_pairs_must_load`: a TLS certificate pair that does not load is an error (the config a
+/// process starts with, and `strangle check`), or a warning (a reload or an edit: listeners
+/// change only at a restart, and the TLS runtime keeps the pair in force when files go bad,
+/// so a bad file must not block a shift or a rollback).
+fn lower(
+    file: &str,
+    text: &str,
+    base: &Path,
+    inputs: &dyn Inputs,
+    tls_pairs_must_load: bool,
+) -> Result<Config, ConfigErrors> {
     let mut cx = Cx {
         file,
         text,
         base,
         inputs,
+        tls_pairs_must_load,
         diags: Vec::new(),
         warnings: Vec::new(),
     };
@@ -404,6 +436,8 @@ struct Cx<'a> {
     base: &'a Path,
     /// The only way lowering reaches the environment or a file.
     inputs: &'a dyn Inputs,
+    /// A TLS pair that does not load is an error (else a warning): see `lower`.
+    tls_pairs_must_load: bool,
     diags: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
@@ -488,7 +522,12 @@ impl Cx<'_> {
         let server = self.server(server, &upstreams);
         let log = self.log(log);
         let telemetry = self.telemetry(telemetry.unwrap_or_default());
-        let admin = self.admin(admin.unwrap_or_default());
+        let taken: Vec<std::net::SocketAddr> = server
+            .iter()
+            .flat_map(|s| s.listen.iter().chain(s.tls.iter().flat_map(|t| &t.listen)))
+            .copied()
+            .collect();
+        let admin = self.admin(admin.unwrap_or_default(), &taken);
         let auth = self.auths(auths);
         let (routes, id_spans) = self.routes(routes, &upstreams, &auth);
         if let Some(server) = &server {

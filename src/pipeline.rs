@@ -359,7 +359,12 @@ impl Request {
             peer_trusted: self.client.peer_trusted,
             client: self.client.addr,
             https,
-            host: head.headers.get(http::header::HOST).cloned(),
+            // HTTP/2 names the host in `:authority`; `Host` is optional there.
+            host: head.headers.get(http::header::HOST).cloned().or_else(|| {
+                head.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            }),
             keep_upgrade,
             identity_headers: &self.snap.identity_headers,
             claims,

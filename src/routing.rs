@@ -223,6 +223,8 @@ pub enum PathError {
     DotParameter,
     #[error("raw or encoded control byte in query")]
     QueryControl,
+    #[error("raw non-ASCII byte in query (percent-encode it)")]
+    QueryNonAscii,
 }
 
 /// What `;` in a path segment gets (`[server] path-parameters`).
@@ -386,6 +388,8 @@ pub fn check_query(query: &[u8]) -> Result<(), PathError> {
         match query[i] {
             b'#' => return Err(PathError::ForbiddenByte),
             b if b < 0x20 || b == 0x7f => return Err(PathError::QueryControl),
+            // HTTP/1's request line cannot carry them; HTTP/2's `:path` is refused the same.
+            b if b >= 0x80 => return Err(PathError::QueryNonAscii),
             b'%' => {
                 let value = query
                     .get(i + 1)

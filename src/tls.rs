@@ -135,8 +135,10 @@ impl Endpoint {
                 continue;
             }
             if now.is_none() {
-                // Gone (deleted, or unreadable): the pair loaded stays in use; said once.
-                tracing::warn!(listener = %self.label, cert = %files.cert.display(), key = %files.key.display(), "a certificate or key file cannot be read; the pair loaded before stays in use");
+                // Gone (deleted, or unreadable): the pair loaded stays in use; said (and
+                // counted as a failed reload) once.
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(listener = %self.label, cert = %files.cert.display(), key = %files.key.display(), "a certificate or key file cannot be read; the pair loaded before stays in use");
                 next.get_or_insert_with(|| copy(&table))[i].stamps = None;
                 pending[i] = None;
                 continue;
@@ -239,6 +241,8 @@ impl ResolvesServerCert for Endpoint {
 pub struct Handshake {
     acceptor: Acceptor,
     timeout: Duration,
+    /// HTTP/1.1 is offered: without it, a client that negotiated nothing is refused too.
+    http11: bool,
     pub endpoint: Arc<Endpoint>,
 }
 
@@ -266,6 +270,7 @@ impl Handshake {
         Ok(Handshake {
             acceptor: Acceptor::from_server_config(Arc::new(config)),
             timeout: tls.handshake_timeout,
+            http11: tls.http11,
             endpoint,
         })
     }
@@ -274,7 +279,22 @@ impl Handshake {
     /// longer than the deadline.
     pub async fn accept(&self, stream: pingora::protocols::l4::stream::Stream) -> Option<Stream> {
         match tokio::time::timeout(self.timeout, self.acceptor.tls_handshake(stream)).await {
-            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Ok(tls)) => {
+                use pingora::protocols::Ssl;
+                let h2 = matches!(
+                    tls.selected_alpn_proto(),
+                    Some(pingora::protocols::ALPN::H2)
+                );
+                if !h2 && !self.http11 {
+                    // An `h2`-only listener: a client that negotiated no protocol would be
+                    // served HTTP/1.1, which the listener does not offer.
+                    self.endpoint
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Some(Box::new(tls))
+            }
             Ok(Err(e)) => {
                 self.endpoint
                     .handshake_failures

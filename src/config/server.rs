@@ -105,7 +105,8 @@ impl Cx<'_> {
         })
     }
 
-    pub(super) fn admin(&mut self, raw: RawAdmin) -> Admin {
+    /// `[admin]`; `taken` are the proxy's listeners (plain and TLS), which it cannot share.
+    pub(super) fn admin(&mut self, raw: RawAdmin, taken: &[SocketAddr]) -> Admin {
         let listen = match &raw.listen {
             None => DEFAULT_ADMIN,
             Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
@@ -118,6 +119,13 @@ impl Cx<'_> {
                 DEFAULT_ADMIN
             }),
         };
+        if let (Some(l), true) = (&raw.listen, taken.contains(&listen)) {
+            self.err_at(
+                l,
+                format!("`{listen}` is a proxy listener too: the admin API needs its own address"),
+                None,
+            );
+        }
         let token = raw.token.as_ref().map(|t| t.get_ref().clone());
         if let Some(t) = &raw.token {
             if t.get_ref().trim().is_empty() {

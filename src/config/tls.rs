@@ -54,15 +54,22 @@ impl Cx<'_> {
                     false
                 }
             };
-            let handshake_timeout =
-                self.optional_duration(&t.handshake_timeout, "handshake-timeout");
+            let handshake_timeout = self.duration(
+                &t.handshake_timeout,
+                "handshake-timeout",
+                Duration::from_secs(10),
+            );
+            if let (Some(v), true) = (&t.handshake_timeout, handshake_timeout.is_zero()) {
+                let hint = Some("leave it out for the default, 10s".into());
+                self.err_at(v, "`handshake-timeout` must be more than 0", hint);
+            }
             out.push(Tls {
                 listen,
                 pairs,
                 h2,
                 http11,
                 tls13_only,
-                handshake_timeout: handshake_timeout.unwrap_or(Duration::from_secs(10)),
+                handshake_timeout,
             });
         }
         out
@@ -139,11 +146,13 @@ impl Cx<'_> {
             let (c, k) = match (self.inputs.file(&files.cert), self.inputs.file(&files.key)) {
                 (Ok(c), Ok(k)) => (c, k),
                 (Err(e), _) => {
-                    self.err_at(cert, e, None);
+                    self.bad_pair(cert, e);
+                    pairs.push(files);
                     continue;
                 }
                 (_, Err(e)) => {
-                    self.err_at(key, e, None);
+                    self.bad_pair(key, e);
+                    pairs.push(files);
                     continue;
                 }
             };
@@ -174,13 +183,23 @@ impl Cx<'_> {
                 }
                 Err(e) => {
                     let msg = format!("`{}` / `{}`: {e}", cert.get_ref(), key.get_ref());
-                    self.err_at(cert, msg, None);
-                    continue;
+                    self.bad_pair(cert, msg);
                 }
             }
             pairs.push(files);
         }
         pairs
+    }
+
+    /// A pair that does not load: an error for the config a process starts with, a warning on
+    /// a reload or an edit (the TLS runtime keeps the pair in force).
+    fn bad_pair(&mut self, at: &Spanned<String>, message: String) {
+        if self.tls_pairs_must_load {
+            self.err_at(at, message, None);
+        } else {
+            let hint = Some("a running listener keeps the pair it loaded until the files load; a restart needs them right".into());
+            self.warn(at.span().start, message, hint);
+        }
     }
 
     fn alpn(&mut self, alpn: &Option<S<Vec<S<String>>>>) -> (bool, bool) {

@@ -217,6 +217,25 @@ pub fn apply<H: Headers>(h: &mut H, out: &Outbound<'_>) {
             h.set_static(X_AMZN_TRACE_ID, v.clone());
         }
     }
+    join_cookies(h);
+}
+
+/// HTTP/2 clients (browsers) send each cookie as a field of its own (RFC 9113 section 8.2.3);
+/// an HTTP/1 upstream, a signed endpoint and a Lambda event get them as one `Cookie`, joined
+/// with `; ` (many servers read only the first line). One line is left as it is.
+fn join_cookies<H: Headers>(h: &mut H) {
+    let mut lines = h.map().get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in h.map().get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.set_static(http::header::COOKIE.as_str(), v);
+    }
 }
 
 /// Whether a client's `tracestate` is within W3C Trace Context's limit (512 characters in all,
@@ -529,5 +548,20 @@ mod tests {
         long.insert(HeaderName::from_static("tracestate"), value);
         apply(&mut long, &out);
         assert!(!long.contains_key("tracestate"));
+    }
+
+    #[test]
+    fn cookies_sent_as_several_fields_reach_the_upstream_as_one() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2; c=3"));
+        apply(&mut h, &outbound(false, &[], &[]));
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        // One line is left as it was.
+        let mut one = HeaderMap::new();
+        one.insert("cookie", HeaderValue::from_static("a=1;b=2"));
+        apply(&mut one, &outbound(false, &[], &[]));
+        assert_eq!(one["cookie"], "a=1;b=2");
     }
 }

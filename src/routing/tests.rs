@@ -157,7 +157,14 @@ fn encoded_controls_bad_utf8_and_parameters_are_refused() {
         assert_eq!(keep(p), Err(PathError::DotParameter), "{p}");
     }
     assert_eq!(check_query(b"?a=1&b=%41"), Ok(()));
-    for q in [&b"?a=%00"[..], b"?a=%0a", b"?a=\x01", b"?a=#b"] {
+    for q in [
+        &b"?a=%00"[..],
+        b"?a=%0a",
+        b"?a=\x01",
+        b"?a=#b",
+        "?a=é".as_bytes(),
+        b"?a=\xff",
+    ] {
         assert!(check_query(q).is_err(), "{q:?}");
     }
 }

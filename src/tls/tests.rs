@@ -145,6 +145,11 @@ fn changed_files_are_loaded_once_they_settle_and_bad_ones_keep_the_old_pair() {
     e.poll();
     e.poll();
     assert_eq!(served(&e, None), der(&third.0));
+    assert_eq!(
+        e.reload_failures.load(Ordering::Relaxed),
+        3,
+        "a file gone is a failed reload"
+    );
     assert_eq!(e.in_force()[0].1, "a.test");
 }
 

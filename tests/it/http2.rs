@@ -173,9 +173,33 @@ fn every_http2_stream_is_authorized_split_and_stripped_like_an_http1_request() {
         assert_ne!(s.header("x-forwarded-for"), Some("6.6.6.6"));
         assert!(!s.headers.iter().any(|(k, _)| k == "x-strangle-side"));
     }
+    // Browsers send cookies as separate HTTP/2 fields: the upstream gets one `Cookie`; and the
+    // host the client asked for (`:authority`) is forwarded.
+    let (status, _) = h2c_get(
+        proxy.port,
+        "/bookings/cookies",
+        &[&bearer, "cookie: a=1", "cookie: b=2"],
+    );
+    assert_eq!(status, "200 2");
+    let seen: Vec<Seen> = legacy.seen().into_iter().chain(new.seen()).collect();
+    let s = seen
+        .iter()
+        .find(|s| s.target == "/bookings/cookies")
+        .unwrap();
+    let cookies: Vec<&str> = s
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+    assert_eq!(
+        s.header("x-forwarded-host"),
+        Some(format!("127.0.0.1:{}", proxy.port).as_str())
+    );
     // Each stream is in the access log.
-    let log = proxy.log_when(11);
-    assert_eq!(log.iter().filter(|l| l["status"] == 200).count(), 10);
+    let log = proxy.log_when(12);
+    assert_eq!(log.iter().filter(|l| l["status"] == 200).count(), 11);
 }
 
 #[test]
@@ -214,5 +238,10 @@ fn h2c_detection_keeps_the_head_deadline_and_the_request_line_checks() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
+    assert_eq!(legacy.count(), 0);
+    // What HTTP/1 refuses in a request line, HTTP/2 refuses in `:path`: raw non-ASCII in the
+    // query (curl sends the URL's bytes as they are).
+    let (status, _) = h2c_get(proxy.port, "/bookings/1?name=\u{e9}", &[]);
+    assert_eq!(status, "400 2");
     assert_eq!(legacy.count(), 0);
 }

@@ -367,6 +367,30 @@ fn alpn_and_the_lowest_version_are_the_listeners() {
         curl(&e.pki, "a.test", e.tls_port, "/bookings/1", &["--tlsv1.3"]).1,
         "200 1.1"
     );
+    // An h2-only listener refuses a client that would be served HTTP/1.1 (none offered, or
+    // only http/1.1).
+    let h2 = edge("alpn = [\"h2\"]");
+    let (code, _, _) = curl(
+        &h2.pki,
+        "a.test",
+        h2.tls_port,
+        "/bookings/1",
+        &["--http1.1"],
+    );
+    assert_ne!(code, 0);
+    let (code, _, _) = curl(
+        &h2.pki,
+        "a.test",
+        h2.tls_port,
+        "/bookings/1",
+        &["--http1.1", "--no-alpn"],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(
+        curl(&h2.pki, "a.test", h2.tls_port, "/bookings/1", &["--http2"]).1,
+        "200 2"
+    );
+    assert!(h2.legacy.seen().len() == 1);
     // By default 1.2 is accepted.
     let d = edge("");
     assert_eq!(
@@ -452,6 +476,15 @@ fn a_secret_swap_reaches_new_connections_and_spares_open_ones_and_bad_pairs_are_
         "{metrics}"
     );
     assert_eq!(request(&mut open, "/bookings/3"), 200);
+    // A bad pair on disk blocks no reload (nor, so, a shift or a rollback): listeners change
+    // only at a restart, and the pair in force stays; the reload warns.
+    let r = proxy.admin("POST", "/reload", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        proxy.wait_for_log("the certificate expired at", Duration::from_secs(5)),
+        "{}",
+        proxy.stderr()
+    );
 }
 
 #[test]
@@ -516,6 +549,17 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
         let (ok, out) = check(&path);
         assert!(!ok && out.contains(expect), "{keys}: {out}");
     }
+    // The admin API on a TLS listener's address.
+    let port = free_port();
+    let path = dir.path().join("admin.toml");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n\n{}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n",
+        free_port(),
+        tls_section(port, std::slice::from_ref(&files), "")
+    );
+    std::fs::write(&path, text).unwrap();
+    let (ok, out) = check(&path);
+    assert!(!ok && out.contains("is a proxy listener too"), "{out}");
     // The same address as a plain listener.
     let port = free_port();
     let path = dir.path().join("same.toml");
