@@ -66,24 +66,27 @@ bad = sum(d.get("errorDistribution", {}).values()) + sum(n for c, n in d.get("st
 print(*(round(p[k] * 1e6, 1) for k in ("p50", "p99", "p99.9")), bad)'
 }
 for v in "${VARIANTS[@]}"; do load "$v" 2 >/dev/null; done
-declare -A P50 P99 P999 ERR
+declare -A P50 P99 P999 ERR ROUND
 for r in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     read -r p50 p99 p999 err < <(load "$v" "$SECS")
     echo "round $r $v: p50 $p50 p99 $p99 p99.9 $p999 us, $err errors" >&2
-    P50[$v]+="$p50 "; P99[$v]+="$p99 "; P999[$v]+="$p999 "; ERR[$v]+="$err "
+    P50[$v]+="$p50 "; P99[$v]+="$p99 "; P999[$v]+="$p999 "; ERR[$v]+="$err "; ROUND[$v,$r]=$p99
   done
 done
+# Each round's p99 against routing's in the same round (run seconds apart): the host's slow
+# swings, which move every variant of a round together, cancel out of these ratios.
+paired() { for r in $(seq "$ROUNDS"); do python3 -c "print(${ROUND[$1,$r]} / ${ROUND[routing,$r]})"; done | median; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 copies() { curl -s "http://${ADMIN[$1]}/metrics" | awk '/^strangle_shadow_requests_total/ {split($1, a, "outcome=\""); split(a[2], b, "\""); n[b[1]] += $2} END {printf "%d matched, %d error, %d dropped", n["matched"], n["error"], n["dropped"]}'; }
 r99=$(echo "${P99[routing]}" | median)
 report=$(
-  echo "| strangle | p50 µs | p99 µs | p99.9 µs | p99 vs routing | errors | copies |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| strangle | p50 µs | p99 µs | p99.9 µs | p99 vs routing | p99 vs routing, median of rounds | errors | copies |"
+  echo "|---|---|---|---|---|---|---|---|"
   for v in "${VARIANTS[@]}"; do
     p99=$(echo "${P99[$v]}" | median)
     c=$([ "$v" = routing ] && echo - || copies "$v")
-    echo "| $v | $(echo "${P50[$v]}" | median) | $p99 | $(echo "${P999[$v]}" | median) | $(python3 -c "print(f'{$p99/$r99:.2f}')") | $(echo "${ERR[$v]}" | tr ' ' '\n' | awk '{s+=$1} END {print s+0}') | $c |"
+    echo "| $v | $(echo "${P50[$v]}" | median) | $p99 | $(echo "${P999[$v]}" | median) | $(python3 -c "print(f'{$p99/$r99:.2f}')") | $(python3 -c "print(f'{$(paired "$v"):.2f}')") | $(echo "${ERR[$v]}" | tr ' ' '\n' | awk '{s+=$1} END {print s+0}') | $c |"
   done
 )
 echo "$report"

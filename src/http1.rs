@@ -189,22 +189,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // HTTP/2 negotiated by TLS: Pingora's HTTP/2 server, each stream through the same
-            // proxy, once the client's preface arrived within the head deadline (Pingora's
-            // HTTP/2 handshake has none). TLS with `http/1.1` (or no ALPN) stays here.
-            let mut stream = Box::new(DeadlineStream::new(stream, self.head_timeout));
-            stream.rearm(true);
-            let mut draining = shutdown.clone();
-            if !wait_for_request(&mut stream, None, &mut draining).await
-                || !matches!(
-                    std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await,
-                    Ok(true)
-                )
-            {
-                return None;
-            }
-            stream.leave_http1();
-            return self.inner.process_new(stream, shutdown).await;
+            // HTTP/2 negotiated by TLS. TLS with `http/1.1` (or no ALPN) stays here. Boxed:
+            // the HTTP/1 connection's future stays as small as it was.
+            return Box::pin(self.serve_h2(stream, shutdown)).await;
         }
         let h2c = self.h2c && stream.get_ssl_digest().is_none();
         // A new connection's wait is bounded by the head deadline (armed at accept), a
@@ -287,6 +274,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
+    /// An HTTP/2 connection negotiated by TLS: Pingora's HTTP/2 server, each stream through
+    /// the same proxy, once the client's preface arrived within the head deadline (Pingora's
+    /// HTTP/2 handshake has none).
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut stream = Box::new(DeadlineStream::new(stream, self.head_timeout));
+        stream.rearm(true);
+        let mut draining = shutdown.clone();
+        if !wait_for_request(&mut stream, None, &mut draining).await
+            || !matches!(
+                std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await,
+                Ok(true)
+            )
+        {
+            return None;
+        }
+        stream.leave_http1();
+        self.inner.process_new(stream, shutdown).await
+    }
+
     /// Serves the request whose first bytes are on `stream` with the fast engine or Pingora's
     /// proxy, and hands back the connection's stream with what carries over to the next
     /// request and whether bytes of it came with this one.

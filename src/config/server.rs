@@ -122,7 +122,7 @@ impl Cx<'_> {
         if let (Some(l), true) = (&raw.listen, taken.contains(&listen)) {
             self.err_at(
                 l,
-                format!("`{listen}` is a proxy listener too: the admin API needs its own address"),
+                format!("`{listen}` is already in use by a proxy listener: the admin API needs its own address"),
                 None,
             );
         }

@@ -559,7 +559,10 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
     );
     std::fs::write(&path, text).unwrap();
     let (ok, out) = check(&path);
-    assert!(!ok && out.contains("is a proxy listener too"), "{out}");
+    assert!(
+        !ok && out.contains("already in use by a proxy listener"),
+        "{out}"
+    );
     // The same address as a plain listener.
     let port = free_port();
     let path = dir.path().join("same.toml");
