@@ -44,17 +44,28 @@ pub fn say_ready(sock: &Path) {
     }
 }
 
-/// Waits (blocking) for `say_ready`; `true` once it came (the file is removed).
-pub fn await_ready(sock: &Path, within: Duration) -> bool {
+/// Waits (blocking) for `say_ready`; `true` once it came (the file is removed), `false` after
+/// `within` or once `stop` is set. Only a regular file of this user, in the private directory,
+/// is the word: anything else is left where it is and ignored.
+pub fn await_ready(sock: &Path, within: Duration, stop: &std::sync::atomic::AtomicBool) -> bool {
     let path = ready_path(sock);
     let start = Instant::now();
-    while start.elapsed() < within {
-        if std::fs::remove_file(&path).is_ok() {
+    while start.elapsed() < within && !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let ours = sock.parent().is_some_and(|d| is_private(d).is_ok())
+            && owned_by_us(&path, |t| t.is_file());
+        if ours && std::fs::remove_file(&path).is_ok() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Whether `path` is there, not a symlink, of the type `kind` accepts, and this user's.
+fn owned_by_us(path: &Path, kind: impl Fn(&std::fs::FileType) -> bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|m| kind(&m.file_type()) && m.uid() == nix::unistd::getuid().as_raw())
 }
 
 /// Where the hand-over happens for the config at `config` when `--upgrade-socket` is not
@@ -90,7 +101,7 @@ pub fn socket_path(config: &Path, given: Option<PathBuf>) -> anyhow::Result<Path
 
 /// Makes `dir` (mode 0700) or checks that it is ours and no one else's.
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -99,6 +110,13 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         ),
     }
+    is_private(dir)
+}
+
+/// Checks that `dir` is a directory of this user that no one else can enter (again at every
+/// hand-over: a /tmp cleaner may have removed it, and someone else made it since).
+fn is_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::symlink_metadata(dir)?;
     let uid = nix::unistd::getuid().as_raw();
     if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
@@ -194,8 +212,29 @@ impl Inherited {
 /// Sends `listeners` (address, descriptor) to the process waiting on `path`, retrying for up to
 /// 5 seconds while none waits. Blocking.
 pub fn send(path: &Path, listeners: &[(String, RawFd)]) -> anyhow::Result<usize> {
+    use std::os::unix::fs::FileTypeExt;
     // A word from an earlier hand-over is no word from this one.
     let _ = std::fs::remove_file(ready_path(path));
+    // Only to a socket this user made, in a directory only this user can enter: the sockets
+    // are the proxy's ports, and whoever receives them serves its traffic.
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let start = Instant::now();
+    loop {
+        is_private(dir).map_err(|e| anyhow::anyhow!("not handing the sockets over: {e}"))?;
+        if owned_by_us(path, |t| t.is_socket()) {
+            break;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            anyhow::bail!(
+                "not handing the sockets over: {} is not a socket of this user",
+                path.display()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            anyhow::bail!("no new process waits on {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut fds = Fds::new();
     for (addr, fd) in listeners {
         fds.add(addr.clone(), *fd);

@@ -194,6 +194,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
         shutdown_signal: Box::new(Drain {
             grace: server_cfg.grace_period,
             handover: handover_sockets,
+            stopping: Arc::default(),
             emf: Arc::clone(&emf),
             live: Arc::clone(&live),
             lifecycle: Arc::clone(&live.lifecycle),
@@ -282,6 +283,8 @@ struct Drain {
     grace: Duration,
     /// The upgrade socket and the listening sockets SIGQUIT hands over.
     handover: Option<(PathBuf, Vec<(String, std::os::fd::RawFd)>)>,
+    /// Set on SIGTERM or SIGINT: a hand-over under way stops waiting.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     emf: Arc<EmfReporter>,
     live: Arc<Live>,
     lifecycle: Arc<Lifecycle>,
@@ -344,6 +347,8 @@ impl ShutdownSignalWatch for Drain {
             };
             match got {
                 Got::Int => {
+                    self.stopping
+                        .store(true, std::sync::atomic::Ordering::Release);
                     let left = self.lifecycle.in_flight();
                     tracing::warn!(left, "SIGINT: stopping at once, without draining ({left} requests in flight are cut off; SIGTERM drains)");
                     return ShutdownSignal::FastShutdown;
@@ -358,6 +363,8 @@ impl ShutdownSignalWatch for Drain {
                     }
                 }
                 Got::Term => {
+                    self.stopping
+                        .store(true, std::sync::atomic::Ordering::Release);
                     tracing::info!(grace = ?self.grace, "SIGTERM: draining in-flight requests");
                     return self.drain();
                 }
@@ -380,6 +387,7 @@ impl Drain {
             return None;
         };
         tracing::info!(socket = %sock.display(), "SIGQUIT: handing the listening sockets to the new process");
+        let stopping = Arc::clone(&self.stopping);
         Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::handover::send(&sock, &sockets) {
                 tracing::error!("SIGQUIT: {e}; going on serving (start `strangle serve --upgrade` first, then send SIGQUIT within 5 seconds)");
@@ -388,7 +396,10 @@ impl Drain {
             tracing::info!(
                 "listening sockets handed over; serving on until the new process says it listens"
             );
-            if !crate::handover::await_ready(&sock, crate::handover::READY_WITHIN) {
+            if !crate::handover::await_ready(&sock, crate::handover::READY_WITHIN, &stopping) {
+                if stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    return false;
+                }
                 tracing::error!("the new process took the sockets but did not say it listens within {:?}; going on serving (both processes accept now; stop the new one if it failed)", crate::handover::READY_WITHIN);
                 return false;
             }

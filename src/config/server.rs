@@ -20,7 +20,16 @@ impl Cx<'_> {
             Some(l) => l,
             None => vec![Spanned::new(0..0, "127.0.0.1:8080".to_string())],
         };
+        let mut seen: Vec<SocketAddr> = Vec::new();
         for addr in &listen {
+            if let Ok(a) = addr.get_ref().parse::<SocketAddr>() {
+                if seen.iter().any(|s| super::tls::clash(s, &a)) {
+                    let msg =
+                        format!("`{a}` is already in use by a listener: one address, one listener");
+                    self.err_at(addr, msg, None);
+                }
+                seen.push(a);
+            }
             if addr.get_ref().parse::<SocketAddr>().is_err() {
                 let hint = Some("write `IP:PORT`, e.g. `0.0.0.0:8080` or `[::]:8080`".into());
                 self.err_at(
@@ -119,7 +128,10 @@ impl Cx<'_> {
                 DEFAULT_ADMIN
             }),
         };
-        if let (Some(l), true) = (&raw.listen, taken.contains(&listen)) {
+        if let (Some(l), true) = (
+            &raw.listen,
+            taken.iter().any(|t| super::tls::clash(t, &listen)),
+        ) {
             self.err_at(
                 l,
                 format!("`{listen}` is already in use by a proxy listener: the admin API needs its own address"),

@@ -35,6 +35,12 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
+/// Whether two listening addresses cannot both be bound: the same port, and the same address
+/// or either of them every address (`0.0.0.0`, `[::]`, which on Linux also takes IPv4's).
+pub(super) fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 impl Cx<'_> {
     pub(super) fn tls_listeners(&mut self, raw: Vec<S<RawTls>>, plain: &[SocketAddr]) -> Vec<Tls> {
         let mut taken: Vec<SocketAddr> = plain.to_vec();
@@ -92,9 +98,9 @@ impl Cx<'_> {
         let mut addrs = Vec::new();
         for a in listen.get_ref() {
             match a.get_ref().parse::<SocketAddr>() {
-                Ok(addr) if taken.contains(&addr) => self.err_at(
+                Ok(addr) if taken.iter().any(|t| clash(t, &addr)) => self.err_at(
                     a,
-                    format!("`{addr}` is already a listener: one address, one listener"),
+                    format!("`{addr}` is already in use by a listener: one address, one listener"),
                     None,
                 ),
                 Ok(addr) => {

@@ -563,6 +563,23 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
         !ok && out.contains("already in use by a proxy listener"),
         "{out}"
     );
+    // Listeners that cannot all be bound: the same address twice, and every address and
+    // one of them on one port.
+    for (listen, admin) in [
+        ("\"127.0.0.1:{p}\", \"127.0.0.1:{p}\"", "127.0.0.1:{q}"),
+        ("\"0.0.0.0:{p}\"", "127.0.0.1:{p}"),
+    ] {
+        let (p, q) = (free_port().to_string(), free_port().to_string());
+        let path = dir.path().join("clash.toml");
+        let text = format!(
+            "[server]\nlisten = [{}]\n[admin]\nlisten = \"{}\"\n",
+            listen.replace("{p}", &p),
+            admin.replace("{p}", &p).replace("{q}", &q)
+        );
+        std::fs::write(&path, text).unwrap();
+        let (ok, out) = check(&path);
+        assert!(!ok && out.contains("already in use by"), "{listen}: {out}");
+    }
     // The same address as a plain listener.
     let port = free_port();
     let path = dir.path().join("same.toml");
@@ -572,7 +589,7 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
     );
     std::fs::write(&path, text).unwrap();
     let (ok, out) = check(&path);
-    assert!(!ok && out.contains("already a listener"), "{out}");
+    assert!(!ok && out.contains("already in use by a listener"), "{out}");
 }
 
 #[test]

@@ -256,3 +256,48 @@ fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_one_serving(
     assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
     drop(held);
 }
+
+#[test]
+fn sockets_go_only_to_a_socket_of_this_user_in_a_directory_no_one_else_can_enter() {
+    use std::os::unix::fs::PermissionsExt;
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.path().join("u.sock");
+    let proxy = Proxy::start_with_env(
+        &text,
+        &[("STRANGLE_UPGRADE_SOCKET", sock.to_str().unwrap())],
+    );
+    // Someone else's socket at the path (another user's process bound it): refused.
+    let stranger = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    stranger.set_nonblocking(true).unwrap();
+    nix::unistd::chown(&sock, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert!(
+        proxy.wait_for_log("is not a socket of this user", Duration::from_secs(10)),
+        "{}",
+        proxy.stderr()
+    );
+    assert!(
+        stranger.accept().is_err(),
+        "the sockets went to a stranger's socket"
+    );
+    assert_eq!(get(proxy.port, "/", &[]).status, 200);
+    // Our socket, but in a directory others can enter (a /tmp cleaner removed ours and
+    // someone made it again, say): refused.
+    nix::unistd::chown(&sock, Some(nix::unistd::getuid()), None).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGQUIT);
+    assert!(
+        proxy.wait_for_log("no one else can enter", Duration::from_secs(10)),
+        "{}",
+        proxy.stderr()
+    );
+    assert!(stranger.accept().is_err());
+    assert_eq!(get(proxy.port, "/", &[]).status, 200);
+    assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
+}
