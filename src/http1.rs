@@ -18,6 +18,7 @@
 //! `HttpPersistentSettings` names a `pipelined_prefix` field (`has_pipelined_prefix`); the
 //! session's request filter runs in the connection's task (the `HEAD` task-local).
 
+mod http2;
 pub mod listener;
 mod scan;
 mod stream;
@@ -35,6 +36,7 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
 
 use crate::lifecycle::Lifecycle;
+pub use http2::body_read as http2_body_read;
 pub use stream::{fail_response, final_response_starts, DeadlineStream};
 
 tokio::task_local! {
@@ -65,8 +67,12 @@ pub fn head_parsed() -> bool {
 /// What the transport reads from the config; sent again on every reload that changes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// How long an idle kept-alive connection waits for its next request.
+    /// How long an idle kept-alive connection waits for its next request (an HTTP/2
+    /// connection, with no stream in flight).
     pub keepalive_timeout: Duration,
+    /// The longest a streamed request body may pause between reads (HTTP/2: per stream; HTTP/1
+    /// sets it on the session).
+    pub body_timeout: Duration,
 }
 
 /// How long an idle kept-alive connection stays open once draining starts, for a request
@@ -223,7 +229,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
                 match std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await {
                     Ok(true) => {
                         stream.leave_http1();
-                        return self.inner.process_new(stream, shutdown).await;
+                        return Box::pin(self.serve_http2(stream, shutdown)).await;
                     }
                     Ok(false) => {}
                     Err(_) => return None,
@@ -294,7 +300,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
             return None;
         }
         stream.leave_http1();
-        self.inner.process_new(stream, shutdown).await
+        self.serve_http2(stream, shutdown).await
+    }
+
+    /// Serves an HTTP/2 connection (its preface is waiting), with the current settings.
+    async fn serve_http2(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let settings = *self.settings.borrow();
+        http2::serve(
+            &self.inner,
+            stream,
+            shutdown,
+            settings.body_timeout,
+            settings.keepalive_timeout,
+        )
+        .await;
+        None
     }
 
     /// Serves the request whose first bytes are on `stream` with the fast engine or Pingora's

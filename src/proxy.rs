@@ -299,6 +299,8 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // An HTTP/2 stream's body must keep coming (`http1::http2`).
+        crate::http1::http2_body_read(end_of_stream);
         if let Some(tap) = ctx.shadow.as_mut() {
             if let Some(data) = body.as_ref() {
                 tap.request_body(data);

@@ -308,6 +308,7 @@ pub struct Live {
 fn transport_settings(config: &Config) -> crate::http1::Settings {
     crate::http1::Settings {
         keepalive_timeout: config.server.keepalive_timeout,
+        body_timeout: config.server.body_timeout,
     }
 }
 

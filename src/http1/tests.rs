@@ -22,6 +22,7 @@ impl HttpServerApp for Nothing {
 async fn an_idle_connection_holds_little_of_the_transports_state() {
     let (_settings_tx, settings) = watch::channel(Settings {
         keepalive_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(10),
     });
     let app = Arc::new(Http1 {
         inner: Arc::new(Nothing),

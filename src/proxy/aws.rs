@@ -57,12 +57,15 @@ async fn read_body_within(session: &mut Session, limit: usize) -> Result<Option<
     }
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = session.read_request_body().await? {
+        crate::http1::http2_body_read(false);
         if body.len() + chunk.len() > limit {
             session.set_keepalive(None);
             return Ok(None);
         }
         body.extend_from_slice(&chunk);
     }
+    // Read whole (bounded above by `body-timeout` in all): an HTTP/2 stream's body is done.
+    crate::http1::http2_body_read(true);
     Ok(Some(body.freeze()))
 }
 

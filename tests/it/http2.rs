@@ -245,3 +245,110 @@ fn h2c_detection_keeps_the_head_deadline_and_the_request_line_checks() {
     assert_eq!(status, "400 2");
     assert_eq!(legacy.count(), 0);
 }
+
+/// An HTTP/2 HEADERS frame on stream `id` for `method` and `path` (HPACK literals, no Huffman),
+/// `end_stream` when no body follows; `extra` are more literal headers.
+fn headers_frame(
+    id: u32,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    end_stream: bool,
+) -> Vec<u8> {
+    let mut block = Vec::new();
+    let mut literal_indexed_name = |index: u8, value: &str| {
+        block.push(index); // literal without indexing, name from the static table
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal_indexed_name(2, method); // :method
+    literal_indexed_name(4, path); // :path
+    literal_indexed_name(6, "http"); // :scheme
+    literal_indexed_name(1, "x"); // :authority
+    for (name, value) in extra {
+        block.push(0); // literal without indexing, new name
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut frame = Vec::new();
+    let len = block.len();
+    frame.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x1]);
+    frame.push(0x4 | if end_stream { 0x1 } else { 0 }); // END_HEADERS (and END_STREAM)
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+#[test]
+fn an_http2_request_body_that_stops_coming_is_reset_at_the_body_timeout() {
+    let legacy = Backend::start("legacy");
+    let proxy = Proxy::start(
+        &Config::new()
+            .server("h2c = true\nbody-timeout = \"1s\"\nkeepalive-timeout = \"1s\"")
+            .upstream("legacy", &legacy.addr())
+            .route("bookings", "/bookings", |r| r.legacy("legacy"))
+            .build(),
+    );
+    let cases: [(&str, Vec<u8>); 2] = [
+        // A GET whose stream never ends: answered at once, then nothing more from the client.
+        (
+            "GET",
+            headers_frame(1, "GET", "/bookings/forever", &[], false),
+        ),
+        // A POST that announces 100 bytes and sends 10.
+        ("POST", {
+            let mut f = headers_frame(
+                1,
+                "POST",
+                "/bookings/upload",
+                &[("content-length", "100")],
+                false,
+            );
+            f.extend_from_slice(&[0, 0, 10, 0x0, 0x0, 0, 0, 0, 1]);
+            f.extend_from_slice(b"0123456789");
+            f
+        }),
+    ];
+    for (what, frames) in cases {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .unwrap();
+        s.write_all(&frames).unwrap();
+        let start = Instant::now();
+        let types = frame_types(&mut s);
+        let took = start.elapsed();
+        // RST_STREAM (3) for the stalled stream, then the idle connection closes.
+        assert!(types.contains(&3), "{what}: no RST_STREAM: {types:?}");
+        assert!(took < Duration::from_secs(6), "{what}: {took:?} {types:?}");
+    }
+    // A body that is complete is no stall, however long the upstream takes to answer.
+    let (status, _) = h2c_get(proxy.port, "/bookings/slow", &["x-delay-ms: 2500"]);
+    assert_eq!(status, "200 2");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args([
+            "--http2-prior-knowledge",
+            "-H",
+            "x-delay-ms: 2500",
+            "--data-binary",
+            "0123456789",
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/bookings/slow-post",
+            proxy.port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&out), "200 2", "{}", stderr_of(&out));
+}
