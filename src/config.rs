@@ -339,8 +339,18 @@ pub struct KeyFile {
     pub text: String,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file (the one a process starts with, or `strangle check`).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    read_and_lower(path, true)
+}
+
+/// `load` for a file that is edited, not served (`strangle shift --file`): TLS certificate
+/// files are looked at but a pair that does not load is only a warning, as on a reload.
+pub fn load_to_edit(path: &Path) -> Result<Config, ConfigErrors> {
+    read_and_lower(path, false)
+}
+
+fn read_and_lower(path: &Path, tls_pairs_must_load: bool) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     let text = inputs::text(&System, path).map_err(|e| {
         ConfigErrors(vec![Diagnostic {
@@ -352,23 +362,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    lower(&name, &text, base, &System, true)
-}
-
-/// `load` for a file that is edited, not served (`strangle shift --file`): TLS certificate
-/// files are looked at but a pair that does not load is only a warning, as on a reload.
-pub fn load_to_edit(path: &Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = inputs::text(&System, path).map_err(|e| {
-        ConfigErrors(vec![Diagnostic {
-            file: name.clone(),
-            line: 1,
-            col: 1,
-            message: format!("cannot read config: {e}"),
-            hint: None,
-        }])
-    })?;
-    parse(&name, &text, path.parent().unwrap_or(Path::new(".")))
+    lower(&name, &text, base, &System, tls_pairs_must_load)
 }
 
 /// Validates config text. `base` resolves relative paths (`${file:..}`, `keys`, `ca-file`);

@@ -168,16 +168,10 @@ fn off_the_loopback_the_admin_api_needs_a_token() {
         ),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["serve", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let said = serve_refused(&path);
     assert!(
-        stderr_of(&out).contains("listens off the loopback (0.0.0.0:"),
-        "{}",
-        stderr_of(&out)
+        said.contains("listens off the loopback (0.0.0.0:"),
+        "{said}"
     );
 
     // With a token (from the environment): reads are open, changes need the token.

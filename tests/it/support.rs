@@ -346,6 +346,18 @@ where
 }
 
 /// `strangle check PATH`: whether it passed, and what it printed (stderr, then stdout).
+/// `strangle serve -c PATH` for a config that must not start: asserts it exited unsuccessfully
+/// and returns what it said.
+pub fn serve_refused(path: &std::path::Path) -> String {
+    let out = Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started: {}", stderr_of(&out));
+    stderr_of(&out)
+}
+
 pub fn check(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(bin()).arg("check").arg(path).output().unwrap();
     let text =

@@ -524,13 +524,8 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
         // `FILE:LINE:COL` pointing at the `certs` entry.
         assert!(out.contains(&format!("{name}.toml:6:")), "{name}: {out}");
         // And serve refuses to start.
-        let out = Command::new(bin())
-            .args(["serve", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        assert!(stderr_of(&out).contains(expect), "{}", stderr_of(&out));
+        let said = serve_refused(&path);
+        assert!(said.contains(expect), "{said}");
     }
     // Keys that are wrong in themselves.
     let files = pki.write("good", &good);
