@@ -299,8 +299,11 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // An HTTP/2 stream's body must keep coming (`http1::http2`).
-        crate::http1::http2_body_read(end_of_stream);
+        // An HTTP/2 stream's body must keep coming (`http1::http2`): empty DATA frames are no
+        // progress (a client could hold a stream with them for ever).
+        if end_of_stream || body.as_ref().is_some_and(|b| !b.is_empty()) {
+            crate::http1::http2_body_read(end_of_stream);
+        }
         if let Some(tap) = ctx.shadow.as_mut() {
             if let Some(data) = body.as_ref() {
                 tap.request_body(data);

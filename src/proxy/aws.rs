@@ -57,7 +57,9 @@ async fn read_body_within(session: &mut Session, limit: usize) -> Result<Option<
     }
     let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = session.read_request_body().await? {
-        crate::http1::http2_body_read(false);
+        if !chunk.is_empty() {
+            crate::http1::http2_body_read(false);
+        }
         if body.len() + chunk.len() > limit {
             session.set_keepalive(None);
             return Ok(None);

@@ -324,6 +324,31 @@ fn an_http2_request_body_that_stops_coming_is_reset_at_the_body_timeout() {
         assert!(types.contains(&3), "{what}: no RST_STREAM: {types:?}");
         assert!(took < Duration::from_secs(6), "{what}: {took:?} {types:?}");
     }
+    // Empty DATA frames are no progress: a POST that sends one every 300 ms is reset too.
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    s.write_all(&headers_frame(1, "POST", "/bookings/empty", &[], false))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(300));
+            if w.write_all(&[0, 0, 0, 0x0, 0x0, 0, 0, 0, 1]).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let types = frame_types(&mut s);
+    let took = start.elapsed();
+    assert!(types.contains(&3), "empty DATA: no RST_STREAM: {types:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "empty DATA kept the stream: {took:?}"
+    );
+    trickle.join().unwrap();
     // A body that is complete is no stall, however long the upstream takes to answer.
     let (status, _) = h2c_get(proxy.port, "/bookings/slow", &["x-delay-ms: 2500"]);
     assert_eq!(status, "200 2");
