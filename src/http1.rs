@@ -36,7 +36,10 @@ use pingora::server::ShutdownWatch;
 use tokio::sync::watch;
 
 use crate::lifecycle::Lifecycle;
-pub use http2::body_read as http2_body_read;
+pub use http2::{
+    body_read as http2_body_read, reset_for_stall as http2_reset_for_stall,
+    response_done as http2_response_done,
+};
 pub use stream::{fail_response, final_response_starts, DeadlineStream};
 
 tokio::task_local! {

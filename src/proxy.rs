@@ -475,6 +475,9 @@ impl ProxyHttp for Strangle {
         if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
             tap.body(data);
         }
+        if end_of_stream {
+            crate::http1::http2_response_done();
+        }
         ctx.body_passed(end_of_stream)
     }
 

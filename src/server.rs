@@ -214,6 +214,9 @@ fn h2_options(server: &crate::config::Server) -> pingora::protocols::http::v2::s
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(server.max_concurrent_streams);
     h2.max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    // Streams the HTTP/2 library itself resets as malformed before the connection is closed
+    // (its default is 1024; Pingora's own bound for those it refuses is 32).
+    h2.max_local_error_reset_streams(Some(32));
     h2
 }
 

@@ -38,7 +38,9 @@ pub struct CertFiles {
 /// Whether two listening addresses cannot both be bound: the same port, and the same address
 /// or either of them every address (`0.0.0.0`, `[::]`, which on Linux also takes IPv4's).
 pub(super) fn clash(a: &SocketAddr, b: &SocketAddr) -> bool {
-    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    // `[::ffff:127.0.0.1]` is `127.0.0.1`; port 0 is a new port each time.
+    let (x, y) = (crate::net::unmap(a.ip()), crate::net::unmap(b.ip()));
+    a.port() == b.port() && a.port() != 0 && (x == y || x.is_unspecified() || y.is_unspecified())
 }
 
 impl Cx<'_> {

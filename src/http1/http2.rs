@@ -9,10 +9,14 @@
 //!
 //! **What it adds.** Pingora reads an HTTP/2 request body with no timeout (its `read_body_bytes`
 //! says `TODO: timeout`, and `set_read_timeout` does nothing for HTTP/2), so a client that
-//! never ends a stream's body held the stream, its task and its connection for ever, even after
-//! the response was complete. Here every stream's body must keep coming as an HTTP/1 body must:
-//! at most `body-timeout` between reads (the proxy reports each read through `body_read`), or
-//! the stream is given up and reset (RST_STREAM), and the connection can go idle.
+//! never ended a stream's body held the stream, its task and its connection for ever once the
+//! response was complete. Here, once the response is complete (`response_done`), the rest of
+//! the body must keep coming as an HTTP/1 body must: at most `body-timeout` between reads (the
+//! proxy reports each non-empty read through `body_read`), or the stream is reset (RST_STREAM,
+//! which RFC 9113 section 8.1 allows after a complete response) and logged. Before the response
+//! is complete a pause may be the upstream's (Pingora reads the client only as fast as the
+//! upstream takes the body, and HTTP/2 flow control then stops the client): the upstream's
+//! `timeout` bounds that wait, as it does the exchange.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -41,12 +45,32 @@ pub fn body_read(done: bool) {
     let _ = PROGRESS.try_with(|p| p.read(done));
 }
 
+/// The response is complete: from now on the request body's pauses are the client's.
+pub fn response_done() {
+    let _ = PROGRESS.try_with(|p| {
+        p.read(false);
+        p.responded.store(true, Ordering::Release);
+        p.moved.notify_one();
+    });
+}
+
+/// Whether this stream was reset because its body stopped coming (for its access-log line).
+pub fn reset_for_stall() -> bool {
+    PROGRESS
+        .try_with(|p| p.reset.load(Ordering::Acquire))
+        .unwrap_or(false)
+}
+
 /// When a stream's request body last moved, and whether it is complete.
 struct Progress {
     start: tokio::time::Instant,
     /// Milliseconds from `start` to the last read.
     last: AtomicU64,
     done: AtomicBool,
+    /// The response is complete.
+    responded: AtomicBool,
+    /// Given up: its body stalled.
+    reset: AtomicBool,
     moved: Notify,
 }
 
@@ -56,6 +80,8 @@ impl Progress {
             start: tokio::time::Instant::now(),
             last: AtomicU64::new(0),
             done: AtomicBool::new(done),
+            responded: AtomicBool::new(false),
+            reset: AtomicBool::new(false),
             moved: Notify::new(),
         }
     }
@@ -69,15 +95,21 @@ impl Progress {
         }
     }
 
-    /// Returns once the body has not moved for `limit` while incomplete; never once complete.
+    /// Returns once the body has not moved for `limit` while incomplete after a complete
+    /// response (marking the stream reset); never once the body is complete.
     async fn stalled(&self, limit: Duration) {
         loop {
             if self.done.load(Ordering::Acquire) {
                 return std::future::pending().await;
             }
+            if !self.responded.load(Ordering::Acquire) {
+                self.moved.notified().await;
+                continue;
+            }
             let last = Duration::from_millis(self.last.load(Ordering::Acquire));
             let due = self.start + last + limit;
             if tokio::time::Instant::now() >= due {
+                self.reset.store(true, Ordering::Release);
                 return;
             }
             tokio::select! {
@@ -197,8 +229,9 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
                     tokio::select! {
                         () = served => {}
                         () = progress.stalled(body_timeout) => {
-                            // Dropping the stream's future drops its session: RST_STREAM.
-                            tracing::debug!("HTTP/2 request body stalled past body-timeout; stream reset");
+                            // Dropping the stream's future (in the task-local's scope: its
+                            // context logs it) drops its session: RST_STREAM.
+                            tracing::debug!("HTTP/2 request body stalled past body-timeout after the response; stream reset");
                         }
                     }
                 });

@@ -38,8 +38,10 @@ pub(super) struct Attempt {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if !self.logged && self.req.lifecycle().cut_off() {
-            // The end of the grace period dropped this request: it is logged and counted.
+        let stalled = !self.logged && crate::http1::http2_reset_for_stall();
+        if !self.logged && (stalled || self.req.lifecycle().cut_off()) {
+            // The end of the grace period, or an HTTP/2 request body that stopped coming after
+            // the response, dropped this request: it is logged and counted.
             let target = self.req.raw_target();
             let target = String::from_utf8_lossy(&target);
             let fallback = target.split('?').next().unwrap_or("");
@@ -53,7 +55,12 @@ impl Drop for Ctx {
                     path: &path,
                     client: self.req.client.addr,
                     bytes: (0, 0),
-                    error: Some("cut off: the grace period ended before the response did".into()),
+                    error: Some(if stalled {
+                        "reset: the request body stopped coming (body-timeout) after the response"
+                            .into()
+                    } else {
+                        "cut off: the grace period ended before the response did".into()
+                    }),
                 },
             );
         }

@@ -284,17 +284,49 @@ fn headers_frame(
 #[test]
 fn an_http2_request_body_that_stops_coming_is_reset_at_the_body_timeout() {
     let legacy = Backend::start("legacy");
+    // An upstream that takes a second before it reads a body, as a busy one does: HTTP/2 flow
+    // control then holds the client back, which is not the client's stall.
+    let slow_reader = serve_http(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(n.to_string())))
+    });
+    // One that answers at once, without reading a body.
+    let eager = serve_http(|_req: http::Request<hyper::body::Incoming>| async move {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"eager",
+        )))
+    });
     let proxy = Proxy::start(
         &Config::new()
             .server("h2c = true\nbody-timeout = \"1s\"\nkeepalive-timeout = \"1s\"")
-            .upstream("legacy", &legacy.addr())
+            // Before the response, the upstream's own timeout bounds a pause.
+            .upstream_keys(
+                "legacy",
+                &format!("addresses = [\"{}\"]\ntimeout = \"2s\"", legacy.addr()),
+            )
+            .upstream_keys(
+                "slow",
+                &format!("addresses = [\"127.0.0.1:{slow_reader}\"]\ntimeout = \"20s\""),
+            )
             .route("bookings", "/bookings", |r| r.legacy("legacy"))
+            .upstream("eager", &format!("127.0.0.1:{eager}"))
+            .route("uploads", "/uploads", |r| r.legacy("slow"))
+            .route("eager", "/eager", |r| r.legacy("eager"))
             .build(),
     );
-    let cases: [(&str, Vec<u8>); 2] = [
-        // A GET whose stream never ends: answered at once, then nothing more from the client.
+    let cases: [(&str, Vec<u8>); 3] = [
+        // A GET whose stream never ends, answered at once: reset at body-timeout after the
+        // response.
+        ("GET", headers_frame(1, "GET", "/eager/forever", &[], false)),
+        // The same to an upstream that waits for the body: its timeout ends it (504).
         (
-            "GET",
+            "GET waiting",
             headers_frame(1, "GET", "/bookings/forever", &[], false),
         ),
         // A POST that announces 100 bytes and sends 10.
@@ -349,8 +381,42 @@ fn an_http2_request_body_that_stops_coming_is_reset_at_the_body_timeout() {
         "empty DATA kept the stream: {took:?}"
     );
     trickle.join().unwrap();
+    // A large upload to an upstream that reads it late: no reset, every byte arrives.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 5 << 20]).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "--http2-prior-knowledge",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", big.display()))
+        .arg(format!("http://127.0.0.1:{}/uploads/big", proxy.port))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout_of(&out),
+        (5 << 20).to_string(),
+        "{}",
+        stderr_of(&out)
+    );
+    // The stream reset after its response is in the access log.
+    assert!(
+        proxy
+            .access_log()
+            .iter()
+            .any(|l| l["path"] == "/eager/forever"
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("body-timeout"))),
+        "{:?}",
+        proxy.access_log()
+    );
     // A body that is complete is no stall, however long the upstream takes to answer.
-    let (status, _) = h2c_get(proxy.port, "/bookings/slow", &["x-delay-ms: 2500"]);
+    let (status, _) = h2c_get(proxy.port, "/uploads/slow", &[]);
     assert_eq!(status, "200 2");
     let out = Command::new("curl")
         .args([
@@ -362,18 +428,33 @@ fn an_http2_request_body_that_stops_coming_is_reset_at_the_body_timeout() {
             "-w",
             "%{http_code} %{http_version}",
         ])
-        .args([
-            "--http2-prior-knowledge",
-            "-H",
-            "x-delay-ms: 2500",
-            "--data-binary",
-            "0123456789",
-        ])
-        .arg(format!(
-            "http://127.0.0.1:{}/bookings/slow-post",
-            proxy.port
-        ))
+        .args(["--http2-prior-knowledge", "--data-binary", "0123456789"])
+        .arg(format!("http://127.0.0.1:{}/uploads/slow-post", proxy.port))
         .output()
         .unwrap();
     assert_eq!(stdout_of(&out), "200 2", "{}", stderr_of(&out));
+}
+
+#[test]
+fn a_connection_sending_many_malformed_streams_is_closed() {
+    let legacy = Backend::start("legacy");
+    let proxy = h2c_proxy(&legacy);
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut frames =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    // A control byte in `:path`: each stream is refused; past 32 the connection goes.
+    for i in 0..40u32 {
+        frames.extend(headers_frame(
+            2 * i + 1,
+            "GET",
+            "/bookings/a\u{1}b",
+            &[],
+            true,
+        ));
+    }
+    s.write_all(&frames).unwrap();
+    let types = frame_types(&mut s);
+    assert!(types.contains(&7), "no GOAWAY: {types:?}");
+    assert_eq!(legacy.count(), 0);
 }

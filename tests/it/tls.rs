@@ -563,6 +563,10 @@ fn bad_certificates_stop_the_config_with_where_and_why() {
     for (listen, admin) in [
         ("\"127.0.0.1:{p}\", \"127.0.0.1:{p}\"", "127.0.0.1:{q}"),
         ("\"0.0.0.0:{p}\"", "127.0.0.1:{p}"),
+        (
+            "\"[::ffff:127.0.0.1]:{p}\", \"127.0.0.1:{p}\"",
+            "127.0.0.1:{q}",
+        ),
     ] {
         let (p, q) = (free_port().to_string(), free_port().to_string());
         let path = dir.path().join("clash.toml");
