@@ -99,15 +99,15 @@ pub fn parse(cert: &[u8], key: &[u8], now: SystemTime) -> Result<Pair, String> {
     })
 }
 
-/// Whether `name` (lowercase, no trailing dot) is one a certificate name covers: the same, or
-/// `*.rest` and `name` is one label followed by `.rest` (RFC 6125: the wildcard is the whole
-/// leftmost label and covers exactly one).
+/// Whether `name` (no trailing dot, any case) is one a certificate name (lowercase) covers: the
+/// same, or `*.rest` and `name` is one label followed by `.rest` (RFC 6125: the wildcard is the
+/// whole leftmost label and covers exactly one).
 pub fn covers(cert_name: &str, name: &str) -> bool {
     match cert_name.strip_prefix("*.") {
         Some(rest) => name
             .split_once('.')
-            .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
-        None => cert_name == name,
+            .is_some_and(|(label, tail)| !label.is_empty() && tail.eq_ignore_ascii_case(rest)),
+        None => cert_name.eq_ignore_ascii_case(name),
     }
 }
 

@@ -200,7 +200,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 negotiated by TLS. TLS with `http/1.1` (or no ALPN) stays here. Boxed:
             // the HTTP/1 connection's future stays as small as it was.
-            return Box::pin(self.serve_h2(stream, shutdown)).await;
+            return Box::pin(self.serve_tls_h2(stream, shutdown)).await;
         }
         let h2c = self.h2c && stream.get_ssl_digest().is_none();
         // A new connection's wait is bounded by the head deadline (armed at accept), a
@@ -226,7 +226,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Http1<A> {
             if !pipelined && !wait_for_request(&mut stream, idle, &mut draining).await {
                 return None;
             }
-            if h2c && persistent.is_none() && idle_limit.is_none() {
+            // `idle_limit` is set after the first request: only a connection's first bytes.
+            if h2c && idle_limit.is_none() {
                 // A connection's first bytes: HTTP/2's preface makes it an h2c connection,
                 // served by Pingora's HTTP/2 server from here on.
                 match std::future::poll_fn(|cx| stream.poll_h2c_preface(cx)).await {
@@ -286,7 +287,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
     /// An HTTP/2 connection negotiated by TLS: Pingora's HTTP/2 server, each stream through
     /// the same proxy, once the client's preface arrived within the head deadline (Pingora's
     /// HTTP/2 handshake has none).
-    async fn serve_h2(
+    async fn serve_tls_h2(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,

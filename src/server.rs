@@ -117,12 +117,10 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
     };
     let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
     app.handle_init_modules();
-    let mut options = pingora::apps::HttpServerOptions::default();
-    // Plain HTTP/1 connections never reach Pingora's server loop (`Http1` serves them); h2c
-    // ones do once `Http1` saw the preface, and need this to be taken as HTTP/2.
-    options.h2c = server_cfg.h2c;
-    options.h2_idle_timeout = Some(server_cfg.keepalive_timeout);
-    app.server_options = Some(options);
+    // No connection reaches Pingora's own server loop: `Http1` serves HTTP/1 and hands HTTP/2
+    // (h2c or ALPN) to its own accept loop (`http1::http2`), which reads the idle timeout and
+    // body timeout from the transport's settings and the HTTP/2 limits from here.
+    app.server_options = Some(pingora::apps::HttpServerOptions::default());
     app.h2_options = Some(h2_options(&server_cfg));
     let listeners = bind_listeners(&server_cfg, tls, &mut inherited)?;
     let unused = inherited.close_rest();

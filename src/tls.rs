@@ -192,16 +192,14 @@ impl Endpoint {
         let table = self.table.load();
         if let Some(name) = name {
             let name = name.strip_suffix('.').unwrap_or(name);
-            let exact = table
-                .iter()
-                .find(|l| l.names.iter().any(|n| n.eq_ignore_ascii_case(name)));
-            let wild = || {
+            let covered = |wildcard: bool| {
                 table.iter().find(|l| {
                     l.names
                         .iter()
-                        .any(|n| n.starts_with("*.") && crate::certs::covers(n, name))
+                        .any(|n| n.starts_with("*.") == wildcard && crate::certs::covers(n, name))
                 })
             };
+            let (exact, wild) = (covered(false), || covered(true));
             if let Some(l) = exact.or_else(wild) {
                 return Some(Arc::clone(&l.key));
             }

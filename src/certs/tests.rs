@@ -112,4 +112,6 @@ fn wildcards_cover_one_label() {
     assert!(!covers("*.a.test", "a.test"));
     assert!(!covers("*.a.test", "c.b.a.test"));
     assert!(!covers("*.a.test", ".a.test"));
+    assert!(covers("*.a.test", "B.A.Test"));
+    assert!(covers("a.test", "A.TEST"));
 }

@@ -441,8 +441,8 @@ impl GetSocketDigest for DeadlineStream {
 
 #[async_trait]
 impl Peek for DeadlineStream {
-    /// What was read ahead is what a peek sees (Pingora's HTTP/2 server looks for the h2c
-    /// preface this way); the stream under it is never read past those bytes.
+    /// What was read ahead is what a peek sees; the stream under it is never read past those
+    /// bytes (they are the next read's).
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         match self.peeked.as_deref() {
             Some(p) if p.len() >= buf.len() => {

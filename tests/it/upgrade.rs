@@ -103,6 +103,14 @@ fn start_upgrade(proxy: &Proxy) -> Child {
         .unwrap()
 }
 
+/// Every request to `legacy`, the default upstream.
+fn legacy_only(legacy: &Backend) -> String {
+    Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .build()
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -186,10 +194,7 @@ fn an_upgrade_under_load_refuses_no_connection_and_fails_no_request() {
 #[test]
 fn an_upgrade_with_no_running_process_binds_afresh_and_a_port_in_use_stops_it() {
     let legacy = Backend::start("legacy");
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .build();
+    let text = legacy_only(&legacy);
     let proxy = Proxy::start(&text);
     // The running one is not told (no SIGQUIT): the new one waits 5 s, then cannot bind.
     let out = Command::new(bin())
@@ -207,10 +212,7 @@ fn an_upgrade_with_no_running_process_binds_afresh_and_a_port_in_use_stops_it() 
 #[test]
 fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_one_serving() {
     let legacy = Backend::start("legacy");
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .build();
+    let text = legacy_only(&legacy);
     let mut proxy = Proxy::start(&text);
     // The config the new process reads listens on one more address, which another program
     // holds: it takes the sockets, then cannot bind that one.
@@ -261,10 +263,7 @@ fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_one_serving(
 fn sockets_go_only_to_a_socket_of_this_user_in_a_directory_no_one_else_can_enter() {
     use std::os::unix::fs::PermissionsExt;
     let legacy = Backend::start("legacy");
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .build();
+    let text = legacy_only(&legacy);
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let sock = dir.path().join("u.sock");
@@ -272,6 +271,8 @@ fn sockets_go_only_to_a_socket_of_this_user_in_a_directory_no_one_else_can_enter
         &text,
         &[("STRANGLE_UPGRADE_SOCKET", sock.to_str().unwrap())],
     );
+    // Served once: the signal handlers are in place (they are installed as serving starts).
+    assert_eq!(get(proxy.port, "/", &[]).status, 200);
     // Someone else's socket at the path (another user's process bound it): refused.
     let stranger = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     stranger.set_nonblocking(true).unwrap();
