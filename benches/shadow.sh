@@ -13,11 +13,14 @@
 #             not take the load generator's CPU, and what is measured is strangle's cost.
 # Each proxy is pinned to CPU 0, the backend and the load generator to CPU 1. Loopback only.
 #
-# Usage: benches/shadow.sh [OUT.md]; ROUNDS=8 SECS=10 RATE=4800 by default.
+# The host's swings move a round's p99 by much more than shadowing does, so there are many short
+# rounds, and the figure is the median over rounds of each round's p99 against routing's.
+#
+# Usage: benches/shadow.sh [OUT.md]; ROUNDS=30 SECS=4 RATE=4800 by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-8}
-SECS=${SECS:-10}
+ROUNDS=${ROUNDS:-30}
+SECS=${SECS:-4}
 RATE=${RATE:-4800}
 STRANGLE_BIN=${STRANGLE_BIN:-target/release/strangle}
 OUT=${1:-}
@@ -76,17 +79,23 @@ for r in $(seq "$ROUNDS"); do
 done
 # Each round's p99 against routing's in the same round (run seconds apart): the host's slow
 # swings, which move every variant of a round together, cancel out of these ratios.
-paired() { for r in $(seq "$ROUNDS"); do python3 -c "print(${ROUND[$1,$r]} / ${ROUND[routing,$r]})"; done | median; }
+# The median of those ratios, and their quartiles (how far single rounds wander).
+paired() {
+  for r in $(seq "$ROUNDS"); do echo "${ROUND[$1,$r]} ${ROUND[routing,$r]}"; done | python3 -c 'import sys, statistics as st
+r = [float(a) / float(b) for a, b in (l.split() for l in sys.stdin)]
+q = st.quantiles(r, n=4) if len(r) > 1 else r * 3
+print(f"{st.median(r):.2f} ({q[0]:.2f}-{q[2]:.2f})")'
+}
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 copies() { curl -s "http://${ADMIN[$1]}/metrics" | awk '/^strangle_shadow_requests_total/ {split($1, a, "outcome=\""); split(a[2], b, "\""); n[b[1]] += $2} END {printf "%d matched, %d error, %d dropped", n["matched"], n["error"], n["dropped"]}'; }
 r99=$(echo "${P99[routing]}" | median)
 report=$(
-  echo "| strangle | p50 µs | p99 µs | p99.9 µs | p99 vs routing | p99 vs routing, median of rounds | errors | copies |"
+  echo "| strangle | p50 µs | p99 µs | p99.9 µs | p99 vs routing | p99 vs routing, median of rounds (quartiles) | errors | copies |"
   echo "|---|---|---|---|---|---|---|---|"
   for v in "${VARIANTS[@]}"; do
     p99=$(echo "${P99[$v]}" | median)
     c=$([ "$v" = routing ] && echo - || copies "$v")
-    echo "| $v | $(echo "${P50[$v]}" | median) | $p99 | $(echo "${P999[$v]}" | median) | $(python3 -c "print(f'{$p99/$r99:.2f}')") | $(python3 -c "print(f'{$(paired "$v"):.2f}')") | $(echo "${ERR[$v]}" | tr ' ' '\n' | awk '{s+=$1} END {print s+0}') | $c |"
+    echo "| $v | $(echo "${P50[$v]}" | median) | $p99 | $(echo "${P999[$v]}" | median) | $(python3 -c "print(f'{$p99/$r99:.2f}')") | $(paired "$v") | $(echo "${ERR[$v]}" | tr ' ' '\n' | awk '{s+=$1} END {print s+0}') | $c |"
   done
 )
 echo "$report"

@@ -63,6 +63,56 @@ struct Aws {
     client: &'static HttpsClient,
     provider: aws_credential_types::provider::SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
+    /// The credentials last fetched, for callers that must never wait on `cached` (the shadow
+    /// worker): read without a lock.
+    latest: arc_swap::ArcSwapOption<Credentials>,
+}
+
+/// Who makes an AWS call.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    /// The request path: the shared client; credentials are refreshed here when due.
+    Request,
+    /// The shadow worker, on its idle-priority thread: a client of its own, so that no
+    /// connection the request path uses is driven by that thread; the credentials the request
+    /// path's chain last fetched, or fetched on `home` (the request path's runtime) when there
+    /// are none fresh, so that the worker never holds a refresh or a lock a request waits on
+    /// while the requests keep it off the CPU.
+    Shadow {
+        client: &'a HttpsClient,
+        home: &'a tokio::runtime::Handle,
+    },
+}
+
+impl<'a> Caller<'a> {
+    /// The client to send with and fresh credentials for `region`.
+    async fn ready(self, region: &str) -> Result<(&'a HttpsClient, Credentials), InvokeError> {
+        match self {
+            Caller::Request => {
+                let aws = aws(region).await?;
+                let creds = aws.credentials().await?;
+                Ok((aws.client, creds))
+            }
+            Caller::Shadow { client, home } => {
+                let latest = AWS.get().and_then(|aws| aws.latest.load_full());
+                if let Some(creds) = latest.filter(|c| fresh(c)) {
+                    return Ok((client, Credentials::clone(&creds)));
+                }
+                let region = region.to_string();
+                let creds = home
+                    .spawn(async move { aws(&region).await?.credentials().await })
+                    .await
+                    .map_err(|e| InvokeError::Credentials(format!("not fetched: {e}")))??;
+                Ok((client, creds))
+            }
+        }
+    }
+}
+
+/// Whether credentials are good for five more minutes at least.
+fn fresh(c: &Credentials) -> bool {
+    c.expiry()
+        .is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300))
 }
 
 static AWS: OnceCell<Arc<Aws>> = OnceCell::const_new();
@@ -88,6 +138,7 @@ async fn aws(region: &str) -> Result<Arc<Aws>, InvokeError> {
             client,
             provider,
             cached: Mutex::new(None),
+            latest: arc_swap::ArcSwapOption::empty(),
         }))
     })
     .await
@@ -98,10 +149,6 @@ impl Aws {
     /// Current credentials, refreshed five minutes before they expire.
     async fn credentials(&self) -> Result<Credentials, InvokeError> {
         let mut cached = self.cached.lock().await;
-        let fresh = |c: &Credentials| {
-            c.expiry()
-                .is_none_or(|exp| exp > SystemTime::now() + Duration::from_secs(300))
-        };
         if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
             return Ok(c.clone());
         }
@@ -114,6 +161,7 @@ impl Aws {
             ))
         })?;
         *cached = Some(c.clone());
+        self.latest.store(Some(Arc::new(c.clone())));
         Ok(c)
     }
 }
@@ -161,8 +209,17 @@ impl LambdaUpstream {
         event: Vec<u8>,
         xray: Option<&[u8]>,
     ) -> Result<event::Response, InvokeError> {
-        let aws = aws(&self.target.region).await?;
-        let creds = aws.credentials().await?;
+        self.invoke_as(Caller::Request, event, xray).await
+    }
+
+    /// `invoke`, by `caller`.
+    pub async fn invoke_as(
+        &self,
+        caller: Caller<'_>,
+        event: Vec<u8>,
+        xray: Option<&[u8]>,
+    ) -> Result<event::Response, InvokeError> {
+        let (client, creds) = caller.ready(&self.target.region).await?;
         let mut request = signed_invoke(
             &self.invoke_uri,
             &self.target.region,
@@ -175,8 +232,7 @@ impl LambdaUpstream {
             request.headers_mut().insert("x-amzn-trace-id", v);
         }
         let call = async {
-            let resp = aws
-                .client
+            let resp = client
                 .request(request)
                 .await
                 .map_err(|e| InvokeError::Transport(e.to_string()))?;
@@ -276,19 +332,19 @@ fn sign_request(
 }
 
 /// Sends a request to an AWS HTTP endpoint (API Gateway, a Function URL) signed with SigV4 for
-/// `service` in `region`, body hash included. Returns the response with its body still
+/// `sig`'s service and region, body hash included. Returns the response with its body still
 /// streaming.
 pub async fn send_signed(
-    region: &str,
-    service: &str,
+    caller: Caller<'_>,
+    sig: &config::Sigv4,
     method: &str,
     uri: &str,
     headers: Vec<(http::HeaderName, HeaderValue)>,
     body: Bytes,
     timeout: Duration,
 ) -> Result<http::Response<hyper::body::Incoming>, InvokeError> {
-    let aws = aws(region).await?;
-    let creds = aws.credentials().await?;
+    let (region, service) = (sig.region.as_str(), sig.service.as_str());
+    let (client, creds) = caller.ready(region).await?;
     let parsed: http::Uri = uri
         .parse()
         .map_err(|e| InvokeError::Transport(format!("bad URL {uri}: {e}")))?;
@@ -315,7 +371,7 @@ pub async fn send_signed(
         &body,
         SystemTime::now(),
     )?;
-    tokio::time::timeout(timeout, aws.client.request(request))
+    tokio::time::timeout(timeout, client.request(request))
         .await
         .map_err(|_| InvokeError::Timeout(timeout))?
         .map_err(|e| InvokeError::Transport(e.to_string()))

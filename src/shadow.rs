@@ -8,10 +8,19 @@
 //! (by jobs and by bytes) that never waits; a full queue drops the job and counts it. A worker
 //! (`Shadows::run`) sends each copy through an engine (`Sender`, the proxy's, with the same
 //! outbound header policy and Lambda signing as the request path) and compares the answers.
-//! The worker runs on the request path's own runtime (started by the first copy), as tasks
-//! among the requests': on a proxy given one CPU, a thread of its own would be preempted in and
-//! out of the requests' thread by the OS, adding milliseconds to their tail latency; a task
-//! yields at every wait instead, and a comparison of large bodies goes to a blocking thread.
+//! The worker runs on a thread of its own (`strangle-shadow`, started by the first copy) at the
+//! lowest CPU priority there is (Linux's `SCHED_IDLE`): it gets the CPU only when the requests'
+//! threads leave it idle, and a request that becomes ready takes the CPU back from it at once.
+//! Among the requests' own tasks, a copy's work (a send and a receive on loopback cost about
+//! half of a whole proxied request) delayed the requests queued behind it: at 10% shadowed,
+//! their p99 was 1.26 times that of no shadowing in the load benchmark; on the idle thread it is
+//! 1.03 (BENCHMARKS.md). So that a starved worker never holds up a request, it shares no
+//! connection and no lock a request can wait on for long: its own connections (pooled under
+//! their own key, and an AWS client of its own), AWS credentials read without a lock or
+//! fetched on the request path's runtime (`lambda::Caller::Shadow`), a queue the request path
+//! only ever `try_send`s to, and short `std` mutexes (a request thread that finds one held
+//! blocks, which leaves the CPU to the worker to finish). Large comparisons go to the worker's
+//! blocking threads, which inherit its priority.
 //! Per route: how many were shadowed, matched, mismatched, dropped and failed, the noise
 //! calibration learned, and the last mismatches as redacted samples (`GET /routes/{id}/diffs`).
 
@@ -121,6 +130,10 @@ pub trait Sender: Send + Sync {
         config: &Shadow,
         capture: &mut Capture,
     ) -> Result<Answer, String>;
+
+    /// Called once on the worker's thread before its first copy, with the runtime of the
+    /// request path that started it.
+    fn attach(&self, _home: tokio::runtime::Handle) {}
 }
 
 /// Whether a queued job is still to be sent under the config now in force (its route still
@@ -292,40 +305,71 @@ impl Shadows {
     }
 
     /// Queues a job; never waits. A full queue (by jobs or bytes) drops it, counted. The first
-    /// job starts the worker on this runtime.
+    /// job starts the worker's thread.
     pub fn submit(self: &Arc<Self>, job: Job) {
         self.enqueue(job);
         if self.started.load(Ordering::Relaxed) {
             return;
         }
-        let (Some(runner), Ok(runtime)) =
-            (self.runner.get(), tokio::runtime::Handle::try_current())
+        let (Some(runner), Ok(home)) = (self.runner.get(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
         if !self.started.swap(true, Ordering::Relaxed) {
-            let me = Arc::clone(self);
-            let (sender, access, still) = (
-                Arc::clone(&runner.sender),
-                Arc::clone(&runner.access),
-                Arc::clone(&runner.still),
-            );
-            runtime.spawn(me.run(sender, access, Box::new(move |j: &Job| still(j))));
+            if let Err(e) = self.start_worker(runner, home) {
+                // The queue fills and its drops are counted; the next copy tries again.
+                tracing::error!("the shadow worker's thread did not start: {e}");
+                self.started.store(false, Ordering::Relaxed);
+            }
         }
     }
 
+    /// Starts the worker on a thread of its own at the lowest CPU priority, with a runtime of
+    /// its own (blocking threads included, which inherit the priority).
+    fn start_worker(
+        self: &Arc<Self>,
+        runner: &Runner,
+        home: tokio::runtime::Handle,
+    ) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        let (sender, access, still) = (
+            Arc::clone(&runner.sender),
+            Arc::clone(&runner.access),
+            Arc::clone(&runner.still),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(WORKER)
+            .build()?;
+        std::thread::Builder::new()
+            .name(WORKER.into())
+            .spawn(move || {
+                lowest_priority();
+                sender.attach(home);
+                runtime.block_on(me.run(sender, access, Box::new(move |j: &Job| still(j))));
+            })?;
+        Ok(())
+    }
+
     fn enqueue(&self, job: Job) {
-        let state = self.route(&job.route);
         let bytes = job.bytes();
         let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if queued > QUEUE_BYTES {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            state.dropped.fetch_add(1, Ordering::Relaxed);
+            self.route(&job.route)
+                .dropped
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.queue.try_send(job).is_err() {
+        if let Err(e) = self.queue.try_send(job) {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            state.dropped.fetch_add(1, Ordering::Relaxed);
+            let job = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(j)
+                | tokio::sync::mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.route(&job.route)
+                .dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -481,6 +525,26 @@ impl Shadows {
             status,
             error: None,
         }
+    }
+}
+
+/// The name of the worker's threads.
+pub const WORKER: &str = "strangle-shadow";
+
+/// Puts this thread (and the threads it starts) at the lowest CPU priority: `SCHED_IDLE` on
+/// Linux, the highest nice value elsewhere. Failing that, it runs as it is, said once.
+fn lowest_priority() {
+    use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
+    #[cfg(target_os = "linux")]
+    let policy = ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Idle);
+    #[cfg(not(target_os = "linux"))]
+    let policy = ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Other);
+    let me = thread_priority::thread_native_id();
+    if let Err(e) = thread_priority::set_thread_priority_and_policy(me, ThreadPriority::Min, policy)
+    {
+        tracing::warn!(
+            "the shadow worker runs at the requests' CPU priority (lowering it failed: {e:?})"
+        );
     }
 }
 

@@ -261,8 +261,8 @@ pub(super) async fn serve_signed(
     let timeout = upstream.config.timeout;
     let done_by = upstream.config.request_timeout.map(|t| started + t);
     let response = match crate::lambda::send_signed(
-        &sig.region,
-        &sig.service,
+        crate::lambda::Caller::Request,
+        sig,
         &method,
         &uri,
         headers,

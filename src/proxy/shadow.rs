@@ -7,7 +7,7 @@
 //! signed endpoints with SigV4. A copy never reports to passive health: a shadow cannot take an
 //! address out of the rotation real traffic uses.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -21,8 +21,9 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 
 use super::{aws, https, pool, Ctx};
+use crate::client::HttpsClient;
 use crate::config::shadow::Shadow;
-use crate::lambda::event;
+use crate::lambda::{event, Caller};
 use crate::shadow::compare::Answer;
 use crate::shadow::{Capture, Copy, Job, Sender};
 use crate::split::Side;
@@ -224,12 +225,18 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
 /// Sends copies for the shadow worker.
 pub(super) struct Engine {
     connector: TransportConnector,
+    /// The client of the worker's Lambda and signed calls (its own pool, built on first use).
+    aws: OnceLock<Result<HttpsClient, String>>,
+    /// The runtime of the request path that started the worker (`Sender::attach`).
+    home: OnceLock<tokio::runtime::Handle>,
 }
 
 impl Default for Engine {
     fn default() -> Engine {
         Engine {
             connector: TransportConnector::new(None),
+            aws: OnceLock::new(),
+            home: OnceLock::new(),
         }
     }
 }
@@ -260,6 +267,20 @@ pub fn start(live: &Arc<crate::state::Live>, access: &Arc<crate::telemetry::Acce
 }
 
 impl Engine {
+    /// Who the AWS calls are made as: the worker, with its own client, once it runs on its
+    /// thread; the request path's way before (a replay sent before any copy).
+    fn caller(&self) -> Result<Caller<'_>, String> {
+        let Some(home) = self.home.get() else {
+            return Ok(Caller::Request);
+        };
+        let client = self
+            .aws
+            .get_or_init(crate::client::build)
+            .as_ref()
+            .map_err(String::clone)?;
+        Ok(Caller::Shadow { client, home })
+    }
+
     async fn http(
         &self,
         copy: &Copy,
@@ -382,7 +403,7 @@ impl Engine {
             },
         );
         let r = lambda
-            .invoke(event, None)
+            .invoke_as(self.caller()?, event, None)
             .await
             .map_err(|e| e.to_string())?;
         let headers: http::HeaderMap = r.headers.into_iter().collect();
@@ -407,8 +428,8 @@ impl Engine {
             return Err("not a signed upstream".into());
         };
         let response = crate::lambda::send_signed(
-            &sig.region,
-            &sig.service,
+            self.caller()?,
+            sig,
             copy.method.as_str(),
             &uri,
             aws::signable(&copy.headers),
@@ -436,6 +457,10 @@ impl Engine {
 
 #[async_trait]
 impl Sender for Engine {
+    fn attach(&self, home: tokio::runtime::Handle) {
+        let _ = self.home.set(home);
+    }
+
     async fn send(
         &self,
         copy: &Copy,

@@ -217,6 +217,35 @@ fn without_calibration_the_noise_mismatches_and_ignore_paths_take_it_out() {
     assert!(r.text().contains("known routes: flights"));
 }
 
+/// Linux's `SCHED_IDLE` policy, as `/proc/PID/task/TID/stat` shows it.
+const SCHED_IDLE: u32 = 5;
+
+/// The process's `strangle-shadow` threads and their scheduling policies.
+fn shadow_workers(pid: u32) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `TID (COMM) STATE ...`: COMM may hold spaces; the fields after it are numbered from
+        // 3 (state), and the policy is field 41.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != "strangle-shadow" {
+            continue;
+        }
+        let policy = stat[close + 2..]
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        found.push((task.file_name().to_string_lossy().into_owned(), policy));
+    }
+    found
+}
+
 #[test]
 fn when_the_new_side_answers_the_copy_goes_to_the_monolith() {
     let legacy = Backend::answering("legacy", |seen, _| flight(seen, 0, 100));
@@ -229,6 +258,14 @@ fn when_the_new_side_answers_the_copy_goes_to_the_monolith() {
     }
     let s = settled(&proxy, 4);
     assert_eq!(s["matched"], 4, "{s}");
+    // The copies were sent from the worker's own thread, which gets the CPU only when the
+    // requests leave it idle.
+    let workers = shadow_workers(proxy.child.id());
+    assert!(!workers.is_empty(), "no strangle-shadow thread");
+    assert!(
+        workers.iter().all(|&(_, policy)| policy == SCHED_IDLE),
+        "{workers:?}"
+    );
     let copies = legacy.seen();
     assert_eq!(copies.len(), 4);
     assert!(copies
