@@ -468,13 +468,24 @@ impl Sender for Engine {
         config: &Shadow,
         budget: &mut Capture,
     ) -> Result<Answer, String> {
-        // A copy takes a `max-in-flight` slot like any request, but never waits for one.
+        // A copy takes a `max-in-flight` slot like any request, but never waits for one, and
+        // takes one only while fewer than half of them (rounded up) are in use: the worker runs
+        // only on the CPU the requests leave idle, and may hold its slots while they keep it
+        // off the CPU, so the other half stays the requests'.
         let _slot = match &to.limiter {
-            Some(limiter) => Some(
-                Arc::clone(limiter)
-                    .try_acquire_owned()
-                    .map_err(|_| format!("upstream `{}` at max-in-flight", to.name()))?,
-            ),
+            Some(limiter) => {
+                let max = to.config.max_in_flight.unwrap_or(usize::MAX);
+                let in_use = max.saturating_sub(limiter.available_permits());
+                let busy = || format!("upstream `{}` at max-in-flight", to.name());
+                if in_use >= max.div_ceil(2) {
+                    return Err(busy());
+                }
+                Some(
+                    Arc::clone(limiter)
+                        .try_acquire_owned()
+                        .map_err(|_| busy())?,
+                )
+            }
             None => None,
         };
         let started = Instant::now();

@@ -423,12 +423,12 @@ fn a_write_is_copied_only_whole() {
 }
 
 #[test]
-fn copies_take_the_upstreams_max_in_flight_slots_and_never_wait_for_one() {
+fn copies_take_at_most_half_of_the_upstreams_max_in_flight_slots_and_never_wait_for_one() {
     let legacy = Backend::start("legacy");
     let new = Backend::start("new");
     let text = orders(
         &legacy.addr(),
-        &format!("addresses = [\"{}\"]\nmax-in-flight = 1", new.addr()),
+        &format!("addresses = [\"{}\"]\nmax-in-flight = 4", new.addr()),
         |r| r.toml("shadow", "{}"),
     );
     let proxy = Proxy::start(&text);
@@ -448,9 +448,11 @@ fn copies_take_the_upstreams_max_in_flight_slots_and_never_wait_for_one() {
     }
     let s = settled(&proxy, 6);
     assert!(s["errors"].as_u64().unwrap() >= 1, "{s}");
+    // The worker runs on the CPU the requests leave idle and may hold its slots while the
+    // requests keep it off the CPU: half of them stay the requests'.
     assert_eq!(
         new.max_concurrent.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "never more copies at once than max-in-flight"
+        2,
+        "never more copies at once than half of max-in-flight"
     );
 }
