@@ -26,6 +26,7 @@ pub mod fleet;
 mod inputs;
 mod interp;
 mod pem;
+pub mod plugin;
 pub mod rollout;
 mod route;
 mod server;
@@ -274,6 +275,8 @@ pub struct Route {
     pub fallback: Option<std::sync::Arc<fallback::Fallback>>,
     /// Requests kept in a spool to look at and replay (`capture = { ... }`).
     pub capture: Option<std::sync::Arc<capture::Capture>>,
+    /// Request and response plugins, per side (`plugins = [...]`).
+    pub plugins: plugin::Plugins,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

@@ -205,6 +205,7 @@ pub struct RawRoute {
     pub fallback_methods: Option<S<Vec<S<String>>>>,
     pub fallback_statuses: Option<S<Vec<S<i64>>>>,
     pub capture: Option<S<RawCapture>>,
+    pub plugins: Option<S<Vec<S<super::plugin::RawPlugin>>>>,
 }
 
 #[derive(Debug, Deserialize)]

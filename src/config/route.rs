@@ -242,7 +242,9 @@ impl Cx<'_> {
             let rollout = self.rollout(&r).map(std::sync::Arc::new);
             let fallback = self.fallback(&r).map(std::sync::Arc::new);
             let capture = self.capture(&r).map(std::sync::Arc::new);
+            let plugins = self.plugins(&r);
             let route = Route {
+                plugins,
                 capture,
                 fallback,
                 shadow,

@@ -892,3 +892,69 @@ fn a_fleet_is_lowered_with_its_defaults_and_its_mistakes_reported() {
         .to_string();
     assert!(e.contains("fleet `peers` is empty"), "{e}");
 }
+
+#[test]
+fn plugins_are_built_per_side_in_order_and_their_mistakes_reported_at_the_key() {
+    let with = |plugins: &str| {
+        GOOD.replacen(
+            "sticky = \"cookie:sid\"",
+            &format!("sticky = \"cookie:sid\"\n{plugins}"),
+            1,
+        )
+    };
+    let c = parse_str(&with(
+        r#"plugins = [
+  { use = "rewrite-path", side = "new", from = "^/bookings/(.*)$", to = "/v2/$1" },
+  { use = "headers", request-set = { "x-api" = "2" } },
+]"#,
+    ))
+    .unwrap();
+    let p = &c.routes[0].plugins;
+    assert_eq!((p.new.len(), p.legacy.len()), (2, 1));
+    assert!(c.routes[1].plugins.is_empty());
+    // The same entries are the same config; another setting is a change.
+    let again = parse_str(&with(
+        r#"plugins = [{ use = "rewrite-path", side = "new", from = "^/bookings/(.*)$", to = "/v2/$1" }, { use = "headers", request-set = { "x-api" = "2" } }]"#,
+    ))
+    .unwrap();
+    assert_eq!(again.routes[0].plugins, c.routes[0].plugins);
+    let other = parse_str(&with(
+        r#"plugins = [{ use = "headers", request-set = { "x-api" = "3" } }]"#,
+    ))
+    .unwrap();
+    assert_ne!(other.routes[0].plugins, c.routes[0].plugins);
+
+    // Every mistake refuses the config, at the spot it is.
+    let err = |plugins: &str| parse_str(&with(plugins)).unwrap_err().to_string();
+    let e = err(r#"plugins = [{ use = "rewrite-paht", from = "a", to = "/" }]"#);
+    assert!(
+        e.contains("unknown plugin \"rewrite-paht\"") && e.contains("rewrite-path, headers"),
+        "{e}"
+    );
+    let e = err(r#"plugins = [{ use = "rewrite-path", from = "(", to = "/" }]"#);
+    let line = with("")
+        .lines()
+        .position(|l| l.starts_with("sticky = \"cookie:sid\""))
+        .unwrap()
+        + 2;
+    let col = r#"plugins = [{ use = "rewrite-path", from = "#.len() + 1;
+    assert!(
+        e.contains(&format!(
+            "test.toml:{line}:{col}: plugin `rewrite-path`: not a regular expression"
+        )),
+        "{e}"
+    );
+    let e = err(r#"plugins = [{ use = "headers", side = "old" }]"#);
+    assert!(e.contains("plugin `side` \"old\" is not a side"), "{e}");
+    let e = err(r#"plugins = [{ side = "new" }]"#);
+    assert!(e.contains("a plugin entry without `use`"), "{e}");
+    let e = err(
+        r#"plugins = [{ use = "headers", request-rename = { "x-user" = "x-strangle-user" } }]"#,
+    );
+    assert!(
+        e.contains("plugin `headers`: strangle owns `x-strangle-user`"),
+        "{e}"
+    );
+    let e = err(r#"plugins = [{ use = "headers", reqest-set = {} }]"#);
+    assert!(e.contains("unknown key for `headers`"), "{e}");
+}
