@@ -55,7 +55,7 @@ demo: deps
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 check-configs: deps
 	$(CARGO) build --bin strangle
@@ -99,15 +99,15 @@ fuzz: deps
 # nextest ends on one summary line for the whole suite; plain cargo test is the fallback.
 test: test-deps lint check-configs check-deploy audit
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --lib --tests --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --lib --tests --no-fail-fast; \
 	else \
-	  $(CARGO) test --lib --tests --no-fail-fast; \
+	  $(CARGO) test --workspace --lib --tests --no-fail-fast; \
 	fi
 
 # While working: the suite without the slow tests (.config/nextest.toml lists them), nothing
 # installed or linted first. `make test` runs everything.
 test-quick:
-	$(CARGO) nextest run -P quick --lib --tests
+	$(CARGO) nextest run -P quick --workspace --lib --tests
 
 # Micro-benchmarks (criterion), then the load benchmarks.
 bench: deps bench-load bench-uploads bench-shadow

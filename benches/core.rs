@@ -112,6 +112,60 @@ fn forward_policy(c: &mut Criterion) {
     });
 }
 
+/// The forward stage's plugins on the same request: a route without plugins (what every route
+/// that has none pays), and one with a `headers` plugin setting one header and removing one.
+fn plugin_chain(c: &mut Criterion) {
+    use http::{HeaderMap, HeaderName, HeaderValue, Method};
+    use strangle::pipeline::plugins::forward;
+    let text = |plugins: &str| {
+        format!(
+            "[server]\ndefault = \"m\"\n[upstreams.m]\naddresses = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nid = \"b\"\npath = \"/bookings\"\nlegacy = \"m\"\nnew = \"m\"\n{plugins}"
+        )
+    };
+    let base = std::path::Path::new(".");
+    let none = strangle::config::parse("bench.toml", &text(""), base).expect("config");
+    let headers = strangle::config::parse(
+        "bench.toml",
+        &text("plugins = [{ use = \"headers\", request-set = { \"x-api-version\" = \"2\" }, request-remove = [\"x-debug\"] }]"),
+        base,
+    )
+    .expect("config");
+    let mut request = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("cookie", "session=abc; theme=dark"),
+        ("x-debug", "1"),
+    ] {
+        request.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let params = strangle::routing::PathParams::Reject;
+    let mut g = c.benchmark_group("plugins");
+    for (name, config) in [("none", &none), ("headers", &headers)] {
+        let plugins = &config.routes[0].plugins;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                forward(
+                    black_box(plugins),
+                    true,
+                    &Method::GET,
+                    black_box("/bookings/42"),
+                    "",
+                    &request,
+                    params,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 fn split(c: &mut Criterion) {
     let seed = route_seed("bookings");
     let shift = Shift::parse("25%").unwrap_or_default();
@@ -344,6 +398,7 @@ criterion_group!(
     route_lookup,
     paths,
     forward_policy,
+    plugin_chain,
     split,
     lambda_events,
     jwt,

@@ -16,6 +16,7 @@ pub mod account;
 pub mod decide;
 pub mod guard;
 pub mod outbound;
+pub mod plugins;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -198,6 +199,8 @@ pub struct Request {
     pub trace: Option<RequestTrace>,
     /// Why the new side's failure sent this request to legacy (`fallback`), if it did.
     pub fallback: Option<&'static str>,
+    /// The request as the side's plugins made it (routes with plugins only).
+    pub forward: Option<Box<plugins::Forward>>,
     counted: Counted,
 }
 
@@ -215,6 +218,7 @@ impl Request {
             upstream_start: None,
             trace: None,
             fallback: None,
+            forward: None,
             counted: lifecycle.request(),
         }
     }
@@ -323,6 +327,59 @@ impl Request {
 
     pub fn side(&self) -> Option<Side> {
         self.decision.as_ref().map(|d| d.side)
+    }
+
+    /// The chosen side's request plugins, run on a copy of the request (`head`): what the
+    /// side is given (`forward`), or the answer a plugin gives instead.
+    pub fn run_plugins(
+        &mut self,
+        head: &http::request::Parts,
+    ) -> Result<(), Box<strangle_plugin::Answer>> {
+        let new = self.side() == Some(Side::New);
+        self.forward = self.plugins_for(head, new)?;
+        Ok(())
+    }
+
+    /// What the plugins of one side (`new`, else legacy) make of the request (`None`: the
+    /// route has none there).
+    pub fn plugins_for(
+        &self,
+        head: &http::request::Parts,
+        new: bool,
+    ) -> Result<Option<Box<plugins::Forward>>, Box<strangle_plugin::Answer>> {
+        let (Some(route), Some(path)) = (self.route, &self.path) else {
+            return Ok(None);
+        };
+        if self.side().is_none_or(|s| s == Side::Default) {
+            return Ok(None);
+        }
+        plugins::forward(
+            &self.snap.config.routes[route].plugins,
+            new,
+            &head.method,
+            path.routed(),
+            &path.query(),
+            &head.headers,
+            self.snap.config.server.path_params,
+        )
+    }
+
+    /// The path the side receives: a plugin's, else the routed one.
+    pub fn forward_path(&self) -> Option<&str> {
+        match &self.forward {
+            Some(f) => Some(&f.path),
+            None => self.path.as_ref().map(RequestPath::routed),
+        }
+    }
+
+    /// The side's response plugins (none off a route).
+    pub fn response_plugins(&self) -> &[Arc<dyn strangle_plugin::Plugin>] {
+        match (self.route, self.side()) {
+            (Some(route), Some(side)) => self.snap.config.routes[route]
+                .plugins
+                .side(side == Side::New),
+            _ => &[],
+        }
     }
 
     pub fn route_id(&self) -> Option<&str> {

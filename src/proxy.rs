@@ -102,6 +102,10 @@ impl Strangle {
         let Some(upstream) = ctx.req.upstream().cloned() else {
             return respond(session, ctx, 500, "no upstream", &[]).await;
         };
+        // The side's plugins, before anything else: one may answer the request itself.
+        if let Err(a) = ctx.req.run_plugins(session.req_header()) {
+            return respond::answer(session, ctx, a).await;
+        }
         let body_timeout = ctx.req.snap.config.server.body_timeout;
         let buffered_limit = match &upstream.kind {
             Kind::Lambda(_) => Some((PAYLOAD_LIMIT, "request body over Lambda's 6 MB limit")),
@@ -376,6 +380,10 @@ impl ProxyHttp for Strangle {
             https(session),
             session.is_upgrade_req(),
         );
+        // What the side's plugins made of the headers, then the policy over it.
+        if let Some(f) = ctx.req.forward.as_deref() {
+            crate::pipeline::plugins::replace_headers(up, &f.headers);
+        }
         outbound::apply(up, &out);
         if let Some(host) = ctx.http_upstream().and_then(|h| h.host_header.clone()) {
             up.insert_header(header::HOST, host)?;
@@ -435,6 +443,7 @@ impl ProxyHttp for Strangle {
         if let Err(why) = frame_response(resp, session.req_header(), cap) {
             return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
+        respond::side_response(session, ctx, resp)?;
         if !resp.status.is_informational() {
             ctx.status = resp.status.as_u16();
             // Only interim responses went out before this one: a failure from here on is

@@ -87,6 +87,28 @@ pub struct Copy {
     /// The copy's own trace context (a span under the request's), when the request was traced;
     /// the copy's trace headers name its client span.
     pub trace: Option<RequestTrace>,
+    /// The other side's plugins: its answer is dressed by them as a client's would be.
+    pub plugins: Arc<[Arc<dyn strangle_plugin::Plugin>]>,
+}
+
+impl Copy {
+    /// The copy's answer as its side's response plugins make it (headers changed in place).
+    pub fn dressed(
+        &self,
+        headers: &mut dyn strangle_plugin::Headers,
+        status: http::StatusCode,
+    ) -> u16 {
+        let mut status = status;
+        crate::config::plugin::response(
+            &self.plugins,
+            &self.method,
+            &self.path,
+            &self.headers,
+            &mut status,
+            headers,
+        );
+        status.as_u16()
+    }
 }
 
 /// One shadowed request, once its client has the answer.

@@ -220,5 +220,7 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         route_path: snap.routes[route].path.clone(),
         claims: None,
         trace: None,
+        // A kept request is what its upstream got: its plugins already ran.
+        plugins: std::sync::Arc::from(Vec::new()),
     })
 }

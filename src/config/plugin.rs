@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use strangle_plugin::{Kind, Plugin, Settings};
+use strangle_plugin::{Headers, Kind, Plugin, Response, Settings};
 use toml::Spanned;
 
 use super::raw::RawRoute;
@@ -38,11 +38,36 @@ impl Plugins {
 
     /// The chain for a side (`new`: the new side's; anything else: legacy's).
     pub fn side(&self, new: bool) -> &[Arc<dyn Plugin>] {
+        self.side_arc(new)
+    }
+
+    /// `side`, shared.
+    pub fn side_arc(&self, new: bool) -> &Arc<[Arc<dyn Plugin>]> {
         if new {
             &self.new
         } else {
             &self.legacy
         }
+    }
+}
+
+/// Runs `chain`'s response hooks on an answer.
+pub fn response(
+    chain: &[Arc<dyn Plugin>],
+    method: &http::Method,
+    path: &str,
+    request_headers: &http::HeaderMap,
+    status: &mut http::StatusCode,
+    headers: &mut dyn Headers,
+) {
+    for plugin in chain {
+        plugin.response(&mut Response {
+            method,
+            path,
+            request_headers,
+            status: &mut *status,
+            headers: &mut *headers,
+        });
     }
 }
 

@@ -114,8 +114,10 @@ impl Ctx {
             return;
         };
         let base = upstream.base_path();
-        self.attempt.upstream_path = (!base.is_empty() || path.rewritten())
-            .then(|| format!("{base}{}{}", path.routed(), path.query()));
+        let routed = self.req.forward_path().unwrap_or_else(|| path.routed());
+        self.attempt.upstream_path =
+            (!base.is_empty() || path.rewritten() || self.req.forward.is_some())
+                .then(|| format!("{base}{routed}{}", path.query()));
     }
 
     /// After the new side failed (`why`; `status` is what the client would have got) before
@@ -132,9 +134,15 @@ impl Ctx {
         if !self.req.may_fall_back() || session.as_ref().retry_buffer_truncated() {
             return false;
         }
+        // The legacy side gets the request as its own plugins make it (from what the client
+        // sent); a legacy plugin that would answer it itself means no fallback.
+        let Ok(legacy) = self.req.plugins_for(session.req_header(), false) else {
+            return false;
+        };
         if !self.req.fall_back(why, status) {
             return false;
         }
+        self.req.forward = legacy;
         tracing::warn!(
             route = self.req.route_id().unwrap_or("-"),
             request_id = %self.req.request_id_str(),

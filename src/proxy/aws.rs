@@ -120,7 +120,10 @@ async fn fail_aws(session: &mut Session, ctx: &mut Ctx, e: InvokeError) -> Resul
 
 /// The request's headers after the outbound policy, as every upstream kind gets them.
 fn policed_headers(session: &Session, ctx: &Ctx) -> http::HeaderMap {
-    let mut headers = session.req_header().headers.clone();
+    let mut headers = match &ctx.req.forward {
+        Some(f) => f.headers.clone(),
+        None => session.req_header().headers.clone(),
+    };
     let out = ctx.req.outbound(
         session.req_header(),
         super::https(session),
@@ -172,9 +175,9 @@ pub(super) async fn serve_lambda(
         .route
         .map_or("/", |i| ctx.req.snap.routes[i].path.as_str());
     let protocol = protocol(req.version);
-    let (path, query) = match &ctx.req.path {
-        Some(p) => (p.routed(), p.query()),
-        None => {
+    let (path, query) = match (ctx.req.forward_path(), &ctx.req.path) {
+        (Some(path), Some(p)) => (path, p.query()),
+        _ => {
             respond(session, ctx, 500, "no path", &[]).await?;
             return Ok(Served::Answered);
         }
@@ -220,6 +223,7 @@ pub(super) async fn serve_lambda(
         resp.append_header(name, value)?;
     }
     resp.insert_header(header::CONTENT_LENGTH, response.body.len().to_string())?;
+    super::respond::side_response(session, ctx, &mut resp)?;
     finish_response(session, ctx, &mut resp)?;
     ctx.status = response.status;
     let empty = response.body.is_empty();
@@ -249,7 +253,11 @@ pub(super) async fn serve_signed(
     };
     let (Some(sig), Some(uri)) = (
         &upstream.config.sigv4,
-        signed_uri(upstream, path.routed(), &path.query()),
+        signed_uri(
+            upstream,
+            ctx.req.forward_path().unwrap_or_else(|| path.routed()),
+            &path.query(),
+        ),
     ) else {
         respond(session, ctx, 500, "not a signed url upstream", &[]).await?;
         return Ok(Served::Answered);
@@ -285,6 +293,7 @@ pub(super) async fn serve_signed(
             resp.append_header(k.clone(), v.clone())?;
         }
     }
+    super::respond::side_response(session, ctx, &mut resp)?;
     finish_response(session, ctx, &mut resp)?;
     ctx.status = parts.status.as_u16();
     session.write_response_header(Box::new(resp), false).await?;

@@ -44,6 +44,53 @@ pub(super) async fn respond(
     Ok(true)
 }
 
+/// Ends the request with the answer a plugin gave instead of the side.
+pub(super) async fn answer(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    a: Box<strangle_plugin::Answer>,
+) -> Result<bool> {
+    ctx.status = a.status.as_u16();
+    let mut resp = ResponseHeader::build(a.status, Some(3 + a.headers.len()))?;
+    for (name, value) in &a.headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            resp.append_header(name.clone(), value.clone())?;
+        }
+    }
+    resp.insert_header(header::CONTENT_LENGTH, a.body.len().to_string())?;
+    finish_response(session, ctx, &mut resp)?;
+    let head_only = a.body.is_empty() || session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(a.body), true).await?;
+    }
+    Ok(true)
+}
+
+/// The side's response plugins on its answer (a final one), before `finish_response`.
+pub(super) fn side_response(session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    let chain = ctx.req.response_plugins();
+    if chain.is_empty() || resp.status.is_informational() {
+        return Ok(());
+    }
+    let req = session.req_header();
+    let mut status = resp.status;
+    crate::pipeline::plugins::response(
+        chain,
+        &req.method,
+        req.uri.path(),
+        &req.headers,
+        &mut status,
+        &mut crate::pipeline::plugins::PingoraResponse(resp),
+    );
+    if status != resp.status {
+        resp.set_status(status)?;
+    }
+    Ok(())
+}
+
 /// What strangle sets on every response it sends, whichever path made it (an upstream's,
 /// a Lambda function's, a signed endpoint's, its own): hop-by-hop headers removed (an upgrade's
 /// pair kept for a switch the client asked for), the request id, and `Connection: close` when

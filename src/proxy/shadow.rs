@@ -24,6 +24,7 @@ use super::{aws, https, pool, Ctx};
 use crate::client::HttpsClient;
 use crate::config::shadow::Shadow;
 use crate::lambda::{event, Caller};
+use crate::pipeline::plugins::PingoraResponse;
 use crate::shadow::compare::Answer;
 use crate::shadow::{Capture, Copy, Job, Sender};
 use crate::split::Side;
@@ -175,7 +176,22 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
         .filter(|t| t.server.sampled)
         .map(|t| t.shadow());
     let req = session.req_header();
-    let mut headers = req.headers.clone();
+    // The other side's plugins make the copy from what the client sent; one that would answer
+    // the request itself leaves nothing to compare.
+    let forward = match ctx.req.plugins_for(req, side == Side::Legacy) {
+        Ok(f) => f,
+        Err(_) => {
+            snap.shadows
+                .route(&live.id)
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+    let (mut headers, forward_path) = match forward {
+        Some(f) => (f.headers, Some(f.path)),
+        None => (req.headers.clone(), None),
+    };
     let mut out = ctx
         .req
         .outbound(req, https(session), session.is_upgrade_req());
@@ -188,7 +204,7 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     answer.body = tap.body.split().freeze();
     let copy = Copy {
         method: req.method.clone(),
-        path: path.routed().to_string(),
+        path: forward_path.unwrap_or_else(|| path.routed().to_string()),
         query: path.query().to_string(),
         version: req.version,
         headers,
@@ -198,6 +214,11 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
         route_path: live.path.clone(),
         claims: ctx.req.decision.as_ref().and_then(|d| d.claims.clone()),
         trace,
+        plugins: Arc::clone(
+            snap.config.routes[route]
+                .plugins
+                .side_arc(side == Side::Legacy),
+        ),
     };
     let logged_path = ctx.req.logged_path(req.uri.path());
     let redact_headers = Arc::clone(&snap.redact_headers);
@@ -335,11 +356,13 @@ impl Engine {
         let mut whole = false;
         loop {
             match up.read_response_task().await.map_err(|e| e.to_string())? {
-                HttpTask::Header(head, end) => {
+                HttpTask::Header(mut head, end) => {
                     if head.status.is_informational() {
                         continue;
                     }
-                    answer = answer_head(&head.headers, head.status.as_u16(), &config.headers);
+                    let status = head.status;
+                    let status = copy.dressed(&mut PingoraResponse(&mut head), status);
+                    answer = answer_head(&head.headers, status, &config.headers);
                     if end {
                         whole = true;
                         break;
@@ -406,8 +429,10 @@ impl Engine {
             .invoke_as(self.caller()?, event, None)
             .await
             .map_err(|e| e.to_string())?;
-        let headers: http::HeaderMap = r.headers.into_iter().collect();
-        let mut answer = answer_head(&headers, r.status, &config.headers);
+        let mut headers: http::HeaderMap = r.headers.into_iter().collect();
+        let status = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let status = copy.dressed(&mut headers, status);
+        let mut answer = answer_head(&headers, status, &config.headers);
         let mut body = BytesMut::new();
         answer.truncated = !capture(&mut body, &r.body, config.max_body, budget)?;
         answer.body = body.freeze();
@@ -438,8 +463,9 @@ impl Engine {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let (parts, mut incoming) = response.into_parts();
-        let mut answer = answer_head(&parts.headers, parts.status.as_u16(), &config.headers);
+        let (mut parts, mut incoming) = response.into_parts();
+        let status = copy.dressed(&mut parts.headers, parts.status);
+        let mut answer = answer_head(&parts.headers, status, &config.headers);
         let mut body = BytesMut::new();
         while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
             let frame = frame.map_err(|e| e.to_string())?;

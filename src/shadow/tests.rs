@@ -104,6 +104,7 @@ fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {
             route_path: "/r".into(),
             claims: None,
             trace: None,
+            plugins: Arc::from(Vec::new()),
         },
         answer: json(answer),
         logged_path: "/r/1".into(),

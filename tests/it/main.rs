@@ -26,6 +26,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod otlp_logs;
+mod plugins;
 mod reload;
 mod rollout;
 mod routing;

@@ -38,7 +38,7 @@ pub enum Flow {
     /// On to the next plugin, then the side.
     Continue,
     /// The client gets this answer; the side is never asked.
-    Answer(Answer),
+    Answer(Box<Answer>),
 }
 
 /// An answer a plugin gives instead of the side.

@@ -120,11 +120,11 @@ impl Plugin for RewritePath {
                 *req.path = path;
                 Flow::Continue
             }
-            _ => Flow::Answer(Answer {
+            _ => Flow::Answer(Box::new(Answer {
                 status: strangle_plugin::StatusCode::BAD_REQUEST,
                 headers: HeaderMap::new(),
                 body: Bytes::from_static(b"the request path cannot be rewritten\n"),
-            }),
+            })),
         }
     }
 }

@@ -1,0 +1,130 @@
+//! The forward stage's plugins (`plugins = [...]` on a route): the chosen side's request hooks
+//! run once per request, on a copy of the request (the client's own head is never changed, so
+//! the legacy side after a fallback and a shadow copy to the other side start again from what
+//! the client sent); what they made (`Forward`) is what every upstream kind is given, before the
+//! outbound header policy, which then has the last word on the headers strangle vouches for.
+//! The side's response hooks run on its answer before strangle's own response headers. A route
+//! without plugins costs one length check.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use strangle_plugin::{Answer, Flow, Headers, Plugin};
+
+use crate::routing::{self, PathParams};
+
+/// The request as the side's plugins made it.
+#[derive(Debug)]
+pub struct Forward {
+    /// For the new side (else legacy).
+    pub new: bool,
+    /// The path the side receives (canonical; no query, no upstream base path).
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// What one side's plugins (`new`, else legacy) make of the request: `None` when the route has
+/// none there (one length check: what a route without plugins pays).
+pub fn forward(
+    plugins: &crate::config::plugin::Plugins,
+    new: bool,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    params: PathParams,
+) -> Result<Option<Box<Forward>>, Box<Answer>> {
+    let chain = plugins.side(new);
+    if chain.is_empty() {
+        return Ok(None);
+    }
+    request(chain, new, method, path, query, headers, params).map(|f| Some(Box::new(f)))
+}
+
+/// Runs `chain`'s request hooks on a copy of the request; an answer a plugin gives instead.
+pub fn request(
+    chain: &[Arc<dyn Plugin>],
+    new: bool,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    params: PathParams,
+) -> Result<Forward, Box<Answer>> {
+    let mut f = Forward {
+        new,
+        path: path.to_string(),
+        headers: headers.clone(),
+    };
+    let canonical = |p: &str| {
+        routing::canonicalize(p, params)
+            .map(|c| c.into_owned())
+            .map_err(|e| e.to_string())
+    };
+    for plugin in chain {
+        let mut req = strangle_plugin::Request {
+            method,
+            path: &mut f.path,
+            query: query.strip_prefix('?').unwrap_or(query),
+            headers: &mut f.headers,
+            canonical: &canonical,
+        };
+        if let Flow::Answer(a) = plugin.request(&mut req) {
+            return Err(a);
+        }
+    }
+    // Whatever a plugin did, the side gets a path a client could have sent.
+    match routing::canonicalize(&f.path, params) {
+        Ok(c) if c == f.path => Ok(f),
+        _ => Err(Box::new(Answer {
+            status: StatusCode::BAD_REQUEST,
+            headers: HeaderMap::new(),
+            body: "the request path cannot be rewritten\n".into(),
+        })),
+    }
+}
+
+pub use crate::config::plugin::response;
+
+/// A Pingora response head as plugins change it (its case map kept in step).
+pub struct PingoraResponse<'a>(pub &'a mut ResponseHeader);
+
+impl Headers for PingoraResponse<'_> {
+    fn map(&self) -> &HeaderMap {
+        &self.0.headers
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        // Only fails on a name/value pair `http` would refuse, which these are not.
+        let _ = self.0.insert_header(name, value);
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.0.append_header(name, value);
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.0.remove_header(name);
+    }
+}
+
+/// Gives an upstream request head exactly `headers` (through Pingora's methods, so that the
+/// names' wire case stays in step).
+pub fn replace_headers(up: &mut RequestHeader, headers: &HeaderMap) {
+    let gone: Vec<HeaderName> = up
+        .headers
+        .keys()
+        .filter(|n| !headers.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in gone {
+        up.remove_header(&name);
+    }
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            let _ = up.insert_header(name.clone(), first.clone());
+        }
+        for v in values {
+            let _ = up.append_header(name.clone(), v.clone());
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Route plugins on the request path: the new side speaks another API than the monolith (a
+//! rewritten path, other headers) and the client sees the monolith's API whichever side
+//! answers, on every engine (the HTTP/1 fast path, Pingora's proxy, HTTP/2) and every upstream
+//! kind (HTTP, a Lambda function); a plugin never lets a client vouch for a header, and a
+//! rewrite never leaves the route.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The monolith's `/api/v1/bookings` on the new side as `/bookings`, with its version header,
+/// and the new side's answers dressed as the monolith's.
+const NEW_SIDE_PLUGINS: &str = r#"[
+  { use = "rewrite-path", side = "new", from = "^/api/v1/(.*)$", to = "/$1" },
+  { use = "headers", side = "new", request-set = { "x-api-version" = "2" },
+    request-remove = ["x-debug"], response-set = { "x-api-shape" = "v1" },
+    response-remove = ["x-served-by"] },
+]"#;
+
+fn http_config(legacy: &Backend, new: &Backend, shift: &str, extra: &str) -> String {
+    Config::new()
+        .server(extra)
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift(shift)
+                .toml("plugins", NEW_SIDE_PLUGINS)
+        })
+        .build()
+}
+
+#[test]
+fn plugins_run_the_same_on_the_fast_path_pingora_and_http2() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = http_config(&legacy, &new, "100%", "h2c = true");
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let r = get(
+            proxy.port,
+            "/api/v1/bookings/42?x=1",
+            &[("x-debug", "1"), ("x-forwarded-for", "6.6.6.6")],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-api-shape"), Some("v1"));
+        let seen = new.seen().pop().unwrap();
+        assert_eq!(
+            seen.target, "/bookings/42?x=1",
+            "fast path off: {fast_path_off}"
+        );
+        assert_eq!(seen.header("x-api-version"), Some("2"));
+        assert_eq!(seen.header("x-debug"), None);
+        // The outbound policy has the last word: the client's forwarding header is not kept.
+        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+        // HTTP/2 streams take the same hooks.
+        let (status, _) = crate::http2::h2c_get(proxy.port, "/api/v1/bookings/7", &["x-debug: 1"]);
+        assert_eq!(status, "200 2");
+        let seen = new.seen().pop().unwrap();
+        assert_eq!(seen.target, "/bookings/7");
+        assert_eq!(seen.header("x-api-version"), Some("2"));
+        assert_eq!(seen.header("x-debug"), None);
+    }
+    assert!(legacy.seen().is_empty());
+}
+
+#[test]
+fn the_legacy_side_gets_the_request_as_the_client_sent_it() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let proxy = Proxy::start(&http_config(&legacy, &new, "0%", ""));
+    let r = get(proxy.port, "/api/v1/bookings/42", &[("x-debug", "1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-api-shape"), None);
+    let seen = legacy.seen().pop().unwrap();
+    assert_eq!(seen.target, "/api/v1/bookings/42");
+    assert_eq!(seen.header("x-debug"), Some("1"));
+    assert_eq!(seen.header("x-api-version"), None);
+    assert!(new.seen().is_empty());
+}
+
+#[test]
+fn a_new_side_that_cannot_be_reached_falls_back_to_legacy_with_the_clients_request() {
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &format!("127.0.0.1:{}", free_port()))
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("100%")
+                .toml("fallback", "true")
+                .toml("plugins", NEW_SIDE_PLUGINS)
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let r = get(proxy.port, "/api/v1/bookings/42", &[("x-debug", "1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "legacy");
+    assert_eq!(
+        r.header("x-api-shape"),
+        None,
+        "legacy's answer, legacy's plugins (none)"
+    );
+    let seen = legacy.seen().pop().unwrap();
+    assert_eq!(seen.target, "/api/v1/bookings/42");
+    assert_eq!(seen.header("x-debug"), Some("1"));
+    assert_eq!(seen.header("x-api-version"), None);
+}
+
+#[test]
+fn a_rewrite_never_leaves_its_template_and_the_upstream_gets_nothing() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    // `.$1` lets a capture of `.` make a `..` segment.
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy").new("new").shift("100%").toml(
+                "plugins",
+                r#"[{ use = "rewrite-path", from = "^/api/v1/bookings/x(.*)$", to = "/bookings/.$1/admin" }]"#,
+            )
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let r = get(proxy.port, "/api/v1/bookings/x.", &[]);
+    assert_eq!(r.status, 400);
+    assert!(new.seen().is_empty() && legacy.seen().is_empty());
+    // Canonicalised like a client's path: `/bookings/./admin` is `/bookings/admin`, still
+    // under the template's `/bookings/`.
+    let r = get(proxy.port, "/api/v1/bookings/x", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(new.seen().pop().unwrap().target, "/bookings/admin");
+    let r = get(proxy.port, "/api/v1/bookings/xyz", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(new.seen().pop().unwrap().target, "/bookings/.yz/admin");
+}
+
+#[test]
+fn a_lambda_side_gets_the_rewritten_path_and_its_answer_is_dressed_as_the_monolith() {
+    let watch = crate::lambda::LambdaWatch::start();
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("bookings-fn")
+                .shift("100%")
+                .toml("plugins", NEW_SIDE_PLUGINS)
+        })
+        .build();
+    let proxy = Proxy::start_with_env(&text, &crate::invoke::lambda_env());
+    let r = get(
+        proxy.port,
+        "/api/v1/bookings/echo?q=1",
+        &[("x-debug", "1"), ("x-strangle-side", "legacy")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-api-shape"), Some("v1"));
+    assert_eq!(r.header("x-served-by"), None);
+    let echo: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(echo["path"], "/bookings/echo", "{echo}");
+    assert_eq!(echo["query"]["q"][0], "1", "{echo}");
+    assert_eq!(echo["headers"]["x-api-version"], "2", "{echo}");
+    assert!(echo["headers"].get("x-debug").is_none(), "{echo}");
+    assert!(echo["headers"].get("x-strangle-side").is_none(), "{echo}");
+}
