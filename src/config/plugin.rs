@@ -17,6 +17,7 @@ use super::Cx;
 pub const KINDS: &[Kind] = &[
     strangle_plugin_rewrite_path::KIND,
     strangle_plugin_headers::KIND,
+    strangle_plugin_cors::KIND,
 ];
 
 /// One entry of a route's `plugins`, as written: `use`, `side` and the plugin's own keys.

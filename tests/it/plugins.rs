@@ -169,3 +169,58 @@ fn a_lambda_side_gets_the_rewritten_path_and_its_answer_is_dressed_as_the_monoli
     assert!(echo["headers"].get("x-debug").is_none(), "{echo}");
     assert!(echo["headers"].get("x-strangle-side").is_none(), "{echo}");
 }
+
+#[test]
+fn a_browsers_preflight_is_answered_by_the_route_and_answers_carry_its_cors_headers() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/bookings", |r| {
+            r.legacy("legacy").new("new").shift("100%").toml(
+                "plugins",
+                r#"[{ use = "cors", origins = ["https://app.example"], methods = ["GET", "PUT"], credentials = true }]"#,
+            )
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let mut c = proxy.client();
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let r = c
+        .request("OPTIONS", "/bookings/1", &preflight, b"")
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"));
+    let r = c
+        .request(
+            "OPTIONS",
+            "/bookings/1",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "PUT"),
+            ],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert!(new.seen().is_empty(), "preflights never reach the side");
+    let r = c
+        .get("/bookings/1", &[("origin", "https://app.example")])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(new.seen().len(), 1);
+}
