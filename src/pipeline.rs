@@ -374,11 +374,18 @@ impl Request {
 
     /// The side's response plugins (none off a route).
     pub fn response_plugins(&self) -> &[Arc<dyn strangle_plugin::Plugin>] {
+        self.response_chain().map_or(&[], |c| &c[..])
+    }
+
+    /// `response_plugins`, shared.
+    pub fn response_chain(&self) -> Option<&Arc<[Arc<dyn strangle_plugin::Plugin>]>> {
         match (self.route, self.side()) {
-            (Some(route), Some(side)) => self.snap.config.routes[route]
-                .plugins
-                .side(side == Side::New),
-            _ => &[],
+            (Some(route), Some(side)) => Some(
+                self.snap.config.routes[route]
+                    .plugins
+                    .side_arc(side == Side::New),
+            ),
+            _ => None,
         }
     }
 

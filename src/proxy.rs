@@ -62,6 +62,8 @@ pub struct Ctx {
     logged: bool,
     /// The capture of a shadowed request (`None` for nearly all).
     shadow: Option<Box<shadow::Tap>>,
+    /// The answer's body held back for the side's body plugins (`None` for nearly all).
+    held: Option<Box<crate::pipeline::plugins::HeldBody>>,
 }
 
 /// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
@@ -204,6 +206,7 @@ impl ProxyHttp for Strangle {
             replaced: false,
             logged: false,
             shadow: None,
+            held: None,
         }
     }
 
@@ -443,7 +446,7 @@ impl ProxyHttp for Strangle {
         if let Err(why) = frame_response(resp, session.req_header(), cap) {
             return Error::e_explain(ErrorType::HTTPStatus(502), why);
         }
-        respond::side_response(session, ctx, resp)?;
+        respond::side_response(session, ctx, resp, false)?;
         if !resp.status.is_informational() {
             ctx.status = resp.status.as_u16();
             // Only interim responses went out before this one: a failure from here on is
@@ -481,6 +484,9 @@ impl ProxyHttp for Strangle {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if let Some(held) = ctx.held.as_mut() {
+            held.pass(body, end_of_stream);
+        }
         if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
             tap.body(data);
         }

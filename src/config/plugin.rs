@@ -18,6 +18,8 @@ pub const KINDS: &[Kind] = &[
     strangle_plugin_rewrite_path::KIND,
     strangle_plugin_headers::KIND,
     strangle_plugin_cors::KIND,
+    strangle_plugin_status_map::KIND,
+    strangle_plugin_json_map::KIND,
 ];
 
 /// One entry of a route's `plugins`, as written: `use`, `side` and the plugin's own keys.

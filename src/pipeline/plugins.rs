@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
-use strangle_plugin::{Answer, Flow, Headers, Plugin};
+use strangle_plugin::{Answer, BodyHead, BodyUse, Flow, Headers, Plugin};
 
 use crate::routing::{self, PathParams};
 
@@ -86,6 +87,110 @@ pub fn request(
 }
 
 pub use crate::config::plugin::response;
+
+/// An answer's body held back for the side's body plugins until it is whole.
+#[derive(Debug)]
+pub struct HeldBody {
+    chain: Arc<[Arc<dyn Plugin>]>,
+    original: StatusCode,
+    status: StatusCode,
+    headers: HeaderMap,
+    /// The most bytes held (a larger body passes untouched); `replace`: none are kept.
+    limit: usize,
+    replace: bool,
+    buf: BytesMut,
+    /// Over `limit`: passing through untouched.
+    over: bool,
+}
+
+/// What `chain` does with an answer's body (`original`: the side's own status; `status` and
+/// `headers`: the answer as the response hooks left it): `None` when no plugin works on it.
+pub fn hold_body(
+    chain: &Arc<[Arc<dyn Plugin>]>,
+    original: StatusCode,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<Box<HeldBody>> {
+    let head = BodyHead {
+        original,
+        status,
+        headers,
+    };
+    let (mut limit, mut replace) = (0, false);
+    for plugin in chain.iter() {
+        match plugin.response_body_use(&head) {
+            BodyUse::None => {}
+            BodyUse::Read(n) => limit = limit.max(n),
+            BodyUse::Replace => replace = true,
+        }
+    }
+    (limit > 0 || replace).then(|| {
+        Box::new(HeldBody {
+            chain: Arc::clone(chain),
+            original,
+            status,
+            headers: headers.clone(),
+            limit,
+            replace,
+            buf: BytesMut::new(),
+            over: false,
+        })
+    })
+}
+
+impl HeldBody {
+    /// A piece of the body as it comes (`end`: the last): `data` becomes what the client gets
+    /// now: nothing until the body is whole, then the whole body as the plugins made it; past
+    /// the limit, what was held and the rest as they are.
+    pub fn pass(&mut self, data: &mut Option<Bytes>, end: bool) {
+        if self.over {
+            return;
+        }
+        if let Some(piece) = data.take() {
+            if self.replace {
+                // Discarded unread.
+            } else if self.buf.len() + piece.len() > self.limit {
+                self.over = true;
+                let mut all = std::mem::take(&mut self.buf);
+                all.extend_from_slice(&piece);
+                *data = Some(all.freeze());
+                return;
+            } else {
+                self.buf.extend_from_slice(&piece);
+            }
+        }
+        if end {
+            *data = Some(self.finish());
+        }
+    }
+
+    /// A whole body (a Lambda function's answer) as the plugins make it; `None` when it is
+    /// over the limit and passes untouched.
+    pub fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
+        if !self.replace {
+            if body.len() > self.limit {
+                return None;
+            }
+            self.buf.extend_from_slice(body);
+        }
+        Some(self.finish())
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let mut body = std::mem::take(&mut self.buf).to_vec();
+        let head = BodyHead {
+            original: self.original,
+            status: self.status,
+            headers: &self.headers,
+        };
+        for plugin in self.chain.iter() {
+            if plugin.response_body_use(&head) != BodyUse::None {
+                plugin.response_body(&head, &mut body);
+            }
+        }
+        Bytes::from(body)
+    }
+}
 
 /// A Pingora response head as plugins change it (its case map kept in step).
 pub struct PingoraResponse<'a>(pub &'a mut ResponseHeader);

@@ -222,19 +222,21 @@ pub(super) async fn serve_lambda(
         }
         resp.append_header(name, value)?;
     }
-    resp.insert_header(header::CONTENT_LENGTH, response.body.len().to_string())?;
-    super::respond::side_response(session, ctx, &mut resp)?;
+    super::respond::side_response(session, ctx, &mut resp, true)?;
+    let mut body = response.body;
+    if let Some(made) = ctx.held.take().and_then(|mut held| held.whole(&body)) {
+        body = made;
+    }
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     finish_response(session, ctx, &mut resp)?;
-    ctx.status = response.status;
-    let empty = response.body.is_empty();
+    ctx.status = resp.status.as_u16();
+    let empty = body.is_empty();
     if let Some(tap) = ctx.shadow.as_mut() {
-        tap.body(&response.body);
+        tap.body(&body);
     }
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
-        session
-            .write_response_body(Some(response.body), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(Served::Answered)
 }
@@ -293,9 +295,9 @@ pub(super) async fn serve_signed(
             resp.append_header(k.clone(), v.clone())?;
         }
     }
-    super::respond::side_response(session, ctx, &mut resp)?;
+    super::respond::side_response(session, ctx, &mut resp, false)?;
     finish_response(session, ctx, &mut resp)?;
-    ctx.status = parts.status.as_u16();
+    ctx.status = resp.status.as_u16();
     session.write_response_header(Box::new(resp), false).await?;
     loop {
         // Each read within `timeout`, all of them by `request-timeout`.
@@ -305,10 +307,16 @@ pub(super) async fn serve_signed(
         match tokio::time::timeout(wait, http_body_util::BodyExt::frame(&mut incoming)).await {
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if let Some(tap) = ctx.shadow.as_mut() {
-                        tap.body(&data);
+                    let mut data = Some(data);
+                    if let Some(held) = ctx.held.as_mut() {
+                        held.pass(&mut data, false);
                     }
-                    session.write_response_body(Some(data), false).await?;
+                    if let Some(data) = data {
+                        if let Some(tap) = ctx.shadow.as_mut() {
+                            tap.body(&data);
+                        }
+                        session.write_response_body(Some(data), false).await?;
+                    }
                 }
             }
             Ok(None) => break,
@@ -327,6 +335,13 @@ pub(super) async fn serve_signed(
             }
         }
     }
-    session.write_response_body(None, true).await?;
+    let mut rest = None;
+    if let Some(held) = ctx.held.as_mut() {
+        held.pass(&mut rest, true);
+    }
+    if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), rest.as_ref()) {
+        tap.body(data);
+    }
+    session.write_response_body(rest, true).await?;
     Ok(Served::Answered)
 }

@@ -69,16 +69,27 @@ pub(super) async fn answer(
     Ok(true)
 }
 
-/// The side's response plugins on its answer (a final one), before `finish_response`.
-pub(super) fn side_response(session: &Session, ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
-    let chain = ctx.req.response_plugins();
+/// The side's response plugins on its answer (a final one), before `finish_response`. When
+/// they work on its body, it is held back (`Ctx::held`) and, unless the caller has it `whole`
+/// already, goes out chunked (its length will change).
+pub(super) fn side_response(
+    session: &Session,
+    ctx: &mut Ctx,
+    resp: &mut ResponseHeader,
+    whole: bool,
+) -> Result<()> {
+    let Some(chain) = ctx.req.response_chain() else {
+        return Ok(());
+    };
     if chain.is_empty() || resp.status.is_informational() {
         return Ok(());
     }
+    let chain = std::sync::Arc::clone(chain);
     let req = session.req_header();
+    let original = resp.status;
     let mut status = resp.status;
     crate::pipeline::plugins::response(
-        chain,
+        &chain,
         &req.method,
         req.uri.path(),
         &req.headers,
@@ -87,6 +98,24 @@ pub(super) fn side_response(session: &Session, ctx: &Ctx, resp: &mut ResponseHea
     );
     if status != resp.status {
         resp.set_status(status)?;
+    }
+    if no_body(resp.status, &http::Method::GET) {
+        return Ok(());
+    }
+    let held = crate::pipeline::plugins::hold_body(&chain, original, resp.status, &resp.headers);
+    if req.method == http::Method::HEAD {
+        // No body, but the head says what GET would get: not the side's length.
+        if held.is_some() {
+            resp.remove_header(&header::CONTENT_LENGTH);
+        }
+        return Ok(());
+    }
+    ctx.held = held;
+    if ctx.held.is_some() && !whole {
+        resp.remove_header(&header::CONTENT_LENGTH);
+        if !session.is_http2() && req.version == http::Version::HTTP_11 {
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        }
     }
     Ok(())
 }

@@ -354,15 +354,20 @@ impl Engine {
         let mut answer = Answer::default();
         let mut body = BytesMut::new();
         let mut whole = false;
+        // The side's status and the answer's dressed headers, for its body plugins.
+        let mut dressed = None;
         loop {
             match up.read_response_task().await.map_err(|e| e.to_string())? {
                 HttpTask::Header(mut head, end) => {
                     if head.status.is_informational() {
                         continue;
                     }
-                    let status = head.status;
-                    let status = copy.dressed(&mut PingoraResponse(&mut head), status);
+                    let original = head.status;
+                    let status = copy.dressed(&mut PingoraResponse(&mut head), original);
                     answer = answer_head(&head.headers, status, &config.headers);
+                    if !copy.plugins.is_empty() {
+                        dressed = Some((original, head.headers.clone()));
+                    }
                     if end {
                         whole = true;
                         break;
@@ -390,6 +395,9 @@ impl Engine {
             }
         }
         answer.body = body.freeze();
+        if let Some((original, headers)) = &dressed {
+            dress_body(copy, *original, &headers.clone(), &mut answer);
+        }
         if whole {
             up.respect_keepalive();
             if let Some(stream) = up.reuse().await {
@@ -430,12 +438,14 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         let mut headers: http::HeaderMap = r.headers.into_iter().collect();
-        let status = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-        let status = copy.dressed(&mut headers, status);
+        let original =
+            http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let status = copy.dressed(&mut headers, original);
         let mut answer = answer_head(&headers, status, &config.headers);
         let mut body = BytesMut::new();
         answer.truncated = !capture(&mut body, &r.body, config.max_body, budget)?;
         answer.body = body.freeze();
+        dress_body(copy, original, &headers, &mut answer);
         Ok(answer)
     }
 
@@ -464,7 +474,8 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())?;
         let (mut parts, mut incoming) = response.into_parts();
-        let status = copy.dressed(&mut parts.headers, parts.status);
+        let original = parts.status;
+        let status = copy.dressed(&mut parts.headers, original);
         let mut answer = answer_head(&parts.headers, status, &config.headers);
         let mut body = BytesMut::new();
         while let Some(frame) = http_body_util::BodyExt::frame(&mut incoming).await {
@@ -477,7 +488,27 @@ impl Engine {
             }
         }
         answer.body = body.freeze();
+        dress_body(copy, original, &parts.headers, &mut answer);
         Ok(answer)
+    }
+}
+
+/// A copy's whole answer body as its side's body plugins make it, as a client's would be
+/// (`original`: the side's own status; `headers`: the answer as the response hooks left it).
+/// A body cut at the capture's cap stays as it is.
+fn dress_body(
+    copy: &Copy,
+    original: http::StatusCode,
+    headers: &http::HeaderMap,
+    answer: &mut Answer,
+) {
+    if copy.plugins.is_empty() || answer.truncated {
+        return;
+    }
+    let status = http::StatusCode::from_u16(answer.status).unwrap_or(original);
+    let held = crate::pipeline::plugins::hold_body(&copy.plugins, original, status, headers);
+    if let Some(made) = held.and_then(|mut held| held.whole(&answer.body)) {
+        answer.body = made;
     }
 }
 

@@ -224,3 +224,128 @@ fn a_browsers_preflight_is_answered_by_the_route_and_answers_carry_its_cors_head
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(new.seen().len(), 1);
 }
+
+/// The new side's bookings as the monolith shapes them: `booking` is `id`, no `served_by`,
+/// a `currency`; its 404 problem document is the monolith's page.
+const MONOLITH_SHAPE: &str = r#"[
+  { use = "rewrite-path", side = "new", from = "^/api/v1/(.*)$", to = "/$1" },
+  { use = "json-map", side = "new", rename = { "$.booking" = "$.id" }, drop = ["$.served_by"],
+    default = { "$.currency" = "EUR" } },
+  { use = "status-map", side = "new", status = 404, content-type = "text/html", body = "<h1>Not Found</h1>" },
+]"#;
+
+#[test]
+fn a_client_sees_the_monoliths_json_whichever_side_answers_a_lambda_function_included() {
+    let watch = crate::lambda::LambdaWatch::start();
+    let legacy = Backend::answering("legacy", |seen, _| {
+        let id = seen
+            .target
+            .trim_start_matches("/api/v1/bookings/")
+            .to_string();
+        let body = serde_json::json!({"id": id, "method": seen.method, "currency": "EUR"});
+        (200, "application/json", body.to_string())
+    });
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("bookings-fn")
+                .shift("0%")
+                .toml("override", "true")
+                .toml("plugins", MONOLITH_SHAPE)
+        })
+        .build();
+    let proxy = Proxy::start_with_env(&text, &crate::invoke::lambda_env());
+    let answer = |side: &str| {
+        let r = get(
+            proxy.port,
+            "/api/v1/bookings/42",
+            &[("x-strangle-side", side)],
+        );
+        assert_eq!(r.status, 200, "{side}: {}", r.text());
+        assert_eq!(
+            r.header("content-length").map(str::to_string),
+            Some(r.body.len().to_string())
+        );
+        serde_json::from_str::<Value>(&r.text()).unwrap()
+    };
+    let (from_legacy, from_new) = (answer("legacy"), answer("new"));
+    assert_eq!(from_new, from_legacy, "the same document from either side");
+    assert_eq!(
+        from_new,
+        serde_json::json!({"id": "42", "method": "GET", "currency": "EUR"})
+    );
+}
+
+#[test]
+fn answer_bodies_are_mapped_the_same_on_every_engine_and_framed_anew() {
+    let legacy = Backend::start("legacy");
+    let new = Backend::answering("new", |seen, _| {
+        let booking = seen.target.trim_start_matches("/bookings/").to_string();
+        if booking == "missing" {
+            let problem = r#"{"type":"about:blank","title":"Not Found","status":404}"#;
+            return (404, "application/problem+json", problem.to_string());
+        }
+        // Larger than one read, so the body comes in pieces.
+        let pad = "x".repeat(100_000);
+        let body = serde_json::json!({"served_by": "new", "booking": booking, "pad": pad});
+        (200, "application/json", body.to_string())
+    });
+    let text = Config::new()
+        .server("h2c = true")
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .upstream("new", &new.addr())
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("new")
+                .shift("100%")
+                .toml("plugins", MONOLITH_SHAPE)
+        })
+        .build();
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let mut c = proxy.client();
+        // Twice on one connection: the framing of the first leaves the second intact.
+        for _ in 0..2 {
+            let r = c.get("/api/v1/bookings/7", &[]).unwrap();
+            assert_eq!(r.status, 200);
+            let doc: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(doc["id"], "7");
+            assert_eq!(doc["currency"], "EUR");
+            assert!(doc.get("served_by").is_none() && doc.get("booking").is_none());
+            let r = c.get("/api/v1/bookings/missing", &[]).unwrap();
+            assert_eq!(r.status, 404);
+            assert_eq!(r.header("content-type"), Some("text/html"));
+            assert_eq!(r.text(), "<h1>Not Found</h1>");
+        }
+        let (status, body) = crate::http2::h2c_get(proxy.port, "/api/v1/bookings/missing", &[]);
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("404 2", "<h1>Not Found</h1>")
+        );
+        let (status, body) = crate::http2::h2c_get(proxy.port, "/api/v1/bookings/8", &[]);
+        assert_eq!(status, "200 2");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (doc["id"].as_str(), doc["currency"].as_str()),
+            (Some("8"), Some("EUR"))
+        );
+        // HEAD: the head as for GET (no length: the body GET gets is another than the
+        // side's), and nothing held back or sent.
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-I"])
+            .arg(format!(
+                "http://127.0.0.1:{}/api/v1/bookings/missing",
+                proxy.port
+            ))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 404"), "{head}");
+        assert!(head.contains("content-type: text/html"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+    }
+}

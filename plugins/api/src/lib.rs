@@ -15,7 +15,7 @@ use std::fmt;
 
 pub use bytes::Bytes;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-pub use toml::Table;
+pub use toml::{Table, Value as TomlValue};
 
 /// A plugin instance, built from its settings when a config loads.
 pub trait Plugin: Send + Sync + fmt::Debug {
@@ -30,6 +30,38 @@ pub trait Plugin: Send + Sync + fmt::Debug {
 
     /// The side's answer on its way to the client (its status and headers).
     fn response(&self, _resp: &mut Response<'_>) {}
+
+    /// Whether this plugin works on the answer's body, told the side's own status and the
+    /// answer as the response hooks left it. strangle then holds the body back until it is
+    /// whole: up to the largest `Read` any plugin asked for (a larger body passes untouched),
+    /// or, when one plugin `Replace`s it, none of it at all.
+    fn response_body_use(&self, _answer: &BodyHead<'_>) -> BodyUse {
+        BodyUse::None
+    }
+
+    /// The whole answer body (the side's, or empty when a plugin replaces it), when this
+    /// plugin's `response_body_use` asked for it. Runs in chain order.
+    fn response_body(&self, _answer: &BodyHead<'_>, _body: &mut Vec<u8>) {}
+}
+
+/// What a plugin does with an answer's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyUse {
+    /// Nothing.
+    None,
+    /// Reads and may change it, when it is at most this many bytes.
+    Read(usize),
+    /// Replaces it whatever it is: the side's body is discarded unread.
+    Replace,
+}
+
+/// An answer as a body hook sees it.
+pub struct BodyHead<'a> {
+    /// The side's status, before any plugin.
+    pub original: StatusCode,
+    /// The status and headers the client gets.
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
 }
 
 /// What a request hook decided.
@@ -229,6 +261,15 @@ impl<'a> Settings<'a> {
                 key,
                 format!("a table of strings, not {}", v.type_str()),
             )),
+        }
+    }
+
+    /// A table as written (its values any TOML), if the key is there.
+    pub fn table(&self, key: &str) -> Result<Option<&'a toml::Table>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Table(t)) => Ok(Some(t)),
+            Some(v) => Err(Error::at(key, format!("a table, not {}", v.type_str()))),
         }
     }
 
