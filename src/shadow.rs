@@ -14,21 +14,25 @@
 //! Among the requests' own tasks, a copy's work (a send and a receive on loopback cost about
 //! half of a whole proxied request) delayed the requests queued behind it: at 10% shadowed,
 //! their p99 was 1.26 times that of no shadowing in the load benchmark; on the idle thread it is
-//! 1.03 (BENCHMARKS.md). So that a starved worker never holds up a request, it shares no
-//! connection and no lock a request can wait on for long: its own connections (pooled under
-//! their own key, and an AWS client of its own), AWS credentials read without a lock or
-//! fetched on the request path's runtime (`lambda::Caller::Shadow`), a queue the request path
-//! only ever `try_send`s to, and short `std` mutexes (a request thread that finds one held
-//! blocks, which leaves the CPU to the worker to finish). Large comparisons go to the worker's
+//! 1.03 (BENCHMARKS.md). A worker kept off the CPU (by the requests, or by any other process on
+//! a shared CPU) may sit for seconds wherever it was, so it holds nothing a request waits on:
+//! no lock the requests take (the queue is only ever `try_send` from the request path, routes'
+//! states are read lock-free, its access-log lines go through a channel to a task on the
+//! requests' runtime, spans and capture records through lock-free channels), no connection
+//! real traffic uses (a pool and an AWS client of its own; AWS credentials read lock-free or
+//! fetched on the requests' runtime, `lambda::Caller::Shadow`), and at most half of an
+//! upstream's `max-in-flight` slots (`worker::slot`). Large comparisons go to the worker's
 //! blocking threads, which inherit its priority.
 //! Per route: how many were shadowed, matched, mismatched, dropped and failed, the noise
 //! calibration learned, and the last mismatches as redacted samples (`GET /routes/{id}/diffs`).
 
 pub mod compare;
 mod report;
+mod worker;
 
 use report::{log, redact, trace};
 pub use report::{Sample, ShadowStatus, Summary};
+pub use worker::{slot, WORKER};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -156,6 +160,9 @@ pub trait Sender: Send + Sync {
     /// Called once on the worker's thread before its first copy, with the runtime of the
     /// request path that started it.
     fn attach(&self, _home: tokio::runtime::Handle) {}
+
+    /// Called every 10 s on the worker's thread: drop what it keeps and can no longer use.
+    fn tidy(&self) {}
 }
 
 /// Whether a queued job is still to be sent under the config now in force (its route still
@@ -214,7 +221,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every route's shadow state and the queue of copies to send.
 pub struct Shadows {
-    routes: Mutex<HashMap<String, Arc<RouteShadow>>>,
+    /// Read without a lock (the worker and the requests both look routes up; a new route's
+    /// state is added by a compare-and-swap).
+    routes: arc_swap::ArcSwap<HashMap<String, Arc<RouteShadow>>>,
     /// Bytes the request path's captures hold now (`Capture`).
     capturing: Arc<AtomicUsize>,
     queue: tokio::sync::mpsc::Sender<Job>,
@@ -224,6 +233,8 @@ pub struct Shadows {
     /// with the first copy, on the runtime that submits it.
     runner: std::sync::OnceLock<Runner>,
     started: std::sync::atomic::AtomicBool,
+    /// Where the worker's access-log lines go once it runs on its thread (`start_worker`).
+    lines: std::sync::OnceLock<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// The worker's engine, access log and check of the config now in force.
@@ -237,13 +248,14 @@ impl Default for Shadows {
     fn default() -> Shadows {
         let (queue, receiver) = tokio::sync::mpsc::channel(QUEUE_JOBS);
         Shadows {
-            routes: Mutex::default(),
+            routes: arc_swap::ArcSwap::default(),
             capturing: Arc::default(),
             queue,
             receiver: Mutex::new(Some(receiver)),
             queued_bytes: Arc::default(),
             runner: std::sync::OnceLock::new(),
             started: std::sync::atomic::AtomicBool::new(false),
+            lines: std::sync::OnceLock::new(),
         }
     }
 }
@@ -292,18 +304,27 @@ impl Shadows {
 
     /// The state of route `id` (made on first use).
     pub fn route(&self, id: &str) -> Arc<RouteShadow> {
-        let mut routes = lock(&self.routes);
-        if let Some(r) = routes.get(id) {
-            return r.clone();
+        if let Some(r) = self.routes.load().get(id) {
+            return Arc::clone(r);
         }
-        let r = Arc::new(RouteShadow::default());
-        routes.insert(id.to_string(), r.clone());
-        r
+        self.routes.rcu(|routes| {
+            let mut routes = HashMap::clone(routes);
+            routes
+                .entry(id.to_string())
+                .or_insert_with(|| Arc::new(RouteShadow::default()));
+            routes
+        });
+        self.routes
+            .load()
+            .get(id)
+            .map_or_else(|| Arc::new(RouteShadow::default()), Arc::clone)
     }
 
     /// The routes that have shadow state, by id.
     pub fn all(&self) -> Vec<(String, Arc<RouteShadow>)> {
-        let mut all: Vec<_> = lock(&self.routes)
+        let mut all: Vec<_> = self
+            .routes
+            .load()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -344,33 +365,6 @@ impl Shadows {
                 self.started.store(false, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Starts the worker on a thread of its own at the lowest CPU priority, with a runtime of
-    /// its own (blocking threads included, which inherit the priority).
-    fn start_worker(
-        self: &Arc<Self>,
-        runner: &Runner,
-        home: tokio::runtime::Handle,
-    ) -> std::io::Result<()> {
-        let me = Arc::clone(self);
-        let (sender, access, still) = (
-            Arc::clone(&runner.sender),
-            Arc::clone(&runner.access),
-            Arc::clone(&runner.still),
-        );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(WORKER)
-            .build()?;
-        std::thread::Builder::new()
-            .name(WORKER.into())
-            .spawn(move || {
-                lowest_priority();
-                sender.attach(home);
-                runtime.block_on(me.run(sender, access, Box::new(move |j: &Job| still(j))));
-            })?;
-        Ok(())
     }
 
     fn enqueue(&self, job: Job) {
@@ -424,7 +418,7 @@ impl Shadows {
             tokio::spawn(async move {
                 let (started, wall) = (std::time::Instant::now(), SystemTime::now());
                 let copied = me.process(&job, &*sender).await;
-                log(&access, &job, &copied, started.elapsed());
+                log(&access, me.lines.get(), &job, &copied, started.elapsed());
                 trace(&job, &copied, wall);
                 // Its bytes count against the queue's bound until it is done.
                 me.queued_bytes.fetch_sub(job.bytes(), Ordering::Relaxed);
@@ -436,6 +430,16 @@ impl Shadows {
     /// Sends one copy and compares its answer with the client's.
     pub async fn process(&self, job: &Job, sender: &dyn Sender) -> Copied {
         let state = self.route(&job.route);
+        let Ok(_slot) = slot(&job.other).inspect_err(|why| {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(route = %job.route, "shadow copy not sent: {why}");
+        }) else {
+            return Copied {
+                outcome: "dropped",
+                status: 0,
+                error: None,
+            };
+        };
         let n = state.shadowed.fetch_add(1, Ordering::Relaxed);
         let mut capture = self.capture();
         let other = match sender
@@ -468,9 +472,14 @@ impl Shadows {
             *lock(&state.learned) = Arc::default();
         }
         if calibrate {
-            let again = sender
-                .send(&job.copy, &job.legacy, &job.config, &mut capture)
-                .await;
+            let again = match slot(&job.legacy) {
+                Ok(_slot) => {
+                    sender
+                        .send(&job.copy, &job.legacy, &job.config, &mut capture)
+                        .await
+                }
+                Err(why) => Err(why),
+            };
             if let Ok(again) = again {
                 state.calibrated.fetch_add(1, Ordering::Relaxed);
                 let first = legacy.clone();
@@ -547,26 +556,6 @@ impl Shadows {
             status,
             error: None,
         }
-    }
-}
-
-/// The name of the worker's threads.
-pub const WORKER: &str = "strangle-shadow";
-
-/// Puts this thread (and the threads it starts) at the lowest CPU priority: `SCHED_IDLE` on
-/// Linux, the highest nice value elsewhere. Failing that, it runs as it is, said once.
-fn lowest_priority() {
-    use thread_priority::{ThreadPriority, ThreadSchedulePolicy};
-    #[cfg(target_os = "linux")]
-    let policy = ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Idle);
-    #[cfg(not(target_os = "linux"))]
-    let policy = ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Other);
-    let me = thread_priority::thread_native_id();
-    if let Err(e) = thread_priority::set_thread_priority_and_policy(me, ThreadPriority::Min, policy)
-    {
-        tracing::warn!(
-            "the shadow worker runs at the requests' CPU priority (lowering it failed: {e:?})"
-        );
     }
 }
 

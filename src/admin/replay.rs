@@ -108,7 +108,10 @@ where
     };
     let mut budget = snap.shadows.capture();
     let started = Instant::now();
-    let sent = sender.send(&copy, &upstream, &config, &mut budget).await;
+    let sent = match crate::shadow::slot(&upstream) {
+        Ok(_slot) => sender.send(&copy, &upstream, &config, &mut budget).await,
+        Err(why) => Err(why),
+    };
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(route = %id, to = to.as_str(), method = %copy.method, path = %copy.path, "replayed a captured request");
     match sent {

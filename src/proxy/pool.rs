@@ -69,44 +69,13 @@ type Lists = HashMap<u64, Vec<Idle>, BuildHasherDefault<KeyHasher>>;
 /// An idle connection to the peer whose reuse hash is `key` that is still open and quiet, if
 /// the pool has one.
 pub(super) fn take(key: u64) -> Option<Stream> {
-    let now = Instant::now();
-    loop {
-        // The most recently used first: the likeliest to be open, and its socket warm. The
-        // check is made outside the lock.
-        let mut idle = lists().get_mut(&key)?.pop()?;
-        if !idle.expired(now) && quiet(&mut idle.stream) {
-            return Some(idle.stream);
-        }
-    }
+    IDLE.take(key)
 }
 
 /// Keeps `stream` (whose last response was read whole) for the next request to the peer whose
 /// reuse hash is `key`, for at most `limit` (the peer's idle timeout).
 pub(super) fn give_back(key: u64, limit: Option<Duration>, stream: Stream) {
-    let now = Instant::now();
-    let idle = Idle {
-        stream,
-        since: now,
-        limit,
-    };
-    let mut stale = Vec::new();
-    {
-        let mut lists = lists();
-        let list = lists.entry(key).or_default();
-        // The oldest are at the front: drop those past their idle timeout, and the oldest
-        // when the list is full.
-        let live = list
-            .iter()
-            .position(|i| !i.expired(now))
-            .unwrap_or(list.len());
-        stale.extend(list.drain(..live));
-        if list.len() >= PER_PEER {
-            stale.push(list.remove(0));
-        }
-        list.push(idle);
-    }
-    // Closed outside the lock.
-    drop(stale);
+    IDLE.give_back(key, limit, stream);
 }
 
 /// Drops what can no longer be used: connections past their idle timeout, connections the
@@ -115,37 +84,95 @@ pub(super) fn give_back(key: u64, limit: Option<Duration>, stream: Stream) {
 /// idle connection outlives its `idle-timeout` by at most that, and a closed one holds its
 /// descriptor no longer, even when no request comes for its peer again.
 pub fn sweep() {
-    let now = Instant::now();
-    let mut stale = Vec::new();
-    {
-        let mut lists = lists();
-        lists.retain(|_, list| {
-            let mut i = 0;
-            while i < list.len() {
-                if list[i].expired(now) || !quiet(&mut list[i].stream) {
-                    stale.push(list.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            !list.is_empty()
-        });
+    IDLE.sweep();
+}
+
+/// The process's pool, which the requests use.
+static IDLE: LazyLock<Pool> = LazyLock::new(Pool::default);
+
+/// A pool of idle connections: the requests' (`IDLE`), or one of its own, for a user that must
+/// never hold a lock the requests take (the shadow worker, kept off the CPU while it runs).
+#[derive(Default)]
+pub(super) struct Pool {
+    lists: Mutex<Lists>,
+}
+
+impl Pool {
+    fn lists(&self) -> std::sync::MutexGuard<'_, Lists> {
+        // A panic while holding the lock cannot leave a list half-changed: go on with it.
+        self.lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    // Closed outside the lock.
-    drop(stale);
+
+    /// An idle connection to the peer whose reuse hash is `key` that is still open and quiet.
+    pub(super) fn take(&self, key: u64) -> Option<Stream> {
+        let now = Instant::now();
+        loop {
+            // The most recently used first: the likeliest to be open, and its socket warm. The
+            // check is made outside the lock.
+            let mut idle = self.lists().get_mut(&key)?.pop()?;
+            if !idle.expired(now) && quiet(&mut idle.stream) {
+                return Some(idle.stream);
+            }
+        }
+    }
+
+    /// `give_back`, to this pool.
+    pub(super) fn give_back(&self, key: u64, limit: Option<Duration>, stream: Stream) {
+        let now = Instant::now();
+        let idle = Idle {
+            stream,
+            since: now,
+            limit,
+        };
+        let mut stale = Vec::new();
+        {
+            let mut lists = self.lists();
+            let list = lists.entry(key).or_default();
+            // The oldest are at the front: drop those past their idle timeout, and the oldest
+            // when the list is full.
+            let live = list
+                .iter()
+                .position(|i| !i.expired(now))
+                .unwrap_or(list.len());
+            stale.extend(list.drain(..live));
+            if list.len() >= PER_PEER {
+                stale.push(list.remove(0));
+            }
+            list.push(idle);
+        }
+        // Closed outside the lock.
+        drop(stale);
+    }
+
+    /// `sweep`, of this pool.
+    pub(super) fn sweep(&self) {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        {
+            let mut lists = self.lists();
+            lists.retain(|_, list| {
+                let mut i = 0;
+                while i < list.len() {
+                    if list[i].expired(now) || !quiet(&mut list[i].stream) {
+                        stale.push(list.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                !list.is_empty()
+            });
+        }
+        // Closed outside the lock.
+        drop(stale);
+    }
 }
 
 /// How many idle connections the pool keeps for `peer` (for tests).
 #[cfg(test)]
 fn idle_count(peer: &impl pingora::upstreams::peer::Peer) -> usize {
-    lists().get(&peer.reuse_hash()).map_or(0, Vec::len)
-}
-
-fn lists() -> std::sync::MutexGuard<'static, Lists> {
-    static IDLE: LazyLock<Mutex<Lists>> = LazyLock::new(Mutex::default);
-    // A panic while holding the lock cannot leave a list half-changed: go on with it.
-    IDLE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    IDLE.lists().get(&peer.reuse_hash()).map_or(0, Vec::len)
 }
 
 /// Whether an idle connection is still open and nothing arrived on it: a read polled once,

@@ -32,8 +32,6 @@ use crate::upstream::{Kind, Shared};
 
 /// The header every copy carries, so an upstream (and its logs) can tell a shadow request.
 pub(super) const SHADOW_HEADER: &str = "x-strangle-shadow";
-/// Mixed into a peer's pool key for the copies' connections.
-const SHADOW_POOL: u64 = 0x5348_4144_4f57_0001;
 /// A copy's exchange ends by this, whatever the upstream's own deadlines.
 const COPY_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -250,6 +248,8 @@ pub(super) struct Engine {
     aws: OnceLock<Result<HttpsClient, String>>,
     /// The runtime of the request path that started the worker (`Sender::attach`).
     home: OnceLock<tokio::runtime::Handle>,
+    /// The copies' idle connections.
+    pool: pool::Pool,
 }
 
 impl Default for Engine {
@@ -258,6 +258,7 @@ impl Default for Engine {
             connector: TransportConnector::new(None),
             aws: OnceLock::new(),
             home: OnceLock::new(),
+            pool: pool::Pool::default(),
         }
     }
 }
@@ -314,10 +315,11 @@ impl Engine {
         };
         let backend = h.select(None).ok_or("no address in rotation")?;
         let peer = h.peer(&backend);
-        // Copies keep connections of their own (this runtime's, in the same pool under their
-        // own key): a copy never takes or leaves a connection real traffic then uses.
-        let key = peer.reuse_hash() ^ SHADOW_POOL;
-        let stream = match pool::take(key) {
+        // Copies keep connections of their own, in a pool of their own: a copy never takes
+        // or leaves a connection real traffic then uses, and the worker never holds the lock
+        // of the requests' pool.
+        let key = peer.reuse_hash();
+        let stream = match self.pool.take(key) {
             Some(s) => s,
             None => self
                 .connector
@@ -401,7 +403,7 @@ impl Engine {
         if whole {
             up.respect_keepalive();
             if let Some(stream) = up.reuse().await {
-                pool::give_back(key, peer.idle_timeout(), stream);
+                self.pool.give_back(key, peer.idle_timeout(), stream);
             }
         }
         Ok(answer)
@@ -518,6 +520,10 @@ impl Sender for Engine {
         let _ = self.home.set(home);
     }
 
+    fn tidy(&self) {
+        self.pool.sweep();
+    }
+
     async fn send(
         &self,
         copy: &Copy,
@@ -525,26 +531,6 @@ impl Sender for Engine {
         config: &Shadow,
         budget: &mut Capture,
     ) -> Result<Answer, String> {
-        // A copy takes a `max-in-flight` slot like any request, but never waits for one, and
-        // takes one only while fewer than half of them (rounded up) are in use: the worker runs
-        // only on the CPU the requests leave idle, and may hold its slots while they keep it
-        // off the CPU, so the other half stays the requests'.
-        let _slot = match &to.limiter {
-            Some(limiter) => {
-                let max = to.config.max_in_flight.unwrap_or(usize::MAX);
-                let in_use = max.saturating_sub(limiter.available_permits());
-                let busy = || format!("upstream `{}` at max-in-flight", to.name());
-                if in_use >= max.div_ceil(2) {
-                    return Err(busy());
-                }
-                Some(
-                    Arc::clone(limiter)
-                        .try_acquire_owned()
-                        .map_err(|_| busy())?,
-                )
-            }
-            None => None,
-        };
         let started = Instant::now();
         let sent = async {
             match &to.kind {

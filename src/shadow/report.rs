@@ -165,7 +165,13 @@ fn other_side(job: &Job) -> Side {
 
 /// A copy's access-log line: the request it copies (its id, method, path), the side and
 /// upstream the copy went to, its status and time, and `"shadow"`: how it compared.
-pub(super) fn log(access: &AccessLogger, job: &Job, copied: &Copied, took: std::time::Duration) {
+pub(super) fn log(
+    access: &AccessLogger,
+    lines: Option<&tokio::sync::mpsc::Sender<Vec<u8>>>,
+    job: &Job,
+    copied: &Copied,
+    took: std::time::Duration,
+) {
     let side = other_side(job);
     let ms = took.as_secs_f64() * 1000.0;
     let event = AccessEvent {
@@ -188,5 +194,16 @@ pub(super) fn log(access: &AccessLogger, job: &Job, copied: &Copied, took: std::
         shadow: Some(copied.outcome),
         fallback: None,
     };
-    access.log(&event, None);
+    match lines {
+        // The worker never takes the access log's lock (the requests' threads take it): its
+        // lines go through a channel to a task on the requests' runtime.
+        Some(lines) => {
+            if let Some(line) = access.line(&event) {
+                if lines.try_send(line).is_err() {
+                    access.count_dropped();
+                }
+            }
+        }
+        None => access.log(&event, None),
+    }
 }

@@ -147,6 +147,22 @@ impl AccessLogger {
         self.shared.enabled.load(Ordering::Relaxed)
     }
 
+    /// `event` as a whole line, for a caller that hands it to `push_lines` through a thread
+    /// of its own (`None` while requests are not logged).
+    pub fn line(&self, event: &AccessEvent<'_>) -> Option<Vec<u8>> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut line = serde_json::to_vec(event).ok()?;
+        line.push(b'\n');
+        Some(line)
+    }
+
+    /// Counts a line dropped before it reached the queue.
+    pub fn count_dropped(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Lines dropped so far: the queue was full or the target refused them.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

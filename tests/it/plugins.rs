@@ -17,19 +17,31 @@ const NEW_SIDE_PLUGINS: &str = r#"[
     response-remove = ["x-served-by"] },
 ]"#;
 
-fn http_config(legacy: &Backend, new: &Backend, shift: &str, extra: &str) -> String {
+/// `path` split between `legacy` and `new` (addresses) at `shift`, with `plugins`, legacy the
+/// default: more may be added before `build`.
+fn split(legacy: &str, new: &str, path: &str, shift: &str, plugins: &str) -> Config {
     Config::new()
-        .server(extra)
         .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/api/v1/bookings", |r| {
+        .upstream("legacy", legacy)
+        .upstream("new", new)
+        .route("bookings", path, |r| {
             r.legacy("legacy")
                 .new("new")
                 .shift(shift)
-                .toml("plugins", NEW_SIDE_PLUGINS)
+                .toml("plugins", plugins)
         })
-        .build()
+}
+
+fn http_config(legacy: &Backend, new: &Backend, shift: &str, extra: &str) -> String {
+    split(
+        &legacy.addr(),
+        &new.addr(),
+        "/api/v1/bookings",
+        shift,
+        NEW_SIDE_PLUGINS,
+    )
+    .server(extra)
+    .build()
 }
 
 #[test]
@@ -113,17 +125,15 @@ fn a_new_side_that_cannot_be_reached_falls_back_to_legacy_with_the_clients_reque
 fn a_rewrite_never_leaves_its_template_and_the_upstream_gets_nothing() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
     // `.$1` lets a capture of `.` make a `..` segment.
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/api/v1/bookings", |r| {
-            r.legacy("legacy").new("new").shift("100%").toml(
-                "plugins",
-                r#"[{ use = "rewrite-path", from = "^/api/v1/bookings/x(.*)$", to = "/bookings/.$1/admin" }]"#,
-            )
-        })
-        .build();
+    let rewrite = r#"[{ use = "rewrite-path", from = "^/api/v1/bookings/x(.*)$", to = "/bookings/.$1/admin" }]"#;
+    let text = split(
+        &legacy.addr(),
+        &new.addr(),
+        "/api/v1/bookings",
+        "100%",
+        rewrite,
+    )
+    .build();
     let proxy = Proxy::start(&text);
     let r = get(proxy.port, "/api/v1/bookings/x.", &[]);
     assert_eq!(r.status, 400);
@@ -173,17 +183,8 @@ fn a_lambda_side_gets_the_rewritten_path_and_its_answer_is_dressed_as_the_monoli
 #[test]
 fn a_browsers_preflight_is_answered_by_the_route_and_answers_carry_its_cors_headers() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let text = Config::new()
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/bookings", |r| {
-            r.legacy("legacy").new("new").shift("100%").toml(
-                "plugins",
-                r#"[{ use = "cors", origins = ["https://app.example"], methods = ["GET", "PUT"], credentials = true }]"#,
-            )
-        })
-        .build();
+    let cors = r#"[{ use = "cors", origins = ["https://app.example"], methods = ["GET", "PUT"], credentials = true }]"#;
+    let text = split(&legacy.addr(), &new.addr(), "/bookings", "100%", cors).build();
     let proxy = Proxy::start(&text);
     let mut c = proxy.client();
     let preflight = [
@@ -293,18 +294,15 @@ fn answer_bodies_are_mapped_the_same_on_every_engine_and_framed_anew() {
         let body = serde_json::json!({"served_by": "new", "booking": booking, "pad": pad});
         (200, "application/json", body.to_string())
     });
-    let text = Config::new()
-        .server("h2c = true")
-        .default("legacy")
-        .upstream("legacy", &legacy.addr())
-        .upstream("new", &new.addr())
-        .route("bookings", "/api/v1/bookings", |r| {
-            r.legacy("legacy")
-                .new("new")
-                .shift("100%")
-                .toml("plugins", MONOLITH_SHAPE)
-        })
-        .build();
+    let text = split(
+        &legacy.addr(),
+        &new.addr(),
+        "/api/v1/bookings",
+        "100%",
+        MONOLITH_SHAPE,
+    )
+    .server("h2c = true")
+    .build();
     for fast_path_off in [false, true] {
         let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
         let mut c = proxy.client();

@@ -446,8 +446,23 @@ fn copies_take_at_most_half_of_the_upstreams_max_in_flight_slots_and_never_wait_
     for c in clients {
         c.join().unwrap();
     }
-    let s = settled(&proxy, 6);
-    assert!(s["errors"].as_u64().unwrap() >= 1, "{s}");
+    // Copies refused a slot are not sent, and counted as dropped (not as failed).
+    let s = wait_for(
+        Duration::from_secs(15),
+        "every copy sent or dropped",
+        || {
+            let s = shadow_status(&proxy);
+            let compared = s["matched"].as_u64()? + s["mismatched"].as_u64()?;
+            (compared + s["errors"].as_u64()? + s["dropped"].as_u64()? >= 6).then_some(s)
+        },
+    );
+    assert!(s["dropped"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(
+        s["shadowed"].as_u64().unwrap(),
+        s["matched"].as_u64().unwrap() + s["mismatched"].as_u64().unwrap(),
+        "shadowed counts the copies sent: {s}"
+    );
     // The worker runs on the CPU the requests leave idle and may hold its slots while the
     // requests keep it off the CPU: half of them stay the requests'.
     assert_eq!(
@@ -455,4 +470,22 @@ fn copies_take_at_most_half_of_the_upstreams_max_in_flight_slots_and_never_wait_
         2,
         "never more copies at once than half of max-in-flight"
     );
+
+    // With one slot, copies never take it: a request would wait for a copy's.
+    let lone = Backend::start("lone");
+    let text = orders(
+        &legacy.addr(),
+        &format!("addresses = [\"{}\"]\nmax-in-flight = 1", lone.addr()),
+        |r| r.toml("shadow", "{}"),
+    );
+    let proxy = Proxy::start(&text);
+    for i in 0..2 {
+        assert_eq!(get(proxy.port, &format!("/orders/{i}"), &[]).status, 200);
+    }
+    let s = wait_for(Duration::from_secs(15), "both copies dropped", || {
+        let s = shadow_status(&proxy);
+        (s["dropped"].as_u64()? >= 2).then_some(s)
+    });
+    assert_eq!(s["shadowed"], 0, "{s}");
+    assert!(lone.seen().is_empty());
 }

@@ -140,6 +140,31 @@ pub struct Kind {
     pub build: fn(&Settings<'_>) -> Result<Box<dyn Plugin>, Error>,
 }
 
+impl Kind {
+    /// An instance from settings written as TOML (tests and tools; strangle itself builds from
+    /// the config it loaded).
+    pub fn from_toml(&self, text: &str) -> Result<Box<dyn Plugin>, Error> {
+        let table: Table = text
+            .parse()
+            .map_err(|e| Error::whole(format!("not TOML: {e}")))?;
+        (self.build)(&Settings::new(&table))
+    }
+}
+
+/// Header maps from name/value pairs, for plugins' tests.
+pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in pairs {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
 impl fmt::Debug for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name)

@@ -1,22 +1,13 @@
 use super::*;
-use strangle_plugin::Table;
 
 fn plugin(text: &str) -> Result<Box<dyn Plugin>, Error> {
-    let table: Table = text.parse().unwrap();
-    (KIND.build)(&Settings::new(&table))
+    KIND.from_toml(text)
 }
 
 const APP: &str = "origins = ['https://app.example']\nmethods = ['GET', 'PUT']\nheaders = ['Content-Type', 'authorization']\nexpose = ['x-request-id']\ncredentials = true\nmax-age = 600";
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (n, v) in pairs {
-        h.append(
-            HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h
+    strangle_plugin::header_map(pairs)
 }
 
 fn request(p: &dyn Plugin, method: Method, pairs: &[(&str, &str)]) -> Flow {

@@ -1,20 +1,12 @@
 use super::*;
-use strangle_plugin::{HeaderMap, Method, StatusCode, Table};
+use strangle_plugin::{HeaderMap, Method, StatusCode};
 
 fn plugin(text: &str) -> Result<Box<dyn Plugin>, Error> {
-    let table: Table = text.parse().unwrap();
-    (KIND.build)(&Settings::new(&table))
+    KIND.from_toml(text)
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (n, v) in pairs {
-        h.append(
-            HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h
+    strangle_plugin::header_map(pairs)
 }
 
 fn values(h: &HeaderMap, name: &str) -> Vec<String> {

@@ -1,10 +1,9 @@
 use super::*;
 use serde_json::json;
-use strangle_plugin::{HeaderMap, HeaderValue, StatusCode, Table};
+use strangle_plugin::{HeaderMap, HeaderValue, StatusCode};
 
 fn plugin(text: &str) -> Result<Box<dyn Plugin>, Error> {
-    let table: Table = text.parse().unwrap();
-    (KIND.build)(&Settings::new(&table))
+    KIND.from_toml(text)
 }
 
 fn mapped(p: &dyn Plugin, content_type: &str, body: &[u8]) -> (BodyUse, Vec<u8>) {

@@ -2,8 +2,7 @@ use super::*;
 use strangle_plugin::{Method, StatusCode};
 
 fn plugin(text: &str) -> Result<Box<dyn Plugin>, Error> {
-    let table: strangle_plugin::Table = text.parse().unwrap();
-    (KIND.build)(&Settings::new(&table))
+    KIND.from_toml(text)
 }
 
 /// Dot segments resolved, as strangle's canonicalisation does (the real one is tested with

@@ -1,9 +1,8 @@
 use super::*;
-use strangle_plugin::{HeaderMap, Method, Table};
+use strangle_plugin::{HeaderMap, Method};
 
 fn plugin(text: &str) -> Result<Box<dyn Plugin>, Error> {
-    let table: Table = text.parse().unwrap();
-    (KIND.build)(&Settings::new(&table))
+    KIND.from_toml(text)
 }
 
 fn answer(p: &dyn Plugin, status: u16) -> (StatusCode, HeaderMap, BodyUse) {

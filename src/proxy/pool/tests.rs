@@ -125,7 +125,7 @@ async fn the_sweep_drops_expired_and_dead_connections_and_forgotten_peers() {
     assert_eq!(idle_count(&alive), 1, "a healthy idle connection stays");
     assert_eq!(idle_count(&dead), 0);
     assert_eq!(idle_count(&expired), 0);
-    let keys: Vec<u64> = lists().keys().copied().collect();
+    let keys: Vec<u64> = IDLE.lists().keys().copied().collect();
     assert!(
         !keys.contains(&dead.reuse_hash()),
         "an empty peer is forgotten"
