@@ -353,7 +353,7 @@ impl Request {
         if self.side().is_none_or(|s| s == Side::Default) {
             return Ok(None);
         }
-        plugins::forward(
+        let forward = plugins::forward(
             &self.snap.config.routes[route].plugins,
             new,
             &head.method,
@@ -361,7 +361,44 @@ impl Request {
             &path.query(),
             &head.headers,
             self.snap.config.server.path_params,
-        )
+        )?;
+        if let Some(f) = forward.as_deref().filter(|f| f.path != path.routed()) {
+            self.rewrite_stays(&f.path, &head.method, route)?;
+        }
+        Ok(forward)
+    }
+
+    /// A path a plugin rewrote is routed like a client's: landing on another route that guards
+    /// with other auth than this one's is refused (403), so a rewrite never reaches what the
+    /// client could not reach with the same credentials.
+    fn rewrite_stays(
+        &self,
+        path: &str,
+        method: &http::Method,
+        route: usize,
+    ) -> Result<(), Box<strangle_plugin::Answer>> {
+        let table = &self.snap.table;
+        let lands = match self.snap.config.server.path_params {
+            crate::routing::PathParams::Reject => table.lookup(path, method),
+            crate::routing::PathParams::Keep => {
+                table.lookup(&crate::routing::without_params(path), method)
+            }
+        };
+        let routes = &self.snap.config.routes;
+        match lands {
+            Some(i)
+                if i != route
+                    && routes[i].auth.is_some()
+                    && routes[i].auth != routes[route].auth =>
+            {
+                Err(Box::new(strangle_plugin::Answer {
+                    status: http::StatusCode::FORBIDDEN,
+                    headers: http::HeaderMap::new(),
+                    body: "the rewritten path belongs to a route with other auth\n".into(),
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The path the side receives: a plugin's, else the routed one.

@@ -347,3 +347,30 @@ fn answer_bodies_are_mapped_the_same_on_every_engine_and_framed_anew() {
         assert!(!head.contains("content-length"), "{head}");
     }
 }
+
+#[test]
+fn a_rewrite_never_reaches_a_route_guarded_by_other_auth() {
+    let issuer = crate::auth::Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    // `/public` rewrites onto the same side's root; `/admin` needs a token.
+    let text = crate::auth::config(&issuer, &legacy, &new, "").replacen(
+        "[[routes]]",
+        "[[routes]]\nid = \"public\"\npath = \"/public\"\nlegacy = \"legacy\"\n\
+             plugins = [{ use = \"rewrite-path\", from = \"^/public/(.*)$\", to = \"/$1\" }]\n\
+             [[routes]]\nid = \"admin\"\npath = \"/admin\"\nlegacy = \"legacy\"\nauth = \"users\"\n\
+             [[routes]]",
+        1,
+    );
+    let proxy = Proxy::start(&text);
+    let r = get(proxy.port, "/public/admin/users", &[]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = get(proxy.port, "/public/ADMIN/../admin/users", &[]);
+    assert_eq!(r.status, 403);
+    assert!(legacy.seen().is_empty(), "nothing reached the monolith");
+    // Without a token the client could not have reached it directly either.
+    assert_eq!(get(proxy.port, "/admin/users", &[]).status, 401);
+    // A rewrite onto an open path passes.
+    let r = get(proxy.port, "/public/catalogue/1", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(legacy.seen().pop().unwrap().target, "/catalogue/1");
+}
