@@ -98,6 +98,10 @@ pub struct Decision {
     stats: Arc<RouteStats>,
     /// A `max-in-flight` slot of the upstream, held to the end of the request.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A browser's CORS preflight on a route with `auth`, whose credentials did not verify (a
+    /// browser sends none on a preflight): only the route's plugins may answer it (`cors`);
+    /// else it gets this refusal, and never reaches a side.
+    pub unverified: Option<Refusal>,
 }
 
 impl Decision {
@@ -142,6 +146,7 @@ impl Decision {
             claim_headers,
             stats,
             permit: None,
+            unverified: None,
         };
         d.count(1);
         d
@@ -340,6 +345,11 @@ impl Request {
         Ok(())
     }
 
+    /// The refusal of a preflight that skipped verification and that no plugin answered.
+    pub fn unanswered_preflight(&mut self) -> Option<Refusal> {
+        self.decision.as_mut()?.unverified.take()
+    }
+
     /// What the plugins of one side (`new`, else legacy) make of the request (`None`: the
     /// route has none there).
     pub fn plugins_for(
@@ -399,6 +409,26 @@ impl Request {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The side's body plugins' hold on the request's body, when they work on it (`declared`:
+    /// its length, when the client said it).
+    pub fn hold_request_body(
+        &self,
+        method: &http::Method,
+        declared: Option<u64>,
+    ) -> Option<Box<plugins::HeldBody>> {
+        let f = self.forward.as_deref()?;
+        let chain = self.snap.config.routes[self.route?].plugins.side_arc(f.new);
+        plugins::hold_request_body(chain, method, f, declared)
+    }
+
+    /// A request body read whole (for a Lambda or signed side) as the side's body plugins make
+    /// it.
+    pub fn dress_request_body(&self, method: &http::Method, body: &bytes::Bytes) -> bytes::Bytes {
+        self.hold_request_body(method, None)
+            .and_then(|mut held| held.whole(body))
+            .unwrap_or_else(|| body.clone())
     }
 
     /// The path the side receives: a plugin's, else the routed one.

@@ -64,6 +64,8 @@ pub struct Ctx {
     shadow: Option<Box<shadow::Tap>>,
     /// The answer's body held back for the side's body plugins (`None` for nearly all).
     held: Option<Box<crate::pipeline::plugins::HeldBody>>,
+    /// The request's body held back for them, on its way to an HTTP side (this attempt's).
+    held_request: Option<Box<crate::pipeline::plugins::HeldBody>>,
 }
 
 /// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
@@ -107,6 +109,9 @@ impl Strangle {
         // The side's plugins, before anything else: one may answer the request itself.
         if let Err(a) = ctx.req.run_plugins(session.req_header()) {
             return respond::answer(session, ctx, a).await;
+        }
+        if let Some(r) = ctx.req.unanswered_preflight() {
+            return refuse(session, ctx, r).await;
         }
         let body_timeout = ctx.req.snap.config.server.body_timeout;
         let buffered_limit = match &upstream.kind {
@@ -174,10 +179,16 @@ impl Strangle {
         loop {
             let served = match (&upstream.kind, &body) {
                 (Kind::Lambda(_), Some(body)) => {
-                    aws::serve_lambda(session, ctx, &upstream, body.clone()).await?
+                    let body = ctx
+                        .req
+                        .dress_request_body(&session.req_header().method, body);
+                    aws::serve_lambda(session, ctx, &upstream, body).await?
                 }
                 (Kind::Signed, Some(body)) => {
-                    aws::serve_signed(session, ctx, &upstream, body.clone()).await?
+                    let body = ctx
+                        .req
+                        .dress_request_body(&session.req_header().method, body);
+                    aws::serve_signed(session, ctx, &upstream, body).await?
                 }
                 (Kind::Http(_), _) => {
                     ctx.set_upstream_path();
@@ -207,6 +218,7 @@ impl ProxyHttp for Strangle {
             logged: false,
             shadow: None,
             held: None,
+            held_request: None,
         }
     }
 
@@ -317,6 +329,13 @@ impl ProxyHttp for Strangle {
             }
             tap.request_done |= end_of_stream;
         }
+        if let Some(held) = ctx.held_request.as_mut() {
+            held.pass(body, end_of_stream);
+            if !end_of_stream {
+                // Nothing goes on yet (`None` would end the upstream's body).
+                body.get_or_insert_with(Bytes::new);
+            }
+        }
         if end_of_stream && !ctx.attempt.request_sent {
             ctx.attempt.request_sent = true;
             let head = ctx.req.upstream().and_then(|u| u.config.response_timeout);
@@ -390,6 +409,9 @@ impl ProxyHttp for Strangle {
         outbound::apply(up, &out);
         if let Some(host) = ctx.http_upstream().and_then(|h| h.host_header.clone()) {
             up.insert_header(header::HOST, host)?;
+        }
+        if ctx.hold_request_body(session) {
+            up.remove_header(&header::CONTENT_LENGTH);
         }
         // The body's framing is this hop's: the upstream gets the body as the session decoded
         // it, re-chunked unless its length is known (as Pingora's `HttpProxy` frames it; the

@@ -61,16 +61,22 @@ pub async fn decide(
     let refused = |e: Refusal| e.on(Some(i));
     // Keys that need no claims are checked before the token is verified; claim keys after.
     limit(r, head, client.addr, None, false).map_err(refused)?;
+    let mut unverified = None;
     let (claims, claim_headers) = match &r.auth {
-        Some(verifier) => {
-            let claims = verifier
-                .verify(&head.headers)
-                .await
-                .map_err(|e| refused(deny(&e)))?;
-            let headers =
-                claim_headers(&claims, verifier).map_err(|why| refused(Refusal::new(403, why)))?;
-            (Some(claims), headers)
-        }
+        Some(verifier) => match verifier.verify(&head.headers).await {
+            Ok(claims) => {
+                let headers = claim_headers(&claims, verifier)
+                    .map_err(|why| refused(Refusal::new(403, why)))?;
+                (Some(claims), headers)
+            }
+            // A browser's preflight carries no credentials: the route's plugins may answer it
+            // (`cors`), nothing else (`Decision::unverified`).
+            Err(e) if is_preflight(head) && !snap.config.routes[i].plugins.is_empty() => {
+                unverified = Some(refused(deny(&e)));
+                (None, Vec::new())
+            }
+            Err(e) => return Err(refused(deny(&e))),
+        },
         None => (None, Vec::new()),
     };
     limit(r, head, client.addr, claims.as_deref(), true).map_err(refused)?;
@@ -82,14 +88,18 @@ pub async fn decide(
     let Some(upstream) = upstream else {
         return Err(refused(Refusal::new(404, "no route")));
     };
-    Ok(decision(
-        snap,
-        Some(i),
-        side,
-        upstream,
-        claims,
-        claim_headers,
-    ))
+    let mut d = decision(snap, Some(i), side, upstream, claims, claim_headers);
+    d.unverified = unverified;
+    Ok(d)
+}
+
+/// A browser's CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(head: &Parts) -> bool {
+    head.method == http::Method::OPTIONS
+        && head.headers.contains_key(header::ORIGIN)
+        && head
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn decision(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
-use strangle_plugin::{Answer, BodyHead, BodyUse, Flow, Headers, Plugin};
+use strangle_plugin::{Answer, BodyHead, BodyUse, Flow, Headers, Plugin, RequestHead};
 
 use crate::routing::{self, PathParams};
 
@@ -88,19 +88,63 @@ pub fn request(
 
 pub use crate::config::plugin::response;
 
-/// An answer's body held back for the side's body plugins until it is whole.
+/// A body held back for the side's body plugins until it is whole: an answer's, or a
+/// request's on its way to the side.
 #[derive(Debug)]
 pub struct HeldBody {
     chain: Arc<[Arc<dyn Plugin>]>,
-    original: StatusCode,
-    status: StatusCode,
-    headers: HeaderMap,
+    head: Head,
     /// The most bytes held (a larger body passes untouched); `replace`: none are kept.
     limit: usize,
     replace: bool,
     buf: BytesMut,
     /// Over `limit`: passing through untouched.
     over: bool,
+}
+
+/// What the body hooks are told of the message whose body they change.
+#[derive(Debug)]
+enum Head {
+    Response {
+        original: StatusCode,
+        status: StatusCode,
+        headers: HeaderMap,
+    },
+    Request {
+        method: Method,
+        path: String,
+        headers: HeaderMap,
+    },
+}
+
+/// The most and whether to replace, from the chain's answers (`None`: no plugin works on it).
+fn body_uses(uses: impl Iterator<Item = BodyUse>) -> Option<(usize, bool)> {
+    let (mut limit, mut replace) = (0, false);
+    for u in uses {
+        match u {
+            BodyUse::None => {}
+            BodyUse::Read(n) => limit = limit.max(n),
+            BodyUse::Replace => replace = true,
+        }
+    }
+    (limit > 0 || replace).then_some((limit, replace))
+}
+
+impl HeldBody {
+    fn new(
+        chain: &Arc<[Arc<dyn Plugin>]>,
+        head: Head,
+        (limit, replace): (usize, bool),
+    ) -> Box<Self> {
+        Box::new(HeldBody {
+            chain: Arc::clone(chain),
+            head,
+            limit,
+            replace,
+            buf: BytesMut::new(),
+            over: false,
+        })
+    }
 }
 
 /// What `chain` does with an answer's body (`original`: the side's own status; `status` and
@@ -116,32 +160,45 @@ pub fn hold_body(
         status,
         headers,
     };
-    let (mut limit, mut replace) = (0, false);
-    for plugin in chain.iter() {
-        match plugin.response_body_use(&head) {
-            BodyUse::None => {}
-            BodyUse::Read(n) => limit = limit.max(n),
-            BodyUse::Replace => replace = true,
-        }
+    let uses = body_uses(chain.iter().map(|p| p.response_body_use(&head)))?;
+    let head = Head::Response {
+        original,
+        status,
+        headers: headers.clone(),
+    };
+    Some(HeldBody::new(chain, head, uses))
+}
+
+/// What `chain` does with the body of a request (`f`: as its request hooks left it), whose
+/// length is `declared` when the client said it: `None` when no plugin works on it, or when it
+/// is declared larger than any plugin reads (it passes untouched, its length kept).
+pub fn hold_request_body(
+    chain: &Arc<[Arc<dyn Plugin>]>,
+    method: &Method,
+    f: &Forward,
+    declared: Option<u64>,
+) -> Option<Box<HeldBody>> {
+    let head = RequestHead {
+        method,
+        path: &f.path,
+        headers: &f.headers,
+    };
+    let (limit, replace) = body_uses(chain.iter().map(|p| p.request_body_use(&head)))?;
+    if !replace && declared.is_some_and(|n| n > limit as u64) {
+        return None;
     }
-    (limit > 0 || replace).then(|| {
-        Box::new(HeldBody {
-            chain: Arc::clone(chain),
-            original,
-            status,
-            headers: headers.clone(),
-            limit,
-            replace,
-            buf: BytesMut::new(),
-            over: false,
-        })
-    })
+    let head = Head::Request {
+        method: method.clone(),
+        path: f.path.clone(),
+        headers: f.headers.clone(),
+    };
+    Some(HeldBody::new(chain, head, (limit, replace)))
 }
 
 impl HeldBody {
-    /// A piece of the body as it comes (`end`: the last): `data` becomes what the client gets
-    /// now: nothing until the body is whole, then the whole body as the plugins made it; past
-    /// the limit, what was held and the rest as they are.
+    /// A piece of the body as it comes (`end`: the last): `data` becomes what goes on now:
+    /// nothing (`None`) until the body is whole, then the whole body as the plugins made it;
+    /// past the limit, what was held and the rest as they are.
     pub fn pass(&mut self, data: &mut Option<Bytes>, end: bool) {
         if self.over {
             return;
@@ -164,8 +221,8 @@ impl HeldBody {
         }
     }
 
-    /// A whole body (a Lambda function's answer) as the plugins make it; `None` when it is
-    /// over the limit and passes untouched.
+    /// A whole body (a Lambda function's answer, a request read whole) as the plugins make it;
+    /// `None` when it is over the limit and passes untouched.
     pub fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
         if !self.replace {
             if body.len() > self.limit {
@@ -178,14 +235,38 @@ impl HeldBody {
 
     fn finish(&mut self) -> Bytes {
         let mut body = std::mem::take(&mut self.buf).to_vec();
-        let head = BodyHead {
-            original: self.original,
-            status: self.status,
-            headers: &self.headers,
-        };
-        for plugin in self.chain.iter() {
-            if plugin.response_body_use(&head) != BodyUse::None {
-                plugin.response_body(&head, &mut body);
+        match &self.head {
+            Head::Response {
+                original,
+                status,
+                headers,
+            } => {
+                let head = BodyHead {
+                    original: *original,
+                    status: *status,
+                    headers,
+                };
+                for plugin in self.chain.iter() {
+                    if plugin.response_body_use(&head) != BodyUse::None {
+                        plugin.response_body(&head, &mut body);
+                    }
+                }
+            }
+            Head::Request {
+                method,
+                path,
+                headers,
+            } => {
+                let head = RequestHead {
+                    method,
+                    path,
+                    headers,
+                };
+                for plugin in self.chain.iter() {
+                    if plugin.request_body_use(&head) != BodyUse::None {
+                        plugin.request_body(&head, &mut body);
+                    }
+                }
             }
         }
         Bytes::from(body)

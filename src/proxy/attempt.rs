@@ -159,6 +159,23 @@ impl Ctx {
         true
     }
 
+    /// Whether the side's plugins take the request's body, to an HTTP side, on this attempt
+    /// (`held_request`): it is then held until whole, and goes on with a length known only
+    /// then. An upgrade's bytes after the switch are a tunnel's, never a body to hold.
+    pub(super) fn hold_request_body(&mut self, session: &mut Session) -> bool {
+        self.held_request = if session.as_mut().is_body_empty() || session.is_upgrade_req() {
+            None
+        } else {
+            let req = session.req_header();
+            let declared = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            self.req.hold_request_body(&req.method, declared)
+        };
+        self.held_request.is_some()
+    }
+
     /// Passive health: tells the upstream how the current address did.
     pub(super) fn report(&self, ok: bool) {
         if let (Some(up), Some(addr)) = (self.http_upstream(), self.attempt.peer_addr) {

@@ -168,7 +168,11 @@ pub(super) async fn serve_lambda(
         respond(session, ctx, 500, "not a lambda upstream", &[]).await?;
         return Ok(Served::Answered);
     };
-    let headers = policed_headers(session, ctx);
+    let mut headers = policed_headers(session, ctx);
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        // The body's own (the side's body plugins may have changed it).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     let req = session.req_header();
     let route_path = ctx
         .req

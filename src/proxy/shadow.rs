@@ -186,6 +186,19 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
             return;
         }
     };
+    let plugins = Arc::clone(
+        snap.config.routes[route]
+            .plugins
+            .side_arc(side == Side::Legacy),
+    );
+    let mut body = tap.request.split().freeze();
+    // Its body as the other side's body plugins make it, as a client's would be.
+    if let Some(f) = forward.as_deref() {
+        let held = crate::pipeline::plugins::hold_request_body(&plugins, &req.method, f, None);
+        if let Some(made) = held.and_then(|mut held| held.whole(&body)) {
+            body = made;
+        }
+    }
     let (mut headers, forward_path) = match forward {
         Some(f) => (f.headers, Some(f.path)),
         None => (req.headers.clone(), None),
@@ -198,6 +211,9 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     }
     crate::pipeline::outbound::apply(&mut headers, &out);
     headers.insert(SHADOW_HEADER, HeaderValue::from_static("1"));
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     let mut answer = std::mem::take(&mut tap.answer);
     answer.body = tap.body.split().freeze();
     let copy = Copy {
@@ -206,17 +222,13 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
         query: path.query().to_string(),
         version: req.version,
         headers,
-        body: tap.request.split().freeze(),
+        body,
         source_ip: ctx.req.client.addr,
         request_id: Some(ctx.req.request_id_str().to_string()),
         route_path: live.path.clone(),
         claims: ctx.req.decision.as_ref().and_then(|d| d.claims.clone()),
         trace,
-        plugins: Arc::clone(
-            snap.config.routes[route]
-                .plugins
-                .side_arc(side == Side::Legacy),
-        ),
+        plugins,
     };
     let logged_path = ctx.req.logged_path(req.uri.path());
     let redact_headers = Arc::clone(&snap.redact_headers);

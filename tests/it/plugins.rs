@@ -374,3 +374,240 @@ fn a_rewrite_never_reaches_a_route_guarded_by_other_auth() {
     assert_eq!(r.status, 200);
     assert_eq!(legacy.seen().pop().unwrap().target, "/catalogue/1");
 }
+
+/// The monolith's `/api/v1/bookings` on the new side as `/bookings`, the monolith's `id` in a
+/// request's JSON as the new service's `booking` (bodies up to 1 KB).
+const REQUEST_SHAPE: &str = r#"[
+  { use = "rewrite-path", side = "new", from = "^/api/v1/(.*)$", to = "/$1" },
+  { use = "json-map", side = "new", on = "request", rename = { "$.id" = "$.booking" },
+    max-body = 1024 },
+]"#;
+
+/// curl with a body: ("STATUS VERSION", body). `http2`: over h2c.
+fn curl_send(port: u16, path: &str, body: &str, args: &[&str], http2: bool) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ])
+    .args([
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+    ])
+    .args(args);
+    if http2 {
+        cmd.arg("--http2-prior-knowledge");
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), body.to_string())
+}
+
+#[test]
+fn request_bodies_are_mapped_for_the_new_side_on_every_engine() {
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    let text = split(
+        &legacy.addr(),
+        &new.addr(),
+        "/api/v1/bookings",
+        "100%",
+        REQUEST_SHAPE,
+    )
+    .server("h2c = true")
+    .build();
+    let sent = r#"{"id":"42","nights":3}"#;
+    let wanted = serde_json::json!({"booking": "42", "nights": 3});
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let json = [("content-type", "application/json")];
+        // With a length, twice on one connection (the framing of the first leaves the
+        // second intact), then chunked, then over HTTP/2.
+        let mut c = proxy.client();
+        for _ in 0..2 {
+            let r = c
+                .request("POST", "/api/v1/bookings", &json, sent.as_bytes())
+                .unwrap();
+            assert_eq!(r.status, 200, "fast path off: {fast_path_off}");
+            let seen = new.seen().pop().unwrap();
+            assert_eq!(seen.target, "/bookings");
+            let body: Value = serde_json::from_slice(&seen.body).unwrap();
+            assert_eq!(body, wanted, "fast path off: {fast_path_off}");
+            // Sent with its new length (chunked: known only once it is whole).
+            assert_eq!(seen.header("content-length"), None);
+            assert_eq!(seen.header("transfer-encoding"), Some("chunked"));
+        }
+        let te = ["-H", "transfer-encoding: chunked"];
+        for (args, http2) in [(&te[..], false), (&[][..], true)] {
+            let (status, _) = curl_send(proxy.port, "/api/v1/bookings", sent, args, http2);
+            assert!(status.starts_with("200"), "{status} http2: {http2}");
+            let body: Value = serde_json::from_slice(&new.seen().pop().unwrap().body).unwrap();
+            assert_eq!(body, wanted, "http2: {http2}");
+        }
+        // What the map does not take passes byte for byte: a body declared larger than
+        // `max-body` and one that is not JSON by its type (never held: their length kept),
+        // and one that says JSON but is not (held, then sent as it came).
+        let big = format!(r#"{{"id":"1","pad":"{}"}}"#, "x".repeat(2000));
+        let text_type = [("content-type", "text/plain")];
+        for (headers, body, held) in [
+            (&json[..], big.as_str(), false),
+            (&text_type[..], sent, false),
+            (&json[..], "{\"id\": not json", true),
+        ] {
+            let r = c
+                .request("POST", "/api/v1/bookings", headers, body.as_bytes())
+                .unwrap();
+            assert_eq!(r.status, 200);
+            let seen = new.seen().pop().unwrap();
+            assert_eq!(seen.body, body.as_bytes());
+            let length = (!held).then(|| body.len().to_string());
+            assert_eq!(seen.header("content-length").map(str::to_string), length);
+        }
+        // A chunked body that turns out larger than `max-body` passes whole, untouched.
+        let (status, _) = curl_send(proxy.port, "/api/v1/bookings", &big, &te, false);
+        assert!(status.starts_with("200"), "{status}");
+        assert_eq!(new.seen().pop().unwrap().body, big.as_bytes());
+    }
+    assert!(legacy.seen().is_empty());
+}
+
+#[test]
+fn a_lambda_side_gets_the_mapped_body_and_legacy_after_a_fallback_the_clients() {
+    let watch = crate::lambda::LambdaWatch::start();
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .lambda("bookings-fn", watch.port)
+        .upstream("gone", &format!("127.0.0.1:{}", free_port()))
+        .route("bookings", "/api/v1/bookings", |r| {
+            r.legacy("legacy")
+                .new("bookings-fn")
+                .shift("100%")
+                .toml("plugins", REQUEST_SHAPE)
+        })
+        .route("orders", "/api/v1/orders", |r| {
+            r.legacy("legacy")
+                .new("gone")
+                .shift("100%")
+                .toml("fallback", "true")
+                .toml("plugins", REQUEST_SHAPE)
+        })
+        .build();
+    let proxy = Proxy::start_with_env(&text, &crate::invoke::lambda_env());
+    let json = [("content-type", "application/json")];
+    let sent = br#"{"id":"42","nights":3}"#;
+    let r = proxy
+        .client()
+        .request("POST", "/api/v1/bookings/echo", &json, sent)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(echo["path"], "/bookings/echo", "{echo}");
+    let body: Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"booking": "42", "nights": 3}));
+    // The event says the length of the body it carries, not the client's.
+    let length = echo["headers"]["content-length"].as_str().unwrap();
+    assert_eq!(length, echo["body"].as_str().unwrap().len().to_string());
+    // The new side cannot be reached: legacy gets the client's body as it was sent (its own
+    // plugins, none, made it), whatever the new side's would have made of it.
+    let r = proxy
+        .client()
+        .request("PUT", "/api/v1/orders/9", &json, sent)
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "legacy"));
+    let seen = legacy.seen().pop().unwrap();
+    assert_eq!(seen.target, "/api/v1/orders/9");
+    assert_eq!(seen.body, sent);
+}
+
+#[test]
+fn a_preflight_on_a_route_with_auth_is_answered_by_cors_and_nothing_else_passes_unverified() {
+    let issuer = crate::auth::Issuer::start();
+    let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
+    // `/bookings` has auth and `cors`; `/orders` has auth and a plugin that answers nothing.
+    let text = crate::auth::config(&issuer, &legacy, &new, "")
+        .replacen(
+            "auth = \"users\"",
+            "auth = \"users\"\nplugins = [{ use = \"cors\", origins = [\"https://app.example\"], methods = [\"GET\", \"PUT\"] }]",
+            1,
+        )
+        .replacen(
+            "[[routes]]",
+            "[[routes]]\nid = \"orders\"\npath = \"/orders\"\nlegacy = \"legacy\"\nauth = \"users\"\n\
+             plugins = [{ use = \"headers\", request-set = { \"x-a\" = \"1\" } }]\n[[routes]]",
+            1,
+        );
+    let proxy = Proxy::start(&text);
+    let preflight = |path: &str, origin: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![("origin", origin), ("access-control-request-method", "PUT")];
+        headers.extend_from_slice(extra);
+        proxy
+            .client()
+            .request("OPTIONS", path, &headers, b"")
+            .unwrap()
+    };
+    // A browser's preflight carries no token: `cors` answers it.
+    let r = preflight("/bookings/1", "https://app.example", &[]);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    // A forged token on it changes nothing, and an origin `cors` refuses gets its 403.
+    let r = preflight(
+        "/bookings/1",
+        "https://app.example",
+        &[("authorization", "Bearer forged")],
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        preflight("/bookings/1", "https://evil.example", &[]).status,
+        403
+    );
+    // What no plugin answers is refused as any unverified request: a preflight to a route
+    // without `cors`, an OPTIONS that is not a preflight, and the actual request.
+    let r = preflight("/orders/1", "https://app.example", &[]);
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some());
+    let r = proxy
+        .client()
+        .request(
+            "OPTIONS",
+            "/bookings/1",
+            &[("origin", "https://app.example")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = get(
+        proxy.port,
+        "/bookings/1",
+        &[("origin", "https://app.example")],
+    );
+    assert_eq!(r.status, 401);
+    assert!(legacy.seen().is_empty() && new.seen().is_empty());
+    // With a token the actual request passes and carries the route's CORS headers.
+    let token = issuer.mint(serde_json::json!({"claims": crate::auth::good("alice")}));
+    let r = get(
+        proxy.port,
+        "/bookings/1",
+        &[
+            ("origin", "https://app.example"),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+}

@@ -28,6 +28,18 @@ pub trait Plugin: Send + Sync + fmt::Debug {
         Flow::Continue
     }
 
+    /// Whether this plugin works on the request's body, told the request as the request hooks
+    /// left it (a request with no body is never asked). strangle then holds the body back
+    /// until it is whole, as for an answer's body (`response_body_use`), and the side gets it
+    /// with its new length.
+    fn request_body_use(&self, _req: &RequestHead<'_>) -> BodyUse {
+        BodyUse::None
+    }
+
+    /// The whole request body (or empty when a plugin replaces it), when this plugin's
+    /// `request_body_use` asked for it. Runs in chain order.
+    fn request_body(&self, _req: &RequestHead<'_>, _body: &mut Vec<u8>) {}
+
     /// The side's answer on its way to the client (its status and headers).
     fn response(&self, _resp: &mut Response<'_>) {}
 
@@ -53,6 +65,14 @@ pub enum BodyUse {
     Read(usize),
     /// Replaces it whatever it is: the side's body is discarded unread.
     Replace,
+}
+
+/// A request as a body hook sees it: as the request hooks left it.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The path the side receives.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
 }
 
 /// An answer as a body hook sees it.

@@ -1,12 +1,18 @@
-//! `json-map`: fields of a side's JSON answers renamed, moved, dropped and defaulted, so the
-//! client gets the monolith's shape, e.g. the new service's `booking` as the monolith's `id`:
+//! `json-map`: fields of JSON bodies renamed, moved, dropped and defaulted: a side's answers,
+//! so the client gets the monolith's shape (the new service's `booking` as the monolith's
+//! `id`), or the requests on their way to it (`on = "request"`: the monolith's `id` as the
+//! new service's `booking`):
 //!
 //! ```toml
-//! plugins = [{ use = "json-map", side = "new", rename = { "$.booking" = "$.id" },
-//!              drop = ["$.served_by", "$.items[*].internal"], default = { "$.currency" = "EUR" },
-//!              max-body = 1048576 }]
+//! plugins = [
+//!   { use = "json-map", side = "new", rename = { "$.booking" = "$.id" },
+//!     drop = ["$.served_by", "$.items[*].internal"], default = { "$.currency" = "EUR" },
+//!     max-body = 1048576 },
+//!   { use = "json-map", side = "new", on = "request", rename = { "$.id" = "$.booking" } },
+//! ]
 //! ```
 //!
+//! `on` is `"response"` (the default), `"request"` or `"both"`.
 //! Paths are `$` then `.name` (or `["name"]`) for an object's field and `[*]` for each element
 //! of an array. `rename` moves a value from one path to another (creating the objects on the
 //! way; the `[*]` of both paths must be the same, so a field moves within each element);
@@ -16,7 +22,7 @@
 //! untouched, and so does a body that is not valid JSON. Object fields come out in name order.
 
 use serde_json::{Map, Value};
-use strangle_plugin::{BodyHead, BodyUse, Error, Kind, Plugin, Settings};
+use strangle_plugin::{BodyHead, BodyUse, Error, HeaderMap, Kind, Plugin, RequestHead, Settings};
 
 pub const KIND: Kind = Kind {
     name: "json-map",
@@ -40,6 +46,9 @@ struct JsonMap {
     drop: Vec<Path>,
     default: Vec<(Path, Value)>,
     max_body: usize,
+    /// Maps requests' bodies, answers' bodies.
+    requests: bool,
+    responses: bool,
 }
 
 /// `$.a.b`, `$.list[*].id`, `$["odd name"]`.
@@ -126,6 +135,17 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
         }
         Some(n) => n as usize,
     };
+    let (requests, responses) = match s.string("on")? {
+        None | Some("response") => (false, true),
+        Some("request") => (true, false),
+        Some("both") => (true, true),
+        Some(other) => {
+            return Err(
+                Error::at("on", format!("`{other}` is not what a map is on"))
+                    .hint("`response` (the default), `request` or `both`"),
+            )
+        }
+    };
     s.finish(KIND.name)?;
     if rename.is_empty() && drop.is_empty() && default.is_empty() {
         return Err(Error::whole(
@@ -137,6 +157,8 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
         drop,
         default,
         max_body,
+        requests,
+        responses,
     }))
 }
 
@@ -224,8 +246,12 @@ fn each_prefix(v: &mut Value, prefix: &[Step], f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-fn is_json(head: &BodyHead<'_>) -> bool {
-    head.headers
+/// A JSON body (`application/json`, `application/...+json`) with no content coding.
+fn is_json(headers: &HeaderMap) -> bool {
+    if headers.contains_key("content-encoding") {
+        return false;
+    }
+    headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
@@ -240,16 +266,17 @@ fn is_json(head: &BodyHead<'_>) -> bool {
         })
 }
 
-impl Plugin for JsonMap {
-    fn response_body_use(&self, answer: &BodyHead<'_>) -> BodyUse {
-        if is_json(answer) && !answer.headers.contains_key("content-encoding") {
+impl JsonMap {
+    fn body_use(&self, on: bool, headers: &HeaderMap) -> BodyUse {
+        if on && is_json(headers) {
             BodyUse::Read(self.max_body)
         } else {
             BodyUse::None
         }
     }
 
-    fn response_body(&self, _answer: &BodyHead<'_>, body: &mut Vec<u8>) {
+    /// The body mapped, when it is JSON (else untouched).
+    fn map_body(&self, body: &mut Vec<u8>) {
         let Ok(mut doc) = serde_json::from_slice::<Value>(body) else {
             return;
         };
@@ -257,6 +284,24 @@ impl Plugin for JsonMap {
         if let Ok(out) = serde_json::to_vec(&doc) {
             *body = out;
         }
+    }
+}
+
+impl Plugin for JsonMap {
+    fn request_body_use(&self, req: &RequestHead<'_>) -> BodyUse {
+        self.body_use(self.requests, req.headers)
+    }
+
+    fn request_body(&self, _req: &RequestHead<'_>, body: &mut Vec<u8>) {
+        self.map_body(body);
+    }
+
+    fn response_body_use(&self, answer: &BodyHead<'_>) -> BodyUse {
+        self.body_use(self.responses, answer.headers)
+    }
+
+    fn response_body(&self, _answer: &BodyHead<'_>, body: &mut Vec<u8>) {
+        self.map_body(body);
     }
 }
 

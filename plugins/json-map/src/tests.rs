@@ -98,3 +98,81 @@ fn settings_mistakes_are_named_at_their_key() {
     );
     assert!(plugin("drop = ['$[\"odd name\"].x']").is_ok());
 }
+
+fn mapped_request(p: &dyn Plugin, headers: &[(&str, &str)], body: &[u8]) -> (BodyUse, Vec<u8>) {
+    let headers = strangle_plugin::header_map(headers);
+    let head = RequestHead {
+        method: &strangle_plugin::Method::POST,
+        path: "/bookings",
+        headers: &headers,
+    };
+    let body_use = p.request_body_use(&head);
+    let mut body = body.to_vec();
+    if body_use != BodyUse::None {
+        p.request_body(&head, &mut body);
+    }
+    (body_use, body)
+}
+
+#[test]
+fn a_map_is_on_responses_requests_or_both() {
+    let json = [("content-type", "application/json")];
+    let map = r#"rename = { "$.id" = "$.booking" }"#;
+    // By default answers only: a request's body passes untouched.
+    let p = plugin(map).unwrap();
+    assert_eq!(mapped_request(&*p, &json, b"{}").0, BodyUse::None);
+    assert_eq!(
+        mapped(&*p, "application/json", b"{}").0,
+        BodyUse::Read(DEFAULT_MAX)
+    );
+
+    let p = plugin(&format!("on = \"request\"\nmax-body = 100\n{map}")).unwrap();
+    let (use_, body) = mapped_request(&*p, &json, br#"{"id":"42","nights":3}"#);
+    assert_eq!(use_, BodyUse::Read(100));
+    assert_eq!(doc(&body), json!({"booking": "42", "nights": 3}));
+    assert_eq!(mapped(&*p, "application/json", b"{}").0, BodyUse::None);
+
+    let p = plugin(&format!("on = \"both\"\n{map}")).unwrap();
+    assert_ne!(mapped_request(&*p, &json, b"{}").0, BodyUse::None);
+    assert_ne!(mapped(&*p, "application/json", b"{}").0, BodyUse::None);
+}
+
+#[test]
+fn hostile_request_bodies_pass_untouched() {
+    let p = plugin("on = \"request\"\nrename = { \"$.id\" = \"$.booking\" }").unwrap();
+    // Not JSON by its type, encoded, or not JSON at all: not asked for, or left as it is.
+    for headers in [
+        vec![("content-type", "text/plain")],
+        vec![],
+        vec![
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        vec![("content-type", "application/jsonx")],
+    ] {
+        assert_eq!(
+            mapped_request(&*p, &headers, br#"{"id":1}"#).0,
+            BodyUse::None
+        );
+    }
+    let json = [("content-type", "application/json")];
+    for body in [&b"{\"id\": 1"[..], b"\xff\xfe", b"", b"[1,2", b"nul"] {
+        assert_eq!(mapped_request(&*p, &json, body).1, body);
+    }
+    // Deeply nested JSON is refused by the parser's own depth limit, and passes untouched.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(
+        mapped_request(&*p, &json, deep.as_bytes()).1,
+        deep.as_bytes()
+    );
+    // A value where the map expects an object is no way through: nothing moves.
+    let (_, body) = mapped_request(&*p, &json, br#"[{"id":1}]"#);
+    assert_eq!(doc(&body), json!([{"id": 1}]));
+}
+
+#[test]
+fn on_takes_only_its_three_values() {
+    let e = plugin("on = \"requests\"\ndrop = [\"$.a\"]").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("on"));
+    assert!(plugin("on = 1\ndrop = [\"$.a\"]").is_err());
+}
