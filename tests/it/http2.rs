@@ -111,19 +111,24 @@ fn an_idle_http2_connection_is_closed_at_the_keepalive_timeout() {
 
 /// curl over h2c (prior knowledge) to `path` with headers: ("STATUS VERSION", body).
 pub fn h2c_get(port: u16, path: &str, headers: &[&str]) -> (String, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code} %{http_version}",
-    ])
-    .arg("--http2-prior-knowledge");
+    let mut args = vec!["--http2-prior-knowledge"];
     for h in headers {
-        cmd.arg("-H").arg(h);
+        args.extend(["-H", h]);
     }
-    let out = cmd
+    curl(port, path, &args)
+}
+
+/// curl to `path` with more `args`: ("STATUS VERSION", body).
+pub fn curl(port: u16, path: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .unwrap();

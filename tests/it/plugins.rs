@@ -383,33 +383,19 @@ const REQUEST_SHAPE: &str = r#"[
     max-body = 1024 },
 ]"#;
 
-/// curl with a body: ("STATUS VERSION", body). `http2`: over h2c.
+/// curl with a JSON body: ("STATUS VERSION", body). `http2`: over h2c.
 fn curl_send(port: u16, path: &str, body: &str, args: &[&str], http2: bool) -> (String, String) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-w",
-        "\n%{http_code} %{http_version}",
-    ])
-    .args([
+    let mut all = vec![
         "-H",
         "content-type: application/json",
         "--data-binary",
         body,
-    ])
-    .args(args);
+    ];
+    all.extend_from_slice(args);
     if http2 {
-        cmd.arg("--http2-prior-knowledge");
+        all.push("--http2-prior-knowledge");
     }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.to_string(), body.to_string())
+    crate::http2::curl(port, path, &all)
 }
 
 #[test]
