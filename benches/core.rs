@@ -10,7 +10,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
-use strangle::routing::{canonicalize, PathMatch, PathParams, RouteKey, RouteTable};
+use strangle::routing::{
+    canonicalize, Cond, Conditions, HostPattern, PathMatch, PathParams, Query, RouteKey, RouteTable,
+};
 use strangle::split::{bucket, route_seed, side_for, KeyValue, Shift, StickyKey};
 
 /// `n` routes; with `any_case`, every seventh matches in any case (a second index is probed).
@@ -27,9 +29,78 @@ fn table(n: usize, any_case: bool) -> RouteTable {
                 methods: (i % 4 == 0).then(|| vec![Method::GET, Method::POST]),
                 case_insensitive: any_case && i % 7 == 0,
                 trailing_slash: false,
+                hosts: Vec::new(),
+                when: None,
             })
             .collect(),
     )
+}
+
+/// 1,000 routes over 10 hosts (100 each: the same paths per host, as one monolith serves
+/// several names), with one `*.` host among them; with `conditions`, every path also has a
+/// canary route on a header and a query condition, so that a lookup judges conditions first.
+fn hosted_table(conditions: bool) -> RouteTable {
+    let mut keys = Vec::new();
+    for h in 0..10 {
+        let host = if h == 9 {
+            "*.partner.example".to_string()
+        } else {
+            format!("host-{h}.example.com")
+        };
+        for i in 0..100 {
+            let path = format!("/api/v{}/service-{i}", i % 3);
+            let base = RouteKey {
+                hosts: vec![HostPattern::parse(&host).expect("a host pattern")],
+                methods: (i % 4 == 0).then(|| vec![Method::GET, Method::POST]),
+                ..RouteKey::new(&path, PathMatch::Prefix)
+            };
+            if conditions {
+                let when = Conditions {
+                    headers: vec![("x-api-version".parse().expect("a name"), Cond::parse("2"))],
+                    query: vec![("beta".to_string(), Cond::parse("1"))],
+                };
+                keys.push(RouteKey {
+                    when: Some(std::sync::Arc::new(when)),
+                    ..base.clone()
+                });
+            }
+            keys.push(base);
+        }
+    }
+    RouteTable::new(keys)
+}
+
+/// Route lookup on 1,000 routes over 10 hosts, with and without conditions (issue 19).
+fn host_lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_lookup_hosts");
+    let mut headers = HeaderMap::new();
+    headers.insert("accept", "application/json".parse().expect("a value"));
+    headers.insert("x-api-version", "1".parse().expect("a value"));
+    let path = "/api/v2/service-98/items/42";
+    for conditions in [false, true] {
+        let t = hosted_table(conditions);
+        let name = if conditions { "conditions" } else { "plain" };
+        for (what, host) in [
+            ("exact-host", Some("host-4.example.com")),
+            ("wildcard-host", Some("a.partner.example")),
+            ("no-host-route", Some("www.example.com")),
+        ] {
+            let q = Query {
+                host,
+                path,
+                method: &Method::GET,
+                head: Some((&headers, "page=2")),
+            };
+            g.bench_with_input(BenchmarkId::new(name, what), &q, |b, q| {
+                b.iter(|| t.find(black_box(q)))
+            });
+        }
+    }
+    let host = "Host-4.Example.com:8080";
+    g.bench_function("normalize-host", |b| {
+        b.iter(|| strangle::routing::host::normalize(black_box(host)))
+    });
+    g.finish();
 }
 
 fn route_lookup(c: &mut Criterion) {
@@ -396,6 +467,7 @@ fn reload(c: &mut Criterion) {
 criterion_group!(
     benches,
     route_lookup,
+    host_lookup,
     paths,
     forward_policy,
     plugin_chain,

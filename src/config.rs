@@ -23,6 +23,7 @@ pub mod capture;
 mod diag;
 pub mod fallback;
 pub mod fleet;
+pub mod hosts;
 mod inputs;
 mod interp;
 mod pem;
@@ -76,6 +77,8 @@ pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
     pub default: Option<String>,
+    /// `[[server.defaults]]`: per-host defaults, before `default`.
+    pub defaults: Vec<hosts::HostDefault>,
     pub grace_period: Duration,
     pub keepalive_timeout: Duration,
     pub header_timeout: Duration,
@@ -277,6 +280,10 @@ pub struct Route {
     pub capture: Option<std::sync::Arc<capture::Capture>>,
     /// Request and response plugins, per side (`plugins = [...]`).
     pub plugins: plugin::Plugins,
+    /// The hosts it answers for (empty: any host).
+    pub hosts: Vec<crate::routing::HostPattern>,
+    /// Conditions on the request head (`when = { ... }`).
+    pub when: Option<std::sync::Arc<crate::routing::Conditions>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings
@@ -295,6 +302,8 @@ impl Route {
             methods: self.methods.clone(),
             case_insensitive: self.case_insensitive,
             trailing_slash: self.trailing_slash,
+            hosts: self.hosts.clone(),
+            when: self.when.clone(),
         }
     }
 }

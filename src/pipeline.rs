@@ -373,7 +373,7 @@ impl Request {
             self.snap.config.server.path_params,
         )?;
         if let Some(f) = forward.as_deref().filter(|f| f.path != path.routed()) {
-            self.rewrite_stays(&f.path, &head.method, route)?;
+            self.rewrite_stays(&f.path, head, route)?;
         }
         Ok(forward)
     }
@@ -384,16 +384,11 @@ impl Request {
     fn rewrite_stays(
         &self,
         path: &str,
-        method: &http::Method,
+        head: &http::request::Parts,
         route: usize,
     ) -> Result<(), Box<strangle_plugin::Answer>> {
-        let table = &self.snap.table;
-        let lands = match self.snap.config.server.path_params {
-            crate::routing::PathParams::Reject => table.lookup(path, method),
-            crate::routing::PathParams::Keep => {
-                table.lookup(&crate::routing::without_params(path), method)
-            }
-        };
+        let host = decide::request_host(head);
+        let lands = decide::route_for(&self.snap, head, path, host.as_deref());
         let routes = &self.snap.config.routes;
         match lands {
             Some(i)

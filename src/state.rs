@@ -25,7 +25,7 @@ use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
 use crate::history::Cause;
 use crate::limits::RateLimiter;
-use crate::routing::RouteTable;
+use crate::routing::{ByHost, RouteTable};
 use crate::split::{route_seed, Shift, StickyKey};
 use crate::stats::{Registry, RouteStats, DEFAULT_ROUTE};
 use crate::telemetry::context::TracePolicy;
@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub routes: Vec<LiveRoute>,
     pub upstreams: HashMap<String, Shared>,
     pub default: Option<Shared>,
+    /// `[[server.defaults]]`: the default upstream of particular hosts, before `default`.
+    pub host_defaults: ByHost<Option<Shared>>,
     /// Counters for traffic that matched no route.
     pub default_stats: Arc<RouteStats>,
     /// One verifier per `[auth.NAME]`.
@@ -177,6 +179,12 @@ impl Snapshot {
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
         let default = get(&config.server.default);
+        let mut host_defaults = ByHost::new(None);
+        for d in &config.server.defaults {
+            for h in &d.hosts {
+                *host_defaults.entry(h, || None) = get(&Some(d.upstream.clone()));
+            }
+        }
         let trace = config.telemetry.otlp.as_ref().map(|o| {
             TracePolicy::propagating(o.sample_ratio, o.trust_incoming, o.tracecontext, o.xray)
         });
@@ -196,6 +204,7 @@ impl Snapshot {
             routes,
             upstreams,
             default,
+            host_defaults,
             default_stats: registry.route(DEFAULT_ROUTE),
             verifiers,
             identity_headers,

@@ -146,12 +146,6 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
     if canonical != r.path {
         return Err("the path is not in its canonical form".into());
     }
-    if snap.table.lookup(&r.path, &method) != Some(route) {
-        return Err(format!(
-            "`{} {}` is not routed to `{}`",
-            method, r.path, snap.routes[route].id
-        ));
-    }
     // A query as a request line carries it: visible ASCII after its `?`, nothing a target or
     // a head could be split on.
     let visible = r.query.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
@@ -189,6 +183,26 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
     let Some(host) = headers.get(http::header::HOST).cloned() else {
         return Err("the record has no `host` header".into());
     };
+    // Routed as the client's request was: by the host it named (kept as `x-forwarded-host`
+    // when the upstream was sent another), its path, method and head.
+    let named = headers
+        .get("x-forwarded-host")
+        .unwrap_or(&host)
+        .to_str()
+        .ok()
+        .and_then(crate::routing::host::normalize);
+    let routed = snap.table.find(&crate::routing::Query {
+        host: named.as_deref(),
+        path: &r.path,
+        method: &method,
+        head: Some((&headers, r.query.strip_prefix('?').unwrap_or(&r.query))),
+    });
+    if routed != Some(route) {
+        return Err(format!(
+            "`{} {}` is not routed to `{}`",
+            method, r.path, snap.routes[route].id
+        ));
+    }
     // The outbound header policy, as for any request, with no client to vouch for: what names
     // a client's address, what strangle owns or vouches for (claims), hop-by-hop headers,
     // rewrites and method overrides do not pass.

@@ -24,6 +24,23 @@ pub struct RawServer {
     pub h2c: Option<S<bool>>,
     pub max_concurrent_streams: Option<S<i64>>,
     pub tls: Option<Vec<S<RawTls>>>,
+    pub defaults: Option<Vec<S<RawHostDefault>>>,
+}
+
+/// `[[server.defaults]]`: the upstream for requests to these hosts that match no route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawHostDefault {
+    pub hosts: S<Vec<S<String>>>,
+    pub upstream: S<String>,
+}
+
+/// A route's `when = { header = { ... }, query = { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWhen {
+    pub header: Option<std::collections::BTreeMap<S<String>, S<String>>>,
+    pub query: Option<std::collections::BTreeMap<S<String>, S<String>>>,
 }
 
 /// `[[server.tls]]`: a TLS listener.
@@ -206,6 +223,8 @@ pub struct RawRoute {
     pub fallback_statuses: Option<S<Vec<S<i64>>>>,
     pub capture: Option<S<RawCapture>>,
     pub plugins: Option<S<Vec<S<super::plugin::RawPlugin>>>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub when: Option<S<RawWhen>>,
 }
 
 #[derive(Debug, Deserialize)]

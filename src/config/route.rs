@@ -243,7 +243,11 @@ impl Cx<'_> {
             let fallback = self.fallback(&r).map(std::sync::Arc::new);
             let capture = self.capture(&r).map(std::sync::Arc::new);
             let plugins = self.plugins(&r);
+            let hosts = self.route_hosts(&r);
+            let when = self.route_when(&r);
             let route = Route {
+                hosts,
+                when,
                 plugins,
                 capture,
                 fallback,
@@ -275,7 +279,7 @@ impl Cx<'_> {
                 .find(|o| o.key().shadows(&key))
             {
                 let hint = Some(format!(
-                    "route `{}` already takes every request for `{}`; give the methods apart or remove one",
+                    "route `{}` already takes every request for `{}`; set the methods, hosts or conditions apart, or remove one",
                     earlier.id, route.path
                 ));
                 self.err_at(
@@ -294,6 +298,44 @@ impl Cx<'_> {
         (out, id_spans)
     }
 
+    /// A route with `auth` for some hosts guards only those: the same path with another `Host`
+    /// (the client chooses it) falls through to a route for any host or a default, without
+    /// auth unless one of those has the same.
+    fn warn_host_bound_auth(&mut self, routes: &[Route], id_spans: &[usize], server: &Server) {
+        for (r, &at) in routes.iter().zip(id_spans) {
+            if r.auth.is_none() || r.hosts.is_empty() {
+                continue;
+            }
+            let covered = routes.iter().any(|o| {
+                o.hosts.is_empty()
+                    && o.auth == r.auth
+                    && o.when.is_none()
+                    && o.methods.is_none()
+                    && o.kind == PathMatch::Prefix
+                    && (o.path == "/"
+                        || r.path == o.path
+                        || r.path.starts_with(&format!("{}/", o.path)))
+            });
+            let fallthrough = server.default.is_some()
+                || !server.defaults.is_empty()
+                || routes.iter().any(|o| o.hosts.is_empty());
+            if covered || !fallthrough {
+                continue;
+            }
+            self.warn(
+                at,
+                format!(
+                    "route `{}` has auth for its hosts only: `{}` with another Host falls through to what serves other hosts, without this route's auth",
+                    r.id, r.path
+                ),
+                Some(format!(
+                    "add a route for `{}` with the same `auth` and no `hosts`, if the monolith serves it on every host",
+                    r.path
+                )),
+            );
+        }
+    }
+
     /// A route with `auth` in front of a default upstream is only as strong as its spelling:
     /// a spelling the route does not match falls through to the default without auth, and the
     /// monolith may serve it as the same resource.
@@ -303,6 +345,7 @@ impl Cx<'_> {
         id_spans: &[usize],
         server: &Server,
     ) {
+        self.warn_host_bound_auth(routes, id_spans, server);
         let Some(default) = &server.default else {
             return;
         };

@@ -47,7 +47,9 @@ impl Cx<'_> {
             .filter_map(|a| a.get_ref().parse().ok())
             .collect();
         let tls = self.tls_listeners(raw.tls.unwrap_or_default(), &plain);
+        let defaults = self.host_defaults(raw.defaults, upstreams);
         Some(Server {
+            defaults,
             listen: listen
                 .iter()
                 .filter_map(|a| a.get_ref().parse().ok())

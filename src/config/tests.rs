@@ -1,4 +1,5 @@
 use super::*;
+use crate::routing::HostPattern;
 
 fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
     parse("test.toml", text, Path::new("."))
@@ -957,4 +958,190 @@ fn plugins_are_built_per_side_in_order_and_their_mistakes_reported_at_the_key() 
     );
     let e = err(r#"plugins = [{ use = "headers", reqest-set = {} }]"#);
     assert!(e.contains("unknown key for `headers`"), "{e}");
+}
+
+#[test]
+fn hosts_conditions_and_per_host_defaults_are_lowered() {
+    let text = r#"
+[server]
+default = "a"
+[[server.defaults]]
+hosts = ["www.example.com", "*.shop.example"]
+upstream = "b"
+
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+[upstreams.b]
+addresses = ["127.0.0.1:2"]
+
+[[routes]]
+id = "api"
+path = "/bookings"
+legacy = "a"
+hosts = ["API.example.com.", "*.partner.example"]
+
+[[routes]]
+id = "v2"
+path = "/bookings"
+legacy = "b"
+when = { header = { "X-Api-Version" = "2" }, query = { beta = "present" } }
+"#;
+    let c = parse_str(text).unwrap();
+    assert_eq!(
+        c.routes[0].hosts,
+        vec![
+            HostPattern::Exact("api.example.com".into()),
+            HostPattern::Wildcard("partner.example".into())
+        ]
+    );
+    let when = c.routes[1].when.as_deref().unwrap();
+    assert_eq!(when.headers[0].0.as_str(), "x-api-version");
+    assert_eq!(when.headers[0].1, crate::routing::Cond::Equals("2".into()));
+    assert_eq!(
+        when.query,
+        vec![("beta".to_string(), crate::routing::Cond::Present)]
+    );
+    assert_eq!(c.server.defaults[0].upstream, "b");
+    assert_eq!(c.server.defaults[0].hosts.len(), 2);
+}
+
+#[test]
+fn bad_hosts_conditions_and_defaults_are_refused_at_their_keys() {
+    let text = r#"
+[[server.defaults]]
+hosts = ["a.example", "a.example:80"]
+upstream = "nope"
+[[server.defaults]]
+hosts = ["A.example."]
+upstream = "a"
+
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+
+[[routes]]
+id = "r1"
+path = "/r"
+legacy = "a"
+hosts = []
+
+[[routes]]
+id = "r2"
+path = "/r"
+legacy = "a"
+hosts = ["a.*.example", "x.example", "X.example"]
+
+[[routes]]
+id = "r3"
+path = "/r"
+legacy = "a"
+when = { header = { "x-strangle-side" = "new", "bad name" = "1" } }
+
+[[routes]]
+id = "r4"
+path = "/r"
+legacy = "a"
+when = {}
+
+[[routes]]
+id = "r5"
+path = "/r"
+legacy = "a"
+when = { cookie = { a = "1" } }
+"#;
+    let errs = parse_str(text).unwrap_err().0;
+    let all: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}:{} {}", e.line, e.col, e.message))
+        .collect();
+    for want in [
+        "16:9 `hosts` is empty",
+        "22:10 `a.*.example`",
+        "22:38 host `x.example` is listed twice",
+        "28:21 a condition cannot be on `x-strangle-side`",
+        "28:48 `bad name` is not a header name",
+        "34:8 `when` has no conditions",
+        "3:23 `a.example:80`: a host pattern has no port",
+        "host `a.example` has two defaults",
+        "unknown upstream `nope`",
+        "unknown field `cookie`",
+    ] {
+        assert!(
+            all.iter().any(|e| e.contains(want)),
+            "{want} not in {all:#?}"
+        );
+    }
+    // Conditions that are all refused are not also reported as none given.
+    assert!(!all.iter().any(|e| e.starts_with("28:8")), "{all:#?}");
+}
+
+#[test]
+fn a_route_its_hosts_or_conditions_leave_no_request_is_refused() {
+    let text = r#"
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+
+[[routes]]
+id = "wide"
+path = "/r"
+legacy = "a"
+hosts = ["api.example", "*.example"]
+when = { header = { "x-v" = "2" } }
+
+[[routes]]
+id = "narrow"
+path = "/r"
+legacy = "a"
+hosts = ["api.example"]
+when = { header = { "x-v" = "2" }, query = { beta = "1" } }
+
+[[routes]]
+id = "apart"
+path = "/r"
+legacy = "a"
+hosts = ["other.example"]
+when = { header = { "x-v" = "2" } }
+"#;
+    let errs = parse_str(text).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0]
+        .message
+        .contains("route `narrow` overlaps route `wide` and can never match"));
+}
+
+#[test]
+fn auth_bound_to_hosts_is_warned_about_when_other_hosts_fall_through() {
+    let base = r#"
+[server]
+default = "a"
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+[auth.users]
+jwks-url = "https://issuer.example/jwks.json"
+issuer = "https://issuer.example/"
+audiences = ["x"]
+algorithms = ["RS256"]
+
+[[routes]]
+id = "admin"
+path = "/admin"
+legacy = "a"
+auth = "users"
+hosts = ["api.example.com"]
+"#;
+    let c = parse_str(base).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w
+            .message
+            .contains("route `admin` has auth for its hosts only")),
+        "{:#?}",
+        c.warnings
+    );
+    let covered = format!(
+        "{base}\n[[routes]]\nid = \"all\"\npath = \"/\"\nlegacy = \"a\"\nauth = \"users\"\n"
+    );
+    let c = parse_str(&covered).unwrap();
+    assert!(!c
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("for its hosts only")));
 }

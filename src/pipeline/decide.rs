@@ -15,7 +15,7 @@ use http::request::Parts;
 use super::{Client, Decision, Refusal};
 use crate::auth::{claim_matches, claim_text, AuthError, Claims, Verifier};
 use crate::limits::{Limited, RateLimiter};
-use crate::routing::PathParams;
+use crate::routing::{PathParams, Query};
 use crate::split::{self, KeyValue, Side, StickyKey};
 use crate::state::{LiveRoute, Snapshot};
 
@@ -38,14 +38,19 @@ pub async fn decide(
     path: &str,
     client: &Client,
 ) -> Result<Decision, Refusal> {
-    let route = match snap.config.server.path_params {
-        PathParams::Reject => snap.table.lookup(path, &head.method),
-        PathParams::Keep => snap
-            .table
-            .lookup(&crate::routing::without_params(path), &head.method),
+    let host = if snap.table.has_hosts() || snap.host_defaults.has_hosts() {
+        request_host(head)
+    } else {
+        None
     };
-    let Some(i) = route else {
-        return match &snap.default {
+    let Some(i) = route_for(snap, head, path, host.as_deref()) else {
+        let default = snap
+            .host_defaults
+            .for_host(host.as_deref())
+            .flatten()
+            .next()
+            .or(snap.default.as_ref());
+        return match default {
             Some(upstream) => Ok(decision(
                 snap,
                 None,
@@ -91,6 +96,32 @@ pub async fn decide(
     let mut d = decision(snap, Some(i), side, upstream, claims, claim_headers);
     d.unverified = unverified;
     Ok(d)
+}
+
+/// The route for a request to `host` (normalised): by its canonical `path` (without `;`
+/// parameters when they are kept), method, and head for routes with conditions.
+pub fn route_for(snap: &Snapshot, head: &Parts, path: &str, host: Option<&str>) -> Option<usize> {
+    let table = &snap.table;
+    let path = match snap.config.server.path_params {
+        PathParams::Reject => Cow::Borrowed(path),
+        PathParams::Keep => crate::routing::without_params(path),
+    };
+    let conditions = table.has_conditions();
+    table.find(&Query {
+        host,
+        path: &path,
+        method: &head.method,
+        head: conditions.then(|| (&head.headers, head.uri.query().unwrap_or(""))),
+    })
+}
+
+/// The host a request names, normalised: its authority (HTTP/2, an absolute-form target),
+/// else its `Host`.
+pub fn request_host(head: &Parts) -> Option<Cow<'_, str>> {
+    match head.uri.host() {
+        Some(h) => crate::routing::host::normalize(h),
+        None => crate::routing::host::normalize(head.headers.get(header::HOST)?.to_str().ok()?),
+    }
 }
 
 /// A browser's CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.

@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use super::*;
 
 fn canon(path: &str) -> Result<Cow<'_, str>, PathError> {
@@ -11,6 +13,8 @@ fn key(path: &str, kind: PathMatch, methods: Option<&[&str]>) -> RouteKey {
         methods: methods.map(|m| m.iter().map(|m| m.parse().unwrap()).collect()),
         case_insensitive: false,
         trailing_slash: false,
+        hosts: Vec::new(),
+        when: None,
     }
 }
 
@@ -259,4 +263,175 @@ mod properties {
             }
         }
     }
+}
+
+fn hosted(path: &str, kind: PathMatch, hosts: &[&str]) -> RouteKey {
+    RouteKey {
+        hosts: hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).unwrap())
+            .collect(),
+        ..key(path, kind, None)
+    }
+}
+
+fn on_host<'a>(host: Option<&'a str>, path: &'a str) -> Query<'a> {
+    Query {
+        host,
+        path,
+        method: &Method::GET,
+        head: None,
+    }
+}
+
+#[test]
+fn a_route_for_the_host_beats_one_for_any_host_then_paths_decide() {
+    let t = RouteTable::new(vec![
+        key("/bookings", PathMatch::Prefix, None), // 0: any host
+        hosted("/bookings", PathMatch::Prefix, &["api.example.com"]), // 1
+        hosted("/", PathMatch::Prefix, &["*.partner.example"]), // 2
+        hosted("/bookings/v2", PathMatch::Prefix, &["*.partner.example"]), // 3
+        hosted("/orders", PathMatch::Exact, &["API.Example.com."]), // 4: the same host
+    ]);
+    assert!(t.has_hosts());
+    let find = |host, path| t.find(&on_host(host, path));
+    assert_eq!(find(Some("api.example.com"), "/bookings/1"), Some(1));
+    assert_eq!(find(Some("www.example.com"), "/bookings/1"), Some(0));
+    assert_eq!(find(None, "/bookings/1"), Some(0));
+    // For its host, a route beats any host-less one, even a longer path's.
+    assert_eq!(find(Some("a.partner.example"), "/bookings/1"), Some(2));
+    assert_eq!(find(Some("a.partner.example"), "/bookings/v2/1"), Some(3));
+    // A wildcard is one label: not the parent itself, not two labels.
+    assert_eq!(find(Some("partner.example"), "/bookings/1"), Some(0));
+    assert_eq!(find(Some("a.b.partner.example"), "/bookings/1"), Some(0));
+    assert_eq!(find(Some("api.example.com"), "/orders"), Some(4));
+    // The host's routes are tried first, then those for any host.
+    assert_eq!(find(Some("api.example.com"), "/other"), None);
+}
+
+#[test]
+fn hosts_are_compared_without_case_port_or_final_dot() {
+    use super::host::normalize;
+    for (authority, want) in [
+        ("API.Example.com", Some("api.example.com")),
+        ("api.example.com:8443", Some("api.example.com")),
+        ("api.example.com.", Some("api.example.com")),
+        ("api.example.com.:80", Some("api.example.com")),
+        ("[::1]:8080", Some("[::1]")),
+        ("[::1]", Some("[::1]")),
+        ("", None),
+        ("host:port", None),
+        ("bücher.example", None),
+        ("[::1", None),
+    ] {
+        assert_eq!(normalize(authority).as_deref(), want, "{authority}");
+    }
+    for bad in [
+        "",
+        "*",
+        "*.",
+        "a.*.com",
+        "**.a.com",
+        "api.example.com:443",
+        "https://api.example.com",
+        "api.example.com/x",
+        "a..b",
+        "a b",
+        "*.[::1]",
+    ] {
+        assert!(HostPattern::parse(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        HostPattern::parse("*.Partner.Example.").unwrap(),
+        HostPattern::Wildcard("partner.example".into())
+    );
+}
+
+fn conditioned(path: &str, header: &[(&str, &str)], query: &[(&str, &str)]) -> RouteKey {
+    RouteKey {
+        when: Some(Arc::new(Conditions {
+            headers: header
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        Cond::parse(v),
+                    )
+                })
+                .collect(),
+            query: query
+                .iter()
+                .map(|(n, v)| (n.to_string(), Cond::parse(v)))
+                .collect(),
+        })),
+        ..key(path, PathMatch::Prefix, None)
+    }
+}
+
+#[test]
+fn a_route_with_conditions_beats_the_same_path_without_when_they_hold() {
+    let t = RouteTable::new(vec![
+        key("/bookings", PathMatch::Prefix, None), // 0
+        conditioned("/bookings", &[("x-api-version", "2")], &[]), // 1
+        conditioned("/bookings", &[], &[("beta", "1"), ("debug", "absent")]), // 2
+        conditioned("/bookings", &[("x-canary", "present")], &[]), // 3
+    ]);
+    assert!(t.has_conditions());
+    let find = |headers: &[(&str, &str)], query: &str| {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        t.find(&Query {
+            host: None,
+            path: "/bookings/1",
+            method: &Method::GET,
+            head: Some((&h, query)),
+        })
+    };
+    assert_eq!(find(&[], ""), Some(0));
+    assert_eq!(find(&[("x-api-version", "2")], ""), Some(1));
+    assert_eq!(find(&[("X-API-Version", "2")], ""), Some(1));
+    assert_eq!(find(&[("x-api-version", "3")], ""), Some(0));
+    assert_eq!(find(&[("x-api-version", " 2")], ""), Some(0));
+    // Given twice, a value is believed neither way.
+    assert_eq!(
+        find(&[("x-api-version", "2"), ("x-api-version", "1")], ""),
+        Some(0)
+    );
+    assert_eq!(find(&[], "beta=1"), Some(2));
+    assert_eq!(find(&[], "a=b&beta=%31"), Some(2), "compared decoded");
+    assert_eq!(find(&[], "beta=1&debug"), Some(0), "`debug` must be absent");
+    assert_eq!(find(&[], "beta=1&beta=1"), Some(0));
+    assert_eq!(find(&[], "betax=1"), Some(0));
+    assert_eq!(find(&[("x-canary", "")], ""), Some(3));
+    // Both hold: the first declared of those with conditions.
+    assert_eq!(
+        find(&[("x-api-version", "2"), ("x-canary", "y")], ""),
+        Some(1)
+    );
+    // Without a head to judge, no route with conditions matches.
+    assert_eq!(t.find(&Query::path("/bookings/1", &Method::GET)), Some(0));
+}
+
+#[test]
+fn overlaps_count_hosts_and_conditions() {
+    let any = key("/a", PathMatch::Prefix, None);
+    let api = hosted("/a", PathMatch::Prefix, &["api.example.com"]);
+    let both = hosted(
+        "/a",
+        PathMatch::Prefix,
+        &["api.example.com", "*.example.com"],
+    );
+    let v2 = conditioned("/a", &[("x-api-version", "2")], &[]);
+    let v2_beta = conditioned("/a", &[("x-api-version", "2")], &[("beta", "1")]);
+    // A route for a host is not shadowed by one for any host (it comes first), nor the reverse.
+    assert!(!any.shadows(&api) && !api.shadows(&any));
+    assert!(both.shadows(&api) && !api.shadows(&both));
+    // A route with conditions comes before one without; more conditions are taken by fewer.
+    assert!(!any.shadows(&v2) && !v2.shadows(&any));
+    assert!(v2.shadows(&v2_beta) && !v2_beta.shadows(&v2));
 }

@@ -235,3 +235,165 @@ fn the_reference_config_splits_bookings_25_percent_as_documented() {
         Some("legacy")
     );
 }
+
+/// `GET path` with `Host: host` and more headers: who answered.
+fn served_by(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![("Host", host)];
+    all.extend_from_slice(headers);
+    let r = Client::connect(port).get(path, &all).unwrap();
+    assert_eq!(r.status, 200, "{host} {path}: {}", r.text());
+    r.text()
+}
+
+#[test]
+fn hosts_route_the_same_paths_to_different_monoliths_with_per_host_defaults() {
+    let (www, api, partner, other) = (
+        Backend::start("www"),
+        Backend::start("api"),
+        Backend::start("partner"),
+        Backend::start("other"),
+    );
+    let text = Config::new()
+        .default("www")
+        .upstream("www", &www.addr())
+        .upstream("api", &api.addr())
+        .upstream("partner", &partner.addr())
+        .upstream("other", &other.addr())
+        .server("h2c = true")
+        .section(
+            "[[server.defaults]]",
+            "hosts = [\"other.example\"]\nupstream = \"other\"",
+        )
+        // Declared first, for any host: the host routes still win for their hosts.
+        .route("www-bookings", "/bookings", |r| r.legacy("www"))
+        .route("api-bookings", "/bookings", |r| {
+            r.legacy("api").toml("hosts", r#"["api.example.com"]"#)
+        })
+        .route("partners", "/", |r| {
+            r.legacy("partner")
+                .toml("hosts", r#"["*.partner.example"]"#)
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let port = proxy.port;
+    assert_eq!(
+        served_by(port, "api.example.com", "/bookings/1", &[]),
+        "api"
+    );
+    // Case, port and a final dot do not make another host.
+    assert_eq!(
+        served_by(port, "API.Example.COM.:8080", "/bookings/1", &[]),
+        "api"
+    );
+    assert_eq!(
+        served_by(port, "www.example.com", "/bookings/1", &[]),
+        "www"
+    );
+    // A host-specific route beats one for any host, even with a shorter path.
+    assert_eq!(
+        served_by(port, "acme.partner.example", "/bookings/1", &[]),
+        "partner"
+    );
+    // One label only, and not the parent.
+    assert_eq!(
+        served_by(port, "partner.example", "/bookings/1", &[]),
+        "www"
+    );
+    assert_eq!(
+        served_by(port, "a.b.partner.example", "/bookings/1", &[]),
+        "www"
+    );
+    // Unrouted: the host's own default, else the server's.
+    assert_eq!(served_by(port, "other.example", "/cart", &[]), "other");
+    assert_eq!(served_by(port, "api.example.com", "/cart", &[]), "www");
+    // Over HTTP/2 `:authority` names the host.
+    for (host, want) in [
+        ("api.example.com:9", "api"),
+        ("x.partner.example", "partner"),
+    ] {
+        let (status, body) = crate::http2::curl(
+            port,
+            "/bookings/3",
+            &["--http2-prior-knowledge", "-H", &format!("host: {host}")],
+        );
+        assert!(status.starts_with("200 2"), "{status}");
+        assert_eq!(body, want);
+    }
+    // An absolute-form target (a host named twice) is refused, whatever the two say.
+    for host in ["api.example.com", "www.example.com"] {
+        let r = Client::connect(port)
+            .get("http://api.example.com/bookings/2", &[("Host", host)])
+            .unwrap();
+        assert_eq!(r.status, 400);
+    }
+    assert!(api.seen().iter().all(|s| s.target != "/bookings/2"));
+}
+
+#[test]
+fn header_and_query_conditions_pick_a_canary_route() {
+    let (mono, v2, beta) = (
+        Backend::start("monolith"),
+        Backend::start("v2"),
+        Backend::start("beta"),
+    );
+    let text = Config::new()
+        .default("monolith")
+        .server("h2c = true")
+        .upstream("monolith", &mono.addr())
+        .upstream("v2", &v2.addr())
+        .upstream("beta", &beta.addr())
+        .route("bookings", "/bookings", |r| r.legacy("monolith"))
+        .route("bookings-v2", "/bookings", |r| {
+            r.new("v2")
+                .toml("when", r#"{ header = { "x-api-version" = "2" } }"#)
+        })
+        .route("bookings-beta", "/bookings", |r| {
+            r.new("beta").toml(
+                "when",
+                r#"{ query = { beta = "1" }, header = { "x-debug" = "absent" } }"#,
+            )
+        })
+        .build();
+    let proxy = Proxy::start(&text);
+    let port = proxy.port;
+    let h = "127.0.0.1";
+    assert_eq!(served_by(port, h, "/bookings/1", &[]), "monolith");
+    assert_eq!(
+        served_by(port, h, "/bookings/1", &[("x-api-version", "2")]),
+        "v2"
+    );
+    assert_eq!(
+        served_by(port, h, "/bookings/1", &[("X-Api-Version", "2")]),
+        "v2"
+    );
+    assert_eq!(
+        served_by(port, h, "/bookings/1", &[("x-api-version", "3")]),
+        "monolith"
+    );
+    // Twice with different values: believed neither way.
+    assert_eq!(
+        served_by(
+            port,
+            h,
+            "/bookings/1",
+            &[("x-api-version", "2"), ("x-api-version", "1")]
+        ),
+        "monolith"
+    );
+    assert_eq!(served_by(port, h, "/bookings/1?beta=1", &[]), "beta");
+    assert_eq!(served_by(port, h, "/bookings/1?x=y&beta=%31", &[]), "beta");
+    assert_eq!(
+        served_by(port, h, "/bookings/1?beta=1", &[("x-debug", "1")]),
+        "monolith"
+    );
+    assert_eq!(
+        served_by(port, h, "/bookings/1?beta=1&beta=1", &[]),
+        "monolith"
+    );
+    // Over HTTP/2 the same.
+    let (status, body) =
+        crate::http2::curl(port, "/bookings/1?beta=1", &["--http2-prior-knowledge"]);
+    assert!(status.starts_with("200"), "{status}");
+    assert_eq!(body, "beta");
+    assert_eq!(v2.seen().len(), 2);
+}
