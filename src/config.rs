@@ -28,6 +28,7 @@ mod inputs;
 mod interp;
 mod pem;
 pub mod plugin;
+pub mod policy;
 pub mod rollout;
 mod route;
 mod server;
@@ -176,10 +177,15 @@ impl Upstream {
     /// The longest to wait for a response head: `timeout`, or less when `response-timeout` or
     /// `request-timeout` is shorter.
     pub fn head_deadline(&self) -> Duration {
+        self.head_deadline_with(None)
+    }
+
+    /// `head_deadline` with a route's `timeout` in place of the upstream's.
+    pub fn head_deadline_with(&self, timeout: Option<Duration>) -> Duration {
         [self.response_timeout, self.request_timeout]
             .into_iter()
             .flatten()
-            .fold(self.timeout, Duration::min)
+            .fold(timeout.unwrap_or(self.timeout), Duration::min)
     }
 }
 
@@ -284,6 +290,10 @@ pub struct Route {
     pub hosts: Vec<crate::routing::HostPattern>,
     /// Conditions on the request head (`when = { ... }`).
     pub when: Option<std::sync::Arc<crate::routing::Conditions>>,
+    /// `timeout`, `max-body`, `allow-ips`, `deny-ips`.
+    pub policy: policy::Policy,
+    /// The answer it gives itself (`redirect`, `respond`): a route with one has no sides.
+    pub fixed: Option<std::sync::Arc<policy::Fixed>>,
 }
 
 /// `{ claim = "beta", equals = true }`: matches a verified claim (inside space-separated strings

@@ -204,12 +204,14 @@ impl LambdaUpstream {
 
     /// Invokes the function with an event and decodes its answer. `xray` is the trace header
     /// for the Invoke call (Lambda's active tracing continues it), when X-Ray propagation is on.
+    /// `timeout`: a route's, in place of the upstream's.
     pub async fn invoke(
         &self,
         event: Vec<u8>,
         xray: Option<&[u8]>,
+        timeout: Option<Duration>,
     ) -> Result<event::Response, InvokeError> {
-        self.invoke_as(Caller::Request, event, xray).await
+        self.invoke_as(Caller::Request, event, xray, timeout).await
     }
 
     /// `invoke`, by `caller`.
@@ -218,7 +220,9 @@ impl LambdaUpstream {
         caller: Caller<'_>,
         event: Vec<u8>,
         xray: Option<&[u8]>,
+        timeout: Option<Duration>,
     ) -> Result<event::Response, InvokeError> {
+        let timeout = timeout.unwrap_or(self.timeout);
         let (client, creds) = caller.ready(&self.target.region).await?;
         let mut request = signed_invoke(
             &self.invoke_uri,
@@ -257,9 +261,9 @@ impl LambdaUpstream {
                 .to_bytes();
             Ok::<_, InvokeError>((status, function_error, body))
         };
-        let (status, function_error, body) = tokio::time::timeout(self.timeout, call)
+        let (status, function_error, body) = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| InvokeError::Timeout(self.timeout))??;
+            .map_err(|_| InvokeError::Timeout(timeout))??;
         let text = || String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(InvokeError::Throttled(text()));

@@ -45,6 +45,8 @@ pub struct Refusal {
     pub why: String,
     pub headers: Vec<(HeaderName, String)>,
     pub route: Option<usize>,
+    /// Not a refusal: the answer the route gives itself (`redirect`, `respond`).
+    pub answer: Option<Box<strangle_plugin::Answer>>,
 }
 
 impl Refusal {
@@ -54,6 +56,16 @@ impl Refusal {
             why: why.into(),
             headers: Vec::new(),
             route: None,
+            answer: None,
+        }
+    }
+
+    /// The answer a route gives itself, instead of a side.
+    pub fn answered(answer: strangle_plugin::Answer) -> Refusal {
+        Refusal {
+            status: answer.status.as_u16(),
+            answer: Some(Box::new(answer)),
+            ..Refusal::new(0, String::new())
         }
     }
 
@@ -432,6 +444,11 @@ impl Request {
             Some(f) => Some(&f.path),
             None => self.path.as_ref().map(RequestPath::routed),
         }
+    }
+
+    /// The route's own policies (none off a route).
+    pub fn policy(&self) -> Option<&crate::config::policy::Policy> {
+        self.route.map(|i| &self.snap.config.routes[i].policy)
     }
 
     /// The side's response plugins (none off a route).

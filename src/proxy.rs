@@ -114,6 +114,20 @@ impl Strangle {
             return refuse(session, ctx, r).await;
         }
         let body_timeout = ctx.req.snap.config.server.body_timeout;
+        let max_body = ctx.req.policy().and_then(|p| p.max_body);
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(max), Some(n)) = (max_body, declared) {
+            if n > max {
+                // Refused unread: the connection cannot carry another request.
+                session.set_keepalive(None);
+                let why = "request body over the route's max-body";
+                return respond(session, ctx, 413, why, &[]).await;
+            }
+        }
         let buffered_limit = match &upstream.kind {
             Kind::Lambda(_) => Some((PAYLOAD_LIMIT, "request body over Lambda's 6 MB limit")),
             Kind::Signed => Some((
@@ -121,7 +135,13 @@ impl Strangle {
                 "request body over API Gateway's 10 MB limit",
             )),
             Kind::Http(_) => None,
-        };
+        }
+        .map(|(limit, why)| match max_body {
+            Some(max) if max < limit as u64 => {
+                (max as usize, "request body over the route's max-body")
+            }
+            _ => (limit, why),
+        });
         // The client waits for a go-ahead before sending the body: it is authorized now, so
         // strangle gives it (upstreams never see the `Expect`: the policy removes it).
         let expects_continue = session
@@ -238,6 +258,7 @@ impl ProxyHttp for Strangle {
             raw_head: raw_head.as_deref(),
             bad_request_line,
             peer: client_ip(session),
+            sni: crate::tls::sni(),
         };
         if let Err(r) = ctx.req.guard(inbound) {
             return refuse(session, ctx, r).await;
@@ -255,7 +276,12 @@ impl ProxyHttp for Strangle {
         let Some(backend) = http.select(ctx.attempt.avoid) else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no address to try");
         };
-        let peer = http.peer(&backend);
+        let mut peer = http.peer(&backend);
+        if let Some(t) = ctx.req.policy().and_then(|p| p.timeout) {
+            // The route's `timeout` over the upstream's.
+            peer.options.read_timeout = Some(t);
+            peer.options.write_timeout = Some(t);
+        }
         ctx.attempt.peer_addr = backend.addr.as_inet().copied();
         ctx.req.upstream_start.get_or_insert_with(Instant::now);
         Ok(peer)
@@ -323,6 +349,7 @@ impl ProxyHttp for Strangle {
         if end_of_stream || body.as_ref().is_some_and(|b| !b.is_empty()) {
             crate::http1::http2_body_read(end_of_stream);
         }
+        ctx.count_body(body.as_ref())?;
         if let Some(tap) = ctx.shadow.as_mut() {
             if let Some(data) = body.as_ref() {
                 tap.request_body(data);

@@ -273,12 +273,21 @@ impl Handshake {
         })
     }
 
-    /// The TLS stream over `stream`, or `None` (counted) when the client failed or took
-    /// longer than the deadline.
-    pub async fn accept(&self, stream: pingora::protocols::l4::stream::Stream) -> Option<Stream> {
+    /// The TLS stream over `stream` and the server name the client asked for (SNI, as
+    /// routing compares hosts), or `None` (counted) when the client failed or took longer than
+    /// the deadline.
+    pub async fn accept(
+        &self,
+        stream: pingora::protocols::l4::stream::Stream,
+    ) -> Option<(Stream, Option<Arc<str>>)> {
         match tokio::time::timeout(self.timeout, self.acceptor.tls_handshake(stream)).await {
             Ok(Ok(tls)) => {
                 use pingora::protocols::Ssl;
+                let sni = tls
+                    .get_ssl()
+                    .and_then(|t| t.server_name())
+                    .and_then(crate::routing::host::normalize)
+                    .map(|n| Arc::from(n.as_ref()));
                 let h2 = matches!(
                     tls.selected_alpn_proto(),
                     Some(pingora::protocols::ALPN::H2)
@@ -291,7 +300,7 @@ impl Handshake {
                         .fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
-                Some(Box::new(tls))
+                Some((Box::new(tls), sni))
             }
             Ok(Err(e)) => {
                 self.endpoint
@@ -309,6 +318,23 @@ impl Handshake {
             }
         }
     }
+}
+
+tokio::task_local! {
+    /// The server name (SNI) of the TLS connection being served, for the tasks that serve its
+    /// requests (`sni`).
+    static SNI: Option<Arc<str>>;
+}
+
+/// The server name the client asked for when it made the TLS connection this request came
+/// on (`None` over plain TCP, or when it named none).
+pub fn sni() -> Option<Arc<str>> {
+    SNI.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs `f` with `name` as the connection's server name (`sni`).
+pub async fn with_sni<F: std::future::Future>(name: Option<Arc<str>>, f: F) -> F::Output {
+    SNI.scope(name, f).await
 }
 
 #[cfg(test)]

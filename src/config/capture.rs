@@ -46,7 +46,7 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 const MIN_MAX_SIZE: u64 = 1 << 20;
 
 /// `100MB`, `2GB`, `512KB`.
-fn bytes(s: &str) -> Option<u64> {
+pub(super) fn bytes(s: &str) -> Option<u64> {
     let t = s.trim();
     match t.strip_suffix("GB").or_else(|| t.strip_suffix("G")) {
         Some(n) => n.trim().parse::<u64>().ok()?.checked_mul(1 << 30),

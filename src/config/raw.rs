@@ -225,6 +225,30 @@ pub struct RawRoute {
     pub plugins: Option<S<Vec<S<super::plugin::RawPlugin>>>>,
     pub hosts: Option<S<Vec<S<String>>>>,
     pub when: Option<S<RawWhen>>,
+    pub timeout: Option<S<String>>,
+    pub max_body: Option<S<String>>,
+    pub allow_ips: Option<S<Vec<S<String>>>>,
+    pub deny_ips: Option<S<Vec<S<String>>>>,
+    pub redirect: Option<S<RawRedirect>>,
+    pub respond: Option<S<RawRespond>>,
+}
+
+/// `redirect = { to = "https://example.com/new$path", status = 308 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRedirect {
+    pub to: S<String>,
+    pub status: Option<S<i64>>,
+}
+
+/// `respond = { status = 503, body = "...", content-type = "...", headers = { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRespond {
+    pub status: S<i64>,
+    pub body: Option<S<String>>,
+    pub content_type: Option<S<String>>,
+    pub headers: Option<std::collections::BTreeMap<S<String>, S<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

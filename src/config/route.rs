@@ -85,7 +85,8 @@ impl Cx<'_> {
             for side in [&r.legacy, &r.new].into_iter().flatten() {
                 self.check_upstream_ref(side, upstreams);
             }
-            if r.legacy.is_none() && r.new.is_none() {
+            let fixed = self.fixed(&r);
+            if r.legacy.is_none() && r.new.is_none() && fixed.is_none() {
                 let hint = Some("set `legacy = \"monolith\"`, `new = \"...\"` or both".into());
                 self.err_at(
                     &r.id,
@@ -245,7 +246,10 @@ impl Cx<'_> {
             let plugins = self.plugins(&r);
             let hosts = self.route_hosts(&r);
             let when = self.route_when(&r);
+            let policy = self.policy(&r);
             let route = Route {
+                policy,
+                fixed,
                 hosts,
                 when,
                 plugins,

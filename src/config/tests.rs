@@ -1145,3 +1145,121 @@ hosts = ["api.example.com"]
         .iter()
         .any(|w| w.message.contains("for its hosts only")));
 }
+
+#[test]
+fn route_policies_are_lowered_and_their_mistakes_refused() {
+    let good = r#"
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+
+[[routes]]
+id = "r"
+path = "/r"
+legacy = "a"
+timeout = "5s"
+max-body = "10MB"
+allow-ips = ["10.0.0.0/8", "192.168.1.7"]
+deny-ips = ["10.9.0.0/16"]
+
+[[routes]]
+id = "old"
+path = "/old"
+redirect = { to = "/new$path$query" }
+
+[[routes]]
+id = "freeze"
+path = "/w"
+methods = ["POST"]
+respond = { status = 503, body = "later", headers = { "Retry-After" = "60" } }
+"#;
+    let c = parse_str(good).unwrap();
+    let p = &c.routes[0].policy;
+    assert_eq!(p.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(p.max_body, Some(10 << 20));
+    assert!(p.admits(Some("10.1.1.1".parse().unwrap())));
+    assert!(!p.admits(Some("10.9.1.1".parse().unwrap())));
+    assert!(!p.admits(Some("11.0.0.1".parse().unwrap())));
+    assert!(!p.admits(None));
+    assert!(matches!(
+        c.routes[1].fixed.as_deref(),
+        Some(policy::Fixed::Redirect { status, .. }) if status.as_u16() == 308
+    ));
+    assert!(matches!(
+        c.routes[2].fixed.as_deref(),
+        Some(policy::Fixed::Respond { status, headers, .. })
+            if status.as_u16() == 503 && headers.iter().any(|(n, v)| n == "retry-after" && v == "60")
+    ));
+
+    let bad = r#"
+[upstreams.a]
+addresses = ["127.0.0.1:1"]
+
+[[routes]]
+id = "r1"
+path = "/r1"
+legacy = "a"
+timeout = "0s"
+max-body = "lots"
+allow-ips = ["10.0.0.0/33"]
+deny-ips = []
+
+[[routes]]
+id = "r2"
+path = "/r2"
+redirect = { to = "javascript:alert(1)", status = 200 }
+
+[[routes]]
+id = "r3"
+path = "/r3"
+legacy = "a"
+redirect = { to = "/x$path" }
+
+[[routes]]
+id = "r8"
+path = "/r8"
+redirect = { to = "//evil.example$path" }
+
+[[routes]]
+id = "r4"
+path = "/r4"
+respond = { status = 99, headers = { "content-length" = "5", "x-strangle-side" = "new" } }
+
+[[routes]]
+id = "r5"
+path = "/r5"
+redirect = { to = "/a$host" }
+respond = { status = 200 }
+
+[[routes]]
+id = "r6"
+path = "/r6"
+redirect = { to = "javascript:alert(1)" }
+
+[[routes]]
+id = "r7"
+path = "/r7"
+redirect = { to = "/a$host" }
+"#;
+    let errs = parse_str(bad).unwrap_err().0;
+    let all: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
+    for want in [
+        "`timeout` must be longer than zero",
+        "bad `max-body` `lots`",
+        "bad `allow-ips` entry",
+        "`deny-ips` is empty",
+        "bad redirect status 200",
+        "route `r3` answers itself and has `legacy`",
+        "bad redirect `to` `//evil.example$path`",
+        "bad respond status 99",
+        "`respond` cannot set `content-length`",
+        "`respond` cannot set `x-strangle-side`",
+        "a route either redirects or responds, not both",
+        "bad redirect `to` `javascript:alert(1)`",
+        "bad redirect `to` `/a$host`",
+    ] {
+        assert!(
+            all.iter().any(|e| e.contains(want)),
+            "{want} not in {all:#?}"
+        );
+    }
+}

@@ -219,9 +219,13 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
             }
             Ok(Some(H2Accept::Session(session))) => {
                 let progress = Arc::new(Progress::new(session.is_body_done()));
-                let served = PROGRESS.scope(
-                    Arc::clone(&progress),
-                    serve_stream(app, session, shutdown.clone()),
+                // Each stream's task is its own: the connection's server name goes with it.
+                let served = crate::tls::with_sni(
+                    crate::tls::sni(),
+                    PROGRESS.scope(
+                        Arc::clone(&progress),
+                        serve_stream(app, session, shutdown.clone()),
+                    ),
                 );
                 let guard = active.start();
                 tokio::spawn(async move {

@@ -117,18 +117,21 @@ fn serve<A: ServerApp + Send + Sync + 'static>(
     tokio::spawn(async move {
         let _open = open;
         let stream = l4_stream(tcp, peer);
-        let stream = match tls {
+        let (stream, sni) = match tls {
             // Boxed: what the handshake holds is not kept for the connection's life.
             Some(tls) => match Box::pin(tls.accept(stream)).await {
                 Some(s) => s,
                 None => return,
             },
-            None => Box::new(stream),
+            None => (Box::new(stream) as pingora::protocols::Stream, None),
         };
-        let mut next = app.process_new(stream, &shutdown).await;
-        while let Some(stream) = next {
-            next = app.process_new(stream, &shutdown).await;
-        }
+        crate::tls::with_sni(sni, async {
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        })
+        .await;
     });
 }
 

@@ -14,6 +14,7 @@ use http::request::Parts;
 
 use super::{Client, Decision, Refusal};
 use crate::auth::{claim_matches, claim_text, AuthError, Claims, Verifier};
+use crate::config::policy::{location, Fixed};
 use crate::limits::{Limited, RateLimiter};
 use crate::routing::{PathParams, Query};
 use crate::split::{self, KeyValue, Side, StickyKey};
@@ -64,6 +65,13 @@ pub async fn decide(
     };
     let r = &snap.routes[i];
     let refused = |e: Refusal| e.on(Some(i));
+    let config = &snap.config.routes[i];
+    if !config.policy.admits(client.addr) {
+        return Err(refused(Refusal::new(
+            403,
+            "client address not allowed on the route",
+        )));
+    }
     // Keys that need no claims are checked before the token is verified; claim keys after.
     limit(r, head, client.addr, None, false).map_err(refused)?;
     let mut unverified = None;
@@ -85,6 +93,9 @@ pub async fn decide(
         None => (None, Vec::new()),
     };
     limit(r, head, client.addr, claims.as_deref(), true).map_err(refused)?;
+    if let Some(fixed) = &config.fixed {
+        return Err(refused(Refusal::answered(fixed_answer(fixed, path, head))));
+    }
     let side = choose_side(r, head, client.addr, claims.as_deref());
     let upstream = match side {
         Side::New => r.new.as_ref(),
@@ -96,6 +107,38 @@ pub async fn decide(
     let mut d = decision(snap, Some(i), side, upstream, claims, claim_headers);
     d.unverified = unverified;
     Ok(d)
+}
+
+/// The answer a route gives itself: a redirect's `Location` made from the request's
+/// canonical path and its query (already checked: a header value), or the fixed response.
+fn fixed_answer(fixed: &Fixed, path: &str, head: &Parts) -> strangle_plugin::Answer {
+    match fixed {
+        Fixed::Redirect { to, status } => {
+            let query = head
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let mut headers = http::HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&location(to, path, &query)) {
+                headers.insert(header::LOCATION, v);
+            }
+            strangle_plugin::Answer {
+                status: *status,
+                headers,
+                body: bytes::Bytes::new(),
+            }
+        }
+        Fixed::Respond {
+            status,
+            headers,
+            body,
+        } => strangle_plugin::Answer {
+            status: *status,
+            headers: headers.iter().cloned().collect(),
+            body: body.clone(),
+        },
+    }
 }
 
 /// The route for a request to `host` (normalised): by its canonical `path` (without `;`

@@ -29,6 +29,8 @@ pub struct Inbound<'a> {
     pub bad_request_line: bool,
     /// The TCP peer.
     pub peer: Option<IpAddr>,
+    /// The server name the client asked for on its TLS connection (normalised), if any.
+    pub sni: Option<std::sync::Arc<str>>,
 }
 
 /// The request target with its canonical path: the route is chosen on `routed()`, and every
@@ -106,6 +108,13 @@ pub fn check(snap: &Snapshot, inbound: Inbound<'_>) -> Result<RequestPath, Refus
             return Err(Refusal::new(400, "no Host"))
         }
         _ => {}
+    }
+    // A connection made for one name carries requests for that name only (RFC 9110 section
+    // 15.5.20): a client that reuses it for another host is told to connect again.
+    if let Some(sni) = &inbound.sni {
+        if super::decide::request_host(req).is_some_and(|h| *h != **sni) {
+            return Err(Refusal::new(421, "Host is not the TLS server name"));
+        }
     }
     // Methods are case-sensitive (RFC 9110 section 9.1), but many monoliths upper-case them:
     // `post` would miss a route limited to POST and still be a POST to the monolith.

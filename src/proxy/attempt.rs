@@ -34,6 +34,8 @@ pub(super) struct Attempt {
     pub(super) request_sent: bool,
     /// The new side answered with a status the route falls back from.
     pub(super) fallback_status: Option<u16>,
+    /// Request body bytes passed on this attempt (against the route's `max-body`).
+    pub(super) body_bytes: u64,
 }
 
 impl Drop for Ctx {
@@ -163,6 +165,8 @@ impl Ctx {
     /// (`held_request`): it is then held until whole, and goes on with a length known only
     /// then. An upgrade's bytes after the switch are a tunnel's, never a body to hold.
     pub(super) fn hold_request_body(&mut self, session: &mut Session) -> bool {
+        // Each attempt sends the body from its start.
+        self.attempt.body_bytes = 0;
         self.held_request = if session.as_mut().is_body_empty() || session.is_upgrade_req() {
             None
         } else {
@@ -174,6 +178,22 @@ impl Ctx {
             self.req.hold_request_body(&req.method, declared)
         };
         self.held_request.is_some()
+    }
+
+    /// Counts a piece of a streamed request body against the route's `max-body`: 413 past it
+    /// (the upstream, given part of it, never gets a whole request).
+    pub(super) fn count_body(&mut self, data: Option<&bytes::Bytes>) -> Result<()> {
+        let Some(max) = self.req.policy().and_then(|p| p.max_body) else {
+            return Ok(());
+        };
+        self.attempt.body_bytes += data.map_or(0, |d| d.len() as u64);
+        if self.attempt.body_bytes > max {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the route's max-body",
+            );
+        }
+        Ok(())
     }
 
     /// Passive health: tells the upstream how the current address did.

@@ -212,7 +212,11 @@ pub(super) async fn serve_lambda(
         .trace
         .filter(|_| ctx.req.snap.trace.is_some_and(|p| p.xray))
         .map(|t| t.xray());
-    let response = match lambda.invoke(event, xray.as_ref().map(|x| &x[..])).await {
+    let timeout = ctx.req.policy().and_then(|p| p.timeout);
+    let response = match lambda
+        .invoke(event, xray.as_ref().map(|x| &x[..]), timeout)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return failed(session, ctx, "invoke-error", e).await,
     };
@@ -272,7 +276,8 @@ pub(super) async fn serve_signed(
     let method = session.req_header().method.as_str().to_string();
     let started = Instant::now();
     ctx.req.upstream_start = Some(started);
-    let timeout = upstream.config.timeout;
+    let route_timeout = ctx.req.policy().and_then(|p| p.timeout);
+    let timeout = route_timeout.unwrap_or(upstream.config.timeout);
     let done_by = upstream.config.request_timeout.map(|t| started + t);
     let response = match crate::lambda::send_signed(
         crate::lambda::Caller::Request,
@@ -281,7 +286,7 @@ pub(super) async fn serve_signed(
         &uri,
         headers,
         body,
-        upstream.config.head_deadline(),
+        upstream.config.head_deadline_with(route_timeout),
     )
     .await
     {

@@ -16,6 +16,9 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// Answers a request the pipeline refused.
 pub(super) async fn refuse(session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
+    if let Some(a) = r.answer {
+        return answer(session, ctx, a).await;
+    }
     respond(session, ctx, r.status, r.why, &r.headers).await
 }
 
@@ -41,7 +44,30 @@ pub(super) async fn respond(
     resp.insert_header(header::CONTENT_LENGTH, "0")?;
     finish_response(session, ctx, &mut resp)?;
     session.write_response_header(Box::new(resp), true).await?;
+    settle_http2(session, true).await;
     Ok(true)
+}
+
+/// How long an HTTP/2 answer given before the request body ended waits for the rest of it
+/// (what is already on its way), which also lets the connection send the answer.
+const HTTP2_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// After strangle's own answer on HTTP/2 (`head_only`: a head with no body written): the
+/// stream is ended here (Pingora ends it only when it finishes the session, which it does not
+/// after a failure: the stream would be reset instead, and the client see no answer), and the
+/// rest of an unread request body is read and discarded, for 100 ms at most: a stream
+/// dropped with body data unread is reset, and the HTTP/2 library then discards what is still
+/// queued for it, the answer included. A client still sending after that gets the reset.
+pub(super) async fn settle_http2(session: &mut Session, head_only: bool) {
+    if !session.is_http2() {
+        return;
+    }
+    if head_only {
+        let _ = session.write_response_body(None, true).await;
+    }
+    if !session.as_mut().is_body_done() {
+        let _ = tokio::time::timeout(HTTP2_DRAIN, session.as_mut().drain_request_body()).await;
+    }
 }
 
 /// Ends the request with the answer a plugin gave instead of the side.
@@ -66,6 +92,7 @@ pub(super) async fn answer(
     if !head_only {
         session.write_response_body(Some(a.body), true).await?;
     }
+    settle_http2(session, head_only).await;
     Ok(true)
 }
 

@@ -448,7 +448,7 @@ impl Engine {
             },
         );
         let r = lambda
-            .invoke_as(self.caller()?, event, None)
+            .invoke_as(self.caller()?, event, None, None)
             .await
             .map_err(|e| e.to_string())?;
         let mut headers: http::HeaderMap = r.headers.into_iter().collect();

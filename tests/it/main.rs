@@ -27,6 +27,7 @@ mod limits;
 mod metrics;
 mod otlp_logs;
 mod plugins;
+mod policies;
 mod reload;
 mod rollout;
 mod routing;

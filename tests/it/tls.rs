@@ -737,3 +737,33 @@ fn http2_connections_get_goaway_on_sigterm_and_their_streams_finish() {
     assert!(text.contains("recv GOAWAY"), "{text}");
     assert!(text.contains(":status: 200"), "{text}");
 }
+
+#[test]
+fn a_request_for_another_host_than_the_connections_server_name_gets_421() {
+    let e = edge("");
+    // The same name (any case, a port, a final dot): served; another name, though the
+    // certificate covers it too (`*.b.test`): 421, HTTP/1.1 and HTTP/2 alike.
+    for (host, want) in [
+        ("b.test", "200"),
+        ("B.Test:443", "200"),
+        ("b.test.", "200"),
+        ("x.b.test", "421"),
+        ("a.test", "421"),
+    ] {
+        for http in ["--http1.1", "--http2"] {
+            let (_, status, err) = curl(
+                &e.pki,
+                "b.test",
+                e.tls_port,
+                "/bookings/1",
+                &[http, "-H", &format!("host: {host}")],
+            );
+            assert!(status.starts_with(want), "{host} {http}: {status} {err}");
+        }
+    }
+    // Without SNI there is no name to hold the request to.
+    let (mut tls, _) = connect(&e.pki, e.tls_port, "a.test", false);
+    assert_eq!(request(&mut tls, "/bookings/1"), 200);
+    let (mut tls, _) = connect(&e.pki, e.tls_port, "a.test", true);
+    assert_eq!(request(&mut tls, "/bookings/1"), 200);
+}
