@@ -400,22 +400,33 @@ impl Request {
         route: usize,
     ) -> Result<(), Box<strangle_plugin::Answer>> {
         let host = decide::request_host(head);
-        let lands = decide::route_for(&self.snap, head, path, host.as_deref());
         let routes = &self.snap.config.routes;
-        match lands {
-            Some(i)
-                if i != route
-                    && routes[i].auth.is_some()
-                    && routes[i].auth != routes[route].auth =>
-            {
-                Err(Box::new(strangle_plugin::Answer {
-                    status: http::StatusCode::FORBIDDEN,
-                    headers: http::HeaderMap::new(),
-                    body: "the rewritten path belongs to a route with other auth\n".into(),
-                }))
+        let guarded_elsewhere = |p: &str| {
+            decide::route_for(&self.snap, head, p, host.as_deref()).is_some_and(|i| {
+                i != route && routes[i].auth.is_some() && routes[i].auth != routes[route].auth
+            })
+        };
+        // Also the spellings a monolith may take for the same resource (another case, a final
+        // `.` or `/`): a client asking for them directly would reach the default at most, never
+        // that route's side; through a rewrite they would reach this route's side.
+        let lower = path.to_ascii_lowercase();
+        let bare = |p: &'_ str| -> String {
+            let t = p.trim_end_matches(['.', '/']);
+            if t.is_empty() {
+                "/".to_string()
+            } else {
+                t.to_string()
             }
-            _ => Ok(()),
+        };
+        let spellings = [path.to_string(), lower.clone(), bare(path), bare(&lower)];
+        if spellings.iter().any(|p| guarded_elsewhere(p)) {
+            return Err(Box::new(strangle_plugin::Answer {
+                status: http::StatusCode::FORBIDDEN,
+                headers: http::HeaderMap::new(),
+                body: "the rewritten path belongs to a route with other auth\n".into(),
+            }));
         }
+        Ok(())
     }
 
     /// The side's body plugins' hold on the request's body, when they work on it (`declared`:
@@ -432,10 +443,16 @@ impl Request {
 
     /// A request body read whole (for a Lambda or signed side) as the side's body plugins make
     /// it.
-    pub fn dress_request_body(&self, method: &http::Method, body: &bytes::Bytes) -> bytes::Bytes {
-        self.hold_request_body(method, None)
-            .and_then(|mut held| held.whole(body))
-            .unwrap_or_else(|| body.clone())
+    pub fn dress_request_body(
+        &self,
+        method: &http::Method,
+        body: &bytes::Bytes,
+    ) -> Result<bytes::Bytes, plugins::BudgetSpent> {
+        let made = match self.hold_request_body(method, None) {
+            Some(mut held) => held.whole(body)?,
+            None => None,
+        };
+        Ok(made.unwrap_or_else(|| body.clone()))
     }
 
     /// The path the side receives: a plugin's, else the routed one.

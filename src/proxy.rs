@@ -66,6 +66,8 @@ pub struct Ctx {
     held: Option<Box<crate::pipeline::plugins::HeldBody>>,
     /// The request's body held back for them, on its way to an HTTP side (this attempt's).
     held_request: Option<Box<crate::pipeline::plugins::HeldBody>>,
+    /// A plugin gave the answer a status that has no body: the side's is not passed on.
+    drop_body: bool,
 }
 
 /// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
@@ -83,6 +85,11 @@ fn raw_target(session: &Session, raw_head: Option<&Bytes>) -> Bytes {
         }
     }
     Bytes::copy_from_slice(session.req_header().raw_path())
+}
+
+/// 503 for a body the plugins' budget has no room for (never passed on unmade).
+fn budget_spent<T>(e: crate::pipeline::plugins::BudgetSpent) -> Result<T> {
+    Error::e_explain(ErrorType::HTTPStatus(503), e.to_string())
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -198,17 +205,17 @@ impl Strangle {
     ) -> Result<bool> {
         loop {
             let served = match (&upstream.kind, &body) {
-                (Kind::Lambda(_), Some(body)) => {
-                    let body = ctx
-                        .req
-                        .dress_request_body(&session.req_header().method, body);
-                    aws::serve_lambda(session, ctx, &upstream, body).await?
-                }
-                (Kind::Signed, Some(body)) => {
-                    let body = ctx
-                        .req
-                        .dress_request_body(&session.req_header().method, body);
-                    aws::serve_signed(session, ctx, &upstream, body).await?
+                (Kind::Lambda(_) | Kind::Signed, Some(body)) => {
+                    let method = &session.req_header().method;
+                    let body = match ctx.req.dress_request_body(method, body) {
+                        Ok(body) => body,
+                        Err(e) => return respond(session, ctx, 503, e.to_string(), &[]).await,
+                    };
+                    if matches!(upstream.kind, Kind::Lambda(_)) {
+                        aws::serve_lambda(session, ctx, &upstream, body).await?
+                    } else {
+                        aws::serve_signed(session, ctx, &upstream, body).await?
+                    }
                 }
                 (Kind::Http(_), _) => {
                     ctx.set_upstream_path();
@@ -239,6 +246,7 @@ impl ProxyHttp for Strangle {
             shadow: None,
             held: None,
             held_request: None,
+            drop_body: false,
         }
     }
 
@@ -357,7 +365,7 @@ impl ProxyHttp for Strangle {
             tap.request_done |= end_of_stream;
         }
         if let Some(held) = ctx.held_request.as_mut() {
-            held.pass(body, end_of_stream);
+            held.pass(body, end_of_stream).or_else(budget_spent)?;
             if !end_of_stream {
                 // Nothing goes on yet (`None` would end the upstream's body).
                 body.get_or_insert_with(Bytes::new);
@@ -534,7 +542,10 @@ impl ProxyHttp for Strangle {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(held) = ctx.held.as_mut() {
-            held.pass(body, end_of_stream);
+            held.pass(body, end_of_stream).or_else(budget_spent)?;
+        }
+        if ctx.drop_body {
+            *body = None;
         }
         if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
             tap.body(data);

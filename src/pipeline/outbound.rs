@@ -35,15 +35,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that name the client's address in some proxy's dialect: only a trusted proxy's
-/// copies are passed on.
-const CLIENT_ADDRESS: &[&str] = &[
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-];
+/// copies are passed on (one list with the plugins', which may never write them).
+const CLIENT_ADDRESS: &[&str] = strangle_plugin::CLIENT_ADDRESS_HEADERS;
 
 /// Headers some servers (IIS, Symfony, Zend) take as the request's path instead of the request
 /// line: the path a route was chosen on must be the only one the upstream sees, so they never

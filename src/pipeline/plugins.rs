@@ -6,6 +6,7 @@
 //! The side's response hooks run on its answer before strangle's own response headers. A route
 //! without plugins costs one length check.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -88,10 +89,38 @@ pub fn request(
 
 pub use crate::config::plugin::response;
 
+/// The most body bytes held for plugins at once, over every request (a plugin's own work on
+/// a body, a parse, comes on top, one body per worker thread at a time).
+pub const HELD_BUDGET: usize = 256 << 20;
+
+/// Body bytes held for plugins now, over every request.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Body bytes held for plugins now (a gauge).
+pub fn held_bytes() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// The bodies held for plugins are at `HELD_BUDGET`: this one cannot be, and is refused
+/// rather than passed on as the plugins would not have made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSpent;
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the bodies held for plugins are at their budget ({HELD_BUDGET} bytes)"
+        )
+    }
+}
+
 /// A body held back for the side's body plugins until it is whole: an answer's, or a
 /// request's on its way to the side.
 #[derive(Debug)]
 pub struct HeldBody {
+    /// Bytes of `HELD` this body holds.
+    charged: usize,
     chain: Arc<[Arc<dyn Plugin>]>,
     head: Head,
     /// The most bytes held (a larger body passes untouched); `replace`: none are kept.
@@ -137,6 +166,7 @@ impl HeldBody {
         (limit, replace): (usize, bool),
     ) -> Box<Self> {
         Box::new(HeldBody {
+            charged: 0,
             chain: Arc::clone(chain),
             head,
             limit,
@@ -196,44 +226,64 @@ pub fn hold_request_body(
 }
 
 impl HeldBody {
+    /// Takes `n` more bytes of the budget, or says it is spent.
+    fn charge(&mut self, n: usize) -> Result<(), BudgetSpent> {
+        let before = HELD.fetch_add(n, Ordering::Relaxed);
+        if before + n > HELD_BUDGET {
+            HELD.fetch_sub(n, Ordering::Relaxed);
+            return Err(BudgetSpent);
+        }
+        self.charged += n;
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        HELD.fetch_sub(std::mem::take(&mut self.charged), Ordering::Relaxed);
+    }
+
     /// A piece of the body as it comes (`end`: the last): `data` becomes what goes on now:
     /// nothing (`None`) until the body is whole, then the whole body as the plugins made it;
     /// past the limit, what was held and the rest as they are.
-    pub fn pass(&mut self, data: &mut Option<Bytes>, end: bool) {
+    pub fn pass(&mut self, data: &mut Option<Bytes>, end: bool) -> Result<(), BudgetSpent> {
         if self.over {
-            return;
+            return Ok(());
         }
         if let Some(piece) = data.take() {
             if self.replace {
                 // Discarded unread.
             } else if self.buf.len() + piece.len() > self.limit {
                 self.over = true;
+                self.release();
                 let mut all = std::mem::take(&mut self.buf);
                 all.extend_from_slice(&piece);
                 *data = Some(all.freeze());
-                return;
+                return Ok(());
             } else {
+                self.charge(piece.len())?;
                 self.buf.extend_from_slice(&piece);
             }
         }
         if end {
             *data = Some(self.finish());
         }
+        Ok(())
     }
 
     /// A whole body (a Lambda function's answer, a request read whole) as the plugins make it;
     /// `None` when it is over the limit and passes untouched.
-    pub fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
+    pub fn whole(&mut self, body: &[u8]) -> Result<Option<Bytes>, BudgetSpent> {
         if !self.replace {
             if body.len() > self.limit {
-                return None;
+                return Ok(None);
             }
+            self.charge(body.len())?;
             self.buf.extend_from_slice(body);
         }
-        Some(self.finish())
+        Ok(Some(self.finish()))
     }
 
     fn finish(&mut self) -> Bytes {
+        // Charged until the plugins are done with it.
         let mut body = std::mem::take(&mut self.buf).to_vec();
         match &self.head {
             Head::Response {
@@ -269,7 +319,14 @@ impl HeldBody {
                 }
             }
         }
+        self.release();
         Bytes::from(body)
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -314,3 +371,6 @@ pub fn replace_headers(up: &mut RequestHeader, headers: &HeaderMap) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -232,10 +232,20 @@ pub(super) async fn serve_lambda(
     }
     super::respond::side_response(session, ctx, &mut resp, true)?;
     let mut body = response.body;
-    if let Some(made) = ctx.held.take().and_then(|mut held| held.whole(&body)) {
+    let made = match ctx.held.take() {
+        Some(mut held) => held
+            .whole(&body)
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(503), e.to_string()))?,
+        None => None,
+    };
+    if let Some(made) = made {
         body = made;
     }
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    if ctx.drop_body {
+        body = Bytes::new();
+    } else {
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    }
     finish_response(session, ctx, &mut resp)?;
     ctx.status = resp.status.as_u16();
     let empty = body.is_empty();
@@ -318,9 +328,11 @@ pub(super) async fn serve_signed(
                 if let Ok(data) = frame.into_data() {
                     let mut data = Some(data);
                     if let Some(held) = ctx.held.as_mut() {
-                        held.pass(&mut data, false);
+                        held.pass(&mut data, false).map_err(|e| {
+                            Error::explain(ErrorType::HTTPStatus(503), e.to_string())
+                        })?;
                     }
-                    if let Some(data) = data {
+                    if let Some(data) = data.filter(|_| !ctx.drop_body) {
                         if let Some(tap) = ctx.shadow.as_mut() {
                             tap.body(&data);
                         }
@@ -346,7 +358,11 @@ pub(super) async fn serve_signed(
     }
     let mut rest = None;
     if let Some(held) = ctx.held.as_mut() {
-        held.pass(&mut rest, true);
+        held.pass(&mut rest, true)
+            .map_err(|e| Error::explain(ErrorType::HTTPStatus(503), e.to_string()))?;
+    }
+    if ctx.drop_body {
+        rest = None;
     }
     if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), rest.as_ref()) {
         tap.body(data);

@@ -127,6 +127,11 @@ pub(super) fn side_response(
         resp.set_status(status)?;
     }
     if no_body(resp.status, &http::Method::GET) {
+        // A status that has no body (a plugin's 204 or 304): nothing may say there is one, and
+        // the side's body is not passed on.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        resp.remove_header(&header::TRANSFER_ENCODING);
+        ctx.drop_body = !no_body(original, &http::Method::GET);
         return Ok(());
     }
     let held = crate::pipeline::plugins::hold_body(&chain, original, resp.status, &resp.headers);

@@ -195,8 +195,17 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     // Its body as the other side's body plugins make it, as a client's would be.
     if let Some(f) = forward.as_deref() {
         let held = crate::pipeline::plugins::hold_request_body(&plugins, &req.method, f, None);
-        if let Some(made) = held.and_then(|mut held| held.whole(&body)) {
-            body = made;
+        match held.map(|mut held| held.whole(&body)) {
+            Some(Ok(Some(made))) => body = made,
+            // No room to make it as the other side's plugins would: no copy.
+            Some(Err(_)) => {
+                snap.shadows
+                    .route(&live.id)
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            _ => {}
         }
     }
     let (mut headers, forward_path) = match forward {
@@ -521,8 +530,11 @@ fn dress_body(
     }
     let status = http::StatusCode::from_u16(answer.status).unwrap_or(original);
     let held = crate::pipeline::plugins::hold_body(&copy.plugins, original, status, headers);
-    if let Some(made) = held.and_then(|mut held| held.whole(&answer.body)) {
-        answer.body = made;
+    match held.map(|mut held| held.whole(&answer.body)) {
+        Some(Ok(Some(made))) => answer.body = made,
+        // No room to dress it: compared as it came, and marked so.
+        Some(Err(_)) => answer.truncated = true,
+        _ => {}
     }
 }
 

@@ -366,6 +366,10 @@ fn a_rewrite_never_reaches_a_route_guarded_by_other_auth() {
     assert_eq!(r.status, 403, "{}", r.text());
     let r = get(proxy.port, "/public/ADMIN/../admin/users", &[]);
     assert_eq!(r.status, 403);
+    // Spellings the monolith may take for the same resource.
+    for spelling in ["/public/ADMIN/users", "/public/admin.", "/public/Admin/"] {
+        assert_eq!(get(proxy.port, spelling, &[]).status, 403, "{spelling}");
+    }
     assert!(legacy.seen().is_empty(), "nothing reached the monolith");
     // Without a token the client could not have reached it directly either.
     assert_eq!(get(proxy.port, "/admin/users", &[]).status, 401);
@@ -596,4 +600,27 @@ fn a_preflight_on_a_route_with_auth_is_answered_by_cors_and_nothing_else_passes_
         r.header("access-control-allow-origin"),
         Some("https://app.example")
     );
+}
+
+#[test]
+fn a_status_mapped_to_one_without_a_body_is_framed_as_one_on_every_engine() {
+    let legacy = Backend::start("legacy");
+    let new = Backend::answering("new", |_, _| (200, "application/json", r#"{"a":1}"#.into()));
+    let to_204 = r#"[{ use = "status-map", side = "new", status = 200, to = 204 }]"#;
+    let text = split(&legacy.addr(), &new.addr(), "/bookings", "100%", to_204)
+        .server("h2c = true")
+        .build();
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let mut c = proxy.client();
+        for _ in 0..2 {
+            let r = c.get("/bookings/1", &[]).unwrap();
+            assert_eq!(r.status, 204);
+            assert_eq!(r.header("content-length"), None);
+            assert_eq!(r.header("transfer-encoding"), None);
+            assert!(r.body.is_empty());
+        }
+        let (status, body) = crate::http2::h2c_get(proxy.port, "/bookings/1", &[]);
+        assert_eq!((status.as_str(), body.as_str()), ("204 2", ""));
+    }
 }

@@ -17,6 +17,18 @@ pub use bytes::Bytes;
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub use toml::{Table, Value as TomlValue};
 
+/// Headers that name the client's address in some proxy's dialect. strangle passes only a
+/// trusted proxy's copies on (its outbound policy), so a plugin must never write one: its value
+/// would look like the trusted proxy's.
+pub const CLIENT_ADDRESS_HEADERS: &[&str] = &[
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
 /// A plugin instance, built from its settings when a config loads.
 pub trait Plugin: Send + Sync + fmt::Debug {
     /// The request on its way to the side, before strangle's outbound header policy (which

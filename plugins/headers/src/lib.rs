@@ -17,7 +17,7 @@
 
 use strangle_plugin::{
     header_name, header_value, Error, Flow, HeaderName, HeaderValue, Kind, Plugin, Request,
-    Response, Settings,
+    Response, Settings, CLIENT_ADDRESS_HEADERS,
 };
 
 pub const KIND: Kind = Kind {
@@ -54,13 +54,15 @@ const OWNED: &[&str] = &[
     "trailer",
     "upgrade",
     "forwarded",
-    "x-real-ip",
     "x-request-id",
 ];
 
 fn owned(name: &HeaderName) -> bool {
     let n = name.as_str();
-    OWNED.contains(&n) || n.starts_with("x-strangle-") || n.starts_with("x-forwarded-")
+    OWNED.contains(&n)
+        || CLIENT_ADDRESS_HEADERS.contains(&n)
+        || n.starts_with("x-strangle-")
+        || n.starts_with("x-forwarded-")
 }
 
 fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {

@@ -103,6 +103,13 @@ fn headers_strangle_owns_and_bad_names_are_refused_at_their_key() {
         err("request-set = { 'Host' = 'a' }").key.as_deref(),
         Some("request-set")
     );
+    // Behind a trusted proxy, strangle passes its client-address headers on: a rename into
+    // one would pass a client's value as the proxy's.
+    for name in strangle_plugin::CLIENT_ADDRESS_HEADERS {
+        let e = err(&format!("request-rename = {{ 'x-b' = '{name}' }}"));
+        assert_eq!(e.message, format!("strangle owns `{name}`"));
+        assert!(plugin(&format!("request-append = {{ '{name}' = '1.2.3.4' }}")).is_err());
+    }
     assert_eq!(
         err("response-remove = ['content-length']").key.as_deref(),
         Some("response-remove")

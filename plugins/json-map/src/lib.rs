@@ -18,7 +18,8 @@
 //! way; the `[*]` of both paths must be the same, so a field moves within each element);
 //! `drop` removes; `default` sets a field that is missing (any TOML value, as JSON). Applied in
 //! that order to answers whose content type is JSON (`application/json`, `...+json`) and whose
-//! body is at most `max-body` bytes (1 MiB by default, at most 16 MiB); other answers pass
+//! body is at most `max-body` bytes (1 MiB by default, at most 4 MiB: parsed, a body takes several
+//! times its size while it is mapped); other answers pass
 //! untouched, and so does a body that is not valid JSON. Object fields come out in name order.
 
 use serde_json::{Map, Value};
@@ -30,7 +31,7 @@ pub const KIND: Kind = Kind {
 };
 
 const DEFAULT_MAX: usize = 1 << 20;
-const MAX_MAX: usize = 16 << 20;
+const MAX_MAX: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
@@ -85,21 +86,24 @@ fn path(key: &str, text: &str) -> Result<Path, Error> {
     Ok(steps)
 }
 
-fn toml_to_json(v: &strangle_plugin::TomlValue) -> Value {
+/// A TOML value as JSON; a float JSON cannot carry (NaN, infinity) is refused.
+fn toml_to_json(v: &strangle_plugin::TomlValue) -> Result<Value, String> {
     use strangle_plugin::TomlValue as T;
-    match v {
+    Ok(match v {
         T::String(s) => Value::String(s.clone()),
         T::Integer(n) => Value::from(*n),
-        T::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        T::Float(f) => Value::Number(
+            serde_json::Number::from_f64(*f).ok_or_else(|| format!("{f} is not a JSON number"))?,
+        ),
         T::Boolean(b) => Value::Bool(*b),
         T::Datetime(d) => Value::String(d.to_string()),
-        T::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
+        T::Array(a) => Value::Array(a.iter().map(toml_to_json).collect::<Result<_, _>>()?),
         T::Table(t) => Value::Object(
             t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
+                .map(|(k, v)| Ok((k.clone(), toml_to_json(v)?)))
+                .collect::<Result<_, String>>()?,
         ),
-    }
+    })
 }
 
 fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
@@ -125,7 +129,9 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
     let mut default = Vec::new();
     if let Some(t) = s.table("default")? {
         for (p, v) in t {
-            default.push((path("default", p)?, toml_to_json(v)));
+            let value =
+                toml_to_json(v).map_err(|why| Error::at("default", format!("`{p}`: {why}")))?;
+            default.push((path("default", p)?, value));
         }
     }
     let max_body = match s.integer("max-body")? {

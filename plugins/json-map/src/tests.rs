@@ -176,3 +176,10 @@ fn on_takes_only_its_three_values() {
     assert_eq!(e.key.as_deref(), Some("on"));
     assert!(plugin("on = 1\ndrop = [\"$.a\"]").is_err());
 }
+
+#[test]
+fn a_default_json_cannot_carry_is_refused() {
+    let e = plugin("default = { '$.x' = nan }").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("default"));
+    assert!(plugin("default = { '$.x' = [1, inf] }").is_err());
+}

@@ -48,6 +48,9 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
                 .hint("number captures from 1, or name them with (?P<name>...)"));
         }
     }
+    literal_is_canonical(to).map_err(|why| {
+        Error::at("to", why).hint("the result is a path as routing sees it: plain segments, no `%`, `;`, `.` or `..` segments, `//` or spaces (a capture brings what the client sent)")
+    })?;
     let fixed = &to[..first.start.unwrap_or(to.len())];
     let under = match first.start {
         None => to.to_string(),
@@ -58,6 +61,25 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
         to: to.to_string(),
         under,
     }))
+}
+
+/// Whether the template's own text (its captures taken as a plain segment's worth) is a path
+/// in canonical form: else every request it rewrites would be refused (400), which a config
+/// must say when it loads, not a request.
+fn literal_is_canonical(to: &str) -> Result<(), String> {
+    let refs = Regex::new(r"\$(\d+|\{[^}]*\})").map_err(|e| e.to_string())?;
+    let sample = refs.replace_all(to, "x");
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/".contains(&b);
+    if let Some(bad) = sample.bytes().find(|&b| !allowed(b)) {
+        return Err(format!(
+            "`{to}` has `{}`, which a canonical path never has raw",
+            bad.escape_ascii()
+        ));
+    }
+    if sample.contains("//") || sample.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("`{to}` has an empty, `.` or `..` segment"));
+    }
+    Ok(())
 }
 
 /// The captures a template names, and where its first one starts.

@@ -91,3 +91,23 @@ fn settings_mistakes_are_named_at_their_key() {
     assert_eq!(key("to = '/'").key, None, "`from` is required");
     assert!(plugin("from = '^/(a)$'\nto = '/$$/$1'").is_ok());
 }
+
+#[test]
+fn a_template_no_request_could_pass_is_refused_at_load() {
+    for to in [
+        "/v2/../$1",
+        "/v2%2F$1",
+        "/v2 x/$1",
+        "/v2/\\$1",
+        "/v2/%00/$1",
+        "/v2;x/$1",
+        "/v2/ä/$1",
+        "/v2//$1",
+        "/v2/./$1",
+    ] {
+        let e = plugin(&format!("from = '^/r/(.*)$'\nto = '{to}'")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("to"), "{to}");
+    }
+    // Captures count as a segment's worth: `.$1` and `$1$2` are fine.
+    assert!(plugin("from = '^/r/(.*)/(.*)$'\nto = '/v2/.$1/$1$2'").is_ok());
+}

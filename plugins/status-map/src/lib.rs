@@ -54,6 +54,17 @@ fn build(s: &Settings<'_>) -> Result<Box<dyn Plugin>, Error> {
     if body.is_none() && to == from {
         return Err(Error::whole("nothing to map: give `to`, `body` or both"));
     }
+    // 204 and 304 answers have no body: there is none to map from, and none to give one.
+    let bodiless = |s: StatusCode| s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED;
+    if bodiless(from) {
+        return Err(Error::at(
+            "status",
+            format!("{from} answers have no body to map"),
+        ));
+    }
+    if bodiless(to) && body.is_some() {
+        return Err(Error::at("body", format!("a {to} answer has no body")));
+    }
     let body = match body {
         None => None,
         Some(b) => {

@@ -89,3 +89,14 @@ fn settings_mistakes_are_named() {
         Some("bdy")
     );
 }
+
+#[test]
+fn statuses_without_a_body_are_never_given_or_taken_one() {
+    let e = plugin("status = 204\nto = 200\nbody = 'x'").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("status"));
+    assert!(plugin("status = 304\nto = 200").is_err());
+    let e = plugin("status = 404\nto = 204\nbody = 'x'").unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("body"));
+    // To 204 without a body: the answer's own body is not passed on (strangle reframes it).
+    assert!(plugin("status = 200\nto = 204").is_ok());
+}
