@@ -80,6 +80,8 @@ pub struct Server {
     pub default: Option<String>,
     /// `[[server.defaults]]`: per-host defaults, before `default`.
     pub defaults: Vec<hosts::HostDefault>,
+    /// Answers compressed for clients that accept it (off without it).
+    pub compression: Option<policy::Compression>,
     pub grace_period: Duration,
     pub keepalive_timeout: Duration,
     pub header_timeout: Duration,

@@ -22,6 +22,35 @@ pub struct Policy {
     /// Client addresses (the trusted one) let in, when any is listed; and those kept out.
     pub allow_ips: Vec<Cidr>,
     pub deny_ips: Vec<Cidr>,
+    /// `compress = false`: its answers are never compressed (`[server] compression`).
+    pub compress: bool,
+}
+
+/// `[server] compression`: answers compressed for clients that accept gzip, brotli or zstd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// 1 (fast) to 9 (small); brotli and zstd take it as theirs.
+    pub level: u32,
+    /// Answers with a known length under this pass as they are.
+    pub min_size: u64,
+    /// Content types compressed: `type/subtype` or `type/*`, lower case.
+    pub types: Vec<String>,
+}
+
+impl Compression {
+    /// Whether answers of this content type are compressed.
+    pub fn takes(&self, content_type: &str) -> bool {
+        let ct = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        self.types.iter().any(|t| match t.strip_suffix("/*") {
+            Some(major) => ct.split('/').next() == Some(major) && ct.contains('/'),
+            None => *t == ct,
+        })
+    }
 }
 
 impl Policy {
@@ -72,6 +101,65 @@ fn settable(name: &HeaderName) -> bool {
 }
 
 impl Cx<'_> {
+    /// `[server] compression`.
+    pub(super) fn compression(
+        &mut self,
+        raw: &Option<Spanned<super::raw::RawCompression>>,
+    ) -> Option<Compression> {
+        let raw = raw.as_ref()?.get_ref();
+        let level = match &raw.level {
+            Some(_) => self.count(&raw.level, "level", 1, 9, 5) as u32,
+            None => 5,
+        };
+        let min_size = match &raw.min_size {
+            None => 1024,
+            Some(m) => {
+                let text = m.get_ref().as_text();
+                super::capture::bytes(&text).unwrap_or_else(|| {
+                    let hint = Some("a size such as `1KB` or `1024`".into());
+                    self.err_at(m, format!("bad `min-size` `{text}`"), hint);
+                    0
+                })
+            }
+        };
+        let types = match &raw.types {
+            None => [
+                "text/*",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .filter_map(|t| {
+                    let lower = t.get_ref().to_ascii_lowercase();
+                    let ok = lower.split_once('/').is_some_and(|(a, b)| {
+                        !a.is_empty()
+                            && !b.is_empty()
+                            && a != "*"
+                            && (b == "*" || !b.contains('*'))
+                            && !lower.contains([';', ' '])
+                    });
+                    if !ok {
+                        let hint =
+                            Some("a media type such as `application/json`, or `text/*`".into());
+                        self.err_at(t, format!("bad compression type `{}`", t.get_ref()), hint);
+                    }
+                    ok.then_some(lower)
+                })
+                .collect(),
+        };
+        Some(Compression {
+            level,
+            min_size,
+            types,
+        })
+    }
+
     /// A list of CIDR blocks, each checked.
     fn cidr_list(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>, key: &str) -> Vec<Cidr> {
         let Some(list) = list else {
@@ -117,6 +205,7 @@ impl Cx<'_> {
                 }
             });
         Policy {
+            compress: r.compress.as_ref().is_none_or(|c| *c.get_ref()),
             timeout,
             max_body,
             allow_ips: self.cidr_list(&r.allow_ips, "allow-ips"),

@@ -25,6 +25,17 @@ pub struct RawServer {
     pub max_concurrent_streams: Option<S<i64>>,
     pub tls: Option<Vec<S<RawTls>>>,
     pub defaults: Option<Vec<S<RawHostDefault>>>,
+    pub compression: Option<S<RawCompression>>,
+}
+
+/// `[server] compression = { level = 5, min-size = 1024, types = ["text/*"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCompression {
+    pub level: Option<S<i64>>,
+    /// `1024` or `"1KB"`.
+    pub min_size: Option<S<ShiftValue>>,
+    pub types: Option<S<Vec<S<String>>>>,
 }
 
 /// `[[server.defaults]]`: the upstream for requests to these hosts that match no route.
@@ -231,6 +242,7 @@ pub struct RawRoute {
     pub deny_ips: Option<S<Vec<S<String>>>>,
     pub redirect: Option<S<RawRedirect>>,
     pub respond: Option<S<RawRespond>>,
+    pub compress: Option<S<bool>>,
 }
 
 /// `redirect = { to = "https://example.com/new$path", status = 308 }`.

@@ -48,7 +48,9 @@ impl Cx<'_> {
             .collect();
         let tls = self.tls_listeners(raw.tls.unwrap_or_default(), &plain);
         let defaults = self.host_defaults(raw.defaults, upstreams);
+        let compression = self.compression(&raw.compression);
         Some(Server {
+            compression,
             defaults,
             listen: listen
                 .iter()

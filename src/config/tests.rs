@@ -1263,3 +1263,51 @@ redirect = { to = "/a$host" }
         );
     }
 }
+
+#[test]
+fn compression_is_lowered_with_its_defaults_and_its_mistakes_refused() {
+    let base = "[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n[[routes]]\nid = \"r\"\npath = \"/r\"\nlegacy = \"a\"\ncompress = false\n";
+    let c = parse_str(base).unwrap();
+    assert!(c.server.compression.is_none(), "off unless asked for");
+    assert!(!c.routes[0].policy.compress);
+    let c = parse_str(&format!("[server]\ncompression = {{}}\n{base}")).unwrap();
+    let z = c.server.compression.unwrap();
+    assert_eq!((z.level, z.min_size), (5, 1024));
+    assert!(z.takes("text/html; charset=utf-8") && z.takes("Application/JSON"));
+    assert!(!z.takes("image/png") && !z.takes("text") && !z.takes("application/json-seq"));
+    let c = parse_str(&format!(
+        "[server]\ncompression = {{ level = 9, min-size = \"2KB\", types = [\"application/*\"] }}\n{base}"
+    ))
+    .unwrap();
+    let z = c.server.compression.unwrap();
+    assert_eq!((z.level, z.min_size), (9, 2048));
+    assert!(z.takes("application/xml") && !z.takes("text/plain"));
+    let errs = parse_str(&format!(
+        "[server]\ncompression = {{ level = 12, min-size = \"lots\", types = [\"*/*\", \"text\", \"a/b; q=1\"], gzip = true }}\n{base}"
+    ))
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("unknown field `gzip`")),
+        "{errs:#?}"
+    );
+    let errs = parse_str(&format!(
+        "[server]\ncompression = {{ level = 12, min-size = \"lots\", types = [\"*/*\", \"text\", \"a/b; q=1\"] }}\n{base}"
+    ))
+    .unwrap_err()
+    .0;
+    let all: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    for want in [
+        "level",
+        "bad `min-size` `lots`",
+        "bad compression type `*/*`",
+        "bad compression type `text`",
+        "bad compression type `a/b; q=1`",
+    ] {
+        assert!(
+            all.iter().any(|e| e.contains(want)),
+            "{want} not in {all:#?}"
+        );
+    }
+}

@@ -246,12 +246,19 @@ pub(super) async fn serve_lambda(
     } else {
         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     }
-    finish_response(session, ctx, &mut resp)?;
-    ctx.status = resp.status.as_u16();
-    let empty = body.is_empty();
     if let Some(tap) = ctx.shadow.as_mut() {
         tap.body(&body);
     }
+    super::compress::start(session, ctx, &mut resp, true);
+    if ctx.compress.is_some() {
+        let mut data = Some(body);
+        super::compress::body(ctx, &mut data, true);
+        body = data.unwrap_or_default();
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    }
+    finish_response(session, ctx, &mut resp)?;
+    ctx.status = resp.status.as_u16();
+    let empty = body.is_empty();
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
         session.write_response_body(Some(body), true).await?;
@@ -315,6 +322,7 @@ pub(super) async fn serve_signed(
         }
     }
     super::respond::side_response(session, ctx, &mut resp, false)?;
+    super::compress::start(session, ctx, &mut resp, false);
     finish_response(session, ctx, &mut resp)?;
     ctx.status = resp.status.as_u16();
     session.write_response_header(Box::new(resp), false).await?;
@@ -336,7 +344,11 @@ pub(super) async fn serve_signed(
                         if let Some(tap) = ctx.shadow.as_mut() {
                             tap.body(&data);
                         }
-                        session.write_response_body(Some(data), false).await?;
+                        let mut data = Some(data);
+                        super::compress::body(ctx, &mut data, false);
+                        if data.is_some() {
+                            session.write_response_body(data, false).await?;
+                        }
                     }
                 }
             }
@@ -367,6 +379,7 @@ pub(super) async fn serve_signed(
     if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), rest.as_ref()) {
         tap.body(data);
     }
+    super::compress::body(ctx, &mut rest, true);
     session.write_response_body(rest, true).await?;
     Ok(Served::Answered)
 }

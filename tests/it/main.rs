@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod bypass;
 mod capture;
+mod compression;
 mod dashboard;
 mod drain;
 mod emf;
