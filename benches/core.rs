@@ -11,7 +11,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, Method};
 use strangle::routing::{
-    canonicalize, Cond, Conditions, HostPattern, PathMatch, PathParams, Query, RouteKey, RouteTable,
+    canonicalize, Cond, Conditions, HostPattern, PathMatch, PathParams, Query, QueryParams,
+    RouteKey, RouteTable,
 };
 use strangle::split::{bucket, route_seed, side_for, KeyValue, Shift, StickyKey};
 
@@ -77,6 +78,7 @@ fn host_lookup(c: &mut Criterion) {
     headers.insert("accept", "application/json".parse().expect("a value"));
     headers.insert("x-api-version", "1".parse().expect("a value"));
     let path = "/api/v2/service-98/items/42";
+    let params = QueryParams::new("page=2");
     for conditions in [false, true] {
         let t = hosted_table(conditions);
         let name = if conditions { "conditions" } else { "plain" };
@@ -89,7 +91,7 @@ fn host_lookup(c: &mut Criterion) {
                 host,
                 path,
                 method: &Method::GET,
-                head: Some((&headers, "page=2")),
+                head: Some((&headers, &params)),
             };
             g.bench_with_input(BenchmarkId::new(name, what), &q, |b, q| {
                 b.iter(|| t.find(black_box(q)))

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod outbound;
 pub mod plugins;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -204,6 +205,8 @@ pub struct Request {
     /// The request's `x-request-id` (the client's when well formed, else a new one).
     pub request_id: Option<HeaderValue>,
     pub client: Client,
+    /// The server name of the TLS connection the request came on, if it named one.
+    pub sni: Option<Arc<str>>,
     /// The request line's method and target as received.
     pub method: Option<http::Method>,
     pub path: Option<RequestPath>,
@@ -228,6 +231,7 @@ impl Request {
             start: Instant::now(),
             request_id: None,
             client: Client::default(),
+            sni: None,
             method: None,
             path: None,
             route: None,
@@ -258,6 +262,7 @@ impl Request {
             self.trace = Some(RequestTrace::start(policy, incoming));
         }
         self.client = decide::client(&self.snap, inbound.head, inbound.peer);
+        self.sni = inbound.sni.clone();
         self.path = Some(guard::check(&self.snap, inbound)?);
         Ok(())
     }
@@ -268,7 +273,14 @@ impl Request {
         let Some(path) = &self.path else {
             return Err(Refusal::new(500, "decide before guard"));
         };
-        let decided = decide::decide(&self.snap, head, path.routed(), &self.client).await;
+        let decided = decide::decide(
+            &self.snap,
+            head,
+            path.routed(),
+            &self.client,
+            self.sni.as_deref(),
+        )
+        .await;
         match decided {
             Ok(d) => {
                 self.route = d.route;
@@ -399,7 +411,7 @@ impl Request {
         head: &http::request::Parts,
         route: usize,
     ) -> Result<(), Box<strangle_plugin::Answer>> {
-        let host = decide::request_host(head);
+        let host = decide::request_host(head).or(self.sni.as_deref().map(Cow::Borrowed));
         let routes = &self.snap.config.routes;
         let guarded_elsewhere = |p: &str| {
             decide::route_for(&self.snap, head, p, host.as_deref()).is_some_and(|i| {

@@ -320,6 +320,15 @@ impl ProxyHttp for Strangle {
         outbound::apply(up, &out);
         if let Some(host) = ctx.http_upstream().and_then(|h| h.host_header.clone()) {
             up.insert_header(header::HOST, host)?;
+        } else if !up.headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may name no host; the upstream is spoken to in HTTP/1.1, which
+            // needs one: the TLS server name, else the address it is sent to.
+            let host = match (&ctx.req.sni, ctx.attempt.peer_addr) {
+                (Some(name), _) => name.to_string(),
+                (None, Some(addr)) => addr.to_string(),
+                (None, None) => "localhost".to_string(),
+            };
+            up.insert_header(header::HOST, host)?;
         }
         if ctx.hold_request_body(session) {
             up.remove_header(&header::CONTENT_LENGTH);

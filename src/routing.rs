@@ -18,7 +18,7 @@ pub mod when;
 
 pub use host::{ByHost, HostPattern};
 pub use path::*;
-pub use when::{Cond, Conditions};
+pub use when::{Cond, Conditions, QueryParams};
 
 /// How a route's path is compared with the request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,7 +105,7 @@ pub struct Query<'a> {
     pub method: &'a Method,
     /// The headers and query (without `?`) conditions are judged on; `None`: no route with
     /// conditions matches.
-    pub head: Option<(&'a http::HeaderMap, &'a str)>,
+    pub head: Option<(&'a http::HeaderMap, &'a QueryParams<'a>)>,
 }
 
 impl<'a> Query<'a> {

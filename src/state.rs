@@ -16,10 +16,12 @@ use arc_swap::ArcSwap;
 mod bounded;
 mod overrides;
 mod restart;
+mod running;
 pub use bounded::run_bounded;
 pub use overrides::Overrides;
 pub use restart::restart_only_changes;
 use restart::warn_on_restart_only_changes;
+use running::Running;
 
 use crate::auth::Verifier;
 use crate::config::{self, Config, Route};
@@ -179,12 +181,13 @@ impl Snapshot {
             .collect();
         let table = RouteTable::new(config.routes.iter().map(Route::key).collect());
         let default = get(&config.server.default);
-        let mut host_defaults = ByHost::new(None);
-        for d in &config.server.defaults {
-            for h in &d.hosts {
-                *host_defaults.entry(h, || None) = get(&Some(d.upstream.clone()));
-            }
-        }
+        let host_defaults = (config.server.defaults.iter())
+            .flat_map(|d| {
+                d.hosts
+                    .iter()
+                    .map(|h| (h, upstreams.get(&d.upstream).cloned()))
+            })
+            .collect();
         let trace = config.telemetry.otlp.as_ref().map(|o| {
             TracePolicy::propagating(o.sample_ratio, o.trust_incoming, o.tracecontext, o.xray)
         });
@@ -575,26 +578,6 @@ fn shifts(config: &Config) -> Vec<(String, String)> {
         .iter()
         .map(|r| (r.id.clone(), r.shift.to_string()))
         .collect()
-}
-
-/// Marks a reload as running while it lives.
-struct Running<'a>(&'a Mutex<Option<SystemTime>>);
-
-impl<'a> Running<'a> {
-    fn start(slot: &'a Mutex<Option<SystemTime>>) -> Running<'a> {
-        if let Ok(mut s) = slot.lock() {
-            *s = Some(SystemTime::now());
-        }
-        Running(slot)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = None;
-        }
-    }
 }
 
 /// The directory to watch and the file name within it for a config path.

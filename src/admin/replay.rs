@@ -191,11 +191,12 @@ fn copy_of(record: &Record, snap: &crate::state::Snapshot, route: usize) -> Resu
         .to_str()
         .ok()
         .and_then(crate::routing::host::normalize);
+    let params = crate::routing::QueryParams::new(r.query.strip_prefix('?').unwrap_or(&r.query));
     let routed = snap.table.find(&crate::routing::Query {
         host: named.as_deref(),
         path: &r.path,
         method: &method,
-        head: Some((&headers, r.query.strip_prefix('?').unwrap_or(&r.query))),
+        head: Some((&headers, &params)),
     });
     if routed != Some(route) {
         return Err(format!(

@@ -42,9 +42,10 @@ impl Cx<'_> {
             self.err_at(list, format!("`{key}` is empty"), hint);
         }
         let mut out: Vec<HostPattern> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for h in list.get_ref() {
             match HostPattern::parse(h.get_ref()) {
-                Ok(p) if out.contains(&p) => {
+                Ok(p) if !seen.insert(p.clone()) => {
                     self.err_at(h, format!("host `{p}` is listed twice"), None);
                 }
                 Ok(p) => out.push(p),
@@ -119,12 +120,13 @@ impl Cx<'_> {
         upstreams: &BTreeMap<String, Upstream>,
     ) -> Vec<HostDefault> {
         let mut out: Vec<HostDefault> = Vec::new();
+        let mut taken = std::collections::HashSet::new();
         for d in raw.into_iter().flatten() {
             let d = d.into_inner();
             self.check_upstream_ref(&d.upstream, upstreams);
             let hosts = self.host_list(&d.hosts, "hosts");
             for h in &hosts {
-                if out.iter().any(|o| o.hosts.contains(h)) {
+                if !taken.insert(h.clone()) {
                     let hint = Some("each host has one default: remove it from one entry".into());
                     self.err_at(&d.hosts, format!("host `{h}` has two defaults"), hint);
                 }

@@ -272,11 +272,12 @@ impl Cx<'_> {
         let to = raw.to.get_ref();
         // What the template gives with a path and query in must be a header value; the
         // variables are all it may take from the request.
-        let sample = to.replace("$path", "/p").replace("$query", "?q");
-        let scheme_ok = to.starts_with('/') && !to.starts_with("//")
-            || to.starts_with("https://")
-            || to.starts_with("http://");
-        if HeaderValue::from_str(&sample).is_err() || !scheme_ok || sample.contains('$') {
+        // Judged on what it gives (`/$path` is `//host/...`: another site).
+        let sample = location(to, "/p", "?q");
+        let scheme_ok = sample.starts_with('/') && !sample.starts_with("//")
+            || sample.starts_with("https://")
+            || sample.starts_with("http://");
+        if HeaderValue::from_str(&sample).is_err() || !scheme_ok || sample.contains(['$', '\\']) {
             let hint = Some("a path (`/new$path`) or an absolute http(s) URL; `$path` and `$query` are the only variables".into());
             self.err_at(&raw.to, format!("bad redirect `to` `{to}`"), hint);
             return None;
@@ -328,7 +329,25 @@ impl Cx<'_> {
     }
 }
 
-/// A redirect's `Location`: the template with the request's canonical path and query.
+/// A redirect's `Location`: the template with the request's canonical path and query, in one
+/// pass (what they bring is never read as a variable).
 pub fn location(to: &str, path: &str, query: &str) -> String {
-    to.replace("$path", path).replace("$query", query)
+    let mut out = String::with_capacity(to.len() + path.len() + query.len());
+    let mut rest = to;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(r) = after.strip_prefix("$path") {
+            out.push_str(path);
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("$query") {
+            out.push_str(query);
+            rest = r;
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -306,6 +306,7 @@ impl Cx<'_> {
     /// (the client chooses it) falls through to a route for any host or a default, without
     /// auth unless one of those has the same.
     fn warn_host_bound_auth(&mut self, routes: &[Route], id_spans: &[usize], server: &Server) {
+        self.warn_chosen_routes(routes, id_spans);
         for (r, &at) in routes.iter().zip(id_spans) {
             if r.auth.is_none() || r.hosts.is_empty() {
                 continue;
@@ -336,6 +337,45 @@ impl Cx<'_> {
                     "add a route for `{}` with the same `auth` and no `hosts`, if the monolith serves it on every host",
                     r.path
                 )),
+            );
+        }
+    }
+
+    /// A route the client picks by what it sends (its `hosts`, its `when`) comes before a route
+    /// for any request on the same paths: when that one has `auth` and the picked one not the
+    /// same, any client can choose its way past that auth.
+    fn warn_chosen_routes(&mut self, routes: &[Route], id_spans: &[usize]) {
+        let covers = |outer: &Route, inner: &Route| {
+            outer.path == inner.path
+                || outer.kind == PathMatch::Prefix
+                    && (outer.path == "/" || inner.path.starts_with(&format!("{}/", outer.path)))
+        };
+        let guarded: Vec<&Route> = routes
+            .iter()
+            .filter(|g| g.auth.is_some() && g.hosts.is_empty() && g.when.is_none())
+            .collect();
+        for (r, &at) in routes.iter().zip(id_spans) {
+            if r.hosts.is_empty() && r.when.is_none() {
+                continue;
+            }
+            let Some(g) = guarded
+                .iter()
+                .find(|g| g.auth != r.auth && (covers(r, g) || covers(g, r)))
+            else {
+                continue;
+            };
+            let by = if r.hosts.is_empty() {
+                "its `when` conditions"
+            } else {
+                "its `hosts`"
+            };
+            self.warn(
+                at,
+                format!(
+                    "route `{}` comes before route `{}` on `{}` for requests that match {by}, which the client sends: they skip `{}`'s auth",
+                    r.id, g.id, g.path, g.id
+                ),
+                Some(format!("give route `{}` the same `auth` as `{}`", r.id, g.id)),
             );
         }
     }

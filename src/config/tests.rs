@@ -1144,6 +1144,24 @@ hosts = ["api.example.com"]
         .warnings
         .iter()
         .any(|w| w.message.contains("for its hosts only")));
+    // The other way: a route the client picks (by Host or a header) without the auth of the
+    // route it comes before.
+    for picked in [
+        "hosts = [\"legacy.example\"]",
+        "when = { header = { \"x-api-version\" = \"2\" } }",
+    ] {
+        let text = format!(
+            "{base}\n[[routes]]\nid = \"all\"\npath = \"/\"\nlegacy = \"a\"\nauth = \"users\"\n[[routes]]\nid = \"site\"\npath = \"/\"\nlegacy = \"a\"\n{picked}\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w
+                .message
+                .contains("route `site` comes before route `all` on `/`")),
+            "{picked}: {:#?}",
+            c.warnings
+        );
+    }
 }
 
 #[test]
@@ -1173,6 +1191,11 @@ methods = ["POST"]
 respond = { status = 503, body = "later", headers = { "Retry-After" = "60" } }
 "#;
     let c = parse_str(good).unwrap();
+    // What a path or query brings is never read as a variable.
+    assert_eq!(
+        policy::location("https://n.example$path$query", "/go/$query", "?x=1"),
+        "https://n.example/go/$query?x=1"
+    );
     let p = &c.routes[0].policy;
     assert_eq!(p.timeout, Some(Duration::from_secs(5)));
     assert_eq!(p.max_body, Some(10 << 20));
@@ -1239,6 +1262,11 @@ redirect = { to = "javascript:alert(1)" }
 id = "r7"
 path = "/r7"
 redirect = { to = "/a$host" }
+
+[[routes]]
+id = "r9"
+path = "/r9"
+redirect = { to = "/$path" }
 "#;
     let errs = parse_str(bad).unwrap_err().0;
     let all: Vec<String> = errs.iter().map(|e| e.message.clone()).collect();
@@ -1256,6 +1284,7 @@ redirect = { to = "/a$host" }
         "a route either redirects or responds, not both",
         "bad redirect `to` `javascript:alert(1)`",
         "bad redirect `to` `/a$host`",
+        "bad redirect `to` `/$path`",
     ] {
         assert!(
             all.iter().any(|e| e.contains(want)),

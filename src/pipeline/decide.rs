@@ -16,7 +16,7 @@ use super::{Client, Decision, Refusal};
 use crate::auth::{claim_matches, claim_text, AuthError, Claims, Verifier};
 use crate::config::policy::{location, Fixed};
 use crate::limits::{Limited, RateLimiter};
-use crate::routing::{PathParams, Query};
+use crate::routing::{PathParams, Query, QueryParams};
 use crate::split::{self, KeyValue, Side, StickyKey};
 use crate::state::{LiveRoute, Snapshot};
 
@@ -38,9 +38,11 @@ pub async fn decide(
     head: &Parts,
     path: &str,
     client: &Client,
+    sni: Option<&str>,
 ) -> Result<Decision, Refusal> {
+    // A request that names no host (HTTP/1.0) is for the name its TLS connection was made for.
     let host = if snap.table.has_hosts() || snap.host_defaults.has_hosts() {
-        request_host(head)
+        request_host(head).or(sni.map(Cow::Borrowed))
     } else {
         None
     };
@@ -149,12 +151,12 @@ pub fn route_for(snap: &Snapshot, head: &Parts, path: &str, host: Option<&str>) 
         PathParams::Reject => Cow::Borrowed(path),
         PathParams::Keep => crate::routing::without_params(path),
     };
-    let conditions = table.has_conditions();
+    let params = QueryParams::new(head.uri.query().unwrap_or(""));
     table.find(&Query {
         host,
         path: &path,
         method: &head.method,
-        head: conditions.then(|| (&head.headers, head.uri.query().unwrap_or(""))),
+        head: table.has_conditions().then_some((&head.headers, &params)),
     })
 }
 

@@ -24,7 +24,7 @@ use super::{aws, https, pool, Ctx};
 use crate::client::HttpsClient;
 use crate::config::shadow::Shadow;
 use crate::lambda::{event, Caller};
-use crate::pipeline::plugins::PingoraResponse;
+use crate::pipeline::plugins::{self, PingoraResponse};
 use crate::shadow::compare::Answer;
 use crate::shadow::{Capture, Copy, Job, Sender};
 use crate::split::Side;
@@ -176,15 +176,8 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     let req = session.req_header();
     // The other side's plugins make the copy from what the client sent; one that would answer
     // the request itself leaves nothing to compare.
-    let forward = match ctx.req.plugins_for(req, side == Side::Legacy) {
-        Ok(f) => f,
-        Err(_) => {
-            snap.shadows
-                .route(&live.id)
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
+    let Ok(forward) = ctx.req.plugins_for(req, side == Side::Legacy) else {
+        return drop_copy(snap, &live.id);
     };
     let plugins = Arc::clone(
         snap.config.routes[route]
@@ -194,18 +187,11 @@ pub(super) fn submit(session: &mut Session, ctx: &mut Ctx, status: u16, failed: 
     let mut body = tap.request.split().freeze();
     // Its body as the other side's body plugins make it, as a client's would be.
     if let Some(f) = forward.as_deref() {
-        let held = crate::pipeline::plugins::hold_request_body(&plugins, &req.method, f, None);
-        match held.map(|mut held| held.whole(&body)) {
-            Some(Ok(Some(made))) => body = made,
+        let held = plugins::hold_request_body(&plugins, &req.method, f, None);
+        match plugins::made_whole(held, &body) {
+            Ok(made) => body = made.unwrap_or(body),
             // No room to make it as the other side's plugins would: no copy.
-            Some(Err(_)) => {
-                snap.shadows
-                    .route(&live.id)
-                    .dropped
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
-            }
-            _ => {}
+            Err(_) => return drop_copy(snap, &live.id),
         }
     }
     let (mut headers, forward_path) = match forward {
@@ -516,6 +502,14 @@ impl Engine {
     }
 }
 
+/// A copy not made after all, counted as dropped.
+fn drop_copy(snap: &crate::state::Snapshot, route: &str) {
+    snap.shadows
+        .route(route)
+        .dropped
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A copy's whole answer body as its side's body plugins make it, as a client's would be
 /// (`original`: the side's own status; `headers`: the answer as the response hooks left it).
 /// A body cut at the capture's cap stays as it is.
@@ -529,12 +523,11 @@ fn dress_body(
         return;
     }
     let status = http::StatusCode::from_u16(answer.status).unwrap_or(original);
-    let held = crate::pipeline::plugins::hold_body(&copy.plugins, original, status, headers);
-    match held.map(|mut held| held.whole(&answer.body)) {
-        Some(Ok(Some(made))) => answer.body = made,
+    let held = plugins::hold_body(&copy.plugins, original, status, headers);
+    match plugins::made_whole(held, &answer.body) {
+        Ok(made) => answer.body = made.unwrap_or_else(|| answer.body.clone()),
         // No room to dress it: compared as it came, and marked so.
-        Some(Err(_)) => answer.truncated = true,
-        _ => {}
+        Err(_) => answer.truncated = true,
     }
 }
 

@@ -121,6 +121,17 @@ impl<T: Default> Default for ByHost<T> {
     }
 }
 
+/// Values for hosts (none for any host), from patterns and values.
+impl<'a, T> FromIterator<(&'a HostPattern, Option<T>)> for ByHost<Option<T>> {
+    fn from_iter<I: IntoIterator<Item = (&'a HostPattern, Option<T>)>>(iter: I) -> Self {
+        let mut by = ByHost::new(None);
+        for (pattern, value) in iter {
+            *by.entry(pattern, || None) = value;
+        }
+        by
+    }
+}
+
 impl<T> ByHost<T> {
     pub fn new(any: T) -> Self {
         ByHost {

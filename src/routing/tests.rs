@@ -389,7 +389,7 @@ fn a_route_with_conditions_beats_the_same_path_without_when_they_hold() {
             host: None,
             path: "/bookings/1",
             method: &Method::GET,
-            head: Some((&h, query)),
+            head: Some((&h, &QueryParams::new(query))),
         })
     };
     assert_eq!(find(&[], ""), Some(0));

@@ -1,7 +1,48 @@
 //! A route's conditions on the request head (`when = { header = { "x-api-version" = "2" },
 //! query = { beta = "1" } }`): every one must hold for the route to match.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::HashMap;
+
 use http::{HeaderMap, HeaderName};
+
+/// A request's query as conditions judge it: parsed once, when a condition first asks, into
+/// each name's count and value (percent-decoded, `+` a space), so that any number of routes
+/// with conditions cost one pass over it.
+pub struct QueryParams<'a> {
+    raw: &'a str,
+    parsed: OnceCell<Counted<'a>>,
+}
+
+/// Each query name's count and last value.
+type Counted<'a> = HashMap<Cow<'a, str>, (usize, Cow<'a, str>)>;
+
+impl<'a> QueryParams<'a> {
+    /// `raw`: the query without its `?`.
+    pub fn new(raw: &'a str) -> QueryParams<'a> {
+        QueryParams {
+            raw,
+            parsed: OnceCell::new(),
+        }
+    }
+
+    /// How many times `name` is given, and its (last) value.
+    fn get(&self, name: &str) -> (usize, Option<&str>) {
+        let parsed = self.parsed.get_or_init(|| {
+            let mut map = Counted::new();
+            for (k, v) in form_urlencoded::parse(self.raw.as_bytes()) {
+                let e = map.entry(k).or_insert((0, Cow::Borrowed("")));
+                *e = (e.0 + 1, v);
+            }
+            map
+        });
+        match parsed.get(name) {
+            Some((n, v)) => (*n, Some(v)),
+            None => (0, None),
+        }
+    }
+}
 
 /// What one condition asks of a header or a query parameter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,23 +97,16 @@ impl Conditions {
         self.headers.is_empty() && self.query.is_empty()
     }
 
-    /// Whether every condition holds for a request's headers and query (without its `?`).
-    pub fn hold(&self, headers: &HeaderMap, query: &str) -> bool {
+    /// Whether every condition holds for a request's headers and query.
+    pub fn hold(&self, headers: &HeaderMap, query: &QueryParams<'_>) -> bool {
         self.headers.iter().all(|(name, cond)| {
             let mut values = headers.get_all(name).iter();
             let first = values.next();
             let count = first.map_or(0, |_| 1 + values.count());
             cond.holds(count, first.map(|v| v.as_bytes()))
         }) && self.query.iter().all(|(name, cond)| {
-            let mut count = 0;
-            let mut only = None;
-            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-                if k == name.as_str() {
-                    count += 1;
-                    only = Some(v);
-                }
-            }
-            cond.holds(count, only.as_deref().map(str::as_bytes))
+            let (count, value) = query.get(name);
+            cond.holds(count, value.map(str::as_bytes))
         })
     }
 

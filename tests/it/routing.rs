@@ -397,3 +397,46 @@ fn header_and_query_conditions_pick_a_canary_route() {
     assert_eq!(body, "beta");
     assert_eq!(v2.seen().len(), 2);
 }
+
+#[test]
+fn an_http10_request_without_host_still_reaches_the_upstream_with_one() {
+    let mono = Backend::start("monolith");
+    let proxy = Proxy::start(
+        &Config::new()
+            .default("monolith")
+            .upstream("monolith", &mono.addr())
+            .build(),
+    );
+    let r = send_once(proxy.port, b"GET /x HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    let seen = mono.seen().pop().unwrap();
+    assert_eq!(seen.header("host"), Some(mono.addr().as_str()));
+}
+
+#[test]
+fn many_query_conditions_judge_one_parse_of_the_query() {
+    // 200 routes on one path, each with a query condition: a request with a long query of
+    // empty parameters is routed (its query parsed once, not once per route).
+    let (mono, chosen) = (Backend::start("monolith"), Backend::start("chosen"));
+    let mut config = Config::new()
+        .default("monolith")
+        .upstream("monolith", &mono.addr())
+        .upstream("chosen", &chosen.addr());
+    for i in 0..200 {
+        let side = if i == 150 { "chosen" } else { "monolith" };
+        config = config.route(&format!("t{i}"), "/api", |r| {
+            r.legacy(side)
+                .toml("when", &format!("{{ query = {{ tenant = \"t{i}\" }} }}"))
+        });
+    }
+    let proxy = Proxy::start(&config.build());
+    let query = "&".repeat(30_000);
+    let r = get(proxy.port, &format!("/api?{query}&tenant=t150"), &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "chosen"));
+    let r = get(
+        proxy.port,
+        &format!("/api?{query}&tenant=t150&tenant=t150"),
+        &[],
+    );
+    assert_eq!(r.text(), "monolith", "given twice: no condition holds");
+}
