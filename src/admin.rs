@@ -101,6 +101,13 @@ pub enum AdminError {
         now: Shift,
         expected: Shift,
     },
+    /// The fleet's ConfigMap could not be written (`conflict`: it kept changing under it).
+    #[error("the shift could not be written into the ConfigMap {configmap}: {why}")]
+    ConfigMap {
+        configmap: String,
+        why: String,
+        conflict: bool,
+    },
 }
 
 impl AdminError {
@@ -114,7 +121,9 @@ impl AdminError {
                 | edit::EditError::Lock { .. },
             )
             | AdminError::Overwritten { .. }
-            | AdminError::Stale { .. } => StatusCode::CONFLICT,
+            | AdminError::Stale { .. }
+            | AdminError::ConfigMap { conflict: true, .. } => StatusCode::CONFLICT,
+            AdminError::ConfigMap { .. } => StatusCode::BAD_GATEWAY,
             AdminError::Edit(edit::EditError::NoSuchRoute { .. }) => StatusCode::NOT_FOUND,
             AdminError::Edit(edit::EditError::Invalid(_)) | AdminError::Reload(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -147,6 +156,11 @@ pub async fn apply(
                     known: known.join(", "),
                 });
             };
+            // Replicas that load their config from a ConfigMap: the shift goes there, for all
+            // of them (each reloads it when the kubelet updates its mounted file).
+            if let Some(target) = &snap.config.admin.kubernetes {
+                return fleet::shift_in_configmap(live, target, &route, shift, expect, who).await;
+            }
             let from = r.shift;
             if let Some(expected) = expect.filter(|e| *e != from) {
                 return Err(AdminError::Stale {

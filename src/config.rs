@@ -109,6 +109,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// Several replicas, one rollout decision (`[admin.fleet]`).
     pub fleet: Option<fleet::Fleet>,
+    /// Several replicas from one ConfigMap: shifts are written there (`kubernetes-configmap`).
+    pub kubernetes: Option<fleet::ShiftTarget>,
 }
 
 impl fmt::Debug for Admin {
@@ -118,6 +120,7 @@ impl fmt::Debug for Admin {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("fleet", &self.fleet)
+            .field("kubernetes", &self.kubernetes)
             .finish()
     }
 }

@@ -9,7 +9,7 @@
 //! Lease (an annotation), so the replica that takes over goes on where it was.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -20,7 +20,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::config::fleet::Fleet;
 use crate::rollout::Counters;
 
 /// The annotation of the Lease that holds the rollouts' state.
@@ -40,13 +39,14 @@ pub struct Kube {
 }
 
 impl Kube {
-    /// The API server named by `api`, or the in-cluster one; TLS trusts the cluster's CA.
-    pub fn new(fleet: &Fleet) -> Result<Kube, String> {
-        let api = match &fleet.api {
-            Some(api) => api.clone(),
+    /// The API server named by `api`, or the in-cluster one; TLS trusts the cluster's CA
+    /// (`ca_file`); calls carry the service account's token (`token_file`, read each time).
+    pub fn new(api: Option<&str>, token_file: &Path, ca_file: &Path) -> Result<Kube, String> {
+        let api = match api {
+            Some(api) => api.to_string(),
             None => {
                 let host = std::env::var("KUBERNETES_SERVICE_HOST")
-                    .map_err(|_| "not in a cluster ($KUBERNETES_SERVICE_HOST is unset): set [admin.fleet] api".to_string())?;
+                    .map_err(|_| "not in a cluster ($KUBERNETES_SERVICE_HOST is unset): name the API server ([admin.fleet] api, [admin] kubernetes-api)".to_string())?;
                 let port =
                     std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
                 let host = if host.contains(':') {
@@ -59,17 +59,12 @@ impl Kube {
         };
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let https = if api.starts_with("https://") {
-            let pem = std::fs::read(&fleet.ca_file).map_err(|e| {
-                format!(
-                    "cannot read the cluster CA {}: {e}",
-                    fleet.ca_file.display()
-                )
-            })?;
+            let pem = std::fs::read(ca_file)
+                .map_err(|e| format!("cannot read the cluster CA {}: {e}", ca_file.display()))?;
             let mut roots = rustls::RootCertStore::empty();
             use rustls::pki_types::pem::PemObject as _;
             for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert =
-                    cert.map_err(|e| format!("bad PEM in {}: {e}", fleet.ca_file.display()))?;
+                let cert = cert.map_err(|e| format!("bad PEM in {}: {e}", ca_file.display()))?;
                 roots
                     .add(cert)
                     .map_err(|e| format!("bad CA certificate: {e}"))?;
@@ -95,7 +90,7 @@ impl Kube {
         };
         Ok(Kube {
             api,
-            token_file: fleet.token_file.clone(),
+            token_file: token_file.to_path_buf(),
             client: Client::builder(TokioExecutor::new()).build(https),
         })
     }

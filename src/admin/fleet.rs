@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::rollout::{record, ROLLOUT};
-use crate::config::fleet::Fleet;
+use crate::config::fleet::{Fleet, ShiftTarget};
 use crate::fleet::{config_text, gather, Kube};
 use crate::rollout::{Change, Counters, FleetView, Tick};
+use crate::split::Shift;
 use crate::state::Live;
 
 /// The fleet's client and who this replica is.
@@ -35,7 +36,7 @@ impl Member {
             })
             .unwrap_or_else(|| format!("strangle-{}", std::process::id()));
         Ok(Member {
-            kube: Kube::new(fleet)?,
+            kube: Kube::new(fleet.api.as_deref(), &fleet.token_file, &fleet.ca_file)?,
             identity,
         })
     }
@@ -87,7 +88,7 @@ impl Member {
         if snap.config.routes.iter().all(|r| r.rollout.is_none()) {
             return Ok(());
         }
-        let key = key(live, fleet);
+        let key = config_key(live, fleet.key.as_ref());
         let configmap = self.kube.configmap(&fleet.configmap).await?;
         let text = config_text(&configmap, &key)
             .ok_or_else(|| format!("the ConfigMap has no key `{key}`"))?
@@ -137,7 +138,7 @@ impl Member {
         let text = format!("{} -> {}: {}", change.from, change.to, change.reason);
         tracing::info!(route = %change.route, event = change.event, "rollout (fleet): {text}");
         record(live, &ROLLOUT, &change.route, change.event, &text);
-        let key = key(live, fleet);
+        let key = config_key(live, fleet.key.as_ref());
         let mut last = String::new();
         for _ in 0..3 {
             match self.try_write(live, fleet, &key, change).await {
@@ -165,34 +166,137 @@ impl Member {
         key: &str,
         change: &Change,
     ) -> Result<bool, String> {
-        let mut configmap = self.kube.configmap(&fleet.configmap).await?;
-        let text = config_text(&configmap, key).ok_or_else(|| format!("no key `{key}`"))?;
-        let now = crate::edit::shift_in_text(text, &change.route);
-        if now != Some(change.from) {
-            return Err(format!(
-                "the ConfigMap has {} for `{}`, not {} as when the step was decided",
-                now.map_or("no route".to_string(), |s| s.to_string()),
-                change.route,
+        let route = &change.route;
+        match write_shift(
+            &self.kube,
+            live,
+            &fleet.configmap,
+            key,
+            route,
+            Some(change.from),
+            change.to,
+        )
+        .await
+        {
+            Ok(Written::Done(_)) => Ok(true),
+            Ok(Written::Conflict) => Ok(false),
+            Err(ShiftWrite::Stale(now)) => Err(format!(
+                "the ConfigMap has {now} for `{route}`, not {} as when the step was decided",
                 change.from
-            ));
+            )),
+            Err(ShiftWrite::NoRoute) => Err(format!("the ConfigMap has no route `{route}`")),
+            Err(ShiftWrite::Failed(e)) => Err(e),
         }
-        let (edited, _) =
-            crate::edit::set_shift_in_text(&live.path, text, &change.route, change.to)
-                .map_err(|e| e.to_string())?;
-        // Never hand the fleet a config it would refuse.
-        let base = live.path.parent().unwrap_or(std::path::Path::new("."));
-        crate::config::parse(key, &edited, base)
-            .map_err(|e| format!("the edited config is invalid: {e}"))?;
-        configmap["data"][key] = serde_json::Value::String(edited);
-        self.kube
-            .replace_configmap(&fleet.configmap, &configmap)
-            .await
+    }
+}
+
+/// `PUT /routes/{id}/shift` when the replicas' config comes from a ConfigMap: the shift is
+/// written there (read again and written again on a conflict, a few times), so every replica
+/// gets the same one.
+pub(super) async fn shift_in_configmap(
+    live: &Arc<Live>,
+    target: &ShiftTarget,
+    route: &str,
+    to: Shift,
+    expect: Option<Shift>,
+    who: &str,
+) -> Result<serde_json::Value, super::AdminError> {
+    let name = format!("{}/{}", target.configmap.0, target.configmap.1);
+    let failed = |why: String, conflict: bool| super::AdminError::ConfigMap {
+        configmap: name.clone(),
+        why,
+        conflict,
+    };
+    let kube = Kube::new(target.api.as_deref(), &target.token_file, &target.ca_file)
+        .map_err(|e| failed(e, false))?;
+    let key = config_key(live, target.key.as_ref());
+    for _ in 0..3 {
+        match write_shift(&kube, live, &target.configmap, &key, route, expect, to).await {
+            Ok(Written::Done(from)) => {
+                tracing::info!(route, %from, %to, client = %who, configmap = %name, "shift written to the ConfigMap");
+                return Ok(serde_json::json!({
+                    "route": route, "from": from.to_string(), "to": to.to_string(),
+                    "file": format!("ConfigMap {name} (key {key}); every replica applies it when its mounted file updates"),
+                    "configmap": name,
+                }));
+            }
+            Ok(Written::Conflict) => continue,
+            Err(ShiftWrite::Stale(now)) => {
+                return Err(super::AdminError::Stale {
+                    route: route.to_string(),
+                    now,
+                    expected: expect.unwrap_or(now),
+                })
+            }
+            Err(ShiftWrite::NoRoute) => {
+                return Err(failed(format!("it has no route `{route}`"), false))
+            }
+            Err(ShiftWrite::Failed(e)) => return Err(failed(e, false)),
+        }
+    }
+    Err(failed(
+        "another writer changed it each time it was read (409 three times); try again".into(),
+        true,
+    ))
+}
+
+/// How a shift written into the ConfigMap went.
+pub(super) enum Written {
+    /// Written; the shift it replaced.
+    Done(Shift),
+    /// Another writer changed the ConfigMap since it was read (409): read it again.
+    Conflict,
+}
+
+/// Why a shift was not written into the ConfigMap.
+pub(super) enum ShiftWrite {
+    NoRoute,
+    /// The ConfigMap's shift is this, not the one the change was decided on.
+    Stale(Shift),
+    Failed(String),
+}
+
+/// Writes route `route`'s shift `to` into the ConfigMap's `key`, as it was read (`from`: the
+/// shift the change was decided on, if it must still be that): the same comment-keeping edit
+/// as the file, checked as a config before it goes, and `resourceVersion` kept, so that a
+/// write based on an older ConfigMap is refused by the API server (409) and never overwrites
+/// another's.
+pub(super) async fn write_shift(
+    kube: &Kube,
+    live: &Live,
+    configmap: &(String, String),
+    key: &str,
+    route: &str,
+    from: Option<Shift>,
+    to: Shift,
+) -> Result<Written, ShiftWrite> {
+    let mut object = kube
+        .configmap(configmap)
+        .await
+        .map_err(ShiftWrite::Failed)?;
+    let text = config_text(&object, key)
+        .ok_or_else(|| ShiftWrite::Failed(format!("the ConfigMap has no key `{key}`")))?;
+    let now = crate::edit::shift_in_text(text, route).ok_or(ShiftWrite::NoRoute)?;
+    if from.is_some_and(|f| f != now) {
+        return Err(ShiftWrite::Stale(now));
+    }
+    let (edited, _) = crate::edit::set_shift_in_text(&live.path, text, route, to)
+        .map_err(|e| ShiftWrite::Failed(e.to_string()))?;
+    // Never hand the fleet a config it would refuse.
+    let base = live.path.parent().unwrap_or(std::path::Path::new("."));
+    crate::config::parse(key, &edited, base)
+        .map_err(|e| ShiftWrite::Failed(format!("the edited config is invalid: {e}")))?;
+    object["data"][key] = serde_json::Value::String(edited);
+    match kube.replace_configmap(configmap, &object).await {
+        Ok(true) => Ok(Written::Done(now)),
+        Ok(false) => Ok(Written::Conflict),
+        Err(e) => Err(ShiftWrite::Failed(e)),
     }
 }
 
 /// The ConfigMap key holding the config: `key`, or the config file's name.
-fn key(live: &Live, fleet: &Fleet) -> String {
-    fleet.key.clone().unwrap_or_else(|| {
+pub(super) fn config_key(live: &Live, key: Option<&String>) -> String {
+    key.cloned().unwrap_or_else(|| {
         live.path.file_name().map_or_else(
             || "strangle.toml".into(),
             |n| n.to_string_lossy().into_owned(),

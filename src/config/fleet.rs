@@ -30,13 +30,27 @@ pub struct Fleet {
     pub lease_duration: Duration,
 }
 
+/// Where shifts are written when the replicas' config comes from a ConfigMap (`[admin]
+/// kubernetes-configmap`, or `[admin.fleet]`'s): one shift for the whole fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShiftTarget {
+    /// `(namespace, name)`.
+    pub configmap: (String, String),
+    /// The key that holds the config (`None`: the config file's name).
+    pub key: Option<String>,
+    /// The API server (`None`: in-cluster).
+    pub api: Option<String>,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
 pub const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 impl Cx<'_> {
-    pub(super) fn fleet(&mut self, raw: &Spanned<RawFleet>) -> Fleet {
-        let raw = raw.get_ref();
-        let mut object = |v: &Spanned<String>, what: &str| match v.get_ref().split_once('/') {
+    /// A Kubernetes object named `NAMESPACE/NAME`.
+    fn k8s_object(&mut self, v: &Spanned<String>, what: &str) -> (String, String) {
+        match v.get_ref().split_once('/') {
             Some((ns, name)) if dns_label(ns) && dns_name(name) => {
                 (ns.to_string(), name.to_string())
             }
@@ -47,9 +61,83 @@ impl Cx<'_> {
                 self.err_at(v, format!("bad {what} `{}`", v.get_ref()), hint);
                 (String::new(), String::new())
             }
+        }
+    }
+
+    /// An API server URL.
+    fn k8s_api(&mut self, a: &Spanned<String>, what: &str) -> String {
+        let url = a.get_ref().trim_end_matches('/').to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            let hint = Some("like `https://kubernetes.default.svc`".into());
+            self.err_at(a, format!("bad {what} `{url}`"), hint);
+        }
+        url
+    }
+
+    /// Where shifts go: `[admin] kubernetes-configmap` (the fleet's API server and account
+    /// when there is a fleet, else in-cluster), or the fleet's ConfigMap.
+    pub(super) fn shift_target(
+        &mut self,
+        raw: &super::raw::RawAdmin,
+        fleet: Option<&Fleet>,
+    ) -> Option<ShiftTarget> {
+        let from_fleet = |f: &Fleet| ShiftTarget {
+            configmap: f.configmap.clone(),
+            key: f.key.clone(),
+            api: f.api.clone(),
+            token_file: f.token_file.clone(),
+            ca_file: f.ca_file.clone(),
         };
-        let configmap = object(&raw.configmap, "ConfigMap");
-        let lease = object(&raw.lease, "Lease");
+        let Some(cm) = &raw.kubernetes_configmap else {
+            for (key, given) in [
+                ("kubernetes-api", &raw.kubernetes_api),
+                ("kubernetes-token-file", &raw.kubernetes_token_file),
+                ("kubernetes-ca-file", &raw.kubernetes_ca_file),
+            ] {
+                if let Some(v) = given {
+                    let hint = Some("name the ConfigMap the replicas load their config from: `kubernetes-configmap = \"NAMESPACE/NAME\"`".into());
+                    self.err_at(v, format!("`{key}` without `kubernetes-configmap`"), hint);
+                }
+            }
+            return fleet.map(from_fleet);
+        };
+        let configmap = self.k8s_object(cm, "ConfigMap");
+        if let Some(f) = fleet.filter(|f| f.configmap != configmap && !configmap.0.is_empty()) {
+            let hint = Some(format!(
+                "the fleet's rollout writes {}/{}: name the same ConfigMap, or leave `kubernetes-configmap` out",
+                f.configmap.0, f.configmap.1
+            ));
+            self.err_at(
+                cm,
+                "`kubernetes-configmap` is not the fleet's ConfigMap",
+                hint,
+            );
+        }
+        let api = match &raw.kubernetes_api {
+            Some(a) => Some(self.k8s_api(a, "`kubernetes-api`")),
+            None => fleet.and_then(|f| f.api.clone()),
+        };
+        Some(ShiftTarget {
+            configmap,
+            key: fleet.and_then(|f| f.key.clone()),
+            api,
+            token_file: match (&raw.kubernetes_token_file, fleet) {
+                (Some(p), _) => self.base.join(p.get_ref()),
+                (None, Some(f)) => f.token_file.clone(),
+                (None, None) => PathBuf::from(SERVICE_ACCOUNT).join("token"),
+            },
+            ca_file: match (&raw.kubernetes_ca_file, fleet) {
+                (Some(p), _) => self.base.join(p.get_ref()),
+                (None, Some(f)) => f.ca_file.clone(),
+                (None, None) => PathBuf::from(SERVICE_ACCOUNT).join("ca.crt"),
+            },
+        })
+    }
+
+    pub(super) fn fleet(&mut self, raw: &Spanned<RawFleet>) -> Fleet {
+        let raw = raw.get_ref();
+        let configmap = self.k8s_object(&raw.configmap, "ConfigMap");
+        let lease = self.k8s_object(&raw.lease, "Lease");
         let mut peers = Vec::new();
         for p in raw.peers.get_ref() {
             let text = p.get_ref().trim();
@@ -67,14 +155,7 @@ impl Cx<'_> {
             let hint = Some("list the replicas' admin APIs, like [\"strangle-admin.shop.svc.cluster.local:9901\"]".into());
             self.err_at(&raw.peers, "fleet `peers` is empty", hint);
         }
-        let api = raw.api.as_ref().map(|a| {
-            let url = a.get_ref().trim_end_matches('/').to_string();
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                let hint = Some("like `https://kubernetes.default.svc`".into());
-                self.err_at(a, format!("bad fleet `api` `{url}`"), hint);
-            }
-            url
-        });
+        let api = raw.api.as_ref().map(|a| self.k8s_api(a, "fleet `api`"));
         let path = |v: &Option<Spanned<String>>, default: &str| {
             v.as_ref().map_or_else(
                 || PathBuf::from(SERVICE_ACCOUNT).join(default),

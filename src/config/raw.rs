@@ -80,6 +80,10 @@ pub struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token: Option<S<String>>,
     pub fleet: Option<S<RawFleet>>,
+    pub kubernetes_configmap: Option<S<String>>,
+    pub kubernetes_api: Option<S<String>>,
+    pub kubernetes_token_file: Option<S<String>>,
+    pub kubernetes_ca_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

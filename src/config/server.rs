@@ -164,10 +164,12 @@ impl Cx<'_> {
             );
         }
         let fleet = raw.fleet.as_ref().map(|f| self.fleet(f));
+        let kubernetes = self.shift_target(&raw, fleet.as_ref());
         Admin {
             listen,
             token,
             fleet,
+            kubernetes,
         }
     }
 

@@ -1340,3 +1340,47 @@ fn compression_is_lowered_with_its_defaults_and_its_mistakes_refused() {
         );
     }
 }
+
+#[test]
+fn a_kubernetes_configmap_for_shifts_is_lowered_and_its_mistakes_refused() {
+    let route = "[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n[[routes]]\nid = \"r\"\npath = \"/r\"\nlegacy = \"a\"\n";
+    let c = parse_str(&format!(
+        "[admin]\nkubernetes-configmap = \"shop/strangle\"\n{route}"
+    ))
+    .unwrap();
+    let k = c.admin.kubernetes.unwrap();
+    assert_eq!(k.configmap, ("shop".to_string(), "strangle".to_string()));
+    assert_eq!(k.api, None, "in-cluster");
+    assert!(k.token_file.ends_with("serviceaccount/token"));
+    let c = parse_str(&format!(
+        "[admin]\nkubernetes-configmap = \"shop/strangle\"\nkubernetes-api = \"http://127.0.0.1:1/\"\nkubernetes-token-file = \"t\"\n{route}"
+    ))
+    .unwrap();
+    let k = c.admin.kubernetes.unwrap();
+    assert_eq!(k.api.as_deref(), Some("http://127.0.0.1:1"));
+    assert!(k.token_file.ends_with("t"));
+    assert!(parse_str(route).unwrap().admin.kubernetes.is_none());
+    for (bad, want) in [
+        (
+            "kubernetes-configmap = \"strangle\"",
+            "bad ConfigMap `strangle`",
+        ),
+        ("kubernetes-configmap = \"Shop/x\"", "bad ConfigMap"),
+        (
+            "kubernetes-api = \"http://x\"",
+            "`kubernetes-api` without `kubernetes-configmap`",
+        ),
+        (
+            "kubernetes-configmap = \"a/b\"\nkubernetes-api = \"ftp://x\"",
+            "bad `kubernetes-api`",
+        ),
+    ] {
+        let errs = parse_str(&format!("[admin]\n{bad}\n{route}"))
+            .unwrap_err()
+            .0;
+        assert!(
+            errs.iter().any(|e| e.message.contains(want)),
+            "{bad}: {errs:#?}"
+        );
+    }
+}

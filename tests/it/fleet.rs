@@ -32,6 +32,8 @@ struct Store {
     /// Each shift the ConfigMap was written with, in order.
     shifts: Vec<String>,
     conflicts: u64,
+    /// Writes of the ConfigMap to answer 409 before taking one (another writer came first).
+    interfere: u64,
 }
 
 struct ApiServer {
@@ -146,6 +148,12 @@ async fn answer(
         }
         ("GET", CONFIGMAP) => reply(200, s.configmap.clone()),
         ("PUT", CONFIGMAP) => {
+            if s.interfere > 0 {
+                // Another writer: the ConfigMap moves on before this write lands.
+                s.interfere -= 1;
+                s.version += 1;
+                s.configmap["metadata"]["resourceVersion"] = json!(s.version.to_string());
+            }
             let mut current = s.configmap.clone();
             let r = write(s, &mut current, body);
             if r.status() == 200 {
@@ -350,4 +358,118 @@ rollout = {{ steps = ["10%", "50%", "100%"], interval = "2s", min-requests = 30,
     let lease = api.lease().unwrap();
     assert_ne!(lease["spec"]["holderIdentity"], holder.as_str());
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+/// `strangle shift` on one replica of a fleet whose config comes from a ConfigMap: the shift is
+/// written into the ConfigMap (through the stand-in API server, which enforces
+/// `resourceVersion`; a conflict is read again and retried), and both replicas get it from
+/// their mounted file. Without a cluster here, the API server and the kubelet are stand-ins.
+#[test]
+fn one_shift_reaches_every_replica_through_the_configmap_with_a_conflict_retried() {
+    let legacy = Backend::start("legacy");
+    let (p1, a1, p2, a2) = (free_port(), free_port(), free_port(), free_port());
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mounts = vec![
+        d1.path().join("strangle.toml"),
+        d2.path().join("strangle.toml"),
+    ];
+    let api = ApiServer::start("", mounts.clone());
+    let config = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:${{env:PORT}}"]
+
+[admin]
+listen = "127.0.0.1:${{env:ADMIN_PORT}}"
+token = "{ADMIN_TOKEN}"
+kubernetes-configmap = "shop/strangle"
+kubernetes-api = "http://127.0.0.1:{api}"
+kubernetes-token-file = "{token}"
+
+[upstreams.legacy]
+addresses = ["{legacy}"]
+
+[[routes]]
+id = "flights"
+path = "/flights"
+legacy = "legacy"
+new = "legacy"
+shift = "0%"   # the fleet's shift
+"#,
+        api = api.port,
+        token = token_file.display(),
+        legacy = legacy.addr(),
+    );
+    api.store.lock().unwrap().configmap["data"]["strangle.toml"] = json!(config);
+    let a = replica("strangle-a", &config, d1, p1, a1);
+    let b = replica("strangle-b", &config, d2, p2, a2);
+    // One conflict: the first write is based on a ConfigMap another writer just changed.
+    api.store.lock().unwrap().interfere = 1;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangle"))
+        .args(["shift", "/flights", "25%", "--admin"])
+        .arg(format!("http://127.0.0.1:{a1}"))
+        .args(["--token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("0% -> 25%") && said.contains("ConfigMap shop/strangle"),
+        "{said}"
+    );
+    {
+        let store = api.store.lock().unwrap();
+        assert_eq!(store.conflicts, 1, "the conflict was met");
+        assert_eq!(store.shifts, ["25%"], "and retried once, written once");
+    }
+    assert!(api
+        .config()
+        .contains(r#"shift = "25%"   # the fleet's shift"#));
+    for r in [&a, &b] {
+        eventually(Duration::from_secs(10), "the replica has 25%", || {
+            status_of(r)["routes"][0]["shift"] == "25%"
+        });
+    }
+    // Decided on a stale view (the ConfigMap's shift is 25% now): refused, nothing written.
+    let stale = Client::connect(a2)
+        .request(
+            "PUT",
+            "/routes/flights/shift",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            br#"{"percent": 50, "from": "10%"}"#,
+        )
+        .unwrap();
+    assert_eq!(stale.status, 409, "{}", stale.text());
+    // The ConfigMap changed by every write: after three conflicts it says so (409).
+    api.store.lock().unwrap().interfere = 3;
+    let busy = Client::connect(a2)
+        .request(
+            "PUT",
+            "/routes/flights/shift",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            br#"{"percent": 50}"#,
+        )
+        .unwrap();
+    assert_eq!(busy.status, 409, "{}", busy.text());
+    assert!(busy.text().contains("409 three times"), "{}", busy.text());
+    assert_eq!(api.store.lock().unwrap().shifts, ["25%"]);
+    // The API server refusing the account: 502, never a local edit the fleet would not see.
+    std::fs::write(&token_file, "wrong\n").unwrap();
+    let refused = Client::connect(a1)
+        .request(
+            "PUT",
+            "/routes/flights/shift",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            br#"{"percent": 50}"#,
+        )
+        .unwrap();
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert!(!std::fs::read_to_string(&mounts[0]).unwrap().contains("50%"));
 }
