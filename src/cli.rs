@@ -180,10 +180,15 @@ pub fn shift_file(file: &Path, route: &str, percent: &str) -> anyhow::Result<Str
             )
         })?;
     let old = crate::edit::set_shift_in_file(file, &id, shift)?;
-    Ok(format!(
-        "{id}: {old} -> {shift} (saved to {})",
-        file.display()
-    ))
+    let mut said = format!("{id}: {old} -> {shift} (saved to {})", file.display());
+    if let Some(k) = &config.admin.kubernetes {
+        // This file is one replica's copy: the fleet's shift is in the ConfigMap.
+        said.push_str(&format!(
+            "\nnote: this config's shifts live in the ConfigMap {}/{}; this edit is this file's only, and the next ConfigMap update replaces it (run `strangle shift` against a replica's admin API for the fleet)",
+            k.configmap.0, k.configmap.1
+        ));
+    }
+    Ok(said)
 }
 
 /// `strangle status`: prints the table (or JSON), once or every `interval`.

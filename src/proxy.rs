@@ -69,7 +69,7 @@ pub struct Ctx {
     /// A plugin gave the answer a status that has no body: the side's is not passed on.
     drop_body: bool,
     /// The answer's body compressed for the client (`None` for most).
-    compress: Option<Box<pingora::protocols::http::compression::ResponseCompressionCtx>>,
+    compress: Option<Box<compress::Encoder>>,
 }
 
 /// The request target exactly as the client sent it (HTTP/1, from `raw_head`), fragment and
@@ -436,7 +436,7 @@ impl ProxyHttp for Strangle {
         if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), body.as_ref()) {
             tap.body(data);
         }
-        compress::body(ctx, body, end_of_stream);
+        compress::body(ctx, body, end_of_stream)?;
         if end_of_stream {
             crate::http1::http2_response_done();
         }

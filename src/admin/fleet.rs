@@ -284,8 +284,14 @@ pub(super) async fn write_shift(
         .map_err(|e| ShiftWrite::Failed(e.to_string()))?;
     // Never hand the fleet a config it would refuse.
     let base = live.path.parent().unwrap_or(std::path::Path::new("."));
-    crate::config::parse(key, &edited, base)
-        .map_err(|e| ShiftWrite::Failed(format!("the edited config is invalid: {e}")))?;
+    // Where, not what: a message may quote a value the config interpolated (`${file:...}`).
+    crate::config::parse(key, &edited, base).map_err(|e| {
+        let first = e.0.first().map_or(String::new(), |d| format!(", the first at {}:{}:{}", d.file, d.line, d.col));
+        ShiftWrite::Failed(format!(
+            "the edited config is invalid ({} problem(s){first}): run `strangle check` on the ConfigMap's text",
+            e.0.len()
+        ))
+    })?;
     object["data"][key] = serde_json::Value::String(edited);
     match kube.replace_configmap(configmap, &object).await {
         Ok(true) => Ok(Written::Done(now)),

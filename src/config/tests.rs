@@ -1,6 +1,15 @@
 use super::*;
 use crate::routing::HostPattern;
 
+/// `want` is in one of the reported messages.
+#[track_caller]
+fn assert_reported<S: AsRef<str> + std::fmt::Debug>(all: &[S], want: &str) {
+    assert!(
+        all.iter().any(|e| e.as_ref().contains(want)),
+        "{want} not in {all:#?}"
+    );
+}
+
 fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
     parse("test.toml", text, Path::new("."))
 }
@@ -1065,10 +1074,7 @@ when = { cookie = { a = "1" } }
         "unknown upstream `nope`",
         "unknown field `cookie`",
     ] {
-        assert!(
-            all.iter().any(|e| e.contains(want)),
-            "{want} not in {all:#?}"
-        );
+        assert_reported(&all, want);
     }
     // Conditions that are all refused are not also reported as none given.
     assert!(!all.iter().any(|e| e.starts_with("28:8")), "{all:#?}");
@@ -1286,10 +1292,7 @@ redirect = { to = "/$path" }
         "bad redirect `to` `/a$host`",
         "bad redirect `to` `/$path`",
     ] {
-        assert!(
-            all.iter().any(|e| e.contains(want)),
-            "{want} not in {all:#?}"
-        );
+        assert_reported(&all, want);
     }
 }
 
@@ -1334,10 +1337,7 @@ fn compression_is_lowered_with_its_defaults_and_its_mistakes_refused() {
         "bad compression type `text`",
         "bad compression type `a/b; q=1`",
     ] {
-        assert!(
-            all.iter().any(|e| e.contains(want)),
-            "{want} not in {all:#?}"
-        );
+        assert_reported(&all, want);
     }
 }
 

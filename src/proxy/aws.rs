@@ -252,7 +252,7 @@ pub(super) async fn serve_lambda(
     super::compress::start(session, ctx, &mut resp, true);
     if ctx.compress.is_some() {
         let mut data = Some(body);
-        super::compress::body(ctx, &mut data, true);
+        super::compress::body(ctx, &mut data, true)?;
         body = data.unwrap_or_default();
         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     }
@@ -345,7 +345,7 @@ pub(super) async fn serve_signed(
                             tap.body(&data);
                         }
                         let mut data = Some(data);
-                        super::compress::body(ctx, &mut data, false);
+                        super::compress::body(ctx, &mut data, false)?;
                         if data.is_some() {
                             session.write_response_body(data, false).await?;
                         }
@@ -379,7 +379,7 @@ pub(super) async fn serve_signed(
     if let (Some(tap), Some(data)) = (ctx.shadow.as_mut(), rest.as_ref()) {
         tap.body(data);
     }
-    super::compress::body(ctx, &mut rest, true);
+    super::compress::body(ctx, &mut rest, true)?;
     session.write_response_body(rest, true).await?;
     Ok(Served::Answered)
 }

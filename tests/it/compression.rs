@@ -40,10 +40,13 @@ fn fetch(port: u16, path: &str, accept: &str, http2: bool) -> (String, String) {
 #[test]
 fn answers_are_compressed_for_clients_that_accept_it_and_decode_to_the_upstreams_bytes() {
     let doc = document();
-    let body = doc.clone();
+    // Large enough that the backend sends it in many chunks (no length).
+    let big: String = (0..60_000).map(|i| format!("line {i}\n")).collect();
+    let (body, big_body) = (doc.clone(), big.clone());
     let mono = Backend::answering("monolith", move |seen, _| match seen.target.as_str() {
         "/small" => (200, "application/json", "{}".into()),
         "/image" => (200, "image/png", body.clone()),
+        "/chunked" => (200, "text/plain", big_body.clone()),
         _ => (200, "application/json", body.clone()),
     });
     let text = Config::new()
@@ -74,6 +77,43 @@ fn answers_are_compressed_for_clients_that_accept_it_and_decode_to_the_upstreams
                 assert_eq!(got, doc, "{accept} http2 {http2}");
             }
         }
+        // A body of many pieces (chunked from the upstream), every coding whole to its end.
+        for accept in ["gzip", "br", "zstd"] {
+            let (head, got) = fetch(proxy.port, "/chunked", accept, false);
+            assert!(
+                head.contains(&format!("content-encoding: {accept}")),
+                "{head}"
+            );
+            assert_eq!(got.len(), big.len(), "{accept}");
+            assert!(got == big, "{accept}: the decoded body differs");
+        }
+        // Weights: q=0 is never used, the highest wins.
+        for (accept, coding) in [
+            ("br;q=0, gzip", Some("gzip")),
+            ("gzip;q=0", None),
+            ("zstd;q=0.1, gzip", Some("gzip")),
+        ] {
+            let (head, got) = fetch(proxy.port, "/bookings", accept, false);
+            match coding {
+                Some(c) => assert!(
+                    head.contains(&format!("content-encoding: {c}")),
+                    "{accept}: {head}"
+                ),
+                None => assert!(!head.contains("content-encoding"), "{accept}: {head}"),
+            }
+            assert_eq!(got, doc);
+        }
+        // HEAD: the head GET would have, its Vary, no coding.
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-I", "-H", "accept-encoding: gzip"])
+            .arg(format!("http://127.0.0.1:{}/bookings", proxy.port))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(
+            head.contains("vary: accept-encoding") && !head.contains("content-encoding"),
+            "{head}"
+        );
         // A client that accepts none, a small body, another type, a route that says no: as
         // the upstream sent them.
         for (path, accept) in [
@@ -143,4 +183,38 @@ fn an_answer_the_upstream_encoded_itself_passes_byte_for_byte() {
     }
     let (_, got) = fetch(proxy.port, "/a", "gzip", false);
     assert_eq!(got, doc);
+}
+
+#[test]
+fn a_lambda_answer_compressed_has_its_length_and_no_other_framing() {
+    let watch = crate::lambda::LambdaWatch::start();
+    let text = Config::new()
+        .default("fn")
+        .server("compression = { min-size = 100 }")
+        .lambda("fn", watch.port)
+        .build();
+    let proxy = Proxy::start_with_env(&text, &crate::invoke::lambda_env());
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let req = format!(
+            "GET /bookings/big?bytes=20000 {version}\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n"
+        );
+        let r = send_once(proxy.port, req.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{version}");
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.header("transfer-encoding"), None, "{version}");
+        assert_eq!(
+            r.header("content-length").map(str::to_string),
+            Some(r.body.len().to_string())
+        );
+        let mut gunzip = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        gunzip.stdin.take().unwrap().write_all(&r.body).unwrap();
+        let plain = gunzip.wait_with_output().unwrap().stdout;
+        assert_eq!(plain, "x".repeat(20_000).as_bytes(), "{version}");
+    }
 }

@@ -360,6 +360,18 @@ rollout = {{ steps = ["10%", "50%", "100%"], interval = "2s", min-requests = 30,
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 }
 
+/// `PUT /routes/flights/shift` with `body` on the admin API at `port`.
+fn put_shift(port: u16, body: &[u8]) -> Resp {
+    Client::connect(port)
+        .request(
+            "PUT",
+            "/routes/flights/shift",
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            body,
+        )
+        .unwrap()
+}
+
 /// `strangle shift` on one replica of a fleet whose config comes from a ConfigMap: the shift is
 /// written into the ConfigMap (through the stand-in API server, which enforces
 /// `resourceVersion`; a conflict is read again and retried), and both replicas get it from
@@ -438,38 +450,17 @@ shift = "0%"   # the fleet's shift
         });
     }
     // Decided on a stale view (the ConfigMap's shift is 25% now): refused, nothing written.
-    let stale = Client::connect(a2)
-        .request(
-            "PUT",
-            "/routes/flights/shift",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            br#"{"percent": 50, "from": "10%"}"#,
-        )
-        .unwrap();
+    let stale = put_shift(a2, br#"{"percent": 50, "from": "10%"}"#);
     assert_eq!(stale.status, 409, "{}", stale.text());
     // The ConfigMap changed by every write: after three conflicts it says so (409).
     api.store.lock().unwrap().interfere = 3;
-    let busy = Client::connect(a2)
-        .request(
-            "PUT",
-            "/routes/flights/shift",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            br#"{"percent": 50}"#,
-        )
-        .unwrap();
+    let busy = put_shift(a2, br#"{"percent": 50}"#);
     assert_eq!(busy.status, 409, "{}", busy.text());
     assert!(busy.text().contains("409 three times"), "{}", busy.text());
     assert_eq!(api.store.lock().unwrap().shifts, ["25%"]);
     // The API server refusing the account: 502, never a local edit the fleet would not see.
     std::fs::write(&token_file, "wrong\n").unwrap();
-    let refused = Client::connect(a1)
-        .request(
-            "PUT",
-            "/routes/flights/shift",
-            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-            br#"{"percent": 50}"#,
-        )
-        .unwrap();
+    let refused = put_shift(a1, br#"{"percent": 50}"#);
     assert_eq!(refused.status, 502, "{}", refused.text());
     assert!(!std::fs::read_to_string(&mounts[0]).unwrap().contains("50%"));
 }
