@@ -135,6 +135,12 @@ fn a_traced_request_is_one_trace_from_strangle_to_the_backend() {
     // Each span ends after it starts; the call sits inside the request.
     let n = |s: &Value, k: &str| s[k].as_u64().unwrap();
     assert!(n(server, "start") <= n(client, "start") && n(client, "end") <= n(server, "end"));
+    // Counted once the export's answer is back, which may be just after the receiver has them.
+    eventually(
+        Duration::from_secs(5),
+        "two spans counted as exported",
+        || proxy.metric("strangle_spans_exported_total") == 2.0,
+    );
     assert_eq!(proxy.metric("strangle_spans_exported_total"), 2.0);
 }
 
