@@ -184,7 +184,35 @@ struct Replica {
     proxy: Proxy,
 }
 
-fn replica(name: &str, text: &str, dir: tempfile::TempDir, port: u16, admin: u16) -> Replica {
+/// One replica's pod: its directory (where the kubelet stand-in mounts the ConfigMap's file)
+/// and its ports.
+struct Pod {
+    dir: tempfile::TempDir,
+    port: u16,
+    admin: u16,
+}
+
+impl Pod {
+    fn mount(&self) -> PathBuf {
+        self.dir.path().join("strangle.toml")
+    }
+}
+
+/// Two pods and the service account token file they share (kept while its directory lives).
+fn two_pods() -> ([Pod; 2], PathBuf, tempfile::TempDir) {
+    let pod = || Pod {
+        dir: tempfile::tempdir().unwrap(),
+        port: free_port(),
+        admin: free_port(),
+    };
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
+    ([pod(), pod()], token_file, token_dir)
+}
+
+fn replica(name: &str, text: &str, pod: Pod) -> Replica {
+    let Pod { dir, port, admin } = pod;
     let config = dir.path().join("strangle.toml");
     std::fs::write(&config, text).unwrap();
     let (port_s, admin_s) = (port.to_string(), admin.to_string());
@@ -213,15 +241,9 @@ fn status_of(r: &Replica) -> Value {
 #[test]
 fn two_replicas_follow_one_leader_through_every_step_and_the_other_takes_over() {
     let (legacy, new) = (Backend::start("legacy"), Backend::start("new"));
-    let (p1, a1, p2, a2) = (free_port(), free_port(), free_port(), free_port());
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mounts = vec![
-        d1.path().join("strangle.toml"),
-        d2.path().join("strangle.toml"),
-    ];
+    let (pods, token_file, _token_dir) = two_pods();
+    let (a1, a2) = (pods[0].admin, pods[1].admin);
+    let mounts: Vec<PathBuf> = pods.iter().map(Pod::mount).collect();
     let text = |api: u16| {
         format!(
             r#"
@@ -269,8 +291,10 @@ rollout = {{ steps = ["10%", "50%", "100%"], interval = "2s", min-requests = 30,
     let api = ApiServer::start("", mounts.clone());
     let config = text(api.port);
     api.store.lock().unwrap().configmap["data"]["strangle.toml"] = json!(config);
-    let a = replica("strangle-a", &config, d1, p1, a1);
-    let b = replica("strangle-b", &config, d2, p2, a2);
+    let [pa, pb] = pods;
+    let (p1, p2) = (pa.port, pb.port);
+    let a = replica("strangle-a", &config, pa);
+    let b = replica("strangle-b", &config, pb);
     let (_ta, _tb) = (Traffic::start(p1), Traffic::start(p2));
     let done = |r: &Replica| {
         let s = status_of(r);
@@ -379,15 +403,9 @@ fn put_shift(port: u16, body: &[u8]) -> Resp {
 #[test]
 fn one_shift_reaches_every_replica_through_the_configmap_with_a_conflict_retried() {
     let legacy = Backend::start("legacy");
-    let (p1, a1, p2, a2) = (free_port(), free_port(), free_port(), free_port());
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("token");
-    std::fs::write(&token_file, format!("{SA_TOKEN}\n")).unwrap();
-    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mounts = vec![
-        d1.path().join("strangle.toml"),
-        d2.path().join("strangle.toml"),
-    ];
+    let (pods, token_file, _token_dir) = two_pods();
+    let (a1, a2) = (pods[0].admin, pods[1].admin);
+    let mounts: Vec<PathBuf> = pods.iter().map(Pod::mount).collect();
     let api = ApiServer::start("", mounts.clone());
     let config = format!(
         r#"
@@ -416,8 +434,9 @@ shift = "0%"   # the fleet's shift
         legacy = legacy.addr(),
     );
     api.store.lock().unwrap().configmap["data"]["strangle.toml"] = json!(config);
-    let a = replica("strangle-a", &config, d1, p1, a1);
-    let b = replica("strangle-b", &config, d2, p2, a2);
+    let [pa, pb] = pods;
+    let a = replica("strangle-a", &config, pa);
+    let b = replica("strangle-b", &config, pb);
     // One conflict: the first write is based on a ConfigMap another writer just changed.
     api.store.lock().unwrap().interfere = 1;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_strangle"))
