@@ -5,6 +5,7 @@
 //! headers are never followed: only configured keys verify. When the JWKS cannot be fetched,
 //! the last good keys serve for `jwks-max-stale`, then requests fail closed with 503.
 
+pub mod cookie;
 pub mod crypto;
 
 use std::borrow::Cow;
@@ -359,7 +360,8 @@ impl Verifier {
     }
 
     /// Finds the token in the request: one `Authorization: Bearer` header or the configured
-    /// cookie, never both, never twice.
+    /// cookie, never both, never twice (a second copy of the cookie, or a name a framework
+    /// reads as it, included).
     pub fn token<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, AuthError> {
         let mut auths = headers.get_all(AUTHORIZATION).iter();
         let header = match (auths.next(), auths.next()) {
@@ -389,7 +391,10 @@ impl Verifier {
             .config
             .cookie
             .as_deref()
-            .and_then(|name| crate::split::cookie(headers, name))
+            .map(|name| cookie::token_cookie(headers, name))
+            .transpose()
+            .map_err(|_| AuthError::InvalidRequest("the token cookie is sent more than once"))?
+            .flatten()
             .map(|v| {
                 std::str::from_utf8(v)
                     .map_err(|_| AuthError::InvalidRequest("malformed token cookie"))

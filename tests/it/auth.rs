@@ -466,6 +466,32 @@ fn static_pem_keys_and_a_token_cookie_work_and_tokens_stay_out_of_the_access_log
             ],
         );
         assert_refused(&both, 401, "invalid_request", "token twice");
+        // A second copy of the cookie (tossed in from a sibling domain, say), or a name the
+        // upstream's framework reads as it, would reach the upstream beside the verified one.
+        let seen = legacy.seen.lock().unwrap().len() + new.seen.lock().unwrap().len();
+        for spoof in [
+            format!("{cookie}; id_token=forged"),
+            format!("id_token=; {cookie}"),
+            format!("{cookie}; id%5Ftoken=forged"),
+            format!("{cookie}; ID_TOKEN=forged"),
+            format!("{cookie}; id_token =forged"),
+            format!("id.token=forged; {cookie}"),
+        ] {
+            assert_refused(
+                &get(proxy.port, "/bookings/1", &[("Cookie", &spoof)]),
+                401,
+                "more than once",
+                &spoof,
+            );
+        }
+        let twice = get(
+            proxy.port,
+            "/bookings/1",
+            &[("Cookie", &cookie), ("Cookie", "id_token=forged")],
+        );
+        assert_refused(&twice, 401, "more than once", "two Cookie fields");
+        let total = legacy.seen.lock().unwrap().len() + new.seen.lock().unwrap().len();
+        assert_eq!(total, seen, "a refused request reached an upstream");
         let log = proxy.log_when(1);
         let text = std::fs::read_to_string(proxy.dir.path().join("access.log")).unwrap();
         assert!(
