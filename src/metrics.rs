@@ -201,6 +201,28 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
 
     header(
         &mut out,
+        "strangle_upstream_unresolved_addresses",
+        "gauge",
+        "Configured addresses whose name does not resolve now (looked up again on every health check; a name that stops resolving keeps its last addresses).",
+    );
+    let mut unresolved: Vec<(&String, usize)> = snap
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| match &u.kind {
+            crate::upstream::Kind::Http(h) => Some((name, h.unresolved().len())),
+            _ => None,
+        })
+        .collect();
+    unresolved.sort();
+    for (name, n) in unresolved {
+        let _ = writeln!(
+            out,
+            "strangle_upstream_unresolved_addresses{{upstream=\"{name}\"}} {n}"
+        );
+    }
+
+    header(
+        &mut out,
         "strangle_transport_lost_streams_total",
         "counter",
         "Client connections closed after a request because Pingora handed back a stream the transport did not make (0 unless a Pingora upgrade changed that).",

@@ -153,12 +153,16 @@ impl ProxyHttp for Strangle {
         self.forward(session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(http) = ctx.http_upstream() else {
             return Error::e_explain(ErrorType::HTTPStatus(500), "not an HTTP upstream");
         };
         let Some(backend) = http.select(ctx.attempt.avoid) else {
-            return Error::e_explain(ErrorType::HTTPStatus(502), "no address to try");
+            // No address at all (its name does not resolve yet): nothing was sent, as after a
+            // refused connect, so the route's fallback may serve it.
+            let mut e = Error::explain(ErrorType::HTTPStatus(502), "no address to try");
+            e.set_retry(ctx.fall_back(session, "no-address", 502));
+            return Err(e);
         };
         let mut peer = http.peer(&backend);
         if let Some(t) = ctx.req.policy().and_then(|p| p.timeout) {

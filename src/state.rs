@@ -94,8 +94,6 @@ pub struct Snapshot {
 pub enum BuildError {
     #[error(transparent)]
     Config(#[from] config::ConfigErrors),
-    #[error(transparent)]
-    Resolve(#[from] crate::upstream::ResolveError),
     #[error("auth `{0}`: {1}")]
     Auth(String, String),
 }
@@ -127,7 +125,7 @@ impl Snapshot {
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(Upstream::new(cfg, registry.upstream(name))?),
+                None => Arc::new(Upstream::new(cfg, registry.upstream(name))),
             };
             upstreams.insert(name.clone(), upstream);
         }

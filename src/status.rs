@@ -36,6 +36,9 @@ pub struct Status {
 pub struct UpstreamStatus {
     pub kind: String,
     pub addresses: Vec<crate::upstream::AddressStatus>,
+    /// Configured names that do not resolve now (looked up again on every health check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<crate::upstream::dns::Unresolved>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -277,13 +280,18 @@ pub fn build(live: &Live) -> Status {
             .upstreams
             .iter()
             .map(|(name, u)| {
-                let (kind, addresses) = match &u.kind {
-                    crate::upstream::Kind::Http(h) => ("http", h.health()),
-                    crate::upstream::Kind::Lambda(_) => ("lambda", Vec::new()),
-                    crate::upstream::Kind::Signed => ("signed", Vec::new()),
+                let (kind, addresses, unresolved) = match &u.kind {
+                    crate::upstream::Kind::Http(h) => ("http", h.health(), h.unresolved()),
+                    crate::upstream::Kind::Lambda(_) => ("lambda", Vec::new(), Vec::new()),
+                    crate::upstream::Kind::Signed => ("signed", Vec::new(), Vec::new()),
                 };
                 let kind = kind.to_string();
-                (name.clone(), UpstreamStatus { kind, addresses })
+                let status = UpstreamStatus {
+                    kind,
+                    addresses,
+                    unresolved,
+                };
+                (name.clone(), status)
             })
             .collect(),
     }

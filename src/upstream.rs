@@ -1,15 +1,19 @@
 //! Upstreams: an HTTP service (a balanced, health-checked address set, or one base URL) or a
 //! Lambda function invoked directly.
 
+pub mod dns;
+
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::tls::CaType;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
@@ -29,8 +33,13 @@ pub struct HttpUpstream {
     ca: Option<Arc<CaType>>,
     /// Requests now being served by this upstream (kept across reloads by name).
     pub stats: Arc<UpstreamStats>,
-    /// Passive health and the last health change, one per address.
-    addresses: Vec<AddressHealth>,
+    /// Passive health and the last health change, one per address (replaced when a name
+    /// resolves to other addresses; an address kept keeps its state).
+    addresses: ArcSwap<Vec<Arc<AddressHealth>>>,
+    /// The configured addresses and what they resolve to.
+    dns: Arc<dns::Dns>,
+    /// A discovery (name lookups) is running.
+    discovering: AtomicBool,
 }
 
 /// Milliseconds since the first call: a cheap monotonic clock for health deadlines.
@@ -73,23 +82,11 @@ pub struct AddressStatus {
     pub since: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("upstream `{name}`: cannot resolve `{address}`: {source}")]
-    Address {
-        name: String,
-        address: String,
-        source: std::io::Error,
-    },
-}
-
 impl HttpUpstream {
     /// Builds the upstream, resolving its addresses (this may block on DNS: call it off the
-    /// request path).
-    pub fn new(
-        config: &config::Upstream,
-        stats: Arc<UpstreamStats>,
-    ) -> Result<HttpUpstream, ResolveError> {
+    /// request path). A name that does not resolve leaves the upstream without its addresses
+    /// until it does (see [`dns`]); it never fails the build.
+    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> HttpUpstream {
         let (addresses, tls, sni, host_header) = match &config.target {
             Target::Lambda(_) => unreachable!("lambda targets are built by Upstream::new"),
             Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None),
@@ -112,18 +109,18 @@ impl HttpUpstream {
                 )
             }
         };
-        let resolve_err = |address: &str, source| ResolveError::Address {
-            name: config.name.clone(),
-            address: address.to_string(),
-            source,
-        };
-        // Resolve each address ourselves first so the error names the one that failed.
-        for a in &addresses {
-            std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).map_err(|e| resolve_err(a, e))?;
+        let dns = Arc::new(dns::Dns::new(&config.name, &addresses));
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(
+            dns::Discovery(Arc::clone(&dns)),
+        )));
+        // The first discovery hands over what `Dns::new` found: it completes at once.
+        {
+            let first = std::pin::pin!(lb.update());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(Err(e)) = first.poll(&mut cx) {
+                tracing::warn!(upstream = %config.name, "no addresses yet: {e}");
+            }
         }
-        let mut lb =
-            LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().map(String::as_str))
-                .map_err(|e| resolve_err(&addresses.join(","), e))?;
         // The certificates the config read from `ca-file`: the file is not read again here.
         let ca = config.ca_file.as_ref().map(|_| {
             let wrapped: Vec<WrappedX509> = config
@@ -161,22 +158,11 @@ impl HttpUpstream {
             }
         }
         lb.health_check_frequency = Some(config.health_check_interval);
-        let now = unix_secs();
-        let addresses = lb
-            .backends()
-            .get_backend()
-            .iter()
-            .filter_map(|b| b.addr.as_inet().copied())
-            .map(|addr| AddressHealth {
-                addr,
-                fails: AtomicU32::new(0),
-                ejected_until: AtomicU64::new(0),
-                up: AtomicBool::new(true),
-                changed_at: AtomicU64::new(now),
-            })
-            .collect();
-        Ok(HttpUpstream {
+        let addresses = ArcSwap::from_pointee(Self::address_health(&lb, &[]));
+        HttpUpstream {
             addresses,
+            dns,
+            discovering: AtomicBool::new(false),
             ca,
             stats,
             config: config.clone(),
@@ -184,7 +170,34 @@ impl HttpUpstream {
             tls,
             sni,
             host_header,
-        })
+        }
+    }
+
+    /// One health record per address the balancer has, keeping the records of `kept`.
+    fn address_health(
+        lb: &LoadBalancer<RoundRobin>,
+        kept: &[Arc<AddressHealth>],
+    ) -> Vec<Arc<AddressHealth>> {
+        let now = unix_secs();
+        lb.backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| b.addr.as_inet().copied())
+            .map(|addr| {
+                kept.iter()
+                    .find(|h| h.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(AddressHealth {
+                            addr,
+                            fails: AtomicU32::new(0),
+                            ejected_until: AtomicU64::new(0),
+                            up: AtomicBool::new(true),
+                            changed_at: AtomicU64::new(now),
+                        })
+                    })
+            })
+            .collect()
     }
 
     /// Picks an address in rotation (healthy by the active check and not ejected by failed
@@ -193,10 +206,11 @@ impl HttpUpstream {
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Backend> {
         let not_avoided = |b: &Backend| avoid.is_none_or(|a| b.addr.as_inet() != Some(&a));
         let now = now_ms();
+        let addresses = self.addresses.load();
         let in_rotation = |b: &Backend| {
             b.addr
                 .as_inet()
-                .and_then(|a| self.health_of(*a))
+                .and_then(|a| addresses.iter().find(|h| h.addr == *a))
                 .is_none_or(|h| h.ejected_until.load(Ordering::Relaxed) <= now)
         };
         self.lb
@@ -208,15 +222,12 @@ impl HttpUpstream {
             .or_else(|| self.lb.select_with(b"", 32, |_, _| true))
     }
 
-    fn health_of(&self, addr: SocketAddr) -> Option<&AddressHealth> {
-        self.addresses.iter().find(|h| h.addr == addr)
-    }
-
     /// Passive health: a real request to `addr` got a response (`ok`) or failed without one.
     /// `max-fails` failures in a row take the address out of rotation for `fail-timeout`;
     /// after that it gets real requests again, and one more failure takes it out again.
     pub fn report(&self, addr: SocketAddr, ok: bool) {
-        let Some(h) = self.health_of(addr) else {
+        let addresses = self.addresses.load();
+        let Some(h) = addresses.iter().find(|h| h.addr == addr) else {
             return;
         };
         if ok {
@@ -248,6 +259,7 @@ impl HttpUpstream {
     /// Each address's health now; also notes when it changed.
     pub fn health(&self) -> Vec<AddressStatus> {
         self.addresses
+            .load()
             .iter()
             .map(|h| {
                 let (healthy, ejected, up) = self.observe(h);
@@ -282,7 +294,7 @@ impl HttpUpstream {
 
     /// Records health changes (for `since`) without anyone asking.
     pub fn refresh_health(&self) {
-        for h in &self.addresses {
+        for h in self.addresses.load().iter() {
             self.observe(h);
         }
     }
@@ -303,9 +315,29 @@ impl HttpUpstream {
         peer
     }
 
+    /// Looks the names up again (when there are any), then checks every address.
     pub async fn health_check(&self) {
+        // Pingora's updates of one backend set must not overlap: a lookup slower than the
+        // health-check interval skips the next one.
+        if self.dns.has_names() && !self.discovering.swap(true, Ordering::Acquire) {
+            let before = self.lb.backends().get_backend();
+            if let Err(e) = self.lb.update().await {
+                tracing::warn!(upstream = %self.config.name, "address discovery failed: {e}");
+            }
+            if self.lb.backends().get_backend() != before {
+                let kept = self.addresses.load_full();
+                self.addresses
+                    .store(Arc::new(Self::address_health(&self.lb, &kept)));
+            }
+            self.discovering.store(false, Ordering::Release);
+        }
         self.lb.backends().run_health_check(true).await;
         self.refresh_health();
+    }
+
+    /// The configured addresses that do not resolve now.
+    pub fn unresolved(&self) -> Vec<dns::Unresolved> {
+        self.dns.unresolved()
     }
 }
 
@@ -338,24 +370,21 @@ pub enum Kind {
 }
 
 impl Upstream {
-    pub fn new(
-        config: &config::Upstream,
-        stats: Arc<UpstreamStats>,
-    ) -> Result<Upstream, ResolveError> {
+    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> Upstream {
         let kind = match &config.target {
             // The function's whole answer arrives at once: every deadline bounds the call.
             Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.head_deadline())),
             _ if config.sigv4.is_some() => Kind::Signed,
-            _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats))?)),
+            _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats)))),
         };
-        Ok(Upstream {
+        Upstream {
             config: config.clone(),
             stats,
             kind,
             limiter: config
                 .max_in_flight
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
-        })
+        }
     }
 
     pub fn name(&self) -> &str {

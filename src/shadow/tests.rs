@@ -74,7 +74,7 @@ fn make_upstream() -> Shared {
     )
     .unwrap();
     let u = &config.upstreams["u"];
-    Arc::new(crate::upstream::Upstream::new(u, Arc::default()).unwrap())
+    Arc::new(crate::upstream::Upstream::new(u, Arc::default()))
 }
 
 fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {

@@ -30,6 +30,7 @@ mod otlp_logs;
 mod plugins;
 mod policies;
 mod reload;
+mod resolve;
 mod rollout;
 mod routing;
 mod series;

@@ -376,13 +376,18 @@ impl Proxy {
     /// A port picked by `free_port` can be taken by another test before strangle binds it:
     /// then strangle refuses to start, and it is tried again on other ports.
     pub fn start_with_env(text: &str, env: &[(&str, &str)]) -> Proxy {
+        Self::start_wrapped(text, env, &[])
+    }
+
+    /// `start_with_env`, with strangle run by the command `wrap` (its arguments follow).
+    pub fn start_wrapped(text: &str, env: &[(&str, &str)], wrap: &[String]) -> Proxy {
         let mut attempts = 0;
         loop {
             let dir = tempfile::tempdir().unwrap();
             let config = dir.path().join("strangle.toml");
             let (port, admin_port) = (free_port(), free_port());
             std::fs::write(&config, Self::render(text, port, admin_port)).unwrap();
-            match Self::try_spawn(dir, config, port, admin_port, env) {
+            match Self::try_spawn(dir, config, port, admin_port, env, wrap) {
                 Ok(proxy) => return proxy,
                 Err(e) if e.contains("in use") && attempts < 5 => attempts += 1,
                 Err(e) => panic!("{e}"),
@@ -427,7 +432,7 @@ impl Proxy {
         admin_port: u16,
         env: &[(&str, &str)],
     ) -> Proxy {
-        Self::try_spawn(dir, config, port, admin_port, env).unwrap_or_else(|e| panic!("{e}"))
+        Self::try_spawn(dir, config, port, admin_port, env, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts strangle and waits until it serves: its port answers and it says so (a port
@@ -438,9 +443,18 @@ impl Proxy {
         port: u16,
         admin_port: u16,
         env: &[(&str, &str)],
+        wrap: &[String],
     ) -> Result<Proxy, String> {
         let stderr = File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(bin())
+        let mut command = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = command
             .args(["serve", "-c"])
             .arg(&config)
             .envs(env.iter().copied())
