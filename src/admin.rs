@@ -216,9 +216,9 @@ pub async fn apply(
             )
         }
         Command::Reload => {
-            live.reload(cause).await.map_err(AdminError::Reload)?;
+            let warnings = live.reload(cause).await.map_err(AdminError::Reload)?;
             tracing::info!(client = %who, "config reloaded on request");
-            Ok(json!({ "reloaded": live.path.display().to_string() }))
+            Ok(json!({ "reloaded": live.path.display().to_string(), "warnings": warnings }))
         }
     }
 }

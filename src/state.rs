@@ -418,22 +418,25 @@ impl Live {
     }
 
     /// Reads the config file again and swaps in the new snapshot if it is valid.
-    pub async fn reload(self: &Arc<Self>, cause: &Cause) -> Result<(), ReloadError> {
-        self.reload_when(true, cause).await.map(|_| ())
+    /// Reloads the file; what the new config warns of (also logged) comes back.
+    pub async fn reload(self: &Arc<Self>, cause: &Cause) -> Result<Vec<String>, ReloadError> {
+        self.reload_when(true, cause)
+            .await
+            .map(Option::unwrap_or_default)
     }
 
     /// Reloads only if the file's bytes changed since the last load (or the last failure):
     /// a file event that rewrote the same text, such as our own `shift` edit already applied,
     /// is not a reload. Returns whether a new snapshot was installed.
     pub async fn reload_if_changed(self: &Arc<Self>, cause: &Cause) -> Result<bool, ReloadError> {
-        self.reload_when(false, cause).await
+        self.reload_when(false, cause).await.map(|w| w.is_some())
     }
 
     async fn reload_when(
         self: &Arc<Self>,
         force: bool,
         cause: &Cause,
-    ) -> Result<bool, ReloadError> {
+    ) -> Result<Option<Vec<String>>, ReloadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let _running = Running::start(&self.reload_since);
         let result = self.read_and_install(force, cause).await;
@@ -459,11 +462,13 @@ impl Live {
         result
     }
 
+    /// `None` when the file did not change (and nothing was forced); else what the installed
+    /// config warns of.
     async fn read_and_install(
         self: &Arc<Self>,
         force: bool,
         cause: &Cause,
-    ) -> Result<bool, ReloadError> {
+    ) -> Result<Option<Vec<String>>, ReloadError> {
         let live = Arc::clone(self);
         let what = format!("reading `{}`", self.path.display());
         // Reading and parsing block (file reads, `${file:..}`): off the proxy's worker threads,
@@ -501,8 +506,9 @@ impl Live {
         .await
         .map_err(ReloadError::Stalled)
         .and_then(|r| r);
+        let mut warnings = Vec::new();
         let config = match read {
-            Ok(ReadOutcome::Unchanged) => return Ok(false),
+            Ok(ReadOutcome::Unchanged) => return Ok(None),
             Ok(ReadOutcome::Parsed { digest, config }) => {
                 // A file that failed to parse is not read again until its bytes change.
                 self.loaded_digest.store(digest, Ordering::Release);
@@ -512,6 +518,9 @@ impl Live {
                         route,
                         "a shift the config file could not take stays in force"
                     );
+                    warnings.push(format!(
+                        "route `{route}`: a shift the config file could not take stays in force"
+                    ));
                 }
                 config
             }
@@ -525,6 +534,7 @@ impl Live {
         for w in &config.warnings {
             tracing::warn!("{}", w.as_warning());
         }
+        warnings.splice(0..0, config.warnings.iter().map(|w| w.as_warning()));
         let live = Arc::clone(self);
         // DNS resolution blocks too.
         let snapshot = tokio::task::spawn_blocking(move || {
@@ -533,7 +543,8 @@ impl Live {
         .await
         .map_err(|e| ReloadError::Stalled(format!("reload task failed: {e}")))??;
         let old = self.load();
-        warn_on_restart_only_changes(&old.config, &snapshot.config);
+        warnings.extend(warn_on_restart_only_changes(&old.config, &snapshot.config));
+        warnings.extend(crate::upstream::unresolved_warnings(&snapshot.upstreams));
         if let Some(log) = self.access_log.get() {
             // A changed target, or a file logrotate renamed away, is reopened.
             log.reopen(snapshot.config.log.access.clone());
@@ -565,7 +576,7 @@ impl Live {
             cause,
             editing.as_ref(),
         );
-        Ok(true)
+        Ok(Some(warnings))
     }
 }
 

@@ -415,6 +415,28 @@ impl Upstream {
     }
 }
 
+/// A warning per configured upstream name that does not resolve now (its upstream answers 502
+/// until it does), in name order.
+pub fn unresolved_warnings(upstreams: &std::collections::HashMap<String, Shared>) -> Vec<String> {
+    let mut out: Vec<String> = upstreams
+        .iter()
+        .filter_map(|(name, u)| match &u.kind {
+            Kind::Http(h) => Some((name, h.unresolved())),
+            _ => None,
+        })
+        .flat_map(|(name, unresolved)| {
+            unresolved.into_iter().map(move |u| {
+                format!(
+                    "upstream `{name}`: cannot resolve `{}`: {}; its requests get 502 until it resolves",
+                    u.address, u.error
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Upstreams are shared between snapshots when their config did not change, so a reload keeps
 /// their health state and pooled connections.
 pub type Shared = Arc<Upstream>;

@@ -30,12 +30,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         .collect()
 }
 
-pub(super) fn warn_on_restart_only_changes(old: &Config, new: &Config) {
+pub(super) fn warn_on_restart_only_changes(old: &Config, new: &Config) -> Option<String> {
     let changed = restart_only_changes(old, new);
-    if !changed.is_empty() {
-        tracing::warn!(
-            "changed in the config but applied only at the next restart: {}",
-            changed.join(", ")
-        );
+    if changed.is_empty() {
+        return None;
     }
+    let message = format!(
+        "changed in the config but applied only at the next restart: {}",
+        changed.join(", ")
+    );
+    tracing::warn!("{message}");
+    Some(message)
 }
