@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::raw::{RawClaimRule, RawRoute};
 use super::{valid_name, AuthConfig, ClaimRule, Cx, RateLimit, Route, Server, Upstream};
-use crate::routing::{self, PathMatch};
+use crate::routing::{self, HostPattern, PathMatch, RouteKey};
 use crate::split::{Shift, StickyKey};
 
 impl Cx<'_> {
@@ -21,9 +21,7 @@ impl Cx<'_> {
     ) -> (Vec<Route>, Vec<usize>) {
         let mut out: Vec<Route> = Vec::new();
         let mut id_spans = Vec::new();
-        // Earlier routes by path and match kind: only those can shadow a later one, so the
-        // check stays linear in the number of routes.
-        let mut same_path: HashMap<(String, PathMatch), Vec<usize>> = HashMap::new();
+        let mut declared = Declared::default();
         let mut ids: BTreeMap<String, usize> = BTreeMap::new();
         for r in raw {
             let id = r.id.get_ref().clone();
@@ -274,14 +272,7 @@ impl Cx<'_> {
                 allow_override: r.override_.is_some_and(|o| *o.get_ref()),
             };
             let key = route.key();
-            let earlier = same_path
-                .entry((key.path.to_ascii_lowercase(), key.kind))
-                .or_default();
-            if let Some(earlier) = earlier
-                .iter()
-                .map(|&i| &out[i])
-                .find(|o| o.key().shadows(&key))
-            {
+            if let Some(earlier) = declared.shadowing(&key).map(|i| &out[i]) {
                 let hint = Some(format!(
                     "route `{}` already takes every request for `{}`; set the methods, hosts or conditions apart, or remove one",
                     earlier.id, route.path
@@ -295,7 +286,7 @@ impl Cx<'_> {
                     hint,
                 );
             }
-            earlier.push(out.len());
+            declared.add(out.len(), key);
             out.push(route);
             id_spans.push(r.id.span().start);
         }
@@ -428,5 +419,48 @@ impl Cx<'_> {
                 Some(format!("set {}", fixes.join("; "))),
             );
         }
+    }
+}
+
+/// The routes declared so far, indexed for the overlap check: only a route on the same path
+/// (lower-cased) with the same match kind can shadow another, and for a route with hosts only
+/// one that lists its first host (a host route is shadowed only by one listing all its hosts).
+/// So thousands of routes on one path, one per host, are checked in linear time.
+#[derive(Default)]
+struct Declared {
+    keys: Vec<RouteKey>,
+    by_place: HashMap<(String, PathMatch, Option<HostPattern>), Vec<usize>>,
+}
+
+impl Declared {
+    /// The first route declared so far that takes every request `key` would get.
+    fn shadowing(&self, key: &RouteKey) -> Option<usize> {
+        let place = (
+            key.path.to_ascii_lowercase(),
+            key.kind,
+            key.hosts.first().cloned(),
+        );
+        self.by_place
+            .get(&place)?
+            .iter()
+            .copied()
+            .find(|&i| self.keys[i].shadows(key))
+    }
+
+    fn add(&mut self, route: usize, key: RouteKey) {
+        let path = key.path.to_ascii_lowercase();
+        let places: Vec<Option<HostPattern>> = if key.hosts.is_empty() {
+            vec![None]
+        } else {
+            key.hosts.iter().cloned().map(Some).collect()
+        };
+        for host in places {
+            self.by_place
+                .entry((path.clone(), key.kind, host))
+                .or_default()
+                .push(self.keys.len());
+        }
+        debug_assert_eq!(self.keys.len(), route);
+        self.keys.push(key);
     }
 }

@@ -1115,6 +1115,42 @@ when = { header = { "x-v" = "2" } }
 }
 
 #[test]
+fn overlaps_are_found_among_thousands_of_routes_on_one_path() {
+    let mut text = String::from("[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n");
+    for i in 0..3000 {
+        text += &format!(
+            "\n[[routes]]\nid = \"r{i}\"\npath = \"/bookings\"\nlegacy = \"a\"\nhosts = [\"h{i}.example\", \"all.example\"]\n"
+        );
+    }
+    // Shadowed through a host that is not its shadower's first, on a path spelled in another
+    // case (the shadower ignores case); then a host-less route, which no host route shadows,
+    // and a second host-less one, which it does.
+    text += r#"
+[[routes]]
+id = "late"
+path = "/bookings"
+legacy = "a"
+hosts = ["all.example"]
+
+[[routes]]
+id = "any-host"
+path = "/bookings"
+legacy = "a"
+case-insensitive = true
+
+[[routes]]
+id = "again"
+path = "/BOOKINGS"
+legacy = "a"
+"#;
+    let errs = parse_str(&text).unwrap_err().0;
+    let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_reported(&messages, "route `late` overlaps route `r0`");
+    assert_reported(&messages, "route `again` overlaps route `any-host`");
+}
+
+#[test]
 fn auth_bound_to_hosts_is_warned_about_when_other_hosts_fall_through() {
     let base = r#"
 [server]
