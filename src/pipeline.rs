@@ -82,9 +82,10 @@ impl Refusal {
 }
 
 /// Whether an answer with this status ends its connection: after a malformed request (400,
-/// 431) nothing else on the connection can be trusted.
+/// 431) or a body framing strangle does not read (501, a transfer coding other than chunked)
+/// nothing else on the connection can be trusted.
 pub fn closes_connection(status: u16) -> bool {
-    status == 400 || status == 431
+    matches!(status, 400 | 431 | 501)
 }
 
 /// Who sent the request: the TCP peer, whether it is a trusted proxy, and the client address

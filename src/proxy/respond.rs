@@ -42,10 +42,88 @@ pub(super) async fn respond(
         resp.insert_header(name.clone(), value.as_str())?;
     }
     resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    let discard = will_discard_body(session);
     finish_response(session, ctx, &mut resp)?;
     session.write_response_header(Box::new(resp), true).await?;
     settle_http2(session, true).await;
+    discard_body(session, discard).await;
     Ok(true)
+}
+
+/// The most of an unread HTTP/1 request body read and thrown away after strangle's own answer
+/// (a refusal, a fixed answer), and for how long, so that the connection carries the client's
+/// next request as nginx's discarding does; a body larger or slower than that ends the
+/// connection, as one never read always did.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the request body still unread will be discarded after the answer (then the answer
+/// says `keep-alive`): HTTP/1, a connection still to be kept, a body of at most
+/// `DISCARD_LIMIT` declared or chunked, and no `Expect: 100-continue` (a client waiting for a
+/// go-ahead it will not get never sends the body: the connection ends instead, or its next
+/// request would be read as the body).
+fn will_discard_body(session: &mut Session) -> bool {
+    if session.is_http2() || session.get_keepalive().is_none() || session.as_mut().is_body_done() {
+        return false;
+    }
+    let headers = &session.req_header().headers;
+    if headers.contains_key(header::EXPECT) {
+        return false;
+    }
+    // Only a framing the guard reads the same way: one plain length, or `chunked` alone.
+    let one = |name| {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::trim),
+            _ => None,
+        }
+    };
+    let small = match (
+        headers.contains_key(header::CONTENT_LENGTH),
+        headers.contains_key(header::TRANSFER_ENCODING),
+    ) {
+        (true, false) => one(header::CONTENT_LENGTH)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= DISCARD_LIMIT),
+        (false, true) => {
+            one(header::TRANSFER_ENCODING).is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        }
+        _ => false,
+    };
+    if small {
+        session
+            .as_mut()
+            .set_close_on_response_before_downstream_finish(false);
+    }
+    small
+}
+
+/// Reads and drops the rest of the request body (`will_discard_body`); when it is not all
+/// there within `DISCARD_LIMIT` bytes and `DISCARD_TIME`, the connection ends after all.
+async fn discard_body(session: &mut Session, discard: bool) {
+    if !discard {
+        return;
+    }
+    let mut read = 0u64;
+    let drained = tokio::time::timeout(DISCARD_TIME, async {
+        loop {
+            match session.as_mut().read_request_body().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len() as u64;
+                    if read > DISCARD_LIMIT {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    if drained != Ok(true) {
+        session.set_keepalive(None);
+    }
 }
 
 /// How long an HTTP/2 answer given before the request body ended waits for the rest of it
@@ -84,6 +162,7 @@ pub(super) async fn answer(
         }
     }
     resp.insert_header(header::CONTENT_LENGTH, a.body.len().to_string())?;
+    let discard = will_discard_body(session);
     finish_response(session, ctx, &mut resp)?;
     let head_only = a.body.is_empty() || session.req_header().method == http::Method::HEAD;
     session
@@ -93,6 +172,7 @@ pub(super) async fn answer(
         session.write_response_body(Some(a.body), true).await?;
     }
     settle_http2(session, head_only).await;
+    discard_body(session, discard).await;
     Ok(true)
 }
 

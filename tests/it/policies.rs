@@ -1,6 +1,8 @@
 //! A route's own policies: `max-body`, `allow-ips` / `deny-ips`, `timeout`, and the answers a
 //! route gives itself (`redirect`, `respond`), on every engine.
 
+use std::io::Write;
+
 use crate::support::*;
 
 #[test]
@@ -191,6 +193,81 @@ fn a_route_redirects_or_answers_itself_and_a_write_freeze_lets_reads_pass() {
         .seen()
         .iter()
         .all(|s| s.method == "GET" || s.method == "HEAD"));
+}
+
+/// strangle's own answers before the body was read (a write freeze's fixed answer, a 401)
+/// read and drop a small body, so a keep-alive client's next request goes on the same
+/// connection; a large, slow or `Expect`ed body ends the connection as before, and the answer
+/// never waits for it.
+#[test]
+fn own_answers_discard_a_small_unread_body_and_keep_the_connection() {
+    let mono = Backend::start("monolith");
+    let text = Config::new()
+        .default("monolith")
+        .upstream("monolith", &mono.addr())
+        .route("freeze", "/bookings", |r| {
+            r.toml("methods", r#"["POST"]"#)
+                .toml("respond", r#"{ status = 503, body = "frozen" }"#)
+        })
+        .build();
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let mut c = proxy.client();
+        let body = vec![b'x'; 2000];
+        for _ in 0..3 {
+            let r = c.request("POST", "/bookings/1", &[], &body).unwrap();
+            assert_eq!((r.status, r.text().as_str()), (503, "frozen"));
+            assert_eq!(
+                r.header("connection"),
+                Some("keep-alive"),
+                "off: {fast_path_off}"
+            );
+        }
+        // Chunked, and a next request pipelined right behind the body: the body is dropped,
+        // the next request is read as one (and routed as one).
+        let r = c
+            .send_raw(
+                b"POST /bookings/2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!(r.status, 503);
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "monolith"));
+        assert_eq!(mono.seen().last().unwrap().target, "/after");
+        let r = c.get("/bookings/3", &[]).unwrap();
+        assert_eq!(r.status, 200, "the same connection still serves");
+
+        // Declared over 64 KiB and never sent: answered at once, then the connection ends.
+        let mut c = proxy.client();
+        c.stream()
+            .write_all(b"POST /bookings/4 HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+            .unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.header("connection")), (503, Some("close")));
+        assert!(c.closed_by_peer());
+        // Small but slow: answered at once; the connection ends when the rest does not come.
+        let mut c = proxy.client();
+        c.stream()
+            .write_all(b"POST /bookings/5 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+            .unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 503);
+        assert!(
+            c.closed_by_peer(),
+            "a body that stalls is not waited for past a second"
+        );
+        // A client that waits for `100 Continue` never sends its body: no next request can be
+        // taken for it.
+        let mut c = proxy.client();
+        c.stream()
+            .write_all(b"POST /bookings/6 HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.header("connection")), (503, Some("close")));
+        assert!(c.closed_by_peer());
+    }
+    assert!(mono.seen().iter().all(|s| s.method == "GET"));
 }
 
 #[test]
