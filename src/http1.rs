@@ -54,6 +54,24 @@ struct HeadState {
     /// The request line as received was not valid HTTP (Pingora's parser would have escaped it
     /// into something else and gone on).
     bad_line: std::cell::Cell<bool>,
+    /// Something was written to the client before the proxy had a head: the answer to a head
+    /// the parser refused (Pingora's 400), which no request filter ever saw.
+    answered: std::cell::Cell<bool>,
+}
+
+/// Called by the transport when it sends bytes of a response: whether the proxy had the head.
+pub(crate) fn answering() {
+    let _ = HEAD.try_with(|h| {
+        if !h.parsed.get() {
+            h.answered.set(true);
+        }
+    });
+}
+
+/// Whether the request now being served was answered without the proxy ever getting its head.
+fn refused_unparsed() -> bool {
+    HEAD.try_with(|h| h.answered.get() && !h.parsed.get())
+        .unwrap_or(false)
 }
 
 /// Called by the proxy once it has a request head: ends the head deadline for it, and says
@@ -149,6 +167,9 @@ pub struct Http1<A> {
     pub lifecycle: Arc<Lifecycle>,
     /// HTTP/2 with prior knowledge on plain connections (`[server] h2c`).
     pub h2c: bool,
+    /// Accounts a request whose head the parser refused (answered 400 by Pingora's session,
+    /// before any request filter), with the client's address: it is in the access log too.
+    pub malformed: Option<Arc<dyn Fn(Option<std::net::IpAddr>) + Send + Sync>>,
 }
 
 /// Waits until the next request starts: `false` if the client closed the connection, the
@@ -345,6 +366,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
         let head = HeadState {
             parsed: std::cell::Cell::new(false),
             bad_line: std::cell::Cell::new(bad_line),
+            answered: std::cell::Cell::new(false),
+        };
+        let peer = self.malformed.as_ref().and_then(|_| stream.peer_ip());
+        // After the engine: a head it refused unparsed is accounted here, for either engine.
+        let account = || {
+            if let Some(log) = self.malformed.as_ref().filter(|_| refused_unparsed()) {
+                log(peer);
+            }
         };
         self.lifecycle.served_by(fast.is_some());
         // Whether bytes of a next, pipelined request came back with the stream: the fast
@@ -352,7 +381,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
         let (next, carried, next_pipelined) = match fast {
             Some(engine) => {
                 let served = HEAD
-                    .scope(head, engine.serve(stream, setup, shutdown))
+                    .scope(head, async {
+                        let served = engine.serve(stream, setup, shutdown).await;
+                        account();
+                        served
+                    })
                     .await?;
                 let (next, carried) = served.reused.consume();
                 (next, carried, served.pipelined)
@@ -361,7 +394,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
                 let mut session = ServerSession::new_http1(stream);
                 setup.apply(&mut session);
                 let reused = HEAD
-                    .scope(head, self.inner.process_new_http(session, shutdown))
+                    .scope(head, async {
+                        let reused = self.inner.process_new_http(session, shutdown).await;
+                        account();
+                        reused
+                    })
                     .await?;
                 let (next, carried) = reused.consume();
                 let pipelined = carried.as_ref().is_some_and(has_pipelined_prefix);

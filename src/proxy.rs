@@ -47,6 +47,25 @@ pub struct Strangle {
     pub access: Arc<AccessLogger>,
 }
 
+impl Strangle {
+    /// Accounts a request whose head the parser refused (answered 400 by the HTTP/1 session
+    /// before any filter ran): its access-log line, with no method or path to tell.
+    pub fn malformed(&self, client: Option<IpAddr>) {
+        let ctx = self.new_ctx();
+        ctx.req.account(
+            Some(&self.access),
+            Finished {
+                status: 400,
+                method: "-",
+                path: "-",
+                client,
+                bytes: (0, 0),
+                error: Some("malformed request head".to_string()),
+            },
+        );
+    }
+}
+
 /// Per-request state: the pipeline's request, the current upstream attempt, and how the
 /// response went.
 pub struct Ctx {

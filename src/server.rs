@@ -116,6 +116,10 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
         access: Arc::clone(&access),
     };
     let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
+    let malformed: Arc<dyn Fn(Option<std::net::IpAddr>) + Send + Sync> = {
+        let strangle = strangle.clone();
+        Arc::new(move |peer| strangle.malformed(peer))
+    };
     app.handle_init_modules();
     // No connection reaches Pingora's own server loop: `Http1` serves HTTP/1 and hands HTTP/2
     // (h2c or ALPN) to its own accept loop (`http1::http2`), which reads the idle timeout and
@@ -149,6 +153,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
             settings: live.transport_settings(),
             lifecycle: Arc::clone(&live.lifecycle),
             h2c: server_cfg.h2c,
+            malformed: Some(malformed),
         }),
         listeners,
         threads: server_cfg.threads,

@@ -120,6 +120,12 @@ impl DeadlineStream {
         self.scan.done() && self.peeked.as_deref().is_some_and(super::scan::plain_head)
     }
 
+    /// The client's address.
+    pub(super) fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let digest = self.inner.get_socket_digest()?;
+        Some(digest.peer_addr()?.as_inet()?.ip())
+    }
+
     /// Starts the scan of the next request head; its clock starts now, or at its first byte.
     pub(super) fn rearm(&mut self, start_now: bool) {
         *self.sent.get_mut() = false;
@@ -320,6 +326,9 @@ impl DeadlineStream {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            if !*self.sent.get_mut() {
+                super::answering();
+            }
             *self.sent.get_mut() = true;
             self.written += n;
         }
@@ -344,6 +353,9 @@ impl AsyncWrite for DeadlineStream {
         }
         if buf.len() >= WRITE_BUFFER {
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+            if n > 0 && !*this.sent.get_mut() {
+                super::answering();
+            }
             *this.sent.get_mut() |= n > 0;
             return Poll::Ready(Ok(n));
         }

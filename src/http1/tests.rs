@@ -31,6 +31,7 @@ async fn an_idle_connection_holds_little_of_the_transports_state() {
         settings,
         lifecycle: Arc::new(Lifecycle::default()),
         h2c: false,
+        malformed: None,
     });
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let (stream, _client) = tokio::io::duplex(64);

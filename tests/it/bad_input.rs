@@ -47,6 +47,56 @@ fn ambiguous_framing_gets_400_and_close_and_nothing_is_forwarded() {
     );
 }
 
+/// A head the parser refuses is answered 400 before any filter runs (by Pingora's session):
+/// it still gets its access-log line (a scanner's probe, a TLS client on the plain port), on
+/// either engine, whether the head came whole or in pieces.
+#[test]
+fn heads_the_parser_refuses_are_in_the_access_log() {
+    let heads: &[&[u8]] = &[
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
+        b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+    ];
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .build();
+    for fast_path_off in [false, true] {
+        let proxy = Proxy::start_with_env(&text, engine_env(fast_path_off));
+        let mut sent = 0;
+        for head in heads {
+            let (resp, closed) = raw(proxy.port, head);
+            assert_eq!(resp.map(|r| r.status), Some(400), "{head:?}");
+            assert!(closed);
+            // In pieces: the transport hands it to Pingora's proxy, not the fast engine.
+            let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+            s.write_all(&head[..3]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(&head[3..]).unwrap();
+            let mut answer = String::new();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = s.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+            sent += 2;
+        }
+        // A good request after them: its line comes after theirs.
+        assert_eq!(get(proxy.port, "/ok", &[]).status, 200);
+        let log = proxy.log_when(sent + 1);
+        assert_eq!(log.len(), sent + 1, "off: {fast_path_off}: {log:#?}");
+        for line in &log[..sent] {
+            assert_eq!(line["status"], 400, "{line}");
+            assert_eq!(line["method"], "-");
+            assert_eq!(line["client"], "127.0.0.1");
+            assert_eq!(line["error"], "malformed request head");
+        }
+        assert_eq!(log[sent]["path"], "/ok");
+    }
+    assert_eq!(legacy.count(), 2, "only the good requests were forwarded");
+}
+
 #[test]
 fn transfer_codings_strangle_cannot_undo_get_501_and_close_and_nothing_is_forwarded() {
     // strangle decodes chunked framing and frames the body again upstream; any other coding
