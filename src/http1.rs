@@ -351,7 +351,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
     /// request and whether bytes of it came with this one.
     async fn serve_one(
         self: &Arc<Self>,
-        stream: Box<DeadlineStream>,
+        mut stream: Box<DeadlineStream>,
         setup: SessionSetup,
         pipelined: bool,
         shutdown: &ShutdownWatch,

@@ -42,6 +42,8 @@ pub struct DeadlineStream {
     written: usize,
     /// Bytes of the current response reached the socket (set by writes, cleared per request).
     sent: AtomicBool,
+    /// The client's address, once asked for.
+    peer: Option<Option<std::net::IpAddr>>,
     /// What a failed response turns into (`fail_response`): `REPLACE` with the bytes in
     /// `replacement` when nothing had reached the client, `ABORT` (send nothing more) when something had.
     fate: AtomicU8,
@@ -104,6 +106,7 @@ impl DeadlineStream {
             wbuf: Vec::new(),
             written: 0,
             sent: AtomicBool::new(false),
+            peer: None,
             fate: AtomicU8::new(NORMAL),
             replacement: std::sync::Mutex::new(None),
         }
@@ -120,10 +123,13 @@ impl DeadlineStream {
         self.scan.done() && self.peeked.as_deref().is_some_and(super::scan::plain_head)
     }
 
-    /// The client's address.
-    pub(super) fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        let digest = self.inner.get_socket_digest()?;
-        Some(digest.peer_addr()?.as_inet()?.ip())
+    /// The client's address (looked up once per connection).
+    pub(super) fn peer_ip(&mut self) -> Option<std::net::IpAddr> {
+        let inner = &self.inner;
+        *self.peer.get_or_insert_with(|| {
+            let digest = inner.get_socket_digest()?;
+            Some(digest.peer_addr()?.as_inet()?.ip())
+        })
     }
 
     /// Starts the scan of the next request head; its clock starts now, or at its first byte.
