@@ -380,6 +380,20 @@ pub fn render(live: &Live, access_log_dropped: u64) -> String {
     }
     header(
         &mut out,
+        "strangle_requests_refused_total",
+        "counter",
+        "Requests strangle answered itself before any side (a malformed head, a missing or bad token, a rate limit, an address not allowed, no route; a route's redirect or fixed answer), by route (_default: matched no route) and status (codes it refuses with one by one, others by class).",
+    );
+    for (route, t) in live.registry.refused() {
+        for (status, n) in t.labelled() {
+            let _ = writeln!(
+                out,
+                "strangle_requests_refused_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
         "strangle_fallbacks_total",
         "counter",
         "Requests the new side failed before answering (connect error, no response, a Lambda or signed-endpoint failure, a listed 5xx) that the legacy side then served, by route (`fallback = true`).",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::split::Side;
 
 pub mod burndown;
+pub mod refused;
 pub mod series;
 
 /// Upper bounds of the latency buckets, in milliseconds; one more bucket holds the rest.
@@ -154,6 +155,8 @@ pub struct RouteStats {
     pub new: SideStats,
     /// Requests the new side failed before answering that legacy then served (`fallback`).
     pub fallbacks: AtomicU64,
+    /// Requests answered before any side (refusals, the route's own answers).
+    pub refused: refused::Refused,
 }
 
 impl RouteStats {
@@ -218,6 +221,17 @@ impl Registry {
             .iter()
             .map(|(id, s)| (id.clone(), [s.legacy.totals(), s.new.totals()]))
             .collect()
+    }
+
+    /// Every route's refusal counts (`refused`), by route id, in id order.
+    pub fn refused(&self) -> Vec<(String, refused::RefusedTotals)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = routes
+            .iter()
+            .map(|(id, s)| (id.clone(), s.refused.totals()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     pub fn upstream_in_flight(&self) -> Vec<(String, i64)> {

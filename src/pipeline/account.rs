@@ -27,6 +27,10 @@ impl Request {
     /// Counts the request on its route side and writes its access-log line.
     pub fn account(&self, access: Option<&AccessLogger>, done: Finished<'_>) {
         let now = Instant::now();
+        if self.side().is_none() {
+            // Answered before any side: on its route, or with the unmatched ones.
+            self.route_stats().refused.record(done.status);
+        }
         if let Some(side) = self.side() {
             self.route_stats()
                 .side(side)

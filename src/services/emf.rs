@@ -17,6 +17,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::{AccessLog, Emf};
 use crate::state::Live;
+use crate::stats::refused::RefusedTotals;
 use crate::stats::{Totals, TotalsByRoute, DEFAULT_ROUTE};
 use crate::telemetry::emf::{write_lines, Point};
 use crate::telemetry::AccessLogger;
@@ -29,8 +30,24 @@ pub struct EmfReporter {
 
 /// The interval being counted: the totals it started from (`None` while EMF is off) and when.
 struct Interval {
-    start: Option<TotalsByRoute>,
+    start: Option<Start>,
     since: Instant,
+}
+
+/// The counters at the start of an interval: each route side's, and each route's refusals.
+#[derive(Clone, Default)]
+struct Start {
+    totals: TotalsByRoute,
+    refused: HashMap<String, RefusedTotals>,
+}
+
+impl Start {
+    fn now(registry: &crate::stats::Registry) -> Start {
+        Start {
+            totals: registry.totals(),
+            refused: registry.refused().into_iter().collect(),
+        }
+    }
 }
 
 impl EmfReporter {
@@ -41,7 +58,7 @@ impl EmfReporter {
             live,
             access,
             state: Mutex::new(Interval {
-                start: on.then(HashMap::new),
+                start: on.then(Start::default),
                 since: Instant::now(),
             }),
         }
@@ -58,7 +75,7 @@ impl EmfReporter {
                 None
             }
             (Some(_), None) => {
-                state.start = Some(self.live.registry.totals());
+                state.start = Some(Start::now(&self.live.registry));
                 state.since = Instant::now();
                 snap.config
                     .telemetry
@@ -80,19 +97,20 @@ impl EmfReporter {
         // Totals taken under the lock: two reports at once (the last interval at exit) count
         // each request once.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let totals = self.live.registry.totals();
-        let Some(start) = state.start.replace(totals.clone()) else {
+        let now = Start::now(&self.live.registry);
+        let Some(start) = state.start.replace(now.clone()) else {
             state.since = Instant::now();
             return;
         };
         let length = std::mem::replace(&mut state.since, Instant::now()).elapsed();
         drop(state);
 
+        let (totals, refused) = (&now.totals, &now.refused);
         let zero = [Totals::default(); 2];
         let delta = |id: &str| {
             let (now, then) = (
                 totals.get(id).unwrap_or(&zero),
-                start.get(id).unwrap_or(&zero),
+                start.totals.get(id).unwrap_or(&zero),
             );
             [now[0].since(&then[0]), now[1].since(&then[1])]
         };
@@ -129,10 +147,30 @@ impl EmfReporter {
         if snap.config.server.default.is_some() || default.requests() > 0 {
             sides.push((DEFAULT_ROUTE, "default", default));
         }
-        let points: Vec<Point<'_>> = sides
+        let mut points: Vec<Point<'_>> = sides
             .iter()
             .map(|(route, side, t)| point(route, side, t))
             .collect();
+        // What each route (and `_default`, the unmatched) answered itself, in intervals when
+        // it did: as side `refused`, with no latency.
+        let mut refusing: Vec<(&str, RefusedTotals)> = refused
+            .iter()
+            .map(|(id, t)| {
+                let then = start.refused.get(id).copied().unwrap_or_default();
+                (id.as_str(), t.since(&then))
+            })
+            .filter(|(_, t)| t.total() > 0)
+            .collect();
+        refusing.sort_by(|a, b| a.0.cmp(b.0));
+        points.extend(refusing.iter().map(|(route, t)| Point {
+            route,
+            side: "refused",
+            requests: t.total(),
+            status_4xx: t.class(4),
+            status_5xx: t.class(5),
+            p50_ms: None,
+            p99_ms: None,
+        }));
         let mut out = Vec::with_capacity(points.len() * 512);
         write_lines(
             &emf.namespace,

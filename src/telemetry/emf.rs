@@ -19,7 +19,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point<'a> {
     pub route: &'a str,
-    /// `legacy`, `new`, or `default` for unmatched requests.
+    /// `legacy`, `new`, `default` for unmatched requests, or `refused` for those strangle
+    /// answered itself before any side.
     pub side: &'a str,
     pub requests: u64,
     pub status_4xx: u64,

@@ -153,6 +153,9 @@ fn emf_config(legacy: &Backend, new: &Backend, access: &str, emf: &str) -> Strin
             r.legacy("legacy").new("new").shift("50%").sticky("none")
         })
         .route("reports", "/reports", |r| r.legacy("legacy").new("new"))
+        .route("frozen", "/frozen", |r| {
+            r.toml("respond", r#"{ status = 503, body = "frozen" }"#)
+        })
         .section("[log]", &format!("access = \"{access}\""))
         .section("[telemetry.emf]", emf)
         .build()
@@ -186,6 +189,9 @@ fn emf_lines_follow_the_specification_count_every_request_and_never_split_an_acc
                     };
                     let path = if i % 3 == 0 {
                         "/unmatched"
+                    } else if status == "503" {
+                        // The route's own answer: the same status, no side.
+                        "/frozen"
                     } else {
                         "/bookings/1"
                     };
@@ -199,6 +205,11 @@ fn emf_lines_follow_the_specification_count_every_request_and_never_split_an_acc
     for c in clients {
         c.join().unwrap();
     }
+    // Heads the parser refuses: refused with no route.
+    for _ in 0..3 {
+        let (r, _) = raw(port, b"GARBAGE\r\n\r\n");
+        assert_eq!(r.map(|r| r.status), Some(400));
+    }
     proxy.signal(Signal::SIGTERM);
     let mut proxy = proxy;
     let exited = wait_until(Duration::from_secs(10), || {
@@ -209,10 +220,10 @@ fn emf_lines_follow_the_specification_count_every_request_and_never_split_an_acc
     let mut out = proxy.stdout();
     wait_until(Duration::from_secs(2), || {
         out = proxy.stdout();
-        out.ends_with('\n') && out.lines().count() >= 600
+        out.ends_with('\n') && out.lines().count() >= 603
     });
     let (emf, access) = split_lines(&out);
-    assert_eq!(access.len(), 600, "every request's access-log line, whole");
+    assert_eq!(access.len(), 603, "every request's access-log line, whole");
 
     // Several intervals, each line in the namespace with the two dimension sets.
     let stamps: std::collections::BTreeSet<u64> = emf
@@ -233,10 +244,8 @@ fn emf_lines_follow_the_specification_count_every_request_and_never_split_an_acc
     let mut want: HashMap<(String, String), [u64; 3]> = HashMap::new();
     for a in &access {
         let route = a["route"].as_str().unwrap_or("_default").to_string();
-        let side = match a["side"].as_str() {
-            Some("default") | None => "default",
-            Some(s) => s,
-        };
+        // No side: answered by strangle itself (refused, or the route's own answer).
+        let side = a["side"].as_str().unwrap_or("refused");
         let counts = want.entry((route, side.to_string())).or_default();
         let status = a["status"].as_u64().unwrap();
         counts[0] += 1;
@@ -261,6 +270,13 @@ fn emf_lines_follow_the_specification_count_every_request_and_never_split_an_acc
         want.contains_key(&("_default".into(), "default".into())),
         "{want:?}"
     );
+    assert_eq!(want[&("frozen".into(), "refused".into())], [10, 0, 10]);
+    assert_eq!(want[&("_default".into(), "refused".into())], [3, 3, 0]);
+    // Refusals report in the intervals they happened in, never with a latency.
+    let refused: Vec<_> = emf.iter().filter(|l| l["side"] == "refused").collect();
+    assert!(refused
+        .iter()
+        .all(|l| l["Requests"].as_u64() > Some(0) && l.get("LatencyP50").is_none()));
     // An idle configured route reports zeros, and no latency.
     let idle: Vec<_> = emf.iter().filter(|l| l["route"] == "reports").collect();
     assert!(!idle.is_empty());

@@ -28,9 +28,15 @@ fn promtool_accepts_the_exposition() {
         get(proxy.port, "/bookings", &[]);
         get(proxy.port, "/other", &[]);
     }
+    let (r, _) = raw(proxy.port, b"GARBAGE\r\n\r\n");
+    assert_eq!(r.map(|r| r.status), Some(400));
     let text = get(proxy.admin_port, "/metrics", &[]).text();
     assert!(
         text.contains("strangle_route_shift_ratio{route=\"bookings\"} 0.5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strangle_requests_refused_total{route=\"_default\",status=\"400\"} 1\n"),
         "{text}"
     );
     let mut child = Command::new(tool("promtool"))
