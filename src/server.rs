@@ -28,6 +28,8 @@ use crate::telemetry::AccessLogger;
 /// Loads the config, then runs the proxy. Returns only on a start-up error. With `upgrade`,
 /// the listening sockets are taken from the process running on this config (`handover`).
 pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before any thread starts: they all inherit it (see `early`).
+    early::hold();
     let _ = rustls::crypto::ring::default_provider().install_default();
     // No transparent huge pages: mimalloc asks for them on its arenas, and a 2 MiB page is
     // resident as a whole as soon as one byte of it is touched. They made a fresh proxy 24 MB
@@ -331,12 +333,8 @@ impl ShutdownSignalWatch for Drain {
         };
         // A hand-over under way (it waits for the new process); other signals still count.
         let mut handing: Option<tokio::task::JoinHandle<bool>> = None;
-        enum Got {
-            Int,
-            Quit,
-            Handed(bool),
-            Term,
-        }
+        // The handlers are in place: a signal held back since the start arrives now.
+        early::release();
         loop {
             let busy = handing.is_some();
             let handed = async {
@@ -375,6 +373,46 @@ impl ShutdownSignalWatch for Drain {
                     return self.drain();
                 }
             }
+        }
+    }
+}
+
+/// A signal the drain watch acts on.
+enum Got {
+    Int,
+    Quit,
+    Handed(bool),
+    Term,
+}
+
+/// The drain watch's signals (SIGINT, SIGTERM, SIGQUIT) are held back from the start of
+/// `serve` until the watch listens (`Drain::recv`, started by Pingora's loop): without a
+/// handler before then, one of them would take the default action and end the process on
+/// the spot, cutting off what it had accepted. Held back, it stays pending and reaches the
+/// watch as soon as it listens. Every thread strangle starts inherits the mask, so none takes
+/// such a signal by default; processes it starts do not (the standard library resets it).
+mod early {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+
+    fn set() -> SigSet {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT] {
+            set.add(s);
+        }
+        set
+    }
+
+    /// Holds the signals back in this thread and in every thread it starts from now on.
+    pub(super) fn hold() {
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set()), None) {
+            eprintln!("strangle: cannot hold signals back until the server loop starts: {e}");
+        }
+    }
+
+    /// Lets them through to this thread: the drain watch's handlers are in place.
+    pub(super) fn release() {
+        if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set()), None) {
+            tracing::error!("cannot let signals through to the drain watch: {e}");
         }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::support::*;
 
 /// What one keep-alive client saw: requests answered, answers after SIGTERM without
@@ -237,4 +239,52 @@ fn sigquit_without_a_new_process_goes_on_serving() {
     assert_eq!(c.get("/bookings", &[]).unwrap().status, 200);
     assert_eq!(get(proxy.port, "/bookings", &[]).status, 200);
     assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
+}
+
+/// A SIGTERM or SIGQUIT that comes the moment strangle says it serves, before its server loop
+/// listens for signals, is acted on (a drain, or the hand-over attempt) when the loop starts,
+/// never the default action that would end the process on the spot.
+#[test]
+fn a_signal_right_after_start_is_acted_on_not_fatal() {
+    let legacy = Backend::start("legacy");
+    let text = Config::new()
+        .default("legacy")
+        .upstream("legacy", &legacy.addr())
+        .server("grace-period = \"2s\"")
+        .build();
+    for (signal, round) in [
+        (Signal::SIGTERM, 0),
+        (Signal::SIGTERM, 1),
+        (Signal::SIGQUIT, 2),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("strangle.toml");
+        std::fs::write(&config, Proxy::render(&text, free_port(), free_port())).unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut child = std::process::Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // Read without pause: the window is the few milliseconds the server takes to start
+        // its loop.
+        let started = Instant::now();
+        while !std::fs::read_to_string(&stderr).is_ok_and(|t| t.contains("strangle serving")) {
+            assert!(started.elapsed() < Duration::from_secs(15), "no start");
+        }
+        nix::sys::signal::kill(pid, signal).unwrap();
+        if signal == Signal::SIGQUIT {
+            // No new process to take the sockets: it goes on serving, then drains on SIGTERM.
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(child.try_wait().unwrap().is_none(), "SIGQUIT ended it");
+            nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+        }
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(&stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {status}\n{log}");
+    }
 }
