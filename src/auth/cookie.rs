@@ -8,6 +8,8 @@
 
 use http::header::{HeaderMap, COOKIE};
 
+use crate::routing::hex_value;
+
 /// Why the token cookie cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ambiguous {
@@ -85,7 +87,7 @@ impl Iterator for Decoded<'_> {
         let (&b, rest) = self.rest.split_first()?;
         if b == b'%' {
             if let [h, l, tail @ ..] = rest {
-                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                if let (Some(h), Some(l)) = (hex_value(*h), hex_value(*l)) {
                     self.rest = tail;
                     return Some(h << 4 | l);
                 }
@@ -93,15 +95,6 @@ impl Iterator for Decoded<'_> {
         }
         self.rest = rest;
         Some(b)
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
