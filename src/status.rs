@@ -96,6 +96,10 @@ pub struct RouteStatus {
     /// Requests the new side failed that legacy then served, on a route with `fallback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallbacks: Option<u64>,
+    /// Requests strangle answered itself on this route before any side (a missing token, a
+    /// rate limit, the route's own answer), by status (`strangle_requests_refused_total`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, u64>,
     /// The raw counters a rollout is judged on, on a route that has one (what a fleet's leader
     /// sums over the replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +229,13 @@ pub fn build(live: &Live) -> Status {
                     let n = &live_route.stats.fallbacks;
                     n.load(std::sync::atomic::Ordering::Relaxed)
                 }),
+                refused: live_route
+                    .stats
+                    .refused
+                    .totals()
+                    .labelled()
+                    .map(|(status, n)| (status.to_string(), n))
+                    .collect(),
                 counters: r.rollout.as_ref().map(|_| snap.rollout_counters(i)),
                 rollout: r
                     .rollout
