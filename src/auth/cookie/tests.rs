@@ -71,6 +71,39 @@ fn names_frameworks_read_as_the_token_are_copies() {
         // Alone it is refused too: the upstream would read it as the token strangle never saw.
         assert_eq!(found(&[alike]), Err(Ambiguous::Twice), "{alike} alone");
     }
+    // Blanks beyond ASCII (Werkzeug, Node and Django trim them), blanks and commas as
+    // separators (`SimpleCookie`; servlet containers and old Rack split on `,`), PHP's `+` and
+    // arrays: each is the token to some framework (found by an adversarial review).
+    for spoof in [
+        "\u{a0}id_token=forged; id_token=good",
+        "id_token\u{a0}=forged; id_token=good",
+        "id_token=good; x=1 id_token=forged",
+        "id_token=good; x=1\tid_token=forged",
+        "id_token=good; x=1, id_token=forged",
+        "$Version=1; x=1, id_token=forged; id_token=good",
+        "id_token=good; id+token=forged",
+        "id_token=good; id_token[0]=forged",
+        "id_token=good; x=\"a;id_token=b\"",
+    ] {
+        assert_eq!(found(&[spoof]), Err(Ambiguous::Twice), "{spoof:?}");
+    }
+    let raw = |bytes: &[u8]| {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_bytes(bytes).unwrap());
+        token_cookie(&h, "id_token").map(|v| v.map(<[u8]>::to_vec))
+    };
+    for bytes in [
+        &b"\xa0id_token=forged; id_token=good"[..],
+        b"\x85id_token=forged; id_token=good",
+        b"id_token\xa0=forged; id_token=good",
+        b"id_token=good; \xc2\xa0id_token=forged",
+    ] {
+        assert_eq!(raw(bytes), Err(Ambiguous::Twice), "{bytes:?}");
+    }
+    assert_eq!(
+        raw(b"a=\xc3\xa9; id_token=good"),
+        Ok(Some(b"good".to_vec()))
+    );
     // A malformed escape is not decoded, so it is another name.
     assert_eq!(
         found(&["id%5token=x; id_token=good"]),
