@@ -119,13 +119,14 @@ impl Snapshot {
     ) -> Result<Snapshot, BuildError> {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
         for (name, cfg) in &config.upstreams {
-            let reused = previous
-                .and_then(|p| p.upstreams.get(name))
-                .filter(|u| u.config == *cfg)
-                .cloned();
-            let upstream = match reused {
-                Some(u) => u,
-                None => Arc::new(Upstream::new(cfg, registry.upstream(name))),
+            let before = previous.and_then(|p| p.upstreams.get(name));
+            let upstream = match before.filter(|u| u.config == *cfg) {
+                Some(u) => Arc::clone(u),
+                None => Arc::new(Upstream::new(
+                    cfg,
+                    registry.upstream(name),
+                    before.map(|u| &**u),
+                )),
             };
             upstreams.insert(name.clone(), upstream);
         }

@@ -86,7 +86,11 @@ impl HttpUpstream {
     /// Builds the upstream, resolving its addresses (this may block on DNS: call it off the
     /// request path). A name that does not resolve leaves the upstream without its addresses
     /// until it does (see [`dns`]); it never fails the build.
-    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> HttpUpstream {
+    pub fn new(
+        config: &config::Upstream,
+        stats: Arc<UpstreamStats>,
+        previous: Option<&HttpUpstream>,
+    ) -> HttpUpstream {
         let (addresses, tls, sni, host_header) = match &config.target {
             Target::Lambda(_) => unreachable!("lambda targets are built by Upstream::new"),
             Target::Addresses(addrs) => (addrs.clone(), false, String::new(), None),
@@ -109,7 +113,11 @@ impl HttpUpstream {
                 )
             }
         };
-        let dns = Arc::new(dns::Dns::new(&config.name, &addresses));
+        let dns = Arc::new(dns::Dns::new(
+            &config.name,
+            &addresses,
+            previous.map(|p| &*p.dns),
+        ));
         let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Box::new(
             dns::Discovery(Arc::clone(&dns)),
         )));
@@ -370,12 +378,28 @@ pub enum Kind {
 }
 
 impl Upstream {
-    pub fn new(config: &config::Upstream, stats: Arc<UpstreamStats>) -> Upstream {
+    /// `previous`: the upstream of that name this one replaces on a reload (its names'
+    /// addresses are kept until looked up again).
+    pub fn new(
+        config: &config::Upstream,
+        stats: Arc<UpstreamStats>,
+        previous: Option<&Upstream>,
+    ) -> Upstream {
         let kind = match &config.target {
             // The function's whole answer arrives at once: every deadline bounds the call.
             Target::Lambda(t) => Kind::Lambda(LambdaUpstream::new(t, config.head_deadline())),
             _ if config.sigv4.is_some() => Kind::Signed,
-            _ => Kind::Http(Box::new(HttpUpstream::new(config, Arc::clone(&stats)))),
+            _ => {
+                let previous = previous.and_then(|p| match &p.kind {
+                    Kind::Http(h) => Some(&**h),
+                    _ => None,
+                });
+                Kind::Http(Box::new(HttpUpstream::new(
+                    config,
+                    Arc::clone(&stats),
+                    previous,
+                )))
+            }
         };
         Upstream {
             config: config.clone(),

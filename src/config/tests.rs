@@ -1420,3 +1420,46 @@ fn a_kubernetes_configmap_for_shifts_is_lowered_and_its_mistakes_refused() {
         );
     }
 }
+
+#[test]
+fn addresses_must_name_a_peer_and_a_repeated_one_is_warned_of() {
+    let text = |addrs: &str| {
+        format!(
+            "[upstreams.a]\naddresses = [{addrs}]\n\n[[routes]]\nid = \"r\"\npath = \"/r\"\nlegacy = \"a\"\n"
+        )
+    };
+    for bad in [
+        "\"::1:8080\"",
+        "\"127.0.0.1 :8080\"",
+        "\"exa mple:1\"",
+        "\"a..b:1\"",
+        "\"[::g]:1\"",
+        "\"host:0\"",
+        "\":8080\"",
+    ] {
+        let errs = parse_str(&text(bad)).unwrap_err().0;
+        assert_reported(
+            &errs.iter().map(|e| e.message.clone()).collect::<Vec<_>>(),
+            "bad address",
+        );
+    }
+    for good in [
+        "\"127.0.0.1:8080\"",
+        "\"[::1]:8080\"",
+        "\"bookings.shop.svc.cluster.local:8080\"",
+        "\"my_svc-1.internal.:80\"",
+        "\"localhost:1\"",
+    ] {
+        let config = parse_str(&text(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert!(config.warnings.is_empty(), "{good}");
+    }
+    let config = parse_str(&text("\"svc:80\", \"svc:80\"")).unwrap();
+    assert_reported(
+        &config
+            .warnings
+            .iter()
+            .map(|w| w.message.clone())
+            .collect::<Vec<_>>(),
+        "listed twice",
+    );
+}

@@ -288,16 +288,28 @@ impl Cx<'_> {
             return None;
         }
         let mut ok = true;
-        for a in addrs.get_ref() {
+        for (i, a) in addrs.get_ref().iter().enumerate() {
             let valid = a.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                valid_host(host) && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
             if !valid {
                 let hint = Some(
-                    "write `host:port`, e.g. `127.0.0.1:8081`; for a URL use `url = ...`".into(),
+                    "write `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 one, e.g. `127.0.0.1:8081`, `[::1]:8081`, `bookings.shop.svc:8080`); for a URL use `url = ...`".into(),
                 );
                 self.err_at(a, format!("bad address `{}`", a.get_ref()), hint);
                 ok = false;
+            } else if addrs.get_ref()[..i]
+                .iter()
+                .any(|b| b.get_ref() == a.get_ref())
+            {
+                self.warn(
+                    a.span().start,
+                    format!(
+                        "`{}` is listed twice: it gets no more traffic for it",
+                        a.get_ref()
+                    ),
+                    None,
+                );
             }
         }
         ok.then(|| {
@@ -372,4 +384,23 @@ impl Cx<'_> {
             );
         }
     }
+}
+
+/// Whether `host` (of a `host:port` address) can name a peer: an IPv4 address, a bracketed
+/// IPv6 address, or a DNS name (labels of letters, digits, `-` and `_`, none empty or over 63
+/// bytes, a final dot allowed). Anything else would only show as 502s at run time.
+fn valid_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }

@@ -74,7 +74,7 @@ fn make_upstream() -> Shared {
     )
     .unwrap();
     let u = &config.upstreams["u"];
-    Arc::new(crate::upstream::Upstream::new(u, Arc::default()))
+    Arc::new(crate::upstream::Upstream::new(u, Arc::default(), None))
 }
 
 fn job(answer: &'static str, calibrate: bool, ignore: &[&str]) -> Job {

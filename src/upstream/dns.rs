@@ -30,6 +30,9 @@ struct Entry {
     addrs: Vec<SocketAddr>,
     /// Why the last lookup failed, while it does.
     error: Option<String>,
+    /// A lookup that outlasted `LOOKUP_TIMEOUT` (a resolver that hangs): it is waited for,
+    /// never started again while it runs, so a hung resolver holds one thread per name.
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Vec<SocketAddr>>>>,
 }
 
 /// Service discovery by name lookup, for Pingora's load balancer.
@@ -43,27 +46,50 @@ pub struct Dns {
 }
 
 impl Dns {
-    /// Resolves every configured address once, blocking (call it off the request path). A
-    /// name that fails is logged and left without addresses; it is looked up again later.
-    pub fn new(upstream: &str, names: &[String]) -> Dns {
-        let entries = names
+    /// Resolves every configured address once, blocking (call it off the request path) for at
+    /// most `LOOKUP_TIMEOUT` in all, the names looked up side by side. A name `previous` (the
+    /// upstream this one replaces on a reload) knew keeps what it had there, unlooked-up: the
+    /// first health check looks it up again, and a DNS outage during a reload does not empty
+    /// the upstream. A name that fails is logged and left without addresses; it is looked up
+    /// again on every health check. A name listed twice is one entry.
+    pub fn new(upstream: &str, names: &[String], previous: Option<&Dns>) -> Dns {
+        let mut unique: Vec<&String> = Vec::with_capacity(names.len());
+        for name in names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        let known = |name: &str| {
+            let previous = previous?.lock();
+            let e = previous
+                .iter()
+                .find(|e| e.name == name && !e.addrs.is_empty())?;
+            Some((e.addrs.clone(), e.error.clone()))
+        };
+        let lookups: Vec<_> = unique
             .iter()
-            .map(|name| {
-                let literal = name.parse::<SocketAddr>().is_ok();
-                let (addrs, error) = match std::net::ToSocketAddrs::to_socket_addrs(name.as_str()) {
-                    Ok(found) => usable(found),
-                    Err(e) => (Vec::new(), Some(e.to_string())),
-                };
-                if let Some(e) = &error {
+            .map(|name| match known(name) {
+                Some(kept) => Lookup::Kept(kept),
+                None => Lookup::start(name),
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + LOOKUP_TIMEOUT;
+        let entries = unique
+            .into_iter()
+            .zip(lookups)
+            .map(|(name, lookup)| {
+                let (addrs, error) = lookup.finish(deadline);
+                if let (Some(e), true) = (&error, addrs.is_empty()) {
                     tracing::warn!(upstream = %upstream, address = %name,
                         "cannot resolve the address: {e}; its requests get 502 until it \
                          resolves (looked up again on every health check)");
                 }
                 Entry {
                     name: name.clone(),
-                    literal,
+                    literal: name.parse::<SocketAddr>().is_ok(),
                     addrs,
                     error,
+                    pending: None,
                 }
             })
             .collect();
@@ -109,6 +135,58 @@ impl Dns {
     }
 }
 
+/// One name's lookup while an upstream is built.
+enum Lookup {
+    /// What the upstream it replaces had.
+    Kept((Vec<SocketAddr>, Option<String>)),
+    /// An IP literal, parsed.
+    Literal(SocketAddr),
+    /// Running on a thread of its own (left behind if the resolver never answers).
+    Running(std::sync::mpsc::Receiver<std::io::Result<Vec<SocketAddr>>>),
+}
+
+impl Lookup {
+    fn start(name: &str) -> Lookup {
+        if let Ok(addr) = name.parse::<SocketAddr>() {
+            return Lookup::Literal(addr);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("strangle-lookup".into())
+            .spawn(move || {
+                let found =
+                    std::net::ToSocketAddrs::to_socket_addrs(name.as_str()).map(Iterator::collect);
+                let _ = tx.send(found);
+            });
+        if let Err(e) = spawned {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _ = tx.send(Err(e));
+            return Lookup::Running(rx);
+        }
+        Lookup::Running(rx)
+    }
+
+    /// The addresses and the error, waiting for a running lookup until `deadline`.
+    fn finish(self, deadline: std::time::Instant) -> (Vec<SocketAddr>, Option<String>) {
+        match self {
+            Lookup::Kept(kept) => kept,
+            Lookup::Literal(addr) => (vec![addr], None),
+            Lookup::Running(rx) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(Ok(addrs)) => usable(addrs.into_iter()),
+                    Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+                    Err(_) => (
+                        Vec::new(),
+                        Some(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// A configured address that does not resolve, as `/status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Unresolved {
@@ -143,23 +221,38 @@ impl Dns {
         if !self.primed.swap(true, Ordering::Relaxed) {
             return Ok((Self::backends(&self.lock()), HashMap::new()));
         }
-        let names: Vec<String> = self
+        // Each name's lookup: a new one, or the one still running from an earlier round.
+        let jobs: Vec<_> = self
             .lock()
-            .iter()
+            .iter_mut()
             .filter(|e| !e.literal)
-            .map(|e| e.name.clone())
+            .map(|e| {
+                let job = e.pending.take().unwrap_or_else(|| {
+                    let name = e.name.clone();
+                    tokio::task::spawn_blocking(move || {
+                        std::net::ToSocketAddrs::to_socket_addrs(name.as_str())
+                            .map(Iterator::collect)
+                    })
+                });
+                (e.name.clone(), job)
+            })
             .collect();
-        let mut found = Vec::with_capacity(names.len());
-        for name in names {
-            let result =
-                match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(&name)).await {
-                    Ok(Ok(addrs)) => usable(addrs),
-                    Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
-                    Err(_) => (
+        let mut found = Vec::with_capacity(jobs.len());
+        for (name, mut job) in jobs {
+            let result = match tokio::time::timeout(LOOKUP_TIMEOUT, &mut job).await {
+                Ok(Ok(Ok(addrs))) => usable(addrs.into_iter()),
+                Ok(Ok(Err(e))) => (Vec::new(), Some(e.to_string())),
+                Ok(Err(e)) => (Vec::new(), Some(format!("the lookup failed: {e}"))),
+                Err(_) => {
+                    if let Some(e) = self.lock().iter_mut().find(|e| e.name == name) {
+                        e.pending = Some(job);
+                    }
+                    (
                         Vec::new(),
                         Some(format!("no answer within {LOOKUP_TIMEOUT:?}")),
-                    ),
-                };
+                    )
+                }
+            };
             found.push((name, result));
         }
         let mut entries = self.lock();

@@ -131,6 +131,64 @@ fn served_around_then_followed(fast_path_off: bool) {
         proxy.status()["upstreams"]["new"]["addresses"][0]["up"],
         true
     );
+    // A reload that changes the upstream during the outage keeps what its name had.
+    let before = proxy.metric("strangle_config_reloads_total");
+    proxy.rewrite(&text.replace(
+        "health-check-interval = \"200ms\"",
+        "health-check-interval = \"200ms\"\ntimeout = \"20s\"",
+    ));
+    eventually(Duration::from_secs(10), "the reload", || {
+        proxy.metric("strangle_config_reloads_total") > before
+    });
+    let r = get(proxy.port, "/bookings/1", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("new")));
+    assert_eq!(unresolved(&proxy), std::slice::from_ref(&name));
+}
+
+/// A resolver that never answers (here /etc/hosts is a FIFO nobody writes: every lookup
+/// blocks in `open`) holds nothing up: strangle starts after the lookup's 5 s, a reload that
+/// needs a lookup is applied after at most as long, other routes are served meanwhile, and the
+/// health checks' lookups do not pile up threads (one stays waiting per name).
+#[test]
+fn a_resolver_that_never_answers_holds_up_neither_start_nor_reload_nor_threads() {
+    let legacy = Backend::start("legacy");
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(&dir.path().join("hosts"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let base = Config::new()
+        .upstream("legacy", &legacy.addr())
+        .upstream_keys(
+            "new",
+            "url = \"http://svc.shop.test:8080\"\nhealth-check-interval = \"200ms\"",
+        )
+        .route("a", "/a", |r| r.legacy("legacy").new("new").shift("100%"))
+        .route("b", "/b", |r| r.legacy("legacy"));
+    let proxy = Proxy::start_wrapped(&base.clone().build(), &[], &wrap(dir.path()));
+    assert_eq!(get(proxy.port, "/b", &[]).status, 200);
+    assert_eq!(get(proxy.port, "/a", &[]).status, 502);
+    let error = proxy.status()["upstreams"]["new"]["unresolved"][0]["error"].clone();
+    assert!(error.as_str().unwrap().contains("no answer"), "{error}");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
+            .unwrap()
+            .count()
+    };
+    let at_start = threads();
+    // A reload that needs a lookup (a new upstream): applied, not held.
+    proxy.rewrite(
+        &base
+            .clone()
+            .upstream_keys("other", "url = \"http://other.shop.test:8080\"")
+            .route("c", "/c", |r| r.legacy("other"))
+            .build(),
+    );
+    let r = proxy.admin("POST", "/reload", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("other.shop.test"), "{}", r.text());
+    assert_eq!(get(proxy.port, "/b", &[]).status, 200);
+    // Many health-check rounds later: at most the one waiting lookup per name more.
+    std::thread::sleep(Duration::from_secs(6));
+    let later = threads();
+    assert!(later <= at_start + 3, "threads: {at_start} then {later}");
 }
 
 #[test]
