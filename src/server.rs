@@ -88,7 +88,11 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
     let mut inherited = crate::handover::Inherited::default();
     let mut received = false;
     if let (true, Some(sock)) = (upgrade, &handover) {
-        match crate::handover::Inherited::receive(sock) {
+        // Waiting for the sockets, a stop signal ends the process at once: nothing is taken.
+        early::release();
+        let received_sockets = crate::handover::Inherited::receive(sock);
+        early::hold();
+        match received_sockets {
             Ok(got) => {
                 tracing::info!(
                     sockets = got.len(),
@@ -190,6 +194,10 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
     ));
 
     live.lifecycle.log_cut_offs_to(Arc::clone(&access));
+    // A stop signal that came while starting ends the process now, before it says it serves
+    // (the process that handed the sockets over then goes on serving): said ready, it would
+    // have to act on the signal later and leave nothing listening.
+    early::settle();
     // Listening on everything: the process that handed the sockets over may stop accepting.
     if let (true, Some((sock, _))) = (received, &handover_sockets) {
         crate::handover::say_ready(sock);
@@ -387,9 +395,12 @@ enum Got {
 
 /// The drain watch's signals (SIGINT, SIGTERM, SIGQUIT) are held back from the start of
 /// `serve` until the watch listens (`Drain::recv`, started by Pingora's loop): without a
-/// handler before then, one of them would take the default action and end the process on
-/// the spot, cutting off what it had accepted. Held back, it stays pending and reaches the
-/// watch as soon as it listens. Every thread strangle starts inherits the mask, so none takes
+/// handler then, one of them would take the default action and end the process on the spot,
+/// cutting off what it had accepted. One that came while starting (or waiting for a
+/// hand-over's sockets) acts at once, by its default action, just before strangle says it
+/// serves (`settle`): a process that took over the sockets must never say it serves and then
+/// stop. From there to the watch, a signal is held and reaches the watch as soon as it
+/// listens. Every thread strangle starts inherits the mask, so none takes
 /// such a signal by default; processes it starts do not (the standard library resets it).
 mod early {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
@@ -409,7 +420,15 @@ mod early {
         }
     }
 
-    /// Lets them through to this thread: the drain watch's handlers are in place.
+    /// Lets a signal held since the start act now, by its default action (the process ends),
+    /// then holds them again until the drain watch listens.
+    pub(super) fn settle() {
+        release();
+        hold();
+    }
+
+    /// Lets them through to this thread: the drain watch's handlers are in place (or a signal
+    /// may end the process by its default action, as while it waits for a hand-over).
     pub(super) fn release() {
         if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set()), None) {
             tracing::error!("cannot let signals through to the drain watch: {e}");

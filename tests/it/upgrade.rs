@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use crate::support::*;
 
 /// What the load saw.
@@ -257,6 +259,37 @@ fn a_new_process_that_fails_after_taking_the_sockets_leaves_the_old_one_serving(
     );
     assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
     drop(held);
+}
+
+/// An upgrade stopped while it starts (Ctrl-C, or SIGTERM from a deploy that gave up) never
+/// leaves nothing listening: stopped while it waits for the sockets, it ends at once and the
+/// old process, asked to hand them over, goes on serving (found by an adversarial review: the
+/// new process took the sockets, said it served, then acted on the signal and exited, and the
+/// old one had stopped).
+#[test]
+fn an_upgrade_stopped_while_it_starts_leaves_the_old_process_serving() {
+    let legacy = Backend::start("legacy");
+    let mut proxy = Proxy::start(&legacy_only(&legacy));
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let mut new_process = start_upgrade(&proxy);
+        std::thread::sleep(Duration::from_millis(700));
+        let pid = nix::unistd::Pid::from_raw(new_process.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let stopped = wait_until(Duration::from_secs(3), || {
+            new_process.try_wait().unwrap().is_some()
+        });
+        assert!(stopped, "{signal}: the new process went on waiting");
+        proxy.signal(Signal::SIGQUIT);
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..10 {
+            assert_eq!(get(proxy.port, "/", &[]).status, 200, "{signal}");
+        }
+        assert!(
+            proxy.child.try_wait().unwrap().is_none(),
+            "the old process exited"
+        );
+    }
+    assert_eq!(proxy.admin("GET", "/ready", b"").status, 200);
 }
 
 #[test]
