@@ -54,24 +54,33 @@ struct HeadState {
     /// The request line as received was not valid HTTP (Pingora's parser would have escaped it
     /// into something else and gone on).
     bad_line: std::cell::Cell<bool>,
-    /// Something was written to the client before the proxy had a head: the answer to a head
-    /// the parser refused (Pingora's 400), which no request filter ever saw.
-    answered: std::cell::Cell<bool>,
+    /// The status of an answer written to the client before the proxy had a head (0: none):
+    /// Pingora's session refused it before any request filter (400 for a head its parser
+    /// refused, 405 for CONNECT).
+    answered: std::cell::Cell<u16>,
 }
 
-/// Called by the transport when it sends bytes of a response: whether the proxy had the head.
-pub(crate) fn answering() {
+/// Called by the transport when it sends the first bytes of a response (`start`): notes its
+/// status when the proxy never had the head.
+pub(crate) fn answering(start: &[u8]) {
     let _ = HEAD.try_with(|h| {
         if !h.parsed.get() {
-            h.answered.set(true);
+            // `HTTP/1.1 405 ...`; a response that does not parse counts as the 400 it mostly is.
+            let status = start
+                .get(9..12)
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+                .unwrap_or(400);
+            h.answered.set(status);
         }
     });
 }
 
-/// Whether the request now being served was answered without the proxy ever getting its head.
-fn refused_unparsed() -> bool {
-    HEAD.try_with(|h| h.answered.get() && !h.parsed.get())
-        .unwrap_or(false)
+/// The status the request now being served was answered with, when the proxy never got its
+/// head.
+fn refused_unparsed() -> Option<u16> {
+    HEAD.try_with(|h| (h.answered.get() != 0 && !h.parsed.get()).then(|| h.answered.get()))
+        .ok()
+        .flatten()
 }
 
 /// Called by the proxy once it has a request head: ends the head deadline for it, and says
@@ -167,9 +176,10 @@ pub struct Http1<A> {
     pub lifecycle: Arc<Lifecycle>,
     /// HTTP/2 with prior knowledge on plain connections (`[server] h2c`).
     pub h2c: bool,
-    /// Accounts a request whose head the parser refused (answered 400 by Pingora's session,
-    /// before any request filter), with the client's address: it is in the access log too.
-    pub malformed: Option<Arc<dyn Fn(Option<std::net::IpAddr>) + Send + Sync>>,
+    /// Accounts a request Pingora's session answered before any request filter (400 for a head
+    /// its parser refused, 405 for CONNECT), with the client's address and the status: it is
+    /// in the access log too.
+    pub malformed: Option<Arc<dyn Fn(Option<std::net::IpAddr>, u16) + Send + Sync>>,
 }
 
 /// Waits until the next request starts: `false` if the client closed the connection, the
@@ -366,13 +376,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Http1<A> {
         let head = HeadState {
             parsed: std::cell::Cell::new(false),
             bad_line: std::cell::Cell::new(bad_line),
-            answered: std::cell::Cell::new(false),
+            answered: std::cell::Cell::new(0),
         };
         let peer = self.malformed.as_ref().and_then(|_| stream.peer_ip());
         // After the engine: a head it refused unparsed is accounted here, for either engine.
         let account = || {
-            if let Some(log) = self.malformed.as_ref().filter(|_| refused_unparsed()) {
-                log(peer);
+            if let (Some(log), Some(status)) = (self.malformed.as_ref(), refused_unparsed()) {
+                log(peer, status);
             }
         };
         self.lifecycle.served_by(fast.is_some());

@@ -48,19 +48,25 @@ pub struct Strangle {
 }
 
 impl Strangle {
-    /// Accounts a request whose head the parser refused (answered 400 by the HTTP/1 session
-    /// before any filter ran): its access-log line, with no method or path to tell.
-    pub fn malformed(&self, client: Option<IpAddr>) {
+    /// Accounts a request the HTTP/1 session answered before any filter ran (`status`: 400 for
+    /// a head its parser refused, 405 for CONNECT): its access-log line, with no method or
+    /// path to tell.
+    pub fn malformed(&self, client: Option<IpAddr>, status: u16) {
         let ctx = self.new_ctx();
+        let error = match status {
+            400 => "malformed request head".to_string(),
+            405 => "CONNECT is not served".to_string(),
+            s => format!("refused ({s}) before routing"),
+        };
         ctx.req.account(
             Some(&self.access),
             Finished {
-                status: 400,
+                status,
                 method: "-",
                 path: "-",
                 client,
                 bytes: (0, 0),
-                error: Some("malformed request head".to_string()),
+                error: Some(error),
             },
         );
     }

@@ -122,9 +122,9 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
         access: Arc::clone(&access),
     };
     let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
-    let malformed: Arc<dyn Fn(Option<std::net::IpAddr>) + Send + Sync> = {
+    let malformed: Arc<dyn Fn(Option<std::net::IpAddr>, u16) + Send + Sync> = {
         let strangle = strangle.clone();
-        Arc::new(move |peer| strangle.malformed(peer))
+        Arc::new(move |peer, status| strangle.malformed(peer, status))
     };
     app.handle_init_modules();
     // No connection reaches Pingora's own server loop: `Http1` serves HTTP/1 and hands HTTP/2

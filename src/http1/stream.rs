@@ -333,7 +333,7 @@ impl DeadlineStream {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             if !*self.sent.get_mut() {
-                super::answering();
+                super::answering(&self.wbuf[self.written..]);
             }
             *self.sent.get_mut() = true;
             self.written += n;
@@ -360,7 +360,7 @@ impl AsyncWrite for DeadlineStream {
         if buf.len() >= WRITE_BUFFER {
             let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
             if n > 0 && !*this.sent.get_mut() {
-                super::answering();
+                super::answering(buf);
             }
             *this.sent.get_mut() |= n > 0;
             return Poll::Ready(Ok(n));
