@@ -165,6 +165,9 @@ impl SessionSetup {
     }
 }
 
+/// Accounts a request the session answered before any filter: the client's address, the status.
+pub type Malformed = Arc<dyn Fn(Option<std::net::IpAddr>, u16) + Send + Sync>;
+
 /// The HTTP/1 keep-alive loop around a Pingora app.
 pub struct Http1<A> {
     pub inner: Arc<A>,
@@ -179,7 +182,7 @@ pub struct Http1<A> {
     /// Accounts a request Pingora's session answered before any request filter (400 for a head
     /// its parser refused, 405 for CONNECT), with the client's address and the status: it is
     /// in the access log too.
-    pub malformed: Option<Arc<dyn Fn(Option<std::net::IpAddr>, u16) + Send + Sync>>,
+    pub malformed: Option<Malformed>,
 }
 
 /// Waits until the next request starts: `false` if the client closed the connection, the

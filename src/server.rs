@@ -122,7 +122,7 @@ pub fn serve(path: PathBuf, upgrade: bool, upgrade_socket: Option<PathBuf>) -> a
         access: Arc::clone(&access),
     };
     let mut app = pingora::proxy::HttpProxy::new(strangle.clone(), server.configuration.clone());
-    let malformed: Arc<dyn Fn(Option<std::net::IpAddr>, u16) + Send + Sync> = {
+    let malformed: crate::http1::Malformed = {
         let strangle = strangle.clone();
         Arc::new(move |peer, status| strangle.malformed(peer, status))
     };

@@ -21,6 +21,10 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     /// Requests that matched no route and went to `[server] default`.
     pub default: Option<DefaultStatus>,
+    /// Requests that matched no route and that strangle answered itself (a malformed head,
+    /// 404 with no default), by status.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused_unmatched: std::collections::BTreeMap<String, u64>,
     /// Each upstream's addresses and their health (HTTP upstreams).
     #[serde(default)]
     pub upstreams: std::collections::BTreeMap<String, UpstreamStatus>,
@@ -287,6 +291,13 @@ pub fn build(live: &Live) -> Status {
         },
         routes,
         default,
+        refused_unmatched: snap
+            .default_stats
+            .refused
+            .totals()
+            .labelled()
+            .map(|(status, n)| (status.to_string(), n))
+            .collect(),
         upstreams: snap
             .upstreams
             .iter()

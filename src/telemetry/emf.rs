@@ -38,7 +38,10 @@ pub const MAX_METRICS: usize = 100;
 /// CloudWatch's limit on a dimension value.
 const MAX_DIMENSION_VALUE: usize = 1024;
 
-const DIMENSIONS: [&[&str]; 2] = [&["route"], &["route", "side"]];
+const DIMENSIONS: &[&[&str]] = &[&["route"], &["route", "side"]];
+/// What strangle answered itself (side `refused`) stays out of the `[route]` sums: a route's
+/// 5xx there are its sides', never a planned `respond = { status = 503 }`.
+const REFUSED_DIMENSIONS: &[&[&str]] = &[&["route", "side"]];
 
 #[derive(Debug, Clone, Copy, Serialize)]
 struct MetricDefinition {
@@ -82,7 +85,7 @@ struct Directive<'a> {
     #[serde(rename = "Namespace")]
     namespace: &'a str,
     #[serde(rename = "Dimensions")]
-    dimensions: [&'static [&'static str]; 2],
+    dimensions: &'static [&'static [&'static str]],
     #[serde(rename = "Metrics")]
     metrics: &'static [MetricDefinition],
 }
@@ -133,7 +136,11 @@ pub fn write_lines(
                 timestamp: timestamp_ms,
                 cloudwatch_metrics: [Directive {
                     namespace,
-                    dimensions: DIMENSIONS,
+                    dimensions: if p.side == "refused" {
+                        REFUSED_DIMENSIONS
+                    } else {
+                        DIMENSIONS
+                    },
                     metrics: if latency.is_some() {
                         &WITH_LATENCY
                     } else {

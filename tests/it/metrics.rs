@@ -39,6 +39,7 @@ fn promtool_accepts_the_exposition() {
         text.contains("strangle_requests_refused_total{route=\"_default\",status=\"400\"} 1\n"),
         "{text}"
     );
+    assert_eq!(proxy.status()["refused_unmatched"]["400"], 1);
     let mut child = Command::new(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
