@@ -233,13 +233,7 @@ pub fn build(live: &Live) -> Status {
                     let n = &live_route.stats.fallbacks;
                     n.load(std::sync::atomic::Ordering::Relaxed)
                 }),
-                refused: live_route
-                    .stats
-                    .refused
-                    .totals()
-                    .labelled()
-                    .map(|(status, n)| (status.to_string(), n))
-                    .collect(),
+                refused: live_route.stats.refused.totals().by_status(),
                 counters: r.rollout.as_ref().map(|_| snap.rollout_counters(i)),
                 rollout: r
                     .rollout
@@ -291,13 +285,7 @@ pub fn build(live: &Live) -> Status {
         },
         routes,
         default,
-        refused_unmatched: snap
-            .default_stats
-            .refused
-            .totals()
-            .labelled()
-            .map(|(status, n)| (status.to_string(), n))
-            .collect(),
+        refused_unmatched: snap.default_stats.refused.totals().by_status(),
         upstreams: snap
             .upstreams
             .iter()

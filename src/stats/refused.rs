@@ -63,6 +63,11 @@ impl RefusedTotals {
             .map(|(l, n)| (*l, n))
     }
 
+    /// The non-zero counts by status label, as `/status` shows them.
+    pub fn by_status(&self) -> std::collections::BTreeMap<String, u64> {
+        self.labelled().map(|(s, n)| (s.to_string(), n)).collect()
+    }
+
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
