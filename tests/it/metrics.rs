@@ -30,7 +30,12 @@ fn promtool_accepts_the_exposition() {
     }
     let (r, _) = raw(proxy.port, b"GARBAGE\r\n\r\n");
     assert_eq!(r.map(|r| r.status), Some(400));
-    let text = get(proxy.admin_port, "/metrics", &[]).text();
+    // Counted just after the answer went out.
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), "the refusal counted", || {
+        text = get(proxy.admin_port, "/metrics", &[]).text();
+        text.contains("strangle_requests_refused_total{route=\"_default\"")
+    });
     assert!(
         text.contains("strangle_route_shift_ratio{route=\"bookings\"} 0.5\n"),
         "{text}"
