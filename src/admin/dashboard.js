@@ -225,6 +225,9 @@ function updateCard(c, r, series) {
   optionalRow(c, "rollout", ro && (`${ro.phase} at ${ro.shift} (step ${ro.step} of ${ro.steps.length}${ro.next ? ", next " + ro.next : ""})`
     + (ro.reason ? ` · ${ro.reason}` : "")), ro && (ro.phase === "rolled-back" || ro.phase === "aborted"));
   optionalRow(c, "fallbacks", r.fallbacks === undefined ? null : `${r.fallbacks} served by legacy after the new side failed`, r.fallbacks > 0);
+  // What strangle answered itself on the route (refusals, the route's own answers), by status.
+  const refused = Object.entries(r.refused || {});
+  optionalRow(c, "refused", refused.length ? refused.map(([status, n]) => `${n} × ${status}`).join(" · ") + " answered by strangle" : null, false);
   // The field follows the route's shift until the user types in it (a draft is kept).
   if (c.input && c.input.value === c.shown) c.input.value = r.shift;
   c.shown = r.shift;

@@ -638,8 +638,14 @@ fn a_rolled_back_rollout_and_fallbacks_show_on_the_card_with_why() {
                 .toml("fallback-statuses", "[503]")
                 .toml("rollout", r#"{ steps = ["50%", "100%"], interval = "1h", min-requests = 5, max-error-rate = "1%" }"#)
         })
+        .route("frozen", "/frozen", |r| {
+            r.toml("respond", r#"{ status = 503, body = "frozen" }"#)
+        })
         .build();
     let proxy = Proxy::start(&text);
+    for _ in 0..2 {
+        assert_eq!(get(proxy.port, "/frozen", &[]).status, 503);
+    }
     let mut c = proxy.client();
     // Every new-side answer falls back to legacy, and fails the rollout's gate.
     eventually(Duration::from_secs(20), "the rollback", || {
@@ -668,5 +674,9 @@ fn a_rolled_back_rollout_and_fallbacks_show_on_the_card_with_why() {
             .ends_with("served by legacy after the new side failed"),
         "{fallbacks}"
     );
+    // A route's own answers, by status.
+    let refused =
+        browser.eval("document.querySelector('[data-route=\"frozen\"] dd.refused').textContent");
+    assert_eq!(refused, "2 × 503 answered by strangle", "{refused}");
     audit_contrast(&mut browser);
 }
